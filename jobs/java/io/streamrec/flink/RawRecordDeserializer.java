@@ -1,0 +1,33 @@
+package io.streamrec.flink;
+
+import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.connector.kafka.source.reader.deserializer.KafkaRecordDeserializationSchema;
+import org.apache.flink.types.Row;
+import org.apache.flink.util.Collector;
+import org.apache.flink.kafka.shaded.org.apache.kafka.clients.consumer.ConsumerRecord;
+
+/**
+ * Passes Kafka records through untouched, with their coordinates, so Python can
+ * decode them and send bad ones to the dead-letter topic with topic/partition/offset.
+ * Compiled against flink-sql-connector-kafka, which shades the Kafka client.
+ * Never throws: a record that cannot be decoded is data, not a job failure.
+ */
+public class RawRecordDeserializer implements KafkaRecordDeserializationSchema<Row> {
+    private static final byte[] EMPTY = new byte[0];
+
+    @Override
+    public void deserialize(ConsumerRecord<byte[], byte[]> record, Collector<Row> out) {
+        byte[] value = record.value() == null ? EMPTY : record.value();
+        out.collect(Row.of(record.topic(), record.partition(), record.offset(), record.timestamp(), value));
+    }
+
+    @Override
+    public TypeInformation<Row> getProducedType() {
+        return Types.ROW_NAMED(
+                new String[] {"topic", "partition", "offset", "timestamp", "value"},
+                Types.STRING, Types.INT, Types.LONG, Types.LONG,
+                PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO);
+    }
+}

@@ -1,0 +1,30 @@
+"""Worker-side construction of the recommender from config (runs in `open()`)."""
+
+from __future__ import annotations
+
+from streamrec.config import Config
+from udfs.artifact import load_artifact
+from udfs.ranker import OnnxRanker
+from udfs.recommend import Recommender
+from udfs.state import StateLimits
+
+
+def state_limits(config: Config) -> StateLimits:
+    s = config.state
+    return StateLimits(
+        max_seq_len=s.max_seq_len,
+        seq_window_ms=s.seq_window_s * 1000,
+        max_categories=s.max_categories,
+        category_half_life_ms=s.category_half_life_s * 1000,
+        max_bought=s.max_bought,
+    )
+
+
+def build_recommender(config: Config) -> Recommender:
+    r = config.ranking
+    artifact = load_artifact(r.artifact_dir)
+    ranker = OnnxRanker(
+        str(artifact.model_path), provider=r.provider, io_binding=r.io_binding,
+        intra_op_threads=r.intra_op_threads,
+    )
+    return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates)

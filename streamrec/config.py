@@ -1,0 +1,185 @@
+"""One validated, frozen configuration for the job and the CLI.
+
+Precedence, lowest to highest: field defaults < config file (TOML) <
+environment (``STREAMREC_<SECTION>_<FIELD>``) < command-line flags. Bad values
+fail at start with the dotted key in the message, never mid-stream.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "STREAMREC_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:39092"
+    """Kafka bootstrap servers; the default is the broker `streamrec kafka start` runs."""
+    input_topic: str = "behavior-events"
+    """Topic of msgpack behavior events."""
+    output_topic: str = "recommendations"
+    """Topic the top-K lists are written to, keyed by user id."""
+    dlq_topic: str = "behavior-events-dlq"
+    """Dead-letter topic: malformed input with its original bytes and the reason."""
+    late_topic: str = "behavior-events-late"
+    """Events later than the allowed lateness, with the reason."""
+    group_id: str = "streamrec-job"
+    """Consumer group of the job's Kafka source."""
+    starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
+    """Where the job starts reading when it has no checkpoint."""
+    delivery_guarantee: Literal["at-least-once", "exactly-once", "none"] = "at-least-once"
+    """KafkaSink delivery guarantee."""
+    transactional_id_prefix: str = "streamrec"
+    """Stable prefix of sink transactional ids (exactly-once only)."""
+
+
+class StateConfig(_Section):
+    max_seq_len: int = Field(50, ge=1, le=1000)
+    """Most recent events kept per user (the model's sequence length)."""
+    seq_window_s: int = Field(7 * 86400, ge=60)
+    """Events older than this (event time) leave the recent sequence."""
+    max_categories: int = Field(20, ge=1, le=1000)
+    """Category-affinity entries kept per user (lowest evicted)."""
+    category_half_life_s: int = Field(86400, ge=1)
+    """Half-life of the time decay on category affinity."""
+    max_bought: int = Field(100, ge=0, le=10000)
+    """Bought items remembered per user so they are never recommended again."""
+    ttl_s: int = Field(14 * 86400, ge=60)
+    """Processing-time TTL of a user's state: idle users cost nothing."""
+
+
+class JobConfig(_Section):
+    parallelism: int = Field(1, ge=1, le=256)
+    """Flink parallelism of the job."""
+    execution_mode: Literal["thread", "process"] = "thread"
+    """PyFlink Python execution mode; thread mode is ~9x faster on keyed state here."""
+    out_of_orderness_ms: int = Field(5000, ge=0)
+    """Bounded out-of-orderness of the event-time watermark."""
+    allowed_lateness_ms: int = Field(0, ge=0)
+    """Extra lateness tolerated behind the watermark before an event counts as late."""
+    checkpoint_interval_ms: int = Field(10000, ge=0)
+    """Checkpoint interval; 0 disables checkpointing."""
+    state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
+    """Flink state backend."""
+    since_ms: int = Field(0, ge=0)
+    """Emit recommendations only for events at or after this time (state is built from all)."""
+    python_bundle_size: int = Field(1000, ge=1)
+    """PyFlink `python.fn-execution.bundle.size`."""
+    python_bundle_time_ms: int = Field(100, ge=1)
+    """PyFlink `python.fn-execution.bundle.time`, bounds latency added by bundling."""
+
+
+class RankingConfig(_Section):
+    artifact_dir: str = "artifacts/model"
+    """Directory of the exported model artifact (manifest.json, model.onnx, tables)."""
+    top_k: int = Field(20, ge=1, le=1000)
+    """Length of each emitted recommendation list."""
+    n_candidates: int = Field(100, ge=1, le=5000)
+    """Candidates scored per event."""
+    provider: Literal["auto", "cuda", "cpu"] = "auto"
+    """onnxruntime provider: auto uses CUDA when present and reports a CPU fallback."""
+    io_binding: Literal["auto", "on", "off"] = "auto"
+    """onnxruntime IO binding with reused buffers; auto turns it on for CUDA."""
+    intra_op_threads: int = Field(1, ge=0, le=64)
+    """onnxruntime intra-op threads per session (0 = onnxruntime default)."""
+
+
+class Config(_Section):
+    kafka: KafkaConfig = KafkaConfig()
+    state: StateConfig = StateConfig()
+    job: JobConfig = JobConfig()
+    ranking: RankingConfig = RankingConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        if self.ranking.top_k > self.ranking.n_candidates:
+            raise ValueError(
+                f"ranking.top_k ({self.ranking.top_k}) must not exceed "
+                f"ranking.n_candidates ({self.ranking.n_candidates})"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the offending key."""
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "kafka": KafkaConfig,
+    "state": StateConfig,
+    "job": JobConfig,
+    "ranking": RankingConfig,
+}
+
+
+def env_var(section: str, field: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}_{field.upper()}"
+
+
+def field_doc(section: str, field: str) -> str:
+    return SECTIONS[section].model_fields[field].description or ""
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for section, model in SECTIONS.items():
+        for field in model.model_fields:
+            name = env_var(section, field)
+            if name in environ:
+                found.setdefault(section, {})[field] = environ[name]
+    return found
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the config from file, environment and overrides (flags)."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    env = os.environ if environ is None else environ
+    path = path or env.get(f"{ENV_PREFIX}CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (from --config or {ENV_PREFIX}CONFIG)")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+        origin = str(p)
+    data = _deep_merge(data, _from_env(env))
+    if overrides:
+        data = _deep_merge(data, {s: dict(v) for s, v in overrides.items() if v})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, origin + " + environment + flags")) from None

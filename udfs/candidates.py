@@ -1,0 +1,191 @@
+"""Candidate generation: item co-visitation, the user's recent items and
+categories, and trending items, never items the user already bought.
+
+Training builds :class:`CandidateTables` from the log; the job loads them from
+the artifact. The same function generates candidates offline and online.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from udfs.events import BEHAVIOR_INDEX, Event, Id
+from udfs.state import BEHAVIOR_WEIGHT, UserState
+
+# Sources a candidate can come from (bit flags, also model features).
+SRC_COVISIT, SRC_RECENT, SRC_CATEGORY, SRC_TRENDING = 1, 2, 4, 8
+# How far back in the user's sequence co-visitation looks, and its decay.
+COVISIT_SOURCE_ITEMS = 10
+COVISIT_RECENCY_DECAY = 0.8
+
+
+@dataclass
+class CandidateTables:
+    """Item-to-item co-visitation, popularity and category tables."""
+
+    covisit: dict[Id, list[tuple[Id, float]]] = field(default_factory=dict)
+    trending: list[Id] = field(default_factory=list)
+    popularity: dict[Id, float] = field(default_factory=dict)
+    category_top: dict[Id, list[Id]] = field(default_factory=dict)
+    item_category: dict[Id, Id] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb(
+            {
+                "covisit": {k: [[i, s] for i, s in v] for k, v in self.covisit.items()},
+                "trending": self.trending,
+                "popularity": self.popularity,
+                "category_top": self.category_top,
+                "item_category": self.item_category,
+            },
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CandidateTables:
+        d = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return cls(
+            covisit={k: [(i, s) for i, s in v] for k, v in d["covisit"].items()},
+            trending=d["trending"],
+            popularity=d["popularity"],
+            category_top=d["category_top"],
+            item_category=d["item_category"],
+        )
+
+
+def build_tables(
+    events: Iterable[Event],
+    *,
+    window: int = 5,
+    window_ms: int = 3600 * 1000,
+    per_item: int = 50,
+    trending_size: int = 200,
+    per_category: int = 50,
+    popularity_half_life_ms: int = 2 * 86400 * 1000,
+) -> CandidateTables:
+    """Co-visitation: item b counts for item a when the same user touched b
+    within ``window`` events and ``window_ms`` after a; weighted by b's behavior.
+    Popularity decays towards the end of the log so 'trending' means recent."""
+    by_user: dict[Id, list[Event]] = defaultdict(list)
+    items: list[Event] = []
+    for e in events:
+        by_user[e.user_id].append(e)
+        items.append(e)
+    if not items:
+        return CandidateTables()
+    end_ts = max(e.ts for e in items)
+    pop: dict[Id, float] = defaultdict(float)
+    item_cat: dict[Id, Id] = {}
+    for e in items:
+        w = BEHAVIOR_WEIGHT[BEHAVIOR_INDEX[e.behavior]]
+        pop[e.item_id] += w * 2.0 ** (-(end_ts - e.ts) / popularity_half_life_ms)
+        item_cat[e.item_id] = e.category_id
+    co: dict[Id, dict[Id, float]] = defaultdict(lambda: defaultdict(float))
+    for seq in by_user.values():
+        seq.sort(key=lambda e: e.ts)
+        for i, a in enumerate(seq):
+            for b in seq[i + 1 : i + 1 + window]:
+                if b.ts - a.ts > window_ms:
+                    break
+                if b.item_id == a.item_id:
+                    continue
+                w = BEHAVIOR_WEIGHT[BEHAVIOR_INDEX[b.behavior]]
+                co[a.item_id][b.item_id] += w
+                co[b.item_id][a.item_id] += 0.5 * w
+    covisit = {
+        a: sorted(((b, round(s, 4)) for b, s in nbrs.items()), key=lambda t: -t[1])[:per_item]
+        for a, nbrs in co.items()
+    }
+    ranked = sorted(pop, key=lambda i: -pop[i])
+    by_cat: dict[Id, list[Id]] = defaultdict(list)
+    for item in ranked:
+        lst = by_cat[item_cat[item]]
+        if len(lst) < per_category:
+            lst.append(item)
+    return CandidateTables(
+        covisit=covisit,
+        trending=ranked[:trending_size],
+        popularity={i: round(s, 4) for i, s in pop.items()},
+        category_top=dict(by_cat),
+        item_category=item_cat,
+    )
+
+
+@dataclass
+class Candidates:
+    """Candidate items with per-candidate generator signals, in generation order."""
+
+    items: list[Id]
+    categories: list[Id]
+    sources: list[int]
+    covisit: list[float]
+
+
+def _add(out: dict[Id, list[Any]], item: Id, cat: Id, src: int, cov: float = 0.0) -> None:
+    row = out.get(item)
+    if row is None:
+        out[item] = [cat, src, cov]
+    else:
+        row[1] |= src
+        row[2] = max(row[2], cov)
+
+
+def generate_candidates(
+    state: UserState,
+    tables: CandidateTables,
+    n: int,
+    trending: Sequence[Id] | None = None,
+) -> Candidates:
+    """Up to ``n`` candidates: co-visitation of recent items first, then the
+    user's recent items and top categories, then trending (the cold-start
+    fallback). Bought items are excluded everywhere."""
+    bought = set(state.bought)
+    seen_cat: dict[Id, Id] = {row[1]: row[2] for row in state.seq}
+    out: dict[Id, list[Any]] = {}
+
+    cov: dict[Id, float] = defaultdict(float)
+    sources: list[Id] = []
+    for row in reversed(state.seq):
+        if row[1] not in sources:
+            sources.append(row[1])
+            w = BEHAVIOR_WEIGHT[row[3]] * COVISIT_RECENCY_DECAY ** (len(sources) - 1)
+            for other, s in tables.covisit.get(row[1], ()):
+                cov[other] += w * s
+            if len(sources) >= COVISIT_SOURCE_ITEMS:
+                break
+    for item in sorted(cov, key=lambda i: -cov[i])[: max(1, n // 2)]:
+        if item not in bought:
+            cat = tables.item_category.get(item, seen_cat.get(item, -1))
+            _add(out, item, cat, SRC_COVISIT, math.log1p(cov[item]))
+
+    for item in sources[: max(1, n // 5)]:
+        if item not in bought:
+            _add(out, item, seen_cat[item], SRC_RECENT, math.log1p(cov.get(item, 0.0)))
+
+    top_cats = sorted(state.affinity, key=lambda c: -state.affinity[c])[:3]
+    per_cat = max(1, n // 10)
+    for cat in top_cats:
+        for item in tables.category_top.get(cat, ())[:per_cat]:
+            if item not in bought:
+                _add(out, item, cat, SRC_CATEGORY, math.log1p(cov.get(item, 0.0)))
+
+    for item in trending if trending is not None else tables.trending:
+        if len(out) >= n:
+            break
+        if item not in bought:
+            _add(out, item, tables.item_category.get(item, -1), SRC_TRENDING,
+                 math.log1p(cov.get(item, 0.0)))
+
+    chosen = list(out.items())[:n]
+    return Candidates(
+        items=[i for i, _ in chosen],
+        categories=[r[0] for _, r in chosen],
+        sources=[r[1] for _, r in chosen],
+        covisit=[r[2] for _, r in chosen],
+    )

@@ -1,0 +1,156 @@
+"""The Flink Python functions of the job: thin wrappers over the pure logic.
+
+Element shapes between operators:
+- raw input: Row(topic, partition, offset, timestamp, value: bytes)
+- events: Python tuples (Event fields), pickled
+- outputs (recommendations, dead letters, late events): Row(key: str, value: bytes)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgpack
+
+# Thread mode runs every Python operator of a task manager in one embedded
+# interpreter. Importing onnxruntime's extension module while another task
+# thread runs Python intermittently deadlocks, so it is imported here, at
+# unpickling time of any of our functions, under the module import lock and
+# before any operator processes a record.
+import onnxruntime  # noqa: F401  isort: skip
+from pyflink.common import Row, Time
+from pyflink.common.typeinfo import Types
+from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+
+from streamrec.config import Config
+from udfs.events import DecodeError, Event, decode_event
+
+log = logging.getLogger(__name__)
+
+RAW_TYPE = Types.ROW_NAMED(
+    ["topic", "partition", "offset", "timestamp", "value"],
+    [Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
+KEYED_BYTES_TYPE = Types.ROW_NAMED(["key", "value"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+DLQ_TAG = OutputTag("dead-letters", KEYED_BYTES_TYPE)
+LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
+
+
+def dead_letter(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
+                timestamp: int | None) -> Row:
+    """DLQ record: the original bytes untouched plus where they came from and why."""
+    value = msgpack.packb(
+        {
+            "reason": error.reason,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "timestamp": timestamp,
+            "raw": error.raw,
+        },
+        use_bin_type=True,
+    )
+    key = f"{topic}:{partition}:{offset}" if offset is not None and offset >= 0 else (topic or "")
+    return Row(key, value)
+
+
+def late_record(event: Event, watermark: int, lateness_ms: int) -> Row:
+    value = msgpack.packb(
+        {"reason": f"late: ts {event.ts} < watermark {watermark} - allowed lateness {lateness_ms}",
+         "event": event.to_wire(), "watermark": watermark},
+        use_bin_type=True,
+    )
+    return Row(str(event.user_id), value)
+
+
+def as_bytes(value: Any) -> bytes:
+    """Java byte[] reaches Python as bytes or, on some paths, as signed ints."""
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return bytes(b & 0xFF for b in value)
+
+
+class DecodeEvents(ProcessFunction):
+    """Decode and validate; bad records become dead letters, never exceptions."""
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        group = runtime_context.get_metrics_group()
+        self.accepted = group.counter("events_accepted")
+        self.rejected = group.counter("events_dead_lettered")
+
+    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Any:
+        result = decode_event(as_bytes(value[4]))
+        if isinstance(result, DecodeError):
+            self.rejected.inc()
+            yield DLQ_TAG, dead_letter(result, value[0], value[1], value[2], value[3])
+        else:
+            self.accepted.inc()
+            yield tuple(result)
+
+
+class EventTimestamps(TimestampAssigner):
+    def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
+        return int(value[4])
+
+
+def user_key(event: Any) -> str:
+    return str(event[0])
+
+
+class RecommendFunction(KeyedProcessFunction):
+    """Per user: update the compact state, generate candidates, rank, emit top-K."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        from jobs.runtime import build_recommender  # loads onnxruntime in the worker only
+
+        cfg = self.config
+        self.recommender = build_recommender(cfg)
+        ttl = (
+            StateTtlConfig.new_builder(Time.seconds(cfg.state.ttl_s))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .build()
+        )
+        desc = ValueStateDescriptor("user-state", Types.PICKLED_BYTE_ARRAY())
+        desc.enable_time_to_live(ttl)
+        self.state = runtime_context.get_state(desc)
+        group = runtime_context.get_metrics_group()
+        self.late = group.counter("events_late")
+        self.duplicates = group.counter("events_duplicate")
+        self.emitted = group.counter("recommendations_emitted")
+        self.fallbacks = group.counter("ranking_fallbacks")
+        self.lateness = cfg.job.allowed_lateness_ms
+        self.since_ms = cfg.job.since_ms
+        choice = self.recommender.provider
+        log.warning("streamrec ranker provider: %s%s", choice.provider if choice else "none",
+                    f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")
+
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Any:
+        from udfs.state import UserState
+
+        event = Event(*value)
+        watermark = ctx.timer_service().current_watermark()
+        if event.ts < watermark - self.lateness:
+            self.late.inc()
+            yield LATE_TAG, late_record(event, watermark, self.lateness)
+            return
+        state = UserState.from_bytes(self.state.value())
+        if not self.recommender.apply(state, event):
+            self.duplicates.inc()
+            return
+        if event.ts >= self.since_ms:
+            req = self.recommender.request(state, event)
+            record = self.recommender.recommend([req])[0]
+            if record["fallback"]:
+                self.fallbacks.inc()
+            self.emitted.inc()
+            yield Row(str(event.user_id), msgpack.packb(record, use_bin_type=True))
+        self.state.update(state.to_bytes())
