@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make demo` and `make test`. Everything else is
+# installed by the targets they depend on.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CACHE ?= $(CURDIR)/.cache
+
+.PHONY: all venv deps demo test test-fast lint bench clean
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# One resolve for everything, pinned: apache-flink 2.3 -> beam -> protobuf<6 bounds onnx.
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+deps: venv
+	STREAMREC_CACHE=$(CACHE) bash scripts/fetch_deps.sh
+	STREAMREC_CACHE=$(CACHE) PYTHON=$(PY) bash scripts/build_java.sh
+
+demo: deps
+	$(VENV)/bin/streamrec demo
+
+test: deps
+	$(PY) -m pytest -ra
+
+test-fast: venv
+	$(PY) -m pytest -ra -m "not kafka and not flink and not cluster"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy streamrec udfs jobs model_export
+
+bench: deps
+	$(VENV)/bin/streamrec bench-model --out bench-results
+
+clean:
+	rm -rf $(VENV) $(CACHE) artifacts out bench-results

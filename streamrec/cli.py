@@ -1,0 +1,268 @@
+"""`streamrec`: the command line. Every flag has an environment fallback (shown
+in --help); other settings come from the config file (--config / STREAMREC_CONFIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from udfs.artifact import ArtifactError
+from streamrec.config import ENV_PREFIX, SECTIONS, Config, ConfigError, env_var, field_doc, load_config
+
+# Flags that map onto config fields: flag -> (section, field).
+CONFIG_FLAGS: dict[str, tuple[str, str]] = {
+    "--bootstrap-servers": ("kafka", "bootstrap_servers"),
+    "--input-topic": ("kafka", "input_topic"),
+    "--output-topic": ("kafka", "output_topic"),
+    "--dlq-topic": ("kafka", "dlq_topic"),
+    "--delivery-guarantee": ("kafka", "delivery_guarantee"),
+    "--parallelism": ("job", "parallelism"),
+    "--execution-mode": ("job", "execution_mode"),
+    "--artifact": ("ranking", "artifact_dir"),
+    "--provider": ("ranking", "provider"),
+    "--top-k": ("ranking", "top_k"),
+}
+
+
+def _env_default(name: str, default: Any = None) -> Any:
+    return os.environ.get(name, default)
+
+
+def add_flag(p: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:
+    """A flag whose default comes from ``env``; the env var is named in --help."""
+    default = kw.pop("default", None)
+    kw["default"] = _env_default(env, default)
+    shown = f" (default: {default})" if default is not None else ""
+    p.add_argument(flag, help=f"{help}{shown} [env: {env}]", **kw)
+
+
+def add_config_flags(p: argparse.ArgumentParser, flags: Sequence[str]) -> None:
+    add_flag(p, "--config", f"{ENV_PREFIX}CONFIG", "TOML config file (see config/streamrec.toml)")
+    for flag in flags:
+        section, field = CONFIG_FLAGS[flag]
+        default = SECTIONS[section].model_fields[field].default
+        p.add_argument(flag, dest=f"cfg__{section}__{field}", default=None,
+                       help=f"{field_doc(section, field)} (default: {default}) [env: {env_var(section, field)}]")
+
+
+def config_from_args(args: argparse.Namespace, extra: dict[str, dict[str, Any]] | None = None) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg__") and value is not None:
+            _, section, field = key.split("__")
+            overrides.setdefault(section, {})[field] = value
+    for section, values in (extra or {}).items():
+        overrides.setdefault(section, {}).update(values)
+    return load_config(getattr(args, "config", None), overrides)
+
+
+# --- kafka -------------------------------------------------------------------------------------
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from streamrec import kafka_local
+
+    cfg = config_from_args(args)
+    k = cfg.kafka
+    topics = [k.input_topic, k.output_topic, k.dlq_topic, k.late_topic]
+    if args.action == "start":
+        info = kafka_local.start_background(topics=topics)
+        print(info["bootstrap"])
+    elif args.action == "stop":
+        stopped = kafka_local.stop_background()
+        print("stopped" if stopped else "not running")
+    else:
+        info = kafka_local.status()
+        if not info:
+            print("not running")
+            return 1
+        print(info["bootstrap"])
+    return 0
+
+
+# --- replay / consume / generate ---------------------------------------------------------------
+
+def load_events(path: str, fmt: str) -> list[Any]:
+    from streamrec.data import load_userbehavior, read_events_msgpack
+
+    if fmt == "userbehavior":
+        result = load_userbehavior(path, sort=True)
+        return list(result)
+    return read_events_msgpack(path)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streamrec.kafka_io import replay
+
+    cfg = config_from_args(args)
+    events = load_events(args.events, args.format)
+    if args.limit:
+        events = events[: int(args.limit)]
+    topic = args.topic or cfg.kafka.input_topic
+    stats = replay(events, cfg.kafka.bootstrap_servers, topic, rate=float(args.rate or 0))
+    print(json.dumps({"sent": stats.sent, "topic": topic, "seconds": round(stats.seconds, 2),
+                      "events_per_s": round(stats.rate, 1)}))
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from streamrec.kafka_io import consume
+
+    cfg = config_from_args(args)
+    topic = args.topic or cfg.kafka.output_topic
+    max_n = int(args.max) if args.max else None
+    for rec in consume(cfg.kafka.bootstrap_servers, topic, max_records=max_n, timeout_s=float(args.timeout)):
+        value = rec.value
+        if isinstance(value, dict) and isinstance(value.get("raw"), bytes):
+            value = {**value, "raw": value["raw"].hex()}
+        print(json.dumps(value, default=str), flush=True)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from streamrec.data import generate_events, write_events_msgpack, write_userbehavior_csv
+
+    events = generate_events(
+        int(args.n_events), n_users=int(args.users), n_items=int(args.items),
+        n_categories=int(args.categories), seed=int(args.seed),
+        start_ts_ms=1_700_000_000_000, duration_s=int(args.duration_s),
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = write_userbehavior_csv(events, out) if out.suffix == ".csv" else write_events_msgpack(events, out)
+    print(json.dumps({"events": n, "out": str(out)}))
+    return 0
+
+
+# --- train / run / demo ------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model_export.train import train_model
+
+    events = load_events(args.events, args.format)
+    until_ms = int(float(args.until) * 1000) if args.until else None
+    out = train_model(events, until_ms=until_ms, out_dir=Path(args.out), seed=int(args.seed))
+    manifest = json.loads((Path(out) / "manifest.json").read_text())
+    print(json.dumps({"artifact": str(out), "model_version": manifest["model_version"],
+                      "metrics": manifest.get("metrics", {})}, indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jobs.entry import Endpoint, run_job
+
+    extra: dict[str, dict[str, Any]] = {}
+    if args.since:
+        extra["job"] = {"since_ms": int(float(args.since) * 1000)}
+    cfg = config_from_args(args, extra)
+    source = Endpoint.parse(args.source, "--source")
+    sink = Endpoint.parse(args.sink, "--sink")
+    counts = run_job(cfg, source, sink)
+    if counts is not None:
+        print(json.dumps(counts))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamrec.demo import run_demo
+
+    return run_demo(config_from_args(args), events=int(args.events), rate=float(args.rate))
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamrec", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("kafka", help="the local Kafka broker (KRaft, loopback)")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    add_config_flags(p, ["--input-topic", "--output-topic", "--dlq-topic"])
+    p.set_defaults(func=cmd_kafka)
+
+    p = sub.add_parser("replay", help="produce behavior events to Kafka")
+    add_flag(p, "--events", f"{ENV_PREFIX}REPLAY_EVENTS", "events file", required=False)
+    add_flag(p, "--format", f"{ENV_PREFIX}REPLAY_FORMAT", "userbehavior (Taobao CSV) or generated (msgpack)",
+             default="userbehavior", choices=["userbehavior", "generated"])
+    add_flag(p, "--rate", f"{ENV_PREFIX}REPLAY_RATE", "events per second, 0 = unthrottled", default="0")
+    add_flag(p, "--limit", f"{ENV_PREFIX}REPLAY_LIMIT", "send at most this many events")
+    add_flag(p, "--topic", f"{ENV_PREFIX}REPLAY_TOPIC", "topic (default: kafka.input_topic)")
+    add_config_flags(p, ["--bootstrap-servers"])
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("consume", help="print output records as JSON lines")
+    add_flag(p, "--topic", f"{ENV_PREFIX}CONSUME_TOPIC", "topic (default: kafka.output_topic)")
+    add_flag(p, "--max", f"{ENV_PREFIX}CONSUME_MAX", "stop after this many records")
+    add_flag(p, "--timeout", f"{ENV_PREFIX}CONSUME_TIMEOUT", "stop after this many idle seconds", default="10")
+    add_config_flags(p, ["--bootstrap-servers"])
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("generate", help="write a seeded synthetic behavior log")
+    add_flag(p, "--out", f"{ENV_PREFIX}GENERATE_OUT", "output file (.msgpack or .csv)", required=False)
+    add_flag(p, "--n-events", f"{ENV_PREFIX}GENERATE_N_EVENTS", "number of events", default="20000")
+    add_flag(p, "--users", f"{ENV_PREFIX}GENERATE_USERS", "number of users", default="500")
+    add_flag(p, "--items", f"{ENV_PREFIX}GENERATE_ITEMS", "number of items", default="5000")
+    add_flag(p, "--categories", f"{ENV_PREFIX}GENERATE_CATEGORIES", "number of categories", default="100")
+    add_flag(p, "--duration-s", f"{ENV_PREFIX}GENERATE_DURATION_S", "span of the log", default=str(3 * 86400))
+    add_flag(p, "--seed", f"{ENV_PREFIX}GENERATE_SEED", "random seed", default="7")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train, evaluate and export the ranking model")
+    add_flag(p, "--events", f"{ENV_PREFIX}TRAIN_EVENTS", "events file", required=False)
+    add_flag(p, "--format", f"{ENV_PREFIX}TRAIN_FORMAT", "userbehavior or generated",
+             default="userbehavior", choices=["userbehavior", "generated"])
+    add_flag(p, "--until", f"{ENV_PREFIX}TRAIN_UNTIL", "train on events before this Unix time (s); "
+             "later ones are held out for evaluation (default: 80%% of the log's span)")
+    add_flag(p, "--out", f"{ENV_PREFIX}TRAIN_OUT", "artifact directory", default="artifacts/model")
+    add_flag(p, "--seed", f"{ENV_PREFIX}TRAIN_SEED", "random seed", default="0")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run the job on the local minicluster")
+    add_flag(p, "--source", f"{ENV_PREFIX}RUN_SOURCE", "kafka or file:PATH (Taobao CSV or .msgpack)",
+             default="kafka")
+    add_flag(p, "--sink", f"{ENV_PREFIX}RUN_SINK", "kafka or file:PATH (JSON lines)", default="kafka")
+    add_flag(p, "--since", f"{ENV_PREFIX}RUN_SINCE", "emit only for events at/after this Unix time (s)")
+    add_config_flags(p, list(CONFIG_FLAGS))
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")
+    add_flag(p, "--events", f"{ENV_PREFIX}DEMO_EVENTS", "events to replay", default="3000")
+    add_flag(p, "--rate", f"{ENV_PREFIX}DEMO_RATE", "replay rate, events/s", default="500")
+    add_config_flags(p, ["--artifact", "--provider"])
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _require(args: argparse.Namespace, *names: str) -> None:
+    missing = [n for n in names if getattr(args, n, None) in (None, "")]
+    if missing:
+        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+        raise ConfigError(f"{args.command}: missing {flags}")
+
+
+REQUIRED = {"replay": ("events",), "train": ("events",), "generate": ("out",)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _require(args, *REQUIRED.get(args.command, ()))
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ArtifactError) as exc:
+        print(f"streamrec {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""`make demo`: broker, model, job and replay, with recommendations on screen.
+
+Everything started here is stopped here, also on Ctrl-C or failure. Each run
+uses fresh topics, so a rerun never replays an earlier run's events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from streamrec.config import Config, env_var
+from streamrec.latency import summarize, trigger_key
+
+DEMO_SEED = 11
+TRAIN_EVENTS = 40_000
+DEMO_DAYS = 4
+
+
+def _say(msg: str) -> None:
+    print(f"\033[1m[demo]\033[0m {msg}", flush=True)
+
+
+def ensure_artifact(cfg: Config) -> Path:
+    """Train on the embedded generator's log when no artifact exists yet."""
+    path = Path(cfg.ranking.artifact_dir)
+    if (path / "manifest.json").is_file():
+        _say(f"using model artifact {path}")
+        return path
+    from model_export.train import train_model
+    from streamrec.data import generate_events
+
+    _say(f"no model at {path}: generating {TRAIN_EVENTS:,} events and training one (a minute or two)")
+    events = generate_events(TRAIN_EVENTS, n_users=800, n_items=4000, n_categories=60, seed=DEMO_SEED,
+                             start_ts_ms=1_700_000_000_000, duration_s=DEMO_DAYS * 86400)
+    train_model(events, until_ms=None, out_dir=path, seed=0)
+    return path
+
+
+def demo_events(n: int) -> list[Any]:
+    """A continuation of the training log: same shoppers and catalog, later days."""
+    from streamrec.data import generate_events
+
+    events = generate_events(TRAIN_EVENTS + n, n_users=800, n_items=4000, n_categories=60, seed=DEMO_SEED,
+                             start_ts_ms=1_700_000_000_000, duration_s=DEMO_DAYS * 86400)
+    return events[-n:]
+
+
+def _fmt(rec: dict[str, Any], latency_ms: int | None) -> str:
+    t = rec["trigger"]
+    items = ", ".join(str(i) for i in rec["items"][:5])
+    lat = f"{latency_ms:>5} ms" if latency_ms is not None else "    ? ms"
+    return (f"user {rec['user_id']:>6} {t['behavior']:>4} item {t['item_id']:>8} -> "
+            f"top5 [{items}]  ({rec['provider']}, {lat})")
+
+
+def run_demo(cfg: Config, *, events: int, rate: float) -> int:
+    from streamrec import kafka_local
+    from streamrec.kafka_io import consume, replay
+
+    suffix = time.strftime("%Y%m%d%H%M%S")
+    topics = {f: f"demo-{suffix}-{getattr(cfg.kafka, f)}" for f in
+              ("input_topic", "output_topic", "dlq_topic", "late_topic")}
+    started_broker = kafka_local.status() is None
+    job: subprocess.Popen[bytes] | None = None
+    try:
+        info = kafka_local.start_background(topics=list(topics.values())) if started_broker \
+            else kafka_local.status()
+        assert info is not None
+        bootstrap = info["bootstrap"]
+        if not started_broker:
+            kafka_local.create_topics(bootstrap, list(topics.values()))
+        _say(f"Kafka broker at {bootstrap}; topics {', '.join(topics.values())}")
+        artifact = ensure_artifact(cfg)
+
+        env = dict(os.environ)
+        env[env_var("kafka", "bootstrap_servers")] = bootstrap
+        for field, name in topics.items():
+            env[env_var("kafka", field)] = name
+        env[env_var("ranking", "artifact_dir")] = str(artifact.resolve())
+        env[env_var("ranking", "provider")] = cfg.ranking.provider
+        log_path = Path(artifact).parent / f"demo-job-{suffix}.log"
+        _say(f"starting the PyFlink job on the local minicluster (log: {log_path})")
+        with log_path.open("wb") as log_file:
+            job = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka",
+                                    "--sink", "kafka"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        evs = demo_events(events)
+        _say(f"replaying {len(evs):,} behavior events at {rate:g}/s into {topics['input_topic']}")
+        stats = replay(evs, bootstrap, topics["input_topic"], rate=rate)
+        _say(f"sent {stats.sent:,} events in {stats.seconds:.1f} s")
+
+        inputs = {}
+        for r in consume(bootstrap, topics["input_topic"], max_records=len(evs), timeout_s=10):
+            v = r.value
+            inputs[trigger_key(v["user_id"], v["item_id"], v["behavior"], v["ts"])] = r.timestamp
+        _say("recommendations arriving on " + topics["output_topic"] + ":")
+        outputs: list[tuple[dict[str, Any], int]] = []
+        for rec in consume(bootstrap, topics["output_topic"], max_records=len(evs), timeout_s=90):
+            t = rec.value["trigger"]
+            key = trigger_key(rec.value["user_id"], t["item_id"], t["behavior"], t["ts"])
+            outputs.append((rec.value, rec.timestamp))
+            if len(outputs) <= 15 or len(outputs) % 500 == 0:
+                lat = rec.timestamp - inputs[key] if key in inputs else None
+                print("  " + _fmt(rec.value, lat), flush=True)
+            if job.poll() is not None:
+                break
+        if not outputs:
+            _say(f"no recommendations arrived; job log: {log_path}")
+            return 1
+        lat = summarize(inputs, outputs)
+        span_ms = max(ts for _, ts in outputs) - min(inputs.values())
+        summary = {
+            "events_sent": stats.sent,
+            "recommendations": len(outputs),
+            "events_per_s": round(len(outputs) / (span_ms / 1000), 1) if span_ms > 0 else None,
+            "latency_ms": {k: round(v, 1) for k, v in lat.as_dict().items()},
+            "provider": outputs[-1][0]["provider"],
+            "model_version": outputs[-1][0]["model_version"],
+        }
+        _say("summary: " + json.dumps(summary))
+        if len(outputs) != stats.sent:
+            _say(f"note: {stats.sent - len(outputs)} events produced no list (duplicates or late; see job log)")
+        return 0
+    finally:
+        if job is not None and job.poll() is None:
+            _say("stopping the job")
+            os.killpg(job.pid, signal.SIGTERM)
+            try:
+                job.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(job.pid, signal.SIGKILL)
+        if started_broker:
+            _say("stopping the Kafka broker")
+            kafka_local.stop_background()

@@ -1,0 +1,40 @@
+"""Event-to-recommendation latency from Kafka timestamps of input and output."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def trigger_key(user_id: Any, item_id: Any, behavior: str, ts: int) -> tuple[str, str, str, int]:
+    return (str(user_id), str(item_id), behavior, int(ts))
+
+
+@dataclass
+class LatencySummary:
+    matched: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"matched": self.matched, "p50_ms": self.p50_ms, "p95_ms": self.p95_ms,
+                "p99_ms": self.p99_ms, "max_ms": self.max_ms}
+
+
+def summarize(input_ts: dict[tuple[str, str, str, int], int], outputs: Iterable[tuple[dict[str, Any], int]]) -> LatencySummary:
+    """``input_ts``: trigger key -> input record timestamp; ``outputs``: (record, output timestamp)."""
+    lat = []
+    for rec, out_ts in outputs:
+        t = rec["trigger"]
+        key = trigger_key(rec["user_id"], t["item_id"], t["behavior"], t["ts"])
+        if key in input_ts:
+            lat.append(out_ts - input_ts[key])
+    if not lat:
+        return LatencySummary(0, float("nan"), float("nan"), float("nan"), float("nan"))
+    a = np.asarray(lat, dtype=float)
+    return LatencySummary(len(lat), *(float(np.percentile(a, q)) for q in (50, 95, 99)), float(a.max()))

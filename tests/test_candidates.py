@@ -1,0 +1,55 @@
+"""Candidate generation: co-visitation learned from sequences, no bought items, cold start."""
+
+from udfs.candidates import SRC_COVISIT, SRC_RECENT, SRC_TRENDING, build_tables, generate_candidates
+from udfs.events import Event
+from udfs.state import StateLimits, UserState, update_state
+
+T0 = 1_600_000_000_000
+
+
+def seq(user, items, start=0, beh="pv", cat=1):
+    return [Event(user, it, cat, beh, T0 + (start + i) * 1000) for i, it in enumerate(items)]
+
+
+def test_covisitation_counts_items_seen_after_each_other():
+    log = seq(1, [10, 11]) + seq(2, [10, 11]) + seq(3, [10, 12])
+    t = build_tables(log)
+    neighbours = dict(t.covisit[10])
+    assert neighbours[11] > neighbours[12] > 0
+
+
+def test_covisit_respects_time_window():
+    log = [Event(1, 10, 1, "pv", T0), Event(1, 11, 1, "pv", T0 + 2 * 3600 * 1000)]
+    assert 11 not in dict(build_tables(log).covisit.get(10, []))
+
+
+def test_candidates_follow_covisit_and_exclude_bought():
+    log = seq(1, [10, 11]) + seq(2, [10, 11]) + seq(3, [10, 13]) + seq(4, [20, 21, 22])
+    tables = build_tables(log)
+    st = UserState()
+    for e in [Event(9, 10, 1, "pv", T0 + 100_000), Event(9, 13, 1, "buy", T0 + 101_000)]:
+        update_state(st, e, StateLimits())
+    c = generate_candidates(st, tables, n=10)
+    assert c.sources[c.items.index(11)] & SRC_COVISIT
+    # co-visited items come before items that are only trending
+    assert max(c.items.index(i) for i in (10, 11)) < min(c.items.index(i) for i in (20, 21, 22))
+    assert 13 not in c.items  # bought
+    assert 10 in c.items and c.sources[c.items.index(10)] & SRC_RECENT
+    assert len(c.items) == len(set(c.items)) <= 10
+
+
+def test_cold_start_falls_back_to_trending():
+    log = seq(1, [1, 2, 3]) + seq(2, [3, 4]) + seq(3, [3])
+    tables = build_tables(log)
+    st = UserState()
+    update_state(st, Event(99, 777, 5, "pv", T0 + 10**6), StateLimits())  # unknown item and category
+    c = generate_candidates(st, tables, n=4)
+    assert c.items[0] == 777  # the item just viewed
+    trending = [i for i, s in zip(c.items, c.sources) if s & SRC_TRENDING]
+    assert trending and trending[0] == tables.trending[0] == 3
+
+
+def test_tables_roundtrip():
+    t = build_tables(seq(1, [1, 2, 3]) + seq(2, ["a", "b"]))
+    from udfs.candidates import CandidateTables
+    assert CandidateTables.from_bytes(t.to_bytes()) == t
