@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from udfs.artifact import ArtifactError
 from streamrec.config import ENV_PREFIX, SECTIONS, Config, ConfigError, env_var, field_doc, load_config
+from udfs.artifact import ArtifactError
 
 # Flags that map onto config fields: flag -> (section, field).
 CONFIG_FLAGS: dict[str, tuple[str, str]] = {
@@ -254,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
         _require(args, *REQUIRED.get(args.command, ()))
         return int(args.func(args) or 0)

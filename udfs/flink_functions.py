@@ -12,13 +12,6 @@ import logging
 from typing import Any
 
 import msgpack
-
-# Thread mode runs every Python operator of a task manager in one embedded
-# interpreter. Importing onnxruntime's extension module while another task
-# thread runs Python intermittently deadlocks, so it is imported here, at
-# unpickling time of any of our functions, under the module import lock and
-# before any operator processes a record.
-import onnxruntime  # noqa: F401  isort: skip
 from pyflink.common import Row, Time
 from pyflink.common.typeinfo import Types
 from pyflink.common.watermark_strategy import TimestampAssigner

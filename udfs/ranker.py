@@ -8,7 +8,10 @@ reason that the job logs and puts in every output record.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,14 +27,41 @@ ProviderMode = Literal["auto", "cuda", "cpu"]
 IoBindingMode = Literal["auto", "on", "off"]
 
 
+def _import_on_python_thread(name: str) -> Any:
+    """Import ``name`` on a thread started by ``threading``.
+
+    onnxruntime's extension init calls ``PyGILState_Ensure()``. PyFlink's thread
+    mode (PEMJA) runs Python on JVM threads whose thread states are unknown to
+    the GILState API, so that call waits for the GIL its own thread holds: a
+    deadlock whenever the import happens there. ``threading`` threads are
+    registered, so the import completes; the caller waits, GIL released.
+    """
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["module"] = importlib.import_module(name)
+        except BaseException as exc:  # re-raised in the caller
+            result["error"] = exc
+
+    t = threading.Thread(target=target, name=f"import-{name}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in result:
+        raise result["error"]
+    return result["module"]
+
+
 def _ort() -> Any:
+    mod = sys.modules.get("onnxruntime")
+    if mod is not None:
+        return mod
     try:
-        import onnxruntime
+        return _import_on_python_thread("onnxruntime")
     except ImportError as exc:  # pragma: no cover - exercised only on broken installs
         raise ImportError(
             "onnxruntime is required for ranking: pip install onnxruntime-gpu (or onnxruntime)"
         ) from exc
-    return onnxruntime
 
 
 @dataclass(frozen=True)
