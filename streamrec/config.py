@@ -8,10 +8,11 @@ fail at start with the dotted key in the message, never mid-stream.
 from __future__ import annotations
 
 import os
-import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "STREAMREC_"
@@ -100,7 +101,7 @@ class Config(_Section):
     ranking: RankingConfig = RankingConfig()
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Config":
+    def _cross_checks(self) -> Config:
         if self.ranking.top_k > self.ranking.n_candidates:
             raise ValueError(
                 f"ranking.top_k ({self.ranking.top_k}) must not exceed "

@@ -26,7 +26,10 @@ class LatencySummary:
                 "p99_ms": self.p99_ms, "max_ms": self.max_ms}
 
 
-def summarize(input_ts: dict[tuple[str, str, str, int], int], outputs: Iterable[tuple[dict[str, Any], int]]) -> LatencySummary:
+TriggerKey = tuple[str, str, str, int]
+
+
+def summarize(input_ts: dict[TriggerKey, int], outputs: Iterable[tuple[dict[str, Any], int]]) -> LatencySummary:
     """``input_ts``: trigger key -> input record timestamp; ``outputs``: (record, output timestamp)."""
     lat = []
     for rec, out_ts in outputs:

@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 
 from tests.onnx_fixtures import covisit_scorer
-from udfs.candidates import build_tables
+from udfs.candidates import build_tables, generate_candidates
 from udfs.events import Event
 from udfs.features import DENSE_FEATURES, UserRequest, Vocab, build_batch
 from udfs.ranker import CPU, CUDA, OnnxRanker, choose_provider, providers_to_try
 from udfs.state import StateLimits, UserState, update_state
-from udfs.candidates import generate_candidates
 
 
 def test_provider_order():
@@ -67,7 +66,8 @@ def test_scores_match_the_graph(model, io_binding):
 
 
 def test_build_batch_shapes_and_user_mapping():
-    events = [Event(u, 100 + (u + i) % 6, 1 + i % 2, "pv", 1_600_000_000_000 + i * 1000) for u in range(3) for i in range(6)]
+    t0 = 1_600_000_000_000
+    events = [Event(u, 100 + (u + i) % 6, 1 + i % 2, "pv", t0 + i * 1000) for u in range(3) for i in range(6)]
     tables = build_tables(events)
     vocab = Vocab.build({e.item_id: 2 for e in events}, {1: 5, 2: 5}, min_count=2)
     reqs = []

@@ -6,7 +6,7 @@ value so the job can route it to the dead-letter topic and keep running.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -20,7 +20,7 @@ INT64_MAX = 2**63 - 1
 # ms since epoch; anything outside [1970, ~2286) is a unit or encoding mistake.
 MAX_TS_MS = 10**13
 
-Id = Union[int, str]
+Id = int | str
 FIELDS = ("user_id", "item_id", "category_id", "behavior", "ts")
 
 
