@@ -1,0 +1,39 @@
+"""Fixtures for job tests: a generated log and a small artifact built from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamrec.data import generate_events
+from tests.onnx_fixtures import covisit_scorer
+from udfs.artifact import write_artifact
+from udfs.candidates import build_tables
+from udfs.features import Vocab
+
+T_START = 1_700_000_000_000
+
+
+def generated_log(n: int = 4000, seed: int = 3):
+    return generate_events(n, n_users=60, n_items=400, n_categories=12, seed=seed,
+                           start_ts_ms=T_START, duration_s=2 * 86400)
+
+
+@pytest.fixture(scope="session")
+def fixture_artifact(tmp_path_factory) -> Path:
+    """Real candidate tables from a generated log, scored by the covisit-scorer graph.
+
+    For tests of the job's plumbing, where expected lists must be derivable from
+    the inputs; the trained model has its own tests (test_model.py).
+    """
+    d = tmp_path_factory.mktemp("artifact")
+    log = generated_log()
+    items: dict = {}
+    cats: dict = {}
+    for e in log:
+        items[e.item_id] = items.get(e.item_id, 0) + 1
+        cats[e.category_id] = cats.get(e.category_id, 0) + 1
+    model = covisit_scorer(d / "scorer.onnx", seq_len=50)
+    return write_artifact(d / "art", model, Vocab.build(items, cats, 2), build_tables(log),
+                          {"model_version": "fixture-covisit", "seq_len": 50, "opset": 17})
