@@ -37,3 +37,21 @@ def fixture_artifact(tmp_path_factory) -> Path:
     model = covisit_scorer(d / "scorer.onnx", seq_len=50)
     return write_artifact(d / "art", model, Vocab.build(items, cats, 2), build_tables(log),
                           {"model_version": "fixture-covisit", "seq_len": 50, "opset": 17})
+
+
+def job_env(bootstrap: str, topics: dict[str, str], artifact: Path, **extra: str) -> dict[str, str]:
+    """Environment for a `streamrec run` subprocess: every setting through its env var."""
+    import os
+
+    from streamrec.config import env_var
+
+    env = dict(os.environ)
+    env[env_var("kafka", "bootstrap_servers")] = bootstrap
+    for field, topic in topics.items():
+        env[env_var("kafka", field)] = topic
+    env[env_var("kafka", "group_id")] = "g-" + topics["input_topic"]
+    env[env_var("ranking", "artifact_dir")] = str(artifact)
+    env[env_var("ranking", "provider")] = "cpu"
+    env[env_var("job", "checkpoint_interval_ms")] = "2000"
+    env.update(extra)
+    return env

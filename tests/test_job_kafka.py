@@ -1,0 +1,77 @@
+"""The job on the minicluster between real Kafka topics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+from kafka import KafkaProducer
+
+from streamrec.kafka_io import consume, replay
+from tests.job_fixtures import generated_log, job_env
+
+pytestmark = [pytest.mark.kafka, pytest.mark.flink]
+
+POISON = [
+    b"\xc1\xc1",                                                   # not msgpack
+    msgpack.packb({"user_id": 1}),                                  # missing fields
+    msgpack.packb({"user_id": 1, "item_id": 2, "category_id": 3, "behavior": "pv", "ts": "x"}),
+    b"\x81\xa1a\xc6\xff\xff\xff\xff",                               # bin header claiming 4 GB
+    msgpack.packb({"user_id": 1, "item_id": 2**64 - 1, "category_id": 3, "behavior": "pv", "ts": 1}),
+]
+
+
+@pytest.fixture
+def topics(unique_topic):
+    return {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}
+
+
+@pytest.fixture
+def running_job(kafka_broker, topics, fixture_artifact, tmp_path):
+    log = (tmp_path / "job.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
+                            env=job_env(kafka_broker.bootstrap, topics, fixture_artifact),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    yield proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_one_record_per_accepted_event_and_poison_on_dlq(kafka_broker, topics, running_job):
+    events = generated_log(600, seed=9)
+    accepted = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})  # duplicates are ignored
+    prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    half = len(events) // 2
+    replay(events[:half], kafka_broker.bootstrap, topics["input_topic"])
+    for raw in POISON:
+        prod.send(topics["input_topic"], raw)
+    prod.flush()
+    replay(events[half:], kafka_broker.bootstrap, topics["input_topic"])
+
+    deadline = time.monotonic() + 180
+    out = []
+    while len(out) < accepted and time.monotonic() < deadline and running_job.poll() is None:
+        out += list(consume(kafka_broker.bootstrap, topics["output_topic"], timeout_s=5,
+                            group_id="verify-" + topics["output_topic"]))
+    assert running_job.poll() is None, "job died"
+    assert len(out) == accepted
+    users = {str(e.user_id) for e in events}
+    for r in out:
+        v = r.value
+        assert r.key == str(v["user_id"]).encode() and r.key.decode() in users
+        assert set(v) == {"schema_version", "user_id", "seq", "items", "scores", "trigger", "model_version",
+                          "provider", "fallback", "generated_at"}
+        assert len(v["items"]) == len(v["scores"]) and v["scores"] == sorted(v["scores"], reverse=True)
+    dlq = list(consume(kafka_broker.bootstrap, topics["dlq_topic"], timeout_s=5))
+    assert sorted(d.value["raw"] for d in dlq) == sorted(POISON)
+    assert all(d.value["topic"] == topics["input_topic"] and d.value["offset"] >= half for d in dlq)
+    assert running_job.poll() is None, "job must keep running after poison input"
