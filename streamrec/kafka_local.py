@@ -152,7 +152,8 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1,
         admin.close()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process runs (zombies count as dead: they have exited, just not been reaped)."""
     child = _CHILDREN.get(pid)
     if child is not None:
         return child.poll() is None
@@ -169,12 +170,15 @@ def _pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+_alive = pid_alive
+
+
 def _is_kafka(pid: int) -> bool:
     """Guards against a recycled pid in a stale state file."""
     try:
         return BROKER_MAIN.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return _pid_alive(pid)
+        return pid_alive(pid)
 
 
 def _terminate(pid: int, timeout_s: float = 20.0) -> None:
@@ -187,9 +191,9 @@ def _terminate(pid: int, timeout_s: float = 20.0) -> None:
         except PermissionError:
             os.kill(pid, sig)
         deadline = time.monotonic() + (timeout_s if sig == signal.SIGTERM else 5.0)
-        while time.monotonic() < deadline and _pid_alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             break
     child = _CHILDREN.pop(pid, None)
     if child is not None:
@@ -418,7 +422,7 @@ def status() -> dict[str, Any] | None:
     if not state:
         return None
     pid = int(state.get("pid", 0))
-    if pid <= 0 or not _pid_alive(pid) or not _is_kafka(pid) or not port_open(int(state["port"])):
+    if pid <= 0 or not pid_alive(pid) or not _is_kafka(pid) or not port_open(int(state["port"])):
         return None
     return state
 
@@ -440,7 +444,7 @@ def start_background(
     state = status()
     if state is None:
         stale = _read_state()
-        if stale and _pid_alive(int(stale.get("pid", 0))) and _is_kafka(int(stale["pid"])):
+        if stale and pid_alive(int(stale.get("pid", 0))) and _is_kafka(int(stale["pid"])):
             _terminate(int(stale["pid"]))  # running but not answering: replace it
         _state_file().unlink(missing_ok=True)
         broker = LocalKafka(run_dir() / "data", port, controller_port, run_dir() / "broker.log",
@@ -463,7 +467,7 @@ def stop_background(timeout: float = 20.0) -> bool:
     running = False
     if state:
         pid = int(state.get("pid", 0))
-        if pid > 0 and _pid_alive(pid) and _is_kafka(pid):
+        if pid > 0 and pid_alive(pid) and _is_kafka(pid):
             _terminate(pid, timeout)
             running = True
     _state_file().unlink(missing_ok=True)

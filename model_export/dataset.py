@@ -1,0 +1,397 @@
+"""Training and evaluation examples, replayed exactly as the stream sees them.
+
+Events are replayed per user in event-time order through :func:`update_state`
+with the job's :class:`StateLimits`. After each accepted event ``e_t`` (the
+state includes it) whose user has a next accepted event ``e_{t+1}``, the
+candidates the job would generate at that moment form one *request*; the
+candidate equal to ``e_{t+1}.item_id`` is the positive.
+
+* Training requests (``e_t`` and ``e_{t+1}`` before ``until``): the positive
+  (forced in with ``sources=0`` if the generators missed it), a seeded
+  subsample of the other candidates (hard negatives) and a few
+  popularity-sampled negatives from outside the candidate list.
+* Evaluation requests (``e_t`` at/after ``until``): the candidate list exactly
+  as generated, nothing forced in; a request whose next item is not a
+  candidate is a miss for every ranker.
+
+Features come from :func:`udfs.features.build_batch`, the function the job
+calls, so training features are serving features. Candidate tables and the
+vocabulary use only events before ``until``; user state keeps accumulating
+across the boundary, as it does in the stream.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from udfs.candidates import Candidates, CandidateTables, build_tables, generate_candidates
+from udfs.events import Event, Id
+from udfs.features import INPUT_NAMES, UserRequest, Vocab, build_batch
+from udfs.state import StateLimits, UserState, update_state
+
+
+@dataclass
+class ExampleSet:
+    """Model inputs of many requests, concatenated; request ``i`` owns rows
+    ``offsets[i]:offsets[i+1]`` and history row ``i``."""
+
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray  # float32 [B]
+    offsets: np.ndarray  # int64 [N+1]
+    items: list[Id]  # raw candidate item id per row
+    novel: np.ndarray  # bool [N]: next item never touched by the user before
+    has_positive: np.ndarray  # bool [N]
+    trigger_ts: np.ndarray  # int64 [N]
+    n_rows_per_request: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_rows_per_request = np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.offsets[-1])
+
+    def batch(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Inputs and labels of requests ``idx`` (histories re-indexed 0..len(idx)-1)."""
+        starts = self.offsets[idx]
+        lens = self.offsets[idx + 1] - starts
+        total = int(lens.sum())
+        first = np.cumsum(lens) - lens
+        rows = np.arange(total, dtype=np.int64) + np.repeat(starts - first, lens)
+        out = {name: self.arrays[name][idx] for name in INPUT_NAMES[:4]}
+        out["cand_user"] = np.repeat(np.arange(len(idx), dtype=np.int64), lens)
+        for name in INPUT_NAMES[5:]:
+            out[name] = self.arrays[name][rows]
+        return out, self.labels[rows]
+
+    def select(self, idx: np.ndarray) -> ExampleSet:
+        """A new set of requests ``idx`` (in that order)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        arrays, labels = self.batch(idx)
+        lens = self.offsets[idx + 1] - self.offsets[idx]
+        items = [self.items[r] for i in idx for r in range(self.offsets[i], self.offsets[i + 1])]
+        return ExampleSet(arrays, labels, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), items,
+                          self.novel[idx], self.has_positive[idx], self.trigger_ts[idx])
+
+
+@dataclass
+class _Pending:
+    state: UserState
+    candidates: Candidates
+    trigger: Event
+    touched: bool  # filled when the next event arrives: was it touched before?
+    tables: CandidateTables
+
+
+@dataclass
+class TrainingData:
+    tables: CandidateTables
+    vocab: Vocab
+    train: ExampleSet
+    eval: ExampleSet
+    until_ms: int
+    train_events: int
+    train_users: int
+    train_start_ms: int
+    train_end_ms: int
+    catalog_size: int
+
+
+def snapshot(state: UserState) -> UserState:
+    """A copy that later updates cannot change (seq rows are never mutated in place)."""
+    return UserState(list(state.seq), list(state.counts), dict(state.affinity), state.ref_ts,
+                     list(state.bought), state.emitted, state.max_ts)
+
+
+def sort_events(events: Iterable[Event]) -> list[Event]:
+    return sorted(events, key=lambda e: e.ts)
+
+
+def default_until(events: Sequence[Event], frac: float = 0.8) -> int:
+    """The time at ``frac`` of the log's span. The span starts at the 0.1% quantile of
+    event time, so a few stray early timestamps (real logs have them) do not move it."""
+    ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
+    lo = int(np.quantile(ts, 0.001)) if len(ts) >= 1000 else int(ts.min())
+    hi = int(ts.max())
+    return lo + int(frac * (hi - lo))
+
+
+def build_vocab(events: Iterable[Event], min_count: int = 2) -> Vocab:
+    items: Counter[Id] = Counter()
+    cats: Counter[Id] = Counter()
+    for e in events:
+        items[e.item_id] += 1
+        cats[e.category_id] += 1
+    return Vocab.build(items, cats, min_count=min_count)
+
+
+def replay_requests(
+    events: Sequence[Event],
+    tables: CandidateTables | Callable[[int], CandidateTables | None],
+    limits: StateLimits,
+    n_candidates: int,
+) -> Iterable[tuple[_Pending, Event]]:
+    """Yield ``(request, next_event)`` for every accepted event with a successor.
+
+    ``tables`` may be a function of the trigger time (None: make no request)."""
+    choose = tables if callable(tables) else (lambda ts: tables)
+    by_user: dict[Id, list[Event]] = defaultdict(list)
+    for e in events:
+        by_user[e.user_id].append(e)
+    for user_events in by_user.values():
+        user_events.sort(key=lambda e: e.ts)  # stable: input order breaks ties
+        state = UserState()
+        touched: set[Id] = set()
+        pending: _Pending | None = None
+        for e in user_events:
+            if not update_state(state, e, limits):
+                continue  # a redelivery: the job emits nothing and it is no "next event"
+            if pending is not None:
+                pending.touched = e.item_id in touched
+                yield pending, e
+            touched.add(e.item_id)
+            t = choose(e.ts)
+            if t is None:
+                pending = None
+                continue
+            cands = generate_candidates(state, t, n_candidates)
+            pending = _Pending(snapshot(state), cands, e, False, t)
+
+
+def _to_example_set(
+    requests: list[UserRequest],
+    labels: list[list[float]],
+    novel: list[bool],
+    has_pos: list[bool],
+    vocab: Vocab,
+    tables: CandidateTables,
+    seq_len: int,
+    chunk: int = 2048,
+) -> ExampleSet:
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in INPUT_NAMES}
+    for start in range(0, len(requests), chunk):
+        b = build_batch(requests[start : start + chunk], vocab, tables, seq_len)
+        b["cand_user"] = b["cand_user"] + start
+        for n in INPUT_NAMES:
+            parts[n].append(b[n])
+    if requests:
+        arrays = {n: np.concatenate(v) for n, v in parts.items()}
+    else:
+        empty = build_batch([], vocab, tables, seq_len)
+        arrays = empty
+    lens = np.array([len(r.candidates.items) for r in requests], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    flat_labels = np.array([x for lab in labels for x in lab], dtype=np.float32)
+    items = [i for r in requests for i in r.candidates.items]
+    return ExampleSet(
+        arrays=arrays,
+        labels=flat_labels,
+        offsets=offsets,
+        items=items,
+        novel=np.array(novel, dtype=bool),
+        has_positive=np.array(has_pos, dtype=bool),
+        trigger_ts=np.array([r.trigger.ts for r in requests], dtype=np.int64),
+    )
+
+
+def _subset(c: Candidates, keep: Sequence[int]) -> Candidates:
+    return Candidates(
+        items=[c.items[i] for i in keep],
+        categories=[c.categories[i] for i in keep],
+        sources=[c.sources[i] for i in keep],
+        covisit=[c.covisit[i] for i in keep],
+    )
+
+
+class _PopularitySampler:
+    def __init__(self, tables: CandidateTables, rng: np.random.Generator) -> None:
+        items = list(tables.popularity)
+        self.items = items
+        weights = np.array([tables.popularity[i] for i in items], dtype=np.float64)
+        total = weights.sum()
+        self.p = weights / total if total > 0 else None
+        self.rng = rng
+        self.cats = tables.item_category
+
+    def sample(self, k: int, exclude: set[Id]) -> list[tuple[Id, Id]]:
+        if k <= 0 or not self.items:
+            return []
+        idx = self.rng.choice(len(self.items), size=2 * k, p=self.p)
+        out: list[tuple[Id, Id]] = []
+        for i in idx:
+            item = self.items[int(i)]
+            if item in exclude:
+                continue
+            exclude.add(item)
+            out.append((item, self.cats.get(item, -1)))
+            if len(out) >= k:
+                break
+        return out
+
+
+def concat_sets(sets: Sequence[ExampleSet]) -> ExampleSet:
+    sets = [x for x in sets if len(x)] or list(sets[:1])
+    arrays = {}
+    for n in INPUT_NAMES:
+        parts = [x.arrays[n] for x in sets]
+        if n == "cand_user":
+            base = np.cumsum([0] + [len(x) for x in sets[:-1]])
+            parts = [p + b for p, b in zip(parts, base, strict=True)]
+        arrays[n] = np.concatenate(parts)
+    offsets = [np.zeros(1, dtype=np.int64)]
+    end = 0
+    for x in sets:
+        offsets.append(x.offsets[1:] + end)
+        end += x.n_rows
+    return ExampleSet(
+        arrays, np.concatenate([x.labels for x in sets]), np.concatenate(offsets),
+        [i for x in sets for i in x.items], np.concatenate([x.novel for x in sets]),
+        np.concatenate([x.has_positive for x in sets]), np.concatenate([x.trigger_ts for x in sets]),
+    )
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.req: list[UserRequest] = []
+        self.lab: list[list[float]] = []
+        self.novel: list[bool] = []
+        self.has: list[bool] = []
+
+    def add(self, req: UserRequest, lab: list[float], novel: bool, has: bool) -> None:
+        self.req.append(req)
+        self.lab.append(lab)
+        self.novel.append(novel)
+        self.has.append(has)
+
+    def build(self, vocab: Vocab, tables: CandidateTables, seq_len: int) -> ExampleSet:
+        return _to_example_set(self.req, self.lab, self.novel, self.has, vocab, tables, seq_len)
+
+
+def build_training_data(
+    events: Iterable[Event],
+    *,
+    until_ms: int | None = None,
+    limits: StateLimits | None = None,
+    n_candidates: int = 100,
+    seq_len: int = 50,
+    hard_negatives: int = 20,
+    popularity_negatives: int = 5,
+    force_positive: bool = False,
+    table_period_ms: int | None = 86400 * 1000,
+    min_count: int = 2,
+    seed: int = 0,
+    progress: bool = False,
+) -> TrainingData:
+    """Tables, vocabulary, training and evaluation examples (see module doc).
+
+    Point-in-time tables: with ``table_period_ms`` set, a training request at
+    time ``t`` gets candidates and popularity from tables built on events before
+    the period boundary ``until - k * period`` at or before ``t`` (requests before
+    the first boundary that has a full period of history are skipped). Tables
+    built on the whole training span would have counted the very transitions
+    being predicted (candidate recall ~89% in training vs ~20% held out on the
+    Taobao sample) and the model would learn to trust co-visitation too much.
+    Evaluation requests use the tables built on everything before ``until``:
+    the tables the artifact ships. ``table_period_ms=None`` uses those for
+    training too.
+    """
+    from tqdm import tqdm
+
+    limits = limits or StateLimits()
+    evs = sort_events(events)
+    if not evs:
+        raise ValueError("no events to train on")
+    until = default_until(evs) if until_ms is None else int(until_ms)
+    train_events = [e for e in evs if e.ts < until]
+    if not train_events:
+        raise ValueError(f"no events before until_ms={until}")
+    tables = build_tables(train_events)
+    vocab = build_vocab(train_events, min_count=min_count)
+    rng = np.random.default_rng(seed)
+
+    # Period boundaries, newest first; each with tables from the events before it.
+    boundaries: list[int] = []
+    if table_period_ms:
+        start = default_until(train_events, 0.0)
+        b = until - table_period_ms
+        while b - start >= table_period_ms:
+            boundaries.append(b)
+            b -= table_period_ms
+    ts_sorted = np.fromiter((e.ts for e in evs), dtype=np.int64, count=len(evs))
+    period_tables: list[CandidateTables] = [
+        build_tables(evs[: int(np.searchsorted(ts_sorted, b, side="left"))]) for b in boundaries
+    ]
+    ascending = boundaries[::-1]
+
+    def choose(ts: int) -> CandidateTables | None:
+        if ts >= until or not table_period_ms:
+            return tables
+        k = int(np.searchsorted(ascending, ts, side="right")) - 1
+        return None if k < 0 else period_tables[len(boundaries) - 1 - k]
+
+    samplers: dict[int, _PopularitySampler] = {}
+    collectors: dict[int, _Collector] = {}
+    evaluation = _Collector()
+    it = replay_requests(evs, choose, limits, n_candidates)
+    if progress:
+        it = tqdm(it, desc="replay", unit="req", mininterval=1.0)
+    for p, nxt in it:
+        target = nxt.item_id
+        cands = p.candidates
+        pos = next((i for i, item in enumerate(cands.items) if item == target), -1)
+        novel = not p.touched
+        if p.trigger.ts >= until:
+            evaluation.add(UserRequest(p.state, cands, p.trigger),
+                           [1.0 if item == target else 0.0 for item in cands.items], novel, pos >= 0)
+            continue
+        if nxt.ts >= until:
+            continue  # the label lies past the split: neither train nor eval
+        if pos < 0 and not force_positive:
+            continue
+        key = id(p.tables)
+        if key not in samplers:
+            samplers[key] = _PopularitySampler(p.tables, rng)
+            collectors[key] = _Collector()
+        others = [i for i in range(len(cands.items)) if i != pos]
+        if len(others) > hard_negatives:
+            others = sorted(rng.choice(others, size=hard_negatives, replace=False).tolist())
+        sub = _subset(cands, ([pos] if pos >= 0 else []) + others)
+        if pos < 0:
+            sub.items.insert(0, target)
+            sub.categories.insert(0, nxt.category_id)
+            sub.sources.insert(0, 0)
+            sub.covisit.insert(0, 0.0)
+        exclude = set(cands.items)
+        exclude.add(target)
+        for item, cat in samplers[key].sample(popularity_negatives, exclude):
+            sub.items.append(item)
+            sub.categories.append(cat)
+            sub.sources.append(0)
+            sub.covisit.append(0.0)
+        collectors[key].add(UserRequest(p.state, sub, p.trigger),
+                            [1.0] + [0.0] * (len(sub.items) - 1), novel, pos >= 0)
+
+    by_id = {id(t): t for t in [tables, *period_tables]}
+    parts = [c.build(vocab, by_id[k], seq_len) for k, c in collectors.items()]
+    train = concat_sets(parts) if parts else _Collector().build(vocab, tables, seq_len)
+    collectors.clear()
+    ev = evaluation.build(vocab, tables, seq_len)
+    return TrainingData(
+        tables=tables,
+        vocab=vocab,
+        train=train,
+        eval=ev,
+        until_ms=until,
+        train_events=len(train_events),
+        train_users=len({e.user_id for e in train_events}),
+        train_start_ms=train_events[0].ts,
+        train_end_ms=train_events[-1].ts,
+        catalog_size=len({e.item_id for e in evs}),
+    )

@@ -1,0 +1,303 @@
+"""Train the DIN ranker, export it to ONNX, check parity, evaluate, write the artifact.
+
+``train_model`` is the entry point (``streamrec train`` calls it). With
+``until_ms=None`` the split is at 80% of the log's span (see
+:func:`model_export.dataset.default_until`): tables, vocabulary and training
+examples use events before it, evaluation uses requests at/after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_export.dataset import ExampleSet, build_training_data
+from model_export.evaluate import evaluate, format_table
+from udfs.artifact import write_artifact
+from udfs.events import Event
+from udfs.features import INPUT_NAMES
+from udfs.state import StateLimits
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "model.pt"
+OPSET = 17
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _to_torch(batch: dict[str, np.ndarray]) -> list[Any]:
+    import torch
+
+    return [torch.from_numpy(np.ascontiguousarray(batch[n])) for n in INPUT_NAMES]
+
+
+def predict_torch(model: Any, es: ExampleSet, batch_requests: int = 512) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(es), batch_requests):
+            idx = np.arange(s, min(s + batch_requests, len(es)))
+            batch, _ = es.batch(idx)
+            out.append(model(*_to_torch(batch)).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def predict_onnx(session: Any, es: ExampleSet, batch_requests: int = 512) -> np.ndarray:
+    out = []
+    for s in range(0, len(es), batch_requests):
+        idx = np.arange(s, min(s + batch_requests, len(es)))
+        batch, _ = es.batch(idx)
+        out.append(session.run(["score"], batch)[0])
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def check_parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, es: ExampleSet) -> dict[str, Any]:
+    """Max abs difference, and whether every request's ranking order is identical."""
+    diff = float(np.max(np.abs(torch_scores - onnx_scores))) if len(torch_scores) else 0.0
+    identical = True
+    mismatched = 0
+    for i in range(len(es)):
+        a, b = int(es.offsets[i]), int(es.offsets[i + 1])
+        if not np.array_equal(np.argsort(-torch_scores[a:b], kind="stable"),
+                              np.argsort(-onnx_scores[a:b], kind="stable")):
+            identical = False
+            mismatched += 1
+    return {"max_abs_diff": diff, "order_identical": identical, "requests": len(es),
+            "requests_order_mismatch": mismatched, "rows": int(len(torch_scores))}
+
+
+def _subset(es: ExampleSet, n: int) -> ExampleSet:
+    return es.select(np.arange(min(n, len(es))))
+
+
+def _listwise_loss(logits: Any, labels: Any, cand_user: Any, n_users: int) -> Any:
+    """Softmax cross-entropy of each request's positive against its own candidates."""
+    import torch
+
+    m = torch.full((n_users,), -1e30, dtype=logits.dtype).scatter_reduce(
+        0, cand_user, logits.detach(), reduce="amax")
+    e = torch.exp(logits - m[cand_user])
+    denom = torch.zeros(n_users, dtype=logits.dtype).index_add(0, cand_user, e)
+    log_z = torch.log(denom) + m
+    pos = labels > 0.5
+    return (log_z[cand_user[pos]] - logits[pos]).mean()
+
+
+def fit(
+    tr: ExampleSet,
+    cfg: Any,
+    *,
+    seed: int = 0,
+    epochs: int = 3,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    loss: str = "bce",
+    progress: bool = True,
+) -> tuple[Any, list[dict[str, float]]]:
+    """Train a fresh DIN on ``tr``; deterministic for a given seed and thread count."""
+    import torch
+    from tqdm import tqdm
+
+    from model_export.model import DIN
+
+    _seed_everything(seed)
+    model = DIN(cfg)
+    model.set_dense_stats(tr.arrays["dense"])
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    bce = torch.nn.BCEWithLogitsLoss()
+    rng = np.random.default_rng(seed)
+    n_batches = (len(tr) + batch_size - 1) // batch_size
+    history: list[dict[str, float]] = []
+    for epoch in range(epochs):
+        model.train()
+        perm = rng.permutation(len(tr))
+        total, count = 0.0, 0
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
+                   mininterval=1.0)
+        for b in bar:
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            batch, labels = tr.batch(idx)
+            inputs = _to_torch(batch)
+            logits = model(*inputs)
+            y = torch.from_numpy(labels)
+            value = _listwise_loss(logits, y, inputs[4], len(idx)) if loss == "softmax" else bce(logits, y)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            total += float(value.detach()) * len(idx)
+            count += len(idx)
+            if b % 20 == 0:
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        history.append({"epoch": epoch + 1, "train_loss": total / max(count, 1)})
+    model.eval()
+    return model, history
+
+
+def train_model(
+    events: Iterable[Event],
+    *,
+    until_ms: int | None = None,
+    out_dir: str | os.PathLike[str],
+    seed: int = 0,
+    epochs: int = 2,
+    seq_len: int = 50,
+    n_candidates: int = 100,
+    limits: StateLimits | None = None,
+    dim: int = 24,
+    hidden: tuple[int, ...] = (128, 64),
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    hard_negatives: int = 20,
+    popularity_negatives: int = 5,
+    force_positive: bool = False,
+    table_period_ms: int | None = 86400 * 1000,
+    loss: str = "bce",
+    threads: int = 2,
+    parity_requests: int = 2000,
+    progress: bool = True,
+) -> Path:
+    """Build examples, train, export ONNX, check parity, evaluate and write the artifact.
+
+    ``limits`` must equal the job's state limits (``jobs.runtime.state_limits``);
+    the default is :class:`StateLimits()`, the job's default config, with
+    ``max_seq_len`` equal to ``seq_len``. Returns the artifact directory.
+    """
+    import torch
+
+    from model_export.model import ModelConfig, export_onnx, onnx_session, onnx_signature
+
+    t0 = time.time()
+    torch.set_num_threads(max(1, threads))
+    _seed_everything(seed)
+    limits = limits or StateLimits(max_seq_len=seq_len)
+    data = build_training_data(
+        events, until_ms=until_ms, limits=limits, n_candidates=n_candidates, seq_len=seq_len,
+        hard_negatives=hard_negatives, popularity_negatives=popularity_negatives,
+        force_positive=force_positive, table_period_ms=table_period_ms, seed=seed, progress=progress,
+    )
+    tr, ev = data.train, data.eval
+    if len(tr) == 0:
+        raise ValueError("no training examples: the log before until_ms has no user with two events")
+    t_data = time.time() - t0
+    log.info("examples: train %d requests / %d rows, eval %d requests / %d rows (%.1fs)",
+             len(tr), tr.n_rows, len(ev), ev.n_rows, t_data)
+
+    cfg = ModelConfig(n_items=data.vocab.n_items, n_categories=data.vocab.n_categories, dim=dim,
+                      hidden=tuple(hidden))
+    model, history = fit(tr, cfg, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss,
+                         progress=progress)
+    t_train = time.time() - t0 - t_data
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", seq_len=seq_len, opset=OPSET)
+        ckpt = Path(tmp) / CHECKPOINT_FILE
+        torch.save(model.state_dict(), ckpt)
+        session = onnx_session(onnx_path, threads=max(1, threads))
+
+        sample = _subset(ev if len(ev) else tr, parity_requests)
+        parity = check_parity(predict_torch(model, sample), predict_onnx(session, sample), sample)
+        if parity["max_abs_diff"] >= 1e-4:
+            raise RuntimeError(f"ONNX export parity failed: {parity}")
+        model_scores = predict_onnx(session, ev)
+        metrics = evaluate(ev, {"model": model_scores}, catalog_size=data.catalog_size)
+        if progress:
+            print(format_table(metrics))
+
+        sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+        manifest = {
+            "model_version": f"din-{sha[:8]}",
+            "seq_len": seq_len,
+            "opset": OPSET,
+            "signature": onnx_signature(onnx_path),
+            "train_span": {
+                "start_ms": data.train_start_ms,
+                "end_ms": data.train_end_ms,
+                "until_ms": data.until_ms,
+                "events": data.train_events,
+                "users": data.train_users,
+                "train_requests": len(tr),
+                "train_rows": tr.n_rows,
+                "eval_requests": len(ev),
+            },
+            "metrics": metrics,
+            "parity": parity,
+            "model_config": cfg.to_dict(),
+            "config": {
+                "seed": seed, "epochs": epochs, "seq_len": seq_len, "n_candidates": n_candidates,
+                "batch_size": batch_size, "lr": lr, "hard_negatives": hard_negatives,
+                "popularity_negatives": popularity_negatives, "force_positive": force_positive,
+                "table_period_ms": table_period_ms,
+                "loss": loss, "optimizer": "adam", "dim": dim, "hidden": list(hidden),
+                "state_limits": asdict(limits), "vocab_min_count": 2,
+            },
+            "training": {"history": history, "seconds_data": round(t_data, 2),
+                         "seconds_train": round(t_train, 2),
+                         "seconds_total": round(time.time() - t0, 2),
+                         "torch": torch.__version__},
+        }
+        # NaN (e.g. AUC with no positives) is not JSON: write null instead.
+        manifest = json.loads(json.dumps(manifest, default=str).replace("NaN", "null"))
+        path = write_artifact(out, onnx_path, data.vocab, data.tables, manifest,
+                              extra_files={CHECKPOINT_FILE: ckpt})
+    log.info("artifact %s written in %.1fs", path, time.time() - t0)
+    return path
+
+
+def _load_events(path: str) -> list[Event]:
+    try:
+        from streamrec.data import load_userbehavior  # type: ignore[import-not-found]
+
+        return list(load_userbehavior(path))
+    except ImportError:
+        import csv
+
+        out = []
+        with open(path, newline="") as f:
+            for row in csv.reader(f):
+                out.append(Event(int(row[0]), int(row[1]), int(row[2]), row[3], int(row[4]) * 1000))
+        return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="train the DIN ranker on a UserBehavior CSV")
+    p.add_argument("--events", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--until-ms", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    t = time.time()
+    path = train_model(_load_events(a.events), until_ms=a.until_ms, out_dir=a.out, seed=a.seed,
+                       epochs=a.epochs)
+    print(f"artifact {path} in {time.time() - t:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

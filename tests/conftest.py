@@ -1,0 +1,93 @@
+"""Session fixtures: one real Kafka broker, per-test topics, a small artifact."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from streamrec.kafka_local import LocalKafka, cache_dir, kafka_classpath
+
+pytest_plugins = ["tests.job_fixtures"]
+
+
+# =============================================================================================
+# Local Kafka broker (streamrec.kafka_local)
+#
+# One real KRaft broker per test session on free loopback ports. Without the fetched jars the
+# tests that need them are skipped locally, but fail under CI so a broken setup cannot pass.
+# =============================================================================================
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _missing(reason: str) -> None:
+    if in_ci():
+        pytest.fail(f"CI is set and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_kafka_jars() -> str:
+    """The broker classpath, or skip (locally) / fail (CI) with the fetch instruction."""
+    try:
+        return kafka_classpath()
+    except FileNotFoundError as exc:
+        _missing(str(exc))
+        raise
+
+
+def _jars_present() -> bool:
+    lib = cache_dir()
+    return (any((lib / "kafka" / "libs").glob("kafka_2.13-*.jar"))
+            and (lib / "flink" / "lib" / "streamrec-flink.jar").is_file())
+
+
+@pytest.fixture(scope="session")
+def kafka_jars() -> str:
+    """The broker classpath; tests that request it skip (or fail under CI) without the jars."""
+    return require_kafka_jars()
+
+
+@pytest.fixture(scope="session")
+def jars_or_skip() -> None:
+    """Broker jars and the job's Flink jars (connector + streamrec-flink.jar), as the Flink tests need."""
+    if not _jars_present():
+        _missing("Kafka/Flink jars are missing: run `make deps` "
+                 "(scripts/fetch_deps.sh, then scripts/build_java.sh)")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(kafka_jars: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A running ``LocalKafka``; tests must use their own topics (see ``unique_topic``)."""
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
+    broker.start(timeout=120)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+_topic_counter = itertools.count(1)
+
+
+@pytest.fixture
+def unique_topic(kafka_broker: LocalKafka, request: pytest.FixtureRequest) -> Callable[..., str]:
+    """Factory: ``unique_topic(suffix="", partitions=1)`` creates a fresh topic and returns its name.
+
+    Names derive from the test's name plus a session-wide counter, so tests never see each
+    other's records on the shared broker.
+    """
+    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[-120:].strip("-") or "test"
+
+    def make(suffix: str = "", partitions: int = 1) -> str:
+        parts = [base, re.sub(r"[^a-z0-9]+", "-", suffix.lower()).strip("-"), str(next(_topic_counter))]
+        name = "-".join(p for p in parts if p)
+        kafka_broker.create_topics([name], partitions=partitions)
+        return name
+
+    return make
