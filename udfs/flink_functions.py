@@ -110,6 +110,13 @@ class RecommendFunction(KeyedProcessFunction):
             StateTtlConfig.new_builder(Time.seconds(cfg.state.ttl_s))
             .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
             .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            # PyFlink's default background cleanup builds a RocksDB strategy whose
+            # java.time.Duration needs a py4j gateway, which a TaskManager's thread-mode
+            # worker does not have (FileNotFoundError at open() on a real cluster).
+            # The same cleanup, spelled out without a Duration:
+            .disable_cleanup_in_background()
+            .cleanup_incrementally(10, False)
+            .cleanup_full_snapshot()
             .build()
         )
         desc = ValueStateDescriptor("user-state", Types.PICKLED_BYTE_ARRAY())

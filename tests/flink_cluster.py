@@ -1,0 +1,94 @@
+"""A standalone Flink cluster from the PyFlink distribution's own bin/ scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pyflink
+import yaml
+
+from jobs.pipeline import worker_pythonpath
+from streamrec.kafka_local import free_ports
+
+FLINK_HOME = Path(pyflink.__file__).resolve().parent
+
+
+class StandaloneCluster:
+    def __init__(self, work_dir: Path, slots: int = 2) -> None:
+        self.work_dir = work_dir
+        self.conf_dir = work_dir / "conf"
+        self.log_dir = work_dir / "log"
+        self.rest_port, self.rpc_port = free_ports(2)
+        self.slots = slots
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.rest_port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(FLINK_HOME=str(FLINK_HOME), FLINK_CONF_DIR=str(self.conf_dir), FLINK_LOG_DIR=str(self.log_dir),
+                   PYTHONPATH=worker_pythonpath())
+        return env
+
+    def _write_conf(self) -> None:
+        shutil.copytree(FLINK_HOME / "conf", self.conf_dir, dirs_exist_ok=True)
+        conf = yaml.safe_load((FLINK_HOME / "conf" / "config.yaml").read_text())
+        conf["jobmanager"].update({"bind-host": "127.0.0.1", "rpc": {"address": "127.0.0.1", "port": self.rpc_port},
+                                   "memory": {"process": {"size": "1024m"}}})
+        conf["taskmanager"].update({"bind-host": "127.0.0.1", "host": "127.0.0.1", "numberOfTaskSlots": self.slots,
+                                    "memory": {"process": {"size": "2048m"}}})
+        conf["rest"] = {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": self.rest_port}
+        (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf))
+        (self.conf_dir / "masters").write_text(f"127.0.0.1:{self.rest_port}\n")
+        (self.conf_dir / "workers").write_text("127.0.0.1\n")
+
+    def start(self, timeout: float = 120) -> StandaloneCluster:
+        self._write_conf()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["bash", str(FLINK_HOME / "bin" / "start-cluster.sh")], env=self.env(), check=True,
+                       capture_output=True, timeout=120)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.rest("/overview").get("taskmanagers", 0) >= 1:
+                    return self
+            except OSError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"Flink cluster not ready after {timeout}s; logs in {self.log_dir}")
+
+    def rest(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://{self.address}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def flink(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+        full_env = {**self.env(), **(env or {})}
+        res = subprocess.run(["bash", str(FLINK_HOME / "bin" / "flink"), *args], env=full_env,
+                             capture_output=True, text=True, timeout=timeout)
+        if res.returncode != 0:
+            raise RuntimeError(f"flink {' '.join(args[:3])} failed ({res.returncode}):\n{res.stdout[-3000:]}\n"
+                               f"{res.stderr[-3000:]}")
+        return res.stdout
+
+    def submit_python(self, script: str, job_args: list[str], env: dict[str, str], python: str) -> str:
+        out = self.flink("run", "-m", self.address, "-d", "-py", script, "-pyclientexec", python, "-pyexec", python,
+                         *job_args, env=env)
+        match = re.search(r"JobID ([0-9a-f]{32})", out)
+        if not match:
+            raise RuntimeError(f"no JobID in flink run output:\n{out[-3000:]}")
+        return match.group(1)
+
+    def job_state(self, job_id: str) -> str:
+        return str(self.rest(f"/jobs/{job_id}")["state"])
+
+    def stop(self) -> None:
+        subprocess.run(["bash", str(FLINK_HOME / "bin" / "stop-cluster.sh")], env=self.env(),
+                       capture_output=True, timeout=120)
