@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from streamrec.config import Config
@@ -103,4 +104,16 @@ def read_events_file(path: Path) -> list:
         raise FileNotFoundError(f"events file not found: {path}")
     if path.suffix in (".msgpack", ".mpk"):
         return read_events_msgpack(path)
-    return list(load_userbehavior(path))
+    result = load_userbehavior(path)
+    report_load(path, result)
+    return list(result)
+
+
+def report_load(path: Path, result: Any) -> None:
+    """Say what the loader skipped; an empty run must never look like a clean one."""
+    if result.malformed or result.out_of_span:
+        log.warning("%s: %d rows, %d events kept, %d malformed (first: %s), %d outside the dataset's span "
+                    "(first: %s)", path, result.rows, len(result), result.malformed,
+                    result.malformed_examples[:3], result.out_of_span, result.out_of_span_examples[:3])
+    if not len(result):
+        raise ValueError(f"{path}: no events left after loading ({result.rows} rows); see the warning above")

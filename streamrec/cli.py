@@ -89,10 +89,12 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 # --- replay / consume / generate ---------------------------------------------------------------
 
 def load_events(path: str, fmt: str) -> list[Any]:
+    from jobs.entry import report_load
     from streamrec.data import load_userbehavior, read_events_msgpack
 
     if fmt == "userbehavior":
         result = load_userbehavior(path, sort=True)
+        report_load(Path(path), result)
         return list(result)
     return read_events_msgpack(path)
 
@@ -258,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _require(args, *REQUIRED.get(args.command, ()))
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ArtifactError) as exc:
+    except (ConfigError, FileNotFoundError, ArtifactError, ValueError) as exc:
         print(f"streamrec {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
