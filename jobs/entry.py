@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from streamrec.config import Config
 from udfs.artifact import verify_manifest
