@@ -64,6 +64,8 @@ class DIN(nn.Module):
         self.attn_hq = nn.Linear(d, cfg.attn_hidden, bias=False)
         self.attn_out = nn.Linear(cfg.attn_hidden, 1)
         # Dense-feature standardisation, fitted on training rows (set_dense_stats).
+        self.dense_mean: torch.Tensor
+        self.dense_std: torch.Tensor
         self.register_buffer("dense_mean", torch.zeros(cfg.n_dense))
         self.register_buffer("dense_std", torch.ones(cfg.n_dense))
         layers: list[nn.Module] = []

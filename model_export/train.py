@@ -268,18 +268,9 @@ def train_model(
 
 
 def _load_events(path: str) -> list[Event]:
-    try:
-        from streamrec.data import load_userbehavior  # type: ignore[import-not-found]
+    from streamrec.data import load_userbehavior
 
-        return list(load_userbehavior(path))
-    except ImportError:
-        import csv
-
-        out = []
-        with open(path, newline="") as f:
-            for row in csv.reader(f):
-                out.append(Event(int(row[0]), int(row[1]), int(row[2]), row[3], int(row[4]) * 1000))
-        return out
+    return list(load_userbehavior(path, sort=True))
 
 
 def main(argv: list[str] | None = None) -> None:

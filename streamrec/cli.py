@@ -78,11 +78,11 @@ def cmd_kafka(args: argparse.Namespace) -> int:
         stopped = kafka_local.stop_background()
         print("stopped" if stopped else "not running")
     else:
-        info = kafka_local.status()
-        if not info:
+        current = kafka_local.status()
+        if not current:
             print("not running")
             return 1
-        print(info["bootstrap"])
+        print(current["bootstrap"])
     return 0
 
 

@@ -116,8 +116,8 @@ def run_demo(cfg: Config, *, events: int, rate: float) -> int:
             key = trigger_key(rec.value["user_id"], t["item_id"], t["behavior"], t["ts"])
             outputs.append((rec.value, rec.timestamp))
             if len(outputs) <= 15 or len(outputs) % 500 == 0:
-                lat = rec.timestamp - inputs[key] if key in inputs else None
-                print("  " + _fmt(rec.value, lat), flush=True)
+                one = rec.timestamp - inputs[key] if key in inputs else None
+                print("  " + _fmt(rec.value, one), flush=True)
             if job.poll() is not None:
                 break
         if not outputs:

@@ -40,4 +40,5 @@ def summarize(input_ts: dict[TriggerKey, int], outputs: Iterable[tuple[dict[str,
     if not lat:
         return LatencySummary(0, float("nan"), float("nan"), float("nan"), float("nan"))
     a = np.asarray(lat, dtype=float)
-    return LatencySummary(len(lat), *(float(np.percentile(a, q)) for q in (50, 95, 99)), float(a.max()))
+    p50, p95, p99 = (float(np.percentile(a, q)) for q in (50, 95, 99))
+    return LatencySummary(len(lat), p50, p95, p99, float(a.max()))
