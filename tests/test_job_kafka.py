@@ -75,3 +75,25 @@ def test_one_record_per_accepted_event_and_poison_on_dlq(kafka_broker, topics, r
     assert sorted(d.value["raw"] for d in dlq) == sorted(POISON)
     assert all(d.value["topic"] == topics["input_topic"] and d.value["offset"] >= half for d in dlq)
     assert running_job.poll() is None, "job must keep running after poison input"
+
+
+def test_event_behind_the_watermark_goes_to_the_late_topic(kafka_broker, topics, running_job):
+    events = generated_log(50, seed=4)
+    replay(events, kafka_broker.bootstrap, topics["input_topic"])
+    deadline = time.monotonic() + 120
+    out: list = []
+    while len(out) < 1 and time.monotonic() < deadline:
+        out += list(consume(kafka_broker.bootstrap, topics["output_topic"], timeout_s=3, max_records=1))
+    assert out, "job produced nothing"
+    time.sleep(2)  # several watermark intervals: the watermark is now max(ts) - out_of_orderness
+    stale = events[-1]._replace(ts=max(e.ts for e in events) - 3_600_000, item_id=424242)
+    replay([stale], kafka_broker.bootstrap, topics["input_topic"])
+    late: list = []
+    deadline = time.monotonic() + 60
+    while not late and time.monotonic() < deadline:
+        late = list(consume(kafka_broker.bootstrap, topics["late_topic"], timeout_s=3))
+    assert len(late) == 1
+    assert late[0].value["event"]["item_id"] == 424242 and late[0].value["reason"].startswith("late")
+    assert late[0].key == str(stale.user_id).encode()
+    recs = list(consume(kafka_broker.bootstrap, topics["output_topic"], timeout_s=3))
+    assert all(r.value["trigger"]["item_id"] != 424242 for r in recs)
