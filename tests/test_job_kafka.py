@@ -32,18 +32,31 @@ def topics(unique_topic):
 
 
 @pytest.fixture
-def running_job(kafka_broker, topics, fixture_artifact, tmp_path):
-    log = (tmp_path / "job.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
-                            env=job_env(kafka_broker.bootstrap, topics, fixture_artifact),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    yield proc
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+def start_job(kafka_broker, topics, fixture_artifact, tmp_path):
+    """Starts `streamrec run` (Kafka in, Kafka out) with extra env settings; stops it after the test."""
+    procs = []
+
+    def start(**extra_env: str) -> subprocess.Popen:
+        log = (tmp_path / f"job{len(procs)}.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
+                                env=job_env(kafka_broker.bootstrap, topics, fixture_artifact, **extra_env),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def running_job(start_job):
+    return start_job()
 
 
 def test_one_record_per_accepted_event_and_poison_on_dlq(kafka_broker, topics, running_job):
@@ -97,3 +110,21 @@ def test_event_behind_the_watermark_goes_to_the_late_topic(kafka_broker, topics,
     assert late[0].key == str(stale.user_id).encode()
     recs = list(consume(kafka_broker.bootstrap, topics["output_topic"], timeout_s=3))
     assert all(r.value["trigger"]["item_id"] != 424242 for r in recs)
+
+
+def test_exactly_once_output_is_complete_and_duplicate_free(kafka_broker, topics, start_job):
+    from streamrec.config import env_var
+
+    job = start_job(**{env_var("kafka", "delivery_guarantee"): "exactly-once"})
+    events = generated_log(300, seed=8)
+    accepted = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})
+    replay(events, kafka_broker.bootstrap, topics["input_topic"])
+    out: list = []
+    deadline = time.monotonic() + 180
+    while len(out) < accepted and time.monotonic() < deadline and job.poll() is None:
+        # read_committed (kafka_io.consume): lists appear once their checkpoint commits the transaction
+        out += list(consume(kafka_broker.bootstrap, topics["output_topic"], timeout_s=5,
+                            group_id="verify-" + topics["output_topic"]))
+    assert job.poll() is None
+    keys = [(r.value["user_id"], r.value["seq"]) for r in out]
+    assert len(keys) == len(set(keys)) == accepted
