@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all venv deps demo test test-fast lint clean
+.PHONY: all venv deps demo test test-fast lint bench-model clean
 
 all: test
 
@@ -36,5 +36,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy streamrec udfs jobs model_export
 
+bench-model: deps
+	$(VENV)/bin/streamrec bench-model --out bench-results
+
 clean:
-	rm -rf $(VENV) $(CACHE) artifacts out
+	rm -rf $(VENV) $(CACHE) artifacts out bench-results

@@ -171,6 +171,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    from model_export.bench_model import main as bench_main
+
+    argv = ["--artifact", args.artifact, "--out", args.out, "--provider", args.provider,
+            "--batch-sizes", args.batch_sizes, "--repeats", str(args.repeats)]
+    if args.events:
+        argv += ["--events", args.events]
+    bench_main(argv)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamrec.demo import run_demo
 
@@ -233,6 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--since", f"{ENV_PREFIX}RUN_SINCE", "emit only for events at/after this Unix time (s)")
     add_config_flags(p, list(CONFIG_FLAGS))
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench-model", help="scored pairs/s and latency: torch vs onnxruntime fp32/fp16/int8")
+    add_flag(p, "--artifact", f"{ENV_PREFIX}BENCH_ARTIFACT", "model artifact", default="artifacts/model")
+    add_flag(p, "--out", f"{ENV_PREFIX}BENCH_OUT", "results directory", default="bench-results")
+    add_flag(p, "--events", f"{ENV_PREFIX}BENCH_EVENTS", "the artifact's training log, for held-out parity batches")
+    add_flag(p, "--provider", f"{ENV_PREFIX}BENCH_PROVIDER", "auto, cuda or cpu", default="auto",
+             choices=["auto", "cuda", "cpu"])
+    add_flag(p, "--batch-sizes", f"{ENV_PREFIX}BENCH_BATCH_SIZES", "comma-separated rows per call",
+             default="1,4,16,64,256,1024,4096")
+    add_flag(p, "--repeats", f"{ENV_PREFIX}BENCH_REPEATS", "timed calls per cell (fewer for big batches)", default="50")
+    p.set_defaults(func=cmd_bench_model)
 
     p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")
     add_flag(p, "--events", f"{ENV_PREFIX}DEMO_EVENTS", "events to replay", default="2000")
