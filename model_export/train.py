@@ -92,8 +92,9 @@ def _subset(es: ExampleSet, n: int) -> ExampleSet:
     return es.select(np.arange(min(n, len(es))))
 
 
-def _listwise_loss(logits: Any, labels: Any, cand_user: Any, n_users: int) -> Any:
-    """Softmax cross-entropy of each request's positive against its own candidates."""
+def _listwise_loss(logits: Any, labels: Any, cand_user: Any, n_users: int, weights: Any = None) -> Any:
+    """Softmax cross-entropy of each request's positive against its own candidates
+    (``weights``: optional per-request weights [U])."""
     import torch
 
     m = torch.full((n_users,), -1e30, dtype=logits.dtype).scatter_reduce(
@@ -102,7 +103,11 @@ def _listwise_loss(logits: Any, labels: Any, cand_user: Any, n_users: int) -> An
     denom = torch.zeros(n_users, dtype=logits.dtype).index_add(0, cand_user, e)
     log_z = torch.log(denom) + m
     pos = labels > 0.5
-    return (log_z[cand_user[pos]] - logits[pos]).mean()
+    nll = log_z[cand_user[pos]] - logits[pos]
+    if weights is None:
+        return nll.mean()
+    w = weights[cand_user[pos]]
+    return (nll * w).sum() / w.sum()
 
 
 def fit(
@@ -114,9 +119,14 @@ def fit(
     batch_size: int = 256,
     lr: float = 2e-3,
     loss: str = "bce",
+    novel_weight: float = 1.0,
     progress: bool = True,
 ) -> tuple[Any, list[dict[str, float]]]:
-    """Train a fresh DIN on ``tr``; deterministic for a given seed and thread count."""
+    """Train a fresh DIN on ``tr``; deterministic for a given seed and thread count.
+
+    ``novel_weight`` scales the loss of requests whose positive the user never
+    touched before (for BCE: the positive row), so the few novel positives are
+    not drowned by re-touched ones."""
     import torch
     from tqdm import tqdm
 
@@ -126,7 +136,7 @@ def fit(
     model = DIN(cfg)
     model.set_dense_stats(tr.arrays["dense"])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    bce = torch.nn.BCEWithLogitsLoss()
+    req_w = np.where(tr.novel, novel_weight, 1.0).astype(np.float32)
     rng = np.random.default_rng(seed)
     n_batches = (len(tr) + batch_size - 1) // batch_size
     history: list[dict[str, float]] = []
@@ -142,7 +152,12 @@ def fit(
             inputs = _to_torch(batch)
             logits = model(*inputs)
             y = torch.from_numpy(labels)
-            value = _listwise_loss(logits, y, inputs[4], len(idx)) if loss == "softmax" else bce(logits, y)
+            w_req = torch.from_numpy(req_w[idx])
+            if loss == "softmax":
+                value = _listwise_loss(logits, y, inputs[4], len(idx), w_req)
+            else:
+                w_row = torch.where(y > 0.5, w_req[inputs[4]], torch.ones_like(y))
+                value = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, weight=w_row)
             opt.zero_grad()
             value.backward()
             opt.step()
