@@ -206,3 +206,33 @@ def test_training_is_deterministic(trained) -> None:
     ma, mb = (load_artifact(p).manifest for p in (a, b))
     assert ma["model_version"] == mb["model_version"]
     assert ma["metrics"] == mb["metrics"]
+
+
+def test_novel_request_weight_balances_share() -> None:
+    from model_export.train import novel_request_weight
+
+    novel = np.array([True] * 4 + [False] * 96)
+    w = novel_request_weight(novel, 0.4)
+    assert w * 4 / (w * 4 + 96) == pytest.approx(0.4)
+    assert novel_request_weight(novel, 0.0) == 1.0
+    assert novel_request_weight(np.array([True] * 60 + [False] * 40), 0.4) == 1.0  # never below 1
+    assert novel_request_weight(np.zeros(5, dtype=bool), 0.4) == 1.0
+
+
+def test_covisit_rank_share_and_recent_category_features() -> None:
+    from udfs.candidates import Candidates, CandidateTables
+    from udfs.features import UserRequest, Vocab, build_batch
+    from udfs.state import StateLimits, UserState, update_state
+
+    tables = CandidateTables(covisit={"a": [("b", 3.0), ("c", 1.0)]}, popularity={"b": 1.0, "c": 1.0},
+                             item_category={"a": "x", "b": "x", "c": "y"})
+    st = UserState()
+    ev = Event(user_id="u", item_id="a", category_id="x", behavior="pv", ts=1000)
+    update_state(st, ev, StateLimits())
+    cands = Candidates(items=["c", "b", "z"], categories=["y", "x", "q"], sources=[1, 1, 8],
+                       covisit=[0.0, 0.0, 0.0])
+    d = build_batch([UserRequest(st, cands, ev)], Vocab({}, {}), tables, 4)["dense"]
+    f = {n: i for i, n in enumerate(DENSE_FEATURES)}
+    np.testing.assert_allclose(d[:, f["covisit_rank"]], [0.5, 1.0, 0.0])
+    np.testing.assert_allclose(d[:, f["covisit_share"]], [0.25, 0.75, 0.0])
+    np.testing.assert_allclose(d[:, f["category_in_recent"]], [0.0, 1.0, 0.0])

@@ -136,6 +136,23 @@ def _add(out: dict[Id, list[Any]], item: Id, cat: Id, src: int, cov: float = 0.0
         row[2] = max(row[2], cov)
 
 
+def covisit_scores(state: UserState, tables: CandidateTables) -> tuple[dict[Id, float], list[Id]]:
+    """Co-visitation score of every neighbour of the user's last
+    ``COVISIT_SOURCE_ITEMS`` distinct items (recency-decayed, behavior-weighted),
+    and those source items, most recent first."""
+    cov: dict[Id, float] = defaultdict(float)
+    sources: list[Id] = []
+    for row in reversed(state.seq):
+        if row[1] not in sources:
+            sources.append(row[1])
+            w = BEHAVIOR_WEIGHT[row[3]] * COVISIT_RECENCY_DECAY ** (len(sources) - 1)
+            for other, s in tables.covisit.get(row[1], ()):
+                cov[other] += w * s
+            if len(sources) >= COVISIT_SOURCE_ITEMS:
+                break
+    return cov, sources
+
+
 def generate_candidates(
     state: UserState,
     tables: CandidateTables,
@@ -149,16 +166,7 @@ def generate_candidates(
     seen_cat: dict[Id, Id] = {row[1]: row[2] for row in state.seq}
     out: dict[Id, list[Any]] = {}
 
-    cov: dict[Id, float] = defaultdict(float)
-    sources: list[Id] = []
-    for row in reversed(state.seq):
-        if row[1] not in sources:
-            sources.append(row[1])
-            w = BEHAVIOR_WEIGHT[row[3]] * COVISIT_RECENCY_DECAY ** (len(sources) - 1)
-            for other, s in tables.covisit.get(row[1], ()):
-                cov[other] += w * s
-            if len(sources) >= COVISIT_SOURCE_ITEMS:
-                break
+    cov, sources = covisit_scores(state, tables)
     for item in sorted(cov, key=lambda i: -cov[i])[: max(1, n // 2)]:
         if item not in bought:
             cat = tables.item_category.get(item, seen_cat.get(item, -1))

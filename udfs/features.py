@@ -8,6 +8,7 @@ to its user, so a history is never copied per candidate.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,15 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from udfs.candidates import SRC_CATEGORY, SRC_COVISIT, SRC_RECENT, SRC_TRENDING, Candidates, CandidateTables
+from udfs.candidates import (
+    SRC_CATEGORY,
+    SRC_COVISIT,
+    SRC_RECENT,
+    SRC_TRENDING,
+    Candidates,
+    CandidateTables,
+    covisit_scores,
+)
 from udfs.events import Event, Id
 from udfs.state import UserState, gap_bucket
 
@@ -40,7 +49,12 @@ DENSE_FEATURES: tuple[str, ...] = (
     "src_category",
     "src_trending",
     "max_history_behavior",
+    "covisit_rank",
+    "covisit_share",
+    "category_in_recent",
 )
+# How many of the latest events "category_in_recent" looks at.
+RECENT_CATEGORY_EVENTS = 5
 INPUT_NAMES: tuple[str, ...] = (
     "hist_item", "hist_cat", "hist_beh", "hist_gap", "cand_user", "cand_item", "cand_cat", "dense",
 )
@@ -118,6 +132,13 @@ def build_batch(
         aff = st.affinity
         aff_total = sum(aff.values()) or 1.0
         user_counts = [math.log1p(c) for c in st.counts]
+        # Co-visitation rank and share over the user's whole neighbourhood (not just
+        # the candidate list, which training subsamples): depends on state and tables only.
+        cov_all, _ = covisit_scores(st, tables)
+        cov_sorted = sorted(cov_all.values(), reverse=True)
+        neg_sorted = [-v for v in cov_sorted]
+        cov_total = sum(cov_sorted) or 1.0
+        recent_cats = {row[2] for row in st.seq[-RECENT_CATEGORY_EVENTS:]}
         for item, cat, src, cov in zip(cands.items, cands.categories, cands.sources, cands.covisit):
             cand_user[row] = u
             cand_item[row] = items_v.get(item, OOV)
@@ -138,6 +159,11 @@ def build_batch(
             d[14] = 1.0 if src & SRC_CATEGORY else 0.0
             d[15] = 1.0 if src & SRC_TRENDING else 0.0
             d[16] = (max_beh[item] + 1) / N_BEHAVIORS if touched else 0.0
+            c = cov_all.get(item)
+            if c is not None:
+                d[17] = 1.0 / (1.0 + bisect.bisect_left(neg_sorted, -c))  # 1 for the top item
+                d[18] = c / cov_total
+            d[19] = 1.0 if cat in recent_cats else 0.0
             row += 1
     return {
         "hist_item": hist[0],
