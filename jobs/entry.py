@@ -86,10 +86,10 @@ def run_job(config: Config, source: Endpoint, sink: Endpoint) -> dict[str, int] 
     results = collect.run()
     elapsed = time.perf_counter() - start
     sink.path.parent.mkdir(parents=True, exist_ok=True)
-    counts = {"recommendations": write_jsonl(sink.path, "recommendations", (v for _, v in results["recommendations"]))}
+    counts = {"recommendations": write_jsonl(sink.path, (v for _, v in results["recommendations"]))}
     for kind, suffix in (("dead_letters", ".dlq.jsonl"), ("late_events", ".late.jsonl")):
         extra = sink.path.with_name(sink.path.name + suffix)
-        counts[kind] = write_jsonl(extra, kind, (v for _, v in results[kind])) if results[kind] else 0
+        counts[kind] = write_jsonl(extra, (v for _, v in results[kind])) if results[kind] else 0
         if not results[kind]:
             extra.unlink(missing_ok=True)
     counts["seconds"] = int(elapsed)

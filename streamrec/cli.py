@@ -171,6 +171,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from model_export.report import evaluate, format_table
+
+    protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
+    report = evaluate(args.events, args.artifact, args.out, protocols=protocols, provider=args.provider)
+    print(format_table(report))
+    print(f"report: {Path(args.out) / 'evaluation.json'}, plot: {Path(args.out) / 'evaluation.png'}")
+    return 0
+
+
 def cmd_bench_model(args: argparse.Namespace) -> int:
     from model_export.bench_model import main as bench_main
 
@@ -245,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, list(CONFIG_FLAGS))
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("evaluate", help="offline and prequential (through the job) evaluation vs baselines")
+    add_flag(p, "--events", f"{ENV_PREFIX}EVAL_EVENTS", "the artifact's log (Taobao CSV)", required=False)
+    add_flag(p, "--artifact", f"{ENV_PREFIX}EVAL_ARTIFACT", "model artifact", default="artifacts/model")
+    add_flag(p, "--out", f"{ENV_PREFIX}EVAL_OUT", "report directory", default="eval-results")
+    add_flag(p, "--protocol", f"{ENV_PREFIX}EVAL_PROTOCOL", "comma-separated: offline, prequential",
+             default="offline,prequential")
+    add_flag(p, "--provider", f"{ENV_PREFIX}EVAL_PROVIDER", "onnxruntime provider for the job", default="cpu",
+             choices=["auto", "cuda", "cpu"])
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("bench-model", help="scored pairs/s and latency: torch vs onnxruntime fp32/fp16/int8")
     add_flag(p, "--artifact", f"{ENV_PREFIX}BENCH_ARTIFACT", "model artifact", default="artifacts/model")
     add_flag(p, "--out", f"{ENV_PREFIX}BENCH_OUT", "results directory", default="bench-results")
@@ -272,7 +292,7 @@ def _require(args: argparse.Namespace, *names: str) -> None:
         raise ConfigError(f"{args.command}: missing {flags}")
 
 
-REQUIRED = {"replay": ("events",), "train": ("events",), "generate": ("out",)}
+REQUIRED = {"replay": ("events",), "train": ("events",), "generate": ("out",), "evaluate": ("events",)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,370 @@
+"""Prequential (test-then-train) evaluation through the streaming job itself.
+
+Protocol, precisely:
+
+1. The log is sorted stably by event time and written to a temporary Taobao
+   UserBehavior CSV; the bounded job (:func:`jobs.entry.run_job`, file source
+   to file sink, checkpointing off, parallelism 1) runs on it with
+   ``job.since_ms = until`` (the artifact's ``train_span.until_ms`` unless
+   given), so every user's state is built from all earlier events but lists
+   are emitted only for *held-out* events (``ts >= until``). State limits and
+   ``n_candidates`` come from the artifact's manifest; ``ranking.top_k`` is
+   ``top_k`` (default 10): the lists are what the job serves. (Whole ranked
+   candidate lists, ``top_k = n_candidates``, would give MRR and AUC over all
+   candidates as offline, but the bounded job's collect path decodes output
+   bytes one by one through py4j: ~10x the run time on users_head.)
+2. From the sink's JSON lines, per user, the lists in ``seq`` order: the list
+   emitted for held-out event ``e_{i-1}`` is *tested* on the next held-out
+   event ``e_i`` of the same user, i.e. each held-out event after the user's
+   first emitted list is predicted from the last list emitted for that user
+   before it (the one its previous event triggered). Events the job rejects
+   as redeliveries (same item, behavior and ts) emit nothing and are not
+   tested, as offline.
+3. Per tested event, ``rank`` = position of ``e_i.item_id`` in that list
+   (miss if absent). ``hr@10``, ``ndcg@10`` (1/log2(rank+2) if rank < 10),
+   ``mrr`` (1/(rank+1), 0 for a miss: with ``top_k`` = 10 this is MRR@10,
+   lower than the offline MRR over all candidates) and ``auc``
+   ((n-1-rank)/(n-1) over lists of n > 1 items that contain the item; null
+   unless the lists hold every candidate) are averaged over tested events;
+   ``novel_*`` over tested events whose item the user never touched before
+   (any earlier event of the user in the sorted log); ``coverage@10``
+   = distinct items in all tested lists' top 10 / catalog (distinct items in
+   the whole log).
+4. Baselines get the same candidates: a pure-Python replay of the same sorted
+   log through :class:`udfs.recommend.Recommender` (the job's own state update,
+   candidate generation and, for ``model``, ranking) yields per held-out
+   event the candidate list, which every rule of
+   :data:`model_export.evaluate.BASELINES` re-ranks from the serving dense
+   features (:func:`model_export.evaluate.rank_lists`), cut to ``top_k``. The replay's ``model``
+   lists must equal the job's (``consistency`` in the result says how many do).
+
+The set of tested (list, next event) pairs is the offline held-out set of
+:mod:`model_export.dataset`; what differs is that the ``model`` lists here are
+the ones the job actually emitted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_export.dataset import ExampleSet, snapshot
+from model_export.evaluate import BASELINES, K, rank_lists
+from udfs.events import Event, Id
+from udfs.features import UserRequest, build_batch
+from udfs.state import UserState
+
+log = logging.getLogger(__name__)
+
+# (user_id, seq): one emitted list; seq counts a user's emitted lists from 1.
+ListKey = tuple[Id, int]
+
+
+@dataclass
+class EmittedList:
+    """One emitted (or replayed) list: the trigger event and the ranked items."""
+
+    user_id: Id
+    seq: int
+    trigger: tuple[Id, str, int]  # item_id, behavior, ts
+    items: list[Id]
+
+
+def sort_log(events: Iterable[Event]) -> list[Event]:
+    """Stable sort by event time: the order the job reads the temporary CSV in."""
+    return sorted(events, key=lambda e: e.ts)
+
+
+def artifact_until_ms(artifact_dir: str | Path) -> int:
+    manifest = json.loads((Path(artifact_dir) / "manifest.json").read_text())
+    return int(manifest["train_span"]["until_ms"])
+
+
+def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu", top_k: int | None = K) -> Any:
+    """The job's config for a prequential run: the artifact's state limits and candidate
+    count, lists of ``top_k`` (None: all candidates), emission from ``since_ms``, no checkpoints.
+
+    The environment and config files are ignored (``environ={}``) so a run is reproducible."""
+    from streamrec.config import load_config
+
+    manifest = json.loads((Path(artifact_dir) / "manifest.json").read_text())
+    cfg = manifest.get("config", {})
+    n_candidates = int(cfg.get("n_candidates", 100))
+    state: dict[str, Any] = {}
+    lim = cfg.get("state_limits")
+    if lim:
+        state = {
+            "max_seq_len": int(lim["max_seq_len"]),
+            "seq_window_s": int(lim["seq_window_ms"]) // 1000,
+            "max_categories": int(lim["max_categories"]),
+            "category_half_life_s": int(lim["category_half_life_ms"]) // 1000,
+            "max_bought": int(lim["max_bought"]),
+        }
+    overrides: dict[str, dict[str, Any]] = {
+        "ranking": {"artifact_dir": str(Path(artifact_dir).resolve()), "provider": provider,
+                    "n_candidates": n_candidates,
+                    "top_k": n_candidates if top_k is None else min(int(top_k), n_candidates)},
+        "job": {"since_ms": int(since_ms), "checkpoint_interval_ms": 0, "parallelism": 1},
+        "state": state,
+    }
+    return load_config(overrides=overrides, environ={})
+
+
+def run_job_lists(
+    events: Sequence[Event], config: Any, workdir: str | Path
+) -> tuple[dict[ListKey, EmittedList], dict[str, int]]:
+    """Write the (already sorted) log to a CSV, run the bounded job, read its lists."""
+    from jobs.entry import Endpoint, run_job
+    from streamrec.data import write_userbehavior_csv
+
+    wd = Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    csv = wd / "events_sorted.csv"
+    out = wd / "recommendations.jsonl"
+    write_userbehavior_csv(events, csv)
+    counts = run_job(config, Endpoint("file", csv), Endpoint("file", out)) or {}
+    return read_lists(out), counts
+
+
+def read_lists(path: str | Path) -> dict[ListKey, EmittedList]:
+    """The job's output JSON lines, keyed by (user_id, seq)."""
+    lists: dict[ListKey, EmittedList] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            t = r["trigger"]
+            key = (r["user_id"], int(r["seq"]))
+            if key in lists:
+                raise ValueError(f"{path}: two lists for user {key[0]} seq {key[1]}")
+            lists[key] = EmittedList(r["user_id"], int(r["seq"]), (t["item_id"], t["behavior"], int(t["ts"])),
+                                     list(r["items"]))
+    return lists
+
+
+def novelty(events: Sequence[Event]) -> dict[tuple[Id, Id, str, int], bool]:
+    """Per (user, item, behavior, ts) of an event (first occurrence): was the item new to the user?"""
+    touched: dict[Id, set[Id]] = defaultdict(set)
+    out: dict[tuple[Id, Id, str, int], bool] = {}
+    for e in events:
+        key = (e.user_id, e.item_id, e.behavior, e.ts)
+        seen = touched[e.user_id]
+        if key not in out:
+            out[key] = e.item_id not in seen
+        seen.add(e.item_id)
+    return out
+
+
+@dataclass
+class Pair:
+    """One tested held-out event: the list emitted before it (by key) and its item."""
+
+    list_key: ListKey
+    target: Id
+    novel: bool
+
+
+def held_out_pairs(lists: Mapping[ListKey, EmittedList], novel: Mapping[tuple[Id, Id, str, int], bool]) -> list[Pair]:
+    """Pair each user's list ``seq = i`` with the trigger of list ``i + 1`` (the next held-out event)."""
+    by_user: dict[Id, list[EmittedList]] = defaultdict(list)
+    for lst in lists.values():
+        by_user[lst.user_id].append(lst)
+    out: list[Pair] = []
+    for user, ls in by_user.items():
+        ls.sort(key=lambda x: x.seq)
+        for prev, cur in zip(ls, ls[1:], strict=False):
+            item, beh, ts = cur.trigger
+            out.append(Pair((user, prev.seq), item, novel.get((user, item, beh, ts), False)))
+    out.sort(key=lambda t: (str(t.list_key[0]), t.list_key[1]))
+    return out
+
+
+def list_metrics(ranked: Sequence[Sequence[Id]], targets: Sequence[Id], novel: Sequence[bool],
+                 catalog_size: int, k: int = K) -> dict[str, float]:
+    """HR/NDCG@k, MRR, AUC, novel HR/NDCG@k and coverage@k of ranked lists (see module doc)."""
+    n = len(ranked)
+    hr = np.zeros(n)
+    ndcg = np.zeros(n)
+    rr = np.zeros(n)
+    auc: list[float] = []
+    top: set[Id] = set()
+    for i, (lst, target) in enumerate(zip(ranked, targets, strict=True)):
+        top.update(lst[:k])
+        try:
+            rank = list(lst).index(target)
+        except ValueError:
+            continue
+        rr[i] = 1.0 / (rank + 1)
+        if rank < k:
+            hr[i] = 1.0
+            ndcg[i] = 1.0 / math.log2(rank + 2)
+        if len(lst) > 1:
+            auc.append((len(lst) - 1 - rank) / (len(lst) - 1))
+    nov = np.asarray(novel, dtype=bool)
+    return {
+        f"hr@{k}": float(hr.mean()) if n else 0.0,
+        f"ndcg@{k}": float(ndcg.mean()) if n else 0.0,
+        "mrr": float(rr.mean()) if n else 0.0,
+        "auc": float(np.mean(auc)) if auc else float("nan"),
+        f"novel_hr@{k}": float(hr[nov].mean()) if nov.any() else 0.0,
+        f"novel_ndcg@{k}": float(ndcg[nov].mean()) if nov.any() else 0.0,
+        f"coverage@{k}": len(top) / catalog_size if catalog_size else 0.0,
+    }
+
+
+@dataclass
+class Replay:
+    """The pure-Python replay: per emitted list, the candidates and each ranker's list."""
+
+    candidates: dict[ListKey, list[Id]]
+    lists: dict[str, dict[ListKey, EmittedList]]
+    seconds: float
+
+
+def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[str] = tuple(BASELINES),
+                 chunk: int = 2048, model_batch: int = 64) -> Replay:
+    """Replay the sorted log through the job's :class:`Recommender` (same config): state update and
+    candidates one event at a time as the job does; ``model`` lists come from
+    ``Recommender.recommend`` on ``model_batch`` requests per call (the job calls it with one;
+    the scores of a row do not depend on the batch) and the baselines re-rank the same
+    candidates by the rules of :mod:`model_export.evaluate`."""
+    from jobs.runtime import build_recommender
+
+    t0 = time.perf_counter()
+    rec = build_recommender(config)
+    top_k = int(config.ranking.top_k)
+    since = int(config.job.since_ms)
+    states: dict[Id, UserState] = {}
+    requests: list[tuple[ListKey, UserRequest]] = []
+    model: dict[ListKey, EmittedList] = {}
+    candidates: dict[ListKey, list[Id]] = {}
+    for e in events:
+        state = states.get(e.user_id)
+        if state is None:
+            state = states[e.user_id] = UserState()
+        if not rec.apply(state, e):
+            continue
+        if e.ts < since:
+            continue
+        req = rec.request(state, e)
+        frozen = UserRequest(snapshot(state), req.candidates, e)
+        state.emitted += 1  # what recommend() does to the live state; it will do it to the copy
+        key = (e.user_id, state.emitted)
+        candidates[key] = list(req.candidates.items)
+        requests.append((key, frozen))
+    lists: dict[str, dict[ListKey, EmittedList]] = {name: {} for name in baselines}
+    art = rec.artifact
+    for s in range(0, len(requests), chunk):
+        part = requests[s : s + chunk]
+        for m in range(0, len(part), model_batch):
+            sub = part[m : m + model_batch]
+            for (key, r), record in zip(sub, rec.recommend([r for _, r in sub]), strict=True):
+                if (record["user_id"], int(record["seq"])) != key:
+                    raise AssertionError(f"replay seq mismatch at {key}")
+                t = r.trigger
+                model[key] = EmittedList(t.user_id, key[1], (t.item_id, t.behavior, t.ts), list(record["items"]))
+        batch = build_batch([r for _, r in part], art.vocab, art.tables, art.seq_len)
+        lens = np.array([len(r.candidates.items) for _, r in part], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        items = [i for _, r in part for i in r.candidates.items]
+        n = len(part)
+        es = ExampleSet(batch, np.zeros(len(items), dtype=np.float32), offsets, items,
+                        np.zeros(n, dtype=bool), np.zeros(n, dtype=bool),
+                        np.array([r.trigger.ts for _, r in part], dtype=np.int64))
+        pos = np.arange(es.n_rows) - np.repeat(es.offsets[:-1], es.n_rows_per_request)
+        dense = batch["dense"]
+        for name in lists:
+            ranked = rank_lists(es, BASELINES[name](dense, pos))
+            for (key, r), order in zip(part, ranked, strict=True):
+                t = r.trigger
+                lists[name][key] = EmittedList(t.user_id, key[1], (t.item_id, t.behavior, t.ts),
+                                               [items[int(i)] for i in order[:top_k]])
+    lists["model"] = model
+    return Replay(candidates, lists, time.perf_counter() - t0)
+
+
+def _score(lists: Mapping[ListKey, EmittedList], tested: Sequence[Pair], catalog_size: int,
+           k: int) -> dict[str, float]:
+    ranked = [lists[t.list_key].items if t.list_key in lists else [] for t in tested]
+    return list_metrics(ranked, [t.target for t in tested], [t.novel for t in tested], catalog_size, k)
+
+
+def prequential(
+    events: Iterable[Event],
+    artifact_dir: str | Path,
+    *,
+    since_ms: int | None = None,
+    provider: str = "cpu",
+    workdir: str | Path | None = None,
+    use_job: bool = True,
+    k: int = K,
+    top_k: int | None = K,
+) -> dict[str, Any]:
+    """Run the protocol of the module doc; returns metrics per ranker (``model`` from the job
+    when ``use_job``, else from the replay) plus candidate recall and a job/replay consistency check."""
+    evs = sort_log(events)
+    since = artifact_until_ms(artifact_dir) if since_ms is None else int(since_ms)
+    config = job_config(artifact_dir, since, provider=provider, top_k=top_k)
+    full = config.ranking.top_k == config.ranking.n_candidates
+    catalog = len({e.item_id for e in evs})
+    novel = novelty(evs)
+    result: dict[str, Any] = {"since_ms": since, "k": k, "catalog_size": catalog,
+                              "held_out_events": sum(1 for e in evs if e.ts >= since)}
+    replay = replay_lists(evs, config)
+    tested = held_out_pairs(replay.lists["model"], novel)
+    result["seconds_replay"] = round(replay.seconds, 2)
+    job_lists: dict[ListKey, EmittedList] | None = None
+    if use_job:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            job_lists, counts = run_job_lists(evs, config, tmp)
+        result["seconds_job"] = round(time.perf_counter() - t0, 2)
+        result["job_counts"] = counts
+        job_tested = held_out_pairs(job_lists, novel)
+        if [(t.list_key, t.target, t.novel) for t in job_tested] != [(t.list_key, t.target, t.novel)
+                                                                       for t in tested]:
+            log.warning("the job's tested events differ from the replay's: scoring the job's")
+        same = sum(1 for key, lst in job_lists.items()
+                   if key in replay.lists["model"] and replay.lists["model"][key].items == lst.items)
+        result["consistency"] = {
+            "job_lists": len(job_lists), "replay_lists": len(replay.lists["model"]),
+            "identical_lists": same,
+            "identical_top10": sum(1 for key, lst in job_lists.items() if key in replay.lists["model"]
+                                   and replay.lists["model"][key].items[:k] == lst.items[:k]),
+        }
+        tested_job = job_tested
+    else:
+        tested_job = tested
+    n = len(tested)
+    has = [t.target in set(replay.candidates.get(t.list_key, ())) for t in tested]
+    nov = [t.novel for t in tested]
+    result.update({
+        "requests": n,
+        "novel_requests": int(sum(nov)),
+        "candidate_recall": float(np.mean(has)) if n else 0.0,
+        "novel_candidate_recall": float(np.mean([h for h, v in zip(has, nov, strict=True) if v]))
+        if any(nov) else 0.0,
+        "model_source": "job" if use_job else "replay",
+        "rankers": {},
+    })
+    for name in BASELINES:
+        result["rankers"][name] = _score(replay.lists[name], tested, catalog, k)
+    result["rankers"]["model"] = _score(job_lists if job_lists is not None else replay.lists["model"],
+                                        tested_job, catalog, k)
+    result["replay_model"] = _score(replay.lists["model"], tested, catalog, k)
+    result["top_k"] = int(config.ranking.top_k)
+    if not full:  # AUC of a truncated list is not the AUC over the candidates
+        for m in [*result["rankers"].values(), result["replay_model"]]:
+            m["auc"] = float("nan")
+    return result

@@ -1,0 +1,114 @@
+"""Evaluation report and the prequential protocol (model_export/report.py, prequential.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from model_export.prequential import EmittedList, ListKey, held_out_pairs, list_metrics, novelty, prequential
+from model_export.report import evaluate, format_table
+from streamrec.data import TAOBAO_SPAN_MS, generate_events, write_userbehavior_csv
+from udfs.events import Event
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[list[Event], Path, Path]:
+    """A tiny generated log inside the Taobao span, its CSV and a tiny trained artifact."""
+    from model_export.train import train_model
+
+    d = tmp_path_factory.mktemp("tiny")
+    events = sorted(generate_events(2500, n_users=40, n_items=300, n_categories=10, seed=5,
+                                    start_ts_ms=TAOBAO_SPAN_MS[0], duration_s=2 * 86400),
+                    key=lambda e: e.ts)
+    csv = d / "log.csv"
+    write_userbehavior_csv(events, csv)
+    art = train_model(events, out_dir=d / "art", epochs=1, dim=8, hidden=(16,), n_candidates=30,
+                      hard_negatives=10, popularity_negatives=2, table_period_ms=None,
+                      parity_requests=100, progress=False)
+    return events, csv, art
+
+
+def test_metrics_by_hand() -> None:
+    lists = [["a", "b", "c"], ["x", "y"], ["p", "q", "r", "s"]]
+    m = list_metrics(lists, ["b", "z", "p"], [True, False, False], catalog_size=10, k=2)
+    # ranks: 1 (hit@2), miss, 0 (hit@2)
+    assert m["hr@2"] == pytest.approx(2 / 3)
+    assert m["ndcg@2"] == pytest.approx((1 / math.log2(3) + 1.0) / 3)
+    assert m["mrr"] == pytest.approx((0.5 + 0 + 1.0) / 3)
+    assert m["auc"] == pytest.approx(((3 - 1 - 1) / 2 + (4 - 1 - 0) / 3) / 2)
+    assert m["novel_hr@2"] == 1.0
+    assert m["novel_ndcg@2"] == pytest.approx(1 / math.log2(3))
+    assert m["coverage@2"] == pytest.approx(6 / 10)  # a b x y p q
+
+
+def test_each_event_is_tested_on_the_users_previous_list() -> None:
+    log = [Event(1, "i1", "c", "pv", 1000), Event(2, "j1", "c", "pv", 1500), Event(1, "i2", "c", "pv", 2000),
+           Event(1, "i1", "c", "cart", 3000), Event(2, "j2", "c", "pv", 3500), Event(1, "i3", "c", "pv", 4000)]
+    # held out from ts 2000: user 1 gets lists seq 1 (i2), 2 (i1 cart), 3 (i3); user 2 one list (j2).
+    lists: dict[ListKey, EmittedList] = {
+        (1, 1): EmittedList(1, 1, ("i2", "pv", 2000), ["i1", "i3", "i2"]),
+        (1, 2): EmittedList(1, 2, ("i1", "cart", 3000), ["i9", "i3"]),
+        (1, 3): EmittedList(1, 3, ("i3", "pv", 4000), ["i1"]),
+        (2, 1): EmittedList(2, 1, ("j2", "pv", 3500), ["j1"]),
+    }
+    tested = held_out_pairs(lists, novelty(log))
+    assert [(t.list_key, t.target, t.novel) for t in tested] == [((1, 1), "i1", False), ((1, 2), "i3", True)]
+    m = list_metrics([lists[t.list_key].items for t in tested], [t.target for t in tested],
+                     [t.novel for t in tested], catalog_size=5, k=10)
+    # i1 at rank 0 of list 1; i3 at rank 1 of list 2.
+    assert m["hr@10"] == 1.0
+    assert m["ndcg@10"] == pytest.approx((1.0 + 1 / math.log2(3)) / 2)
+    assert m["mrr"] == pytest.approx(0.75)
+    assert m["novel_hr@10"] == 1.0
+    assert m["coverage@10"] == pytest.approx(4 / 5)  # i1 i3 i2 i9
+
+
+def test_replay_model_equals_offline_model(tiny) -> None:
+    """Same held-out pairs and same model: the replay's numbers are the offline ones."""
+    from model_export.report import offline
+
+    events, _, art = tiny
+    off = offline(events, art)
+    pre = prequential(events, art, use_job=False, top_k=None)  # whole candidate lists, as offline
+    assert off["tables_match_artifact"]
+    assert pre["requests"] == off["requests"] > 50
+    assert pre["novel_requests"] == off["novel_requests"]
+    assert pre["candidate_recall"] == pytest.approx(off["candidate_recall"])
+    for ranker in ("model", "generator", "covisit", "recent", "covisit+recent", "trending"):
+        for metric in ("hr@10", "ndcg@10", "mrr", "auc", "novel_hr@10", "coverage@10"):
+            assert pre["rankers"][ranker][metric] == pytest.approx(off["rankers"][ranker][metric], abs=1e-9), (
+                ranker, metric)
+
+
+def test_report_offline_writes_json_png_and_table(tiny, tmp_path) -> None:
+    _, csv, art = tiny
+    rep = evaluate(csv, art, tmp_path / "out", protocols=("offline",))
+    data = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert data["model_version"] == rep["model_version"]
+    assert set(data["protocols"]) == {"offline"}
+    assert "model" in data["protocols"]["offline"]["rankers"]
+    assert (tmp_path / "out" / "evaluation.png").read_bytes()[:8] == PNG_SIGNATURE
+    table = format_table(rep)
+    assert "| offline | model |" in table
+
+
+@pytest.mark.flink
+def test_prequential_through_the_job_equals_the_replay(tiny, tmp_path) -> None:
+    """The key consistency check: the job's lists are the replay's lists, so the numbers agree."""
+    _, csv, art = tiny
+    rep = evaluate(csv, art, tmp_path / "out", protocols=("prequential",))
+    pre = rep["protocols"]["prequential"]
+    c = pre["consistency"]
+    assert c["job_lists"] == c["replay_lists"] > 50
+    assert c["identical_lists"] == c["job_lists"]
+    assert pre["requests"] > 50
+    assert pre["rankers"]["model"] == pytest.approx(pre["replay_model"])
+    # (the replay's numbers equal the offline protocol's: test_replay_model_equals_offline)
+    assert (tmp_path / "out" / "evaluation.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert set(json.loads((tmp_path / "out" / "evaluation.json").read_text())["protocols"]) == {"prequential"}
+    assert "| prequential | model |" in format_table(rep)
