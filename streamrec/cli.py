@@ -277,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_model)
 
     p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")
-    add_flag(p, "--events", f"{ENV_PREFIX}DEMO_EVENTS", "events to replay", default="2000")
+    add_flag(p, "--events", f"{ENV_PREFIX}DEMO_EVENTS", "events to replay", default="1500")
     add_flag(p, "--rate", f"{ENV_PREFIX}DEMO_RATE",
-             "replay rate, events/s (below the job's capacity, so latency is not queueing)", default="150")
+             "replay rate, events/s (below the job's capacity, so latency is not queueing)", default="60")
     add_config_flags(p, ["--artifact", "--provider"])
     p.set_defaults(func=cmd_demo)
     return parser
