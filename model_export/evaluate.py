@@ -103,7 +103,14 @@ def metrics_from_rankings(es: ExampleSet, ranked: list[np.ndarray], catalog_size
         n_neg = len(order) - 1
         if n_neg > 0:
             auc.append((n_neg - rank) / n_neg)
-    nov = es.novel
+    return summarize_ranks(hr, ndcg, rr, auc, es.novel, len(top_items), catalog_size, k)
+
+
+def summarize_ranks(hr: np.ndarray, ndcg: np.ndarray, rr: np.ndarray, auc: list[float], novel: np.ndarray,
+                    distinct_top: int, catalog_size: int, k: int) -> dict[str, float]:
+    """Per-request hit/gain arrays to the metric dict both protocols report."""
+    n = len(hr)
+    nov = np.asarray(novel, dtype=bool)
     return {
         f"hr@{k}": float(hr.mean()) if n else 0.0,
         f"ndcg@{k}": float(ndcg.mean()) if n else 0.0,
@@ -111,7 +118,7 @@ def metrics_from_rankings(es: ExampleSet, ranked: list[np.ndarray], catalog_size
         "auc": float(np.mean(auc)) if auc else float("nan"),
         f"novel_hr@{k}": float(hr[nov].mean()) if nov.any() else 0.0,
         f"novel_ndcg@{k}": float(ndcg[nov].mean()) if nov.any() else 0.0,
-        f"coverage@{k}": len(top_items) / catalog_size if catalog_size else 0.0,
+        f"coverage@{k}": distinct_top / catalog_size if catalog_size else 0.0,
     }
 
 

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from model_export.dataset import ExampleSet, snapshot
-from model_export.evaluate import BASELINES, K, rank_lists
+from model_export.evaluate import BASELINES, K, rank_lists, summarize_ranks
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
 from udfs.state import UserState
@@ -211,16 +211,7 @@ def list_metrics(ranked: Sequence[Sequence[Id]], targets: Sequence[Id], novel: S
             ndcg[i] = 1.0 / math.log2(rank + 2)
         if len(lst) > 1:
             auc.append((len(lst) - 1 - rank) / (len(lst) - 1))
-    nov = np.asarray(novel, dtype=bool)
-    return {
-        f"hr@{k}": float(hr.mean()) if n else 0.0,
-        f"ndcg@{k}": float(ndcg.mean()) if n else 0.0,
-        "mrr": float(rr.mean()) if n else 0.0,
-        "auc": float(np.mean(auc)) if auc else float("nan"),
-        f"novel_hr@{k}": float(hr[nov].mean()) if nov.any() else 0.0,
-        f"novel_ndcg@{k}": float(ndcg[nov].mean()) if nov.any() else 0.0,
-        f"coverage@{k}": len(top) / catalog_size if catalog_size else 0.0,
-    }
+    return summarize_ranks(hr, ndcg, rr, auc, np.asarray(novel, dtype=bool), len(top), catalog_size, k)
 
 
 @dataclass
