@@ -38,18 +38,21 @@ class Endpoint:
 
 def required_jars() -> list[str]:
     """The Kafka connector and our (de)serializers; missing ones stop the job at start."""
-    from streamrec.kafka_local import cache_dir
+    from streamrec.kafka_local import cache_dir, connector_jar
 
     lib = cache_dir() / "flink" / "lib"
-    connectors = sorted(lib.glob("flink-sql-connector-kafka-*.jar"))
     helpers = lib / JAVA_HELPERS_JAR
-    if not connectors or not helpers.is_file():
+    try:
+        connector = connector_jar()
+    except FileNotFoundError:
+        connector = None
+    if connector is None or not helpers.is_file():
         raise FileNotFoundError(
             f"Kafka connector jars not found in {lib}: run `make deps` "
             "(scripts/fetch_deps.sh fetches flink-sql-connector-kafka from Maven Central and "
             "scripts/build_java.sh builds streamrec-flink.jar)"
         )
-    return [str(connectors[-1].resolve()), str(helpers.resolve())]
+    return [str(connector.resolve()), str(helpers.resolve())]
 
 
 def absolute_artifact(config: Config) -> Config:

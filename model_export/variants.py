@@ -74,16 +74,6 @@ def make_int8(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def _session(path: str | Path, threads: int = 1) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def _score(session: Any, batches: Sequence[Batch]) -> list[np.ndarray]:
     names = [i.name for i in session.get_inputs()]
     return [np.asarray(session.run(["score"], {n: b[n] for n in names})[0], dtype=np.float32)
@@ -198,8 +188,10 @@ def is_usable(parity: Mapping[str, Any], max_diff_fraction: float = MAX_DIFF_FRA
 def check_parity(ref_path: str | Path, variant_path: str | Path, batches: Sequence[Batch],
                  rel_tol: float = REL_TOL, threads: int = 1) -> dict[str, Any]:
     """Score ``batches`` with both models (CPU) and compare; adds ``usable`` (:func:`is_usable`)."""
-    ref = _score(_session(ref_path, threads), batches)
-    var = _score(_session(variant_path, threads), batches)
+    from model_export.model import onnx_session
+
+    ref = _score(onnx_session(ref_path, threads), batches)
+    var = _score(onnx_session(variant_path, threads), batches)
     out = compare_scores(ref, var, batches, rel_tol)
     out["usable"] = is_usable(out)
     return out
