@@ -20,6 +20,7 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from streamrec.config import Config
 from udfs.events import DecodeError, Event, decode_event
+from udfs.state import UserState
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,6 @@ class RecommendFunction(KeyedProcessFunction):
                     f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Any:
-        from udfs.state import UserState
-
         event = Event(*value)
         watermark = ctx.timer_service().current_watermark()
         if event.ts < watermark - self.lateness:
