@@ -4,6 +4,10 @@
 ``until_ms=None`` the split is at 80% of the log's span (see
 :func:`model_export.dataset.default_until`): tables, vocabulary and training
 examples use events before it, evaluation uses requests at/after it.
+
+Training runs on a GPU when one is present (``device="auto"``, see
+:func:`resolve_device`); everything after training (parity, evaluation, ONNX
+export, the checkpoint) uses the model's CPU copy.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -32,6 +36,24 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "model.pt"
 OPSET = 17
+DeviceMode = Literal["auto", "cpu", "cuda"]
+DEVICE_MODES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+def resolve_device(mode: str, cuda_available: bool) -> str:
+    """The torch device training runs on: ``"cuda"`` or ``"cpu"``.
+
+    ``auto`` takes CUDA when torch sees a GPU, else the CPU; ``cuda`` without a
+    GPU is an error rather than a silent CPU run.
+    """
+    if mode not in DEVICE_MODES:
+        raise ValueError(f"--device must be one of {', '.join(DEVICE_MODES)}, not {mode!r}")
+    if mode == "cuda" and not cuda_available:
+        raise ValueError("--device cuda (STREAMREC_TRAIN_DEVICE) was asked for but torch sees no CUDA GPU "
+                         "(torch.cuda.is_available() is False); use --device auto or --device cpu")
+    if mode == "cpu":
+        return "cpu"
+    return "cuda" if cuda_available else "cpu"
 
 
 def _seed_everything(seed: int) -> None:
@@ -45,10 +67,10 @@ def _seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _to_torch(batch: dict[str, np.ndarray]) -> list[Any]:
+def _to_torch(batch: dict[str, np.ndarray], device: str = "cpu") -> list[Any]:
     import torch
 
-    return [torch.from_numpy(np.ascontiguousarray(batch[n])) for n in INPUT_NAMES]
+    return [torch.from_numpy(np.ascontiguousarray(batch[n])).to(device) for n in INPUT_NAMES]
 
 
 def predict_torch(model: Any, es: ExampleSet, batch_requests: int = 512) -> np.ndarray:
@@ -105,10 +127,10 @@ def _listwise_loss(logits: Any, labels: Any, cand_user: Any, n_users: int, weigh
     (``weights``: optional per-request weights [U])."""
     import torch
 
-    m = torch.full((n_users,), -1e30, dtype=logits.dtype).scatter_reduce(
+    m = torch.full((n_users,), -1e30, dtype=logits.dtype, device=logits.device).scatter_reduce(
         0, cand_user, logits.detach(), reduce="amax")
     e = torch.exp(logits - m[cand_user])
-    denom = torch.zeros(n_users, dtype=logits.dtype).index_add(0, cand_user, e)
+    denom = torch.zeros(n_users, dtype=logits.dtype, device=logits.device).index_add(0, cand_user, e)
     log_z = torch.log(denom) + m
     pos = labels > 0.5
     nll = log_z[cand_user[pos]] - logits[pos]
@@ -140,8 +162,14 @@ def fit(
     novel_weight: float | None = None,
     novel_share: float = 0.4,
     progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[Any, list[dict[str, float]]]:
     """Train a fresh DIN on ``tr``; deterministic for a given seed and thread count.
+
+    ``device`` is a resolved torch device (:func:`resolve_device`): the model and
+    each batch move there; the returned model is back on the CPU. Bitwise
+    determinism is checked on the CPU; on CUDA, deterministic algorithms are
+    requested (warn-only) but not guaranteed for every op.
 
     ``novel_weight`` scales the loss of requests whose positive the user never
     touched before (for BCE: the positive row), so the few novel positives are
@@ -155,9 +183,13 @@ def fit(
 
     from model_export.model import DIN
 
+    if device == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace (read when CUDA initialises).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     _seed_everything(seed)
     model = DIN(cfg)
     model.set_dense_stats(tr.arrays["dense"])
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     if novel_weight is None:
         novel_weight = novel_request_weight(tr.novel, novel_share)
@@ -174,10 +206,10 @@ def fit(
         for b in bar:
             idx = perm[b * batch_size : (b + 1) * batch_size]
             batch, labels = tr.batch(idx)
-            inputs = _to_torch(batch)
+            inputs = _to_torch(batch, device)
             logits = model(*inputs)
-            y = torch.from_numpy(labels)
-            w_req = torch.from_numpy(req_w[idx])
+            y = torch.from_numpy(labels).to(device)
+            w_req = torch.from_numpy(req_w[idx]).to(device)
             if loss == "softmax":
                 value = _listwise_loss(logits, y, inputs[4], len(idx), w_req)
             else:
@@ -192,6 +224,9 @@ def fit(
                 bar.set_postfix(loss=f"{total / count:.4f}")
         history.append({"epoch": epoch + 1, "train_loss": total / max(count, 1)})
     model.eval()
+    # Parity, evaluation, export and the checkpoint all use the CPU copy, so the
+    # saved state dict loads (weights_only=True) on a machine without a GPU.
+    model.to("cpu")
     return model, history
 
 
@@ -219,17 +254,23 @@ def train_model(
     threads: int = 2,
     parity_requests: int = 2000,
     progress: bool = True,
+    device: DeviceMode = "auto",
 ) -> Path:
     """Build examples, train, export ONNX, check parity, evaluate and write the artifact.
 
     ``limits`` must equal the job's state limits (``jobs.runtime.state_limits``);
     the default is :class:`StateLimits()`, the job's default config, with
-    ``max_seq_len`` equal to ``seq_len``. Returns the artifact directory.
+    ``max_seq_len`` equal to ``seq_len``. ``device``: ``auto`` trains on CUDA when
+    torch sees a GPU, else on the CPU; ``cuda`` without one raises ValueError
+    (:func:`resolve_device`). Returns the artifact directory.
     """
     import torch
 
     from model_export.model import ModelConfig, export_onnx, onnx_session, onnx_signature
 
+    train_device = resolve_device(device, torch.cuda.is_available())
+    gpu = torch.cuda.get_device_name(0) if train_device == "cuda" else None
+    log.info("training on %s%s (--device %s)", train_device, f" ({gpu})" if gpu else "", device)
     t0 = time.time()
     torch.set_num_threads(max(1, threads))
     _seed_everything(seed)
@@ -249,7 +290,8 @@ def train_model(
     cfg = ModelConfig(n_items=data.vocab.n_items, n_categories=data.vocab.n_categories, dim=dim,
                       hidden=tuple(hidden))
     model, history = fit(tr, cfg, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss,
-                         novel_weight=novel_weight, novel_share=novel_share, progress=progress)
+                         novel_weight=novel_weight, novel_share=novel_share, progress=progress,
+                         device=train_device)
     t_train = time.time() - t0 - t_data
 
     out = Path(out_dir)
@@ -302,7 +344,8 @@ def train_model(
             "training": {"history": history, "seconds_data": round(t_data, 2),
                          "seconds_train": round(t_train, 2),
                          "seconds_total": round(time.time() - t0, 2),
-                         "torch": torch.__version__},
+                         "torch": torch.__version__, "device": train_device, "device_requested": device,
+                         "gpu": gpu},
         }
         # NaN (e.g. AUC with no positives) is not JSON: write null instead.
         manifest = json.loads(json.dumps(manifest, default=str).replace("NaN", "null"))
@@ -327,11 +370,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--until-ms", type=int, default=None)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=list(DEVICE_MODES),
+                   help="training device: auto (CUDA when present), cpu or cuda")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     t = time.time()
     path = train_model(_load_events(a.events), until_ms=a.until_ms, out_dir=a.out, seed=a.seed,
-                       epochs=a.epochs)
+                       epochs=a.epochs, device=a.device)
     print(f"artifact {path} in {time.time() - t:.1f}s")
 
 

@@ -149,7 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     events = load_events(args.events, args.format)
     until_ms = int(float(args.until) * 1000) if args.until else None
-    out = train_model(events, until_ms=until_ms, out_dir=Path(args.out), seed=int(args.seed))
+    out = train_model(events, until_ms=until_ms, out_dir=Path(args.out), seed=int(args.seed),
+                      device=args.device)
     manifest = json.loads((Path(out) / "manifest.json").read_text())
     print(json.dumps({"artifact": str(out), "model_version": manifest["model_version"],
                       "metrics": manifest.get("metrics", {})}, indent=2))
@@ -245,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
              "later ones are held out for evaluation (default: 80%% of the log's span)")
     add_flag(p, "--out", f"{ENV_PREFIX}TRAIN_OUT", "artifact directory", default="artifacts/model")
     add_flag(p, "--seed", f"{ENV_PREFIX}TRAIN_SEED", "random seed", default="0")
+    add_flag(p, "--device", f"{ENV_PREFIX}TRAIN_DEVICE", "torch device for training: auto (CUDA when "
+             "torch sees a GPU, else CPU), cpu, or cuda (an error without a GPU)", default="auto",
+             choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run the job on the local minicluster")

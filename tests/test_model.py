@@ -173,6 +173,8 @@ def test_train_writes_loadable_artifact(trained) -> None:
     span = man["train_span"]
     assert span["start_ms"] <= span["end_ms"] < span["until_ms"] and span["events"] > 0
     assert "model" in man["metrics"]["rankers"] and "covisit" in man["metrics"]["rankers"]
+    assert man["training"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert man["training"]["device_requested"] == "auto"
     sig = man["signature"]
     assert [i["name"] for i in sig["inputs"]] == list(INPUT_NAMES)
     assert sig["outputs"][0]["name"] == "score" and sig["outputs"][0]["dtype"] == "float32"

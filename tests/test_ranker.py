@@ -7,7 +7,15 @@ from tests.onnx_fixtures import covisit_scorer
 from udfs.candidates import build_tables, generate_candidates
 from udfs.events import Event
 from udfs.features import DENSE_FEATURES, UserRequest, Vocab, build_batch
-from udfs.ranker import CPU, CUDA, OnnxRanker, choose_provider, providers_to_try
+from udfs.ranker import (
+    CPU,
+    CUDA,
+    MIN_BUCKET,
+    OnnxRanker,
+    capacity_bucket,
+    choose_provider,
+    providers_to_try,
+)
 from udfs.state import StateLimits, UserState, update_state
 
 
@@ -60,9 +68,94 @@ def test_scores_match_the_graph(model, io_binding):
         b = batch(n_users)
         np.testing.assert_allclose(r.score(b), b["dense"][:, DENSE_FEATURES.index("covisit")], rtol=1e-6)
     if io_binding == "on":
-        assert set(r._out_buffers) == {5, 20, 10}
+        assert set(r._out_buffers) == {64}  # 5, 20 and 10 rows all pad to the smallest bucket
     s = r.stats.summary()
     assert s["calls"] == 4 and s["rows"] == 5 + 20 + 20 + 10
+
+
+def test_capacity_bucket():
+    assert [capacity_bucket(n) for n in (0, 1, 63, 64, 65, 1000, 4096, 4097)] == [
+        64, 64, 64, 64, 128, 1024, 4096, 8192]
+    assert capacity_bucket(3, minimum=1) == 4 and MIN_BUCKET == 64
+
+
+def rows_batch(n_users, n_rows, seed=0):
+    """Random valid inputs with U users and B rows, users in any order, some without rows."""
+    rng = np.random.default_rng(seed)
+    b = {n: rng.integers(0, 5, (n_users, 8)) for n in ("hist_item", "hist_cat", "hist_beh", "hist_gap")}
+    b["cand_user"] = rng.integers(0, n_users, n_rows)
+    b["cand_item"] = rng.integers(0, 5, n_rows)
+    b["cand_cat"] = rng.integers(0, 5, n_rows)
+    b["dense"] = rng.random((n_rows, len(DENSE_FEATURES)), dtype=np.float32)
+    return b
+
+
+# (U, B): a single row, the bucket boundary and one past it, U > B, U in a bigger bucket than B.
+SIZES = [(1, 1), (3, 64), (2, 65), (40, 5), (70, 64), (3, 64)]
+
+
+def test_io_binding_reuses_padded_input_buffers(model):
+    r = OnnxRanker(str(model), provider="cpu", io_binding="on")
+    ref = OnnxRanker(str(model), provider="cpu", io_binding="off")
+    seen: dict = {}
+    for i, (u, n) in enumerate(SIZES):
+        b = rows_batch(u, n, seed=i)
+        got = r.score(b)
+        assert got.shape == (n,)
+        np.testing.assert_allclose(got, ref.score(b), rtol=1e-6)
+        for key, buf in r._in_buffers.items():
+            assert buf.value.shape()[0] == key[1] == buf.host.shape[0]
+            seen.setdefault(key, id(buf.value))
+            assert id(buf.value) == seen[key]  # the same OrtValue, updated in place
+    # U and B are bucketed separately: U in {64, 128}, B in {64, 128}.
+    assert {k for k in r._in_buffers if k[0] == "hist_item"} == {("hist_item", 64), ("hist_item", 128)}
+    assert {k for k in r._in_buffers if k[0] == "dense"} == {("dense", 64), ("dense", 128)}
+    assert len(r._in_buffers) == 2 * len(r.input_names) and set(r._out_buffers) == {64, 128}
+    # A smaller batch after a bigger one in the same bucket: stale rows are re-padded.
+    big, small = rows_batch(3, 60, seed=10), rows_batch(2, 7, seed=11)
+    r.score(big)
+    np.testing.assert_allclose(r.score(small), ref.score(small), rtol=1e-6)
+    assert (r._in_buffers[("cand_user", 64)].host[7:] == 0).all()
+
+
+def test_io_binding_buffer_count_is_bounded(model):
+    from udfs.ranker import MAX_BUCKETS
+
+    r = OnnxRanker(str(model), provider="cpu", io_binding="on")
+    for k in range(MAX_BUCKETS + 3):
+        n = MIN_BUCKET * 2**k // 2 + 1  # a new bucket each call
+        b = rows_batch(1, n, seed=k)
+        np.testing.assert_allclose(r.score(b), b["dense"][:, DENSE_FEATURES.index("covisit")], rtol=1e-6)
+    assert len(r._out_buffers) <= MAX_BUCKETS
+    assert len(r._in_buffers) <= MAX_BUCKETS * len(r.input_names)
+
+
+def test_io_binding_rejects_mismatched_rows(model):
+    r = OnnxRanker(str(model), provider="cpu", io_binding="on")
+    b = rows_batch(2, 5)
+    b["dense"] = b["dense"][:4]
+    with pytest.raises(ValueError, match="dense"):
+        r.score(b)
+
+
+def test_io_binding_matches_plain_path_on_the_din_graph(tmp_path):
+    """The real model gathers user rows by cand_user: padding must keep every index valid."""
+    torch = pytest.importorskip("torch")
+    from model_export.model import DIN, ModelConfig, example_inputs, export_onnx
+
+    torch.manual_seed(0)
+    m = DIN(ModelConfig(n_items=7, n_categories=5, dim=4, attn_hidden=4, hidden=(8,)))
+    m.eval()
+    path = export_onnx(m, tmp_path / "din.onnx", seq_len=8)
+    plain = OnnxRanker(str(path), provider="cpu", io_binding="off")
+    bound = OnnxRanker(str(path), provider="cpu", io_binding="on")
+    for u, n in SIZES:
+        args = example_inputs(n_users=u, n_rows=n, seq_len=8, seed=u * 1000 + n)
+        b = {name: a.numpy() for name, a in zip(plain.input_names, args, strict=True)}
+        with torch.no_grad():
+            want = m(*args).numpy()
+        np.testing.assert_allclose(bound.score(b), plain.score(b), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(bound.score(b), want, rtol=1e-4, atol=1e-5)
 
 
 def test_build_batch_shapes_and_user_mapping():

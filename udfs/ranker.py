@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +26,25 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 ProviderMode = Literal["auto", "cuda", "cpu"]
 IoBindingMode = Literal["auto", "on", "off"]
+
+# Per-user inputs ``[U, L]`` (see udfs.features.INPUT_NAMES); every other input is per row, ``[B, ...]``.
+USER_INPUTS: tuple[str, ...] = ("hist_item", "hist_cat", "hist_beh", "hist_gap")
+# IO binding pads U and B to a power-of-two bucket, at least MIN_BUCKET; at most
+# MAX_BUCKETS buckets are kept per input (and for the output).
+MIN_BUCKET = 64
+MAX_BUCKETS = 8
+_ONNX_NP_DTYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def capacity_bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+    """Smallest power of two >= ``n``, at least ``minimum``."""
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
 
 
 def _import_on_python_thread(name: str) -> Any:
@@ -133,6 +153,14 @@ class RankerStats:
         }
 
 
+@dataclass
+class _InputBuffer:
+    """A reused model input: host staging array and the device OrtValue it is copied into."""
+
+    host: np.ndarray
+    value: Any
+
+
 class OnnxRanker:
     """One session per Python worker; many (user, candidate) rows per call."""
 
@@ -157,8 +185,13 @@ class OnnxRanker:
         self.device = "cuda" if self.choice.provider == CUDA else "cpu"
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
+        self._input_dtypes = {i.name: _ONNX_NP_DTYPES.get(i.type) for i in self.session.get_inputs()}
+        self._output_dtype = _ONNX_NP_DTYPES.get(self.session.get_outputs()[0].type) or np.float32
         self.stats = RankerStats()
-        self._out_buffers: dict[int, Any] = {}
+        # IO binding buffers on the session's device: outputs keyed by the row bucket,
+        # inputs by (input name, bucket); both least-recently-used first.
+        self._out_buffers: OrderedDict[int, Any] = OrderedDict()
+        self._in_buffers: OrderedDict[tuple[str, int], _InputBuffer] = OrderedDict()
         if self.choice.fallback_reason:
             log.warning("ranking on %s: %s", self.choice.provider, self.choice.fallback_reason)
         else:
@@ -174,27 +207,67 @@ class OnnxRanker:
         self.stats.record(len(out), time.perf_counter() - start)
         return out
 
-    def _output_for(self, rows: int) -> Any:
-        """Pre-allocated output on the session's device, reused for a repeated batch size."""
-        buf = self._out_buffers.get(rows)
+    def _output_for(self, bucket: int) -> Any:
+        """Pre-allocated output ``[bucket]`` on the session's device, reused across calls."""
+        buf = self._out_buffers.get(bucket)
         if buf is None:
-            if len(self._out_buffers) >= 16:
-                self._out_buffers.pop(next(iter(self._out_buffers)))
-            buf = _ort().OrtValue.ortvalue_from_shape_and_type([rows], np.float32, self.device, 0)
-            self._out_buffers[rows] = buf
+            if len(self._out_buffers) >= MAX_BUCKETS:
+                self._out_buffers.popitem(last=False)
+            buf = _ort().OrtValue.ortvalue_from_shape_and_type([bucket], self._output_dtype, self.device, 0)
+            self._out_buffers[bucket] = buf
+        else:
+            self._out_buffers.move_to_end(bucket)
         return buf
 
+    def _input_for(self, name: str, bucket: int, arr: np.ndarray) -> Any:
+        """Input ``name`` padded to ``bucket`` rows, copied into its reused device buffer.
+
+        Rows past ``len(arr)`` are padding: zeros, which every input accepts (padding
+        ids, an all-padding history, ``cand_user=0``: the first user, always present
+        since the user dimension is padded too).
+        """
+        dtype = np.dtype(self._input_dtypes.get(name) or arr.dtype)
+        shape = (bucket, *arr.shape[1:])
+        key = (name, bucket)
+        buf = self._in_buffers.get(key)
+        if buf is None or buf.host.shape != shape or buf.host.dtype != dtype:
+            if buf is None and len(self._in_buffers) >= MAX_BUCKETS * len(self.input_names):
+                self._in_buffers.popitem(last=False)
+            host = np.zeros(shape, dtype=dtype)
+            value = _ort().OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device, 0)
+            buf = _InputBuffer(host, value)
+            self._in_buffers[key] = buf
+        else:
+            self._in_buffers.move_to_end(key)
+        n = arr.shape[0]
+        buf.host[:n] = arr
+        buf.host[n:] = 0  # a previous call in this bucket may have left more rows
+        buf.value.update_inplace(buf.host)
+        return buf.value
+
     def _run_bound(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        ort = _ort()
+        """Run with IO binding on reused, pre-allocated input and output buffers.
+
+        The user dimension ``U`` (per-user ``hist_*`` inputs) and the row dimension
+        ``B`` (every other input, and the output) are each padded to a power-of-two
+        bucket (:func:`capacity_bucket`), so repeated calls of similar size reuse
+        the same device buffers; the first ``B`` scores are returned.
+        """
         rows = int(inputs["cand_item"].shape[0])
+        users = next((int(inputs[n].shape[0]) for n in self.input_names if n in USER_INPUTS), 0)
+        row_bucket, user_bucket = capacity_bucket(rows), capacity_bucket(users)
         binding = self.session.io_binding()
         for name in self.input_names:
-            arr = np.ascontiguousarray(inputs[name])
-            if self.device == "cpu":
-                binding.bind_cpu_input(name, arr)
-            else:
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, self.device, 0))
-        out = self._output_for(rows)
+            arr = np.asarray(inputs[name])
+            per_user = name in USER_INPUTS
+            expected = users if per_user else rows
+            if arr.ndim == 0 or arr.shape[0] != expected:
+                raise ValueError(f"input {name} has {arr.shape[0] if arr.ndim else 0} rows, expected {expected} "
+                                 f"({'users' if per_user else 'candidate rows'})")
+            value = self._input_for(name, user_bucket if per_user else row_bucket, arr)
+            binding.bind_ortvalue_input(name, value)
+        out = self._output_for(row_bucket)
         binding.bind_ortvalue_output(self.output_name, out)
         self.session.run_with_iobinding(binding)
-        return np.array(out.numpy(), copy=True)
+        return np.array(out.numpy()[:rows], copy=True)
+
