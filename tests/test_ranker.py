@@ -14,6 +14,7 @@ from udfs.ranker import (
     OnnxRanker,
     capacity_bucket,
     choose_provider,
+    preload_cuda_libraries,
     providers_to_try,
 )
 from udfs.state import StateLimits, UserState, update_state
@@ -176,3 +177,44 @@ def test_build_batch_shapes_and_user_mapping():
     assert list(b["cand_user"]) == [u for u, r in enumerate(reqs) for _ in r.candidates.items]
     # 6 events per user, left-padded to 8: two padding slots, behavior index 0
     assert (b["hist_beh"][:, :2] == 0).all() and (b["hist_beh"][:, 2:] == 1).all()
+
+
+class _FakeOrt:
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.calls = 0
+
+    def preload_dlls(self) -> None:
+        self.calls += 1
+        if self.behaviour == "print":
+            print("Failed to load libcurand.so.10: not found")
+        elif self.behaviour == "raise":
+            raise OSError("boom")
+
+
+@pytest.mark.parametrize(("behaviour", "expected"), [
+    ("quiet", None),
+    ("print", "Failed to load libcurand.so.10: not found"),
+    ("raise", "preload_dlls failed: OSError: boom"),
+])
+def test_cuda_preload_reports_problems_instead_of_printing_or_raising(behaviour, expected, capsys):
+    fake = _FakeOrt(behaviour)
+    assert preload_cuda_libraries(fake) == expected
+    assert fake.calls == 1
+    assert capsys.readouterr().out == ""
+
+
+def test_cuda_preload_tolerates_an_old_onnxruntime():
+    assert preload_cuda_libraries(object()) == "this onnxruntime has no preload_dlls"
+
+
+@pytest.mark.parametrize("mode", ["auto", "cpu"])
+def test_cuda_libraries_are_preloaded_only_when_cuda_is_tried(model, mode, monkeypatch):
+    import udfs.ranker as ranker_mod
+
+    calls = []
+    monkeypatch.setattr(ranker_mod, "preload_cuda_libraries", lambda ort: calls.append(ort) or None)
+    r = OnnxRanker(model, provider=mode)
+    tried_cuda = mode == "auto" and CUDA in ranker_mod._ort().get_available_providers()
+    assert len(calls) == (1 if tried_cuda else 0)
+    assert r.choice.requested == mode

@@ -8,7 +8,9 @@ reason that the job logs and puts in every output record.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import logging
 import sys
 import threading
@@ -82,6 +84,26 @@ def _ort() -> Any:
         raise ImportError(
             "onnxruntime is required for ranking: pip install onnxruntime-gpu (or onnxruntime)"
         ) from exc
+
+
+def preload_cuda_libraries(ort: Any) -> str | None:
+    """Load the CUDA/cuDNN libraries that ``onnxruntime-gpu[cuda,cudnn]`` installed as wheels.
+
+    The CUDA provider dlopens libcublas, libcurand, libcudnn... by soname and does
+    not look in ``site-packages/nvidia``; ``preload_dlls`` loads them from there.
+    Its complaints are printed, not raised; they are returned for the log, since a
+    failed CUDA start is reported anyway as a CPU fallback with its reason.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return "this onnxruntime has no preload_dlls"
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception as exc:  # never fatal: the session start decides
+        return f"preload_dlls failed: {type(exc).__name__}: {exc}"
+    return " ".join(printed.getvalue().split()) or None
 
 
 @dataclass(frozen=True)
@@ -179,6 +201,10 @@ class OnnxRanker:
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # CUDA-missing noise is reported by us, once, with a reason
         requested = providers_to_try(provider, ort.get_available_providers())
+        if CUDA in requested:
+            problem = preload_cuda_libraries(ort)
+            if problem:
+                log.info("preloading CUDA libraries: %s", problem)
         self.session = ort.InferenceSession(model_path, sess_options=opts, providers=requested)
         self.choice = choose_provider(provider, requested, self.session.get_providers())
         self.use_io_binding = io_binding == "on" or (io_binding == "auto" and self.choice.provider == CUDA)
