@@ -7,6 +7,7 @@ the artifact. The same function generates candidates offline and online.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -125,6 +126,8 @@ class Candidates:
     categories: list[Id]
     sources: list[int]
     covisit: list[float]
+    neighbourhood: dict[Id, float] | None = None
+    """Co-visitation scores of every neighbour (the features need them; computed once)."""
 
 
 def _add(out: dict[Id, list[Any]], item: Id, cat: Id, src: int, cov: float = 0.0) -> None:
@@ -167,7 +170,8 @@ def generate_candidates(
     out: dict[Id, list[Any]] = {}
 
     cov, sources = covisit_scores(state, tables)
-    for item in sorted(cov, key=lambda i: -cov[i])[: max(1, n // 2)]:
+    # nlargest is sorted(..., reverse=True)[:k]: stable, so ties keep insertion order.
+    for item in heapq.nlargest(max(1, n // 2), cov, key=cov.__getitem__):
         if item not in bought:
             cat = tables.item_category.get(item, seen_cat.get(item, -1))
             _add(out, item, cat, SRC_COVISIT, math.log1p(cov[item]))
@@ -196,4 +200,5 @@ def generate_candidates(
         categories=[r[0] for _, r in chosen],
         sources=[r[1] for _, r in chosen],
         covisit=[r[2] for _, r in chosen],
+        neighbourhood=cov,
     )

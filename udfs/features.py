@@ -121,50 +121,55 @@ def build_batch(
         last_touch: dict[Id, int] = {}
         touch_count: dict[Id, int] = {}
         max_beh: dict[Id, int] = {}
-        for j, (ts, item, cat, beh) in enumerate(seq):
-            hist[0, u, off + j] = items_v.get(item, OOV)
-            hist[1, u, off + j] = cats_v.get(cat, OOV)
-            hist[2, u, off + j] = beh + 1
-            hist[3, u, off + j] = gap_bucket(now - ts)
+        for ts, item, _cat, beh in seq:
             last_touch[item] = ts
             touch_count[item] = touch_count.get(item, 0) + 1
-            max_beh[item] = max(max_beh.get(item, 0), beh)
+            if beh > max_beh.get(item, -1):
+                max_beh[item] = beh
+        if seq:
+            hist[0, u, off:] = [items_v.get(r[1], OOV) for r in seq]
+            hist[1, u, off:] = [cats_v.get(r[2], OOV) for r in seq]
+            hist[2, u, off:] = [r[3] + 1 for r in seq]
+            hist[3, u, off:] = [gap_bucket(now - r[0]) for r in seq]
+        items, cats = cands.items, cands.categories
+        end = row + len(items)
+        if end == row:
+            continue
         aff = st.affinity
         aff_total = sum(aff.values()) or 1.0
-        user_counts = [math.log1p(c) for c in st.counts]
         # Co-visitation rank and share over the user's whole neighbourhood (not just
         # the candidate list, which training subsamples): depends on state and tables only.
-        cov_all, _ = covisit_scores(st, tables)
-        cov_sorted = sorted(cov_all.values(), reverse=True)
-        neg_sorted = [-v for v in cov_sorted]
-        cov_total = sum(cov_sorted) or 1.0
-        recent_cats = {row[2] for row in st.seq[-RECENT_CATEGORY_EVENTS:]}
-        for item, cat, src, cov in zip(cands.items, cands.categories, cands.sources, cands.covisit):
-            cand_user[row] = u
-            cand_item[row] = items_v.get(item, OOV)
-            cand_cat[row] = cats_v.get(cat, OOV)
-            touched = item in last_touch
-            d = dense[row]
-            d[0] = cov
-            d[1] = math.log1p(pop.get(item, 0.0))
-            d[2] = 1.0 if touched else 0.0
-            d[3] = gap_bucket(now - last_touch[item]) / (N_GAP_BUCKETS - 1) if touched else 1.0
-            d[4] = math.log1p(touch_count.get(item, 0))
-            d[5] = aff.get(cat, 0.0) / aff_total
-            d[6] = 1.0 if cat == req.trigger.category_id else 0.0
-            d[7] = 1.0 if item == req.trigger.item_id else 0.0
-            d[8:12] = user_counts
-            d[12] = 1.0 if src & SRC_COVISIT else 0.0
-            d[13] = 1.0 if src & SRC_RECENT else 0.0
-            d[14] = 1.0 if src & SRC_CATEGORY else 0.0
-            d[15] = 1.0 if src & SRC_TRENDING else 0.0
-            d[16] = (max_beh[item] + 1) / N_BEHAVIORS if touched else 0.0
-            c = cov_all.get(item)
-            if c is not None:
-                d[17] = 1.0 / (1.0 + bisect.bisect_left(neg_sorted, -c))  # 1 for the top item
-                d[18] = c / cov_total
-            d[19] = 1.0 if cat in recent_cats else 0.0
-            row += 1
+        cov_all = cands.neighbourhood if cands.neighbourhood is not None else covisit_scores(st, tables)[0]
+        neg_sorted = sorted(-v for v in cov_all.values())
+        cov_total = -sum(neg_sorted) or 1.0
+        recent_cats = {r[2] for r in st.seq[-RECENT_CATEGORY_EVENTS:]}
+        trig_item, trig_cat = req.trigger.item_id, req.trigger.category_id
+        src = np.asarray(cands.sources, dtype=np.int64)
+        cov_of = [cov_all.get(i) for i in items]
+        cand_user[row:end] = u
+        cand_item[row:end] = [items_v.get(i, OOV) for i in items]
+        cand_cat[row:end] = [cats_v.get(c, OOV) for c in cats]
+        d = dense[row:end]
+        d[:, 0] = cands.covisit
+        d[:, 1] = [math.log1p(pop.get(i, 0.0)) for i in items]
+        d[:, 2] = [i in last_touch for i in items]
+        d[:, 3] = [gap_bucket(now - last_touch[i]) / (N_GAP_BUCKETS - 1) if i in last_touch else 1.0
+                   for i in items]
+        d[:, 4] = [math.log1p(touch_count.get(i, 0)) for i in items]
+        d[:, 5] = [aff.get(c, 0.0) / aff_total for c in cats]
+        d[:, 6] = [c == trig_cat for c in cats]
+        d[:, 7] = [i == trig_item for i in items]
+        d[:, 8:12] = [math.log1p(c) for c in st.counts]
+        d[:, 12] = (src & SRC_COVISIT) != 0
+        d[:, 13] = (src & SRC_RECENT) != 0
+        d[:, 14] = (src & SRC_CATEGORY) != 0
+        d[:, 15] = (src & SRC_TRENDING) != 0
+        d[:, 16] = [(max_beh[i] + 1) / N_BEHAVIORS if i in max_beh else 0.0 for i in items]
+        # 1 for the top neighbour; 0 for candidates outside the neighbourhood.
+        d[:, 17] = [0.0 if c is None else 1.0 / (1.0 + bisect.bisect_left(neg_sorted, -c)) for c in cov_of]
+        d[:, 18] = [0.0 if c is None else c / cov_total for c in cov_of]
+        d[:, 19] = [c in recent_cats for c in cats]
+        row = end
     return {
         "hist_item": hist[0],
         "hist_cat": hist[1],
