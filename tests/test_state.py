@@ -2,10 +2,11 @@
 
 import random
 
+import msgpack
 import pytest
 
 from udfs.events import Event
-from udfs.state import StateLimits, UserState, gap_bucket, update_state
+from udfs.state import STATE_VERSION, WINDOWS, StateLimits, UserState, gap_bucket, update_state
 
 T0 = 1_600_000_000_000
 LIMITS = StateLimits(max_seq_len=5, seq_window_ms=3_600_000, max_categories=3,
@@ -88,3 +89,145 @@ def test_empty_state_from_none():
 def test_gap_buckets_monotone():
     gaps = [gap_bucket(ms) for ms in (0, 999, 1000, 60_000, 3_600_000, 86_400_000, 10**12)]
     assert gaps == sorted(gaps) and gaps[0] == 0 and gaps[-1] == 20
+
+
+# --------------------------------------------------------------------------- windowed counts
+
+MIN = 60_000
+W_LIMITS = StateLimits()  # production bounds: 50 rows, 7-day sequence window
+
+
+def at(ms, item=1, beh="pv", user=1):
+    return Event(user, item, 1, beh, T0 + ms)
+
+
+def test_window_counts_per_behavior():
+    st = fold([at(0, 1), at(1000, 2, "cart"), at(2000, 3, "buy")], W_LIMITS)
+    assert st.window_counts() == {"10m": [1, 1, 0, 1], "1h": [1, 1, 0, 1], "1d": [1, 1, 0, 1]}
+    update_state(st, at(2 * 3_600_000, 4, "fav"), W_LIMITS)
+    assert st.window_counts() == {"10m": [0, 0, 1, 0], "1h": [0, 0, 1, 0], "1d": [1, 1, 1, 1]}
+    # buckets are pruned relative to max_ts: an earlier at_ts no longer sees the short windows
+    assert st.window_counts(T0 + 3000) == {"10m": [0, 0, 0, 0], "1h": [0, 0, 0, 0], "1d": [1, 1, 0, 1]}
+
+
+@pytest.mark.parametrize("label,length,size", WINDOWS)
+def test_window_edges_exact_to_the_bucket(label, length, size):
+    now = 1_700_000_000_000 + 12_345  # not aligned to any bucket
+    old = [
+        Event(1, 1, 1, "pv", now - length),             # exactly one window old: counts
+        Event(1, 2, 1, "cart", now - length - size),    # one window + one bucket old: never counts
+        Event(1, 3, 1, "pv", now - length - size - 1),  # older still
+    ]
+    st = UserState()
+    for e in [*old, Event(1, 9, 1, "fav", now)]:
+        update_state(st, e, W_LIMITS)
+    assert st.window_counts(now)[label] == [1, 0, 1, 0]
+    # An event between one window and one window + one bucket old counts only when it
+    # shares the oldest counted bucket: ages in (length, length + size) are approximate.
+    in_bucket = (now - length) // size * size  # start of the oldest counted bucket
+    st2 = UserState()
+    for e in [Event(1, 1, 1, "buy", in_bucket), Event(1, 2, 1, "buy", in_bucket - 1), Event(1, 9, 1, "fav", now)]:
+        update_state(st2, e, W_LIMITS)
+    assert st2.window_counts(now)[label] == [0, 0, 1, 1]
+
+
+def test_window_counts_follow_max_ts():
+    st = fold([at(0, 1), at(5 * MIN, 2), at(9 * MIN, 3)], W_LIMITS)
+    assert st.window_counts()["10m"] == [3, 0, 0, 0]
+    update_state(st, at(16 * MIN, 4), W_LIMITS)  # the first two are now over 10 min + 1 bucket old
+    assert st.window_counts()["10m"] == [2, 0, 0, 0]
+    assert st.window_counts()["1h"] == [4, 0, 0, 0]
+    update_state(st, at(2 * 86_400_000, 5), W_LIMITS)
+    assert st.window_counts() == {"10m": [1, 0, 0, 0], "1h": [1, 0, 0, 0], "1d": [1, 0, 0, 0]}
+    assert st.counts == [5, 0, 0, 0]  # all-time counts are not windowed
+
+
+def test_event_older_than_the_horizon_does_not_count():
+    st = fold([at(3 * 86_400_000, 1)], W_LIMITS)
+    assert update_state(st, at(0, 2, "buy"), W_LIMITS)  # accepted into seq/counts (7-day window) ...
+    assert st.window_counts()["1d"] == [1, 0, 0, 0]  # ... but not into any window
+    assert st.counts == [1, 0, 0, 1]
+
+
+def test_window_buckets_bounded_over_a_busy_week():
+    rng = random.Random(7)
+    behaviors = ["pv", "cart", "fav", "buy"]
+    week = 7 * 86_400_000
+    events = sorted((Event(1, rng.randrange(5000), rng.randrange(30), rng.choice(behaviors), T0 + rng.randrange(week))
+                     for _ in range(10_000)), key=lambda e: e.ts)
+    st = UserState()
+    most = [0, 0, 0]
+    for e in events:
+        update_state(st, e, W_LIMITS)
+        most = [max(m, len(w) // 5) for m, w in zip(most, st.windows)]
+    # at most every bucket a window can reach (one window plus the partial bucket at its
+    # old edge), and this log is busy enough to reach that bound in every window
+    assert most == [length // size + 1 for _, length, size in WINDOWS] == [11, 13, 25]
+    end = st.max_ts
+    expected = {label: [sum(1 for e in events if e.behavior == b and end - e.ts <= length) for b in behaviors]
+                for label, length, _ in WINDOWS}
+    got = st.window_counts()
+    for (label, length, size) in WINDOWS:
+        # exact to the bucket: at least every event up to `length` old, at most those up to `length + size` old
+        upper = [sum(1 for e in events if e.behavior == b and end - e.ts < length + size) for b in behaviors]
+        assert all(lo <= g <= hi for lo, g, hi in zip(expected[label], got[label], upper)), label
+    assert len(st.to_bytes()) < 2500  # 50 rows + 49 buckets + 20 categories + 100 bought
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_windows_out_of_order_equal_sorted(seed):
+    rng = random.Random(seed)
+    events = [Event(1, rng.randrange(50), rng.randrange(5), rng.choice(["pv", "cart", "fav", "buy"]),
+                    T0 + rng.randrange(3 * 86_400_000)) for _ in range(400)]
+    events += [Event(1, 7, 1, "pv", T0 + 3 * 86_400_000 - k * 30_000) for k in range(60)]  # a dense last half hour
+    shuffled = events[:]
+    rng.shuffle(shuffled)
+    limits = StateLimits(max_seq_len=1000, seq_window_ms=10**10)
+    a, b = fold(sorted(events, key=lambda e: e.ts), limits), fold(shuffled, limits)
+    assert a.windows == b.windows and a.max_ts == b.max_ts
+    assert a.window_counts() == b.window_counts()
+    for probe in (a.max_ts - 30 * MIN, a.max_ts - 5 * MIN):
+        assert a.window_counts(probe) == b.window_counts(probe)
+
+
+def test_duplicates_not_counted_in_windows():
+    st = UserState()
+    assert update_state(st, at(0, 5), W_LIMITS)
+    assert not update_state(st, at(0, 5), W_LIMITS)
+    assert update_state(st, at(0, 5, "cart"), W_LIMITS)
+    assert not update_state(st, at(0, 5, "cart"), W_LIMITS)
+    assert st.window_counts() == {"10m": [1, 1, 0, 0], "1h": [1, 1, 0, 0], "1d": [1, 1, 0, 0]}
+
+
+def test_windows_survive_serialization():
+    st = fold([at(i * 20_000, i, ["pv", "cart", "fav", "buy"][i % 4]) for i in range(200)], W_LIMITS)
+    back = UserState.from_bytes(st.to_bytes())
+    assert back == st and back.window_counts() == st.window_counts()
+
+
+# --------------------------------------------------------------------------- state versions
+
+
+def test_version_1_bytes_upgrade_with_every_field_kept():
+    seq = [[T0, 11, 3, 0], [T0 + 1000, "item-x", "cat-y", 3]]
+    counts = [1, 0, 0, 1]
+    affinity = {3: 1.0, "cat-y": 4.0}
+    bought = ["item-x"]
+    v1 = msgpack.packb([1, seq, counts, affinity, T0 + 1000, bought, 7, T0 + 1000], use_bin_type=True)
+    st = UserState.from_bytes(v1)
+    assert (st.seq, st.counts, st.affinity, st.ref_ts, st.bought, st.emitted, st.max_ts) == (
+        seq, counts, affinity, T0 + 1000, bought, 7, T0 + 1000)
+    assert st.window_counts() == {"10m": [0, 0, 0, 0], "1h": [0, 0, 0, 0], "1d": [0, 0, 0, 0]}
+    # keeps working after the upgrade, and is written back as the current version
+    assert update_state(st, Event(1, 12, 3, "cart", T0 + 2000), W_LIMITS)
+    assert st.window_counts()["10m"] == [0, 1, 0, 0] and st.counts == [1, 1, 0, 1]
+    data = st.to_bytes()
+    assert msgpack.unpackb(data, strict_map_key=False)[0] == STATE_VERSION == 2
+    assert UserState.from_bytes(data) == st
+
+
+@pytest.mark.parametrize("version", [0, 3, 99, "2"])
+def test_unknown_state_version_raises(version):
+    data = msgpack.packb([version, [], [0, 0, 0, 0], {}, 0, [], 0, 0, [[], [], []]])
+    with pytest.raises(ValueError, match="unsupported user state version"):
+        UserState.from_bytes(data)

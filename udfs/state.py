@@ -4,6 +4,29 @@ One value per user means one state read and one write per event, which is
 what PyFlink makes cheap. Updates are order-independent within the sequence
 window (sorted insert, commutative counts, decay anchored at a reference
 time), so events arriving out of order converge to the same state.
+
+Windowed behavior counts (10 minutes, 1 hour, 1 day) are kept in fixed event-time
+buckets, one bucket list per window: 1-minute buckets for 10 minutes, 5-minute
+buckets for 1 hour, 1-hour buckets for 1 day. Bucket ``b`` of a window with
+bucket size ``B`` holds the per-behavior counts of the events with
+``ts // B == b``. Each window is one flat int list sorted by bucket,
+``[b, pv, cart, fav, buy, b', ...]``: cheap to (un)pack per event, and the same
+events give the same list in any arrival order. Buckets that can no longer fall
+inside their window relative to ``max_ts`` are pruned, so a user holds at most
+11 + 13 + 25 buckets (about 450 bytes) however active they are.
+
+Accuracy: window edges are exact to the bucket size. A window of length ``W``
+valued at ``at_ts`` counts every event with ``at_ts - W <= ts <= at_ts``,
+never one with ``ts <= at_ts - W - B``, and an event in between only when it
+shares the oldest counted bucket (``(at_ts - W) // B``). At the young end it
+counts the whole bucket of ``at_ts``, so for ``at_ts < max_ts`` events up to
+``B - 1`` ms newer than ``at_ts`` can be included.
+
+Whether an event counts depends only on its ts and the final ``max_ts`` (an
+event is added only to a bucket that pruning at the current ``max_ts`` would
+keep, and ``max_ts`` only grows), so the buckets converge regardless of
+arrival order too. An event older than a window's horizon relative to
+``max_ts`` simply does not count in that window.
 """
 
 from __future__ import annotations
@@ -17,7 +40,14 @@ import msgpack
 
 from udfs.events import BEHAVIOR_INDEX, Event, Id
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+_REC = 5  # ints per bucket record in a window list: bucket, pv, cart, fav, buy
+# (label, window length ms, bucket size ms) of the windowed behavior counts.
+WINDOWS: tuple[tuple[str, int, int], ...] = (
+    ("10m", 10 * 60_000, 60_000),
+    ("1h", 3_600_000, 5 * 60_000),
+    ("1d", 86_400_000, 3_600_000),
+)
 # Weight of each behavior in category affinity: intent grows along the funnel.
 BEHAVIOR_WEIGHT = (1.0, 3.0, 2.0, 4.0)
 
@@ -38,7 +68,10 @@ class UserState:
     """Recent sequence (sorted by ts), counts, category affinity, bought items.
 
     ``seq`` rows are ``[ts, item, category, behavior_index]``. ``affinity`` maps
-    category -> score valued at ``ref_ts`` (decayed lazily on read).
+    category -> score valued at ``ref_ts`` (decayed lazily on read). ``windows``
+    holds one flat list per entry of :data:`WINDOWS`, records of
+    ``bucket (ts // bucket_ms), pv, cart, fav, buy`` sorted by bucket; read it
+    through :meth:`window_counts`.
     """
 
     seq: list[list[Any]] = field(default_factory=list)
@@ -48,11 +81,13 @@ class UserState:
     bought: list[Id] = field(default_factory=list)
     emitted: int = 0
     max_ts: int = 0
+    windows: list[list[int]] = field(default_factory=lambda: [[] for _ in WINDOWS])
 
     def to_bytes(self) -> bytes:
+        # New fields go at the end of the list; from_bytes upgrades older layouts.
         return msgpack.packb(
             [STATE_VERSION, self.seq, self.counts, self.affinity, self.ref_ts, self.bought,
-             self.emitted, self.max_ts],
+             self.emitted, self.max_ts, self.windows],
             use_bin_type=True,
         )
 
@@ -62,10 +97,15 @@ class UserState:
             return cls()
         values = msgpack.unpackb(data, raw=False, strict_map_key=False)
         version = values[0]
-        if version != STATE_VERSION:
-            raise ValueError(f"unsupported user state version {version}")
-        seq, counts, affinity, ref_ts, bought, emitted, max_ts = values[1:8]
-        return cls(seq, counts, affinity, ref_ts, bought, emitted, max_ts)
+        if version == STATE_VERSION:
+            seq, counts, affinity, ref_ts, bought, emitted, max_ts, windows = values[1:9]
+            return cls(seq, counts, affinity, ref_ts, bought, emitted, max_ts, windows)
+        if version == 1:
+            # Written before windowed counts existed (e.g. restored from an older savepoint):
+            # keep everything, windows start empty and fill from the next events.
+            seq, counts, affinity, ref_ts, bought, emitted, max_ts = values[1:8]
+            return cls(seq, counts, affinity, ref_ts, bought, emitted, max_ts)
+        raise ValueError(f"unsupported user state version {version}")
 
     @property
     def last_event_ts(self) -> int:
@@ -75,6 +115,26 @@ class UserState:
         """Affinity valued at ``at_ts``."""
         factor = 2.0 ** (-(at_ts - self.ref_ts) / half_life_ms)
         return {c: s * factor for c, s in self.affinity.items()}
+
+    def window_counts(self, at_ts: int | None = None) -> dict[str, list[int]]:
+        """Window label -> ``[pv, cart, fav, buy]`` counts ending at ``at_ts`` (default ``max_ts``).
+
+        Exact to the bucket size (see the module docstring). Buckets are pruned relative
+        to ``max_ts``, so an ``at_ts`` before ``max_ts`` may miss events near its old edge.
+        """
+        at = self.max_ts if at_ts is None else at_ts
+        out: dict[str, list[int]] = {}
+        for (label, length, size), buckets in zip(WINDOWS, self.windows):
+            lo, hi = (at - length) // size, at // size
+            total = [0, 0, 0, 0]
+            for i in range(0, len(buckets), _REC):
+                if lo <= buckets[i] <= hi:
+                    total[0] += buckets[i + 1]
+                    total[1] += buckets[i + 2]
+                    total[2] += buckets[i + 3]
+                    total[3] += buckets[i + 4]
+            out[label] = total
+        return out
 
 
 def is_duplicate(state: UserState, event: Event) -> bool:
@@ -107,6 +167,35 @@ def _add_affinity(state: UserState, event: Event, beh: int, limits: StateLimits)
         del state.affinity[weakest]
 
 
+def _add_window_counts(state: UserState, ts: int, beh: int, prev_max_ts: int) -> None:
+    """Count the event in each window's bucket, then prune buckets the windows left behind.
+
+    A bucket is kept iff ``b >= (max_ts - length) // size``; the event is added only to a
+    bucket that rule keeps, and pruning runs when ``max_ts`` moves the cutoff, so the
+    result depends on the set of events alone, not their arrival order.
+    """
+    max_ts = state.max_ts
+    for (_, length, size), buckets in zip(WINDOWS, state.windows):
+        cutoff = (max_ts - length) // size
+        b = ts // size
+        if b < cutoff:
+            continue  # older than this window can reach; max_ts did not move, nothing to prune
+        # Most events land in the newest bucket: search from the end.
+        i = len(buckets) - _REC
+        while i >= 0 and buckets[i] > b:
+            i -= _REC
+        if i < 0 or buckets[i] != b:
+            i += _REC
+            buckets[i:i] = [b, 0, 0, 0, 0]
+        buckets[i + 1 + beh] += 1
+        if ts > prev_max_ts and cutoff > (prev_max_ts - length) // size:
+            j = 0
+            while buckets[j] < cutoff:  # stops at the bucket just counted at the latest
+                j += _REC
+            if j:
+                del buckets[:j]
+
+
 def update_state(state: UserState, event: Event, limits: StateLimits) -> bool:
     """Apply one event; returns False (state untouched) for a duplicate."""
     if is_duplicate(state, event):
@@ -114,7 +203,8 @@ def update_state(state: UserState, event: Event, limits: StateLimits) -> bool:
     beh = BEHAVIOR_INDEX[event.behavior]
     row = [event.ts, event.item_id, event.category_id, beh]
     bisect.insort_right(state.seq, row, key=lambda r: r[0])
-    state.max_ts = max(state.max_ts, event.ts)
+    prev_max_ts = state.max_ts
+    state.max_ts = max(prev_max_ts, event.ts)
     horizon = state.max_ts - limits.seq_window_ms
     drop = 0
     while drop < len(state.seq) and state.seq[drop][0] < horizon:
@@ -125,6 +215,7 @@ def update_state(state: UserState, event: Event, limits: StateLimits) -> bool:
     if drop:
         del state.seq[:drop]
     state.counts[beh] += 1
+    _add_window_counts(state, event.ts, beh, prev_max_ts)
     _add_affinity(state, event, beh, limits)
     if event.behavior == "buy" and limits.max_bought and event.item_id not in state.bought:
         state.bought.append(event.item_id)
