@@ -1,0 +1,282 @@
+"""The plain-Python peer: same records as the job's logic, batching that changes nothing, Kafka end to end.
+
+Only the end-to-end tests need the broker and carry the ``kafka`` mark; the
+Batcher tests run in ``make test-fast`` too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from jobs.runtime import build_recommender
+from streamrec.config import Config, load_config
+from streamrec.kafka_io import consume, replay
+from streamrec.peer import Batcher, dead_letter_record, late_event_record, run_peer
+from tests.job_fixtures import generated_log
+from tests.test_job_kafka import POISON
+from udfs.events import DecodeError, Event
+from udfs.recommend import Recommender
+from udfs.state import UserState
+
+H = 3_600_000
+
+
+def make_config(artifact: Path, **sections: dict[str, Any]) -> Config:
+    overrides: dict[str, dict[str, Any]] = {"ranking": {"artifact_dir": str(artifact), "provider": "cpu"}}
+    for name, values in sections.items():
+        overrides[name] = {**overrides.get(name, {}), **values}
+    return load_config(environ={}, overrides=overrides)
+
+
+def one_by_one(rec: Recommender, events: Sequence[Event], since_ms: int = 0) -> list[dict[str, Any]]:
+    """The job's RecommendFunction without Flink: one event, one model call (no lateness here)."""
+    states: dict[str, UserState] = {}
+    out = []
+    for ev in events:
+        st = states.setdefault(str(ev.user_id), UserState())
+        if rec.apply(st, ev) and ev.ts >= since_ms:
+            out += rec.recommend([rec.request(st, ev)])
+    return out
+
+
+def by_user_seq(records: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    keyed = {(str(r["user_id"]), r["seq"]): r for r in records}
+    assert len(keyed) == len(records), "a (user, seq) pair appeared twice"
+    return keyed
+
+
+def assert_same_lists(got: Sequence[dict[str, Any]], want: Sequence[dict[str, Any]], rtol: float = 1e-5) -> None:
+    g, w = by_user_seq(got), by_user_seq(want)
+    assert g.keys() == w.keys()
+    for k, ref in w.items():
+        r = g[k]
+        assert r["trigger"] == ref["trigger"], k
+        assert r["items"] == ref["items"], k
+        np.testing.assert_allclose(r["scores"], ref["scores"], rtol=rtol, atol=1e-6, err_msg=str(k))
+        assert (r["model_version"], r["provider"], r["fallback"]) == (ref["model_version"], ref["provider"], None)
+
+
+def chunks(events: Sequence[Event], sizes: Sequence[int]) -> list[list[Event]]:
+    out, i, j = [], 0, 0
+    while i < len(events):
+        n = sizes[j % len(sizes)]
+        out.append(list(events[i:i + n]))
+        i, j = i + n, j + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Batcher, no Kafka
+# ---------------------------------------------------------------------------------------------
+
+
+def test_repeated_user_flushes_the_pending_batch_first(fixture_artifact):
+    rec = build_recommender(make_config(fixture_artifact, ranking={"top_k": 5}))
+    items = list(rec.artifact.tables.covisit)[:4]
+    cat = rec.artifact.tables.item_category
+    t = 1_700_000_000_000
+    events = [
+        Event(1, items[0], cat[items[0]], "pv", t),
+        Event(2, items[1], cat[items[1]], "pv", t + 1000),
+        Event(1, items[2], cat[items[2]], "cart", t + 2000),  # user 1 again: flush [1, 2] first
+        Event(3, items[3], cat[items[3]], "pv", t + 3000),
+        Event(2, items[0], cat[items[0]], "fav", t + 4000),   # user 2: pending [1, 3] -> [1, 3, 2]
+        Event(3, items[2], cat[items[2]], "pv", t + 5000),    # user 3 again: flush [1, 3, 2]
+    ]
+    batcher = Batcher(rec)
+    out = batcher.process(events)
+    assert batcher.batches == 3 and batcher.emitted == 6 and batcher.rows_scored > 0
+    assert [(r["user_id"], r["seq"]) for r in out.records] == [(1, 1), (2, 1), (1, 2), (3, 1), (2, 2), (3, 2)]
+    # The first list of user 1 was scored before its second event changed the state.
+    ref = one_by_one(build_recommender(make_config(fixture_artifact, ranking={"top_k": 5})), events)
+    assert_same_lists(out.records, ref, rtol=0)
+    assert out.records[0]["trigger"]["item_id"] == items[0]
+    # State was written after scoring, with the emitted counter advanced.
+    assert UserState.from_bytes(batcher.states["1"][0]).emitted == 2
+    assert UserState.from_bytes(batcher.states["2"][0]).emitted == 2
+    assert UserState.from_bytes(batcher.states["3"][0]).emitted == 2
+
+
+def test_repeated_user_in_copy_mode_stays_in_one_model_call(fixture_artifact):
+    rec = build_recommender(make_config(fixture_artifact, ranking={"top_k": 5}))
+    items = list(rec.artifact.tables.covisit)[:3]
+    cat = rec.artifact.tables.item_category
+    t = 1_700_000_000_000
+    events = [
+        Event(1, items[0], cat[items[0]], "pv", t - H),      # before since: state only
+        Event(1, items[0], cat[items[0]], "pv", t),
+        Event(2, items[1], cat[items[1]], "pv", t + 1000),
+        Event(1, items[1], cat[items[1]], "cart", t + 2000),
+        Event(1, items[1], cat[items[1]], "cart", t + 2000),  # duplicate of the pending copy
+        Event(1, items[2], cat[items[2]], "buy", t + 3000),
+    ]
+    batcher = Batcher(rec, since_ms=t, on_repeat="copy")
+    out = batcher.process(events[:1])  # user 1's state exists before the poll
+    out = batcher.process(events[1:])
+    assert batcher.batches == 1 and batcher.duplicates == 1
+    assert [(r["user_id"], r["seq"]) for r in out.records] == [(1, 1), (2, 1), (1, 2), (1, 3)]
+    ref = one_by_one(build_recommender(make_config(fixture_artifact, ranking={"top_k": 5})), events, since_ms=t)
+    assert_same_lists(out.records, ref, rtol=0)
+    final = UserState.from_bytes(batcher.states["1"][0])
+    assert final.emitted == 3 and final.counts == [2, 1, 0, 1] and final.bought == [items[2]]
+    # A pre-`since` event of a user with an unscored request keeps that request's increment.
+    batcher = Batcher(build_recommender(make_config(fixture_artifact)), since_ms=t, on_repeat="copy")
+    out = batcher.process([Event(4, items[0], cat[items[0]], "pv", t), Event(4, items[1], cat[items[1]], "pv", t - 1),
+                           Event(4, items[2], cat[items[2]], "pv", t + 1)])
+    assert [r["seq"] for r in out.records] == [1, 2]
+    assert UserState.from_bytes(batcher.states["4"][0]).emitted == 2
+
+
+@pytest.mark.parametrize("on_repeat", ["flush", "copy"])
+def test_poll_boundaries_do_not_change_the_lists(fixture_artifact, on_repeat):
+    events = generated_log(300, seed=5)
+    ref = one_by_one(build_recommender(make_config(fixture_artifact)), events)
+    batcher = Batcher(build_recommender(make_config(fixture_artifact)), on_repeat=on_repeat)
+    got: list[dict[str, Any]] = []
+    polls = chunks(events, [1, 37, 120, 5])
+    for poll in polls:
+        got += batcher.process(poll).records
+    assert batcher.batches < len(got) == len(ref)
+    if on_repeat == "copy":
+        assert batcher.batches == len(polls)
+    assert_same_lists(got, ref, rtol=0)
+
+
+@pytest.mark.parametrize("on_repeat", ["flush", "copy"])
+def test_batched_scores_match_one_by_one_with_a_real_din_graph(tmp_path, on_repeat):
+    """The covisit fixture graph is exact by construction; a DIN graph does real float math."""
+    torch = pytest.importorskip("torch")
+    from model_export.model import DIN, ModelConfig, export_onnx
+    from udfs.artifact import write_artifact
+    from udfs.candidates import build_tables
+    from udfs.features import Vocab
+
+    log = generated_log(2000, seed=3)
+    items: dict[Any, int] = {}
+    cats: dict[Any, int] = {}
+    for e in log:
+        items[e.item_id] = items.get(e.item_id, 0) + 1
+        cats[e.category_id] = cats.get(e.category_id, 0) + 1
+    vocab = Vocab.build(items, cats, 2)
+    torch.manual_seed(0)
+    model = DIN(ModelConfig(n_items=vocab.n_items, n_categories=vocab.n_categories, dim=8, attn_hidden=8,
+                            hidden=(32, 16)))
+    onnx_path = export_onnx(model, tmp_path / "din.onnx", seq_len=50)
+    art = write_artifact(tmp_path / "art", onnx_path, vocab, build_tables(log),
+                         {"model_version": "random-din", "seq_len": 50, "opset": 17})
+    events = generated_log(400, seed=11)
+    ref = one_by_one(build_recommender(make_config(art)), events)
+    batcher = Batcher(build_recommender(make_config(art)), on_repeat=on_repeat)
+    got = batcher.process(events).records
+    # Sessions make users repeat right away: "flush" batches little, "copy" scores the poll at once.
+    assert batcher.batches == (1 if on_repeat == "copy" else batcher.batches) < len(got)
+    assert_same_lists(got, ref, rtol=1e-5)
+
+
+def test_late_duplicate_since_and_ttl(fixture_artifact):
+    rec = build_recommender(make_config(fixture_artifact))
+    item = next(iter(rec.artifact.tables.covisit))
+    cat = rec.artifact.tables.item_category[item]
+    t = 1_700_000_000_000
+    now = [0.0]
+    batcher = Batcher(rec, out_of_orderness_ms=5000, allowed_lateness_ms=1000, since_ms=t - 2 * H, ttl_s=60,
+                      clock=lambda: now[0])
+    early = Event(1, item, cat, "pv", t - 3 * H)  # before since: state only
+    first = Event(1, item, cat, "pv", t)
+    stale = Event(2, item, cat, "pv", t - 6002)  # behind watermark (t - 5000 - 1) - 1000
+    edge = Event(3, item, cat, "pv", t - 6001)   # exactly at the allowed lateness: kept
+    out = batcher.process([early, first, first, stale, edge])
+    assert batcher.duplicates == 1 and batcher.late == 1
+    assert [(r["user_id"], r["seq"]) for r in out.records] == [(1, 1), (3, 1)]
+    (key, value), = out.late
+    late = msgpack.unpackb(value, raw=False)
+    assert key == "2" and late["event"] == stale.to_wire() and late["watermark"] == t - 5001
+    assert late["reason"].startswith("late: ts")
+    assert UserState.from_bytes(batcher.states["1"][0]).counts[0] == 2  # early + first
+    now[0] = 61.0  # user 1 and 3 idle past the TTL: state gone, sequence numbers restart
+    out = batcher.process([Event(1, item, cat, "cart", t + 1000)])
+    assert batcher.expired == 2 and list(batcher.states) == ["1"]
+    assert out.records[0]["seq"] == 1
+
+
+def test_record_layouts_match_the_job():
+    flink_functions = pytest.importorskip("udfs.flink_functions")
+    err = DecodeError("not_msgpack: x", b"\xc1")
+    for off in (7, -1, None):
+        row = flink_functions.dead_letter(err, "t", 0, off, 123)
+        assert (row[0], row[1]) == dead_letter_record(err, "t", 0, off, 123)
+    ev = Event(5, 6, 7, "buy", 1000)
+    row = flink_functions.late_record(ev, 900, 10)
+    assert (row[0], row[1]) == late_event_record(ev, 900, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kafka end to end
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def peer_config(kafka_broker, unique_topic, fixture_artifact) -> Config:
+    topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}
+    return make_config(fixture_artifact, kafka={"bootstrap_servers": kafka_broker.bootstrap,
+                                                "group_id": "g-" + topics["input_topic"], **topics})
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("on_repeat", ["flush", "copy"])
+def test_peer_end_to_end_same_lists_as_the_job_logic(kafka_broker, peer_config, on_repeat):
+    k = peer_config.kafka
+    events = generated_log(300, seed=9)
+    half = len(events) // 2
+    replay(events[:half], kafka_broker.bootstrap, k.input_topic)
+    prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    for raw in POISON:
+        prod.send(k.input_topic, raw)
+    prod.flush()
+    prod.close()
+    replay(events[half:], kafka_broker.bootstrap, k.input_topic)
+    total = len(events) + len(POISON)
+
+    stats = run_peer(peer_config, max_events=total, idle_timeout_s=20, on_repeat=on_repeat)
+
+    accepted = len({(str(e.user_id), e.item_id, e.behavior, e.ts) for e in events})
+    assert (stats.records, stats.events, stats.bad, stats.late) == (total, len(events), len(POISON), 0)
+    assert stats.duplicates == len(events) - accepted and stats.emitted == accepted
+    assert 0 < stats.batches < stats.emitted and stats.rows_scored == stats.ranker["rows"]
+    assert stats.provider == "cpu" and stats.seconds > 0 and stats.cpu_seconds > 0 and stats.peak_rss_mb > 0
+    print(f"\npeer ({on_repeat}): {stats.records} records in {stats.seconds:.2f}s = "
+          f"{stats.events_per_s:.0f} records/s, "
+          f"cpu {stats.cpu_seconds:.2f}s, {stats.polls} polls, {stats.batches} model calls, "
+          f"mean batch {stats.ranker['mean_batch']:.0f} rows, rss {stats.peak_rss_mb:.0f} MB")
+
+    out = list(consume(kafka_broker.bootstrap, k.output_topic, timeout_s=2))  # all flushed already
+    assert len(out) == accepted
+    records = [r.value for r in out]
+    for r in out:
+        assert r.key == str(r.value["user_id"]).encode()
+        assert r.value["model_version"] == "fixture-covisit" and r.value["provider"] == "cpu"
+    seqs: dict[str, list[int]] = {}
+    for v in records:
+        seqs.setdefault(str(v["user_id"]), []).append(v["seq"])
+    assert all(s == list(range(1, len(s) + 1)) for s in seqs.values())
+    assert_same_lists(records, one_by_one(build_recommender(peer_config), events), rtol=0)
+
+    dlq = list(consume(kafka_broker.bootstrap, k.dlq_topic, timeout_s=2))
+    assert sorted(d.value["raw"] for d in dlq) == sorted(POISON)
+    for d in dlq:
+        v = d.value
+        assert v["topic"] == k.input_topic and v["partition"] == 0 and half <= v["offset"] < half + len(POISON)
+        assert d.key == f"{k.input_topic}:0:{v['offset']}".encode()
+        assert v["reason"].split(":")[0] in ("not_msgpack", "missing_field", "bad_type", "out_of_range")
+
+    # Offsets were committed: resuming the group from its committed offsets finds nothing new.
+    resumed = peer_config.model_copy(update={"kafka": k.model_copy(update={"starting_offsets": "committed"})})
+    again = run_peer(resumed, idle_timeout_s=2)
+    assert again.records == 0 and again.polls == 0
