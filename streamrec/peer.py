@@ -60,6 +60,7 @@ from streamrec.config import Config
 from udfs.events import DecodeError, Event, decode_event
 from udfs.features import UserRequest
 from udfs.recommend import Recommender
+from udfs.records import dead_letter_record, late_event_record
 from udfs.state import UserState
 
 log = logging.getLogger(__name__)
@@ -67,36 +68,6 @@ log = logging.getLogger(__name__)
 INT64_MIN = -(2**63)
 MAX_POLL_RECORDS = 500
 OnRepeat = Literal["flush", "copy"]
-
-
-# The two record layouts below mirror udfs.flink_functions.dead_letter / late_record,
-# which cannot be imported here without importing pyflink.
-def dead_letter_record(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
-                       timestamp: int | None) -> tuple[str, bytes]:
-    """DLQ ``(key, value)``: the original bytes untouched plus where they came from and why."""
-    value = msgpack.packb(
-        {
-            "reason": error.reason,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "timestamp": timestamp,
-            "raw": error.raw,
-        },
-        use_bin_type=True,
-    )
-    key = f"{topic}:{partition}:{offset}" if offset is not None and offset >= 0 else (topic or "")
-    return key, value
-
-
-def late_event_record(event: Event, watermark: int, lateness_ms: int) -> tuple[str, bytes]:
-    """Late-topic ``(key, value)``, keyed by user."""
-    value = msgpack.packb(
-        {"reason": f"late: ts {event.ts} < watermark {watermark} - allowed lateness {lateness_ms}",
-         "event": event.to_wire(), "watermark": watermark},
-        use_bin_type=True,
-    )
-    return str(event.user_id), value
 
 
 @dataclass

@@ -41,10 +41,10 @@ KINDS: tuple[str, ...] = (
     "ext_type",          # a msgpack ext value (the decoder allows none)
 )
 
-# Not in the default cycle: a ~1 MiB record that a stock broker and kafka-python producer
-# accept, but whose dead letter (raw bytes + reason + coordinates) is over the DLQ sink
-# producer's default max.request.size (1 MiB). At the time of writing the job cannot write
-# it, fails and restarts in a loop (RecordTooLargeException); pass kinds=EXTRA_KINDS to probe.
+# Not in the default cycle (10,000 of them would be 700 MB): a ~1 MiB record that a stock
+# broker and kafka-python producer accept. Its whole dead letter would exceed the DLQ
+# producer's max.request.size and restart the job in a loop (RecordTooLargeException);
+# udfs.records caps the raw bytes it carries. The poison test sends one.
 EXTRA_KINDS: tuple[str, ...] = ("near_kafka_limit",)
 NEAR_KAFKA_LIMIT_BYTES = 1_048_400
 

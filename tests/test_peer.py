@@ -18,10 +18,10 @@ from kafka import KafkaProducer
 from jobs.runtime import build_recommender
 from streamrec.config import Config, load_config
 from streamrec.kafka_io import consume, replay
-from streamrec.peer import Batcher, dead_letter_record, late_event_record, run_peer
+from streamrec.peer import Batcher, run_peer
 from tests.job_fixtures import generated_log
 from tests.test_job_kafka import POISON
-from udfs.events import DecodeError, Event
+from udfs.events import Event
 from udfs.recommend import Recommender
 from udfs.state import UserState
 
@@ -204,17 +204,6 @@ def test_late_duplicate_since_and_ttl(fixture_artifact):
     out = batcher.process([Event(1, item, cat, "cart", t + 1000)])
     assert batcher.expired == 2 and list(batcher.states) == ["1"]
     assert out.records[0]["seq"] == 1
-
-
-def test_record_layouts_match_the_job():
-    flink_functions = pytest.importorskip("udfs.flink_functions")
-    err = DecodeError("not_msgpack: x", b"\xc1")
-    for off in (7, -1, None):
-        row = flink_functions.dead_letter(err, "t", 0, off, 123)
-        assert (row[0], row[1]) == dead_letter_record(err, "t", 0, off, 123)
-    ev = Event(5, 6, 7, "buy", 1000)
-    row = flink_functions.late_record(ev, 900, 10)
-    assert (row[0], row[1]) == late_event_record(ev, 900, 10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from streamrec.config import Config
 from udfs.events import DecodeError, Event, decode_event
+from udfs.records import dead_letter_record, late_event_record
 from udfs.state import UserState
 
 log = logging.getLogger(__name__)
@@ -35,29 +36,11 @@ LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
 
 def dead_letter(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
                 timestamp: int | None) -> Row:
-    """DLQ record: the original bytes untouched plus where they came from and why."""
-    value = msgpack.packb(
-        {
-            "reason": error.reason,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "timestamp": timestamp,
-            "raw": error.raw,
-        },
-        use_bin_type=True,
-    )
-    key = f"{topic}:{partition}:{offset}" if offset is not None and offset >= 0 else (topic or "")
-    return Row(key, value)
+    return Row(*dead_letter_record(error, topic, partition, offset, timestamp))
 
 
 def late_record(event: Event, watermark: int, lateness_ms: int) -> Row:
-    value = msgpack.packb(
-        {"reason": f"late: ts {event.ts} < watermark {watermark} - allowed lateness {lateness_ms}",
-         "event": event.to_wire(), "watermark": watermark},
-        use_bin_type=True,
-    )
-    return Row(str(event.user_id), value)
+    return Row(*late_event_record(event, watermark, lateness_ms))
 
 
 def as_bytes(value: Any) -> bytes:
@@ -128,6 +111,10 @@ class RecommendFunction(KeyedProcessFunction):
         self.duplicates = group.counter("events_duplicate")
         self.emitted = group.counter("recommendations_emitted")
         self.fallbacks = group.counter("ranking_fallbacks")
+        # Time inside the model and rows it scored, for in-job vs model-alone throughput.
+        self.ranked_rows = group.counter("ranker_rows")
+        self.ranker_micros = group.counter("ranker_micros")
+        self._ranker_seen = (0, 0)
         self.lateness = cfg.job.allowed_lateness_ms
         self.since_ms = cfg.job.since_ms
         choice = self.recommender.provider
@@ -150,6 +137,16 @@ class RecommendFunction(KeyedProcessFunction):
             record = self.recommender.recommend([req])[0]
             if record["fallback"]:
                 self.fallbacks.inc()
+            self._count_ranker()
             self.emitted.inc()
             yield Row(str(event.user_id), msgpack.packb(record, use_bin_type=True))
         self.state.update(state.to_bytes())
+
+    def _count_ranker(self) -> None:
+        ranker = self.recommender.ranker
+        if ranker is None:
+            return
+        rows, micros = ranker.stats.rows, int(ranker.stats.seconds * 1e6)
+        self.ranked_rows.inc(rows - self._ranker_seen[0])
+        self.ranker_micros.inc(micros - self._ranker_seen[1])
+        self._ranker_seen = (rows, micros)
