@@ -193,6 +193,43 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peer(args: argparse.Namespace) -> int:
+    import dataclasses
+    import signal
+    import threading
+
+    from streamrec.peer import run_peer
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stats = run_peer(config_from_args(args), max_events=int(args.max_events) if args.max_events else None,
+                     idle_timeout_s=float(args.idle_timeout), stop=stop)
+    print(json.dumps(dataclasses.asdict(stats), default=str), flush=True)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streamrec.bench import Bench, BenchSettings
+
+    def ints(text: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+
+    settings = BenchSettings(
+        out_dir=Path(args.out), events=int(args.events), users=int(args.users), items=int(args.items),
+        seed=int(args.seed), artifact=Path(args.artifact) if args.artifact else None,
+        parallelisms=ints(args.parallelisms), warmup_s=float(args.warmup_s), window_s=float(args.window_s),
+        latency_s=float(args.latency_s),
+        phases=tuple(p.strip() for p in args.phases.split(",") if p.strip()),
+    )
+    results = Bench(settings, config_from_args(args)).run()
+    from streamrec.bench import markdown
+
+    print(markdown(results))
+    print(f"results: {settings.out_dir / 'results.json'}, {settings.out_dir / 'results.md'}, "
+          f"{settings.out_dir / 'results.png'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamrec.demo import run_demo
 
@@ -270,15 +307,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench-model", help="scored pairs/s and latency: torch vs onnxruntime fp32/fp16/int8")
-    add_flag(p, "--artifact", f"{ENV_PREFIX}BENCH_ARTIFACT", "model artifact", default="artifacts/model")
-    add_flag(p, "--out", f"{ENV_PREFIX}BENCH_OUT", "results directory", default="bench-results")
-    add_flag(p, "--events", f"{ENV_PREFIX}BENCH_EVENTS", "the artifact's training log, for held-out parity batches")
-    add_flag(p, "--provider", f"{ENV_PREFIX}BENCH_PROVIDER", "auto, cuda or cpu", default="auto",
+    add_flag(p, "--artifact", f"{ENV_PREFIX}BENCH_MODEL_ARTIFACT", "model artifact", default="artifacts/model")
+    add_flag(p, "--out", f"{ENV_PREFIX}BENCH_MODEL_OUT", "results directory", default="bench-results")
+    add_flag(p, "--events", f"{ENV_PREFIX}BENCH_MODEL_EVENTS",
+             "the artifact's training log, for held-out parity batches")
+    add_flag(p, "--provider", f"{ENV_PREFIX}BENCH_MODEL_PROVIDER", "auto, cuda or cpu", default="auto",
              choices=["auto", "cuda", "cpu"])
-    add_flag(p, "--batch-sizes", f"{ENV_PREFIX}BENCH_BATCH_SIZES", "comma-separated rows per call",
+    add_flag(p, "--batch-sizes", f"{ENV_PREFIX}BENCH_MODEL_BATCH_SIZES", "comma-separated rows per call",
              default="1,4,16,64,256,1024,4096")
-    add_flag(p, "--repeats", f"{ENV_PREFIX}BENCH_REPEATS", "timed calls per cell (fewer for big batches)", default="50")
+    add_flag(p, "--repeats", f"{ENV_PREFIX}BENCH_MODEL_REPEATS", "timed calls per cell (fewer for big batches)",
+             default="50")
     p.set_defaults(func=cmd_bench_model)
+
+    p = sub.add_parser("peer", help="the plain-Python consumer loop doing the job's work (benchmark peer)")
+    add_flag(p, "--max-events", f"{ENV_PREFIX}PEER_MAX_EVENTS", "stop after this many input records")
+    add_flag(p, "--idle-timeout", f"{ENV_PREFIX}PEER_IDLE_TIMEOUT", "stop after this many idle seconds",
+             default="30")
+    add_config_flags(p, list(CONFIG_FLAGS))
+    p.set_defaults(func=cmd_peer)
+
+    p = sub.add_parser("bench", help="job (p1, p2) vs plain-Python peer vs model and Kafka ceilings, latency")
+    add_flag(p, "--out", f"{ENV_PREFIX}BENCH_OUT", "results directory", default="bench-results")
+    add_flag(p, "--events", f"{ENV_PREFIX}BENCH_EVENTS", "events in the generated stream", default="1000000")
+    add_flag(p, "--users", f"{ENV_PREFIX}BENCH_USERS", "users in the stream", default="100000")
+    add_flag(p, "--items", f"{ENV_PREFIX}BENCH_ITEMS", "items in the catalog", default="50000")
+    add_flag(p, "--seed", f"{ENV_PREFIX}BENCH_SEED", "stream seed", default="11")
+    add_flag(p, "--artifact", f"{ENV_PREFIX}BENCH_ARTIFACT",
+             "model artifact (default: train one on the stream's first 60,000 events into OUT/artifact)")
+    add_flag(p, "--parallelisms", f"{ENV_PREFIX}BENCH_PARALLELISMS", "job parallelisms, comma-separated",
+             default="1,2")
+    add_flag(p, "--warmup-s", f"{ENV_PREFIX}BENCH_WARMUP_S", "seconds after the first output before timing",
+             default="20")
+    add_flag(p, "--window-s", f"{ENV_PREFIX}BENCH_WINDOW_S", "throughput window per phase, seconds", default="90")
+    add_flag(p, "--latency-s", f"{ENV_PREFIX}BENCH_LATENCY_S", "seconds of paced replay per latency point",
+             default="45")
+    add_flag(p, "--phases", f"{ENV_PREFIX}BENCH_PHASES", "comma-separated: model, kafka, job, peer, latency",
+             default="model,kafka,job,peer,latency")
+    add_config_flags(p, ["--provider"])
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")
     add_flag(p, "--events", f"{ENV_PREFIX}DEMO_EVENTS", "events to replay", default="1500")

@@ -1,4 +1,9 @@
-"""A standalone Flink cluster from the PyFlink distribution's own bin/ scripts."""
+"""A standalone Flink cluster from the PyFlink distribution's own bin/ scripts.
+
+Used by the cluster-submission tests and by `streamrec bench`, which runs the
+job on separate TaskManager processes: in thread mode each TaskManager embeds
+one CPython, so two subtasks in one TaskManager share a GIL.
+"""
 
 from __future__ import annotations
 
@@ -21,12 +26,14 @@ FLINK_HOME = Path(pyflink.__file__).resolve().parent
 
 
 class StandaloneCluster:
-    def __init__(self, work_dir: Path, slots: int = 2) -> None:
+    def __init__(self, work_dir: Path, slots: int = 2, taskmanagers: int = 1, tm_memory: str = "2048m") -> None:
         self.work_dir = work_dir
         self.conf_dir = work_dir / "conf"
         self.log_dir = work_dir / "log"
         self.rest_port, self.rpc_port = free_ports(2)
         self.slots = slots
+        self.taskmanagers = taskmanagers
+        self.tm_memory = tm_memory
 
     @property
     def address(self) -> str:
@@ -44,11 +51,12 @@ class StandaloneCluster:
         conf["jobmanager"].update({"bind-host": "127.0.0.1", "rpc": {"address": "127.0.0.1", "port": self.rpc_port},
                                    "memory": {"process": {"size": "1024m"}}})
         conf["taskmanager"].update({"bind-host": "127.0.0.1", "host": "127.0.0.1", "numberOfTaskSlots": self.slots,
-                                    "memory": {"process": {"size": "2048m"}}})
+                                    "memory": {"process": {"size": self.tm_memory}}})
         conf["rest"] = {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": self.rest_port}
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf))
         (self.conf_dir / "masters").write_text(f"127.0.0.1:{self.rest_port}\n")
-        (self.conf_dir / "workers").write_text("127.0.0.1\n")
+        # start-cluster.sh starts one local TaskManager per line naming this host.
+        (self.conf_dir / "workers").write_text("127.0.0.1\n" * self.taskmanagers)
 
     def start(self, timeout: float = 120) -> StandaloneCluster:
         self._write_conf()
@@ -58,7 +66,7 @@ class StandaloneCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.rest("/overview").get("taskmanagers", 0) >= 1:
+                if self.rest("/overview").get("taskmanagers", 0) >= self.taskmanagers:
                     return self
             except OSError:
                 pass
@@ -88,6 +96,21 @@ class StandaloneCluster:
 
     def job_state(self, job_id: str) -> str:
         return str(self.rest(f"/jobs/{job_id}")["state"])
+
+    def taskmanager_pids(self) -> list[int]:
+        """PIDs of this cluster's TaskManager JVMs (each embeds its Python in thread mode)."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"org.apache.flink.runtime.taskexecutor.TaskManagerRunner" in cmd and any(
+                    str(self.conf_dir).encode() in part for part in cmd):
+                pids.append(int(proc.name))
+        return sorted(pids)
 
     def stop(self) -> None:
         subprocess.run(["bash", str(FLINK_HOME / "bin" / "stop-cluster.sh")], env=self.env(),

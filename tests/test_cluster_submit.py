@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from streamrec.flink_cluster import StandaloneCluster
 from streamrec.kafka_io import consume, replay
-from tests.flink_cluster import StandaloneCluster
 from tests.job_fixtures import generated_log, job_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kafka]

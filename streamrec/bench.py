@@ -1,0 +1,673 @@
+"""`streamrec bench`: the job, the plain-Python peer, the model and Kafka, side by side.
+
+One run, one seeded stream (pre-loaded into Kafka once), one model artifact:
+
+1. the model alone: onnxruntime scoring the job's own (user, candidate) batches in a loop;
+2. Kafka alone: producing the stream and consuming it back (kafka-python);
+3. the PyFlink job, Kafka in -> Kafka out, on a standalone cluster of separate
+   TaskManager processes, at each parallelism;
+4. the peer (:mod:`streamrec.peer`), one Python process doing the same work;
+5. the job's event-to-recommendation latency at fractions of its measured maximum.
+
+Throughput is the output topic's growth over a fixed window after a warm-up, so
+start-up is not counted and a phase costs the same whatever the rate. Results
+go to ``DIR/results.json``, ``DIR/results.md`` and ``DIR/results.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamrec.config import Config, env_var
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPICS = ("input_topic", "output_topic", "dlq_topic", "late_topic")
+TERMINAL = ("FAILED", "CANCELED", "CANCELLING", "FINISHED", "SUSPENDED")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What one bench run measures; the defaults are the issue's workload."""
+
+    out_dir: Path
+    events: int = 1_000_000
+    users: int = 100_000
+    items: int = 50_000
+    categories: int = 500
+    seed: int = 11
+    artifact: Path | None = None
+    """Model artifact; None trains one on the stream's first ``train_events`` events."""
+    train_events: int = 60_000
+    partitions: int = 2
+    parallelisms: tuple[int, ...] = (1, 2)
+    warmup_s: float = 20.0
+    window_s: float = 90.0
+    """Throughput window per phase, after the warm-up."""
+    latency_fractions: tuple[float, ...] = (0.5, 0.9)
+    latency_s: float = 45.0
+    model_seconds: float = 10.0
+    phases: tuple[str, ...] = ("model", "kafka", "job", "peer", "latency")
+
+
+# ---------------------------------------------------------------- process stats
+
+
+def _clock_ticks() -> int:
+    return int(os.sysconf("SC_CLK_TCK"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+class RssSampler:
+    """Peak RSS per process, sampled twice a second while a phase runs."""
+
+    def __init__(self, pids: Callable[[], Sequence[int]]) -> None:
+        self._pids = pids
+        self.peak: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            for pid in self._pids():
+                self.peak[pid] = max(self.peak.get(pid, 0.0), rss_mb(pid))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------- Kafka helpers
+
+
+class TopicCounter:
+    """Records in a topic (sum of end offsets): outputs so far, without reading them."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from kafka import KafkaConsumer
+
+        self.topic = topic
+        self._cons = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+
+    def __call__(self) -> int:
+        from kafka import TopicPartition
+
+        parts = self._cons.partitions_for_topic(self.topic) or set()
+        ends = self._cons.end_offsets([TopicPartition(self.topic, p) for p in parts])
+        return int(sum(ends.values()))
+
+    def close(self) -> None:
+        self._cons.close()
+
+
+def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]], rate: float = 0.0) -> float:
+    """Send (key, value) records, optionally paced; returns seconds taken."""
+    from streamrec.kafka_io import producer
+
+    prod = producer(bootstrap)
+    start = time.perf_counter()
+    try:
+        for i, (key, value) in enumerate(records):
+            prod.send(topic, key=key, value=value)
+            if rate > 0:
+                ahead = (i + 1) / rate - (time.perf_counter() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+        prod.flush()
+    finally:
+        prod.close()
+    return time.perf_counter() - start
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> tuple[int, float]:
+    """Read ``expected`` raw records as fast as kafka-python can; (count, seconds)."""
+    from kafka import KafkaConsumer
+
+    cons = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                         enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000),
+                         max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    n = 0
+    start = time.perf_counter()
+    try:
+        for _ in cons:
+            n += 1
+            if n >= expected:
+                break
+    finally:
+        cons.close()
+    return n, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- measurements
+
+
+@dataclass
+class WindowResult:
+    """Output growth over the window, with CPU and memory of the processes doing the work."""
+
+    events_per_s: float
+    window_s: float
+    outputs_at_end: int
+    startup_s: float
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def measure_window(
+    count: Callable[[], int],
+    procs: Callable[[], dict[str, int]],
+    *,
+    total: int,
+    warmup_s: float,
+    window_s: float,
+    startup_timeout_s: float = 300.0,
+    alive: Callable[[], bool] = lambda: True,
+    probe: Callable[[], dict[str, float]] | None = None,
+) -> WindowResult:
+    """Wait for the first output, warm up, then count outputs over ``window_s``."""
+    t_start = time.monotonic()
+    while count() == 0:
+        if not alive():
+            raise RuntimeError("the process under test stopped before producing output")
+        if time.monotonic() - t_start > startup_timeout_s:
+            raise RuntimeError(f"no output within {startup_timeout_s:.0f}s")
+        time.sleep(1.0)
+    startup = time.monotonic() - t_start
+    if probe:
+        probe()  # Flink's REST metric fetcher fills its cache on first request
+    names = procs()
+    with RssSampler(lambda: list(procs().values())) as sampler:
+        time.sleep(warmup_s)
+        c0, t0 = count(), time.monotonic()
+        cpu0 = {n: cpu_seconds(p) for n, p in names.items()}
+        p0 = probe() if probe else {}
+        while time.monotonic() - t0 < window_s:
+            time.sleep(2.0)
+            if count() >= total or not alive():
+                break
+        c1, t1 = count(), time.monotonic()
+        cpu1 = {n: cpu_seconds(p) for n, p in names.items()}
+        p1 = probe() if probe else {}
+    span = t1 - t0
+    pid_name = {p: n for n, p in names.items()}
+    result = WindowResult(
+        events_per_s=(c1 - c0) / span if span > 0 else 0.0,
+        window_s=span,
+        outputs_at_end=c1,
+        startup_s=startup,
+        cpu_s={n: round(cpu1[n] - cpu0[n], 2) for n in names},
+        peak_rss_mb={pid_name.get(p, str(p)): round(v, 1) for p, v in sampler.peak.items()},
+    )
+    if p0 and p1:
+        result.extra = {k: p1.get(k, 0.0) - p0.get(k, 0.0) for k in p1}
+    return result
+
+
+def model_ceiling(artifact_dir: Path, events: Sequence[Any], cfg: Config, seconds: float) -> dict[str, Any]:
+    """onnxruntime alone on the job's own batches (one user's candidates per call, as in the job)."""
+    from jobs.runtime import state_limits
+    from udfs.artifact import load_artifact
+    from udfs.features import build_batch
+    from udfs.ranker import OnnxRanker
+    from udfs.recommend import Recommender
+    from udfs.state import UserState
+
+    art = load_artifact(artifact_dir)
+    rec = Recommender(art, None, state_limits(cfg), top_k=cfg.ranking.top_k, n_candidates=cfg.ranking.n_candidates)
+    states: dict[Any, UserState] = {}
+    batches = []
+    for e in events:
+        st = states.setdefault(e.user_id, UserState())
+        if rec.apply(st, e):
+            batches.append(build_batch([rec.request(st, e)], art.vocab, art.tables, art.seq_len))
+    r = cfg.ranking
+    ranker = OnnxRanker(str(art.model_path), provider=r.provider, io_binding=r.io_binding,
+                        intra_op_threads=r.intra_op_threads)
+    for b in batches[:50]:
+        ranker.score(b)
+    ranker.stats.__init__()  # type: ignore[misc]  # drop warm-up calls
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        ranker.score(batches[i % len(batches)])
+        i += 1
+    s = ranker.stats.summary()
+    return {"pairs_per_s": s["rows_per_s"], "calls": s["calls"], "mean_batch_rows": s["mean_batch"],
+            "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "provider": ranker.choice.label}
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _job_env(cfg: Config, bootstrap: str, topics: dict[str, str], artifact: Path, group: str,
+             **settings: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env[env_var("kafka", "bootstrap_servers")] = bootstrap
+    for f, name in topics.items():
+        env[env_var("kafka", f)] = name
+    env[env_var("kafka", "group_id")] = group
+    env[env_var("kafka", "starting_offsets")] = "earliest"
+    env[env_var("kafka", "delivery_guarantee")] = "at-least-once"
+    env[env_var("ranking", "artifact_dir")] = str(artifact.resolve())
+    env[env_var("ranking", "provider")] = cfg.ranking.provider
+    env.update(settings)
+    return env
+
+
+def _flink_restarts(cluster: Any, job_id: str) -> int | None:
+    try:
+        for m in cluster.rest(f"/jobs/{job_id}/metrics?get=numRestarts"):
+            return int(float(m["value"]))
+    except (OSError, KeyError, ValueError) as exc:
+        log.warning("could not read numRestarts: %s", exc)
+    return None
+
+
+def _flink_metrics(cluster: Any, job_id: str, suffixes: Sequence[str]) -> dict[str, float]:
+    """Sum over subtasks of the operator metrics whose names end with ``suffixes``."""
+    out: dict[str, float] = {}
+    try:
+        for v in cluster.rest(f"/jobs/{job_id}")["vertices"]:
+            base = f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics"
+            ids = [m["id"] for m in cluster.rest(base) if m["id"].endswith(tuple(suffixes))]
+            if ids:
+                for m in cluster.rest(f"{base}?get={','.join(ids)}&agg=sum"):
+                    key = next(s for s in suffixes if m["id"].endswith(s))
+                    out[key] = out.get(key, 0.0) + float(m["sum"])
+    except (OSError, KeyError, ValueError) as exc:
+        log.warning("could not read job metrics: %s", exc)
+    return out
+
+
+class Bench:
+    def __init__(self, settings: BenchSettings, cfg: Config) -> None:
+        self.s = settings
+        self.cfg = cfg
+        self.out = settings.out_dir
+        self.results: dict[str, Any] = {}
+        self.records: list[tuple[bytes, bytes]] = []
+        self.events: list[Any] = []
+        self.bootstrap = ""
+        self.artifact = settings.artifact or self.out / "artifact"
+        self._n = 0
+
+    def _topics(self, tag: str) -> dict[str, str]:
+        self._n += 1
+        return {f: f"bench-{self._n}-{tag}-{f.split('_')[0]}" for f in TOPICS}
+
+    def _create(self, broker: Any, topics: dict[str, str]) -> None:
+        broker.create_topics(list(topics.values()), partitions=self.s.partitions)
+
+    def prepare(self) -> None:
+        from streamrec.data import generate_events
+        from udfs.events import encode_event
+
+        t = time.perf_counter()
+        self.events = generate_events(self.s.events, n_users=self.s.users, n_items=self.s.items,
+                                      n_categories=self.s.categories, seed=self.s.seed)
+        self.records = [(str(e.user_id).encode(), encode_event(e)) for e in self.events]
+        log.info("generated %d events in %.1fs", len(self.events), time.perf_counter() - t)
+        if not (self.artifact / "manifest.json").is_file():
+            from model_export.train import train_model
+
+            log.info("training the bench model on the stream's first %d events", self.s.train_events)
+            train_model(self.events[: self.s.train_events], until_ms=None, out_dir=self.artifact, seed=0)
+        manifest = json.loads((self.artifact / "manifest.json").read_text())
+        self.results["model_version"] = manifest["model_version"]
+
+    def run(self) -> dict[str, Any]:
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results.update(machine_info(), settings={k: str(v) if isinstance(v, Path) else v
+                                                       for k, v in asdict(self.s).items()})
+        self.prepare()
+        try:
+            self._measure()
+        finally:
+            self._ratios()
+            write_reports(self.out, self.results)
+        return self.results
+
+    def _measure(self) -> None:
+        from streamrec.kafka_local import LocalKafka
+
+        with LocalKafka(self.out / "kafka", heap="1g") as broker:
+            self.bootstrap = broker.bootstrap
+            self.broker_pid = broker.pid
+            self.input = self._topics("stream")
+            self._create(broker, self.input)
+            secs = produce(self.bootstrap, self.input["input_topic"], self.records)
+            self.results["kafka_produce_events_per_s"] = len(self.records) / secs
+            phases = self.s.phases
+            if "model" in phases:
+                n = min(len(self.events), 20_000)
+                self.results["model"] = model_ceiling(self.artifact, self.events[:n], self.cfg,
+                                                      self.s.model_seconds)
+                self.results["model_ceiling_pairs_per_s"] = self.results["model"]["pairs_per_s"]
+            if "kafka" in phases:
+                n, secs = consume_all(self.bootstrap, self.input["input_topic"], len(self.records))
+                self.results["kafka_consume_events_per_s"] = n / secs
+            if "job" in phases or "latency" in phases:
+                self._run_cluster_phases(broker)
+            if "peer" in phases:
+                self.results["peer"] = self._peer(broker)
+                self.results["peer_events_per_s"] = self.results["peer"]["events_per_s"]
+
+    def _cluster(self, taskmanagers: int, tag: str) -> Any:
+        """A fresh standalone cluster per job: one slot per TaskManager process.
+
+        Fresh because a TaskManager cannot host a second thread-mode PyFlink job:
+        PEMJA's native library is already loaded by the first job's class loader,
+        and its Java 17 workaround fails (NoSuchFieldException: loadedLibraryNames).
+        """
+        from streamrec.flink_cluster import StandaloneCluster
+
+        return StandaloneCluster(self.out / f"flink-{tag}", slots=1, taskmanagers=taskmanagers,
+                                 tm_memory="3072m").start()
+
+    def _run_cluster_phases(self, broker: Any) -> None:
+        top = max(self.s.parallelisms)
+        if "job" in self.s.phases:
+            for p in self.s.parallelisms:
+                cluster = self._cluster(p, f"p{p}")
+                try:
+                    res = self._job(cluster, broker, p)
+                finally:
+                    cluster.stop()
+                self.results[f"job_p{p}"] = res
+                self.results[f"job_p{p}_events_per_s"] = res["events_per_s"]
+                write_reports(self.out, self.results)
+        if "latency" in self.s.phases:
+            peak = self.results.get(f"job_p{top}_events_per_s")
+            if not peak:
+                raise RuntimeError("latency phase needs the job phase's maximum throughput")
+            for frac in self.s.latency_fractions:
+                cluster = self._cluster(top, f"latency{int(frac * 100)}")
+                try:
+                    lat = self._latency(cluster, broker, top, frac * peak)
+                finally:
+                    cluster.stop()
+                self.results[f"latency_{int(frac * 100)}pct"] = lat
+                self.results[f"p99_latency_ms_at_{int(frac * 100)}pct"] = lat["p99_ms"]
+                write_reports(self.out, self.results)
+
+    def _submit(self, cluster: Any, env: dict[str, str]) -> str:
+        script = str(ROOT / "jobs" / "recommend_job.py")
+        return str(cluster.submit_python(script, ["--source", "kafka", "--sink", "kafka"], env=env,
+                                         python=sys.executable))
+
+    def _cancel(self, cluster: Any, job_id: str) -> None:
+        try:
+            cluster.flink("cancel", "-m", cluster.address, job_id, timeout=120)
+        except RuntimeError as exc:
+            log.warning("cancel failed: %s", exc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and cluster.job_state(job_id) not in ("CANCELED", "FAILED"):
+            time.sleep(1)
+
+    def _job(self, cluster: Any, broker: Any, parallelism: int) -> dict[str, Any]:
+        topics = {**self._topics(f"job-p{parallelism}"), "input_topic": self.input["input_topic"]}
+        self._create(broker, {k: v for k, v in topics.items() if k != "input_topic"})
+        env = _job_env(self.cfg, self.bootstrap, topics, self.artifact, group=topics["output_topic"],
+                       **{env_var("job", "parallelism"): str(parallelism)})
+        log.info("job at parallelism %d", parallelism)
+        job_id = self._submit(cluster, env)
+        counter = TopicCounter(self.bootstrap, topics["output_topic"])
+        try:
+            def procs() -> dict[str, int]:
+                pids = cluster.taskmanager_pids()
+                named = {f"taskmanager{i}": p for i, p in enumerate(pids)}
+                if self.broker_pid:
+                    named["kafka"] = self.broker_pid
+                return named
+
+            res = measure_window(
+                counter, procs, total=len(self.records), warmup_s=self.s.warmup_s, window_s=self.s.window_s,
+                alive=lambda: cluster.job_state(job_id) not in TERMINAL,
+                probe=lambda: _flink_metrics(cluster, job_id, ("ranker_rows", "ranker_micros")),
+            )
+            restarts = _flink_restarts(cluster, job_id)
+        finally:
+            counter.close()
+            self._cancel(cluster, job_id)
+        out = asdict(res)
+        rows, micros = res.extra.get("ranker_rows", 0.0), res.extra.get("ranker_micros", 0.0)
+        out["in_job_pairs_per_s"] = rows / (micros / 1e6) if micros else None
+        out["pairs_per_s"] = rows / res.window_s if rows and res.window_s else None
+        out["parallelism"] = parallelism
+        out["restarts"] = restarts
+        log.info("job p%d: %s", parallelism, json.dumps(out, default=str))
+        return out
+
+    def _peer(self, broker: Any) -> dict[str, Any]:
+        topics = {**self._topics("peer"), "input_topic": self.input["input_topic"]}
+        self._create(broker, {k: v for k, v in topics.items() if k != "input_topic"})
+        env = _job_env(self.cfg, self.bootstrap, topics, self.artifact, group=topics["output_topic"])
+        log_path = self.out / "peer.log"
+        with log_path.open("wb") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "peer"], env=env, stdout=logf,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            procs = {"peer": proc.pid}
+            if self.broker_pid:
+                procs["kafka"] = self.broker_pid
+            counter = TopicCounter(self.bootstrap, topics["output_topic"])
+            try:
+                res = measure_window(counter, lambda: procs, total=len(self.records), warmup_s=self.s.warmup_s,
+                                     window_s=self.s.window_s, alive=lambda: proc.poll() is None)
+            finally:
+                counter.close()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        log.info("peer: %s", json.dumps(asdict(res), default=str))
+        return asdict(res)
+
+    def _latency(self, cluster: Any, broker: Any, parallelism: int, rate: float) -> dict[str, Any]:
+        from streamrec.kafka_io import consume
+        from streamrec.latency import summarize, trigger_key
+
+        topics = self._topics(f"latency-{int(rate)}")
+        self._create(broker, topics)
+        env = _job_env(self.cfg, self.bootstrap, topics, self.artifact, group=topics["output_topic"],
+                       **{env_var("job", "parallelism"): str(parallelism)})
+        n = int(rate * self.s.latency_s)
+        # Events from the middle of the stream: users with history, like a running storefront.
+        start = len(self.records) // 2
+        records = self.records[start : start + n + 1]
+        log.info("latency at %.0f events/s (%d events)", rate, len(records))
+        job_id = self._submit(cluster, env)
+        counter = TopicCounter(self.bootstrap, topics["output_topic"])
+        try:
+            produce(self.bootstrap, topics["input_topic"], records[:1])
+            deadline = time.monotonic() + 300
+            while counter() == 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the latency job produced nothing in 300s")
+                time.sleep(1)
+            time.sleep(self.s.warmup_s / 2)
+            sent_s = produce(self.bootstrap, topics["input_topic"], records[1:], rate=rate)
+            deadline = time.monotonic() + 120
+            while counter() < len(records) and time.monotonic() < deadline:
+                time.sleep(1)
+        finally:
+            counter.close()
+            self._cancel(cluster, job_id)
+        inputs = {}
+        for r in consume(self.bootstrap, topics["input_topic"], max_records=len(records), timeout_s=15):
+            v = r.value
+            inputs[trigger_key(v["user_id"], v["item_id"], v["behavior"], v["ts"])] = r.timestamp
+        outputs = [(r.value, r.timestamp) for r in consume(self.bootstrap, topics["output_topic"],
+                                                             max_records=len(records), timeout_s=15)]
+        summary = summarize(inputs, outputs[1:]).as_dict()
+        summary.update(target_rate=rate, achieved_send_rate=(len(records) - 1) / sent_s, sent=len(records),
+                       received=len(outputs))
+        log.info("latency at %.0f/s: %s", rate, json.dumps(summary))
+        return summary
+
+    def _ratios(self) -> None:
+        r = self.results
+        peer = r.get("peer_events_per_s")
+        p1, p2 = r.get("job_p1_events_per_s"), r.get("job_p2_events_per_s")
+        if peer and p2:
+            r["ratio_job_p2_over_peer"] = p2 / peer
+        if peer and p1:
+            r["ratio_job_p1_over_peer"] = p1 / peer
+        if p1 and p2:
+            r["ratio_job_p2_over_p1"] = p2 / p1
+        ceiling = r.get("model_ceiling_pairs_per_s")
+        in_job = [r[k]["in_job_pairs_per_s"] for k in ("job_p1", "job_p2") if r.get(k, {}).get("in_job_pairs_per_s")]
+        if in_job:
+            # Per-worker ranking speed inside the job (model time only), best configuration at p1.
+            r["in_job_pairs_per_s"] = r.get("job_p1", {}).get("in_job_pairs_per_s") or in_job[0]
+            if ceiling:
+                r["ratio_in_job_ranking_over_ceiling"] = r["in_job_pairs_per_s"] / ceiling
+
+
+def _gpu_name() -> str | None:
+    import shutil
+
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    res = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+    return res.stdout.strip() or None
+
+
+def machine_info() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    versions: dict[str, str | None] = {}
+    for pkg in ("apache-flink", "onnxruntime-gpu", "torch", "kafka-python", "msgpack", "numpy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine()},
+        "versions": versions,
+        "gpu": _gpu_name(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# ---------------------------------------------------------------- reports
+
+
+def _fmt(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    r = results
+    lines = ["# streamrec bench", "", f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}; "
+             f"model {r.get('model_version')}; settings {json.dumps(r.get('settings', {}))}", "",
+             "| system | events/s | ranked pairs/s | CPU s in window | peak RSS MB |", "|---|---:|---:|---:|---:|"]
+    systems = (("job_p1", "job, parallelism 1"), ("job_p2", "job, parallelism 2"), ("peer", "plain-Python peer"))
+    for key, label in systems:
+        row = r.get(key)
+        if row:
+            cpu = sum(v for k, v in row["cpu_s"].items() if k != "kafka")
+            rss = sum(v for k, v in row["peak_rss_mb"].items() if k != "kafka")
+            lines.append(f"| {label} | {_fmt(row['events_per_s'])} | {_fmt(row.get('pairs_per_s'))} | "
+                         f"{_fmt(cpu, 1)} | {_fmt(rss)} |")
+    if r.get("model"):
+        lines.append(f"| model alone (onnxruntime, {r['model']['provider']}) | - | "
+                     f"{_fmt(r['model']['pairs_per_s'])} | - | - |")
+    if r.get("kafka_consume_events_per_s"):
+        lines.append(f"| Kafka alone (kafka-python produce / consume) | {_fmt(r['kafka_produce_events_per_s'])} / "
+                     f"{_fmt(r['kafka_consume_events_per_s'])} | - | - | - |")
+    lines += ["", "| latency (job, at-least-once) | target events/s | p50 ms | p95 ms | p99 ms | matched |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for k in sorted(k for k in r if k.startswith("latency_")):
+        v = r[k]
+        lines.append(f"| {k[8:]} of max | {_fmt(v['target_rate'])} | {_fmt(v['p50_ms'])} | {_fmt(v['p95_ms'])} | "
+                     f"{_fmt(v['p99_ms'])} | {v['matched']} |")
+    lines += ["", "| ratio | value |", "|---|---:|"]
+    for k in sorted(k for k in r if k.startswith("ratio_")):
+        lines.append(f"| {k[6:]} | {r[k]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = results
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    names, values = [], []
+    for key, label in (("job_p1", "job p1"), ("job_p2", "job p2"), ("peer", "peer")):
+        if r.get(key):
+            names.append(label)
+            values.append(r[key]["events_per_s"])
+    ax1.bar(names, values, color=["#4c72b0", "#4c72b0", "#dd8452"][: len(names)])
+    ax1.set_ylabel("events/s (sustained)")
+    ax1.set_title("Throughput, same stream and model")
+    lat = [(k[8:], r[k]) for k in sorted(k for k in r if k.startswith("latency_"))]
+    if lat:
+        x = np.arange(len(lat))
+        for i, q in enumerate(("p50_ms", "p95_ms", "p99_ms")):
+            ax2.bar(x + (i - 1) * 0.25, [v[q] for _, v in lat], width=0.25, label=q[:-3])
+        ax2.set_xticks(x, [f"{k} of max" for k, _ in lat])
+        ax2.set_ylabel("event -> recommendation, ms")
+        ax2.set_title("Job latency (Kafka timestamps)")
+        ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(out: Path, results: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "results.md").write_text(markdown(results))
+    plot(results, out / "results.png")
