@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all venv deps demo test test-fast lint bench-model clean
+.PHONY: all venv deps demo test test-fast lint bench bench-model clean
 
 all: test
 
@@ -36,8 +36,12 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy streamrec udfs jobs model_export
 
+# Job (p1, p2) vs plain-Python peer vs model and Kafka ceilings, and latency: ~20 min.
+bench: deps
+	$(VENV)/bin/streamrec bench --out bench-results
+
 bench-model: deps
-	$(VENV)/bin/streamrec bench-model --out bench-results
+	$(VENV)/bin/streamrec bench-model --out bench-results/model
 
 clean:
 	rm -rf $(VENV) $(CACHE) artifacts out bench-results
