@@ -7,6 +7,7 @@ from udfs.artifact import load_artifact
 from udfs.ranker import OnnxRanker
 from udfs.recommend import Recommender
 from udfs.state import StateLimits
+from udfs.trending import TrendingCounter
 
 
 def state_limits(config: Config) -> StateLimits:
@@ -27,4 +28,6 @@ def build_recommender(config: Config) -> Recommender:
         str(artifact.model_path), provider=r.provider, io_binding=r.io_binding,
         intra_op_threads=r.intra_op_threads,
     )
-    return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates)
+    trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
+    return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
+                       trending=trending)

@@ -92,6 +92,8 @@ class RankingConfig(_Section):
     """onnxruntime IO binding with reused buffers; auto turns it on for CUDA."""
     intra_op_threads: int = Field(1, ge=0, le=64)
     """onnxruntime intra-op threads per session (0 = onnxruntime default)."""
+    trending_half_life_s: int = Field(600, ge=0)
+    """Half-life of the in-stream trending counts that lead trending candidates (0 = artifact list only)."""
 
 
 class Config(_Section):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +161,7 @@ def generate_candidates(
     tables: CandidateTables,
     n: int,
     trending: Sequence[Id] | None = None,
+    trending_categories: Mapping[Id, Id] | None = None,
 ) -> Candidates:
     """Up to ``n`` candidates: co-visitation of recent items first, then the
     user's recent items and top categories, then trending (the cold-start
@@ -187,11 +188,14 @@ def generate_candidates(
             if item not in bought:
                 _add(out, item, cat, SRC_CATEGORY, math.log1p(cov.get(item, 0.0)))
 
+    stream_cats = trending_categories or {}
     for item in trending if trending is not None else tables.trending:
         if len(out) >= n:
             break
         if item not in bought:
-            _add(out, item, tables.item_category.get(item, -1), SRC_TRENDING,
+            known = tables.item_category.get(item)
+            # a new item, seen only in the stream, takes its category from the stream
+            _add(out, item, known if known is not None else stream_cats.get(item, -1), SRC_TRENDING,
                  math.log1p(cov.get(item, 0.0)))
 
     chosen = list(out.items())[:n]

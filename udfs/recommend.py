@@ -19,6 +19,7 @@ from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
 from udfs.ranker import OnnxRanker, ProviderChoice
 from udfs.state import StateLimits, UserState, update_state
+from udfs.trending import TrendingCounter
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,11 @@ class Recommender:
         *,
         top_k: int,
         n_candidates: int,
+        trending: TrendingCounter | None = None,
     ) -> None:
         self.artifact = artifact
+        self.trending = trending
+        self._merged: tuple[list[Id], list[Id]] | None = None
         self.ranker = ranker
         self.limits = limits
         self.top_k = top_k
@@ -85,13 +89,28 @@ class Recommender:
         """Update state; False for a duplicate event (nothing to emit)."""
         self.counters.events += 1
         if update_state(state, event, self.limits):
+            if self.trending is not None:
+                self.trending.add(event)
             return True
         self.counters.duplicates += 1
         return False
 
     def request(self, state: UserState, event: Event) -> UserRequest:
-        cands = generate_candidates(state, self.artifact.tables, self.n_candidates)
+        if self.trending is None:
+            cands = generate_candidates(state, self.artifact.tables, self.n_candidates)
+        else:
+            cands = generate_candidates(state, self.artifact.tables, self.n_candidates,
+                                        trending=self._trending_list(), trending_categories=self.trending.categories)
         return UserRequest(state, cands, event)
+
+    def _trending_list(self) -> list[Id]:
+        """In-stream hot items first, then the artifact's list; rebuilt only when the top changes."""
+        assert self.trending is not None
+        top = self.trending.top()
+        if self._merged is None or self._merged[0] is not top:
+            hot = set(top)
+            self._merged = (top, top + [i for i in self.artifact.tables.trending if i not in hot])
+        return self._merged[1]
 
     def recommend(self, requests: Sequence[UserRequest]) -> list[dict[str, Any]]:
         """Rank all users' candidates in one model call, then cut top-K per user."""

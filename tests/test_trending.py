@@ -1,0 +1,83 @@
+"""In-stream trending: decayed counts in event time, and a new hit reaching recommendations fast."""
+
+import random
+
+from tests.test_recommend import recommender
+from udfs.candidates import SRC_TRENDING
+from udfs.events import Event
+from udfs.state import UserState
+from udfs.trending import TrendingCounter
+
+T0 = 1_700_000_000_000
+MINUTE = 60_000
+
+
+def test_recent_activity_outranks_older_activity_by_half_life():
+    tc = TrendingCounter(half_life_ms=10 * MINUTE, size=2, refresh_ms=0)
+    for i in range(8):  # 8 views an hour ago: worth 8 / 2**6 = 0.125 now
+        tc.add(Event(i, "old", 1, "pv", T0))
+    for i in range(2):  # 2 views now
+        tc.add(Event(i, "new", 2, "pv", T0 + 60 * MINUTE))
+    assert tc.top() == ["new", "old"]
+    assert abs(tc.scores["old"] / tc.scores["new"] - 8 / 2 / 64) < 1e-9
+
+
+def test_buys_weigh_more_than_views_and_arrival_order_does_not_matter():
+    events = [Event(u, f"i{u % 7}", 1, ("pv", "cart", "fav", "buy")[u % 4], T0 + u * 1000) for u in range(500)]
+    a, b = TrendingCounter(refresh_ms=0), TrendingCounter(refresh_ms=0)
+    for e in events:
+        a.add(e)
+    shuffled = events[:]
+    random.Random(3).shuffle(shuffled)
+    for e in shuffled:
+        b.add(e)
+    assert a.top() == b.top()
+    end = events[-1].ts
+    assert set(a.scores) == set(b.scores)
+    assert all(abs(a.score_at(i, end) - b.score_at(i, end)) <= 1e-9 * a.score_at(i, end) for i in a.scores)
+
+
+def test_size_stays_bounded_and_top_refreshes_on_event_time():
+    tc = TrendingCounter(capacity=100, size=5, refresh_ms=10_000)
+    for i in range(5000):
+        tc.add(Event(i, i, 1, "pv", T0 + i))
+    assert len(tc.scores) <= 200 and len(tc.categories) == len(tc.scores)
+    first = tc.top()
+    for _ in range(50):
+        tc.add(Event(1, "hit", 9, "buy", T0 + 5000))
+    assert tc.top() is first  # same event-time window: cached
+    tc.add(Event(1, "hit", 9, "buy", T0 + 20_000))
+    assert tc.top()[0] == "hit"
+
+
+def test_a_new_hit_item_reaches_a_cold_shoppers_candidates_within_a_minute(fixture_artifact):
+    rec = recommender(fixture_artifact)
+    assert "brand-new" not in rec.artifact.tables.item_category
+    # normal traffic first, so the stream counter holds the usual items
+    item = next(iter(rec.artifact.tables.covisit))
+    cat = rec.artifact.tables.item_category[item]
+    for u in range(200):
+        rec.apply(UserState(), Event(u, item, cat, "pv", T0 + u * 100))
+    # then 40 shoppers buy an item the model and tables have never seen, within 40 s
+    for u in range(40):
+        rec.apply(UserState(), Event(1000 + u, "brand-new", "new-cat", "buy", T0 + 30_000 + u * 1000))
+    cold = UserState()
+    trigger = Event(9999, item, cat, "pv", T0 + 75_000)  # 45 s after the burst began
+    rec.apply(cold, trigger)
+    req = rec.request(cold, trigger)
+    i = req.candidates.items.index("brand-new")
+    assert req.candidates.sources[i] & SRC_TRENDING
+    assert req.candidates.categories[i] == "new-cat"
+    out = rec.recommend([req])[0]
+    assert out["fallback"] is None and len(out["items"]) == rec.top_k
+
+
+def test_zero_half_life_turns_stream_trending_off(fixture_artifact):
+    rec = recommender(fixture_artifact, trending_half_life_s=0)
+    assert rec.trending is None
+    st = UserState()
+    ev = Event(1, "x", "y", "pv", T0)
+    rec.apply(st, ev)
+    cands = rec.request(st, ev).candidates
+    from_trending = [i for i, s in zip(cands.items, cands.sources) if s & SRC_TRENDING]
+    assert from_trending and set(from_trending) <= set(rec.artifact.tables.trending)
