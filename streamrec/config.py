@@ -73,9 +73,9 @@ class JobConfig(_Section):
     """Flink state backend."""
     since_ms: int = Field(0, ge=0)
     """Emit recommendations only for events at or after this time (state is built from all)."""
-    python_bundle_size: int = Field(1000, ge=1)
+    python_bundle_size: int = Field(50, ge=1)
     """PyFlink `python.fn-execution.bundle.size`."""
-    python_bundle_time_ms: int = Field(100, ge=1)
+    python_bundle_time_ms: int = Field(5, ge=1)
     """PyFlink `python.fn-execution.bundle.time`, bounds latency added by bundling."""
 
 
