@@ -63,8 +63,11 @@ def absolute_artifact(config: Config) -> Config:
     return config.model_copy(update={"ranking": ranking})
 
 
-def run_job(config: Config, source: Endpoint, sink: Endpoint) -> dict[str, int] | None:
-    """Build and execute the pipeline; file sinks get one JSON line per record."""
+def run_job(config: Config, source: Endpoint, sink: Endpoint, recommend: Any = None) -> dict[str, int] | None:
+    """Build and execute the pipeline; file sinks get one JSON line per record.
+
+    ``recommend`` (a RecommendFunction subclass instance) is for fault-injection tests.
+    """
     from jobs.io import CollectionSource, CollectSink, KafkaEventSource, KafkaSinks, event_rows, write_jsonl
     from jobs.pipeline import build_pipeline, create_environment
 
@@ -78,13 +81,13 @@ def run_job(config: Config, source: Endpoint, sink: Endpoint) -> dict[str, int] 
         assert source.path is not None
         src = CollectionSource(event_rows(read_events_file(source.path), f"file:{source.path}"))
     if sink.kind == "kafka":
-        build_pipeline(env, config, src, KafkaSinks(config))
+        build_pipeline(env, config, src, KafkaSinks(config), recommend)
         log.info("submitting streaming job; input %s, output %s", config.kafka.input_topic, config.kafka.output_topic)
         env.execute("streamrec")
         return None
     assert sink.path is not None
     collect = CollectSink()
-    build_pipeline(env, config, src, collect)
+    build_pipeline(env, config, src, collect, recommend)
     start = time.perf_counter()
     results = collect.run()
     elapsed = time.perf_counter() - start

@@ -85,7 +85,9 @@ def create_environment(config: Config, jars: list[str] | None = None) -> StreamE
     return env
 
 
-def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Source, sink: Sink) -> PipelineOutputs:
+def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Source, sink: Sink,
+                   recommend: RecommendFunction | None = None) -> PipelineOutputs:
+    """The job graph; ``recommend`` replaces the keyed function (fault-injection tests)."""
     # Watermarks come after decoding (event time is inside the msgpack payload);
     # the source itself emits none.
     raw = source.create(env, WatermarkStrategy.no_watermarks())
@@ -98,7 +100,7 @@ def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Sour
     timed = decoded.assign_timestamps_and_watermarks(watermarks).name("event-time").uid("event-time")
     recs = (
         timed.key_by(user_key, key_type=Types.STRING())
-        .process(RecommendFunction(config), output_type=KEYED_BYTES_TYPE)
+        .process(recommend or RecommendFunction(config), output_type=KEYED_BYTES_TYPE)
         .name("recommend")
         .uid("recommend")
     )

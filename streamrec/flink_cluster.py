@@ -112,6 +112,17 @@ class StandaloneCluster:
                 pids.append(int(proc.name))
         return sorted(pids)
 
+    def start_taskmanager(self, timeout: float = 120) -> None:
+        """One more TaskManager (e.g. to replace a killed one); waits until it registers."""
+        want = self.rest("/overview").get("taskmanagers", 0) + 1
+        subprocess.run(["bash", str(FLINK_HOME / "bin" / "taskmanager.sh"), "start"], env=self.env(), check=True,
+                       capture_output=True, timeout=120)
+        deadline = time.monotonic() + timeout
+        while self.rest("/overview").get("taskmanagers", 0) < want:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"new TaskManager not registered after {timeout}s; logs in {self.log_dir}")
+            time.sleep(1)
+
     def stop(self) -> None:
         subprocess.run(["bash", str(FLINK_HOME / "bin" / "stop-cluster.sh")], env=self.env(),
                        capture_output=True, timeout=120)

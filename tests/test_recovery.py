@@ -1,0 +1,169 @@
+"""Recovery on a real broker: the job fails once after a completed checkpoint and restarts from it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from streamrec.config import env_var
+from streamrec.kafka_io import consume, replay
+from tests.job_fixtures import generated_log, job_env
+
+pytestmark = [pytest.mark.kafka, pytest.mark.flink]
+
+ROOT = Path(__file__).resolve().parent.parent
+FAIL_AFTER_S = 8.0  # > 3 checkpoint intervals (job_env sets 2 s)
+
+
+def _read_all(bootstrap: str, topic: str, want: int, deadline: float, job: subprocess.Popen) -> list:
+    """Everything committed on ``topic`` once at least ``want`` records are there (read_committed)."""
+    out: list = []
+    while time.monotonic() < deadline and job.poll() is None:
+        out = list(consume(bootstrap, topic, timeout_s=4))
+        if len(out) >= want:
+            time.sleep(3)  # let anything extra (duplicates) arrive too
+            return list(consume(bootstrap, topic, timeout_s=4))
+    return out
+
+
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_failure_after_a_checkpoint_loses_nothing(guarantee, kafka_broker, unique_topic, fixture_artifact, tmp_path):
+    topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}
+    marker = tmp_path / "failed-once"
+    flink_logs = tmp_path / "flink-log"
+    flink_logs.mkdir()
+    env = job_env(kafka_broker.bootstrap, topics, fixture_artifact, FLINK_LOG_DIR=str(flink_logs),
+                  **{env_var("kafka", "delivery_guarantee"): guarantee})
+    events = generated_log(400, seed=31)
+    distinct = {(e.user_id, e.item_id, e.behavior, e.ts) for e in events}
+    first = events[:200]
+    n_first = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in first})
+    with (tmp_path / "job.log").open("wb") as log:
+        job = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_job.py"), str(marker), str(FAIL_AFTER_S)],
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        replay(first, kafka_broker.bootstrap, topics["input_topic"])
+        before = _read_all(kafka_broker.bootstrap, topics["output_topic"], n_first, time.monotonic() + 180, job)
+        assert len(before) >= n_first, f"first half: {len(before)}/{n_first} lists"
+        assert not marker.exists()
+        time.sleep(FAIL_AFTER_S)  # checkpoints complete meanwhile; the next event triggers the failure
+        replay(events[200:], kafka_broker.bootstrap, topics["input_topic"])
+        out = _read_all(kafka_broker.bootstrap, topics["output_topic"], len(distinct), time.monotonic() + 240, job)
+        assert job.poll() is None, "job exited"
+        flink_log = "".join(f.read_text(errors="replace") for f in flink_logs.glob("*.log"))
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGTERM)
+            try:
+                job.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(job.pid, signal.SIGKILL)
+
+    assert marker.exists(), "the injected failure never fired"
+    assert "injected failure" in flink_log and "RESTARTING" in flink_log, "no restart in the Flink log"
+    duplicates = _seq_and_completeness(out, distinct)
+    print(f"{guarantee}: {len(distinct)} events, {len(out)} lists read, {duplicates} duplicates, 1 restart")
+    if guarantee == "exactly-once":
+        assert duplicates == 0
+
+
+def _seq_and_completeness(out: list, distinct: set) -> int:
+    """Nothing missing, no seq gaps, and a replayed list repeats its (user, seq) with the
+    same trigger (state was restored, not rebuilt); returns the duplicate count."""
+    by_key: dict = {}
+    seqs: dict = defaultdict(set)
+    for r in out:
+        v = r.value
+        t = v["trigger"]
+        trigger = (v["user_id"], t["item_id"], t["behavior"], t["ts"])
+        assert by_key.setdefault((v["user_id"], v["seq"]), trigger) == trigger
+        seqs[v["user_id"]].add(v["seq"])
+    assert set(by_key.values()) == distinct, f"{len(distinct - set(by_key.values()))} lists missing"
+    assert all(s == set(range(1, len(s) + 1)) for s in seqs.values()), "gap in a user's seq"
+    return len(out) - len(by_key)
+
+
+@pytest.mark.cluster
+def test_taskmanager_killed_mid_stream_restarts_from_checkpoint(kafka_broker, unique_topic, fixture_artifact,
+                                                                 tmp_path):
+    from streamrec.flink_cluster import StandaloneCluster
+
+    topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}
+    events = generated_log(400, seed=33)
+    distinct = {(e.user_id, e.item_id, e.behavior, e.ts) for e in events}
+    n_first = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events[:200]})
+    cluster = StandaloneCluster(tmp_path / "flink", slots=1).start()
+    try:
+        env = job_env(kafka_broker.bootstrap, topics, fixture_artifact)
+        job_id = cluster.submit_python(str(ROOT / "jobs" / "recommend_job.py"),
+                                       ["--source", "kafka", "--sink", "kafka"], env=env, python=sys.executable)
+        replay(events[:200], kafka_broker.bootstrap, topics["input_topic"])
+        deadline = time.monotonic() + 180
+        while len(list(consume(kafka_broker.bootstrap, topics["output_topic"], timeout_s=3))) < n_first:
+            assert time.monotonic() < deadline, "no output before the kill"
+        time.sleep(5)  # checkpoints (every 2 s) complete
+        (victim,) = cluster.taskmanager_pids()
+        os.kill(victim, signal.SIGKILL)
+        replay(events[200:], kafka_broker.bootstrap, topics["input_topic"])  # while the job is down
+        cluster.start_taskmanager()
+        deadline = time.monotonic() + 240
+        out: list = []
+        while len(out) < len(distinct) and time.monotonic() < deadline:
+            out = list(consume(kafka_broker.bootstrap, topics["output_topic"], timeout_s=4))
+        time.sleep(3)
+        out = list(consume(kafka_broker.bootstrap, topics["output_topic"], timeout_s=4))
+        failures = cluster.rest(f"/jobs/{job_id}/exceptions").get("exceptionHistory", {}).get("entries", [])
+        state = cluster.job_state(job_id)
+        cluster.flink("cancel", "-m", cluster.address, job_id)
+    finally:
+        cluster.stop()
+    assert state == "RUNNING"
+    assert failures, "no failure recorded: the kill did not hit the job"
+    duplicates = _seq_and_completeness(out, distinct)
+    print(f"TaskManager killed: {len(distinct)} events, {len(out)} lists, {duplicates} duplicates, "
+          f"{len(failures)} failure(s) recovered")
+
+
+def test_broker_down_for_30s_then_back(kafka_jars, fixture_artifact, tmp_path):
+    from streamrec.kafka_local import LocalKafka
+
+    broker = LocalKafka(tmp_path / "kafka").start()
+    topics = {f: f"outage-{f.split('_')[0]}" for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}
+    broker.create_topics(topics.values())
+    events = generated_log(400, seed=35)
+    distinct = {(e.user_id, e.item_id, e.behavior, e.ts) for e in events}
+    n_first = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events[:200]})
+    env = job_env(broker.bootstrap, topics, fixture_artifact)
+    with (tmp_path / "job.log").open("wb") as log:
+        job = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        replay(events[:200], broker.bootstrap, topics["input_topic"])
+        out = _read_all(broker.bootstrap, topics["output_topic"], n_first, time.monotonic() + 180, job)
+        assert len(out) >= n_first
+        time.sleep(3)
+        broker.stop()
+        time.sleep(30)
+        broker = LocalKafka(tmp_path / "kafka", port=broker.port, controller_port=broker.controller_port,
+                            keep_data=True).start()
+        replay(events[200:], broker.bootstrap, topics["input_topic"])
+        out = _read_all(broker.bootstrap, topics["output_topic"], len(distinct), time.monotonic() + 300, job)
+        alive = job.poll() is None
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGTERM)
+            try:
+                job.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(job.pid, signal.SIGKILL)
+        broker.stop()
+    assert alive, "the job gave up instead of recovering"
+    duplicates = _seq_and_completeness(out, distinct)
+    print(f"broker outage 30 s: {len(distinct)} events, {len(out)} lists, {duplicates} duplicates")
