@@ -53,7 +53,7 @@ class BenchSettings:
     categories: int = 500
     seed: int = 11
     artifact: Path | None = None
-    """Model artifact; None trains one on the stream's first ``train_events`` events."""
+    """Model artifact; None trains one on ``train_events`` generated events of the stream's catalog."""
     train_events: int = 60_000
     partitions: int = 2
     parallelisms: tuple[int, ...] = (1, 2)
@@ -61,6 +61,8 @@ class BenchSettings:
     window_s: float = 90.0
     """Throughput window per phase, after the warm-up."""
     latency_fractions: tuple[float, ...] = (0.5, 0.9)
+    latency_rates: tuple[float, ...] = ()
+    """Absolute events/s for the latency points instead of fractions of the measured maximum."""
     latency_s: float = 45.0
     model_seconds: float = 10.0
     phases: tuple[str, ...] = ("model", "kafka", "job", "peer", "latency")
@@ -237,8 +239,8 @@ def measure_window(
         cpu_s={n: round(cpu1[n] - cpu0[n], 2) for n in names},
         peak_rss_mb={pid_name.get(p, str(p)): round(v, 1) for p, v in sampler.peak.items()},
     )
-    if p0 and p1:
-        result.extra = {k: p1.get(k, 0.0) - p0.get(k, 0.0) for k in p1}
+    # Cumulative since the job started: Flink's REST metric cache may still be empty at t0.
+    result.extra = dict(p1) if p1 else dict(p0)
     return result
 
 
@@ -349,8 +351,12 @@ class Bench:
         if not (self.artifact / "manifest.json").is_file():
             from model_export.train import train_model
 
-            log.info("training the bench model on the stream's first %d events", self.s.train_events)
-            train_model(self.events[: self.s.train_events], until_ms=None, out_dir=self.artifact, seed=0)
+            # Same seed, items and categories: the generator draws the catalog first, so this
+            # log shares the stream's catalog; fewer shoppers give them histories to learn from.
+            log.info("training the bench model on %d events of the same catalog", self.s.train_events)
+            train_log = generate_events(self.s.train_events, n_users=max(1, self.s.train_events // 30),
+                                        n_items=self.s.items, n_categories=self.s.categories, seed=self.s.seed)
+            train_model(train_log, until_ms=None, out_dir=self.artifact, seed=0)
         manifest = json.loads((self.artifact / "manifest.json").read_text())
         self.results["model_version"] = manifest["model_version"]
 
@@ -418,16 +424,20 @@ class Bench:
                 write_reports(self.out, self.results)
         if "latency" in self.s.phases:
             peak = self.results.get(f"job_p{top}_events_per_s")
-            if not peak:
-                raise RuntimeError("latency phase needs the job phase's maximum throughput")
-            for frac in self.s.latency_fractions:
-                cluster = self._cluster(top, f"latency{int(frac * 100)}")
+            if self.s.latency_rates:
+                points = [(f"at_{int(r)}_per_s", r) for r in self.s.latency_rates]
+            elif peak:
+                points = [(f"{int(f * 100)}pct", f * peak) for f in self.s.latency_fractions]
+            else:
+                raise RuntimeError("latency phase needs the job phase's maximum throughput or --latency-rates")
+            for name, rate in points:
+                cluster = self._cluster(top, f"latency-{name}")
                 try:
-                    lat = self._latency(cluster, broker, top, frac * peak)
+                    lat = self._latency(cluster, broker, top, rate)
                 finally:
                     cluster.stop()
-                self.results[f"latency_{int(frac * 100)}pct"] = lat
-                self.results[f"p99_latency_ms_at_{int(frac * 100)}pct"] = lat["p99_ms"]
+                self.results[f"latency_{name}"] = lat
+                self.results[f"p99_latency_ms_{'at_' if name.endswith('pct') else ''}{name}"] = lat["p99_ms"]
                 write_reports(self.out, self.results)
 
     def _submit(self, cluster: Any, env: dict[str, str]) -> str:
@@ -463,7 +473,8 @@ class Bench:
             res = measure_window(
                 counter, procs, total=len(self.records), warmup_s=self.s.warmup_s, window_s=self.s.window_s,
                 alive=lambda: cluster.job_state(job_id) not in TERMINAL,
-                probe=lambda: _flink_metrics(cluster, job_id, ("ranker_rows", "ranker_micros")),
+                probe=lambda: _flink_metrics(cluster, job_id,
+                                             ("ranker_rows", "ranker_micros", "recommendations_emitted")),
             )
             restarts = _flink_restarts(cluster, job_id)
         finally:
@@ -471,8 +482,10 @@ class Bench:
             self._cancel(cluster, job_id)
         out = asdict(res)
         rows, micros = res.extra.get("ranker_rows", 0.0), res.extra.get("ranker_micros", 0.0)
+        lists = res.extra.get("recommendations_emitted", 0.0)
+        # Model time only, summed over subtasks: rows per second of onnxruntime calls.
         out["in_job_pairs_per_s"] = rows / (micros / 1e6) if micros else None
-        out["pairs_per_s"] = rows / res.window_s if rows and res.window_s else None
+        out["pairs_per_s"] = res.events_per_s * rows / lists if lists else None
         out["parallelism"] = parallelism
         out["restarts"] = restarts
         log.info("job p%d: %s", parallelism, json.dumps(out, default=str))
@@ -614,6 +627,11 @@ def _fmt(v: Any, digits: int = 0) -> str:
     return str(v)
 
 
+def _latency_label(key: str) -> str:
+    name = key.removeprefix("latency_")
+    return f"{name[:-3]}% of max" if name.endswith("pct") else f"{name.split('_')[1]} events/s"
+
+
 def markdown(results: dict[str, Any]) -> str:
     r = results
     lines = ["# streamrec bench", "", f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}; "
@@ -637,7 +655,7 @@ def markdown(results: dict[str, Any]) -> str:
               "|---|---:|---:|---:|---:|---:|"]
     for k in sorted(k for k in r if k.startswith("latency_")):
         v = r[k]
-        lines.append(f"| {k[8:]} of max | {_fmt(v['target_rate'])} | {_fmt(v['p50_ms'])} | {_fmt(v['p95_ms'])} | "
+        lines.append(f"| {_latency_label(k)} | {_fmt(v['target_rate'])} | {_fmt(v['p50_ms'])} | {_fmt(v['p95_ms'])} | "
                      f"{_fmt(v['p99_ms'])} | {v['matched']} |")
     lines += ["", "| ratio | value |", "|---|---:|"]
     for k in sorted(k for k in r if k.startswith("ratio_")):
@@ -666,7 +684,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         x = np.arange(len(lat))
         for i, q in enumerate(("p50_ms", "p95_ms", "p99_ms")):
             ax2.bar(x + (i - 1) * 0.25, [v[q] for _, v in lat], width=0.25, label=q[:-3])
-        ax2.set_xticks(x, [f"{k} of max" for k, _ in lat])
+        ax2.set_xticks(x, [_latency_label("latency_" + k) for k, _ in lat])
         ax2.set_ylabel("event -> recommendation, ms")
         ax2.set_title("Job latency (Kafka timestamps)")
         ax2.legend()

@@ -219,6 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seed=int(args.seed), artifact=Path(args.artifact) if args.artifact else None,
         parallelisms=ints(args.parallelisms), warmup_s=float(args.warmup_s), window_s=float(args.window_s),
         latency_s=float(args.latency_s),
+        latency_rates=tuple(float(x) for x in args.latency_rates.split(",") if x.strip()),
         phases=tuple(p.strip() for p in args.phases.split(",") if p.strip()),
     )
     results = Bench(settings, config_from_args(args)).run()
@@ -333,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--items", f"{ENV_PREFIX}BENCH_ITEMS", "items in the catalog", default="50000")
     add_flag(p, "--seed", f"{ENV_PREFIX}BENCH_SEED", "stream seed", default="11")
     add_flag(p, "--artifact", f"{ENV_PREFIX}BENCH_ARTIFACT",
-             "model artifact (default: train one on the stream's first 60,000 events into OUT/artifact)")
+             "model artifact (default: train one on 60,000 events of the stream's catalog into OUT/artifact)")
     add_flag(p, "--parallelisms", f"{ENV_PREFIX}BENCH_PARALLELISMS", "job parallelisms, comma-separated",
              default="1,2")
     add_flag(p, "--warmup-s", f"{ENV_PREFIX}BENCH_WARMUP_S", "seconds after the first output before timing",
@@ -341,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--window-s", f"{ENV_PREFIX}BENCH_WINDOW_S", "throughput window per phase, seconds", default="90")
     add_flag(p, "--latency-s", f"{ENV_PREFIX}BENCH_LATENCY_S", "seconds of paced replay per latency point",
              default="45")
+    add_flag(p, "--latency-rates", f"{ENV_PREFIX}BENCH_LATENCY_RATES",
+             "absolute events/s for the latency points (default: 50%% and 90%% of the measured maximum)",
+             default="")
     add_flag(p, "--phases", f"{ENV_PREFIX}BENCH_PHASES", "comma-separated: model, kafka, job, peer, latency",
              default="model,kafka,job,peer,latency")
     add_config_flags(p, ["--provider"])
