@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
              default="")
     add_flag(p, "--phases", f"{ENV_PREFIX}BENCH_PHASES", "comma-separated: model, kafka, job, peer, latency",
              default="model,kafka,job,peer,latency")
-    add_config_flags(p, ["--provider"])
+    add_config_flags(p, ["--provider", "--delivery-guarantee"])
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")
