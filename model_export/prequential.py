@@ -113,7 +113,10 @@ def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu"
     overrides: dict[str, dict[str, Any]] = {
         "ranking": {"artifact_dir": str(Path(artifact_dir).resolve()), "provider": provider,
                     "n_candidates": n_candidates,
-                    "top_k": n_candidates if top_k is None else min(int(top_k), n_candidates)},
+                    "top_k": n_candidates if top_k is None else min(int(top_k), n_candidates),
+                    # The model is evaluated on the candidates it was trained on (the artifact's
+                    # trending list); in-stream trending would make the protocols differ.
+                    "trending_half_life_s": 0},
         "job": {"since_ms": int(since_ms), "checkpoint_interval_ms": 0, "parallelism": 1},
         "state": state,
     }

@@ -53,6 +53,9 @@ class StandaloneCluster:
         conf["taskmanager"].update({"bind-host": "127.0.0.1", "host": "127.0.0.1", "numberOfTaskSlots": self.slots,
                                     "memory": {"process": {"size": self.tm_memory}}})
         conf["rest"] = {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": self.rest_port}
+        # Own PID files: with the default (/tmp, shared by every cluster of this user),
+        # stop-cluster.sh of one cluster also stops the TaskManagers of any other.
+        conf.setdefault("env", {}).setdefault("pid", {})["dir"] = str(self.work_dir / "pid")
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf))
         (self.conf_dir / "masters").write_text(f"127.0.0.1:{self.rest_port}\n")
         # start-cluster.sh starts one local TaskManager per line naming this host.
