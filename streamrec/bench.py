@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ import msgpack
 import numpy as np
 
 from streamrec.config import Config, env_var
+from streamrec.procs import stop_group
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,6 @@ def measure_window(
         time.sleep(warmup_s)
         c0, t0 = count(), time.monotonic()
         cpu0 = {n: cpu_seconds(p) for n, p in names.items()}
-        p0 = probe() if probe else {}
         while time.monotonic() - t0 < window_s:
             time.sleep(2.0)
             if count() >= total or not alive():
@@ -240,7 +239,7 @@ def measure_window(
         peak_rss_mb={pid_name.get(p, str(p)): round(v, 1) for p, v in sampler.peak.items()},
     )
     # Cumulative since the job started: Flink's REST metric cache may still be empty at t0.
-    result.extra = dict(p1) if p1 else dict(p0)
+    result.extra = dict(p1)
     return result
 
 
@@ -249,7 +248,7 @@ def model_ceiling(artifact_dir: Path, events: Sequence[Any], cfg: Config, second
     from jobs.runtime import state_limits
     from udfs.artifact import load_artifact
     from udfs.features import build_batch
-    from udfs.ranker import OnnxRanker
+    from udfs.ranker import OnnxRanker, RankerStats
     from udfs.recommend import Recommender
     from udfs.state import UserState
 
@@ -266,7 +265,7 @@ def model_ceiling(artifact_dir: Path, events: Sequence[Any], cfg: Config, second
                         intra_op_threads=r.intra_op_threads)
     for b in batches[:50]:
         ranker.score(b)
-    ranker.stats.__init__()  # type: ignore[misc]  # drop warm-up calls
+    ranker.stats = RankerStats()  # drop warm-up calls
     deadline = time.perf_counter() + seconds
     i = 0
     while time.perf_counter() < deadline:
@@ -511,12 +510,7 @@ class Bench:
             finally:
                 counter.close()
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc, 30)
         log.info("peer: %s", json.dumps(asdict(res), default=str))
         return asdict(res)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 from streamrec.config import Config, env_var
 from streamrec.latency import summarize, trigger_key
+from streamrec.procs import stop_group
 
 DEMO_SEED = 11
 TRAIN_EVENTS = 40_000
@@ -141,11 +141,7 @@ def run_demo(cfg: Config, *, events: int, rate: float) -> int:
     finally:
         if job is not None and job.poll() is None:
             _say("stopping the job")
-            os.killpg(job.pid, signal.SIGTERM)
-            try:
-                job.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(job.pid, signal.SIGKILL)
+            stop_group(job)
         if started_broker:
             _say("stopping the Kafka broker")
             kafka_local.stop_background()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +11,7 @@ import pytest
 from kafka import KafkaProducer
 
 from streamrec.kafka_io import consume, replay
+from streamrec.procs import stop_group
 from tests.job_fixtures import generated_log, job_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
@@ -46,12 +45,7 @@ def start_job(kafka_broker, topics, fixture_artifact, tmp_path):
 
     yield start
     for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from streamrec.poison import (
     REASON_PREFIXES,
     poison_records,
 )
+from streamrec.procs import stop_group
 from tests.job_fixtures import generated_log, job_env
 from udfs.events import MAX_EVENT_BYTES, DecodeError, Event, decode_event, encode_event
 
@@ -255,12 +255,7 @@ def test_ten_thousand_poison_records_dead_lettered_without_restarts_or_growth(
         prod.close()
         sampler.stop.set()
         reader.stop.set()
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGTERM)
-            try:
-                job.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(job.pid, signal.SIGKILL)
+        stop_group(job)
         sampler.join(5)
         reader.join(5)
 

@@ -14,6 +14,7 @@ import pytest
 
 from streamrec.config import env_var
 from streamrec.kafka_io import consume, replay
+from streamrec.procs import stop_group
 from tests.job_fixtures import generated_log, job_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
@@ -59,12 +60,7 @@ def test_failure_after_a_checkpoint_loses_nothing(guarantee, kafka_broker, uniqu
         assert job.poll() is None, "job exited"
         flink_log = "".join(f.read_text(errors="replace") for f in flink_logs.glob("*.log"))
     finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGTERM)
-            try:
-                job.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(job.pid, signal.SIGKILL)
+        stop_group(job)
 
     assert marker.exists(), "the injected failure never fired"
     assert "injected failure" in flink_log and "RESTARTING" in flink_log, "no restart in the Flink log"
@@ -157,12 +153,7 @@ def test_broker_down_for_30s_then_back(kafka_jars, fixture_artifact, tmp_path):
         out = _read_all(broker.bootstrap, topics["output_topic"], len(distinct), time.monotonic() + 300, job)
         alive = job.poll() is None
     finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGTERM)
-            try:
-                job.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(job.pid, signal.SIGKILL)
+        stop_group(job)
         broker.stop()
     assert alive, "the job gave up instead of recovering"
     duplicates = _seq_and_completeness(out, distinct)
