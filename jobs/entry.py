@@ -17,9 +17,6 @@ from udfs.artifact import verify_manifest
 
 log = logging.getLogger(__name__)
 
-JAVA_HELPERS_JAR = "streamrec-flink.jar"
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """`kafka` or `file:PATH`."""
@@ -34,25 +31,6 @@ class Endpoint:
         if spec.startswith("file:") and len(spec) > 5:
             return cls("file", Path(spec[5:]))
         raise ValueError(f"{flag} must be 'kafka' or 'file:PATH', got {spec!r}")
-
-
-def required_jars() -> list[str]:
-    """The Kafka connector and our (de)serializers; missing ones stop the job at start."""
-    from streamrec.kafka_local import cache_dir, connector_jar
-
-    lib = cache_dir() / "flink" / "lib"
-    helpers = lib / JAVA_HELPERS_JAR
-    try:
-        connector = connector_jar()
-    except FileNotFoundError:
-        connector = None
-    if connector is None or not helpers.is_file():
-        raise FileNotFoundError(
-            f"Kafka connector jars not found in {lib}: run `make deps` "
-            "(scripts/fetch_deps.sh fetches flink-sql-connector-kafka from Maven Central and "
-            "scripts/build_java.sh builds streamrec-flink.jar)"
-        )
-    return [str(connector.resolve()), str(helpers.resolve())]
 
 
 def absolute_artifact(config: Config) -> Config:
@@ -72,9 +50,7 @@ def run_job(config: Config, source: Endpoint, sink: Endpoint, recommend: Any = N
     from jobs.pipeline import build_pipeline, create_environment
 
     config = absolute_artifact(config)
-    needs_kafka = source.kind == "kafka" or sink.kind == "kafka"
-    jars = required_jars() if needs_kafka else []
-    env = create_environment(config, jars)
+    env = create_environment(config)
     if source.kind == "kafka":
         src: CollectionSource | KafkaEventSource = KafkaEventSource(config)
     else:

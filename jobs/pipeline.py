@@ -12,20 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pyflink.common import Configuration, Duration, WatermarkStrategy
+from pyflink.common import Configuration, WatermarkStrategy
 from pyflink.common.typeinfo import Types
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
+from pyflink.java_gateway import get_gateway
 
 from streamrec.config import Config
-from udfs.flink_functions import (
-    DLQ_TAG,
-    KEYED_BYTES_TYPE,
-    LATE_TAG,
-    DecodeEvents,
-    EventTimestamps,
-    RecommendFunction,
-    user_key,
-)
+from streamrec.kafka_local import required_jars
+from udfs.flink_functions import DLQ_TAG, ENVELOPE_TYPE, KEYED_BYTES_TYPE, LATE_TAG, RecommendFunction
 
 
 @dataclass
@@ -73,37 +67,51 @@ def worker_pythonpath() -> str:
     return os.pathsep.join(dict.fromkeys([*parts, *filter(None, current.split(os.pathsep))]))
 
 
-def create_environment(config: Config, jars: list[str] | None = None) -> StreamExecutionEnvironment:
+def create_environment(config: Config) -> StreamExecutionEnvironment:
+    jars = required_jars()  # before the JVM starts: a missing jar is a clear error, not a py4j one
     # Must be set before the JVM (and so the embedded interpreter) starts.
     os.environ["PYTHONPATH"] = worker_pythonpath()
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(config))
     env.set_parallelism(config.job.parallelism)
     if config.job.checkpoint_interval_ms:
         env.enable_checkpointing(config.job.checkpoint_interval_ms)
-    if jars:
-        env.add_jars(*[f"file://{j}" for j in jars])
+    env.add_jars(*[f"file://{j}" for j in jars])
     return env
+
+
+def key_by_user(raw: DataStream, config: Config) -> KeyedStream:
+    """Raw records keyed by user, with event-time watermarks, all in the JVM.
+
+    The keyed function is the only Python an event meets: a Python decode, timestamp
+    assigner and key selector before the shuffle cost three JVM/Python crossings and
+    a pickle round trip per event, and took the GIL from the keyed function in thread
+    mode. ``EventEnvelope`` reads just the user id and event time; the element layout
+    is the one PyFlink's own ``key_by`` produces, Row(key, value).
+    """
+    jvm = get_gateway().jvm
+    envelope = jvm.io.streamrec.flink.EventEnvelope
+    keyed = raw._j_data_stream.map(envelope()).name("envelope").uid("envelope")
+    timed = (
+        keyed.assignTimestampsAndWatermarks(envelope.watermarks(config.job.out_of_orderness_ms))
+        .name("event-time")
+        .uid("event-time")
+    )
+    j_keyed = timed.keyBy(jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(j_keyed, ENVELOPE_TYPE, DataStream(timed))
 
 
 def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Source, sink: Sink,
                    recommend: RecommendFunction | None = None) -> PipelineOutputs:
     """The job graph; ``recommend`` replaces the keyed function (fault-injection tests)."""
-    # Watermarks come after decoding (event time is inside the msgpack payload);
+    # Watermarks come from the envelope (event time is inside the msgpack payload);
     # the source itself emits none.
     raw = source.create(env, WatermarkStrategy.no_watermarks())
-    decoded = raw.process(DecodeEvents(), output_type=Types.PICKLED_BYTE_ARRAY()).name("decode").uid("decode")
-    dead_letters = decoded.get_side_output(DLQ_TAG)
-    watermarks = (
-        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(config.job.out_of_orderness_ms))
-        .with_timestamp_assigner(EventTimestamps())
-    )
-    timed = decoded.assign_timestamps_and_watermarks(watermarks).name("event-time").uid("event-time")
     recs = (
-        timed.key_by(user_key, key_type=Types.STRING())
+        key_by_user(raw, config)
         .process(recommend or RecommendFunction(config), output_type=KEYED_BYTES_TYPE)
         .name("recommend")
         .uid("recommend")
     )
-    outputs = PipelineOutputs(recs, dead_letters, recs.get_side_output(LATE_TAG))
+    outputs = PipelineOutputs(recs, recs.get_side_output(DLQ_TAG), recs.get_side_output(LATE_TAG))
     sink.attach(outputs, config)
     return outputs

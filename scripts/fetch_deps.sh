@@ -7,8 +7,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${STREAMREC_CACHE:-$ROOT/.cache}"
 
-fetch() {  # pom, output dir, glob of the jars this pom owns there (removed before copying)
-  local pom="$1" out="$2" owned="$3" stamp="$2/.pom-sha256" hash
+fetch() {  # pom, output dir, globs of the jars this pom owns there (removed before copying)
+  local pom="$1" out="$2" stamp="$2/.pom-sha256" hash owned
+  shift 2
   hash=$(sha256sum "$pom" | cut -d' ' -f1)
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$hash" ]]; then
     echo "up to date: $out"
@@ -17,7 +18,7 @@ fetch() {  # pom, output dir, glob of the jars this pom owns there (removed befo
   mkdir -p "$out"
   rm -f "$stamp"
   # Stale jars of an older pom would otherwise stay on the classpath.
-  find "$out" -maxdepth 1 -name "$owned" -type f -delete
+  for owned in "$@"; do find "$out" -maxdepth 1 -name "$owned" -type f -delete; done
   mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
     -DoutputDirectory="$out" -DincludeScope=runtime
   echo "$hash" > "$stamp"
@@ -25,6 +26,6 @@ fetch() {  # pom, output dir, glob of the jars this pom owns there (removed befo
 }
 
 # kafka/libs belongs to the broker pom alone; flink/lib also holds streamrec-flink.jar
-# (scripts/build_java.sh), so only the connector jars are replaced there.
+# (scripts/build_java.sh), so only the connector and msgpack-core jars are replaced there.
 fetch "$ROOT/deps/kafka/pom.xml" "$CACHE/kafka/libs" '*.jar'
-fetch "$ROOT/deps/flink/pom.xml" "$CACHE/flink/lib" 'flink-sql-connector-kafka-*.jar'
+fetch "$ROOT/deps/flink/pom.xml" "$CACHE/flink/lib" 'flink-sql-connector-kafka-*.jar' 'msgpack-core-*.jar'

@@ -83,6 +83,27 @@ def connector_jar() -> Path:
     return jars[-1]
 
 
+JAVA_HELPERS_JAR = "streamrec-flink.jar"
+
+
+def required_jars() -> list[str]:
+    """Every job needs these: the Kafka connector, msgpack-core and our Java classes.
+
+    Keying and event time run in Java (EventEnvelope) even with a file source, so a
+    missing jar stops any job at start, with the command that fetches it.
+    """
+    lib = cache_dir() / "flink" / "lib"
+    found = [sorted(lib.glob(pattern)) for pattern in
+             ("flink-sql-connector-kafka-*.jar", "msgpack-core-*.jar", JAVA_HELPERS_JAR)]
+    if not all(found):
+        raise FileNotFoundError(
+            f"Flink job jars not found in {lib}: run `make deps` "
+            "(scripts/fetch_deps.sh fetches flink-sql-connector-kafka and msgpack-core from Maven Central and "
+            "scripts/build_java.sh builds streamrec-flink.jar)"
+        )
+    return [str(jars[-1].resolve()) for jars in found]
+
+
 def free_ports(count: int = 2) -> list[int]:
     """Distinct ports the OS reports free right now; a race with other processes is still possible."""
     socks = []

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from streamrec.kafka_local import LocalKafka, cache_dir, kafka_classpath
+from streamrec.kafka_local import LocalKafka, cache_dir, kafka_classpath, required_jars
 
 pytest_plugins = ["tests.job_fixtures"]
 
@@ -42,9 +42,11 @@ def require_kafka_jars() -> str:
 
 
 def _jars_present() -> bool:
-    lib = cache_dir()
-    return (any((lib / "kafka" / "libs").glob("kafka_2.13-*.jar"))
-            and (lib / "flink" / "lib" / "streamrec-flink.jar").is_file())
+    try:
+        required_jars()
+    except FileNotFoundError:
+        return False
+    return any((cache_dir() / "kafka" / "libs").glob("kafka_2.13-*.jar"))
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +55,14 @@ def kafka_jars() -> str:
     return require_kafka_jars()
 
 
-@pytest.fixture(scope="session")
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Every Flink job needs the job jars (EventEnvelope keys events in Java)."""
+    if item.get_closest_marker("flink") or item.get_closest_marker("cluster"):
+        jars_or_skip()
+
+
 def jars_or_skip() -> None:
-    """Broker jars and the job's Flink jars (connector + streamrec-flink.jar), as the Flink tests need."""
+    """Broker jars and the job's Flink jars (connector, msgpack-core, streamrec-flink.jar)."""
     if not _jars_present():
         _missing("Kafka/Flink jars are missing: run `make deps` "
                  "(scripts/fetch_deps.sh, then scripts/build_java.sh)")

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from jobs.entry import required_jars
+from streamrec.kafka_local import required_jars
 from udfs.artifact import ArtifactError, load_artifact
 
 

@@ -2,7 +2,8 @@
 
 Element shapes between operators:
 - raw input: Row(topic, partition, offset, timestamp, value: bytes)
-- events: Python tuples (Event fields), pickled
+- keyed input (EventEnvelope.java): Row(topic, partition, offset, timestamp, event_ts, value),
+  keyed by the user id as a string
 - outputs (recommendations, dead letters, late events): Row(key: str, value: bytes)
 """
 
@@ -14,8 +15,7 @@ from typing import Any
 import msgpack
 from pyflink.common import Row, Time
 from pyflink.common.typeinfo import Types
-from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from streamrec.config import Config
@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 RAW_TYPE = Types.ROW_NAMED(
     ["topic", "partition", "offset", "timestamp", "value"],
     [Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
+ENVELOPE_TYPE = Types.ROW_NAMED(
+    ["topic", "partition", "offset", "timestamp", "event_ts", "value"],
+    [Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())],
 )
 KEYED_BYTES_TYPE = Types.ROW_NAMED(["key", "value"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 DLQ_TAG = OutputTag("dead-letters", KEYED_BYTES_TYPE)
@@ -52,35 +56,12 @@ def as_bytes(value: Any) -> bytes:
     return bytes(b & 0xFF for b in value)
 
 
-class DecodeEvents(ProcessFunction):
-    """Decode and validate; bad records become dead letters, never exceptions."""
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        group = runtime_context.get_metrics_group()
-        self.accepted = group.counter("events_accepted")
-        self.rejected = group.counter("events_dead_lettered")
-
-    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Any:
-        result = decode_event(as_bytes(value[4]))
-        if isinstance(result, DecodeError):
-            self.rejected.inc()
-            yield DLQ_TAG, dead_letter(result, value[0], value[1], value[2], value[3])
-        else:
-            self.accepted.inc()
-            yield tuple(result)
-
-
-class EventTimestamps(TimestampAssigner):
-    def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
-        return int(value[4])
-
-
-def user_key(event: Any) -> str:
-    return str(event[0])
-
-
 class RecommendFunction(KeyedProcessFunction):
-    """Per user: update the compact state, generate candidates, rank, emit top-K."""
+    """Per user: decode, update the compact state, generate candidates, rank, emit top-K.
+
+    Decoding happens here, not in an operator of its own, so an event crosses from
+    the JVM into Python once. Bad records become dead letters, never exceptions.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -107,6 +88,8 @@ class RecommendFunction(KeyedProcessFunction):
         desc.enable_time_to_live(ttl)
         self.state = runtime_context.get_state(desc)
         group = runtime_context.get_metrics_group()
+        self.accepted = group.counter("events_accepted")
+        self.rejected = group.counter("events_dead_lettered")
         self.late = group.counter("events_late")
         self.duplicates = group.counter("events_duplicate")
         self.emitted = group.counter("recommendations_emitted")
@@ -121,8 +104,18 @@ class RecommendFunction(KeyedProcessFunction):
         log.warning("streamrec ranker provider: %s%s", choice.provider if choice else "none",
                     f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")
 
-    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Any:
-        event = Event(*value)
+    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Any:
+        result = decode_event(as_bytes(value[5]))
+        if isinstance(result, DecodeError) or str(result.user_id) != ctx.get_current_key():
+            # A key the envelope could not read means Python cannot decode it either;
+            # the second test is a guard that the two readers agree.
+            error = result if isinstance(result, DecodeError) else DecodeError(
+                f"key_mismatch: envelope key {ctx.get_current_key()!r} != user_id", as_bytes(value[5]))
+            self.rejected.inc()
+            yield DLQ_TAG, dead_letter(error, value[0], value[1], value[2], value[3])
+            return
+        self.accepted.inc()
+        event = result
         watermark = ctx.timer_service().current_watermark()
         if event.ts < watermark - self.lateness:
             self.late.inc()

@@ -1,0 +1,204 @@
+package io.streamrec.flink;
+
+import java.io.IOException;
+import java.math.BigInteger;
+import java.nio.charset.CodingErrorAction;
+import java.time.Duration;
+import java.util.Set;
+
+import org.apache.flink.api.common.eventtime.SerializableTimestampAssigner;
+import org.apache.flink.api.common.eventtime.WatermarkStrategy;
+import org.apache.flink.api.common.functions.MapFunction;
+import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.api.java.typeutils.ResultTypeQueryable;
+import org.apache.flink.types.Row;
+import org.msgpack.core.MessagePack;
+import org.msgpack.core.MessageUnpacker;
+import org.msgpack.value.ValueType;
+
+/**
+ * Reads only the user id and event time out of a raw msgpack event, so keying and
+ * watermarks run in the JVM and the first Python code an event meets is the keyed
+ * function (which decodes and validates it in full: this class never rejects).
+ *
+ * <p>In: Row(topic, partition, offset, timestamp, value). Out: Row(key, Row(topic,
+ * partition, offset, timestamp, event_ts, value)), the layout PyFlink's own key_by
+ * gives a keyed Python function. A record whose user id cannot be read gets key
+ * {@link #UNKEYED}; one that is not a valid event gets event_ts {@link #NO_TIME} (no
+ * effect on watermarks). Python decodes it and makes it a dead letter.
+ */
+public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable<Row> {
+    public static final String UNKEYED = "";
+    public static final long NO_TIME = Long.MIN_VALUE;
+    /** The same limits as udfs/events.py. */
+    static final int MAX_EVENT_BYTES = 64 * 1024;
+    static final int MAX_MAP_LEN = 64;
+    static final int MAX_ARRAY_LEN = 1024;
+    static final int MAX_STR_ID_LEN = 128;
+    static final Set<String> BEHAVIORS = Set.of("pv", "cart", "fav", "buy");
+    static final BigInteger MAX_TS_MS = BigInteger.valueOf(10_000_000_000_000L);
+
+    /** A string header may claim 4 GB; nothing larger than an event is ever read. */
+    private static final MessagePack.UnpackerConfig LIMITS =
+            new MessagePack.UnpackerConfig()
+                    .withStringSizeLimit(MAX_EVENT_BYTES)
+                    .withActionOnMalformedString(CodingErrorAction.REPORT)
+                    .withActionOnUnmappableString(CodingErrorAction.REPORT);
+
+    public static final TypeInformation<Row> EVENT_TYPE = Types.ROW_NAMED(
+            new String[] {"topic", "partition", "offset", "timestamp", "event_ts", "value"},
+            Types.STRING, Types.INT, Types.LONG, Types.LONG, Types.LONG,
+            PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO);
+    public static final TypeInformation<Row> KEYED_TYPE = Types.ROW(Types.STRING, EVENT_TYPE);
+
+    @Override
+    public Row map(Row raw) {
+        byte[] value = (byte[]) raw.getField(4);
+        Peeked p = peek(value);
+        return Row.of(p.key, Row.of(raw.getField(0), raw.getField(1), raw.getField(2), raw.getField(3), p.eventTs, value));
+    }
+
+    @Override
+    public TypeInformation<Row> getProducedType() {
+        return KEYED_TYPE;
+    }
+
+    /** Event time from the envelope, bounded out-of-orderness as configured. */
+    public static WatermarkStrategy<Row> watermarks(long outOfOrdernessMs) {
+        return WatermarkStrategy.<Row>forBoundedOutOfOrderness(Duration.ofMillis(outOfOrdernessMs))
+                .withTimestampAssigner(new EventTime());
+    }
+
+    static final class EventTime implements SerializableTimestampAssigner<Row> {
+        @Override
+        public long extractTimestamp(Row element, long recordTimestamp) {
+            return (Long) ((Row) element.getField(1)).getField(4);
+        }
+    }
+
+    /**
+     * The user id whenever it can be read; the event time only when the whole record
+     * would pass udfs/events.py, so a malformed record with a plausible "ts" cannot
+     * move the watermark (and make good events late). Disagreeing with Python here
+     * costs at most a watermark contribution: Python still decides what is valid.
+     */
+    public static Peeked peek(byte[] value) {
+        if (value == null || value.length > MAX_EVENT_BYTES) {
+            return Peeked.NOTHING;
+        }
+        String user = null;
+        Long time = null;
+        boolean item = false;
+        boolean category = false;
+        boolean behavior = false;
+        try (MessageUnpacker in = LIMITS.newUnpacker(value)) {
+            if (!in.hasNext() || in.getNextFormat().getValueType() != ValueType.MAP) {
+                return Peeked.NOTHING;
+            }
+            int entries = in.unpackMapHeader();
+            if (entries > MAX_MAP_LEN) {
+                return Peeked.NOTHING;
+            }
+            for (int i = 0; i < entries; i++) {
+                if (in.getNextFormat().getValueType() != ValueType.STRING) {
+                    skipChecked(in, 2);
+                    continue;
+                }
+                String name = in.unpackString();
+                switch (name) {
+                    case "user_id": user = readId(in); break;
+                    case "item_id": item = readId(in) != null; break;
+                    case "category_id": category = readId(in) != null; break;
+                    case "behavior": behavior = readBehavior(in); break;
+                    case "ts": time = readTs(in); break;
+                    default: skipChecked(in, 1);
+                }
+            }
+            boolean valid = !in.hasNext() && user != null && item && category && behavior && time != null;
+            return new Peeked(user == null ? UNKEYED : user, valid ? time : NO_TIME);
+        } catch (Exception e) {
+            // malformed: Python's decode says why, on the dead-letter topic
+            return user == null ? Peeked.NOTHING : new Peeked(user, NO_TIME);
+        }
+    }
+
+    /** What the envelope read: the key, and the event time or {@link #NO_TIME}. */
+    public static final class Peeked {
+        static final Peeked NOTHING = new Peeked(UNKEYED, NO_TIME);
+        public final String key;
+        public final long eventTs;
+
+        Peeked(String key, long eventTs) {
+            this.key = key;
+            this.eventTs = eventTs;
+        }
+    }
+
+    /** An id as Python's str() spells it (decimal for integers), or null if invalid. */
+    private static String readId(MessageUnpacker in) throws IOException {
+        ValueType type = in.getNextFormat().getValueType();
+        if (type == ValueType.INTEGER) {
+            BigInteger id = in.unpackBigInteger();
+            return id.bitLength() <= 63 ? id.toString() : null;
+        }
+        if (type == ValueType.STRING) {
+            String id = in.unpackString();
+            int chars = id.codePointCount(0, id.length());
+            return chars > 0 && chars <= MAX_STR_ID_LEN ? id : null;
+        }
+        skipChecked(in, 1);
+        return null;
+    }
+
+    private static boolean readBehavior(MessageUnpacker in) throws IOException {
+        if (in.getNextFormat().getValueType() != ValueType.STRING) {
+            skipChecked(in, 1);
+            return false;
+        }
+        return BEHAVIORS.contains(in.unpackString());
+    }
+
+    private static Long readTs(MessageUnpacker in) throws IOException {
+        if (in.getNextFormat().getValueType() != ValueType.INTEGER) {
+            skipChecked(in, 1);
+            return null;
+        }
+        BigInteger ts = in.unpackBigInteger();
+        return ts.signum() >= 0 && ts.compareTo(MAX_TS_MS) < 0 ? ts.longValue() : null;
+    }
+
+    /** Skips values under Python's unpack limits; throws where Python's unpackb would. */
+    private static void skipChecked(MessageUnpacker in, int values) throws IOException {
+        long pending = values;
+        while (pending-- > 0) {
+            ValueType type = in.getNextFormat().getValueType();
+            switch (type) {
+                case MAP: {
+                    int n = in.unpackMapHeader();
+                    if (n > MAX_MAP_LEN) {
+                        throw new IOException("map too long");
+                    }
+                    pending += 2L * n;
+                    break;
+                }
+                case ARRAY: {
+                    int n = in.unpackArrayHeader();
+                    if (n > MAX_ARRAY_LEN) {
+                        throw new IOException("array too long");
+                    }
+                    pending += n;
+                    break;
+                }
+                case EXTENSION:
+                    throw new IOException("ext types are not events");
+                case STRING:
+                    in.unpackString(); // REPORT on malformed UTF-8, like Python's strict decode
+                    break;
+                default:
+                    in.skipValue();
+            }
+        }
+    }
+}
