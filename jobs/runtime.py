@@ -30,4 +30,4 @@ def build_recommender(config: Config) -> Recommender:
     )
     trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
     return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
-                       trending=trending)
+                       trending=trending, fresh_hit_slots=r.fresh_hit_slots)

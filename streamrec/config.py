@@ -94,6 +94,8 @@ class RankingConfig(_Section):
     """onnxruntime intra-op threads per session (0 = onnxruntime default)."""
     trending_half_life_s: int = Field(600, ge=0)
     """Half-life of the in-stream trending counts that lead trending candidates (0 = artifact list only)."""
+    fresh_hit_slots: int = Field(1, ge=0, le=10)
+    """Last list slots kept for in-stream hits the model has never seen (it cannot rank them yet; 0 = none)."""
 
 
 class Config(_Section):

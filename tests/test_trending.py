@@ -50,26 +50,46 @@ def test_size_stays_bounded_and_top_refreshes_on_event_time():
     assert tc.top()[0] == "hit"
 
 
-def test_a_new_hit_item_reaches_a_cold_shoppers_candidates_within_a_minute(fixture_artifact):
-    rec = recommender(fixture_artifact)
+def _after_a_burst(rec):
+    """Normal traffic, then 40 shoppers buy an item the model and tables have never seen, within 40 s."""
     assert "brand-new" not in rec.artifact.tables.item_category
-    # normal traffic first, so the stream counter holds the usual items
     item = next(iter(rec.artifact.tables.covisit))
     cat = rec.artifact.tables.item_category[item]
     for u in range(200):
         rec.apply(UserState(), Event(u, item, cat, "pv", T0 + u * 100))
-    # then 40 shoppers buy an item the model and tables have never seen, within 40 s
     for u in range(40):
         rec.apply(UserState(), Event(1000 + u, "brand-new", "new-cat", "buy", T0 + 30_000 + u * 1000))
     cold = UserState()
     trigger = Event(9999, item, cat, "pv", T0 + 75_000)  # 45 s after the burst began
     rec.apply(cold, trigger)
-    req = rec.request(cold, trigger)
+    return rec.request(cold, trigger)
+
+
+def test_a_new_hit_item_reaches_a_cold_shoppers_list_within_a_minute(fixture_artifact):
+    rec = recommender(fixture_artifact)
+    req = _after_a_burst(rec)
     i = req.candidates.items.index("brand-new")
     assert req.candidates.sources[i] & SRC_TRENDING
     assert req.candidates.categories[i] == "new-cat"
     out = rec.recommend([req])[0]
     assert out["fallback"] is None and len(out["items"]) == rec.top_k
+    # the model has no embedding for it: it gets the reserved last slot, not a learned rank
+    assert out["items"][-1] == "brand-new" and out["items"].count("brand-new") == 1
+
+
+def test_without_fresh_slots_the_model_alone_does_not_show_a_new_hit(fixture_artifact):
+    rec = recommender(fixture_artifact, fresh_hit_slots=0)
+    req = _after_a_burst(rec)
+    assert "brand-new" in req.candidates.items
+    assert "brand-new" not in rec.recommend([req])[0]["items"]
+
+
+def test_known_hot_items_take_no_fresh_slot(fixture_artifact):
+    rec = recommender(fixture_artifact, fresh_hit_slots=3)
+    item = next(iter(rec.artifact.tables.covisit))
+    for u in range(100):  # a hit the model knows: ranked by the model, as any other item
+        rec.apply(UserState(), Event(u, item, rec.artifact.tables.item_category[item], "buy", T0 + u))
+    assert item in rec.trending.top()[:10] and not rec._fresh_hits()
 
 
 def test_zero_half_life_turns_stream_trending_off(fixture_artifact):

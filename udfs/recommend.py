@@ -24,6 +24,8 @@ from udfs.trending import TrendingCounter
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# A model-unknown item must be among this many stream-hottest items to take a fresh-hit slot.
+FRESH_HIT_TOP = 10
 
 
 def output_record(
@@ -71,10 +73,13 @@ class Recommender:
         top_k: int,
         n_candidates: int,
         trending: TrendingCounter | None = None,
+        fresh_hit_slots: int = 0,
     ) -> None:
         self.artifact = artifact
         self.trending = trending
+        self.fresh_hit_slots = fresh_hit_slots if trending is not None else 0
         self._merged: tuple[list[Id], list[Id]] | None = None
+        self._fresh: tuple[list[Id], frozenset[Id]] | None = None
         self.ranker = ranker
         self.limits = limits
         self.top_k = top_k
@@ -112,6 +117,32 @@ class Recommender:
             self._merged = (top, top + [i for i in self.artifact.tables.trending if i not in hot])
         return self._merged[1]
 
+    def _fresh_hits(self) -> frozenset[Id]:
+        """Items among the hottest in the stream that the model has no embedding for."""
+        assert self.trending is not None
+        top = self.trending.top()
+        if self._fresh is None or self._fresh[0] is not top:
+            known = self.artifact.vocab.items
+            self._fresh = (top, frozenset(i for i in top[:FRESH_HIT_TOP] if i not in known))
+        return self._fresh[1]
+
+    def _with_fresh_hits(self, req: UserRequest, order: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Put the best-scored fresh hits among this user's candidates in the last slots.
+
+        A brand-new item has no learned embedding, so the model ranks it low however
+        hot it is; without a reserved slot a new hit would never reach a list.
+        """
+        fresh = self._fresh_hits() if self.fresh_hit_slots else frozenset()
+        if not fresh:
+            return order
+        shown = set(order.tolist())
+        picks = [i for i, item in enumerate(req.candidates.items) if item in fresh and i not in shown]
+        if not picks:
+            return order
+        picks = sorted(picks, key=lambda i: -s[i])[: min(self.fresh_hit_slots, len(order))]
+        keep = order[: len(order) - len(picks)]
+        return np.concatenate([keep, np.asarray(picks, dtype=order.dtype)])
+
     def recommend(self, requests: Sequence[UserRequest]) -> list[dict[str, Any]]:
         """Rank all users' candidates in one model call, then cut top-K per user."""
         if not requests:
@@ -137,7 +168,7 @@ class Recommender:
             n = len(req.candidates.items)
             if scores is not None:
                 s = scores[offset : offset + n]
-                order = np.argsort(-s, kind="stable")[: self.top_k]
+                order = self._with_fresh_hits(req, np.argsort(-s, kind="stable")[: self.top_k], s)
                 items = [req.candidates.items[i] for i in order]
                 top = s[order].tolist()
             else:
