@@ -58,6 +58,8 @@ class KafkaEventSource:
             .set_starting_offsets(starting)
             .set_property("isolation.level", "read_committed")
             .set_property("partition.discovery.interval.ms", "30000")
+            .set_property("fetch.max.wait.ms", str(k.source_fetch_max_wait_ms))
+            .set_property("fetch.min.bytes", str(k.source_fetch_min_bytes))
         )
         # PyFlink only exposes value-only deserializers; ours keeps partition/offset.
         builder._j_builder.setDeserializer(_jvm().io.streamrec.flink.RawRecordDeserializer())
@@ -81,7 +83,7 @@ class KafkaSinks:
             "none": DeliveryGuarantee.NONE,
         }[k.delivery_guarantee]
         builder = KafkaSink.builder().set_bootstrap_servers(k.bootstrap_servers).set_delivery_guarantee(guarantee)
-        builder.set_property("linger.ms", "5")
+        builder.set_property("linger.ms", str(k.sink_linger_ms))
         if k.delivery_guarantee == "exactly-once":
             builder.set_transactional_id_prefix(f"{k.transactional_id_prefix}-{topic}")
             builder.set_property("transaction.timeout.ms", "900000")

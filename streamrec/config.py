@@ -41,6 +41,12 @@ class KafkaConfig(_Section):
     """KafkaSink delivery guarantee."""
     transactional_id_prefix: str = "streamrec"
     """Stable prefix of sink transactional ids (exactly-once only)."""
+    sink_linger_ms: int = Field(20, ge=0, le=1000)
+    """Producer linger of the job's sinks: a longer wait sends fewer, larger requests."""
+    source_fetch_max_wait_ms: int = Field(20, ge=0, le=10000)
+    """Longest the broker holds a fetch of the job's source waiting for source_fetch_min_bytes."""
+    source_fetch_min_bytes: int = Field(16384, ge=1)
+    """Bytes the broker waits for before answering a fetch of the job's source."""
 
 
 class StateConfig(_Section):
