@@ -89,9 +89,16 @@ class StandaloneCluster:
                                f"{res.stderr[-3000:]}")
         return res.stdout
 
-    def submit_python(self, script: str, job_args: list[str], env: dict[str, str], python: str) -> str:
-        out = self.flink("run", "-m", self.address, "-d", "-py", script, "-pyclientexec", python, "-pyexec", python,
-                         *job_args, env=env)
+    def submit_python(self, script: str, job_args: list[str], env: dict[str, str], python: str,
+                      savepoint: str | None = None) -> str:
+        """Submit detached; returns the JobID. ``savepoint``: restore from it (``flink run -s``).
+
+        No ``--allowNonRestoredState``: every stateful operator has a uid, so a restore that
+        leaves savepoint state behind is an error, not something to skip silently.
+        """
+        restore = ["-s", savepoint] if savepoint else []
+        out = self.flink("run", "-m", self.address, "-d", *restore, "-py", script, "-pyclientexec", python,
+                         "-pyexec", python, *job_args, env=env)
         match = re.search(r"JobID ([0-9a-f]{32})", out)
         if not match:
             raise RuntimeError(f"no JobID in flink run output:\n{out[-3000:]}")
@@ -99,6 +106,31 @@ class StandaloneCluster:
 
     def job_state(self, job_id: str) -> str:
         return str(self.rest(f"/jobs/{job_id}")["state"])
+
+    def wait_for_state(self, job_id: str, state: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while (current := self.job_state(job_id)) != state:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"job {job_id} is {current}, not {state}, after {timeout}s; logs in {self.log_dir}")
+            time.sleep(0.5)
+
+    def stop_with_savepoint(self, job_id: str, target_dir: str | Path, timeout: float = 300) -> str:
+        """``flink stop``: a final savepoint into ``target_dir``, then the job FINISHES.
+
+        No ``--drain``: the job is meant to go on from the savepoint, and draining would fire
+        MAX_WATERMARK through it first. Returns the savepoint's path (a ``file:`` URI).
+        """
+        out = self.flink("stop", "-m", self.address, "--savepointPath", str(target_dir), job_id, timeout=timeout)
+        match = re.search(r"Savepoint completed\. Path: (\S+)", out)
+        if not match:
+            raise RuntimeError(f"no savepoint path in flink stop output:\n{out[-3000:]}")
+        self.wait_for_state(job_id, "FINISHED")
+        return match.group(1)
+
+    def restored_from(self, job_id: str) -> str | None:
+        """The external path of the checkpoint/savepoint the job was restored from, if any."""
+        restored = (self.rest(f"/jobs/{job_id}/checkpoints").get("latest") or {}).get("restored")
+        return str(restored["external_path"]) if restored else None
 
     def taskmanager_pids(self) -> list[int]:
         """PIDs of this cluster's TaskManager JVMs (each embeds its Python in thread mode)."""
@@ -125,6 +157,21 @@ class StandaloneCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"new TaskManager not registered after {timeout}s; logs in {self.log_dir}")
             time.sleep(1)
+
+    def restart_taskmanagers(self, timeout: float = 120) -> None:
+        """Replace every TaskManager of this cluster by a fresh one, e.g. before submitting a
+        second PyFlink job: a TaskManager runs one thread-mode job per lifetime (README,
+        "One thread-mode job per TaskManager lifetime"). Waits until the new ones registered."""
+        count = len(self.taskmanager_pids()) or self.taskmanagers
+        subprocess.run(["bash", str(FLINK_HOME / "bin" / "taskmanager.sh"), "stop-all"], env=self.env(),
+                       check=True, capture_output=True, timeout=120)
+        deadline = time.monotonic() + timeout
+        while self.taskmanager_pids() or self.rest("/overview").get("taskmanagers", 0):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"TaskManagers still up {timeout}s after stop-all; logs in {self.log_dir}")
+            time.sleep(0.5)
+        for _ in range(count):
+            self.start_taskmanager(timeout)
 
     def stop(self) -> None:
         subprocess.run(["bash", str(FLINK_HOME / "bin" / "stop-cluster.sh")], env=self.env(),
