@@ -8,13 +8,11 @@ running job and checks the DLQ, the recommendations, restarts and memory.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -30,6 +28,7 @@ from streamrec.poison import (
 )
 from streamrec.procs import stop_group
 from tests.job_fixtures import generated_log, job_env
+from tests.scenario import group_rss_kb, report
 from udfs.events import MAX_EVENT_BYTES, DecodeError, Event, decode_event, encode_event
 
 # --------------------------------------------------------------------------- generator + decoder (fast)
@@ -99,27 +98,6 @@ N_POISON = 10_000
 RSS_SAMPLE_S = 0.5
 
 
-def _pgrp_rss_kb(pgid: int) -> tuple[int, int]:
-    """(sum of VmRSS in kB, process count) over the processes of one process group."""
-    total = procs = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-            # fields after "(comm)": state ppid pgrp ...; comm may hold spaces and parens
-            if int(stat[stat.rindex(")") + 2:].split()[2]) != pgid:
-                continue
-            for line in Path(entry.path, "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-                    procs += 1
-                    break
-        except (OSError, ValueError, IndexError):
-            continue  # exited while we looked
-    return total, procs
-
-
 class RssSampler(threading.Thread):
     """Samples a process group's RSS every RSS_SAMPLE_S, tagged with the current phase."""
 
@@ -133,7 +111,7 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         t0 = time.monotonic()
         while not self.stop.is_set():
-            rss, procs = _pgrp_rss_kb(self.pgid)
+            rss, procs = group_rss_kb(self.pgid)
             self.samples.append((time.monotonic() - t0, self.phase, rss, procs))
             self.stop.wait(RSS_SAMPLE_S)
 
@@ -325,3 +303,7 @@ def test_ten_thousand_poison_records_dead_lettered_without_restarts_or_growth(
     # poison record) or more, not small ones.
     assert n_first >= 2 and n_second >= 2
     assert second <= first * 1.15, f"RSS grew from {first:.0f} MB to {second:.0f} MB"
+    report("poison: 10,000 malformed records among good ones", records_in=len(produced) + len(good),
+           poison_in=len(produced), good_in=len(good), lists_out=len(outputs), dead_letters=len(dlq),
+           duplicates=len(outputs) - len(triggers), missing=0, restarts=0,
+           peak_rss_mb={"warmup": round(warm_peak), "first_half": round(first), "second_half": round(second)})

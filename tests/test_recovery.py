@@ -16,6 +16,7 @@ from streamrec.config import env_var
 from streamrec.kafka_io import consume, replay
 from streamrec.procs import stop_group
 from tests.job_fixtures import generated_log, job_env
+from tests.scenario import PeakRss, group_rss_kb, marked_rss_kb, report
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
@@ -49,6 +50,7 @@ def test_failure_after_a_checkpoint_loses_nothing(guarantee, kafka_broker, uniqu
     with (tmp_path / "job.log").open("wb") as log:
         job = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_job.py"), str(marker), str(FAIL_AFTER_S)],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    rss = PeakRss(lambda: group_rss_kb(job.pid)).__enter__()
     try:
         replay(first, kafka_broker.bootstrap, topics["input_topic"])
         before = _read_all(kafka_broker.bootstrap, topics["output_topic"], n_first, time.monotonic() + 180, job)
@@ -60,14 +62,22 @@ def test_failure_after_a_checkpoint_loses_nothing(guarantee, kafka_broker, uniqu
         assert job.poll() is None, "job exited"
         flink_log = "".join(f.read_text(errors="replace") for f in flink_logs.glob("*.log"))
     finally:
+        rss.__exit__()
         stop_group(job)
 
     assert marker.exists(), "the injected failure never fired"
     assert "injected failure" in flink_log and "RESTARTING" in flink_log, "no restart in the Flink log"
     duplicates = _seq_and_completeness(out, distinct)
-    print(f"{guarantee}: {len(distinct)} events, {len(out)} lists read, {duplicates} duplicates, 1 restart")
     if guarantee == "exactly-once":
         assert duplicates == 0
+    report(f"keyed function throws once after checkpoints, {guarantee}", events_in=len(distinct),
+           lists_out=len(out), duplicates=duplicates, missing=0, restarts=_restarts(flink_log),
+           peak_rss_mb=rss.peak_mb)
+
+
+def _restarts(flink_log: str) -> int:
+    """Job restarts recorded in a Flink log."""
+    return flink_log.count("switched from state RUNNING to RESTARTING")
 
 
 def _seq_and_completeness(out: list, distinct: set) -> int:
@@ -96,6 +106,7 @@ def test_taskmanager_killed_mid_stream_restarts_from_checkpoint(kafka_broker, un
     distinct = {(e.user_id, e.item_id, e.behavior, e.ts) for e in events}
     n_first = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events[:200]})
     cluster = StandaloneCluster(tmp_path / "flink", slots=1).start()
+    rss = PeakRss(lambda: marked_rss_kb(str(cluster.work_dir))).__enter__()
     try:
         env = job_env(kafka_broker.bootstrap, topics, fixture_artifact)
         job_id = cluster.submit_python(str(ROOT / "jobs" / "recommend_job.py"),
@@ -119,12 +130,14 @@ def test_taskmanager_killed_mid_stream_restarts_from_checkpoint(kafka_broker, un
         state = cluster.job_state(job_id)
         cluster.flink("cancel", "-m", cluster.address, job_id)
     finally:
+        rss.__exit__()
         cluster.stop()
     assert state == "RUNNING"
     assert failures, "no failure recorded: the kill did not hit the job"
     duplicates = _seq_and_completeness(out, distinct)
-    print(f"TaskManager killed: {len(distinct)} events, {len(out)} lists, {duplicates} duplicates, "
-          f"{len(failures)} failure(s) recovered")
+    report("TaskManager (with its embedded Python worker) SIGKILLed mid-stream, at-least-once",
+           events_in=len(distinct), lists_out=len(out), duplicates=duplicates, missing=0, restarts=len(failures),
+           peak_rss_mb=rss.peak_mb)
 
 
 def test_broker_down_for_30s_then_back(kafka_jars, fixture_artifact, tmp_path):
@@ -136,10 +149,13 @@ def test_broker_down_for_30s_then_back(kafka_jars, fixture_artifact, tmp_path):
     events = generated_log(400, seed=35)
     distinct = {(e.user_id, e.item_id, e.behavior, e.ts) for e in events}
     n_first = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events[:200]})
-    env = job_env(broker.bootstrap, topics, fixture_artifact)
+    flink_logs = tmp_path / "flink-log"
+    flink_logs.mkdir()
+    env = job_env(broker.bootstrap, topics, fixture_artifact, FLINK_LOG_DIR=str(flink_logs))
     with (tmp_path / "job.log").open("wb") as log:
         job = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    rss = PeakRss(lambda: group_rss_kb(job.pid)).__enter__()
     try:
         replay(events[:200], broker.bootstrap, topics["input_topic"])
         out = _read_all(broker.bootstrap, topics["output_topic"], n_first, time.monotonic() + 180, job)
@@ -153,8 +169,12 @@ def test_broker_down_for_30s_then_back(kafka_jars, fixture_artifact, tmp_path):
         out = _read_all(broker.bootstrap, topics["output_topic"], len(distinct), time.monotonic() + 300, job)
         alive = job.poll() is None
     finally:
+        rss.__exit__()
         stop_group(job)
         broker.stop()
+    flink_log = "".join(f.read_text(errors="replace") for f in flink_logs.glob("*.log"))
     assert alive, "the job gave up instead of recovering"
     duplicates = _seq_and_completeness(out, distinct)
-    print(f"broker outage 30 s: {len(distinct)} events, {len(out)} lists, {duplicates} duplicates")
+    report("Kafka broker stopped for 30 s, then back, at-least-once", events_in=len(distinct), lists_out=len(out),
+           duplicates=duplicates, missing=0, restarts=_restarts(flink_log),
+           peak_rss_mb=rss.peak_mb)

@@ -38,6 +38,7 @@ from streamrec.config import Config, env_var, load_config
 from streamrec.flink_cluster import StandaloneCluster
 from streamrec.kafka_io import ConsumedRecord, consume, replay
 from tests.job_fixtures import generated_log, job_env
+from tests.scenario import PeakRss, marked_rss_kb, report
 from tests.state_versions import state_version, to_v1_bytes
 from udfs.events import Event
 from udfs.state import UserState
@@ -246,6 +247,7 @@ def test_stop_with_savepoint_and_restart_keeps_every_users_state(kafka_broker, u
     lap("replay offline")
 
     cluster = StandaloneCluster(tmp_path / "flink").start()
+    rss = PeakRss(lambda: marked_rss_kb(str(cluster.work_dir))).__enter__()
     try:
         lap("cluster start")
         job1 = cluster.submit_python(JOB, ARGS, env=env, python=sys.executable)
@@ -266,6 +268,7 @@ def test_stop_with_savepoint_and_restart_keeps_every_users_state(kafka_broker, u
         lap("second part")
         cluster.flink("cancel", "-m", cluster.address, job2)
     finally:
+        rss.__exit__()
         cluster.stop()
 
     assert len(before) == n_pre  # every pre-stop list was out before the stop
@@ -277,6 +280,9 @@ def test_stop_with_savepoint_and_restart_keeps_every_users_state(kafka_broker, u
     assert users_across >= 5 and buyer_lists >= 1, (users_across, buyer_lists)
     print(f"plain: {len(expected)} events, {len(out)} lists, {users_across} users across the restart, "
           f"{buyer_lists} lists of pre-restart buyers; {lap}")
+    report("stop with savepoint, input while stopped, restart from the savepoint", events_in=len(expected),
+           lists_out=len(out), duplicates=len(out) - len(expected), missing=0, restarts=0, resubmissions=1,
+           users_across_restart=users_across, peak_rss_mb=rss.peak_mb)
 
 
 def test_restart_after_upgrade_to_a_new_state_field_keeps_every_users_state(kafka_broker, unique_topic,
@@ -304,6 +310,7 @@ def test_restart_after_upgrade_to_a_new_state_field_keeps_every_users_state(kafk
     lap("replay offline")
 
     cluster = StandaloneCluster(tmp_path / "flink").start()
+    rss = PeakRss(lambda: marked_rss_kb(str(cluster.work_dir))).__enter__()
     try:
         lap("cluster start")
         old = cluster.submit_python(TEST_JOB, ["v1-writer", *ARGS], env=env, python=sys.executable)
@@ -331,6 +338,7 @@ def test_restart_after_upgrade_to_a_new_state_field_keeps_every_users_state(kafk
         lap("probe job, third part")
         cluster.flink("cancel", "-m", cluster.address, job3)
     finally:
+        rss.__exit__()
         cluster.stop()
 
     # The lists: complete, no duplicates, seq and items as with state kept, across both restarts.
@@ -370,3 +378,7 @@ def test_restart_after_upgrade_to_a_new_state_field_keeps_every_users_state(kafk
     print(f"upgrade: {len(expected)} events, {len(out)} lists, {users_across} users across the upgrade, "
           f"{buyer_lists} lists of pre-upgrade buyers, {len(found.keys() - touched)} users still v1, "
           f"{len(touched)} rewritten, {len(refilled)} with windows refilled; {lap}")
+    report("savepoint of v1-state job, restart with v2 code (new state field), then a second savepoint",
+           events_in=len(expected), lists_out=len(out), duplicates=len(out) - len(expected), missing=0, restarts=0,
+           resubmissions=2, users_across_restart=users_across, users_still_v1=len(found.keys() - touched),
+           users_rewritten_v2=len(touched), peak_rss_mb=rss.peak_mb)
