@@ -73,6 +73,7 @@ def create_environment(config: Config) -> StreamExecutionEnvironment:
     os.environ["PYTHONPATH"] = worker_pythonpath()
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(config))
     env.set_parallelism(config.job.parallelism)
+    env.set_buffer_timeout(config.job.buffer_timeout_ms)
     if config.job.checkpoint_interval_ms:
         env.enable_checkpointing(config.job.checkpoint_interval_ms)
     env.add_jars(*[f"file://{j}" for j in jars])

@@ -31,3 +31,12 @@ def build_recommender(config: Config) -> Recommender:
     trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
     return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
                        trending=trending, fresh_hit_slots=r.fresh_hit_slots)
+
+
+def freeze_loaded_objects() -> None:
+    """Exempt the artifact's tables (tens of thousands of long-lived objects) from the
+    cyclic GC: each full collection otherwise walks them all, a ~35 ms pause here."""
+    import gc
+
+    gc.collect()
+    gc.freeze()

@@ -64,6 +64,9 @@ class BenchSettings:
     latency_rates: tuple[float, ...] = ()
     """Absolute events/s for the latency points instead of fractions of the measured maximum."""
     latency_s: float = 45.0
+    latency_warmup_s: float = 60.0
+    """Paced replay before a latency point's timed part: a fresh cluster's JVMs JIT-compile for
+    about a minute, and p99 in that minute is several times the steady state's."""
     model_seconds: float = 10.0
     phases: tuple[str, ...] = ("model", "kafka", "job", "peer", "latency")
 
@@ -516,14 +519,14 @@ class Bench:
 
     def _latency(self, cluster: Any, broker: Any, parallelism: int, rate: float) -> dict[str, Any]:
         from streamrec.kafka_io import consume
-        from streamrec.latency import summarize, trigger_key
+        from streamrec.latency import latencies, p99_by_interval, summarize, trigger_key
 
         topics = self._topics(f"latency-{int(rate)}")
         self._create(broker, topics)
         env = _job_env(self.cfg, self.bootstrap, topics, self.artifact, group=topics["output_topic"],
                        **{env_var("job", "parallelism"): str(parallelism)})
         n = int(rate * self.s.latency_s)
-        n_warm = int(rate * self.s.warmup_s)
+        n_warm = int(rate * self.s.latency_warmup_s)
         # The stream's start, like the throughput phases: the same work, so the rate
         # fractions mean what they say (later events carry longer histories and cost more).
         records = self.records[: 1 + n_warm + n]
@@ -558,9 +561,10 @@ class Bench:
         outputs = [(r.value, r.timestamp) for r in consume(self.bootstrap, topics["output_topic"],
                                                              max_records=len(records), timeout_s=15)]
         sent = len(records) - 1 - n_warm
-        summary = summarize(inputs, outputs).as_dict()
+        summary: dict[str, Any] = dict(summarize(inputs, outputs).as_dict())
         summary.update(target_rate=rate, achieved_send_rate=sent / sent_s, timed_events=sent,
-                       warmup_events=n_warm, received=len(outputs))
+                       warmup_events=n_warm, received=len(outputs),
+                       p99_ms_per_10s=[round(x) for x in p99_by_interval(latencies(inputs, outputs))])
         log.info("latency at %.0f/s: %s", rate, json.dumps(summary))
         return summary
 

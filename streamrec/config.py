@@ -83,6 +83,8 @@ class JobConfig(_Section):
     """PyFlink `python.fn-execution.bundle.size`."""
     python_bundle_time_ms: int = Field(5, ge=1)
     """PyFlink `python.fn-execution.bundle.time`, bounds latency added by bundling."""
+    buffer_timeout_ms: int = Field(100, ge=0)
+    """Flink `execution.buffer-timeout`: longest a record waits in a network buffer at the shuffle."""
 
 
 class RankingConfig(_Section):

@@ -29,14 +29,32 @@ class LatencySummary:
 TriggerKey = tuple[str, str, str, int]
 
 
-def summarize(input_ts: dict[TriggerKey, int], outputs: Iterable[tuple[dict[str, Any], int]]) -> LatencySummary:
-    """``input_ts``: trigger key -> input record timestamp; ``outputs``: (record, output timestamp)."""
-    lat = []
+def latencies(input_ts: dict[TriggerKey, int],
+              outputs: Iterable[tuple[dict[str, Any], int]]) -> list[tuple[int, int]]:
+    """(input timestamp, latency ms) for every output whose trigger is in ``input_ts``."""
+    out = []
     for rec, out_ts in outputs:
         t = rec["trigger"]
         key = trigger_key(rec["user_id"], t["item_id"], t["behavior"], t["ts"])
         if key in input_ts:
-            lat.append(out_ts - input_ts[key])
+            out.append((input_ts[key], out_ts - input_ts[key]))
+    return out
+
+
+def p99_by_interval(pairs: list[tuple[int, int]], interval_ms: int = 10_000) -> list[float]:
+    """p99 latency per ``interval_ms`` of input time: tells a warm-up tail from a steady one."""
+    if not pairs:
+        return []
+    start = min(t for t, _ in pairs)
+    bins: dict[int, list[int]] = {}
+    for t, lat in pairs:
+        bins.setdefault((t - start) // interval_ms, []).append(lat)
+    return [float(np.percentile(bins[i], 99)) for i in sorted(bins)]
+
+
+def summarize(input_ts: dict[TriggerKey, int], outputs: Iterable[tuple[dict[str, Any], int]]) -> LatencySummary:
+    """``input_ts``: trigger key -> input record timestamp; ``outputs``: (record, output timestamp)."""
+    lat = [latency for _, latency in latencies(input_ts, outputs)]
     if not lat:
         return LatencySummary(0, float("nan"), float("nan"), float("nan"), float("nan"))
     a = np.asarray(lat, dtype=float)

@@ -323,11 +323,12 @@ def run_peer(
     without records, or when ``stop`` is set; returns :class:`PeerStats`. ``on_repeat``:
     see :class:`Batcher`.
     """
-    from jobs.runtime import build_recommender
+    from jobs.runtime import build_recommender, freeze_loaded_objects
     from streamrec.kafka_io import producer as make_producer
 
     k = config.kafka
     recommender = build_recommender(config)
+    freeze_loaded_objects()
     choice = recommender.provider
     if choice is not None and choice.fallback_reason:
         log.warning("peer ranker provider: %s (fallback: %s)", choice.provider, choice.fallback_reason)

@@ -178,3 +178,64 @@ def test_broker_down_for_30s_then_back(kafka_jars, fixture_artifact, tmp_path):
     report("Kafka broker stopped for 30 s, then back, at-least-once", events_in=len(distinct), lists_out=len(out),
            duplicates=duplicates, missing=0, restarts=_restarts(flink_log),
            peak_rss_mb=rss.peak_mb)
+
+
+def _python_workers(pgid: int) -> list[int]:
+    """PIDs of process-mode Python workers (Beam SDK harness) in the job's process group."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == pgid:
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            cmdline = Path(entry.path, "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid and b"pyflink.fn_execution" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_python_worker_killed_mid_stream_restarts_from_checkpoint(kafka_broker, unique_topic, fixture_artifact,
+                                                                  tmp_path):
+    """Process mode runs the Python functions in a separate worker process; SIGKILL it.
+
+    (In thread mode, the default, Python runs inside the TaskManager JVM, so killing
+    the Python worker is killing the TaskManager: the standalone-cluster test above.)
+    """
+    topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}
+    flink_logs = tmp_path / "flink-log"
+    flink_logs.mkdir()
+    env = job_env(kafka_broker.bootstrap, topics, fixture_artifact, FLINK_LOG_DIR=str(flink_logs),
+                  **{env_var("job", "execution_mode"): "process"})
+    events = generated_log(400, seed=37)
+    distinct = {(e.user_id, e.item_id, e.behavior, e.ts) for e in events}
+    n_first = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events[:200]})
+    with (tmp_path / "job.log").open("wb") as log:
+        job = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    rss = PeakRss(lambda: group_rss_kb(job.pid)).__enter__()
+    try:
+        replay(events[:200], kafka_broker.bootstrap, topics["input_topic"])
+        out = _read_all(kafka_broker.bootstrap, topics["output_topic"], n_first, time.monotonic() + 180, job)
+        assert len(out) >= n_first, f"first half: {len(out)}/{n_first} lists"
+        time.sleep(5)  # checkpoints (every 2 s) complete
+        workers = _python_workers(job.pid)
+        assert workers, "no process-mode Python worker found"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        replay(events[200:], kafka_broker.bootstrap, topics["input_topic"])
+        out = _read_all(kafka_broker.bootstrap, topics["output_topic"], len(distinct), time.monotonic() + 240, job)
+        alive = job.poll() is None
+        replacement = _python_workers(job.pid)
+    finally:
+        rss.__exit__()
+        stop_group(job)
+    flink_log = "".join(f.read_text(errors="replace") for f in flink_logs.glob("*.log"))
+    assert alive, "the job exited instead of restarting"
+    assert replacement and not set(replacement) & set(workers), "no new Python worker after the kill"
+    assert _restarts(flink_log) >= 1, "no restart in the Flink log: the kill did not hit the job"
+    duplicates = _seq_and_completeness(out, distinct)
+    report("process-mode Python worker SIGKILLed mid-stream, at-least-once", events_in=len(distinct),
+           lists_out=len(out), duplicates=duplicates, missing=0, restarts=_restarts(flink_log),
+           python_workers_killed=len(workers), peak_rss_mb=rss.peak_mb)

@@ -67,10 +67,11 @@ class RecommendFunction(KeyedProcessFunction):
         self.config = config
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from jobs.runtime import build_recommender  # loads onnxruntime in the worker only
+        from jobs.runtime import build_recommender, freeze_loaded_objects  # onnxruntime in the worker only
 
         cfg = self.config
         self.recommender = build_recommender(cfg)
+        freeze_loaded_objects()
         ttl = (
             StateTtlConfig.new_builder(Time.seconds(cfg.state.ttl_s))
             .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
