@@ -36,3 +36,25 @@ class FailOnce(RecommendFunction):
             marker.write_text(f"failed on event {tuple(value)}\n")
             raise RuntimeError("injected failure (tests/faults.py FailOnce)")
         yield from super().process_element(value, ctx)
+
+
+class FlakyModel(RecommendFunction):
+    """The model raises on every ``every``-th call, as a lost GPU or a bad input would."""
+
+    def __init__(self, config: Any, every: int) -> None:
+        super().__init__(config)
+        self.every = every
+
+    def open(self, runtime_context: Any) -> None:
+        super().open(runtime_context)
+        ranker = self.recommender.ranker
+        assert ranker is not None
+        score, calls = ranker.score, [0]
+
+        def flaky(batch: Any) -> Any:
+            calls[0] += 1
+            if calls[0] % self.every == 0:
+                raise RuntimeError("CUDA error: device lost (injected)")
+            return score(batch)
+
+        ranker.score = flaky  # type: ignore[method-assign]

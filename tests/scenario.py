@@ -77,19 +77,19 @@ class PeakRss(threading.Thread):
         super().__init__(daemon=True)
         self.measure, self.every_s = measure, every_s
         self.peak_kb = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.peak_kb = max(self.peak_kb, self.measure()[0])
-            self._stop.wait(self.every_s)
+            self._halt.wait(self.every_s)
 
     def __enter__(self) -> PeakRss:
         self.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
     @property

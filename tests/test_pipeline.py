@@ -175,3 +175,19 @@ def test_a_new_hit_item_is_recommended_within_a_minute_across_workers(cfg, fixtu
     lists = {r["user_id"]: r["items"] for r in out if str(r["user_id"]).startswith("cold-")}
     assert len(lists) == len(cold)
     assert all("brand-new" in items for items in lists.values()), lists
+
+
+def test_model_faults_at_run_time_give_tagged_fallback_lists_and_the_job_goes_on(cfg):
+    from tests.faults import FlakyModel
+
+    events = generated_log(300, seed=43)
+    env = create_environment(cfg)
+    sink = CollectSink()
+    build_pipeline(env, cfg, CollectionSource(event_rows(events, "t")), sink, recommend=FlakyModel(cfg, every=3))
+    out = [json.loads(v) for _, v in sink.run()["recommendations"]]
+    assert len(out) == len(events)  # every event still gets a list
+    failed = [r for r in out if r["fallback"]]
+    assert len(failed) == len(events) // 3
+    assert all(r["fallback"].startswith("inference_error: RuntimeError: CUDA error") for r in failed)
+    assert all(r["items"] for r in failed)
+    assert all(r["fallback"] is None for r in out if r not in failed)

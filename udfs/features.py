@@ -12,6 +12,7 @@ import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -100,6 +101,8 @@ class UserRequest:
     state: UserState
     candidates: Candidates
     trigger: Event
+    fresh_hits: frozenset[Any] = frozenset()
+    """Stream-hot items the model does not know, as of the trigger (see Recommender)."""
 
 
 def build_batch(

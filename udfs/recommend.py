@@ -103,10 +103,13 @@ class Recommender:
     def request(self, state: UserState, event: Event) -> UserRequest:
         if self.trending is None:
             cands = generate_candidates(state, self.artifact.tables, self.n_candidates)
-        else:
-            cands = generate_candidates(state, self.artifact.tables, self.n_candidates,
-                                        trending=self._trending_list(), trending_categories=self.trending.categories)
-        return UserRequest(state, cands, event)
+            return UserRequest(state, cands, event)
+        cands = generate_candidates(state, self.artifact.tables, self.n_candidates,
+                                    trending=self._trending_list(), trending_categories=self.trending.categories)
+        # Taken now, not when the batch is scored: a list must not depend on which
+        # other events share its model call.
+        fresh = self._fresh_hits() if self.fresh_hit_slots else frozenset()
+        return UserRequest(state, cands, event, fresh)
 
     def _trending_list(self) -> list[Id]:
         """In-stream hot items first, then the artifact's list; rebuilt only when the top changes."""
@@ -132,7 +135,7 @@ class Recommender:
         A brand-new item has no learned embedding, so the model ranks it low however
         hot it is; without a reserved slot a new hit would never reach a list.
         """
-        fresh = self._fresh_hits() if self.fresh_hit_slots else frozenset()
+        fresh = req.fresh_hits
         if not fresh:
             return order
         shown = set(order.tolist())
