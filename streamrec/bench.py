@@ -561,7 +561,7 @@ class Bench:
         outputs = [(r.value, r.timestamp) for r in consume(self.bootstrap, topics["output_topic"],
                                                              max_records=len(records), timeout_s=15)]
         sent = len(records) - 1 - n_warm
-        summary: dict[str, Any] = dict(summarize(inputs, outputs).as_dict())
+        summary: dict[str, Any] = summarize(inputs, outputs).as_dict()
         summary.update(target_rate=rate, achieved_send_rate=sent / sent_s, timed_events=sent,
                        warmup_events=n_warm, received=len(outputs),
                        p99_ms_per_10s=[round(x) for x in p99_by_interval(latencies(inputs, outputs))])

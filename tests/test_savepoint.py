@@ -122,6 +122,17 @@ def read_until(bootstrap: str, topic: str, want: int, cluster: StandaloneCluster
     return list(consume(bootstrap, topic, timeout_s=2))
 
 
+def resume_from_savepoint(cluster: StandaloneCluster, job_id: str, savepoint_dir: Path, env: dict[str, str],
+                          send_while_down: Callable[[], None], script: str, job_args: list[str]) -> tuple[str, str]:
+    """Stop ``job_id`` with a savepoint, send input while no job runs, and resubmit ``script``
+    from the savepoint on fresh TaskManagers (README: one thread-mode job per TaskManager
+    lifetime); returns (new job id, savepoint path)."""
+    savepoint = cluster.stop_with_savepoint(job_id, savepoint_dir)
+    send_while_down()
+    cluster.restart_taskmanagers()
+    return cluster.submit_python(script, job_args, env=env, python=sys.executable, savepoint=savepoint), savepoint
+
+
 def assert_clean_restore(cluster: StandaloneCluster, job_id: str, savepoint: str) -> None:
     assert cluster.job_state(job_id) == "RUNNING"
     restored = cluster.restored_from(job_id)
@@ -256,13 +267,9 @@ def test_stop_with_savepoint_and_restart_keeps_every_users_state(kafka_broker, u
         before = read_until(bootstrap, out_topic, n_pre, cluster, job1)
         assert_no_failures(cluster, job1)
         lap("first part")
-        savepoint = cluster.stop_with_savepoint(job1, tmp_path / "savepoints")
-        lap("stop with savepoint")
-        replay(post, bootstrap, topics["input_topic"])  # while no job runs
-        cluster.restart_taskmanagers()  # README: one thread-mode job per TaskManager lifetime
-        lap("TaskManager restart")
-        job2 = cluster.submit_python(JOB, ARGS, env=env, python=sys.executable, savepoint=savepoint)
-        lap("submit from savepoint")
+        job2, savepoint = resume_from_savepoint(cluster, job1, tmp_path / "savepoints", env,
+                                                lambda: replay(post, bootstrap, topics["input_topic"]), JOB, ARGS)
+        lap("stop with savepoint, TaskManager restart, submit from savepoint")
         out = read_until(bootstrap, out_topic, len(expected), cluster, job2)
         assert_clean_restore(cluster, job2, savepoint)
         lap("second part")
@@ -318,21 +325,16 @@ def test_restart_after_upgrade_to_a_new_state_field_keeps_every_users_state(kafk
         before = read_until(bootstrap, out_topic, n_pre, cluster, old)
         assert_no_failures(cluster, old)
         lap("old job, first part")
-        savepoint_v1 = cluster.stop_with_savepoint(old, tmp_path / "savepoints")
-        lap("stop with savepoint")
-        replay(post, bootstrap, topics["input_topic"])  # while no job runs
-        cluster.restart_taskmanagers()  # README: one thread-mode job per TaskManager lifetime
-        lap("TaskManager restart")
-        new = cluster.submit_python(JOB, ARGS, env=env, python=sys.executable, savepoint=savepoint_v1)
+        new, savepoint_v1 = resume_from_savepoint(cluster, old, tmp_path / "savepoints", env,
+                                                  lambda: replay(post, bootstrap, topics["input_topic"]), JOB, ARGS)
+        lap("stop with savepoint, TaskManager restart, submit from savepoint")
         out_new = read_until(bootstrap, out_topic, n_pre + len(expected_post), cluster, new)
         assert_clean_restore(cluster, new, savepoint_v1)
         lap("current job, second part")
-        savepoint_v2 = cluster.stop_with_savepoint(new, tmp_path / "savepoints")
-        replay(probe, bootstrap, topics["input_topic"])
-        cluster.restart_taskmanagers()
-        lap("stop with savepoint, TaskManager restart")
-        job3 = cluster.submit_python(TEST_JOB, ["probe", str(probe_file), *ARGS], env=env, python=sys.executable,
-                                     savepoint=savepoint_v2)
+        job3, savepoint_v2 = resume_from_savepoint(cluster, new, tmp_path / "savepoints", env,
+                                                   lambda: replay(probe, bootstrap, topics["input_topic"]),
+                                                   TEST_JOB, ["probe", str(probe_file), *ARGS])
+        lap("stop with savepoint, TaskManager restart, submit the probe from savepoint")
         out = read_until(bootstrap, out_topic, len(expected), cluster, job3)
         assert_clean_restore(cluster, job3, savepoint_v2)
         lap("probe job, third part")

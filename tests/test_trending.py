@@ -89,7 +89,7 @@ def test_known_hot_items_take_no_fresh_slot(fixture_artifact):
     item = next(iter(rec.artifact.tables.covisit))
     for u in range(100):  # a hit the model knows: ranked by the model, as any other item
         rec.apply(UserState(), Event(u, item, rec.artifact.tables.item_category[item], "buy", T0 + u))
-    assert item in rec.trending.top()[:10] and not rec._fresh_hits()
+    assert item in rec.trending.top()[:10] and not rec._trending_view()[2]
 
 
 def test_zero_half_life_turns_stream_trending_off(fixture_artifact):

@@ -106,12 +106,14 @@ class RecommendFunction(KeyedProcessFunction):
                     f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")
 
     def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Any:
-        result = decode_event(as_bytes(value[5]))
-        if isinstance(result, DecodeError) or str(result.user_id) != ctx.get_current_key():
+        raw = as_bytes(value[5])
+        result = decode_event(raw)
+        key = ctx.get_current_key()
+        if isinstance(result, DecodeError) or str(result.user_id) != key:
             # A key the envelope could not read means Python cannot decode it either;
             # the second test is a guard that the two readers agree.
             error = result if isinstance(result, DecodeError) else DecodeError(
-                f"key_mismatch: envelope key {ctx.get_current_key()!r} != user_id", as_bytes(value[5]))
+                f"key_mismatch: envelope key {key!r} != user_id", raw)
             self.rejected.inc()
             yield DLQ_TAG, dead_letter(error, value[0], value[1], value[2], value[3])
             return

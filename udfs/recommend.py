@@ -78,8 +78,9 @@ class Recommender:
         self.artifact = artifact
         self.trending = trending
         self.fresh_hit_slots = fresh_hit_slots if trending is not None else 0
-        self._merged: tuple[list[Id], list[Id]] | None = None
-        self._fresh: tuple[list[Id], frozenset[Id]] | None = None
+        # Derived from one trending top list, rebuilt only when it changes:
+        # (top, candidate trending list, fresh hits the model does not know).
+        self._trend_view: tuple[list[Id], list[Id], frozenset[Id]] | None = None
         self.ranker = ranker
         self.limits = limits
         self.top_k = top_k
@@ -104,30 +105,24 @@ class Recommender:
         if self.trending is None:
             cands = generate_candidates(state, self.artifact.tables, self.n_candidates)
             return UserRequest(state, cands, event)
+        _, trending, fresh = self._trending_view()
         cands = generate_candidates(state, self.artifact.tables, self.n_candidates,
-                                    trending=self._trending_list(), trending_categories=self.trending.categories)
+                                    trending=trending, trending_categories=self.trending.categories)
         # Taken now, not when the batch is scored: a list must not depend on which
         # other events share its model call.
-        fresh = self._fresh_hits() if self.fresh_hit_slots else frozenset()
-        return UserRequest(state, cands, event, fresh)
+        return UserRequest(state, cands, event, fresh if self.fresh_hit_slots else frozenset())
 
-    def _trending_list(self) -> list[Id]:
-        """In-stream hot items first, then the artifact's list; rebuilt only when the top changes."""
+    def _trending_view(self) -> tuple[list[Id], list[Id], frozenset[Id]]:
+        """In-stream hot items first, then the artifact's list; and the hottest items the
+        model has no embedding for (fresh hits)."""
         assert self.trending is not None
         top = self.trending.top()
-        if self._merged is None or self._merged[0] is not top:
-            hot = set(top)
-            self._merged = (top, top + [i for i in self.artifact.tables.trending if i not in hot])
-        return self._merged[1]
-
-    def _fresh_hits(self) -> frozenset[Id]:
-        """Items among the hottest in the stream that the model has no embedding for."""
-        assert self.trending is not None
-        top = self.trending.top()
-        if self._fresh is None or self._fresh[0] is not top:
-            known = self.artifact.vocab.items
-            self._fresh = (top, frozenset(i for i in top[:FRESH_HIT_TOP] if i not in known))
-        return self._fresh[1]
+        if self._trend_view is None or self._trend_view[0] is not top:
+            hot, known = set(top), self.artifact.vocab.items
+            merged = top + [i for i in self.artifact.tables.trending if i not in hot]
+            fresh = frozenset(i for i in top[:FRESH_HIT_TOP] if i not in known)
+            self._trend_view = (top, merged, fresh)
+        return self._trend_view
 
     def _with_fresh_hits(self, req: UserRequest, order: np.ndarray, s: np.ndarray) -> np.ndarray:
         """Put the best-scored fresh hits among this user's candidates in the last slots.
