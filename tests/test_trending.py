@@ -101,3 +101,31 @@ def test_zero_half_life_turns_stream_trending_off(fixture_artifact):
     cands = rec.request(st, ev).candidates
     from_trending = [i for i, s in zip(cands.items, cands.sources) if s & SRC_TRENDING]
     assert from_trending and set(from_trending) <= set(rec.artifact.tables.trending)
+
+
+def test_kept_top_equals_a_full_scan_through_rescaling_and_pruning():
+    rng = random.Random(5)
+    tc = TrendingCounter(half_life_ms=MINUTE, capacity=60, size=10, refresh_ms=0)
+    ts = T0
+    for n in range(20_000):
+        # Zipf-ish popularity over 400 items; event time jumps past a half-life now and then,
+        # which rescales and prunes, and 400 items overflow the capacity of 60.
+        ts += rng.randint(0, 2 * MINUTE if n % 500 == 0 else 300) + rng.random()
+        item = min(int(rng.paretovariate(0.8)), 400)
+        tc.add(Event(n, item, item % 9, rng.choice(("pv", "pv", "pv", "cart", "fav", "buy")), int(ts)))
+        if n % 97 == 0:
+            scan = sorted(tc.scores, key=tc.scores.__getitem__, reverse=True)[: tc.size]
+            assert tc.top() == scan, n
+    assert len(tc.top()) == tc.size
+
+
+def test_an_unchanged_top_is_the_same_object_so_derived_views_stay_cached():
+    tc = TrendingCounter(size=3, refresh_ms=1000)
+    for i in range(6):
+        tc.add(Event(i, f"i{i}", 1, "buy", T0 + i))
+    first = tc.top()
+    tc.add(Event(1, "i5", 1, "buy", T0 + 5000))  # a refresh, same order
+    assert tc.top() is first
+    for _ in range(3):
+        tc.add(Event(1, "late-riser", 1, "buy", T0 + 10_000))
+    assert tc.top() is not first and tc.top()[0] == "late-riser"
