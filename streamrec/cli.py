@@ -219,6 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seed=int(args.seed), artifact=Path(args.artifact) if args.artifact else None,
         parallelisms=ints(args.parallelisms), warmup_s=float(args.warmup_s), window_s=float(args.window_s),
         latency_s=float(args.latency_s), latency_warmup_s=float(args.latency_warmup_s),
+        latency_repeats=int(args.latency_repeats),
         latency_rates=tuple(float(x) for x in args.latency_rates.split(",") if x.strip()),
         phases=tuple(p.strip() for p in args.phases.split(",") if p.strip()),
     )
@@ -344,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
              default="45")
     add_flag(p, "--latency-warmup-s", f"{ENV_PREFIX}BENCH_LATENCY_WARMUP_S",
              "seconds of paced replay before each latency point's timed part (JIT warm-up)", default="60")
+    add_flag(p, "--latency-repeats", f"{ENV_PREFIX}BENCH_LATENCY_REPEATS",
+             "independent runs per latency point, each on a fresh cluster; medians are reported", default="3")
     add_flag(p, "--latency-rates", f"{ENV_PREFIX}BENCH_LATENCY_RATES",
              "absolute events/s for the latency points (default: 50%% and 90%% of the measured maximum)",
              default="")

@@ -60,3 +60,25 @@ def summarize(input_ts: dict[TriggerKey, int], outputs: Iterable[tuple[dict[str,
     a = np.asarray(lat, dtype=float)
     p50, p95, p99 = (float(np.percentile(a, q)) for q in (50, 95, 99))
     return LatencySummary(len(lat), p50, p95, p99, float(a.max()))
+
+
+MEDIAN_KEYS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "achieved_send_rate")
+
+
+def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One latency point from independent runs: medians of their percentiles, every run kept.
+
+    A median of per-run p99s, not a p99 of the pooled samples: one run on a noisy
+    neighbour's minute should move the point no more than any other run.
+    """
+    if not runs:
+        raise ValueError("no latency runs")
+    point: dict[str, Any] = {k: v for k, v in runs[0].items() if k not in MEDIAN_KEYS and k != "p99_ms_per_10s"}
+    for key in MEDIAN_KEYS:
+        values = [r[key] for r in runs if key in r]
+        if values:
+            point[key] = float(np.median(values))
+    point["matched"] = sum(int(r["matched"]) for r in runs)
+    point["received"] = sum(int(r.get("received", 0)) for r in runs)
+    point["runs"] = runs
+    return point

@@ -1,6 +1,9 @@
 """Latency from Kafka timestamps: matching outputs to inputs, and p99 over time."""
 
-from streamrec.latency import latencies, p99_by_interval, summarize, trigger_key
+import pytest
+
+from streamrec.bench import markdown
+from streamrec.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
 
 
 def _out(user, item, ts, out_ts):
@@ -19,3 +22,25 @@ def test_p99_per_interval_separates_a_slow_start_from_the_steady_state():
     pairs = [(t, 5_000 if t < 10_000 else 100) for t in range(0, 30_000, 10)]
     assert p99_by_interval(pairs, 10_000) == [5_000.0, 100.0, 100.0]
     assert p99_by_interval([]) == []
+
+
+def _run(p99, matched=100):
+    return {"matched": matched, "received": matched, "p50_ms": p99 / 4, "p95_ms": p99 / 2, "p99_ms": float(p99),
+            "max_ms": 2 * p99, "target_rate": 219.0, "achieved_send_rate": 218.9, "p99_ms_per_10s": [p99]}
+
+
+def test_a_latency_point_is_the_median_of_its_runs_and_keeps_every_run():
+    runs = [_run(180), _run(1_300), _run(170, matched=90)]
+    point = median_of_runs(runs)
+    # one slow run out of three does not move the point; a pooled p99 would
+    assert point["p99_ms"] == 180 and point["p50_ms"] == 45 and point["max_ms"] == 360
+    assert point["matched"] == 290 and point["target_rate"] == 219.0 and point["runs"] == runs
+    with pytest.raises(ValueError):
+        median_of_runs([])
+
+
+def test_the_markdown_report_shows_each_runs_p99_beside_the_median():
+    results = {"machine": {"cpus": 2, "platform": "linux"}, "latency_50pct": median_of_runs([_run(180), _run(1_300),
+                                                                                             _run(170)])}
+    row = next(line for line in markdown(results).splitlines() if line.startswith("| 50% of max"))
+    assert "| 180 |" in row and "180, 1,300, 170" in row
