@@ -577,6 +577,16 @@ class Bench:
 
     def _ratios(self) -> None:
         r = self.results
+        cpus = int(r.get("machine", {}).get("cpus") or os.cpu_count() or 1)
+        for key in SYSTEMS:
+            if r.get(key, {}).get("events_per_s"):
+                # The peer is one Python thread: one core is all it can use.
+                r[key].update(cpu_budget(r[key], 1 if key == "peer" else cpus))
+        p2_bound = r.get("job_p2", {}).get("cpu_bound_events_per_s")
+        if p2_bound and r.get("peer_events_per_s"):
+            r["ratio_job_p2_cpu_bound_over_peer"] = p2_bound / r["peer_events_per_s"]
+        if p2_bound and r.get("job_p1_events_per_s"):
+            r["ratio_job_p2_cpu_bound_over_p1"] = p2_bound / r["job_p1_events_per_s"]
         peer = r.get("peer_events_per_s")
         p1, p2 = r.get("job_p1_events_per_s"), r.get("job_p2_events_per_s")
         if peer and p2:
@@ -592,6 +602,27 @@ class Bench:
             r["in_job_pairs_per_s"] = r.get("job_p1", {}).get("in_job_pairs_per_s") or in_job[0]
             if ceiling:
                 r["ratio_in_job_ranking_over_ceiling"] = r["in_job_pairs_per_s"] / ceiling
+
+
+SYSTEMS = ("job_p1", "job_p2", "peer")
+
+
+def cpu_budget(row: dict[str, Any], cores: int) -> dict[str, float]:
+    """CPU per event of a throughput phase, and the rate that cost allows with ``cores`` busy.
+
+    The bound separates a target that needs more cores than the machine has from one
+    the design misses: a phase whose measured rate is near its bound is CPU-bound, and
+    no scheduling change lifts it past the bound.
+    """
+    events = row["events_per_s"] * row["window_s"]
+    work = sum(v for k, v in row["cpu_s"].items() if k != "kafka")
+    broker = float(row["cpu_s"].get("kafka", 0.0))
+    return {
+        "cpu_ms_per_event": 1000 * work / events,
+        "broker_cpu_ms_per_event": 1000 * broker / events,
+        "cores": cores,
+        "cpu_bound_events_per_s": cores * events / (work + broker),
+    }
 
 
 def _gpu_name() -> str | None:
@@ -642,15 +673,20 @@ def markdown(results: dict[str, Any]) -> str:
     r = results
     lines = ["# streamrec bench", "", f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}; "
              f"model {r.get('model_version')}; settings {json.dumps(r.get('settings', {}))}", "",
-             "| system | events/s | ranked pairs/s | CPU s in window | peak RSS MB |", "|---|---:|---:|---:|---:|"]
-    systems = (("job_p1", "job, parallelism 1"), ("job_p2", "job, parallelism 2"), ("peer", "plain-Python peer"))
-    for key, label in systems:
+             "| system | events/s | ranked pairs/s | CPU s in window | CPU ms per event (broker) "
+             "| events/s the CPU allows (cores it can use) | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    labels = {"job_p1": "job, parallelism 1", "job_p2": "job, parallelism 2", "peer": "plain-Python peer"}
+    for key in SYSTEMS:
         row = r.get(key)
         if row:
             cpu = sum(v for k, v in row["cpu_s"].items() if k != "kafka")
             rss = sum(v for k, v in row["peak_rss_mb"].items() if k != "kafka")
-            lines.append(f"| {label} | {_fmt(row['events_per_s'])} | {_fmt(row.get('pairs_per_s'))} | "
-                         f"{_fmt(cpu, 1)} | {_fmt(rss)} |")
+            per_event = (f"{_fmt(row.get('cpu_ms_per_event'), 2)} ({_fmt(row.get('broker_cpu_ms_per_event'), 2)})"
+                         if "cpu_ms_per_event" in row else "-")
+            bound = f"{_fmt(row.get('cpu_bound_events_per_s'))} ({row.get('cores', '-')})"
+            lines.append(f"| {labels[key]} | {_fmt(row['events_per_s'])} | {_fmt(row.get('pairs_per_s'))} | "
+                         f"{_fmt(cpu, 1)} | {per_event} | {bound} | {_fmt(rss)} |")
     if r.get("model"):
         lines.append(f"| model alone (onnxruntime, {r['model']['provider']}) | - | "
                      f"{_fmt(r['model']['pairs_per_s'])} | - | - |")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from streamrec.bench import markdown
+from streamrec.bench import cpu_budget, markdown
 from streamrec.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
 
 
@@ -44,3 +44,13 @@ def test_the_markdown_report_shows_each_runs_p99_beside_the_median():
                                                                                              _run(170)])}
     row = next(line for line in markdown(results).splitlines() if line.startswith("| 50% of max"))
     assert "| 180 |" in row and "180, 1,300, 170" in row
+
+
+def test_cpu_budget_turns_a_window_into_cost_per_event_and_the_rate_the_cores_allow():
+    row = {"events_per_s": 400.0, "window_s": 100.0, "cpu_s": {"taskmanager0": 60.0, "taskmanager1": 20.0,
+                                                              "kafka": 8.0}}
+    b = cpu_budget(row, cores=2)
+    # 40,000 events cost 80 s of job CPU and 8 s of broker CPU: 2.2 ms each, so 2 cores allow ~909/s
+    assert b["cpu_ms_per_event"] == pytest.approx(2.0) and b["broker_cpu_ms_per_event"] == pytest.approx(0.2)
+    assert b["cpu_bound_events_per_s"] == pytest.approx(2 * 40_000 / 88) and b["cores"] == 2
+    assert cpu_budget(row, cores=1)["cpu_bound_events_per_s"] == pytest.approx(40_000 / 88)
