@@ -20,6 +20,7 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from streamrec.config import Config
 from udfs.events import DecodeError, Event, decode_event
+from udfs.metrics import BatchedCounters
 from udfs.records import dead_letter_record, late_event_record
 from udfs.state import UserState
 
@@ -36,6 +37,8 @@ ENVELOPE_TYPE = Types.ROW_NAMED(
 KEYED_BYTES_TYPE = Types.ROW_NAMED(["key", "value"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 DLQ_TAG = OutputTag("dead-letters", KEYED_BYTES_TYPE)
 LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
+COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_duplicate", "recommendations_emitted",
+            "ranking_fallbacks", "ranker_rows", "ranker_micros")
 
 
 def dead_letter(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
@@ -88,16 +91,9 @@ class RecommendFunction(KeyedProcessFunction):
         desc = ValueStateDescriptor("user-state", Types.PICKLED_BYTE_ARRAY())
         desc.enable_time_to_live(ttl)
         self.state = runtime_context.get_state(desc)
-        group = runtime_context.get_metrics_group()
-        self.accepted = group.counter("events_accepted")
-        self.rejected = group.counter("events_dead_lettered")
-        self.late = group.counter("events_late")
-        self.duplicates = group.counter("events_duplicate")
-        self.emitted = group.counter("recommendations_emitted")
-        self.fallbacks = group.counter("ranking_fallbacks")
-        # Time inside the model and rows it scored, for in-job vs model-alone throughput.
-        self.ranked_rows = group.counter("ranker_rows")
-        self.ranker_micros = group.counter("ranker_micros")
+        # ranker_rows / ranker_micros: rows the model scored and time inside it, for
+        # in-job vs model-alone throughput.
+        self.metrics = BatchedCounters(runtime_context.get_metrics_group().counter, COUNTERS)
         self._ranker_seen = (0, 0)
         self.lateness = cfg.job.allowed_lateness_ms
         self.since_ms = cfg.job.since_ms
@@ -105,7 +101,12 @@ class RecommendFunction(KeyedProcessFunction):
         log.warning("streamrec ranker provider: %s%s", choice.provider if choice else "none",
                     f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")
 
+    def close(self) -> None:
+        self._flush_metrics()
+
     def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Any:
+        if self.metrics.due():
+            self._flush_metrics()
         raw = as_bytes(value[5])
         result = decode_event(raw)
         key = ctx.get_current_key()
@@ -114,35 +115,34 @@ class RecommendFunction(KeyedProcessFunction):
             # the second test is a guard that the two readers agree.
             error = result if isinstance(result, DecodeError) else DecodeError(
                 f"key_mismatch: envelope key {key!r} != user_id", raw)
-            self.rejected.inc()
+            self.metrics.inc("events_dead_lettered")
             yield DLQ_TAG, dead_letter(error, value[0], value[1], value[2], value[3])
             return
-        self.accepted.inc()
+        self.metrics.inc("events_accepted")
         event = result
         watermark = ctx.timer_service().current_watermark()
         if event.ts < watermark - self.lateness:
-            self.late.inc()
+            self.metrics.inc("events_late")
             yield LATE_TAG, late_record(event, watermark, self.lateness)
             return
         state = UserState.from_bytes(self.state.value())
         if not self.recommender.apply(state, event):
-            self.duplicates.inc()
+            self.metrics.inc("events_duplicate")
             return
         if event.ts >= self.since_ms:
             req = self.recommender.request(state, event)
             record = self.recommender.recommend([req])[0]
             if record["fallback"]:
-                self.fallbacks.inc()
-            self._count_ranker()
-            self.emitted.inc()
+                self.metrics.inc("ranking_fallbacks")
+            self.metrics.inc("recommendations_emitted")
             yield Row(str(event.user_id), msgpack.packb(record, use_bin_type=True))
         self.state.update(state.to_bytes())
 
-    def _count_ranker(self) -> None:
+    def _flush_metrics(self) -> None:
         ranker = self.recommender.ranker
-        if ranker is None:
-            return
-        rows, micros = ranker.stats.rows, int(ranker.stats.seconds * 1e6)
-        self.ranked_rows.inc(rows - self._ranker_seen[0])
-        self.ranker_micros.inc(micros - self._ranker_seen[1])
-        self._ranker_seen = (rows, micros)
+        if ranker is not None:
+            rows, micros = ranker.stats.rows, int(ranker.stats.seconds * 1e6)
+            self.metrics.inc("ranker_rows", rows - self._ranker_seen[0])
+            self.metrics.inc("ranker_micros", micros - self._ranker_seen[1])
+            self._ranker_seen = (rows, micros)
+        self.metrics.flush()
