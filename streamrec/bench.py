@@ -702,10 +702,10 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{_fmt(cpu, 1)} | {per_event} | {bound} | {_fmt(rss)} |")
     if r.get("model"):
         lines.append(f"| model alone (onnxruntime, {r['model']['provider']}) | - | "
-                     f"{_fmt(r['model']['pairs_per_s'])} | - | - |")
+                     f"{_fmt(r['model']['pairs_per_s'])} | - | - | - | - |")
     if r.get("kafka_consume_events_per_s"):
         lines.append(f"| Kafka alone (kafka-python produce / consume) | {_fmt(r['kafka_produce_events_per_s'])} / "
-                     f"{_fmt(r['kafka_consume_events_per_s'])} | - | - | - |")
+                     f"{_fmt(r['kafka_consume_events_per_s'])} | - | - | - | - | - |")
     guarantee = r.get("delivery_guarantee", "at-least-once")
     lines += ["", f"Latency: medians over independent runs (job, {guarantee}).", "",
               "| latency | target events/s | p50 ms | p95 ms | p99 ms | p99 ms per run | matched |",
