@@ -535,7 +535,7 @@ class Bench:
 
     def _latency(self, cluster: Any, broker: Any, parallelism: int, rate: float) -> dict[str, Any]:
         from streamrec.kafka_io import consume
-        from streamrec.latency import latencies, p99_by_interval, summarize, trigger_key
+        from streamrec.latency import latencies, p99_by_interval, summarize_pairs, trigger_key
 
         topics = self._topics(f"latency-{int(rate)}")
         self._create(broker, topics)
@@ -581,10 +581,11 @@ class Bench:
         outputs = [(r.value, r.timestamp) for r in consume(self.bootstrap, topics["output_topic"],
                                                              max_records=len(records), timeout_s=15)]
         sent = len(records) - 1 - n_warm
-        summary: dict[str, Any] = summarize(inputs, outputs).as_dict()
+        pairs = latencies(inputs, outputs)
+        summary: dict[str, Any] = summarize_pairs(pairs).as_dict()
         summary.update(target_rate=rate, achieved_send_rate=sent / sent_s, timed_events=sent,
                        warmup_events=n_warm, received=len(outputs), cpu_s_timed=cpu_timed, timed_s=sent_s,
-                       p99_ms_per_10s=[round(x) for x in p99_by_interval(latencies(inputs, outputs))])
+                       p99_ms_per_10s=[round(x) for x in p99_by_interval(pairs)])
         log.info("latency at %.0f/s: %s", rate, json.dumps(summary))
         return summary
 
@@ -620,6 +621,11 @@ class Bench:
 SYSTEMS = ("job_p1", "job_p2", "peer")
 
 
+def without_broker(per_process: dict[str, float]) -> float:
+    """Sum of a per-process figure (CPU s, RSS MB) over the system's own processes."""
+    return sum(v for k, v in per_process.items() if k != "kafka")
+
+
 def cpu_budget(row: dict[str, Any], cores: int) -> dict[str, float]:
     """CPU per event of a throughput phase, and the rate that cost allows with ``cores`` busy.
 
@@ -628,7 +634,7 @@ def cpu_budget(row: dict[str, Any], cores: int) -> dict[str, float]:
     no scheduling change lifts it past the bound.
     """
     events = row["events_per_s"] * row["window_s"]
-    work = sum(v for k, v in row["cpu_s"].items() if k != "kafka")
+    work = without_broker(row["cpu_s"])
     broker = float(row["cpu_s"].get("kafka", 0.0))
     return {
         "cpu_ms_per_event": 1000 * work / events,
@@ -693,8 +699,7 @@ def markdown(results: dict[str, Any]) -> str:
     for key in SYSTEMS:
         row = r.get(key)
         if row:
-            cpu = sum(v for k, v in row["cpu_s"].items() if k != "kafka")
-            rss = sum(v for k, v in row["peak_rss_mb"].items() if k != "kafka")
+            cpu, rss = without_broker(row["cpu_s"]), without_broker(row["peak_rss_mb"])
             per_event = (f"{_fmt(row.get('cpu_ms_per_event'), 2)} ({_fmt(row.get('broker_cpu_ms_per_event'), 2)})"
                          if "cpu_ms_per_event" in row else "-")
             bound = f"{_fmt(row.get('cpu_bound_events_per_s'))} ({row.get('cores', '-')})"

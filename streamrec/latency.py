@@ -54,7 +54,12 @@ def p99_by_interval(pairs: list[tuple[int, int]], interval_ms: int = 10_000) -> 
 
 def summarize(input_ts: dict[TriggerKey, int], outputs: Iterable[tuple[dict[str, Any], int]]) -> LatencySummary:
     """``input_ts``: trigger key -> input record timestamp; ``outputs``: (record, output timestamp)."""
-    lat = [latency for _, latency in latencies(input_ts, outputs)]
+    return summarize_pairs(latencies(input_ts, outputs))
+
+
+def summarize_pairs(pairs: list[tuple[int, int]]) -> LatencySummary:
+    """The summary of (input timestamp, latency ms) pairs from :func:`latencies`."""
+    lat = [latency for _, latency in pairs]
     if not lat:
         return LatencySummary(0, float("nan"), float("nan"), float("nan"), float("nan"))
     a = np.asarray(lat, dtype=float)

@@ -178,4 +178,3 @@ def test_broker_down_for_30s_then_back(kafka_jars, fixture_artifact, tmp_path):
     report("Kafka broker stopped for 30 s, then back, at-least-once", events_in=len(distinct), lists_out=len(out),
            duplicates=duplicates, missing=0, restarts=_restarts(flink_log),
            peak_rss_mb=rss.peak_mb)
-
