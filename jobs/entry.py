@@ -1,21 +1,32 @@
-"""Running the job: resolve source and sink specs, jars and the artifact, execute.
+"""Running the job: flags, source and sink specs, the artifact, execute.
 
-Used by `streamrec run` (local minicluster) and by `jobs/recommend_job.py`
-(`flink run -py` against a cluster), so both run the same code.
+`streamrec run` (local minicluster) and `jobs/recommend_job.py` (`flink run -py`
+against a cluster) both call :func:`main` or :func:`run_from_args`, so both take
+the same flags and run the same code.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamrec.config import Config
+from jobs.functions import RecommendFunction
+from jobs.io import CollectionSource, CollectSink, KafkaEventSource, KafkaSinks, event_rows, write_jsonl
+from jobs.pipeline import build_pipeline, create_environment
 from udfs.artifact import verify_manifest
+from udfs.config import ENV_PREFIX, Config
+from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
+from udfs.logs import load_events
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -41,21 +52,20 @@ def absolute_artifact(config: Config) -> Config:
     return config.model_copy(update={"ranking": ranking})
 
 
-def run_job(config: Config, source: Endpoint, sink: Endpoint, recommend: Any = None) -> dict[str, int] | None:
+def run_job(config: Config, source: Endpoint, sink: Endpoint,
+            recommend: RecommendFunction | None = None) -> dict[str, int] | None:
     """Build and execute the pipeline; file sinks get one JSON line per record.
 
     ``recommend`` (a RecommendFunction subclass instance) is for fault-injection tests.
     """
-    from jobs.io import CollectionSource, CollectSink, KafkaEventSource, KafkaSinks, event_rows, write_jsonl
-    from jobs.pipeline import build_pipeline, create_environment
-
     config = absolute_artifact(config)
     env = create_environment(config)
     if source.kind == "kafka":
         src: CollectionSource | KafkaEventSource = KafkaEventSource(config)
     else:
         assert source.path is not None
-        src = CollectionSource(event_rows(read_events_file(source.path), f"file:{source.path}"))
+        # File order: event time still applies, so a log grouped by user must be sorted first.
+        src = CollectionSource(event_rows(load_events(source.path), f"file:{source.path}"))
     if sink.kind == "kafka":
         build_pipeline(env, config, src, KafkaSinks(config), recommend)
         log.info("submitting streaming job; input %s, output %s", config.kafka.input_topic, config.kafka.output_topic)
@@ -78,24 +88,34 @@ def run_job(config: Config, source: Endpoint, sink: Endpoint, recommend: Any = N
     return counts
 
 
-def read_events_file(path: Path) -> list:
-    """Taobao UserBehavior CSV (in file order) or a msgpack events file."""
-    from streamrec.data import load_userbehavior, read_events_msgpack
-
-    if not path.is_file():
-        raise FileNotFoundError(f"events file not found: {path}")
-    if path.suffix in (".msgpack", ".mpk"):
-        return read_events_msgpack(path)
-    result = load_userbehavior(path)
-    report_load(path, result)
-    return list(result)
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `streamrec run` and of `flink run -py jobs/recommend_job.py`."""
+    add_flag(p, "--source", f"{ENV_PREFIX}RUN_SOURCE", "kafka or file:PATH (Taobao CSV or .msgpack)",
+             default="kafka")
+    add_flag(p, "--sink", f"{ENV_PREFIX}RUN_SINK", "kafka or file:PATH (JSON lines)", default="kafka")
+    add_flag(p, "--since", f"{ENV_PREFIX}RUN_SINCE", "emit only for events at/after this Unix time (s)")
+    add_config_flags(p, list(CONFIG_FLAGS))
 
 
-def report_load(path: Path, result: Any) -> None:
-    """Say what the loader skipped; an empty run must never look like a clean one."""
-    if result.malformed or result.out_of_span:
-        log.warning("%s: %d rows, %d events kept, %d malformed (first: %s), %d outside the dataset's span "
-                    "(first: %s)", path, result.rows, len(result), result.malformed,
-                    result.malformed_examples[:3], result.out_of_span, result.out_of_span_examples[:3])
-    if not len(result):
-        raise ValueError(f"{path}: no events left after loading ({result.rows} rows); see the warning above")
+def run_from_args(args: argparse.Namespace) -> int:
+    extra: dict[str, dict[str, Any]] = {}
+    if args.since:
+        extra["job"] = {"since_ms": int(float(args.since) * 1000)}
+    cfg = config_from_args(args, extra)
+    counts = run_job(cfg, Endpoint.parse(args.source, "--source"), Endpoint.parse(args.sink, "--sink"))
+    if counts is not None:
+        print(json.dumps(counts))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recommend_job", description="the streamrec job")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return run_from_args(args)
+    except USER_ERRORS as exc:
+        print(f"streamrec job: {exc}", file=sys.stderr)
+        return 2

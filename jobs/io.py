@@ -13,11 +13,19 @@ import msgpack
 from pyflink.common import Row, WatermarkStrategy
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetResetStrategy,
+    KafkaOffsetsInitializer,
+    KafkaSink,
+    KafkaSource,
+)
+from pyflink.java_gateway import get_gateway
 
+from jobs.functions import RAW_TYPE, as_bytes
 from jobs.pipeline import PipelineOutputs
-from streamrec.config import Config
+from udfs.config import Config
 from udfs.events import Event, encode_event
-from udfs.flink_functions import RAW_TYPE, as_bytes
 
 # Values travel back to the client as JSON text: a Java byte[] crosses py4j byte by
 # byte, which made collecting ~20k lists take over ten minutes.
@@ -26,8 +34,6 @@ KINDS = ("recommendations", "dead_letters", "late_events")
 
 
 def _jvm() -> Any:
-    from pyflink.java_gateway import get_gateway
-
     return get_gateway().jvm
 
 
@@ -38,12 +44,6 @@ class KafkaEventSource:
     config: Config
 
     def create(self, env: StreamExecutionEnvironment, watermarks: WatermarkStrategy) -> DataStream:
-        from pyflink.datastream.connectors.kafka import (
-            KafkaOffsetResetStrategy,
-            KafkaOffsetsInitializer,
-            KafkaSource,
-        )
-
         k = self.config.kafka
         starting = {
             "earliest": KafkaOffsetsInitializer.earliest(),
@@ -73,9 +73,6 @@ class KafkaSinks:
     config: Config
 
     def _sink(self, topic: str) -> Any:
-        from pyflink.datastream.connectors.base import DeliveryGuarantee
-        from pyflink.datastream.connectors.kafka import KafkaSink
-
         k = self.config.kafka
         guarantee = {
             "at-least-once": DeliveryGuarantee.AT_LEAST_ONCE,
@@ -92,13 +89,13 @@ class KafkaSinks:
         return builder.build()
 
     def attach(self, outputs: PipelineOutputs, config: Config) -> None:
-        k = config.kafka
-        for stream, topic, name in (
-            (outputs.recommendations, k.output_topic, "recommendations"),
-            (outputs.dead_letters, k.dlq_topic, "dead-letters"),
-            (outputs.late_events, k.late_topic, "late-events"),
+        topics = config.kafka.topics()
+        for stream, topic_field, name in (
+            (outputs.recommendations, "output_topic", "recommendations"),
+            (outputs.dead_letters, "dlq_topic", "dead-letters"),
+            (outputs.late_events, "late_topic", "late-events"),
         ):
-            stream.sink_to(self._sink(topic)).name(f"kafka-{name}").uid(f"sink-{name}")
+            stream.sink_to(self._sink(topics[topic_field])).name(f"kafka-{name}").uid(f"sink-{name}")
 
 
 def event_rows(events: Iterable[Event], origin: str) -> list[Row]:

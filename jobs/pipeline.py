@@ -7,9 +7,9 @@ different source and sink, so they run the same graph.
 from __future__ import annotations
 
 import os
+import site
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from pyflink.common import Configuration, WatermarkStrategy
@@ -17,9 +17,9 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 
-from streamrec.config import Config
-from streamrec.kafka_local import required_jars
-from udfs.flink_functions import DLQ_TAG, ENVELOPE_TYPE, KEYED_BYTES_TYPE, LATE_TAG, RecommendFunction
+from jobs.functions import DLQ_TAG, ENVELOPE_TYPE, KEYED_BYTES_TYPE, LATE_TAG, RecommendFunction
+from jobs.layout import PROJECT_ROOT, required_jars
+from udfs.config import Config
 
 
 @dataclass
@@ -59,10 +59,7 @@ def worker_pythonpath() -> str:
     interpreter and does not see a virtualenv's site-packages (nor the .pth of
     an editable install) unless PYTHONPATH names them.
     """
-    import site
-
-    root = str(Path(__file__).resolve().parent.parent)
-    parts = [*site.getsitepackages(), root]
+    parts = [*site.getsitepackages(), str(PROJECT_ROOT)]
     current = os.environ.get("PYTHONPATH", "")
     return os.pathsep.join(dict.fromkeys([*parts, *filter(None, current.split(os.pathsep))]))
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from model_export.dataset import ExampleSet
 from udfs.features import DENSE_FEATURES
+from udfs.ranking_metrics import K, metrics_from_ranks
 
-K = 10
 _F = {name: i for i, name in enumerate(DENSE_FEATURES)}
 
 # A ranker returns sort keys, most significant last (np.lexsort convention), higher = better.
@@ -82,44 +82,14 @@ def rank_lists(es: ExampleSet, keys: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def metrics_from_rankings(es: ExampleSet, ranked: list[np.ndarray], catalog_size: int, k: int = K) -> dict:
-    n = len(es)
-    hr = np.zeros(n)
-    ndcg = np.zeros(n)
-    rr = np.zeros(n)
-    auc: list[float] = []
+    """Metrics of each request's candidate order (``ranked``: row indices, best first)."""
+    ranks: list[int | None] = []
     top_items: set = set()
-    for i, order in enumerate(ranked):
-        for r in order[:k]:
-            top_items.add(es.items[int(r)])
-        lab = es.labels[order]
-        hits = np.flatnonzero(lab > 0.5)
-        if len(hits) == 0:
-            continue
-        rank = int(hits[0])
-        rr[i] = 1.0 / (rank + 1)
-        if rank < k:
-            hr[i] = 1.0
-            ndcg[i] = 1.0 / np.log2(rank + 2)
-        n_neg = len(order) - 1
-        if n_neg > 0:
-            auc.append((n_neg - rank) / n_neg)
-    return summarize_ranks(hr, ndcg, rr, auc, es.novel, len(top_items), catalog_size, k)
-
-
-def summarize_ranks(hr: np.ndarray, ndcg: np.ndarray, rr: np.ndarray, auc: list[float], novel: np.ndarray,
-                    distinct_top: int, catalog_size: int, k: int) -> dict[str, float]:
-    """Per-request hit/gain arrays to the metric dict both protocols report."""
-    n = len(hr)
-    nov = np.asarray(novel, dtype=bool)
-    return {
-        f"hr@{k}": float(hr.mean()) if n else 0.0,
-        f"ndcg@{k}": float(ndcg.mean()) if n else 0.0,
-        "mrr": float(rr.mean()) if n else 0.0,
-        "auc": float(np.mean(auc)) if auc else float("nan"),
-        f"novel_hr@{k}": float(hr[nov].mean()) if nov.any() else 0.0,
-        f"novel_ndcg@{k}": float(ndcg[nov].mean()) if nov.any() else 0.0,
-        f"coverage@{k}": distinct_top / catalog_size if catalog_size else 0.0,
-    }
+    for order in ranked:
+        top_items.update(es.items[int(r)] for r in order[:k])
+        hits = np.flatnonzero(es.labels[order] > 0.5)
+        ranks.append(int(hits[0]) if len(hits) else None)
+    return metrics_from_ranks(ranks, [len(o) for o in ranked], es.novel, len(top_items), catalog_size, k)
 
 
 def evaluate(

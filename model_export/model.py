@@ -11,6 +11,7 @@ graph, all of which onnxruntime's CPU and CUDA providers implement.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from torch import nn
 from udfs.features import DENSE_FEATURES, INPUT_NAMES, N_BEHAVIORS, N_GAP_BUCKETS
 
 OUTPUT_NAME = "score"
+CHECKPOINT_FILE = "model.pt"  # the torch state dict beside the ONNX export, for variants and benchmarks
 MASK_FILL = -1e4
 
 
@@ -146,8 +148,6 @@ def example_inputs(
 
 def export_onnx(model: DIN, path: str | Path, seq_len: int, opset: int = 17) -> Path:
     """TorchScript-based export (no onnxscript needed) with dynamic U and B; L fixed."""
-    import warnings
-
     path = Path(path)
     model.eval()
     args = example_inputs(3, 7, seq_len)
@@ -168,33 +168,3 @@ def export_onnx(model: DIN, path: str | Path, seq_len: int, opset: int = 17) -> 
             do_constant_folding=True,
         )
     return path
-
-
-def onnx_signature(path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Names, dtypes and shapes of the exported graph's inputs and outputs."""
-    import onnx
-
-    m = onnx.load(str(path))
-
-    def describe(values: Any) -> list[dict[str, Any]]:
-        out = []
-        for v in values:
-            t = v.type.tensor_type
-            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                        "shape": shape})
-        return out
-
-    inits = {i.name for i in m.graph.initializer}
-    return {"inputs": describe([i for i in m.graph.input if i.name not in inits]),
-            "outputs": describe(m.graph.output)}
-
-
-def onnx_session(path: str | Path, threads: int = 1) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -12,10 +12,12 @@ export, the checkpoint) uses the model's CPU copy.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
 import os
+import random
 import tempfile
 import time
 from collections.abc import Iterable
@@ -24,17 +26,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from model_export.dataset import ExampleSet, build_training_data
 from model_export.evaluate import evaluate, format_table
+from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig, export_onnx
+from model_export.onnx_io import onnx_session, onnx_signature, predict_onnx
+from model_export.variants import REL_TOL, order_changed
 from udfs.artifact import write_artifact
 from udfs.events import Event
 from udfs.features import INPUT_NAMES
+from udfs.logs import load_events
 from udfs.state import StateLimits
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "model.pt"
 OPSET = 17
 DeviceMode = Literal["auto", "cpu", "cuda"]
 DEVICE_MODES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -57,10 +64,6 @@ def resolve_device(mode: str, cuda_available: bool) -> str:
 
 
 def _seed_everything(seed: int) -> None:
-    import random
-
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -68,14 +71,10 @@ def _seed_everything(seed: int) -> None:
 
 
 def _to_torch(batch: dict[str, np.ndarray], device: str = "cpu") -> list[Any]:
-    import torch
-
     return [torch.from_numpy(np.ascontiguousarray(batch[n])).to(device) for n in INPUT_NAMES]
 
 
 def predict_torch(model: Any, es: ExampleSet, batch_requests: int = 512) -> np.ndarray:
-    import torch
-
     model.eval()
     out = []
     with torch.no_grad():
@@ -86,15 +85,6 @@ def predict_torch(model: Any, es: ExampleSet, batch_requests: int = 512) -> np.n
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def predict_onnx(session: Any, es: ExampleSet, batch_requests: int = 512) -> np.ndarray:
-    out = []
-    for s in range(0, len(es), batch_requests):
-        idx = np.arange(s, min(s + batch_requests, len(es)))
-        batch, _ = es.batch(idx)
-        out.append(session.run(["score"], batch)[0])
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
 def check_parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, es: ExampleSet) -> dict[str, Any]:
     """Max abs difference and ranking order per request, torch vs onnxruntime.
 
@@ -102,8 +92,6 @@ def check_parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, es: ExampleS
     whose torch scores differ by at most the tie tolerance may swap, any other
     pair must keep its order. Exact-order swaps are counted too, for information.
     """
-    from model_export.variants import REL_TOL, order_changed
-
     diff = float(np.max(np.abs(torch_scores - onnx_scores))) if len(torch_scores) else 0.0
     changed = exact_mismatch = 0
     for i in range(len(es)):
@@ -125,8 +113,6 @@ def _subset(es: ExampleSet, n: int) -> ExampleSet:
 def _listwise_loss(logits: Any, labels: Any, cand_user: Any, n_users: int, weights: Any = None) -> Any:
     """Softmax cross-entropy of each request's positive against its own candidates
     (``weights``: optional per-request weights [U])."""
-    import torch
-
     m = torch.full((n_users,), -1e30, dtype=logits.dtype, device=logits.device).scatter_reduce(
         0, cand_user, logits.detach(), reduce="amax")
     e = torch.exp(logits - m[cand_user])
@@ -178,11 +164,6 @@ def fit(
     (never below 1). On the Taobao sample only ~4% of training requests are novel
     (a re-touched item is the easy, dominant signal) and the model ranked novel
     candidates below almost every seen item; ``novel_share=0`` disables it."""
-    import torch
-    from tqdm import tqdm
-
-    from model_export.model import DIN
-
     if device == "cuda":
         # cuBLAS is deterministic only with a fixed workspace (read when CUDA initialises).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -258,16 +239,12 @@ def train_model(
 ) -> Path:
     """Build examples, train, export ONNX, check parity, evaluate and write the artifact.
 
-    ``limits`` must equal the job's state limits (``jobs.runtime.state_limits``);
+    ``limits`` must equal the job's state limits (``udfs.runtime.state_limits``);
     the default is :class:`StateLimits()`, the job's default config, with
     ``max_seq_len`` equal to ``seq_len``. ``device``: ``auto`` trains on CUDA when
     torch sees a GPU, else on the CPU; ``cuda`` without one raises ValueError
     (:func:`resolve_device`). Returns the artifact directory.
     """
-    import torch
-
-    from model_export.model import ModelConfig, export_onnx, onnx_session, onnx_signature
-
     train_device = resolve_device(device, torch.cuda.is_available())
     gpu = torch.cuda.get_device_name(0) if train_device == "cuda" else None
     log.info("training on %s%s (--device %s)", train_device, f" ({gpu})" if gpu else "", device)
@@ -355,15 +332,9 @@ def train_model(
     return path
 
 
-def _load_events(path: str) -> list[Event]:
-    from streamrec.data import load_userbehavior
-
-    return list(load_userbehavior(path, sort=True))
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
     p = argparse.ArgumentParser(description="train the DIN ranker on a UserBehavior CSV")
     p.add_argument("--events", required=True)
     p.add_argument("--out", required=True)
@@ -375,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     t = time.time()
-    path = train_model(_load_events(a.events), until_ms=a.until_ms, out_dir=a.out, seed=a.seed,
+    path = train_model(load_events(a.events, sort=True), until_ms=a.until_ms, out_dir=a.out, seed=a.seed,
                        epochs=a.epochs, device=a.device)
     print(f"artifact {path} in {time.time() - t:.1f}s")
 

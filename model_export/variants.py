@@ -37,7 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from udfs.features import INPUT_NAMES
+from model_export.dataset import replay_requests, sort_events
+from model_export.onnx_io import onnx_session
+from udfs.artifact import load_artifact
+from udfs.features import DENSE_FEATURES, INPUT_NAMES, N_BEHAVIORS, N_GAP_BUCKETS, UserRequest, build_batch
+from udfs.logs import load_events
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +192,6 @@ def is_usable(parity: Mapping[str, Any], max_diff_fraction: float = MAX_DIFF_FRA
 def check_parity(ref_path: str | Path, variant_path: str | Path, batches: Sequence[Batch],
                  rel_tol: float = REL_TOL, threads: int = 1) -> dict[str, Any]:
     """Score ``batches`` with both models (CPU) and compare; adds ``usable`` (:func:`is_usable`)."""
-    from model_export.model import onnx_session
-
     ref = _score(onnx_session(ref_path, threads), batches)
     var = _score(onnx_session(variant_path, threads), batches)
     out = compare_scores(ref, var, batches, rel_tol)
@@ -236,16 +238,8 @@ def held_out_batches(artifact_dir: str | Path, events: Iterable[Any], n_requests
     artifact's state limits and candidate count, its tables and vocabulary, and
     :func:`udfs.features.build_batch`), i.e. exactly the inputs the job builds.
     """
-    from model_export.dataset import replay_requests, sort_events
-    from udfs.artifact import load_artifact
-    from udfs.features import UserRequest, build_batch
-    from udfs.state import StateLimits
-
     art = load_artifact(artifact_dir)
-    cfg = art.manifest.get("config", {})
-    limits = StateLimits(**cfg.get("state_limits", {}))
-    n_cand = int(cfg.get("n_candidates", 100))
-    until = int(art.manifest.get("train_span", {}).get("until_ms", 0))
+    limits, n_cand, until = art.manifest.state_limits, art.manifest.n_candidates, art.manifest.until_ms
     reqs: list[UserRequest] = []
     for pending, _ in replay_requests(sort_events(events), lambda ts: art.tables if ts >= until else None,
                                       limits, n_cand):
@@ -261,8 +255,6 @@ def held_out_batches(artifact_dir: str | Path, events: Iterable[Any], n_requests
 def synthetic_batch(n_rows: int, n_items: int, n_categories: int, seq_len: int,
                     per_user: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
     """Valid random inputs: ``ceil(n_rows / per_user)`` users, ``per_user`` rows each (last one fewer)."""
-    from udfs.features import DENSE_FEATURES, N_BEHAVIORS, N_GAP_BUCKETS
-
     rng = np.random.default_rng(seed)
     n_users = max(1, math.ceil(n_rows / per_user))
     lens = rng.integers(1, seq_len + 1, n_users)
@@ -301,14 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if a.events:
-        from streamrec.data import load_userbehavior
-
-        batches = held_out_batches(a.artifact, load_userbehavior(a.events, sort=True).events, a.requests)
+        batches = held_out_batches(a.artifact, load_events(a.events, sort=True), a.requests)
     else:
-        from udfs.artifact import load_artifact
-
         art = load_artifact(a.artifact)
-        mc = art.manifest["model_config"]
+        mc = art.manifest.model_config
         batches = [synthetic_batch(64 * 100, mc["n_items"], mc["n_categories"], art.seq_len, seed=s)
                    for s in range(max(1, a.requests // 64))]
     res = build_variants(a.artifact, batches, a.out)

@@ -32,14 +32,24 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from streamrec.config import Config, env_var
-from streamrec.latency import median_of_runs
-from streamrec.procs import stop_group
+from jobs.layout import JOB_SCRIPT
+from streamrec.flink_cluster import StandaloneCluster
+from streamrec.generator import generate_events
+from streamrec.kafka_io import consume, produce
+from streamrec.kafka_local import LocalKafka
+from streamrec.latency import latencies, median_of_runs, p99_by_interval, summarize_pairs, trigger_key
+from streamrec.procs import job_env, stop_group
+from udfs.artifact import MANIFEST_FILE, load_artifact, verify_manifest
+from udfs.config import TOPIC_FIELDS, Config
+from udfs.events import encode_event
+from udfs.features import build_batch
+from udfs.ranker import OnnxRanker, RankerStats
+from udfs.recommend import Recommender
+from udfs.runtime import state_limits
+from udfs.state import UserState
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-TOPICS = ("input_topic", "output_topic", "dlq_topic", "late_topic")
 TERMINAL = ("FAILED", "CANCELED", "CANCELLING", "FINISHED", "SUSPENDED")
 
 
@@ -147,34 +157,6 @@ class TopicCounter:
         self._cons.close()
 
 
-PACE_TICK_S = 0.01
-
-
-def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]], rate: float = 0.0) -> float:
-    """Send (key, value) records, optionally paced; returns seconds taken.
-
-    Paced sends go out in bursts at most ``PACE_TICK_S`` early, not one sleep per
-    record: per-record sleeps cost this load generator ~0.3 of a core at 250/s on
-    the same 2 cores as the job it measures. A record's Kafka timestamp is its send
-    time, so latency is still measured from when it was really sent.
-    """
-    from streamrec.kafka_io import producer
-
-    prod = producer(bootstrap)
-    start = time.perf_counter()
-    try:
-        for i, (key, value) in enumerate(records):
-            prod.send(topic, key=key, value=value)
-            if rate > 0:
-                ahead = (i + 1) / rate - (time.perf_counter() - start)
-                if ahead > PACE_TICK_S:
-                    time.sleep(ahead)
-        prod.flush()
-    finally:
-        prod.close()
-    return time.perf_counter() - start
-
-
 def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> tuple[int, float]:
     """Read ``expected`` raw records as fast as kafka-python can; (count, seconds)."""
     from kafka import KafkaConsumer
@@ -261,13 +243,6 @@ def measure_window(
 
 def model_ceiling(artifact_dir: Path, events: Sequence[Any], cfg: Config, seconds: float) -> dict[str, Any]:
     """onnxruntime alone on the job's own batches (one user's candidates per call, as in the job)."""
-    from jobs.runtime import state_limits
-    from udfs.artifact import load_artifact
-    from udfs.features import build_batch
-    from udfs.ranker import OnnxRanker, RankerStats
-    from udfs.recommend import Recommender
-    from udfs.state import UserState
-
     art = load_artifact(artifact_dir)
     rec = Recommender(art, None, state_limits(cfg), top_k=cfg.ranking.top_k, n_candidates=cfg.ranking.n_candidates)
     states: dict[Any, UserState] = {}
@@ -296,18 +271,15 @@ def model_ceiling(artifact_dir: Path, events: Sequence[Any], cfg: Config, second
 
 
 def _job_env(cfg: Config, bootstrap: str, topics: dict[str, str], artifact: Path, group: str,
-             **settings: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env[env_var("kafka", "bootstrap_servers")] = bootstrap
-    for f, name in topics.items():
-        env[env_var("kafka", f)] = name
-    env[env_var("kafka", "group_id")] = group
-    env[env_var("kafka", "starting_offsets")] = "earliest"
-    env[env_var("kafka", "delivery_guarantee")] = cfg.kafka.delivery_guarantee
-    env[env_var("ranking", "artifact_dir")] = str(artifact.resolve())
-    env[env_var("ranking", "provider")] = cfg.ranking.provider
-    env.update(settings)
-    return env
+             parallelism: int | None = None) -> dict[str, str]:
+    settings: dict[str, dict[str, Any]] = {
+        "kafka": {"group_id": group, "starting_offsets": "earliest",
+                  "delivery_guarantee": cfg.kafka.delivery_guarantee},
+        "ranking": {"provider": cfg.ranking.provider},
+    }
+    if parallelism is not None:
+        settings["job"] = {"parallelism": parallelism}
+    return job_env(bootstrap, topics, artifact, settings=settings)
 
 
 def _flink_restarts(cluster: Any, job_id: str) -> int | None:
@@ -349,22 +321,19 @@ class Bench:
 
     def _topics(self, tag: str) -> dict[str, str]:
         self._n += 1
-        return {f: f"bench-{self._n}-{tag}-{f.split('_')[0]}" for f in TOPICS}
+        return {f: f"bench-{self._n}-{tag}-{f.split('_')[0]}" for f in TOPIC_FIELDS}
 
     def _create(self, broker: Any, topics: dict[str, str]) -> None:
         broker.create_topics(list(topics.values()), partitions=self.s.partitions)
 
     def prepare(self) -> None:
-        from streamrec.data import generate_events
-        from udfs.events import encode_event
-
         t = time.perf_counter()
         self.events = generate_events(self.s.events, n_users=self.s.users, n_items=self.s.items,
                                       n_categories=self.s.categories, seed=self.s.seed)
         self.records = [(str(e.user_id).encode(), encode_event(e)) for e in self.events]
         log.info("generated %d events in %.1fs", len(self.events), time.perf_counter() - t)
-        if not (self.artifact / "manifest.json").is_file():
-            from model_export.train import train_model
+        if not (self.artifact / MANIFEST_FILE).is_file():
+            from model_export.train import train_model  # lazy: torch (the [train] extra), only when training
 
             # Same seed, items and categories: the generator draws the catalog first, so this
             # log shares the stream's catalog; fewer shoppers give them histories to learn from.
@@ -372,8 +341,7 @@ class Bench:
             train_log = generate_events(self.s.train_events, n_users=max(1, self.s.train_events // 30),
                                         n_items=self.s.items, n_categories=self.s.categories, seed=self.s.seed)
             train_model(train_log, until_ms=None, out_dir=self.artifact, seed=0)
-        manifest = json.loads((self.artifact / "manifest.json").read_text())
-        self.results["model_version"] = manifest["model_version"]
+        self.results["model_version"] = verify_manifest(self.artifact).model_version
 
     def run(self) -> dict[str, Any]:
 
@@ -390,14 +358,12 @@ class Bench:
         return self.results
 
     def _measure(self) -> None:
-        from streamrec.kafka_local import LocalKafka
-
         with LocalKafka(self.out / "kafka", heap="1g") as broker:
             self.bootstrap = broker.bootstrap
             self.broker_pid = broker.pid
             self.input = self._topics("stream")
             self._create(broker, self.input)
-            secs = produce(self.bootstrap, self.input["input_topic"], self.records)
+            secs = produce(self.bootstrap, self.input["input_topic"], self.records).seconds
             self.results["kafka_produce_events_per_s"] = len(self.records) / secs
             phases = self.s.phases
             if "model" in phases:
@@ -421,8 +387,6 @@ class Bench:
         PEMJA's native library is already loaded by the first job's class loader,
         and its Java 17 workaround fails (NoSuchFieldException: loadedLibraryNames).
         """
-        from streamrec.flink_cluster import StandaloneCluster
-
         return StandaloneCluster(self.out / f"flink-{tag}", slots=1, taskmanagers=taskmanagers,
                                  tm_memory="3072m").start()
 
@@ -460,8 +424,7 @@ class Bench:
                 write_reports(self.out, self.results)
 
     def _submit(self, cluster: Any, env: dict[str, str]) -> str:
-        script = str(ROOT / "jobs" / "recommend_job.py")
-        return str(cluster.submit_python(script, ["--source", "kafka", "--sink", "kafka"], env=env,
+        return str(cluster.submit_python(str(JOB_SCRIPT), ["--source", "kafka", "--sink", "kafka"], env=env,
                                          python=sys.executable))
 
     def _cancel(self, cluster: Any, job_id: str) -> None:
@@ -477,7 +440,7 @@ class Bench:
         topics = {**self._topics(f"job-p{parallelism}"), "input_topic": self.input["input_topic"]}
         self._create(broker, {k: v for k, v in topics.items() if k != "input_topic"})
         env = _job_env(self.cfg, self.bootstrap, topics, self.artifact, group=topics["output_topic"],
-                       **{env_var("job", "parallelism"): str(parallelism)})
+                       parallelism=parallelism)
         log.info("job at parallelism %d", parallelism)
         job_id = self._submit(cluster, env)
         counter = TopicCounter(self.bootstrap, topics["output_topic"])
@@ -534,13 +497,10 @@ class Bench:
         return asdict(res)
 
     def _latency(self, cluster: Any, broker: Any, parallelism: int, rate: float) -> dict[str, Any]:
-        from streamrec.kafka_io import consume
-        from streamrec.latency import latencies, p99_by_interval, summarize_pairs, trigger_key
-
         topics = self._topics(f"latency-{int(rate)}")
         self._create(broker, topics)
         env = _job_env(self.cfg, self.bootstrap, topics, self.artifact, group=topics["output_topic"],
-                       **{env_var("job", "parallelism"): str(parallelism)})
+                       parallelism=parallelism)
         n = int(rate * self.s.latency_s)
         n_warm = int(rate * self.s.latency_warmup_s)
         # The stream's start, like the throughput phases: the same work, so the rate
@@ -561,7 +521,7 @@ class Bench:
             procs = {**{f"taskmanager{i}": pid for i, pid in enumerate(cluster.taskmanager_pids())},
                      "kafka": self.broker_pid, "load_generator": os.getpid()}
             cpu_start = {name: cpu_seconds(pid) for name, pid in procs.items()}
-            sent_s = produce(self.bootstrap, topics["input_topic"], records[1 + n_warm :], rate=rate)
+            sent_s = produce(self.bootstrap, topics["input_topic"], records[1 + n_warm :], rate=rate).seconds
             cpu_timed = {name: round(cpu_seconds(pid) - cpu_start[name], 2) for name, pid in procs.items()}
             deadline = time.monotonic() + 120
             while counter() < len(records) and time.monotonic() < deadline:

@@ -5,72 +5,32 @@ in --help); other settings come from the config file (--config / STREAMREC_CONFI
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import logging
-import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from streamrec.config import ENV_PREFIX, SECTIONS, Config, ConfigError, env_var, field_doc, load_config
-from udfs.artifact import ArtifactError
-
-# Flags that map onto config fields: flag -> (section, field).
-CONFIG_FLAGS: dict[str, tuple[str, str]] = {
-    "--bootstrap-servers": ("kafka", "bootstrap_servers"),
-    "--input-topic": ("kafka", "input_topic"),
-    "--output-topic": ("kafka", "output_topic"),
-    "--dlq-topic": ("kafka", "dlq_topic"),
-    "--delivery-guarantee": ("kafka", "delivery_guarantee"),
-    "--parallelism": ("job", "parallelism"),
-    "--execution-mode": ("job", "execution_mode"),
-    "--artifact": ("ranking", "artifact_dir"),
-    "--provider": ("ranking", "provider"),
-    "--top-k": ("ranking", "top_k"),
-}
-
-
-def _env_default(name: str, default: Any = None) -> Any:
-    return os.environ.get(name, default)
-
-
-def add_flag(p: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:
-    """A flag whose default comes from ``env``; the env var is named in --help."""
-    default = kw.pop("default", None)
-    kw["default"] = _env_default(env, default)
-    shown = f" (default: {default})" if default is not None else ""
-    p.add_argument(flag, help=f"{help}{shown} [env: {env}]", **kw)
-
-
-def add_config_flags(p: argparse.ArgumentParser, flags: Sequence[str]) -> None:
-    add_flag(p, "--config", f"{ENV_PREFIX}CONFIG", "TOML config file (see config/streamrec.toml)")
-    for flag in flags:
-        section, field = CONFIG_FLAGS[flag]
-        default = SECTIONS[section].model_fields[field].default
-        p.add_argument(flag, dest=f"cfg__{section}__{field}", default=None,
-                       help=f"{field_doc(section, field)} (default: {default}) [env: {env_var(section, field)}]")
-
-
-def config_from_args(args: argparse.Namespace, extra: dict[str, dict[str, Any]] | None = None) -> Config:
-    overrides: dict[str, dict[str, Any]] = {}
-    for key, value in vars(args).items():
-        if key.startswith("cfg__") and value is not None:
-            _, section, field = key.split("__")
-            overrides.setdefault(section, {})[field] = value
-    for section, values in (extra or {}).items():
-        overrides.setdefault(section, {}).update(values)
-    return load_config(getattr(args, "config", None), overrides)
-
+from jobs.entry import add_run_arguments, run_from_args
+from streamrec import kafka_local
+from streamrec.bench import Bench, BenchSettings, markdown
+from streamrec.bench_model import main as bench_model_main
+from streamrec.demo import run_demo
+from streamrec.evaluate import evaluate, format_table
+from streamrec.generator import generate_events
+from streamrec.kafka_io import consume, replay
+from streamrec.peer import run_peer
+from udfs.artifact import verify_manifest
+from udfs.config import ENV_PREFIX, ConfigError
+from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
+from udfs.logs import load_events, write_events_msgpack, write_userbehavior_csv
 
 # --- kafka -------------------------------------------------------------------------------------
 
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from streamrec import kafka_local
-
-    cfg = config_from_args(args)
-    k = cfg.kafka
-    topics = [k.input_topic, k.output_topic, k.dlq_topic, k.late_topic]
+    topics = list(config_from_args(args).kafka.topics().values())
     if args.action == "start":
         info = kafka_local.start_background(topics=topics)
         print(info["bootstrap"])
@@ -88,22 +48,9 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 # --- replay / consume / generate ---------------------------------------------------------------
 
-def load_events(path: str, fmt: str) -> list[Any]:
-    from jobs.entry import report_load
-    from streamrec.data import load_userbehavior, read_events_msgpack
-
-    if fmt == "userbehavior":
-        result = load_userbehavior(path, sort=True)
-        report_load(Path(path), result)
-        return list(result)
-    return read_events_msgpack(path)
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streamrec.kafka_io import replay
-
     cfg = config_from_args(args)
-    events = load_events(args.events, args.format)
+    events = load_events(args.events, args.format, sort=True)
     if args.limit:
         events = events[: int(args.limit)]
     topic = args.topic or cfg.kafka.input_topic
@@ -114,8 +61,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    from streamrec.kafka_io import consume
-
     cfg = config_from_args(args)
     topic = args.topic or cfg.kafka.output_topic
     max_n = int(args.max) if args.max else None
@@ -128,8 +73,6 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from streamrec.data import generate_events, write_events_msgpack, write_userbehavior_csv
-
     events = generate_events(
         int(args.n_events), n_users=int(args.users), n_items=int(args.items),
         n_categories=int(args.categories), seed=int(args.seed),
@@ -145,36 +88,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 # --- train / run / demo ------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model_export.train import train_model
+    from model_export.train import train_model  # lazy: torch (the [train] extra) takes ~6 s to import
 
-    events = load_events(args.events, args.format)
+    events = load_events(args.events, args.format, sort=True)
     until_ms = int(float(args.until) * 1000) if args.until else None
     out = train_model(events, until_ms=until_ms, out_dir=Path(args.out), seed=int(args.seed),
                       device=args.device)
-    manifest = json.loads((Path(out) / "manifest.json").read_text())
-    print(json.dumps({"artifact": str(out), "model_version": manifest["model_version"],
-                      "metrics": manifest.get("metrics", {})}, indent=2))
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from jobs.entry import Endpoint, run_job
-
-    extra: dict[str, dict[str, Any]] = {}
-    if args.since:
-        extra["job"] = {"since_ms": int(float(args.since) * 1000)}
-    cfg = config_from_args(args, extra)
-    source = Endpoint.parse(args.source, "--source")
-    sink = Endpoint.parse(args.sink, "--sink")
-    counts = run_job(cfg, source, sink)
-    if counts is not None:
-        print(json.dumps(counts))
+    manifest = verify_manifest(out)
+    print(json.dumps({"artifact": str(out), "model_version": manifest.model_version,
+                      "metrics": manifest.metrics}, indent=2))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from model_export.report import evaluate, format_table
-
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
     report = evaluate(args.events, args.artifact, args.out, protocols=protocols, provider=args.provider)
     print(format_table(report))
@@ -183,23 +109,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_model(args: argparse.Namespace) -> int:
-    from model_export.bench_model import main as bench_main
-
     argv = ["--artifact", args.artifact, "--out", args.out, "--provider", args.provider,
             "--batch-sizes", args.batch_sizes, "--repeats", str(args.repeats)]
     if args.events:
         argv += ["--events", args.events]
-    bench_main(argv)
+    bench_model_main(argv)
     return 0
 
 
 def cmd_peer(args: argparse.Namespace) -> int:
-    import dataclasses
-    import signal
-    import threading
-
-    from streamrec.peer import run_peer
-
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stats = run_peer(config_from_args(args), max_events=int(args.max_events) if args.max_events else None,
@@ -209,8 +127,6 @@ def cmd_peer(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streamrec.bench import Bench, BenchSettings
-
     def ints(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
 
@@ -224,8 +140,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         phases=tuple(p.strip() for p in args.phases.split(",") if p.strip()),
     )
     results = Bench(settings, config_from_args(args)).run()
-    from streamrec.bench import markdown
-
     print(markdown(results))
     print(f"results: {settings.out_dir / 'results.json'}, {settings.out_dir / 'results.md'}, "
           f"{settings.out_dir / 'results.png'}")
@@ -233,8 +147,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamrec.demo import run_demo
-
     return run_demo(config_from_args(args), events=int(args.events), rate=float(args.rate))
 
 
@@ -291,12 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run the job on the local minicluster")
-    add_flag(p, "--source", f"{ENV_PREFIX}RUN_SOURCE", "kafka or file:PATH (Taobao CSV or .msgpack)",
-             default="kafka")
-    add_flag(p, "--sink", f"{ENV_PREFIX}RUN_SINK", "kafka or file:PATH (JSON lines)", default="kafka")
-    add_flag(p, "--since", f"{ENV_PREFIX}RUN_SINCE", "emit only for events at/after this Unix time (s)")
-    add_config_flags(p, list(CONFIG_FLAGS))
-    p.set_defaults(func=cmd_run)
+    add_run_arguments(p)
+    p.set_defaults(func=run_from_args)
 
     p = sub.add_parser("evaluate", help="offline and prequential (through the job) evaluation vs baselines")
     add_flag(p, "--events", f"{ENV_PREFIX}EVAL_EVENTS", "the artifact's log (Taobao CSV)", required=False)
@@ -376,13 +284,11 @@ REQUIRED = {"replay": ("events",), "train": ("events",), "generate": ("out",), "
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    setup_logging(args.verbose)
     try:
         _require(args, *REQUIRED.get(args.command, ()))
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ArtifactError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"streamrec {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

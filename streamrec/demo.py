@@ -7,16 +7,19 @@ uses fresh topics, so a rerun never replays an earlier run's events.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from streamrec.config import Config, env_var
+from streamrec import kafka_local
+from streamrec.generator import generate_events
+from streamrec.kafka_io import consume, replay
 from streamrec.latency import summarize, trigger_key
-from streamrec.procs import stop_group
+from streamrec.procs import job_env, stop_group
+from udfs.artifact import MANIFEST_FILE
+from udfs.config import Config
 
 DEMO_SEED = 11
 TRAIN_EVENTS = 40_000
@@ -30,11 +33,10 @@ def _say(msg: str) -> None:
 def ensure_artifact(cfg: Config) -> Path:
     """Train on the embedded generator's log when no artifact exists yet."""
     path = Path(cfg.ranking.artifact_dir)
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST_FILE).is_file():
         _say(f"using model artifact {path}")
         return path
-    from model_export.train import train_model
-    from streamrec.data import generate_events
+    from model_export.train import train_model  # lazy: torch (the [train] extra), only when training
 
     _say(f"no model at {path}: generating {TRAIN_EVENTS:,} events and training one (a minute or two)")
     events = generate_events(TRAIN_EVENTS, n_users=800, n_items=4000, n_categories=60, seed=DEMO_SEED,
@@ -45,8 +47,6 @@ def ensure_artifact(cfg: Config) -> Path:
 
 def demo_events(n: int) -> list[Any]:
     """A continuation of the training log: same shoppers and catalog, later days."""
-    from streamrec.data import generate_events
-
     events = generate_events(TRAIN_EVENTS + n, n_users=800, n_items=4000, n_categories=60, seed=DEMO_SEED,
                              start_ts_ms=1_700_000_000_000, duration_s=DEMO_DAYS * 86400)
     return events[-n:]
@@ -61,12 +61,8 @@ def _fmt(rec: dict[str, Any], latency_ms: int | None) -> str:
 
 
 def run_demo(cfg: Config, *, events: int, rate: float) -> int:
-    from streamrec import kafka_local
-    from streamrec.kafka_io import consume, replay
-
     suffix = time.strftime("%Y%m%d%H%M%S")
-    topics = {f: f"demo-{suffix}-{getattr(cfg.kafka, f)}" for f in
-              ("input_topic", "output_topic", "dlq_topic", "late_topic")}
+    topics = {f: f"demo-{suffix}-{name}" for f, name in cfg.kafka.topics().items()}
     started_broker = kafka_local.status() is None
     job: subprocess.Popen[bytes] | None = None
     try:
@@ -79,12 +75,7 @@ def run_demo(cfg: Config, *, events: int, rate: float) -> int:
         _say(f"Kafka broker at {bootstrap}; topics {', '.join(topics.values())}")
         artifact = ensure_artifact(cfg)
 
-        env = dict(os.environ)
-        env[env_var("kafka", "bootstrap_servers")] = bootstrap
-        for field, name in topics.items():
-            env[env_var("kafka", field)] = name
-        env[env_var("ranking", "artifact_dir")] = str(artifact.resolve())
-        env[env_var("ranking", "provider")] = cfg.ranking.provider
+        env = job_env(bootstrap, topics, artifact, settings={"ranking": {"provider": cfg.ranking.provider}})
         log_path = Path(artifact).parent / f"demo-job-{suffix}.log"
         _say(f"starting the PyFlink job on the local minicluster (log: {log_path})")
         with log_path.open("wb") as log_file:

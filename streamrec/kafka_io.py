@@ -35,6 +35,41 @@ def producer(bootstrap: str, **overrides: Any) -> Any:
     return KafkaProducer(**opts)
 
 
+PACE_TICK_S = 0.01
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]], *,
+            rate: float = 0.0) -> ReplayStats:
+    """Send (key, value) records; ``rate`` records/s, 0 = as fast as possible.
+
+    Paced sends go out in bursts at most ``PACE_TICK_S`` early, not one sleep per
+    record: per-record sleeps cost this load generator ~0.3 of a core at 250/s on
+    the same 2 cores as the job it feeds. A record's Kafka timestamp is its send
+    time, so latency is still measured from when it was really sent.
+    """
+    prod = producer(bootstrap)
+    stats = ReplayStats()
+    start = time.perf_counter()
+    try:
+        for key, value in records:
+            prod.send(topic, key=key, value=value)
+            stats.sent += 1
+            if rate > 0:
+                ahead = stats.sent / rate - (time.perf_counter() - start)
+                if ahead > PACE_TICK_S:
+                    time.sleep(ahead)
+        prod.flush()
+    finally:
+        prod.close()
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def event_record(ev: Event) -> tuple[bytes, bytes]:
+    """The input topic's record for an event: keyed by user, msgpack value."""
+    return str(ev.user_id).encode(), encode_event(ev)
+
+
 def replay(
     events: Iterable[Event | bytes],
     bootstrap: str,
@@ -43,27 +78,10 @@ def replay(
     rate: float = 0.0,
     key_of: Any = None,
 ) -> ReplayStats:
-    """Send events (or raw payloads) keyed by user; ``rate`` events/s, 0 = as fast as possible."""
-    prod = producer(bootstrap)
-    stats = ReplayStats()
-    start = time.perf_counter()
-    try:
-        for ev in events:
-            if isinstance(ev, Event):
-                prod.send(topic, key=str(ev.user_id).encode(), value=encode_event(ev))
-            else:
-                key = key_of(ev) if key_of else None
-                prod.send(topic, key=key, value=ev)
-            stats.sent += 1
-            if rate > 0:
-                ahead = stats.sent / rate - (time.perf_counter() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
-        prod.flush()
-    finally:
-        prod.close()
-    stats.seconds = time.perf_counter() - start
-    return stats
+    """Send events (keyed by user) or raw payloads (keyed by ``key_of``, if given)."""
+    records = (event_record(ev) if isinstance(ev, Event) else (key_of(ev) if key_of else None, ev)
+               for ev in events)
+    return produce(bootstrap, topic, records, rate=rate)
 
 
 @dataclass

@@ -23,12 +23,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from jobs.layout import FETCH_HINT, cache_dir
+
 DEFAULT_PORT = 39092
 DEFAULT_CONTROLLER_PORT = 39093
 BROKER_MAIN = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
-FETCH_HINT = "run `scripts/fetch_deps.sh` (or `make deps`) to fetch them from Maven Central"
 _BIND_ERROR = "Address already in use"
 _PORT_ATTEMPTS = 3
 
@@ -59,12 +59,6 @@ class KafkaStartError(RuntimeError):
     """The broker did not come up; the message carries the tail of its log."""
 
 
-def cache_dir() -> Path:
-    """Where fetched jars and broker state live: ``$STREAMREC_CACHE`` or ``<repo>/.cache``."""
-    env = os.environ.get("STREAMREC_CACHE")
-    return Path(env).expanduser() if env else REPO_ROOT / ".cache"
-
-
 def kafka_classpath() -> str:
     """The broker's classpath; raises ``FileNotFoundError`` telling how to fetch missing jars."""
     libs = cache_dir() / "kafka" / "libs"
@@ -72,36 +66,6 @@ def kafka_classpath() -> str:
     if not any(j.name.startswith("kafka_2.13-") for j in jars):
         raise FileNotFoundError(f"Kafka broker jars not found in {libs}: {FETCH_HINT}")
     return os.pathsep.join(str(j) for j in jars)
-
-
-def connector_jar() -> Path:
-    """The flink-sql-connector-kafka jar the job ships to Flink (the newest one in the cache)."""
-    lib = cache_dir() / "flink" / "lib"
-    jars = sorted(lib.glob("flink-sql-connector-kafka-*.jar"))
-    if not jars:
-        raise FileNotFoundError(f"flink-sql-connector-kafka jar not found in {lib}: {FETCH_HINT}")
-    return jars[-1]
-
-
-JAVA_HELPERS_JAR = "streamrec-flink.jar"
-
-
-def required_jars() -> list[str]:
-    """Every job needs these: the Kafka connector, msgpack-core and our Java classes.
-
-    Keying and event time run in Java (EventEnvelope) even with a file source, so a
-    missing jar stops any job at start, with the command that fetches it.
-    """
-    lib = cache_dir() / "flink" / "lib"
-    found = [sorted(lib.glob(pattern)) for pattern in
-             ("flink-sql-connector-kafka-*.jar", "msgpack-core-*.jar", JAVA_HELPERS_JAR)]
-    if not all(found):
-        raise FileNotFoundError(
-            f"Flink job jars not found in {lib}: run `make deps` "
-            "(scripts/fetch_deps.sh fetches flink-sql-connector-kafka and msgpack-core from Maven Central and "
-            "scripts/build_java.sh builds streamrec-flink.jar)"
-        )
-    return [str(jars[-1].resolve()) for jars in found]
 
 
 def free_ports(count: int = 2) -> list[int]:

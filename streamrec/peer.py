@@ -3,7 +3,7 @@
 What a team would write instead of the Flink job: one Python process with a
 Kafka consumer, the same per-user state logic, the same candidates and the
 same onnxruntime model, and a Kafka producer. It does the work of
-``udfs.flink_functions.DecodeEvents`` + ``RecommendFunction`` with the same
+``jobs.functions.RecommendFunction`` (decode, state, candidates, ranking) with the same
 code (:class:`udfs.recommend.Recommender`), and writes the same records to the
 same topics:
 
@@ -56,11 +56,13 @@ from typing import Any, Literal
 
 import msgpack
 
-from streamrec.config import Config
+from streamrec.kafka_io import producer as make_producer
+from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event
 from udfs.features import UserRequest
 from udfs.recommend import Recommender
 from udfs.records import dead_letter_record, late_event_record
+from udfs.runtime import build_recommender, freeze_loaded_objects
 from udfs.state import UserState
 
 log = logging.getLogger(__name__)
@@ -323,9 +325,6 @@ def run_peer(
     without records, or when ``stop`` is set; returns :class:`PeerStats`. ``on_repeat``:
     see :class:`Batcher`.
     """
-    from jobs.runtime import build_recommender, freeze_loaded_objects
-    from streamrec.kafka_io import producer as make_producer
-
     k = config.kafka
     recommender = build_recommender(config)
     freeze_loaded_objects()

@@ -1,10 +1,32 @@
-"""Stopping subprocesses that were started in their own session (process group)."""
+"""Job subprocesses: their environment, and stopping them with their process group."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from udfs.config import config_env
+
+
+def job_env(bootstrap: str, topics: Mapping[str, str], artifact: str | Path, *,
+            settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
+    """This process's environment plus every job setting through its env var.
+
+    ``topics`` maps topic fields (``input_topic``, ...) to names; ``settings`` adds
+    ``{section: {field: value}}``. The artifact path is made absolute: the job's
+    workers may not share this process's working directory.
+    """
+    values: dict[str, dict[str, Any]] = {
+        "kafka": {"bootstrap_servers": bootstrap, **topics},
+        "ranking": {"artifact_dir": str(Path(artifact).resolve())},
+    }
+    for section, fields in (settings or {}).items():
+        values.setdefault(section, {}).update(fields)
+    return {**os.environ, **config_env(values)}
 
 
 def stop_group(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from streamrec.kafka_local import LocalKafka, cache_dir, kafka_classpath, required_jars
+from jobs.layout import cache_dir, required_jars
+from streamrec.kafka_local import LocalKafka, kafka_classpath
 
 pytest_plugins = ["tests.job_fixtures"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobs.entry import Endpoint, run_job  # noqa: E402
-from streamrec.config import load_config  # noqa: E402
 from tests.faults import FailOnce  # noqa: E402
+from udfs.config import load_config  # noqa: E402
 
 if __name__ == "__main__":
     config = load_config()

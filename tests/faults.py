@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from udfs.flink_functions import RecommendFunction
+from jobs.functions import RecommendFunction
 
 
 class FailOnce(RecommendFunction):

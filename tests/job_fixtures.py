@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.data import generate_events
+from streamrec.generator import generate_events
+from streamrec.procs import job_env as _job_env
 from tests.onnx_fixtures import covisit_scorer
 from udfs.artifact import write_artifact
 from udfs.candidates import build_tables
@@ -40,18 +41,11 @@ def fixture_artifact(tmp_path_factory) -> Path:
 
 
 def job_env(bootstrap: str, topics: dict[str, str], artifact: Path, **extra: str) -> dict[str, str]:
-    """Environment for a `streamrec run` subprocess: every setting through its env var."""
-    import os
-
-    from streamrec.config import env_var
-
-    env = dict(os.environ)
-    env[env_var("kafka", "bootstrap_servers")] = bootstrap
-    for field, topic in topics.items():
-        env[env_var("kafka", field)] = topic
-    env[env_var("kafka", "group_id")] = "g-" + topics["input_topic"]
-    env[env_var("ranking", "artifact_dir")] = str(artifact)
-    env[env_var("ranking", "provider")] = "cpu"
-    env[env_var("job", "checkpoint_interval_ms")] = "2000"
+    """Environment for a `streamrec run` subprocess: the tests' settings, then ``extra`` env vars."""
+    env = _job_env(bootstrap, topics, artifact, settings={
+        "kafka": {"group_id": "g-" + topics["input_topic"]},
+        "ranking": {"provider": "cpu"},
+        "job": {"checkpoint_interval_ms": 2000},
+    })
     env.update(extra)
     return env

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-REPORT = Path(os.environ.get("STREAMREC_SCENARIO_REPORT", ROOT / "test-results" / "scenarios.jsonl"))
+from jobs.layout import PROJECT_ROOT
+
+REPORT = Path(os.environ.get("STREAMREC_SCENARIO_REPORT", PROJECT_ROOT / "test-results" / "scenarios.jsonl"))
 
 
 def _processes() -> list[tuple[str, str]]:

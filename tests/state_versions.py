@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from udfs.flink_functions import RecommendFunction
+from jobs.functions import RecommendFunction
 from udfs.state import UserState
 
 

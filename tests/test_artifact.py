@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from streamrec.kafka_local import required_jars
+from jobs.layout import required_jars
 from udfs.artifact import ArtifactError, load_artifact
 
 

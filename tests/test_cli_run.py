@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from streamrec.data import TAOBAO_SPAN_MS, generate_events, write_userbehavior_csv
+from streamrec.generator import generate_events
+from udfs.logs import TAOBAO_SPAN_MS, write_userbehavior_csv
 
 pytestmark = pytest.mark.flink
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from jobs.layout import JOB_SCRIPT
 from streamrec.flink_cluster import StandaloneCluster
 from streamrec.kafka_io import consume, replay
 from tests.job_fixtures import generated_log, job_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kafka]
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_submit_see_output_cancel(kafka_broker, unique_topic, fixture_artifact, tmp_path):
@@ -22,7 +21,7 @@ def test_submit_see_output_cancel(kafka_broker, unique_topic, fixture_artifact, 
     cluster = StandaloneCluster(tmp_path / "flink").start()
     try:
         env = job_env(kafka_broker.bootstrap, topics, fixture_artifact)
-        script = str(ROOT / "jobs" / "recommend_job.py")
+        script = str(JOB_SCRIPT)
         job_id = cluster.submit_python(script, ["--source", "kafka", "--sink", "kafka"], env=env, python=sys.executable)
         events = generated_log(200, seed=13)
         replay(events, kafka_broker.bootstrap, topics["input_topic"])

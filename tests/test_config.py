@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from streamrec.cli import build_parser, config_from_args
-from streamrec.config import SECTIONS, Config, ConfigError, env_var, load_config
+from udfs.config import SECTIONS, Config, ConfigError, env_var, load_config
 
 SAMPLE = Path(__file__).resolve().parent.parent / "config" / "streamrec.toml"
 

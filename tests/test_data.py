@@ -11,18 +11,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from streamrec.data import (
-    FUNNEL,
-    P_ACTION_UNSEEN,
-    SESSION_GAP_S,
-    ZIPF_EXPONENT,
-    generate_events,
-    load_userbehavior,
-    read_events_msgpack,
-    write_events_msgpack,
-    write_userbehavior_csv,
-)
+from streamrec.generator import FUNNEL, P_ACTION_UNSEEN, SESSION_GAP_S, ZIPF_EXPONENT, generate_events
 from udfs.events import BEHAVIORS, Event, decode_event, encode_event
+from udfs.logs import load_userbehavior, read_events_msgpack, write_events_msgpack, write_userbehavior_csv
 
 CST = timezone(timedelta(hours=8))
 SPAN_LO_S = int(datetime(2017, 11, 25, tzinfo=CST).timestamp())

@@ -10,9 +10,9 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from streamrec.config import load_config
-from streamrec.poison import EXTRA_KINDS, KINDS, poison_records
 from tests.job_fixtures import generated_log
+from tests.poison import EXTRA_KINDS, KINDS, poison_records
+from udfs.config import load_config
 from udfs.events import Event, decode_event, encode_event
 
 pytestmark = pytest.mark.flink

@@ -107,7 +107,7 @@ def test_event_behind_the_watermark_goes_to_the_late_topic(kafka_broker, topics,
 
 
 def test_exactly_once_output_is_complete_and_duplicate_free(kafka_broker, topics, start_job):
-    from streamrec.config import env_var
+    from udfs.config import env_var
 
     job = start_job(**{env_var("kafka", "delivery_guarantee"): "exactly-once"})
     events = generated_log(300, seed=8)

@@ -10,9 +10,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from jobs.layout import required_jars
 from streamrec import kafka_local
 from streamrec.kafka_io import consume, replay
-from streamrec.kafka_local import LocalKafka, connector_jar, kafka_classpath
+from streamrec.kafka_local import LocalKafka, kafka_classpath
 from udfs.events import Event
 
 pytestmark = pytest.mark.timeout(300)
@@ -100,8 +101,8 @@ def test_create_topics_is_idempotent(kafka_broker: LocalKafka, unique_topic: Cal
 def test_missing_jars_give_the_fetch_instruction(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STREAMREC_CACHE", str(tmp_path / "empty-cache"))
     assert kafka_local.cache_dir() == tmp_path / "empty-cache"
-    for call in (kafka_classpath, connector_jar, LocalKafka(tmp_path / "data").start):
-        with pytest.raises(FileNotFoundError, match=r"scripts/fetch_deps\.sh.*make deps"):
+    for call in (kafka_classpath, required_jars, LocalKafka(tmp_path / "data").start):
+        with pytest.raises(FileNotFoundError, match=r"make deps.*scripts/fetch_deps\.sh"):
             call()
 
 

@@ -14,8 +14,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from model_export.dataset import build_training_data  # noqa: E402
 from model_export.evaluate import evaluate  # noqa: E402
-from model_export.model import DIN, ModelConfig, example_inputs, export_onnx, onnx_session  # noqa: E402
-from model_export.train import CHECKPOINT_FILE, train_model  # noqa: E402
+from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig, example_inputs, export_onnx  # noqa: E402
+from model_export.onnx_io import onnx_session  # noqa: E402
+from model_export.train import train_model  # noqa: E402
 from udfs.artifact import load_artifact  # noqa: E402
 from udfs.events import Event  # noqa: E402
 from udfs.features import DENSE_FEATURES, INPUT_NAMES  # noqa: E402

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from jobs.runtime import build_recommender
-from streamrec.config import Config, load_config
 from streamrec.kafka_io import consume, replay
 from streamrec.peer import Batcher, run_peer
 from tests.job_fixtures import generated_log
 from tests.test_job_kafka import POISON
+from udfs.config import Config, load_config
 from udfs.events import Event
 from udfs.recommend import Recommender
+from udfs.runtime import build_recommender
 from udfs.state import UserState
 
 H = 3_600_000

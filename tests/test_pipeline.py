@@ -13,10 +13,10 @@ from pyflink.common import Row
 from jobs.entry import absolute_artifact
 from jobs.io import CollectionSource, CollectSink, event_rows
 from jobs.pipeline import build_pipeline, create_environment
-from jobs.runtime import build_recommender
-from streamrec.config import load_config
 from tests.job_fixtures import T_START, generated_log
+from udfs.config import load_config
 from udfs.events import Event
+from udfs.runtime import build_recommender
 from udfs.state import UserState
 
 pytestmark = pytest.mark.flink

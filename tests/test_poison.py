@@ -1,6 +1,6 @@
 """Poison input at scale: every malformed record is dead-lettered, the job keeps going.
 
-The unit tests run the seeded generator (streamrec.poison) through the decoder; the
+The unit tests run the seeded generator (poison) through the decoder; the
 Kafka test pushes 10,000 poison records interleaved with good events through the
 running job and checks the DLQ, the recommendations, restarts and memory.
 """
@@ -17,7 +17,9 @@ from collections import Counter, defaultdict
 import msgpack
 import pytest
 
-from streamrec.poison import (
+from streamrec.procs import stop_group
+from tests.job_fixtures import generated_log, job_env
+from tests.poison import (
     EXTRA_KINDS,
     KINDS,
     NEAR_KAFKA_LIMIT_BYTES,
@@ -26,8 +28,6 @@ from streamrec.poison import (
     REASON_PREFIXES,
     poison_records,
 )
-from streamrec.procs import stop_group
-from tests.job_fixtures import generated_log, job_env
 from tests.scenario import group_rss_kb, report
 from udfs.events import MAX_EVENT_BYTES, DecodeError, Event, decode_event, encode_event
 

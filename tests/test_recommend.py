@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from jobs.runtime import build_recommender
-from streamrec.config import load_config
+from udfs.config import load_config
 from udfs.events import Event
+from udfs.runtime import build_recommender
 from udfs.state import UserState
 
 

@@ -8,19 +8,18 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
-from streamrec.config import env_var
+from jobs.layout import JOB_SCRIPT, PROJECT_ROOT
 from streamrec.kafka_io import consume, replay
 from streamrec.procs import stop_group
 from tests.job_fixtures import generated_log, job_env
 from tests.scenario import PeakRss, group_rss_kb, marked_rss_kb, report
+from udfs.config import env_var
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
-ROOT = Path(__file__).resolve().parent.parent
 FAIL_AFTER_S = 8.0  # > 3 checkpoint intervals (job_env sets 2 s)
 
 
@@ -48,8 +47,9 @@ def test_failure_after_a_checkpoint_loses_nothing(guarantee, kafka_broker, uniqu
     first = events[:200]
     n_first = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in first})
     with (tmp_path / "job.log").open("wb") as log:
-        job = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_job.py"), str(marker), str(FAIL_AFTER_S)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        script = PROJECT_ROOT / "tests" / "fault_job.py"
+        job = subprocess.Popen([sys.executable, str(script), str(marker), str(FAIL_AFTER_S)],
+                               cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     rss = PeakRss(lambda: group_rss_kb(job.pid)).__enter__()
     try:
         replay(first, kafka_broker.bootstrap, topics["input_topic"])
@@ -109,7 +109,7 @@ def test_taskmanager_killed_mid_stream_restarts_from_checkpoint(kafka_broker, un
     rss = PeakRss(lambda: marked_rss_kb(str(cluster.work_dir))).__enter__()
     try:
         env = job_env(kafka_broker.bootstrap, topics, fixture_artifact)
-        job_id = cluster.submit_python(str(ROOT / "jobs" / "recommend_job.py"),
+        job_id = cluster.submit_python(str(JOB_SCRIPT),
                                        ["--source", "kafka", "--sink", "kafka"], env=env, python=sys.executable)
         replay(events[:200], kafka_broker.bootstrap, topics["input_topic"])
         deadline = time.monotonic() + 180

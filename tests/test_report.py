@@ -1,4 +1,4 @@
-"""Evaluation report and the prequential protocol (model_export/report.py, prequential.py)."""
+"""Evaluation report and the prequential protocol (streamrec/evaluate.py, prequential.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from model_export.prequential import EmittedList, ListKey, held_out_pairs, list_metrics, novelty, prequential
-from model_export.report import evaluate, format_table
-from streamrec.data import TAOBAO_SPAN_MS, generate_events, write_userbehavior_csv
+from streamrec.evaluate import evaluate, format_table
+from streamrec.generator import generate_events
+from streamrec.prequential import EmittedList, ListKey, held_out_pairs, list_metrics, novelty, prequential
 from udfs.events import Event
+from udfs.logs import TAOBAO_SPAN_MS, write_userbehavior_csv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -70,7 +71,7 @@ def test_each_event_is_tested_on_the_users_previous_list() -> None:
 
 def test_replay_model_equals_offline_model(tiny) -> None:
     """Same held-out pairs and same model: the replay's numbers are the offline ones."""
-    from model_export.report import offline
+    from streamrec.evaluate import offline
 
     events, _, art = tiny
     off = offline(events, art)

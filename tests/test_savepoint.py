@@ -33,21 +33,21 @@ from typing import Any
 
 import pytest
 
-from jobs.runtime import build_recommender
-from streamrec.config import Config, env_var, load_config
+from jobs.layout import JOB_SCRIPT, PROJECT_ROOT
 from streamrec.flink_cluster import StandaloneCluster
 from streamrec.kafka_io import ConsumedRecord, consume, replay
 from tests.job_fixtures import generated_log, job_env
 from tests.scenario import PeakRss, marked_rss_kb, report
 from tests.state_versions import state_version, to_v1_bytes
+from udfs.config import Config, env_var, load_config
 from udfs.events import Event
+from udfs.runtime import build_recommender
 from udfs.state import UserState
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kafka]
 
-ROOT = Path(__file__).resolve().parent.parent
-JOB = str(ROOT / "jobs" / "recommend_job.py")
-TEST_JOB = str(ROOT / "tests" / "savepoint_job.py")
+JOB = str(JOB_SCRIPT)
+TEST_JOB = str(PROJECT_ROOT / "tests" / "savepoint_job.py")
 ARGS = ["--source", "kafka", "--sink", "kafka"]
 
 Key = tuple[Any, Any, str, int]  # a list's trigger: (user, item, behavior, ts)

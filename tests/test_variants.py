@@ -11,9 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from model_export.bench_model import run  # noqa: E402
-from model_export.model import DIN, ModelConfig, export_onnx  # noqa: E402
-from model_export.train import CHECKPOINT_FILE  # noqa: E402
+from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig, export_onnx  # noqa: E402
 from model_export.variants import (  # noqa: E402
     build_variants,
     check_parity,
@@ -23,6 +21,7 @@ from model_export.variants import (  # noqa: E402
     synthetic_batch,
     top_k_overlap,
 )
+from streamrec.bench_model import run  # noqa: E402
 from udfs.features import INPUT_NAMES  # noqa: E402
 from udfs.ranker import OnnxRanker  # noqa: E402
 

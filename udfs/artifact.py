@@ -17,6 +17,7 @@ from typing import Any
 
 from udfs.candidates import CandidateTables
 from udfs.features import DENSE_FEATURES, INPUT_NAMES, Vocab
+from udfs.state import StateLimits
 
 FORMAT = "streamrec-artifact"
 FORMAT_VERSION = 1
@@ -30,10 +31,60 @@ class ArtifactError(RuntimeError):
     """The artifact is missing, corrupt or incompatible with this code."""
 
 
+DEFAULT_N_CANDIDATES = 100
+
+
+class Manifest(dict[str, Any]):
+    """The manifest's JSON map, with typed access to what the code reads from it.
+
+    Every reader goes through these properties, so a field is decoded one way.
+    """
+
+    @property
+    def model_version(self) -> str:
+        return str(self["model_version"])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self["seq_len"])
+
+    @property
+    def training_config(self) -> dict[str, Any]:
+        """The settings the model was trained with (``config`` in the file)."""
+        return dict(self.get("config") or {})
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return dict(self["model_config"])
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.get("metrics") or {})
+
+    @property
+    def train_span(self) -> dict[str, Any]:
+        return dict(self.get("train_span") or {})
+
+    @property
+    def until_ms(self) -> int:
+        """Events before this time trained the model; later ones are held out."""
+        return int(self.train_span["until_ms"])
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.training_config.get("n_candidates", DEFAULT_N_CANDIDATES))
+
+    @property
+    def state_limits(self) -> StateLimits:
+        """The state bounds the training data was built with; the job must use the same."""
+        lim = self.training_config.get("state_limits")
+        return StateLimits(**lim) if lim else StateLimits(max_seq_len=self.seq_len)
+
+
 @dataclass
 class Artifact:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     vocab: Vocab
     tables: CandidateTables
 
@@ -43,11 +94,11 @@ class Artifact:
 
     @property
     def model_version(self) -> str:
-        return str(self.manifest["model_version"])
+        return self.manifest.model_version
 
     @property
     def seq_len(self) -> int:
-        return int(self.manifest["seq_len"])
+        return self.manifest.seq_len
 
 
 def sha256_file(path: Path) -> str:
@@ -97,19 +148,30 @@ def write_artifact(
     return out
 
 
-def verify_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse the manifest alone, without checking files (a model directory being benchmarked)."""
+    mpath = Path(path) / MANIFEST_FILE
+    if not mpath.is_file():
+        raise ArtifactError(f"{mpath} is missing: not a complete model artifact")
+    try:
+        data = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{mpath} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{mpath} is not a JSON object")
+    return Manifest(data)
+
+
+def verify_manifest(path: str | Path) -> Manifest:
+    """The manifest of a complete artifact whose files match it and this code's features."""
+    path = Path(path)
     if not path.is_dir():
         raise ArtifactError(
             f"model artifact directory {path} does not exist; train one with "
             f"`streamrec train --events FILE --out {path}` or set ranking.artifact_dir"
         )
     mpath = path / MANIFEST_FILE
-    if not mpath.is_file():
-        raise ArtifactError(f"{mpath} is missing: not a complete model artifact")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{mpath} is not valid JSON: {exc}") from exc
+    manifest = read_manifest(path)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{mpath}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "

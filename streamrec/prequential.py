@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import time
 from collections import defaultdict
@@ -58,10 +57,16 @@ from typing import Any
 
 import numpy as np
 
+from jobs.entry import Endpoint, run_job
 from model_export.dataset import ExampleSet, snapshot
-from model_export.evaluate import BASELINES, K, rank_lists, summarize_ranks
+from model_export.evaluate import BASELINES, rank_lists
+from udfs.artifact import verify_manifest
+from udfs.config import load_config
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
+from udfs.logs import write_userbehavior_csv
+from udfs.ranking_metrics import K, metrics_from_ranks
+from udfs.runtime import build_recommender, state_settings
 from udfs.state import UserState
 
 log = logging.getLogger(__name__)
@@ -86,8 +91,7 @@ def sort_log(events: Iterable[Event]) -> list[Event]:
 
 
 def artifact_until_ms(artifact_dir: str | Path) -> int:
-    manifest = json.loads((Path(artifact_dir) / "manifest.json").read_text())
-    return int(manifest["train_span"]["until_ms"])
+    return verify_manifest(artifact_dir).until_ms
 
 
 def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu", top_k: int | None = K) -> Any:
@@ -95,21 +99,9 @@ def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu"
     count, lists of ``top_k`` (None: all candidates), emission from ``since_ms``, no checkpoints.
 
     The environment and config files are ignored (``environ={}``) so a run is reproducible."""
-    from streamrec.config import load_config
-
-    manifest = json.loads((Path(artifact_dir) / "manifest.json").read_text())
-    cfg = manifest.get("config", {})
-    n_candidates = int(cfg.get("n_candidates", 100))
-    state: dict[str, Any] = {}
-    lim = cfg.get("state_limits")
-    if lim:
-        state = {
-            "max_seq_len": int(lim["max_seq_len"]),
-            "seq_window_s": int(lim["seq_window_ms"]) // 1000,
-            "max_categories": int(lim["max_categories"]),
-            "category_half_life_s": int(lim["category_half_life_ms"]) // 1000,
-            "max_bought": int(lim["max_bought"]),
-        }
+    manifest = verify_manifest(artifact_dir)
+    n_candidates = manifest.n_candidates
+    state = state_settings(manifest.state_limits)
     overrides: dict[str, dict[str, Any]] = {
         "ranking": {"artifact_dir": str(Path(artifact_dir).resolve()), "provider": provider,
                     "n_candidates": n_candidates,
@@ -127,9 +119,6 @@ def run_job_lists(
     events: Sequence[Event], config: Any, workdir: str | Path
 ) -> tuple[dict[ListKey, EmittedList], dict[str, int]]:
     """Write the (already sorted) log to a CSV, run the bounded job, read its lists."""
-    from jobs.entry import Endpoint, run_job
-    from streamrec.data import write_userbehavior_csv
-
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     csv = wd / "events_sorted.csv"
@@ -195,26 +184,14 @@ def held_out_pairs(lists: Mapping[ListKey, EmittedList], novel: Mapping[tuple[Id
 
 def list_metrics(ranked: Sequence[Sequence[Id]], targets: Sequence[Id], novel: Sequence[bool],
                  catalog_size: int, k: int = K) -> dict[str, float]:
-    """HR/NDCG@k, MRR, AUC, novel HR/NDCG@k and coverage@k of ranked lists (see module doc)."""
-    n = len(ranked)
-    hr = np.zeros(n)
-    ndcg = np.zeros(n)
-    rr = np.zeros(n)
-    auc: list[float] = []
+    """The metrics of :mod:`udfs.ranking_metrics` for lists of item ids and their true next items."""
+    ranks: list[int | None] = []
     top: set[Id] = set()
-    for i, (lst, target) in enumerate(zip(ranked, targets, strict=True)):
+    for lst, target in zip(ranked, targets, strict=True):
         top.update(lst[:k])
-        try:
-            rank = list(lst).index(target)
-        except ValueError:
-            continue
-        rr[i] = 1.0 / (rank + 1)
-        if rank < k:
-            hr[i] = 1.0
-            ndcg[i] = 1.0 / math.log2(rank + 2)
-        if len(lst) > 1:
-            auc.append((len(lst) - 1 - rank) / (len(lst) - 1))
-    return summarize_ranks(hr, ndcg, rr, auc, np.asarray(novel, dtype=bool), len(top), catalog_size, k)
+        items = list(lst)
+        ranks.append(items.index(target) if target in items else None)
+    return metrics_from_ranks(ranks, [len(lst) for lst in ranked], novel, len(top), catalog_size, k)
 
 
 @dataclass
@@ -233,8 +210,6 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
     ``Recommender.recommend`` on ``model_batch`` requests per call (the job calls it with one;
     the scores of a row do not depend on the batch) and the baselines re-rank the same
     candidates by the rules of :mod:`model_export.evaluate`."""
-    from jobs.runtime import build_recommender
-
     t0 = time.perf_counter()
     rec = build_recommender(config)
     top_k = int(config.ranking.top_k)

@@ -8,7 +8,7 @@ Protocols:
   :func:`model_export.evaluate.evaluate` on the held-out requests, the model
   scored by the artifact's ONNX file);
 * ``prequential``: the same log through the streaming job (see
-  :mod:`model_export.prequential`), baselines on the same candidates from the
+  :mod:`streamrec.prequential`), baselines on the same candidates from the
   job's pure-Python replay.
 
 ``streamrec evaluate --events FILE --artifact DIR --out DIR [--protocol ...]``
@@ -25,7 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from model_export.dataset import build_training_data
+from model_export.evaluate import evaluate as evaluate_offline
+from model_export.onnx_io import onnx_session, predict_onnx
+from streamrec.prequential import prequential
+from udfs.artifact import load_artifact, verify_manifest
 from udfs.events import Event
+from udfs.logs import load_events
 
 log = logging.getLogger(__name__)
 
@@ -35,37 +41,15 @@ PNG_FILE = "evaluation.png"
 TABLE_METRICS = ("hr@10", "ndcg@10", "mrr", "auc", "novel_hr@10", "novel_ndcg@10", "coverage@10")
 
 
-def load_events(path: str | Path) -> list[Event]:
-    """A Taobao UserBehavior CSV or a msgpack events file, sorted stably by time."""
-    from jobs.entry import read_events_file
-
-    return sorted(read_events_file(Path(path)), key=lambda e: e.ts)
-
-
-def _manifest(artifact_dir: str | Path) -> dict[str, Any]:
-    from udfs.artifact import verify_manifest
-
-    return verify_manifest(Path(artifact_dir))
-
-
 def offline(events: Sequence[Event], artifact_dir: str | Path, *, threads: int = 2) -> dict[str, Any]:
     """The held-out evaluation of ``train_model``, recomputed for the artifact's model."""
-    from model_export.dataset import build_training_data
-    from model_export.evaluate import evaluate as evaluate_offline
-    from model_export.model import onnx_session
-    from model_export.train import predict_onnx
-    from udfs.artifact import load_artifact
-    from udfs.state import StateLimits
-
     t0 = time.perf_counter()
     art = load_artifact(artifact_dir)
     m = art.manifest
-    cfg = m.get("config", {})
-    limits = StateLimits(**cfg["state_limits"]) if cfg.get("state_limits") else StateLimits(
-        max_seq_len=art.seq_len)
+    cfg = m.training_config
     data = build_training_data(
-        events, until_ms=int(m["train_span"]["until_ms"]), limits=limits,
-        n_candidates=int(cfg.get("n_candidates", 100)), seq_len=art.seq_len,
+        events, until_ms=m.until_ms, limits=m.state_limits,
+        n_candidates=m.n_candidates, seq_len=art.seq_len,
         hard_negatives=int(cfg.get("hard_negatives", 20)),
         popularity_negatives=int(cfg.get("popularity_negatives", 5)),
         force_positive=bool(cfg.get("force_positive", False)),
@@ -96,19 +80,17 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the artifact on ``events_path`` under ``protocols``; write ``out_dir/evaluation.json``
     and ``out_dir/evaluation.png``; return the report (the JSON's content)."""
-    from model_export.prequential import prequential
-
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
         raise ValueError(f"protocols must be among {PROTOCOLS}, got {list(protocols)}")
     t0 = time.perf_counter()
-    manifest = _manifest(artifact_dir)
-    events = load_events(events_path)
-    until = int(manifest["train_span"]["until_ms"])
+    manifest = verify_manifest(artifact_dir)
+    events = load_events(events_path, sort=True)
+    until = manifest.until_ms
     report: dict[str, Any] = {
         "events_path": str(Path(events_path).resolve()),
         "artifact_dir": str(Path(artifact_dir).resolve()),
-        "model_version": manifest.get("model_version"),
+        "model_version": manifest.model_version,
         "data": {
             "events": len(events),
             "users": len({e.user_id for e in events}),
@@ -117,7 +99,7 @@ def evaluate(
             "end_ms": events[-1].ts if events else None,
             "until_ms": until,
             "held_out_events": sum(1 for e in events if e.ts >= until),
-            "train_span": manifest.get("train_span"),
+            "train_span": manifest.train_span,
         },
         "protocols": {},
     }

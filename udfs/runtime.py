@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from streamrec.config import Config
+import gc
+
 from udfs.artifact import load_artifact
+from udfs.config import Config
 from udfs.ranker import OnnxRanker
 from udfs.recommend import Recommender
 from udfs.state import StateLimits
@@ -21,6 +23,17 @@ def state_limits(config: Config) -> StateLimits:
     )
 
 
+def state_settings(limits: StateLimits) -> dict[str, int]:
+    """The ``state`` config section that gives these limits (the inverse of :func:`state_limits`)."""
+    return {
+        "max_seq_len": limits.max_seq_len,
+        "seq_window_s": limits.seq_window_ms // 1000,
+        "max_categories": limits.max_categories,
+        "category_half_life_s": limits.category_half_life_ms // 1000,
+        "max_bought": limits.max_bought,
+    }
+
+
 def build_recommender(config: Config) -> Recommender:
     r = config.ranking
     artifact = load_artifact(r.artifact_dir)
@@ -36,7 +49,5 @@ def build_recommender(config: Config) -> Recommender:
 def freeze_loaded_objects() -> None:
     """Exempt the artifact's tables (tens of thousands of long-lived objects) from the
     cyclic GC: each full collection otherwise walks them all, a ~35 ms pause here."""
-    import gc
-
     gc.collect()
     gc.freeze()

@@ -18,10 +18,11 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
-from streamrec.config import Config
+from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event
 from udfs.metrics import BatchedCounters
 from udfs.records import dead_letter_record, late_event_record
+from udfs.runtime import build_recommender, freeze_loaded_objects
 from udfs.state import UserState
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,6 @@ class RecommendFunction(KeyedProcessFunction):
         self.config = config
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from jobs.runtime import build_recommender, freeze_loaded_objects  # onnxruntime in the worker only
-
         cfg = self.config
         self.recommender = build_recommender(cfg)
         freeze_loaded_objects()

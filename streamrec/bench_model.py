@@ -28,8 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from model_export.variants import FP32_FILE, VARIANT_FILES, build_variants, synthetic_batch
+from model_export.variants import FP32_FILE, VARIANT_FILES, build_variants, held_out_batches, synthetic_batch
+from udfs.artifact import read_manifest
 from udfs.features import INPUT_NAMES
+from udfs.logs import load_events
+from udfs.ranker import OnnxRanker
 
 DEFAULT_BATCH_SIZES = (1, 4, 16, 64, 256, 1024, 4096)
 PER_USER = 100
@@ -55,13 +58,11 @@ def _time_calls(fn: Callable[[], Any], repeats: int, budget_s: float, warmup: in
 
 
 def _torch_runner(artifact_dir: Path, provider: str, threads: int) -> tuple[Any, str, Callable[..., Any]]:
-    import torch
+    import torch  # the [train] extra, ~6 s to import: only this engine needs it
 
-    from model_export.model import DIN, ModelConfig
-    from model_export.train import CHECKPOINT_FILE
+    from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig  # lazy: torch, as above
 
-    manifest = json.loads((artifact_dir / "manifest.json").read_text())
-    model = DIN(ModelConfig.from_dict(manifest["model_config"]))
+    model = DIN(ModelConfig.from_dict(read_manifest(artifact_dir).model_config))
     model.load_state_dict(torch.load(artifact_dir / CHECKPOINT_FILE, weights_only=True, map_location="cpu"))
     model.eval()
     device = "cuda" if provider != "cpu" and torch.cuda.is_available() else "cpu"
@@ -102,8 +103,6 @@ def _machine(provider_choice: Any) -> dict[str, Any]:
 
 
 def _engines(artifact_dir: Path, variant_dir: Path, provider: str, threads: int) -> tuple[dict[str, Any], Any]:
-    from udfs.ranker import OnnxRanker
-
     fp32 = str(artifact_dir / FP32_FILE)
     engines: dict[str, Any] = {
         "ort_fp32": OnnxRanker(fp32, provider=provider, io_binding="off", intra_op_threads=threads),  # type: ignore[arg-type]
@@ -169,8 +168,8 @@ def run(
     artifact = Path(artifact_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    mc, seq_len = manifest["model_config"], int(manifest["seq_len"])
+    manifest = read_manifest(artifact)
+    mc, seq_len = manifest.model_config, manifest.seq_len
 
     def make(rows: int, seed: int) -> dict[str, np.ndarray]:
         return synthetic_batch(rows, int(mc["n_items"]), int(mc["n_categories"]), seq_len, PER_USER, seed)
@@ -204,7 +203,7 @@ def run(
             })
     res: dict[str, Any] = {
         "artifact_dir": str(artifact),
-        "model_version": manifest.get("model_version"),
+        "model_version": manifest.model_version,
         "batch_sizes": [int(b) for b in batch_sizes],
         "per_user": PER_USER,
         "threads": threads,
@@ -234,10 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     sample = None
     if a.events:
-        from model_export.variants import held_out_batches
-        from streamrec.data import load_userbehavior
-
-        sample = held_out_batches(a.artifact, load_userbehavior(a.events, sort=True).events, a.parity_requests)
+        sample = held_out_batches(a.artifact, load_events(a.events, sort=True), a.parity_requests)
     res = run(a.artifact, a.out, [int(b) for b in a.batch_sizes.split(",")], a.repeats, a.provider,
               threads=a.threads, sample_batches=sample)
     print(_markdown(res))

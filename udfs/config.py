@@ -16,6 +16,8 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "STREAMREC_"
+# The job's topics, by config field: one list for the job, the local broker and the tools.
+TOPIC_FIELDS = ("input_topic", "output_topic", "dlq_topic", "late_topic")
 
 
 class _Section(BaseModel):
@@ -47,6 +49,10 @@ class KafkaConfig(_Section):
     """Longest the broker holds a fetch of the job's source waiting for source_fetch_min_bytes."""
     source_fetch_min_bytes: int = Field(16384, ge=1)
     """Bytes the broker waits for before answering a fetch of the job's source."""
+
+    def topics(self) -> dict[str, str]:
+        """Every topic the job reads or writes, by config field (see ``TOPIC_FIELDS``)."""
+        return {f: str(getattr(self, f)) for f in TOPIC_FIELDS}
 
 
 class StateConfig(_Section):
@@ -136,6 +142,23 @@ SECTIONS: dict[str, type[_Section]] = {
 
 def env_var(section: str, field: str) -> str:
     return f"{ENV_PREFIX}{section.upper()}_{field.upper()}"
+
+
+def config_env(values: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Environment variables that set ``{section: {field: value}}`` in a child process.
+
+    The way the tools and tests configure a job they start as a subprocess; an unknown
+    key fails here, naming it, rather than being ignored by the child.
+    """
+    env: dict[str, str] = {}
+    for section, fields in values.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section {section!r}")
+        for field, value in fields.items():
+            if field not in SECTIONS[section].model_fields:
+                raise ConfigError(f"unknown config key {section}.{field}")
+            env[env_var(section, field)] = str(value)
+    return env
 
 
 def field_doc(section: str, field: str) -> str:

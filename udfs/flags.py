@@ -1,0 +1,69 @@
+"""Command-line flags over the config: the top of its precedence order.
+
+Shared by the `streamrec` CLI and the job's own entry point (`flink run -py
+jobs/recommend_job.py`), so a flag means the same in both. Every flag names its
+environment fallback in --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from udfs.artifact import ArtifactError
+from udfs.config import ENV_PREFIX, SECTIONS, Config, ConfigError, env_var, field_doc, load_config
+
+# Flags that map onto config fields: flag -> (section, field).
+CONFIG_FLAGS: dict[str, tuple[str, str]] = {
+    "--bootstrap-servers": ("kafka", "bootstrap_servers"),
+    "--input-topic": ("kafka", "input_topic"),
+    "--output-topic": ("kafka", "output_topic"),
+    "--dlq-topic": ("kafka", "dlq_topic"),
+    "--delivery-guarantee": ("kafka", "delivery_guarantee"),
+    "--parallelism": ("job", "parallelism"),
+    "--execution-mode": ("job", "execution_mode"),
+    "--artifact": ("ranking", "artifact_dir"),
+    "--provider": ("ranking", "provider"),
+    "--top-k": ("ranking", "top_k"),
+}
+
+# What a user can cause and fix (bad flags, config, paths, artifacts): a message and
+# exit status 2, not a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, ArtifactError, ValueError)
+
+
+def add_flag(p: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:
+    """A flag whose default comes from ``env``; the env var is named in --help."""
+    default = kw.pop("default", None)
+    kw["default"] = os.environ.get(env, default)
+    shown = f" (default: {default})" if default is not None else ""
+    p.add_argument(flag, help=f"{help}{shown} [env: {env}]", **kw)
+
+
+def add_config_flags(p: argparse.ArgumentParser, flags: Sequence[str]) -> None:
+    add_flag(p, "--config", f"{ENV_PREFIX}CONFIG", "TOML config file (see config/streamrec.toml)")
+    for flag in flags:
+        section, field = CONFIG_FLAGS[flag]
+        default = SECTIONS[section].model_fields[field].default
+        p.add_argument(flag, dest=f"cfg__{section}__{field}", default=None,
+                       help=f"{field_doc(section, field)} (default: {default}) [env: {env_var(section, field)}]")
+
+
+def config_from_args(args: argparse.Namespace, extra: dict[str, dict[str, Any]] | None = None) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg__") and value is not None:
+            _, section, field = key.split("__")
+            overrides.setdefault(section, {})[field] = value
+    for section, values in (extra or {}).items():
+        overrides.setdefault(section, {}).update(values)
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
