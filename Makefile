@@ -44,4 +44,4 @@ bench-model: deps
 	$(VENV)/bin/streamrec bench-model --out bench-results/model
 
 clean:
-	rm -rf $(VENV) $(CACHE) artifacts out bench-results
+	rm -rf $(VENV) $(CACHE) artifacts out bench-results checkpoints

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.checkpoints import checkpoint_root, resume_path
 from jobs.functions import RecommendFunction
 from jobs.io import CollectionSource, CollectSink, KafkaEventSource, KafkaSinks, event_rows, write_jsonl
 from jobs.pipeline import build_pipeline, create_environment
@@ -52,6 +53,14 @@ def absolute_artifact(config: Config) -> Config:
     return config.model_copy(update={"ranking": ranking})
 
 
+def log_start(config: Config) -> None:
+    """Where state goes and where it comes from: the first thing an operator asks after a restart."""
+    resume = resume_path(config)
+    log.info("checkpoints every %d ms to %s (%s backend)%s", config.job.checkpoint_interval_ms,
+             checkpoint_root(config), config.job.state_backend,
+             f"; resuming from {resume}" if resume else "; fresh start")
+
+
 def run_job(config: Config, source: Endpoint, sink: Endpoint,
             recommend: RecommendFunction | None = None) -> dict[str, int] | None:
     """Build and execute the pipeline; file sinks get one JSON line per record.
@@ -59,6 +68,7 @@ def run_job(config: Config, source: Endpoint, sink: Endpoint,
     ``recommend`` (a RecommendFunction subclass instance) is for fault-injection tests.
     """
     config = absolute_artifact(config)
+    log_start(config)
     env = create_environment(config)
     if source.kind == "kafka":
         src: CollectionSource | KafkaEventSource = KafkaEventSource(config)
@@ -69,7 +79,7 @@ def run_job(config: Config, source: Endpoint, sink: Endpoint,
     if sink.kind == "kafka":
         build_pipeline(env, config, src, KafkaSinks(config), recommend)
         log.info("submitting streaming job; input %s, output %s", config.kafka.input_topic, config.kafka.output_topic)
-        env.execute("streamrec")
+        env.execute(config.job.name)
         return None
     assert sink.path is not None
     collect = CollectSink()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from kafka.errors import KafkaError
 from pyflink.common import Row, WatermarkStrategy
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
@@ -24,13 +27,16 @@ from pyflink.java_gateway import get_gateway
 
 from jobs.functions import RAW_TYPE, as_bytes
 from jobs.pipeline import PipelineOutputs
-from udfs.config import Config
+from udfs.config import Config, ConfigError
 from udfs.events import Event, encode_event
 
 # Values travel back to the client as JSON text: a Java byte[] crosses py4j byte by
 # byte, which made collecting ~20k lists take over ten minutes.
 TAGGED_TYPE = Types.ROW_NAMED(["kind", "key", "value"], [Types.STRING(), Types.STRING(), Types.STRING()])
 KINDS = ("recommendations", "dead_letters", "late_events")
+TRANSACTION_MAX_KEY = "transaction.max.timeout.ms"
+
+log = logging.getLogger(__name__)
 
 
 def _jvm() -> Any:
@@ -82,13 +88,16 @@ class KafkaSinks:
         builder = KafkaSink.builder().set_bootstrap_servers(k.bootstrap_servers).set_delivery_guarantee(guarantee)
         builder.set_property("linger.ms", str(k.sink_linger_ms))
         if k.delivery_guarantee == "exactly-once":
-            builder.set_transactional_id_prefix(f"{k.transactional_id_prefix}-{topic}")
-            builder.set_property("transaction.timeout.ms", "900000")
+            # One prefix per job name and topic: two jobs never fence each other's transactions.
+            builder.set_transactional_id_prefix(f"{k.transactional_id_prefix}-{self.config.job.name}-{topic}")
+            builder.set_property("transaction.timeout.ms", str(k.transaction_timeout_ms))
         # PyFlink's set_record_serializer assumes its own builder's schema class.
         builder._j_builder.setRecordSerializer(_jvm().io.streamrec.flink.KeyedBytesSerializer(topic))
         return builder.build()
 
     def attach(self, outputs: PipelineOutputs, config: Config) -> None:
+        if config.kafka.delivery_guarantee == "exactly-once":
+            check_transaction_timeout(config)
         topics = config.kafka.topics()
         for stream, topic_field, name in (
             (outputs.recommendations, "output_topic", "recommendations"),
@@ -96,6 +105,40 @@ class KafkaSinks:
             (outputs.late_events, "late_topic", "late-events"),
         ):
             stream.sink_to(self._sink(topics[topic_field])).name(f"kafka-{name}").uid(f"sink-{name}")
+
+
+def broker_transaction_max_ms(bootstrap: str, timeout_s: float = 10.0) -> int | None:
+    """The broker's ``transaction.max.timeout.ms``; None when it cannot be read."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as exc:
+        log.warning("cannot reach %s to check transaction.max.timeout.ms: %s", bootstrap, exc)
+        return None
+    try:
+        broker = admin.describe_cluster()["brokers"][0]["broker_id"]
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, str(broker), [TRANSACTION_MAX_KEY])],
+                                       config_filter="all")
+    except (KafkaError, KeyError, IndexError, ValueError) as exc:
+        log.warning("cannot read transaction.max.timeout.ms from %s: %s", bootstrap, exc)
+        return None
+    finally:
+        admin.close()
+    for per_name in found.values():
+        for configs in per_name.values():
+            entry = configs.get(TRANSACTION_MAX_KEY)
+            if entry is not None:
+                return int(entry["value"] if isinstance(entry, dict) else entry)
+    return None
+
+
+def check_transaction_timeout(config: Config) -> None:
+    """Refuse to start when the sinks' transaction timeout is above the broker's maximum: every
+    transaction would fail at its start and the job would restart in a loop."""
+    k = config.kafka
+    limit = broker_transaction_max_ms(k.bootstrap_servers)
+    if limit is not None and k.transaction_timeout_ms > limit:
+        raise ConfigError(f"kafka.transaction_timeout_ms ({k.transaction_timeout_ms}) exceeds the broker's "
+                          f"{TRANSACTION_MAX_KEY} ({limit}); lower it or raise the broker's limit")
 
 
 def event_rows(events: Iterable[Event], origin: str) -> list[Row]:

@@ -17,6 +17,7 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 
+from jobs.checkpoints import checkpoint_root, resume_path
 from jobs.functions import DLQ_TAG, ENVELOPE_TYPE, KEYED_BYTES_TYPE, LATE_TAG, RecommendFunction
 from jobs.layout import PROJECT_ROOT, required_jars
 from udfs.config import Config
@@ -42,14 +43,61 @@ class Sink(Protocol):
 def flink_configuration(config: Config) -> Configuration:
     """Settings that must be in place before the environment is created."""
     conf = Configuration()
-    # Workers must use this interpreter (the one with the project installed), not PATH's.
-    conf.set_string("python.executable", sys.executable)
-    conf.set_string("python.client.executable", sys.executable)
-    conf.set_string("python.execution-mode", config.job.execution_mode)
-    conf.set_string("python.fn-execution.bundle.size", str(config.job.python_bundle_size))
-    conf.set_string("python.fn-execution.bundle.time", str(config.job.python_bundle_time_ms))
-    conf.set_string("state.backend.type", config.job.state_backend)
+    for key, value in flink_settings(config).items():
+        conf.set_string(key, value)
     return conf
+
+
+def flink_settings(config: Config) -> dict[str, str]:
+    """Every Flink setting the job makes explicit, rather than leaving it to Flink's defaults."""
+    job = config.job
+    settings = {
+        # Workers must use this interpreter (the one with the project installed), not PATH's.
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        "python.execution-mode": job.execution_mode,
+        "python.fn-execution.bundle.size": str(job.python_bundle_size),
+        "python.fn-execution.bundle.time": str(job.python_bundle_time_ms),
+        "state.backend.type": job.state_backend,
+        # Durable checkpoints: JobManager memory caps state at 5 MiB, which a store passes in minutes.
+        "execution.checkpointing.storage": "filesystem",
+        "execution.checkpointing.dir": checkpoint_root(config),
+        "execution.checkpointing.externalized-checkpoint-retention":
+            "RETAIN_ON_CANCELLATION" if job.checkpoint_retention == "retain" else "DELETE_ON_CANCELLATION",
+        "execution.checkpointing.incremental": str(job.incremental_checkpoints).lower(),
+        "execution.checkpointing.tolerable-failed-checkpoints": str(job.tolerable_checkpoint_failures),
+        **restart_settings(config),
+        # A local run's REST API and blob server listen on loopback, and take no jobs over REST.
+        # (PyFlink's Beam gRPC servers bind every interface whatever the settings: README.)
+        "rest.bind-address": job.bind_address,
+        "rest.address": job.bind_address,
+        "jobmanager.bind-host": job.bind_address,
+        "jobmanager.rpc.address": job.bind_address,
+        "taskmanager.bind-host": job.bind_address,
+        "taskmanager.host": job.bind_address,
+        "web.submit.enable": "false",
+    }
+    if job.rest_port:
+        settings["rest.port"] = str(job.rest_port)
+    resume = resume_path(config)
+    if resume:
+        settings["execution.state-recovery.path"] = resume
+    return settings
+
+
+def restart_settings(config: Config) -> dict[str, str]:
+    job = config.job
+    if job.restart_strategy == "none":
+        return {"restart-strategy.type": "none"}
+    if job.restart_strategy == "fixed-delay":
+        return {"restart-strategy.type": "fixed-delay",
+                "restart-strategy.fixed-delay.attempts": str(job.restart_attempts),
+                "restart-strategy.fixed-delay.delay": f"{job.restart_delay_ms} ms"}
+    longest = max(job.restart_max_delay_ms, job.restart_delay_ms)
+    return {"restart-strategy.type": "exponential-delay",
+            "restart-strategy.exponential-delay.initial-backoff": f"{job.restart_delay_ms} ms",
+            "restart-strategy.exponential-delay.max-backoff": f"{longest} ms",
+            "restart-strategy.exponential-delay.attempts-before-reset-backoff": str(job.restart_attempts)}
 
 
 def worker_pythonpath() -> str:
@@ -68,6 +116,11 @@ def create_environment(config: Config) -> StreamExecutionEnvironment:
     jars = required_jars()  # before the JVM starts: a missing jar is a clear error, not a py4j one
     # Must be set before the JVM (and so the embedded interpreter) starts.
     os.environ["PYTHONPATH"] = worker_pythonpath()
+    # A local run otherwise starts PyFlink's Beam worker-pool server on every interface
+    # (beam_worker_pool_service: '[::]:0'), whatever the bind settings. Thread mode never uses
+    # it, and process mode then launches its workers as on a cluster. PyFlink's own test
+    # harness sets the same (underscored, internal) variable.
+    os.environ["_python_worker_execution_mode"] = "process"  # noqa: SIM112 (PyFlink reads this name)
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(config))
     env.set_parallelism(config.job.parallelism)
     env.set_buffer_timeout(config.job.buffer_timeout_ms)

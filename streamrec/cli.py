@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--max-events", f"{ENV_PREFIX}PEER_MAX_EVENTS", "stop after this many input records")
     add_flag(p, "--idle-timeout", f"{ENV_PREFIX}PEER_IDLE_TIMEOUT", "stop after this many idle seconds",
              default="30")
-    add_config_flags(p, list(CONFIG_FLAGS))
+    add_config_flags(p, [f for f in CONFIG_FLAGS if f != "--resume"])  # the peer keeps no Flink state
     p.set_defaults(func=cmd_peer)
 
     p = sub.add_parser("bench", help="job (p1, p2) vs plain-Python peer vs model and Kafka ceilings, latency")

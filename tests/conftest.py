@@ -6,6 +6,7 @@ import itertools
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,13 @@ def _jars_present() -> bool:
 def kafka_jars() -> str:
     """The broker classpath; tests that request it skip (or fail under CI) without the jars."""
     return require_kafka_jars()
+
+
+@pytest.fixture(autouse=True)
+def _checkpoints_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs started by a test (in this process or a child that inherits the environment)
+    checkpoint into the test's own folder, never into the project's ./checkpoints."""
+    monkeypatch.setenv("STREAMREC_JOB_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -5,13 +5,18 @@ from pathlib import Path
 import pytest
 
 from streamrec.cli import build_parser, config_from_args
-from udfs.config import SECTIONS, Config, ConfigError, env_var, load_config
+from udfs.config import SECTIONS, Config, ConfigError, env_var, load_config, sample_toml
 
 SAMPLE = Path(__file__).resolve().parent.parent / "config" / "streamrec.toml"
 
 
 def test_sample_file_equals_defaults():
     assert load_config(SAMPLE, environ={}) == Config()
+
+
+def test_sample_file_is_rendered_from_the_fields():
+    """Regenerate with: python -c "from udfs.config import sample_toml; print(sample_toml(), end='')" """
+    assert SAMPLE.read_text() == sample_toml()
 
 
 def test_sample_file_lists_every_field_with_its_env_var():

@@ -7,6 +7,7 @@ fail at start with the dotted key in the message, never mid-stream.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,7 +43,10 @@ class KafkaConfig(_Section):
     delivery_guarantee: Literal["at-least-once", "exactly-once", "none"] = "at-least-once"
     """KafkaSink delivery guarantee."""
     transactional_id_prefix: str = "streamrec"
-    """Stable prefix of sink transactional ids (exactly-once only)."""
+    """Stable prefix of sink transactional ids (exactly-once only); the job name and topic follow it."""
+    transaction_timeout_ms: int = Field(900_000, ge=1000)
+    """Kafka transaction timeout of the exactly-once sinks; checked at start against the broker's
+    transaction.max.timeout.ms."""
     sink_linger_ms: int = Field(20, ge=0, le=1000)
     """Producer linger of the job's sinks: a longer wait sends fewer, larger requests."""
     source_fetch_max_wait_ms: int = Field(20, ge=0, le=10000)
@@ -91,6 +95,32 @@ class JobConfig(_Section):
     """PyFlink `python.fn-execution.bundle.time`, bounds latency added by bundling."""
     buffer_timeout_ms: int = Field(100, ge=0)
     """Flink `execution.buffer-timeout`: longest a record waits in a network buffer at the shuffle."""
+    name: str = Field("streamrec", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    """Job name: names the Flink job, its checkpoint folder and its sinks' transactional ids."""
+    checkpoint_dir: str = "checkpoints"
+    """Checkpoint storage: a local path (made absolute at start) or a Flink filesystem URI (file://, s3://,
+    hdfs://) every TaskManager can reach; each job writes under <dir>/<name>."""
+    checkpoint_retention: Literal["retain", "delete"] = "retain"
+    """Keep the last checkpoint when the job is cancelled, so a restart can resume from it."""
+    incremental_checkpoints: bool = True
+    """RocksDB only: each checkpoint uploads only the state files written since the last one."""
+    tolerable_checkpoint_failures: int = Field(3, ge=0)
+    """Consecutive failed checkpoints the job tolerates before it restarts."""
+    restart_strategy: Literal["exponential-delay", "fixed-delay", "none"] = "exponential-delay"
+    """What Flink does after a failure: restart with a growing delay, a fixed delay, or fail the job."""
+    restart_attempts: int = Field(10, ge=1)
+    """Restarts before the job fails: in a row for fixed-delay, before the backoff resets for exponential."""
+    restart_delay_ms: int = Field(1000, ge=0)
+    """Delay before a restart (fixed-delay), or the first delay (exponential-delay)."""
+    restart_max_delay_ms: int = Field(60_000, ge=0)
+    """Longest delay between restarts with exponential-delay."""
+    resume_from: str = ""
+    """Start from this checkpoint or savepoint (a path or URI); `latest` is the newest retained checkpoint
+    under checkpoint_dir/<name>; empty starts fresh."""
+    bind_address: str = "127.0.0.1"
+    """Address a local run's REST API and blob server bind to; job submission over REST is off."""
+    rest_port: int = Field(0, ge=0, le=65535)
+    """REST port of a local run, for checkpoint and restart metrics (0: any free port)."""
 
 
 class RankingConfig(_Section):
@@ -125,6 +155,15 @@ class Config(_Section):
                 f"ranking.top_k ({self.ranking.top_k}) must not exceed "
                 f"ranking.n_candidates ({self.ranking.n_candidates})"
             )
+        if self.kafka.delivery_guarantee == "exactly-once":
+            if not self.job.checkpoint_interval_ms:
+                raise ValueError("kafka.delivery_guarantee exactly-once needs job.checkpoint_interval_ms > 0: "
+                                 "its transactions commit on checkpoints, so without them nothing is ever published")
+            if self.kafka.transaction_timeout_ms <= 2 * self.job.checkpoint_interval_ms:
+                raise ValueError(
+                    f"kafka.transaction_timeout_ms ({self.kafka.transaction_timeout_ms}) must exceed twice "
+                    f"job.checkpoint_interval_ms ({self.job.checkpoint_interval_ms}): a transaction stays open "
+                    "from one checkpoint to the next, and through a restart")
         return self
 
 
@@ -159,6 +198,28 @@ def config_env(values: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
                 raise ConfigError(f"unknown config key {section}.{field}")
             env[env_var(section, field)] = str(value)
     return env
+
+
+def sample_toml() -> str:
+    """``config/streamrec.toml``: every key at its default, with its doc and env var (a test keeps
+    the file equal to this, so the sample never drifts from the fields)."""
+    lines = ["# streamrec sample configuration: every key, at its default.",
+             "# Precedence: defaults < this file (--config / STREAMREC_CONFIG) < environment < flags.", ""]
+    for section, model in SECTIONS.items():
+        lines.append(f"[{section}]")
+        for name, info in model.model_fields.items():
+            lines.append(f"# {' '.join((info.description or '').split())} [env: {env_var(section, name)}]")
+            lines.append(f"{name} = {_toml_value(info.default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
 
 
 def field_doc(section: str, field: str) -> str:

@@ -28,6 +28,7 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--artifact": ("ranking", "artifact_dir"),
     "--provider": ("ranking", "provider"),
     "--top-k": ("ranking", "top_k"),
+    "--resume": ("job", "resume_from"),
 }
 
 # What a user can cause and fix (bad flags, config, paths, artifacts): a message and

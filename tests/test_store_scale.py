@@ -1,0 +1,175 @@
+"""A store's state: 60,000 shoppers on durable checkpoints, then a resume from the latest one.
+
+JobManager memory holds at most 5 MiB of checkpointed state; past that every
+checkpoint failed and the job restarted in a loop. Here the state passes that
+cap, checkpoints run every 2 s, and the job must neither fail a checkpoint nor
+restart, and must give every event its list. A second run resumes from the
+newest retained checkpoint and continues each shopper's sequence numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from streamrec.generator import generate_events
+from streamrec.kafka_io import consume, replay
+from streamrec.kafka_local import free_ports
+from streamrec.procs import stop_group
+from tests.job_fixtures import T_START, job_env
+from udfs.config import TOPIC_FIELDS
+from udfs.events import Event
+
+pytestmark = [pytest.mark.kafka, pytest.mark.flink]
+
+SHOPPERS = 60_000
+EVENTS_EACH = 3
+MEMORY_CAP = 5 * 1024 * 1024  # JobManager-memory checkpoint storage's limit
+
+
+def store_log() -> list[Event]:
+    """60,000 shoppers with three events each, cut from a generated log's sessions so the
+    items, categories and time order stay those of a real-looking stream."""
+    base = generate_events(SHOPPERS * EVENTS_EACH, n_users=600, n_items=400, n_categories=12, seed=7,
+                           start_ts_ms=T_START, duration_s=2 * 86400)
+    seen: Counter[Any] = Counter()
+    out = []
+    for e in base:
+        k = seen[e.user_id]
+        seen[e.user_id] += 1
+        out.append(e._replace(user_id=int(e.user_id) * 1000 + k // EVENTS_EACH))
+    return out
+
+
+def rest(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def running_job_id(port: int, timeout_s: float = 120) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            jobs = [j for j in rest(port, "/jobs")["jobs"] if j["status"] == "RUNNING"]
+            if jobs:
+                return str(jobs[0]["id"])
+        except (OSError, urllib.error.URLError, KeyError):
+            pass
+        time.sleep(1)
+    raise AssertionError(f"no running job on the REST port {port} within {timeout_s}s")
+
+
+def restarts(port: int, job_id: str, timeout_s: float = 60) -> int:
+    """Flink's numRestarts; the REST metric cache fills a few seconds after a job starts."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = rest(port, f"/jobs/{job_id}/metrics?get=numRestarts")
+        if found:
+            return int(float(found[0]["value"]))
+        time.sleep(2)
+    raise AssertionError(f"no numRestarts metric for {job_id} within {timeout_s}s")
+
+
+def job_figures(port: int, job_id: str) -> dict[str, Any]:
+    ck = rest(port, f"/jobs/{job_id}/checkpoints")
+    latest = (ck.get("latest") or {}).get("completed") or {}
+    return {"completed": ck["counts"]["completed"], "failed": ck["counts"]["failed"],
+            "restored": ck["counts"]["restored"], "restarts": restarts(port, job_id),
+            "state_bytes": int(latest.get("state_size") or latest.get("checkpointed_size") or 0)}
+
+
+LOOPBACK = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+
+
+def listeners(pgid: int) -> list[str]:
+    """Local addresses of the TCP sockets that processes of this group listen on (from `ss`)."""
+    pids = {p for p in subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()}
+    out = subprocess.run(["ss", "-H", "-ltnp"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines()
+            if any(f"pid={pid}," in line for pid in pids)]
+
+
+def collect(bootstrap: str, topic: str, done: Callable[[list[dict[str, Any]]], bool], job: subprocess.Popen,
+            timeout_s: float) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while not done(out) and time.monotonic() < deadline and job.poll() is None:
+        out += [r.value for r in consume(bootstrap, topic, timeout_s=5, group_id=f"verify-{topic}")]
+    return out
+
+
+def start(kafka_broker, topics, artifact, tmp_path, name: str, port: int, **extra: str) -> subprocess.Popen:
+    env = job_env(kafka_broker.bootstrap, topics, artifact, STREAMREC_JOB_REST_PORT=str(port),
+                  STREAMREC_RANKING_N_CANDIDATES="20", STREAMREC_RANKING_TOP_K="10", **extra)
+    log = (tmp_path / f"{name}.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_sixty_thousand_shoppers_checkpoint_durably_and_resume(kafka_broker, unique_topic, fixture_artifact,
+                                                               tmp_path) -> None:
+    topics = {f: unique_topic(f.split("_")[0]) for f in TOPIC_FIELDS}
+    events = store_log()
+    assert len({e.user_id for e in events}) >= SHOPPERS
+    port = free_ports(1)[0]
+    job = start(kafka_broker, topics, fixture_artifact, tmp_path, "first", port)
+    try:
+        replay(events, kafka_broker.bootstrap, topics["input_topic"])
+        lists = collect(kafka_broker.bootstrap, topics["output_topic"], lambda out: len(out) >= len(events), job,
+                        timeout_s=900)
+        assert job.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        job_id = running_job_id(port)
+        time.sleep(5)  # one more checkpoint after the last list
+        figures = job_figures(port, job_id)
+        report = {"shoppers": SHOPPERS, "events": len(events), "lists": len(lists), **figures}
+        (tmp_path / "figures.json").write_text(json.dumps(report))
+        print("store scale:", json.dumps(report))
+        assert figures["state_bytes"] > MEMORY_CAP, figures  # the case JobManager memory cannot hold
+        assert figures["failed"] == 0 and figures["completed"] >= 3, figures
+        assert figures["restarts"] == 0, figures
+        keys = Counter((r["user_id"], r["seq"]) for r in lists)
+        assert len(lists) == len(events) and max(keys.values()) == 1, "one list per event, no repeats"
+        # Web submission is off: the jar-upload endpoints are gone.
+        with pytest.raises(urllib.error.HTTPError):
+            rest(port, "/jars")
+        bound = listeners(job.pid)
+        assert f"127.0.0.1:{port}" in bound or f"[::ffff:127.0.0.1]:{port}" in bound, bound
+        assert all(addr.startswith(LOOPBACK) for addr in bound), f"listening beyond loopback: {bound}"
+    finally:
+        stop_group(job)  # the minicluster dies with its process: no cancel, the checkpoints stay
+
+    last_seq = {}
+    for r in lists:
+        last_seq[r["user_id"]] = max(last_seq.get(r["user_id"], 0), r["seq"])
+    returning = sorted(last_seq)[:: SHOPPERS // 500][:500]
+    t_next = max(e.ts for e in events) + 60_000
+    more = [Event(u, events[i].item_id, events[i].category_id, "pv", t_next + i) for i, u in enumerate(returning)]
+    port2 = free_ports(1)[0]
+    job2 = start(kafka_broker, topics, fixture_artifact, tmp_path, "resumed", port2,
+                 STREAMREC_JOB_RESUME_FROM="latest")
+    try:
+        replay(more, kafka_broker.bootstrap, topics["input_topic"])
+        after = collect(kafka_broker.bootstrap, topics["output_topic"],
+                        lambda out: sum(r["trigger"]["ts"] >= t_next for r in out) >= len(more), job2, timeout_s=300)
+        assert job2.poll() is None, (tmp_path / "resumed.log").read_text()[-3000:]
+        figures2 = job_figures(port2, running_job_id(port2))
+    finally:
+        stop_group(job2)
+    assert figures2["restored"] == 1, figures2
+    fresh = [r for r in after if r["trigger"]["ts"] >= t_next]
+    assert sorted(r["user_id"] for r in fresh) == sorted(returning)
+    for r in fresh:  # state came back: each sequence continues where the first run left it
+        assert r["seq"] == last_seq[r["user_id"]] + 1, r
+    replayed = [r for r in after if r["trigger"]["ts"] < t_next]
+    first = {(r["user_id"], r["seq"]): r["items"] for r in lists}
+    for r in replayed:  # events after the restored checkpoint come again, with the same lists
+        assert first[(r["user_id"], r["seq"])] == r["items"]
