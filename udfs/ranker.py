@@ -149,6 +149,27 @@ def choose_provider(mode: ProviderMode, requested: Sequence[str], actual: Sequen
     return ProviderChoice(mode, CPU, reason)
 
 
+def check_scores(scores: Any, rows: int) -> str | None:
+    """Why ``scores`` cannot rank ``rows`` candidate rows, or None when they are one number per row.
+
+    A model can return the wrong shape, too few or too many scores, or a type that
+    is not a number (a corrupt or mismatched graph); any of these would otherwise
+    raise while cutting the lists, or rank with garbage. Non-finite values are
+    checked per user by the caller, so one user's NaN does not cost others their list.
+    """
+    try:
+        arr = np.asarray(scores)
+    except Exception as exc:  # a model output numpy cannot read
+        return f"not an array ({type(exc).__name__})"
+    if arr.dtype.kind not in "fiu":
+        return f"scores of dtype {arr.dtype}, expected numbers"
+    if arr.ndim != 1:
+        return f"shape {arr.shape}, expected ({rows},): one score per candidate row"
+    if len(arr) != rows:
+        return f"{len(arr)} scores for {rows} candidate rows"
+    return None
+
+
 @dataclass
 class RankerStats:
     calls: int = 0
