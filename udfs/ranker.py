@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import io
 import logging
+import os
 import sys
 import threading
 import time
@@ -205,11 +206,14 @@ class _InputBuffer:
 
 
 class OnnxRanker:
-    """One session per Python worker; many (user, candidate) rows per call."""
+    """One session per Python worker; many (user, candidate) rows per call.
+
+    ``model`` is a path to an ONNX file or the serialized model's bytes.
+    """
 
     def __init__(
         self,
-        model_path: str,
+        model: str | os.PathLike[str] | bytes,
         provider: ProviderMode = "auto",
         io_binding: IoBindingMode = "auto",
         intra_op_threads: int = 1,
@@ -226,7 +230,10 @@ class OnnxRanker:
             problem = preload_cuda_libraries(ort)
             if problem:
                 log.info("preloading CUDA libraries: %s", problem)
-        self.session = ort.InferenceSession(model_path, sess_options=opts, providers=requested)
+        # A path is read by onnxruntime; bytes (an artifact's verified model.onnx) are used
+        # as given, so the session runs exactly what was hashed.
+        source = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else os.fspath(model)
+        self.session = ort.InferenceSession(source, sess_options=opts, providers=requested)
         self.choice = choose_provider(provider, requested, self.session.get_providers())
         self.use_io_binding = io_binding == "on" or (io_binding == "auto" and self.choice.provider == CUDA)
         self.device = "cuda" if self.choice.provider == CUDA else "cpu"
