@@ -252,7 +252,7 @@ def model_ceiling(artifact_dir: Path, events: Sequence[Any], cfg: Config, second
         if rec.apply(st, e):
             batches.append(build_batch([rec.request(st, e)], art.vocab, art.tables, art.seq_len))
     r = cfg.ranking
-    ranker = OnnxRanker(str(art.model_path), provider=r.provider, io_binding=r.io_binding,
+    ranker = OnnxRanker(art.model_bytes, provider=r.provider, io_binding=r.io_binding,
                         intra_op_threads=r.intra_op_threads)
     for b in batches[:50]:
         ranker.score(b)

@@ -39,11 +39,13 @@ class FailOnce(RecommendFunction):
 
 
 class FlakyModel(RecommendFunction):
-    """The model raises on every ``every``-th call, as a lost GPU or a bad input would."""
+    """The model raises on every ``every``-th call, as a lost GPU or a bad input would; with
+    ``bad_every``, every ``bad_every``-th other call returns scores of the wrong shape."""
 
-    def __init__(self, config: Any, every: int) -> None:
+    def __init__(self, config: Any, every: int, bad_every: int = 0) -> None:
         super().__init__(config)
         self.every = every
+        self.bad_every = bad_every
 
     def open(self, runtime_context: Any) -> None:
         super().open(runtime_context)
@@ -55,6 +57,8 @@ class FlakyModel(RecommendFunction):
             calls[0] += 1
             if calls[0] % self.every == 0:
                 raise RuntimeError("CUDA error: device lost (injected)")
+            if self.bad_every and calls[0] % self.bad_every == 0:
+                return score(batch)[:, None]  # [B, 1]: one column, not one score per row
             return score(batch)
 
         ranker.score = flaky  # type: ignore[method-assign]

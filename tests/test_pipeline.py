@@ -183,11 +183,14 @@ def test_model_faults_at_run_time_give_tagged_fallback_lists_and_the_job_goes_on
     events = generated_log(300, seed=43)
     env = create_environment(cfg)
     sink = CollectSink()
-    build_pipeline(env, cfg, CollectionSource(event_rows(events, "t")), sink, recommend=FlakyModel(cfg, every=3))
+    build_pipeline(env, cfg, CollectionSource(event_rows(events, "t")), sink,
+                   recommend=FlakyModel(cfg, every=3, bad_every=5))
     out = [json.loads(v) for _, v in sink.run()["recommendations"]]
     assert len(out) == len(events)  # every event still gets a list
     failed = [r for r in out if r["fallback"]]
-    assert len(failed) == len(events) // 3
-    assert all(r["fallback"].startswith("inference_error: RuntimeError: CUDA error") for r in failed)
+    raised = [r for r in failed if r["fallback"].startswith("inference_error: RuntimeError: CUDA error")]
+    shaped = [r for r in failed if r["fallback"].startswith("bad_model_output: shape (")]
+    n = len(events)
+    assert (len(raised), len(shaped), len(failed)) == (n // 3, n // 5 - n // 15, n // 3 + n // 5 - n // 15)
     assert all(r["items"] for r in failed)
     assert all(r["fallback"] is None for r in out if r not in failed)

@@ -2,15 +2,24 @@
 
 The job refuses an artifact whose files do not match the manifest's sha256s or
 whose feature layout differs from this code's: a silent mismatch would rank
-with garbage, which is worse than not starting.
+with garbage, which is worse than not starting. The manifest must have every
+field the code reads; every file the loader uses must be listed and hashed; a
+listed file must be a plain name for a regular file in the artifact directory
+(no absolute path, ``..``, separator or symlink); and what is loaded is the very
+bytes that were hashed, read once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
-from dataclasses import dataclass
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +34,13 @@ MODEL_FILE = "model.onnx"
 VOCAB_FILE = "vocab.msgpack"
 TABLES_FILE = "tables.msgpack"
 MANIFEST_FILE = "manifest.json"
+# Files the loader uses: each must be listed (and so hashed) in the manifest.
+LOADED_FILES = (MODEL_FILE, VOCAB_FILE, TABLES_FILE)
+# Fields every manifest must have: what write_artifact always writes and the loaders read.
+REQUIRED_FIELDS = ("format", "format_version", "model_version", "seq_len", "opset", "dense_features", "files")
+# A listed file is a plain name in the artifact directory: no separator, no leading dot.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class ArtifactError(RuntimeError):
@@ -87,9 +103,13 @@ class Artifact:
     manifest: Manifest
     vocab: Vocab
     tables: CandidateTables
+    model_bytes: bytes = field(repr=False)
+    """``model.onnx`` as read and hashed by :func:`load_artifact`: give these to the session,
+    not :attr:`model_path`, whose content may have changed since."""
 
     @property
     def model_path(self) -> Path:
+        """Where the model was read from (tools that open it again; the job uses :attr:`model_bytes`)."""
         return self.path / MODEL_FILE
 
     @property
@@ -109,6 +129,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a file listed in a manifest, or None for a plain file name."""
+    if not isinstance(name, str) or not name:
+        return "is not a non-empty string"
+    if name.startswith("/") or name.startswith("\\") or re.match(r"[A-Za-z]:", name):
+        return "is an absolute path"
+    if "/" in name or "\\" in name:
+        parts = re.split(r"[/\\]", name)
+        return "has a '..' component" if ".." in parts else "has a path separator"
+    if name in (".", ".."):
+        return f"is {name!r}"
+    if not PLAIN_NAME.fullmatch(name):
+        return "is not a plain file name (letters, digits, '.', '_', '-', not starting with '.')"
+    return None
+
+
 def write_artifact(
     out_dir: str | Path,
     model_file: str | Path,
@@ -125,8 +161,10 @@ def write_artifact(
         shutil.copyfile(model_file, out / MODEL_FILE)
     (out / VOCAB_FILE).write_bytes(vocab.to_bytes())
     (out / TABLES_FILE).write_bytes(tables.to_bytes())
-    names = [MODEL_FILE, VOCAB_FILE, TABLES_FILE]
+    names = list(LOADED_FILES)
     for name, src in (extra_files or {}).items():
+        if (problem := name_problem(name)) is not None:
+            raise ValueError(f"artifact file name {name!r} {problem}")
         if Path(src).resolve() != (out / name).resolve():
             shutil.copyfile(src, out / name)
         names.append(name)
@@ -162,47 +200,113 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest(data)
 
 
-def verify_manifest(path: str | Path) -> Manifest:
-    """The manifest of a complete artifact whose files match it and this code's features."""
-    path = Path(path)
+def check_manifest(manifest: Manifest, mpath: Path) -> None:
+    """Refuse a manifest that lacks a field, lists an unsafe name, or fits other code."""
+    missing = [k for k in REQUIRED_FIELDS if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{mpath} lacks required field{'s' if len(missing) > 1 else ''} "
+                            f"{', '.join(map(repr, missing))}: not an artifact this job can read")
+    if manifest["format"] != FORMAT or manifest["format_version"] != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{mpath}: format {manifest['format']!r} v{manifest['format_version']!r}, "
+            f"this job reads {FORMAT!r} v{FORMAT_VERSION}"
+        )
+    mv, seq_len, opset = manifest["model_version"], manifest["seq_len"], manifest["opset"]
+    if not isinstance(mv, str) or not mv:
+        raise ArtifactError(f"{mpath}: field 'model_version' must be a non-empty string, got {mv!r}")
+    for key, value in (("seq_len", seq_len), ("opset", opset)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ArtifactError(f"{mpath}: field {key!r} must be a positive integer, got {value!r}")
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{mpath}: field 'files' must map file names to sha256s, got {type(files).__name__}")
+    for name, digest in files.items():
+        if (problem := name_problem(name)) is not None:
+            raise ArtifactError(f"{mpath}: listed file {name!r} {problem}; "
+                                "artifact files must be plain names inside the artifact directory")
+        if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
+            raise ArtifactError(f"{mpath}: listed file {name!r} has no sha256 (got {digest!r})")
+    for name in LOADED_FILES:
+        if name not in files:
+            raise ArtifactError(f"{mpath} lists no {name}: every file the job loads must be hashed there")
+    if not isinstance(manifest["dense_features"], list) or tuple(manifest["dense_features"]) != DENSE_FEATURES:
+        raise ArtifactError(
+            f"artifact {mpath.parent} was built for dense features {manifest['dense_features']}, "
+            f"this code computes {list(DENSE_FEATURES)}; retrain the model"
+        )
+
+
+@contextmanager
+def _open_listed(path: Path, name: str) -> Iterator[Any]:
+    """Open a listed file for reading, refusing a symlink or anything but a regular file.
+
+    ``O_NOFOLLOW`` closes the gap between the check and the open; ``O_NONBLOCK`` keeps
+    a FIFO planted under a listed name from hanging the open (it is then refused).
+    """
+    f = path / name
+    if f.is_symlink():
+        raise ArtifactError(f"artifact file {f} is a symlink; artifact files must be regular files in "
+                            f"{path} (copy the file in instead)")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(f, flags)
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact file {f} listed in the manifest is missing") from None
+    except OSError as exc:
+        raise ArtifactError(f"artifact file {f} cannot be opened: {exc}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ArtifactError(f"artifact file {f} is not a regular file")
+        yield fh
+
+
+def _verified_files(path: Path, manifest: Manifest, keep: tuple[str, ...]) -> dict[str, bytes]:
+    """Hash every listed file, each opened once; return the bytes of those in ``keep``,
+    the very bytes that were hashed."""
+    kept: dict[str, bytes] = {}
+    for name, expected in manifest["files"].items():
+        with _open_listed(path, name) as fh:
+            if name in keep:
+                data = fh.read()
+                actual = hashlib.sha256(data).hexdigest()
+            else:
+                h = hashlib.sha256()
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+                actual = h.hexdigest()
+        if actual != expected:
+            raise ArtifactError(
+                f"artifact file {path / name} does not match its manifest: sha256 {actual[:12]}..., "
+                f"manifest says {expected[:12]}... (corrupt or replaced)"
+            )
+        if name in keep:
+            kept[name] = data
+    return kept
+
+
+def _checked(path: Path, keep: tuple[str, ...]) -> tuple[Manifest, dict[str, bytes]]:
     if not path.is_dir():
         raise ArtifactError(
             f"model artifact directory {path} does not exist; train one with "
             f"`streamrec train --events FILE --out {path}` or set ranking.artifact_dir"
         )
-    mpath = path / MANIFEST_FILE
     manifest = read_manifest(path)
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{mpath}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
-            f"this job reads {FORMAT!r} v{FORMAT_VERSION}"
-        )
-    for name, expected in manifest.get("files", {}).items():
-        f = path / name
-        if not f.is_file():
-            raise ArtifactError(f"artifact file {f} listed in the manifest is missing")
-        actual = sha256_file(f)
-        if actual != expected:
-            raise ArtifactError(
-                f"artifact file {f} does not match its manifest: sha256 {actual[:12]}..., "
-                f"manifest says {expected[:12]}... (corrupt or replaced)"
-            )
-    if MODEL_FILE not in manifest.get("files", {}):
-        raise ArtifactError(f"{mpath} lists no {MODEL_FILE}")
-    if tuple(manifest.get("dense_features", ())) != DENSE_FEATURES:
-        raise ArtifactError(
-            f"artifact {path} was built for dense features {manifest.get('dense_features')}, "
-            f"this code computes {list(DENSE_FEATURES)}; retrain the model"
-        )
-    return manifest
+    check_manifest(manifest, path / MANIFEST_FILE)
+    return manifest, _verified_files(path, manifest, keep)
+
+
+def verify_manifest(path: str | Path) -> Manifest:
+    """The manifest of a complete artifact whose files match it and this code's features."""
+    return _checked(Path(path), ())[0]
 
 
 def load_artifact(path: str | Path) -> Artifact:
+    """Verify the artifact and load it from the bytes that were hashed (each file read once)."""
     p = Path(path)
-    manifest = verify_manifest(p)
+    manifest, data = _checked(p, LOADED_FILES)
     try:
-        vocab = Vocab.from_bytes((p / VOCAB_FILE).read_bytes())
-        tables = CandidateTables.from_bytes((p / TABLES_FILE).read_bytes())
+        vocab = Vocab.from_bytes(data[VOCAB_FILE])
+        tables = CandidateTables.from_bytes(data[TABLES_FILE])
     except Exception as exc:
         raise ArtifactError(f"artifact {p}: cannot read tables: {exc}") from exc
-    return Artifact(p, manifest, vocab, tables)
+    return Artifact(p, manifest, vocab, tables, data[MODEL_FILE])

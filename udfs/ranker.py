@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import io
 import logging
+import os
 import sys
 import threading
 import time
@@ -149,6 +150,27 @@ def choose_provider(mode: ProviderMode, requested: Sequence[str], actual: Sequen
     return ProviderChoice(mode, CPU, reason)
 
 
+def check_scores(scores: Any, rows: int) -> str | None:
+    """Why ``scores`` cannot rank ``rows`` candidate rows, or None when they are one number per row.
+
+    A model can return the wrong shape, too few or too many scores, or a type that
+    is not a number (a corrupt or mismatched graph); any of these would otherwise
+    raise while cutting the lists, or rank with garbage. Non-finite values are
+    checked per user by the caller, so one user's NaN does not cost others their list.
+    """
+    try:
+        arr = np.asarray(scores)
+    except Exception as exc:  # a model output numpy cannot read
+        return f"not an array ({type(exc).__name__})"
+    if arr.dtype.kind not in "fiu":
+        return f"scores of dtype {arr.dtype}, expected numbers"
+    if arr.ndim != 1:
+        return f"shape {arr.shape}, expected ({rows},): one score per candidate row"
+    if len(arr) != rows:
+        return f"{len(arr)} scores for {rows} candidate rows"
+    return None
+
+
 @dataclass
 class RankerStats:
     calls: int = 0
@@ -184,11 +206,14 @@ class _InputBuffer:
 
 
 class OnnxRanker:
-    """One session per Python worker; many (user, candidate) rows per call."""
+    """One session per Python worker; many (user, candidate) rows per call.
+
+    ``model`` is a path to an ONNX file or the serialized model's bytes.
+    """
 
     def __init__(
         self,
-        model_path: str,
+        model: str | os.PathLike[str] | bytes,
         provider: ProviderMode = "auto",
         io_binding: IoBindingMode = "auto",
         intra_op_threads: int = 1,
@@ -205,7 +230,10 @@ class OnnxRanker:
             problem = preload_cuda_libraries(ort)
             if problem:
                 log.info("preloading CUDA libraries: %s", problem)
-        self.session = ort.InferenceSession(model_path, sess_options=opts, providers=requested)
+        # A path is read by onnxruntime; bytes (an artifact's verified model.onnx) are used
+        # as given, so the session runs exactly what was hashed.
+        source = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else os.fspath(model)
+        self.session = ort.InferenceSession(source, sess_options=opts, providers=requested)
         self.choice = choose_provider(provider, requested, self.session.get_providers())
         self.use_io_binding = io_binding == "on" or (io_binding == "auto" and self.choice.provider == CUDA)
         self.device = "cuda" if self.choice.provider == CUDA else "cpu"

@@ -17,7 +17,7 @@ from udfs.artifact import Artifact
 from udfs.candidates import generate_candidates
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
-from udfs.ranker import OnnxRanker, ProviderChoice
+from udfs.ranker import OnnxRanker, ProviderChoice, check_scores
 from udfs.state import StateLimits, UserState, update_state
 from udfs.trending import TrendingCounter
 
@@ -59,6 +59,9 @@ class RecommenderCounters:
     duplicates: int = 0
     emitted: int = 0
     inference_failures: int = 0
+    """Model calls that raised."""
+    bad_model_outputs: int = 0
+    """Model calls whose output could not rank some or all of their lists (shape, count, NaN/inf)."""
 
 
 class Recommender:
@@ -142,7 +145,12 @@ class Recommender:
         return np.concatenate([keep, np.asarray(picks, dtype=order.dtype)])
 
     def recommend(self, requests: Sequence[UserRequest]) -> list[dict[str, Any]]:
-        """Rank all users' candidates in one model call, then cut top-K per user."""
+        """Rank all users' candidates in one model call, then cut top-K per user.
+
+        Never raises for a model fault: a call that raises, or scores that are not one
+        number per candidate row, give every list of the call in generator order with
+        ``fallback`` tagged; NaN/inf scores do so for the lists they fall in.
+        """
         if not requests:
             return []
         for req in requests:
@@ -155,17 +163,28 @@ class Recommender:
         else:
             try:
                 batch = build_batch(requests, self.artifact.vocab, self.artifact.tables, self.artifact.seq_len)
-                scores = self.ranker.score(batch)
+                raw = self.ranker.score(batch)
             except Exception as exc:  # a model fault must not stop recommendations
                 self.counters.inference_failures += 1
                 fallback = f"inference_error: {type(exc).__name__}: {str(exc)[:200]}"
                 log.exception("ranking failed; emitting generator-order fallback lists")
+            else:
+                problem = check_scores(raw, sum(len(r.candidates.items) for r in requests))
+                if problem is None:
+                    scores = np.asarray(raw)
+                else:
+                    fallback = f"bad_model_output: {problem}"
         out = []
         offset = 0
+        any_bad = fallback is not None and fallback.startswith("bad_model_output")
         for req in requests:
             n = len(req.candidates.items)
-            if scores is not None:
-                s = scores[offset : offset + n]
+            s = scores[offset : offset + n] if scores is not None else None
+            user_fallback = fallback
+            if s is not None and not np.isfinite(s).all():
+                bad = n - int(np.isfinite(s).sum())
+                user_fallback, s, any_bad = f"bad_model_output: {bad} of {n} scores not finite", None, True
+            if s is not None:
                 order = self._with_fresh_hits(req, np.argsort(-s, kind="stable")[: self.top_k], s)
                 items = [req.candidates.items[i] for i in order]
                 top = s[order].tolist()
@@ -175,7 +194,11 @@ class Recommender:
             offset += n
             out.append(
                 output_record(req, items, top, model_version=self.artifact.model_version,
-                              provider=label, fallback=fallback)
+                              provider=label, fallback=user_fallback)
             )
+        if any_bad:
+            self.counters.bad_model_outputs += 1
+            log.warning("unusable model output (%s); emitting generator-order fallback lists",
+                        next(r["fallback"] for r in out if r["fallback"]))
         self.counters.emitted += len(out)
         return out

@@ -38,7 +38,7 @@ def build_recommender(config: Config) -> Recommender:
     r = config.ranking
     artifact = load_artifact(r.artifact_dir)
     ranker = OnnxRanker(
-        str(artifact.model_path), provider=r.provider, io_binding=r.io_binding,
+        artifact.model_bytes, provider=r.provider, io_binding=r.io_binding,
         intra_op_threads=r.intra_op_threads,
     )
     trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
