@@ -6,6 +6,7 @@ value so the job can route it to the dead-letter topic and keep running.
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 import msgpack
@@ -19,6 +20,11 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 # ms since epoch; anything outside [1970, ~2286) is a unit or encoding mistake.
 MAX_TS_MS = 10**13
+# What a dead letter's reason starts with (README, "Dead letters").
+REASON_CODES: tuple[str, ...] = (
+    "too_large", "not_msgpack", "not_a_map", "missing_field", "bad_type", "unknown_behavior",
+    "out_of_range", "future_timestamp",
+)
 
 Id = int | str
 FIELDS = ("user_id", "item_id", "category_id", "behavior", "ts")
@@ -68,7 +74,12 @@ def _check_id(name: str, value: Any) -> str | None:
     return f"bad_type:{name}: expected int or str, got {type(value).__name__}"
 
 
-def _validate(obj: Any, raw: bytes) -> Event | DecodeError:
+def max_event_ts(max_future_skew_ms: int) -> int:
+    """The latest acceptable event time now: wall-clock ms plus ``job.max_future_skew_ms``."""
+    return time.time_ns() // 1_000_000 + max_future_skew_ms
+
+
+def _validate(obj: Any, raw: bytes, max_ts_ms: int | None) -> Event | DecodeError:
     if not isinstance(obj, dict):
         return DecodeError(f"not_a_map: top level is {type(obj).__name__}", raw)
     for name in FIELDS:
@@ -88,11 +99,19 @@ def _validate(obj: Any, raw: bytes) -> Event | DecodeError:
         return DecodeError(f"bad_type:ts: expected int ms, got {type(ts).__name__}", raw)
     if not 0 <= ts < MAX_TS_MS:
         return DecodeError(f"out_of_range:ts: {ts} is not milliseconds since epoch", raw)
+    if max_ts_ms is not None and ts > max_ts_ms:
+        return DecodeError(f"future_timestamp: ts {ts} is {ts - max_ts_ms} ms beyond now + job.max_future_skew_ms",
+                           raw)
     return Event(obj["user_id"], obj["item_id"], obj["category_id"], behavior, ts)
 
 
-def decode_event(raw: bytes) -> Event | DecodeError:
-    """Decode one msgpack record; limits stop hostile headers before allocation."""
+def decode_event(raw: bytes, max_ts_ms: int | None = None) -> Event | DecodeError:
+    """Decode one msgpack record; limits stop hostile headers before allocation.
+
+    ``max_ts_ms``: the latest event time accepted (the caller passes
+    :func:`max_event_ts`, so this stays pure); a later ``ts`` is a
+    ``future_timestamp`` dead letter. ``None``: no bound.
+    """
     if len(raw) > MAX_EVENT_BYTES:
         return DecodeError(f"too_large: {len(raw)} bytes > {MAX_EVENT_BYTES}", raw)
     try:
@@ -108,4 +127,4 @@ def decode_event(raw: bytes) -> Event | DecodeError:
         )
     except Exception as exc:  # msgpack raises many types; all mean "not our format"
         return DecodeError(f"not_msgpack: {type(exc).__name__}: {str(exc)[:120]}", raw)
-    return _validate(obj, raw)
+    return _validate(obj, raw, max_ts_ms)

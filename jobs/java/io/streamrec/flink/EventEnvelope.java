@@ -27,7 +27,9 @@ import org.msgpack.value.ValueType;
  * partition, offset, timestamp, event_ts, value)), the layout PyFlink's own key_by
  * gives a keyed Python function. A record whose user id cannot be read gets key
  * {@link #UNKEYED}; one that is not a valid event gets event_ts {@link #NO_TIME} (no
- * effect on watermarks). Python decodes it and makes it a dead letter.
+ * effect on watermarks). Python decodes it and makes it a dead letter. So does an event
+ * whose ts is beyond wall-clock now + {@code job.max_future_skew_ms}: one far-future ts
+ * would otherwise move the watermark and make every later event late.
  */
 public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable<Row> {
     public static final String UNKEYED = "";
@@ -53,6 +55,16 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
             PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO);
     public static final TypeInformation<Row> KEYED_TYPE = Types.ROW(Types.STRING, EVENT_TYPE);
 
+    private final long maxFutureSkewMs;
+
+    /** @param maxFutureSkewMs {@code job.max_future_skew_ms}: how far past wall-clock now a ts may be */
+    public EventEnvelope(long maxFutureSkewMs) {
+        if (maxFutureSkewMs < 0) {
+            throw new IllegalArgumentException("maxFutureSkewMs must be >= 0, got " + maxFutureSkewMs);
+        }
+        this.maxFutureSkewMs = maxFutureSkewMs;
+    }
+
     @Override
     public Row map(Row raw) {
         byte[] value = (byte[]) raw.getField(4);
@@ -63,6 +75,17 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
     @Override
     public TypeInformation<Row> getProducedType() {
         return KEYED_TYPE;
+    }
+
+    /** {@link #peekUntil(byte[], long)} with the bound this envelope applies now. */
+    public Peeked peek(byte[] value) {
+        return peekUntil(value, maxTsMs());
+    }
+
+    /** The latest acceptable event time: wall-clock now + the skew (saturating). */
+    public long maxTsMs() {
+        long now = System.currentTimeMillis();
+        return now > Long.MAX_VALUE - maxFutureSkewMs ? Long.MAX_VALUE : now + maxFutureSkewMs;
     }
 
     /** Event time from the envelope, bounded out-of-orderness as configured. */
@@ -81,10 +104,11 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
     /**
      * The user id whenever it can be read; the event time only when the whole record
      * would pass udfs/events.py, so a malformed record with a plausible "ts" cannot
-     * move the watermark (and make good events late). Disagreeing with Python here
-     * costs at most a watermark contribution: Python still decides what is valid.
+     * move the watermark (and make good events late); nor does one whose ts is beyond
+     * {@code maxTsMs}. Disagreeing with Python here costs at most a watermark
+     * contribution: Python still decides what is valid (and dead-letters a key mismatch).
      */
-    public static Peeked peek(byte[] value) {
+    public static Peeked peekUntil(byte[] value, long maxTsMs) {
         if (value == null || value.length > MAX_EVENT_BYTES) {
             return Peeked.NOTHING;
         }
@@ -116,7 +140,8 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
                     default: skipChecked(in, 1);
                 }
             }
-            boolean valid = !in.hasNext() && user != null && item && category && behavior && time != null;
+            boolean valid = !in.hasNext() && user != null && item && category && behavior && time != null
+                    && time <= maxTsMs;
             return new Peeked(user == null ? UNKEYED : user, valid ? time : NO_TIME);
         } catch (Exception e) {
             // malformed: Python's decode says why, on the dead-letter topic
