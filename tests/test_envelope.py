@@ -1,11 +1,11 @@
 """EventEnvelope.java, the JVM's reading of a raw event, agrees with udfs/events.py.
 
 The envelope keys events and gives them their event time before any Python runs.
-Its key must equal Python's str(user_id) for every valid event, and a record that
-Python rejects must never carry an event time (it would move the watermark); nor may
-one whose ts is beyond wall-clock now + job.max_future_skew_ms. The two read the clock
-apart, so the tests stay a minute away from that bound, and check the bound itself
-exactly with a given one.
+Its key must equal Python's str(user_id) for every valid event (ids by the rule in
+tests/id_vectors.json), and a record that Python rejects must never carry an event
+time (it would move the watermark); nor may one whose ts is beyond wall-clock now +
+job.max_future_skew_ms. The two read the clock apart, so the tests stay a minute away
+from that bound, and check the bound itself exactly with a given one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 import msgpack
 import pytest
 
+from tests.id_vectors import ACCEPTED, ID_VECTORS, REJECTED
 from tests.job_fixtures import generated_log
 from tests.poison import EXTRA_KINDS, KINDS, poison_records
 from udfs.config import load_config
@@ -118,3 +119,38 @@ def test_the_skew_travels_with_the_envelope(envelope):
     bound = envelope(SKEW_MS).maxTsMs()
     assert before + SKEW_MS <= bound <= _now_ms() + SKEW_MS
     assert envelope(2**63 - 1).maxTsMs() == 2**63 - 1  # saturates
+
+
+# --------------------------------------------------------------------------- the id rule
+
+
+@pytest.mark.parametrize("vector", ACCEPTED, ids=[v.note for v in ACCEPTED])
+def test_user_ids_keyed_by_the_id_rule(peek, vector):
+    raw = msgpack.packb({**GOOD, "user_id": vector.raw})
+    event = _decode(raw)
+    assert isinstance(event, Event) and event.user_id == vector.id and type(event.user_id) is type(vector.id)
+    assert peek(raw) == (str(vector.id), GOOD["ts"])  # the keyed function's check: key == str(user_id)
+
+
+@pytest.mark.parametrize("vector", REJECTED, ids=[v.note for v in REJECTED])
+def test_user_ids_breaking_the_rule_get_no_key_and_no_time(peek, vector):
+    raw = msgpack.packb({**GOOD, "user_id": vector.raw})
+    assert isinstance(_decode(raw), DecodeError)
+    assert peek(raw) == ("", NO_TIME)
+
+
+@pytest.mark.parametrize("field", ["item_id", "category_id"])
+def test_other_ids_give_a_time_exactly_when_python_accepts_them(peek, field):
+    for vector in ID_VECTORS:
+        raw = msgpack.packb({**GOOD, field: vector.raw})
+        accepted = isinstance(_decode(raw), Event)
+        assert accepted == (vector.reject is None), vector.note
+        assert peek(raw) == ("1", GOOD["ts"] if accepted else NO_TIME), vector.note
+
+
+def test_a_repeated_key_means_what_python_says(peek):
+    raw = _raw_map(("user_id", 1), ("item_id", 2), ("category_id", 3), ("behavior", "pv"), ("ts", 9),
+                   ("user_id", "later"))
+    event = decode_event(raw)
+    assert isinstance(event, Event) and event.user_id == "later"
+    assert peek(raw) == ("later", 9)

@@ -5,6 +5,7 @@ import time
 import msgpack
 import pytest
 
+from tests.id_vectors import ACCEPTED, REJECTED
 from udfs.config import Config
 from udfs.events import (
     MAX_EVENT_BYTES,
@@ -12,6 +13,8 @@ from udfs.events import (
     REASON_CODES,
     DecodeError,
     Event,
+    InvalidId,
+    canonical_id,
     decode_event,
     encode_event,
     max_event_ts,
@@ -68,11 +71,11 @@ def test_bad_input_is_a_value_with_reason(raw, reason):
 
 
 def test_every_reason_is_a_listed_code():
-    raws = [b"", pack([1]), pack({}), pack({**GOOD, "ts": "x"}),
+    raws = [b"", pack([1]), pack({}), pack({**GOOD, "ts": "x"}), pack({**GOOD, "user_id": "a\x00"}),
             pack({**GOOD, "behavior": "like"}), pack({**GOOD, "ts": -1}), pack({**GOOD, "pad": "x" * MAX_EVENT_BYTES}),
             pack({**GOOD, "ts": MAX_TS_MS - 1})]
     codes = [decode_event(r, max_ts_ms=GOOD["ts"]).reason.split(":")[0] for r in raws]
-    assert codes == ["not_msgpack", "not_a_map", "missing_field", "bad_type", "unknown_behavior",
+    assert codes == ["not_msgpack", "not_a_map", "missing_field", "bad_type", "bad_id", "unknown_behavior",
                      "out_of_range", "too_large", "future_timestamp"]
     assert set(codes) == set(REASON_CODES)
 
@@ -113,3 +116,31 @@ def test_future_timestamps_are_dead_letters(offset_ms, accepted):
         assert isinstance(result, Event) and result.ts == ts
     else:
         assert isinstance(result, DecodeError) and result.reason.startswith("future_timestamp:"), result
+
+
+# --------------------------------------------------------------------------- the id rule
+
+
+@pytest.mark.parametrize("vector", ACCEPTED, ids=[v.note for v in ACCEPTED])
+@pytest.mark.parametrize("field", ["user_id", "item_id", "category_id"])
+def test_ids_are_canonical(field, vector):
+    ev = decode_event(pack({**GOOD, field: vector.raw}))
+    assert isinstance(ev, Event), ev
+    got = getattr(ev, field)
+    assert got == vector.id and type(got) is type(vector.id)
+    assert canonical_id(got) == got  # canonical ids are fixed points
+
+
+@pytest.mark.parametrize("vector", REJECTED, ids=[v.note for v in REJECTED])
+@pytest.mark.parametrize("field", ["user_id", "item_id", "category_id"])
+def test_ids_breaking_the_rule_are_dead_letters(field, vector):
+    result = decode_event(pack({**GOOD, field: vector.raw}))
+    assert isinstance(result, DecodeError) and result.reason.startswith(f"{vector.reject}:{field}:"), result
+    with pytest.raises(InvalidId):
+        canonical_id(vector.raw)
+
+
+def test_a_decimal_string_and_its_int_are_one_shopper():
+    as_int = decode_event(pack({**GOOD, "user_id": 42}))
+    as_str = decode_event(pack({**GOOD, "user_id": "42"}))
+    assert as_int == as_str and encode_event(as_str) == pack({**GOOD, "user_id": 42})

@@ -3,6 +3,7 @@ package io.streamrec.flink;
 import java.io.IOException;
 import java.math.BigInteger;
 import java.nio.charset.CodingErrorAction;
+import java.text.Normalizer;
 import java.time.Duration;
 import java.util.Set;
 
@@ -30,6 +31,10 @@ import org.msgpack.value.ValueType;
  * effect on watermarks). Python decodes it and makes it a dead letter. So does an event
  * whose ts is beyond wall-clock now + {@code job.max_future_skew_ms}: one far-future ts
  * would otherwise move the watermark and make every later event late.
+ *
+ * <p>The key is the user id by the README's id rule, as Python's {@code
+ * str(canonical_id(user_id))} spells it: decimal for an int64; for a string, its NFC form
+ * (which is already the decimal of the int Python turns a canonical-int string into).
  */
 public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable<Row> {
     public static final String UNKEYED = "";
@@ -161,7 +166,7 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
         }
     }
 
-    /** An id as Python's str() spells it (decimal for integers), or null if invalid. */
+    /** An id as Python's str(canonical_id(...)) spells it, or null if invalid. */
     private static String readId(MessageUnpacker in) throws IOException {
         ValueType type = in.getNextFormat().getValueType();
         if (type == ValueType.INTEGER) {
@@ -169,12 +174,32 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
             return id.bitLength() <= 63 ? id.toString() : null;
         }
         if (type == ValueType.STRING) {
-            String id = in.unpackString();
-            int chars = id.codePointCount(0, id.length());
-            return chars > 0 && chars <= MAX_STR_ID_LEN ? id : null;
+            return canonicalStringId(in.unpackString());
         }
         skipChecked(in, 1);
         return null;
+    }
+
+    /**
+     * The id rule for strings (udfs/events.py canonical_id): NFC, then 1..128 code
+     * points, no control character (Cc: U+0000-U+001F, U+007F-U+009F); null if it
+     * breaks the rule. A canonical-int64 string needs no conversion here: Python makes
+     * it an int whose str() is this same string.
+     */
+    static String canonicalStringId(String raw) {
+        String id = Normalizer.isNormalized(raw, Normalizer.Form.NFC)
+                ? raw : Normalizer.normalize(raw, Normalizer.Form.NFC);
+        int chars = id.codePointCount(0, id.length());
+        if (chars < 1 || chars > MAX_STR_ID_LEN) {
+            return null;
+        }
+        for (int i = 0; i < id.length(); i++) {
+            char c = id.charAt(i);
+            if (c <= 0x1F || (c >= 0x7F && c <= 0x9F)) {
+                return null;
+            }
+        }
+        return id;
     }
 
     private static boolean readBehavior(MessageUnpacker in) throws IOException {
