@@ -19,7 +19,7 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from udfs.config import Config
-from udfs.events import DecodeError, Event, decode_event
+from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.metrics import BatchedCounters
 from udfs.records import dead_letter_record, late_event_record
 from udfs.runtime import build_recommender, freeze_loaded_objects
@@ -95,6 +95,7 @@ class RecommendFunction(KeyedProcessFunction):
         self.metrics = BatchedCounters(runtime_context.get_metrics_group().counter, COUNTERS)
         self._ranker_seen = (0, 0)
         self.lateness = cfg.job.allowed_lateness_ms
+        self.max_future_skew_ms = cfg.job.max_future_skew_ms
         self.since_ms = cfg.job.since_ms
         choice = self.recommender.provider
         log.warning("streamrec ranker provider: %s%s", choice.provider if choice else "none",
@@ -107,7 +108,8 @@ class RecommendFunction(KeyedProcessFunction):
         if self.metrics.due():
             self._flush_metrics()
         raw = as_bytes(value[5])
-        result = decode_event(raw)
+        # A ts beyond now + skew is a dead letter here and got no event time in the envelope.
+        result = decode_event(raw, max_event_ts(self.max_future_skew_ms))
         key = ctx.get_current_key()
         if isinstance(result, DecodeError) or str(result.user_id) != key:
             # A key the envelope could not read means Python cannot decode it either;

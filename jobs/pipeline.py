@@ -136,12 +136,13 @@ def key_by_user(raw: DataStream, config: Config) -> KeyedStream:
     The keyed function is the only Python an event meets: a Python decode, timestamp
     assigner and key selector before the shuffle cost three JVM/Python crossings and
     a pickle round trip per event, and took the GIL from the keyed function in thread
-    mode. ``EventEnvelope`` reads just the user id and event time; the element layout
+    mode. ``EventEnvelope`` reads just the user id and event time (none for a ts beyond
+    wall-clock now + ``job.max_future_skew_ms``, as Python rejects it); the element layout
     is the one PyFlink's own ``key_by`` produces, Row(key, value).
     """
     jvm = get_gateway().jvm
     envelope = jvm.io.streamrec.flink.EventEnvelope
-    keyed = raw._j_data_stream.map(envelope()).name("envelope").uid("envelope")
+    keyed = raw._j_data_stream.map(envelope(config.job.max_future_skew_ms)).name("envelope").uid("envelope")
     timed = (
         keyed.assignTimestampsAndWatermarks(envelope.watermarks(config.job.out_of_orderness_ms))
         .name("event-time")

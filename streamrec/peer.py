@@ -7,8 +7,9 @@ same onnxruntime model, and a Kafka producer. It does the work of
 code (:class:`udfs.recommend.Recommender`), and writes the same records to the
 same topics:
 
-- each input record is decoded with :func:`udfs.events.decode_event`; a bad one
-  becomes a dead letter (same msgpack layout and key as the job's);
+- each input record is decoded with :func:`udfs.events.decode_event`, with the
+  job's bound on event time (wall-clock now + ``job.max_future_skew_ms``); a bad
+  one becomes a dead letter (same msgpack layout and key as the job's);
 - per user, state is one msgpack value (``UserState.to_bytes``/``from_bytes`` per
   event, what Flink's state serialization costs), dropped after ``state.ttl_s`` of
   wall-clock time without a write (the job's processing-time TTL);
@@ -58,7 +59,7 @@ import msgpack
 
 from streamrec.kafka_io import producer as make_producer
 from udfs.config import Config
-from udfs.events import DecodeError, Event, decode_event
+from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.features import UserRequest
 from udfs.recommend import Recommender
 from udfs.records import dead_letter_record, late_event_record
@@ -359,10 +360,11 @@ def run_peer(
             stats.polls += 1
             futures = []
             events: list[Event] = []
+            max_ts = max_event_ts(config.job.max_future_skew_ms)  # once per poll, like the job's per event
             for messages in polled.values():
                 for msg in messages:
                     consumed += 1
-                    result = decode_event(msg.value if msg.value is not None else b"")
+                    result = decode_event(msg.value if msg.value is not None else b"", max_ts)
                     if isinstance(result, DecodeError):
                         stats.bad += 1
                         key, value = dead_letter_record(result, msg.topic, msg.partition, msg.offset, msg.timestamp)

@@ -1,37 +1,61 @@
 """EventEnvelope.java, the JVM's reading of a raw event, agrees with udfs/events.py.
 
 The envelope keys events and gives them their event time before any Python runs.
-Its key must equal Python's str(user_id) for every valid event, and a record that
-Python rejects must never carry an event time (it would move the watermark).
+Its key must equal Python's str(user_id) for every valid event (ids by the rule in
+tests/id_vectors.json), and a record that Python rejects must never carry an event
+time (it would move the watermark); nor may one whose ts is beyond wall-clock now +
+job.max_future_skew_ms. The two read the clock apart, so the tests stay a minute away
+from that bound, and check the bound itself exactly with a given one.
 """
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import pytest
 
+from tests.id_vectors import ACCEPTED, ID_VECTORS, REJECTED
 from tests.job_fixtures import generated_log
 from tests.poison import EXTRA_KINDS, KINDS, poison_records
 from udfs.config import load_config
-from udfs.events import Event, decode_event, encode_event
+from udfs.events import MAX_TS_MS, DecodeError, Event, decode_event, encode_event, max_event_ts
 
 pytestmark = pytest.mark.flink
 
 NO_TIME = -(2**63)
+SKEW_MS = load_config(environ={}).job.max_future_skew_ms
+GOOD = {"user_id": 1, "item_id": 2, "category_id": 3, "behavior": "pv", "ts": 1_700_000_000_000}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _decode(raw: bytes) -> Event | DecodeError:
+    """What the keyed function decides: the bound the job applies now."""
+    return decode_event(raw, max_event_ts(SKEW_MS))
 
 
 @pytest.fixture(scope="module")
-def peek():
-    from py4j.java_gateway import get_field
+def envelope():
     from pyflink.java_gateway import get_gateway
 
     from jobs.pipeline import create_environment
 
     create_environment(load_config())  # puts the job jars on the client JVM's class path
-    envelope = get_gateway().jvm.io.streamrec.flink.EventEnvelope
+    return get_gateway().jvm.io.streamrec.flink.EventEnvelope
+
+
+@pytest.fixture(scope="module")
+def peek(envelope):
+    """The job's envelope (configured skew, its own clock), as (key, event time)."""
+    from py4j.java_gateway import get_field
+
+    job_envelope = envelope(SKEW_MS)
 
     def read(raw: bytes) -> tuple[str, int]:
-        p = envelope.peek(raw)
+        p = job_envelope.peek(raw)
         return get_field(p, "key"), get_field(p, "eventTs")
 
     return read
@@ -46,26 +70,82 @@ def test_valid_events_keyed_as_python_keys_them(peek):
     events = generated_log(200, seed=5)[:200] + [
         Event("shopper-é🙂", "i-1", "c-1", "fav", 1_700_000_000_000),
         Event(-(2**63), 2**63 - 1, 0, "buy", 0),
-        Event("x" * 128, 1, 1, "cart", 10**13 - 1),
+        Event("x" * 128, 1, 1, "cart", _now_ms() + SKEW_MS - 60_000),
     ]
     for e in events:
         raw = encode_event(e)
-        assert not hasattr(decode_event(raw), "reason")
+        assert _decode(raw) == e
         assert peek(raw) == (str(e.user_id), e.ts)
 
 
 def test_rejected_records_never_carry_event_time(peek):
     records = poison_records(len(KINDS) * 20, seed=11) + poison_records(2, seed=1, kinds=EXTRA_KINDS)
-    good = {"user_id": 1, "item_id": 2, "category_id": 3, "behavior": "pv", "ts": 1_700_000_000_000}
     records += [
-        (_raw_map(*good.items(), ("ts", 1.7e12)), "last ts wins"),
-        (_raw_map(*good.items(), ("user_id", 2**63)), "last user_id wins"),
-        (_raw_map(*good.items(), ("nested", [[1] * 1025])), "inner array past Python's limit"),
+        (_raw_map(*GOOD.items(), ("ts", 1.7e12)), "last ts wins"),
+        (_raw_map(*GOOD.items(), ("user_id", 2**63)), "last user_id wins"),
+        (_raw_map(*GOOD.items(), ("nested", [[1] * 1025])), "inner array past Python's limit"),
         (encode_event(Event(1, 2, 3, "pv", 5)) + b"\x00", "trailing byte"),
+        (_raw_map(*GOOD.items(), ("ts", _now_ms() + SKEW_MS + 60_000)), "a minute past now + skew"),
+        (_raw_map(*GOOD.items(), ("ts", MAX_TS_MS - 1)), "year 2286"),
     ]
     for raw, kind in records:
-        assert hasattr(decode_event(raw), "reason"), kind
+        assert isinstance(_decode(raw), DecodeError), kind
         assert peek(raw)[1] == NO_TIME, kind
+
+
+def test_future_timestamps_keep_their_key_but_get_no_time(peek):
+    """The keyed function still sees the record, under its user, and dead-letters it."""
+    for ts in (_now_ms() + SKEW_MS + 60_000, MAX_TS_MS - 1):
+        raw = encode_event(Event("u-7", 2, 3, "buy", ts))
+        result = _decode(raw)
+        assert isinstance(result, DecodeError) and result.reason.startswith("future_timestamp:")
+        assert peek(raw) == ("u-7", NO_TIME)
+    near = _now_ms() + SKEW_MS - 60_000
+    assert peek(encode_event(Event("u-7", 2, 3, "buy", near))) == ("u-7", near)
+
+
+def test_the_bound_is_the_same_number_on_both_sides(envelope):
+    """Given the same bound (no clocks involved), the two agree to the millisecond."""
+    from py4j.java_gateway import get_field
+
+    for ts, bound in ((1000, 1000), (1001, 1000), (MAX_TS_MS - 1, 2**63 - 1)):
+        raw = encode_event(Event(1, 2, 3, "pv", ts))
+        accepted = isinstance(decode_event(raw, bound), Event)
+        assert get_field(envelope.peekUntil(raw, bound), "eventTs") == (ts if accepted else NO_TIME), (ts, bound)
+
+
+def test_the_skew_travels_with_the_envelope(envelope):
+    before = _now_ms()
+    bound = envelope(SKEW_MS).maxTsMs()
+    assert before + SKEW_MS <= bound <= _now_ms() + SKEW_MS
+    assert envelope(2**63 - 1).maxTsMs() == 2**63 - 1  # saturates
+
+
+# --------------------------------------------------------------------------- the id rule
+
+
+@pytest.mark.parametrize("vector", ACCEPTED, ids=[v.note for v in ACCEPTED])
+def test_user_ids_keyed_by_the_id_rule(peek, vector):
+    raw = msgpack.packb({**GOOD, "user_id": vector.raw})
+    event = _decode(raw)
+    assert isinstance(event, Event) and event.user_id == vector.id and type(event.user_id) is type(vector.id)
+    assert peek(raw) == (str(vector.id), GOOD["ts"])  # the keyed function's check: key == str(user_id)
+
+
+@pytest.mark.parametrize("vector", REJECTED, ids=[v.note for v in REJECTED])
+def test_user_ids_breaking_the_rule_get_no_key_and_no_time(peek, vector):
+    raw = msgpack.packb({**GOOD, "user_id": vector.raw})
+    assert isinstance(_decode(raw), DecodeError)
+    assert peek(raw) == ("", NO_TIME)
+
+
+@pytest.mark.parametrize("field", ["item_id", "category_id"])
+def test_other_ids_give_a_time_exactly_when_python_accepts_them(peek, field):
+    for vector in ID_VECTORS:
+        raw = msgpack.packb({**GOOD, field: vector.raw})
+        accepted = isinstance(_decode(raw), Event)
+        assert accepted == (vector.reject is None), vector.note
+        assert peek(raw) == ("1", GOOD["ts"] if accepted else NO_TIME), vector.note
 
 
 def test_a_repeated_key_means_what_python_says(peek):

@@ -1,9 +1,24 @@
 """Decoding and validation: every kind of bad input is a DecodeError with a reason."""
 
+import time
+
 import msgpack
 import pytest
 
-from udfs.events import MAX_EVENT_BYTES, DecodeError, Event, decode_event, encode_event
+from tests.id_vectors import ACCEPTED, REJECTED
+from udfs.config import Config
+from udfs.events import (
+    MAX_EVENT_BYTES,
+    MAX_TS_MS,
+    REASON_CODES,
+    DecodeError,
+    Event,
+    InvalidId,
+    canonical_id,
+    decode_event,
+    encode_event,
+    max_event_ts,
+)
 
 GOOD = {"user_id": 1, "item_id": 2268318, "category_id": 2520377, "behavior": "pv", "ts": 1511544070000}
 
@@ -53,3 +68,79 @@ def test_bad_input_is_a_value_with_reason(raw, reason):
     assert isinstance(result, DecodeError)
     assert result.reason.startswith(reason), result.reason
     assert result.raw == raw
+
+
+def test_every_reason_is_a_listed_code():
+    raws = [b"", pack([1]), pack({}), pack({**GOOD, "ts": "x"}), pack({**GOOD, "user_id": "a\x00"}),
+            pack({**GOOD, "behavior": "like"}), pack({**GOOD, "ts": -1}), pack({**GOOD, "pad": "x" * MAX_EVENT_BYTES}),
+            pack({**GOOD, "ts": MAX_TS_MS - 1})]
+    codes = [decode_event(r, max_ts_ms=GOOD["ts"]).reason.split(":")[0] for r in raws]
+    assert codes == ["not_msgpack", "not_a_map", "missing_field", "bad_type", "bad_id", "unknown_behavior",
+                     "out_of_range", "too_large", "future_timestamp"]
+    assert set(codes) == set(REASON_CODES)
+
+
+# --------------------------------------------------------------------------- event time bound
+
+SKEW_MS = Config().job.max_future_skew_ms
+
+
+def test_default_skew_is_five_minutes():
+    assert SKEW_MS == 300_000
+
+
+def test_the_bound_is_exact_and_pure():
+    raw = pack({**GOOD, "ts": 1000})
+    assert decode_event(raw, max_ts_ms=1000) == decode_event(raw)
+    result = decode_event(pack({**GOOD, "ts": 1001}), max_ts_ms=1000)
+    assert isinstance(result, DecodeError) and result.reason.startswith("future_timestamp"), result
+    assert isinstance(decode_event(pack({**GOOD, "ts": MAX_TS_MS - 1})), Event)  # no bound: only the range
+
+
+def test_max_event_ts_is_wall_clock_plus_skew():
+    before = int(time.time() * 1000)
+    bound = max_event_ts(SKEW_MS)
+    assert before + SKEW_MS <= bound <= int(time.time() * 1000) + SKEW_MS + 1
+
+
+@pytest.mark.parametrize(
+    ("offset_ms", "accepted"),
+    [(-SKEW_MS - 86_400_000, True), (SKEW_MS - 60_000, True), (SKEW_MS + 60_000, False), (None, False)],
+    ids=["yesterday", "skew-60s", "skew+60s", "year-2286"],
+)
+def test_future_timestamps_are_dead_letters(offset_ms, accepted):
+    now = int(time.time() * 1000)
+    ts = MAX_TS_MS - 1 if offset_ms is None else now + offset_ms
+    result = decode_event(pack({**GOOD, "ts": ts}), max_event_ts(SKEW_MS))
+    if accepted:
+        assert isinstance(result, Event) and result.ts == ts
+    else:
+        assert isinstance(result, DecodeError) and result.reason.startswith("future_timestamp:"), result
+
+
+# --------------------------------------------------------------------------- the id rule
+
+
+@pytest.mark.parametrize("vector", ACCEPTED, ids=[v.note for v in ACCEPTED])
+@pytest.mark.parametrize("field", ["user_id", "item_id", "category_id"])
+def test_ids_are_canonical(field, vector):
+    ev = decode_event(pack({**GOOD, field: vector.raw}))
+    assert isinstance(ev, Event), ev
+    got = getattr(ev, field)
+    assert got == vector.id and type(got) is type(vector.id)
+    assert canonical_id(got) == got  # canonical ids are fixed points
+
+
+@pytest.mark.parametrize("vector", REJECTED, ids=[v.note for v in REJECTED])
+@pytest.mark.parametrize("field", ["user_id", "item_id", "category_id"])
+def test_ids_breaking_the_rule_are_dead_letters(field, vector):
+    result = decode_event(pack({**GOOD, field: vector.raw}))
+    assert isinstance(result, DecodeError) and result.reason.startswith(f"{vector.reject}:{field}:"), result
+    with pytest.raises(InvalidId):
+        canonical_id(vector.raw)
+
+
+def test_a_decimal_string_and_its_int_are_one_shopper():
+    as_int = decode_event(pack({**GOOD, "user_id": 42}))
+    as_str = decode_event(pack({**GOOD, "user_id": "42"}))
+    assert as_int == as_str and encode_event(as_str) == pack({**GOOD, "user_id": 42})

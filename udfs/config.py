@@ -83,6 +83,8 @@ class JobConfig(_Section):
     """Bounded out-of-orderness of the event-time watermark."""
     allowed_lateness_ms: int = Field(0, ge=0)
     """Extra lateness tolerated behind the watermark before an event counts as late."""
+    max_future_skew_ms: int = Field(300000, ge=0)
+    """Dead-letter events with ts past wall-clock now + this: a far-future ts would make every later event late."""
     checkpoint_interval_ms: int = Field(10000, ge=0)
     """Checkpoint interval; 0 disables checkpointing."""
     state_backend: Literal["hashmap", "rocksdb"] = "hashmap"

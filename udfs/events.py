@@ -6,6 +6,9 @@ value so the job can route it to the dead-letter topic and keep running.
 
 from __future__ import annotations
 
+import re
+import time
+import unicodedata
 from typing import Any, NamedTuple
 
 import msgpack
@@ -19,6 +22,17 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 # ms since epoch; anything outside [1970, ~2286) is a unit or encoding mistake.
 MAX_TS_MS = 10**13
+# The canonical decimal form of an integer: "0", or an optional "-", a non-zero digit,
+# then digits (ASCII only: no "+", no leading zeros, no whitespace).
+_CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")
+# Unicode category Cc: C0 controls, DEL and C1 controls (a fixed set in every version).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+# What decode_event's reasons start with (README, "Dead letters"; the job adds key_mismatch).
+REASON_CODES: tuple[str, ...] = (
+    "too_large", "not_msgpack", "not_a_map", "missing_field", "bad_type", "bad_id", "unknown_behavior",
+    "out_of_range", "future_timestamp",
+)
 
 Id = int | str
 FIELDS = ("user_id", "item_id", "category_id", "behavior", "ts")
@@ -54,30 +68,62 @@ def encode_event(event: Event) -> bytes:
     return msgpack.packb(event.to_wire(), use_bin_type=True)
 
 
-def _check_id(name: str, value: Any) -> str | None:
+class InvalidId(ValueError):
+    """An id that breaks the id rule; ``reason`` is a dead-letter reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def canonical_id(value: Any, name: str = "id") -> Id:
+    """The one value that stands for this id, or :class:`InvalidId` (the README's id rule).
+
+    Integers must fit in int64. Strings are NFC-normalised, then must be 1..128 code
+    points with no control character (category Cc); a string that is the canonical
+    decimal form of an int64 is that integer, so ``"42"`` and ``42`` are one shopper
+    (``"042"``, ``"+42"``, ``" 42"`` and ``"-0"`` stay strings). ``str()`` of the result is
+    the job's key, which ``EventEnvelope.java`` computes by the same rule.
+    """
     if isinstance(value, bool):
-        return f"bad_type:{name}: bool is not an id"
+        raise InvalidId(f"bad_type:{name}: bool is not an id")
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
-            return f"out_of_range:{name}: {value} does not fit in int64"
-        return None
-    if isinstance(value, str):
-        if not 0 < len(value) <= MAX_STR_ID_LEN:
-            return f"out_of_range:{name}: string id length {len(value)} not in 1..{MAX_STR_ID_LEN}"
-        return None
-    return f"bad_type:{name}: expected int or str, got {type(value).__name__}"
+            raise InvalidId(f"out_of_range:{name}: {value} does not fit in int64")
+        return value
+    if not isinstance(value, str):
+        raise InvalidId(f"bad_type:{name}: expected int or str, got {type(value).__name__}")
+    if not unicodedata.is_normalized("NFC", value):
+        value = unicodedata.normalize("NFC", value)
+    if not 0 < len(value) <= MAX_STR_ID_LEN:
+        raise InvalidId(f"out_of_range:{name}: string id length {len(value)} (after NFC) not in 1..{MAX_STR_ID_LEN}")
+    control = _CONTROL.search(value)
+    if control:
+        raise InvalidId(f"bad_id:{name}: control character U+{ord(control.group()):04X} at {control.start()}")
+    if _CANONICAL_INT.fullmatch(value):
+        number = int(value)
+        if INT64_MIN <= number <= INT64_MAX:
+            return number
+    return value
 
 
-def _validate(obj: Any, raw: bytes) -> Event | DecodeError:
+def max_event_ts(max_future_skew_ms: int) -> int:
+    """The latest acceptable event time now: wall-clock ms plus ``job.max_future_skew_ms``."""
+    return time.time_ns() // 1_000_000 + max_future_skew_ms
+
+
+def _validate(obj: Any, raw: bytes, max_ts_ms: int | None) -> Event | DecodeError:
     if not isinstance(obj, dict):
         return DecodeError(f"not_a_map: top level is {type(obj).__name__}", raw)
     for name in FIELDS:
         if name not in obj:
             return DecodeError(f"missing_field:{name}", raw)
-    for name in ("user_id", "item_id", "category_id"):
-        problem = _check_id(name, obj[name])
-        if problem:
-            return DecodeError(problem, raw)
+    try:
+        user = canonical_id(obj["user_id"], "user_id")
+        item = canonical_id(obj["item_id"], "item_id")
+        category = canonical_id(obj["category_id"], "category_id")
+    except InvalidId as exc:
+        return DecodeError(exc.reason, raw)
     behavior = obj["behavior"]
     if not isinstance(behavior, str):
         return DecodeError(f"bad_type:behavior: expected str, got {type(behavior).__name__}", raw)
@@ -88,11 +134,19 @@ def _validate(obj: Any, raw: bytes) -> Event | DecodeError:
         return DecodeError(f"bad_type:ts: expected int ms, got {type(ts).__name__}", raw)
     if not 0 <= ts < MAX_TS_MS:
         return DecodeError(f"out_of_range:ts: {ts} is not milliseconds since epoch", raw)
-    return Event(obj["user_id"], obj["item_id"], obj["category_id"], behavior, ts)
+    if max_ts_ms is not None and ts > max_ts_ms:
+        return DecodeError(f"future_timestamp: ts {ts} is {ts - max_ts_ms} ms beyond now + job.max_future_skew_ms",
+                           raw)
+    return Event(user, item, category, behavior, ts)
 
 
-def decode_event(raw: bytes) -> Event | DecodeError:
-    """Decode one msgpack record; limits stop hostile headers before allocation."""
+def decode_event(raw: bytes, max_ts_ms: int | None = None) -> Event | DecodeError:
+    """Decode one msgpack record; limits stop hostile headers before allocation.
+
+    Ids come back canonical (:func:`canonical_id`). ``max_ts_ms``: the latest event
+    time accepted (the caller passes :func:`max_event_ts`, so this stays pure); a
+    later ``ts`` is a ``future_timestamp`` dead letter. ``None``: no bound.
+    """
     if len(raw) > MAX_EVENT_BYTES:
         return DecodeError(f"too_large: {len(raw)} bytes > {MAX_EVENT_BYTES}", raw)
     try:
@@ -108,4 +162,4 @@ def decode_event(raw: bytes) -> Event | DecodeError:
         )
     except Exception as exc:  # msgpack raises many types; all mean "not our format"
         return DecodeError(f"not_msgpack: {type(exc).__name__}: {str(exc)[:120]}", raw)
-    return _validate(obj, raw)
+    return _validate(obj, raw, max_ts_ms)

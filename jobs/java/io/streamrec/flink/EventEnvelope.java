@@ -3,6 +3,7 @@ package io.streamrec.flink;
 import java.io.IOException;
 import java.math.BigInteger;
 import java.nio.charset.CodingErrorAction;
+import java.text.Normalizer;
 import java.time.Duration;
 import java.util.Set;
 
@@ -27,7 +28,13 @@ import org.msgpack.value.ValueType;
  * partition, offset, timestamp, event_ts, value)), the layout PyFlink's own key_by
  * gives a keyed Python function. A record whose user id cannot be read gets key
  * {@link #UNKEYED}; one that is not a valid event gets event_ts {@link #NO_TIME} (no
- * effect on watermarks). Python decodes it and makes it a dead letter.
+ * effect on watermarks). Python decodes it and makes it a dead letter. So does an event
+ * whose ts is beyond wall-clock now + {@code job.max_future_skew_ms}: one far-future ts
+ * would otherwise move the watermark and make every later event late.
+ *
+ * <p>The key is the user id by the README's id rule, as Python's {@code
+ * str(canonical_id(user_id))} spells it: decimal for an int64; for a string, its NFC form
+ * (which is already the decimal of the int Python turns a canonical-int string into).
  */
 public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable<Row> {
     public static final String UNKEYED = "";
@@ -53,6 +60,16 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
             PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO);
     public static final TypeInformation<Row> KEYED_TYPE = Types.ROW(Types.STRING, EVENT_TYPE);
 
+    private final long maxFutureSkewMs;
+
+    /** @param maxFutureSkewMs {@code job.max_future_skew_ms}: how far past wall-clock now a ts may be */
+    public EventEnvelope(long maxFutureSkewMs) {
+        if (maxFutureSkewMs < 0) {
+            throw new IllegalArgumentException("maxFutureSkewMs must be >= 0, got " + maxFutureSkewMs);
+        }
+        this.maxFutureSkewMs = maxFutureSkewMs;
+    }
+
     @Override
     public Row map(Row raw) {
         byte[] value = (byte[]) raw.getField(4);
@@ -63,6 +80,17 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
     @Override
     public TypeInformation<Row> getProducedType() {
         return KEYED_TYPE;
+    }
+
+    /** {@link #peekUntil(byte[], long)} with the bound this envelope applies now. */
+    public Peeked peek(byte[] value) {
+        return peekUntil(value, maxTsMs());
+    }
+
+    /** The latest acceptable event time: wall-clock now + the skew (saturating). */
+    public long maxTsMs() {
+        long now = System.currentTimeMillis();
+        return now > Long.MAX_VALUE - maxFutureSkewMs ? Long.MAX_VALUE : now + maxFutureSkewMs;
     }
 
     /** Event time from the envelope, bounded out-of-orderness as configured. */
@@ -81,10 +109,11 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
     /**
      * The user id whenever it can be read; the event time only when the whole record
      * would pass udfs/events.py, so a malformed record with a plausible "ts" cannot
-     * move the watermark (and make good events late). Disagreeing with Python here
-     * costs at most a watermark contribution: Python still decides what is valid.
+     * move the watermark (and make good events late); nor does one whose ts is beyond
+     * {@code maxTsMs}. Disagreeing with Python here costs at most a watermark
+     * contribution: Python still decides what is valid (and dead-letters a key mismatch).
      */
-    public static Peeked peek(byte[] value) {
+    public static Peeked peekUntil(byte[] value, long maxTsMs) {
         if (value == null || value.length > MAX_EVENT_BYTES) {
             return Peeked.NOTHING;
         }
@@ -116,7 +145,8 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
                     default: skipChecked(in, 1);
                 }
             }
-            boolean valid = !in.hasNext() && user != null && item && category && behavior && time != null;
+            boolean valid = !in.hasNext() && user != null && item && category && behavior && time != null
+                    && time <= maxTsMs;
             return new Peeked(user == null ? UNKEYED : user, valid ? time : NO_TIME);
         } catch (Exception e) {
             // malformed: Python's decode says why, on the dead-letter topic
@@ -136,7 +166,7 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
         }
     }
 
-    /** An id as Python's str() spells it (decimal for integers), or null if invalid. */
+    /** An id as Python's str(canonical_id(...)) spells it, or null if invalid. */
     private static String readId(MessageUnpacker in) throws IOException {
         ValueType type = in.getNextFormat().getValueType();
         if (type == ValueType.INTEGER) {
@@ -144,12 +174,32 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
             return id.bitLength() <= 63 ? id.toString() : null;
         }
         if (type == ValueType.STRING) {
-            String id = in.unpackString();
-            int chars = id.codePointCount(0, id.length());
-            return chars > 0 && chars <= MAX_STR_ID_LEN ? id : null;
+            return canonicalStringId(in.unpackString());
         }
         skipChecked(in, 1);
         return null;
+    }
+
+    /**
+     * The id rule for strings (udfs/events.py canonical_id): NFC, then 1..128 code
+     * points, no control character (Cc: U+0000-U+001F, U+007F-U+009F); null if it
+     * breaks the rule. A canonical-int64 string needs no conversion here: Python makes
+     * it an int whose str() is this same string.
+     */
+    static String canonicalStringId(String raw) {
+        String id = Normalizer.isNormalized(raw, Normalizer.Form.NFC)
+                ? raw : Normalizer.normalize(raw, Normalizer.Form.NFC);
+        int chars = id.codePointCount(0, id.length());
+        if (chars < 1 || chars > MAX_STR_ID_LEN) {
+            return null;
+        }
+        for (int i = 0; i < id.length(); i++) {
+            char c = id.charAt(i);
+            if (c <= 0x1F || (c >= 0x7F && c <= 0x9F)) {
+                return null;
+            }
+        }
+        return id;
     }
 
     private static boolean readBehavior(MessageUnpacker in) throws IOException {
