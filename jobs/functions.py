@@ -39,7 +39,7 @@ KEYED_BYTES_TYPE = Types.ROW_NAMED(["key", "value"], [Types.STRING(), Types.PRIM
 DLQ_TAG = OutputTag("dead-letters", KEYED_BYTES_TYPE)
 LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
 COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_duplicate", "recommendations_emitted",
-            "ranking_fallbacks", "ranker_rows", "ranker_micros")
+            "ranking_fallbacks", "ranker_rows", "ranker_micros", "states_trimmed")
 
 
 def dead_letter(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
@@ -97,6 +97,7 @@ class RecommendFunction(KeyedProcessFunction):
         self.lateness = cfg.job.allowed_lateness_ms
         self.max_future_skew_ms = cfg.job.max_future_skew_ms
         self.since_ms = cfg.job.since_ms
+        self.max_state_bytes = cfg.state.max_bytes
         choice = self.recommender.provider
         log.warning("streamrec ranker provider: %s%s", choice.provider if choice else "none",
                     f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")
@@ -137,7 +138,10 @@ class RecommendFunction(KeyedProcessFunction):
                 self.metrics.inc("ranking_fallbacks")
             self.metrics.inc("recommendations_emitted")
             yield Row(str(event.user_id), msgpack.packb(record, use_bin_type=True))
-        self.state.update(state.to_bytes())
+        blob, trimmed = state.to_bounded_bytes(self.max_state_bytes)
+        if trimmed:
+            self.metrics.inc("states_trimmed")
+        self.state.update(blob)
 
     def _flush_metrics(self) -> None:
         ranker = self.recommender.ranker

@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError
-from pyflink.common import Row, WatermarkStrategy
+from pyflink.common import Row
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
@@ -26,7 +26,7 @@ from pyflink.datastream.connectors.kafka import (
 from pyflink.java_gateway import get_gateway
 
 from jobs.functions import RAW_TYPE, as_bytes
-from jobs.pipeline import PipelineOutputs
+from jobs.pipeline import PipelineOutputs, source_watermarks
 from udfs.config import Config, ConfigError
 from udfs.events import Event, encode_event
 
@@ -49,8 +49,10 @@ class KafkaEventSource:
 
     config: Config
 
-    def create(self, env: StreamExecutionEnvironment, watermarks: WatermarkStrategy) -> DataStream:
-        k = self.config.kafka
+    event_time_in_source = True
+
+    def create(self, env: StreamExecutionEnvironment, config: Config) -> DataStream:
+        k = config.kafka
         starting = {
             "earliest": KafkaOffsetsInitializer.earliest(),
             "latest": KafkaOffsetsInitializer.latest(),
@@ -69,7 +71,7 @@ class KafkaEventSource:
         )
         # PyFlink only exposes value-only deserializers; ours keeps partition/offset.
         builder._j_builder.setDeserializer(_jvm().io.streamrec.flink.RawRecordDeserializer())
-        return env.from_source(builder.build(), watermarks, "kafka-events").uid("kafka-source")
+        return env.from_source(builder.build(), source_watermarks(config), "kafka-events").uid("kafka-source")
 
 
 @dataclass
@@ -152,7 +154,9 @@ class CollectionSource:
 
     rows: list[Row]
 
-    def create(self, env: StreamExecutionEnvironment, watermarks: WatermarkStrategy) -> DataStream:
+    event_time_in_source = False
+
+    def create(self, env: StreamExecutionEnvironment, config: Config) -> DataStream:
         return env.from_collection(self.rows, type_info=RAW_TYPE)
 
 

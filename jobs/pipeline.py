@@ -33,7 +33,12 @@ class PipelineOutputs:
 
 
 class Source(Protocol):
-    def create(self, env: StreamExecutionEnvironment, watermarks: WatermarkStrategy) -> DataStream: ...
+    """Raw records; ``event_time_in_source`` says whether the source assigns event time and
+    watermarks itself (per Kafka partition) or leaves them to the envelope."""
+
+    event_time_in_source: bool
+
+    def create(self, env: StreamExecutionEnvironment, config: Config) -> DataStream: ...
 
 
 class Sink(Protocol):
@@ -130,7 +135,7 @@ def create_environment(config: Config) -> StreamExecutionEnvironment:
     return env
 
 
-def key_by_user(raw: DataStream, config: Config) -> KeyedStream:
+def key_by_user(raw: DataStream, config: Config, event_time_in_source: bool) -> KeyedStream:
     """Raw records keyed by user, with event-time watermarks, all in the JVM.
 
     The keyed function is the only Python an event meets: a Python decode, timestamp
@@ -138,28 +143,36 @@ def key_by_user(raw: DataStream, config: Config) -> KeyedStream:
     a pickle round trip per event, and took the GIL from the keyed function in thread
     mode. ``EventEnvelope`` reads just the user id and event time (none for a ts beyond
     wall-clock now + ``job.max_future_skew_ms``, as Python rejects it); the element layout
-    is the one PyFlink's own ``key_by`` produces, Row(key, value).
+    is the one PyFlink's own ``key_by`` produces, Row(key, value). A source that assigns
+    event time itself (Kafka, per partition) keeps its timestamps and watermarks; any
+    other gets them from the envelope here.
     """
     jvm = get_gateway().jvm
     envelope = jvm.io.streamrec.flink.EventEnvelope
-    keyed = raw._j_data_stream.map(envelope(config.job.max_future_skew_ms)).name("envelope").uid("envelope")
-    timed = (
-        keyed.assignTimestampsAndWatermarks(envelope.watermarks(config.job.out_of_orderness_ms))
-        .name("event-time")
-        .uid("event-time")
-    )
+    timed = raw._j_data_stream.map(envelope(config.job.max_future_skew_ms)).name("envelope").uid("envelope")
+    if not event_time_in_source:
+        timed = (
+            timed.assignTimestampsAndWatermarks(envelope.watermarks(config.job.out_of_orderness_ms))
+            .name("event-time")
+            .uid("event-time")
+        )
     j_keyed = timed.keyBy(jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
     return KeyedStream(j_keyed, ENVELOPE_TYPE, DataStream(timed))
+
+
+def source_watermarks(config: Config) -> WatermarkStrategy:
+    """Per-partition event time for the Kafka source (``EventEnvelope.sourceWatermarks``)."""
+    job = config.job
+    return WatermarkStrategy(get_gateway().jvm.io.streamrec.flink.EventEnvelope.sourceWatermarks(
+        job.out_of_orderness_ms, job.source_idleness_ms, job.max_future_skew_ms))
 
 
 def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Source, sink: Sink,
                    recommend: RecommendFunction | None = None) -> PipelineOutputs:
     """The job graph; ``recommend`` replaces the keyed function (fault-injection tests)."""
-    # Watermarks come from the envelope (event time is inside the msgpack payload);
-    # the source itself emits none.
-    raw = source.create(env, WatermarkStrategy.no_watermarks())
+    raw = source.create(env, config)
     recs = (
-        key_by_user(raw, config)
+        key_by_user(raw, config, source.event_time_in_source)
         .process(recommend or RecommendFunction(config), output_type=KEYED_BYTES_TYPE)
         .name("recommend")
         .uid("recommend")

@@ -198,7 +198,8 @@ class Batcher:
         return out
 
     def _write(self, key: str, state: UserState) -> None:
-        self.states[key] = (state.to_bytes(), self.clock())
+        blob, _ = state.to_bounded_bytes(self.recommender.limits.max_bytes)
+        self.states[key] = (blob, self.clock())
         self.states.move_to_end(key)
 
     def _flush(self, out: PollOutput) -> None:

@@ -5,6 +5,7 @@ import random
 import msgpack
 import pytest
 
+from tests.job_fixtures import generated_log
 from udfs.events import Event
 from udfs.state import STATE_VERSION, WINDOWS, StateLimits, UserState, gap_bucket, update_state
 
@@ -231,3 +232,37 @@ def test_unknown_state_version_raises(version):
     data = msgpack.packb([version, [], [0, 0, 0, 0], {}, 0, [], 0, 0, [[], [], []]])
     with pytest.raises(ValueError, match="unsupported user state version"):
         UserState.from_bytes(data)
+
+
+def _long_id_events(n: int) -> list[Event]:
+    """A shopper whose ids are all 128-character strings: the largest state the limits allow."""
+    return [Event("u" * 128, f"{i:0128d}", f"c{i % 40:0127d}", "buy" if i % 3 == 0 else "pv", T0 + i * 1000)
+            for i in range(n)]
+
+
+def test_state_is_bounded_in_bytes_keeping_the_newest_entries() -> None:
+    limits = StateLimits()
+    st = UserState()
+    for e in _long_id_events(400):
+        update_state(st, e, limits)
+    full = len(st.to_bytes())
+    assert full > limits.max_bytes  # entry limits alone allow ~30 KB with long ids
+    newest = st.seq[-1]
+    emitted, counts = st.emitted, list(st.counts)
+    blob, trimmed = st.to_bounded_bytes(limits.max_bytes)
+    assert trimmed and len(blob) <= limits.max_bytes
+    back = UserState.from_bytes(blob)
+    assert back.seq[-1] == newest and back.seq == st.seq
+    assert back.emitted == emitted and back.counts == counts  # list numbers and totals never go back
+    assert len(back.bought) < 100 and len(back.affinity) <= limits.max_categories
+
+
+def test_states_of_int_ids_are_never_trimmed() -> None:
+    limits = StateLimits()
+    states: dict = {}
+    for e in generated_log(6000, seed=2):
+        update_state(states.setdefault(e.user_id, UserState()), e, limits)
+    for st in states.values():
+        before = st.to_bytes()
+        blob, trimmed = st.to_bounded_bytes(limits.max_bytes)
+        assert not trimmed and blob == before

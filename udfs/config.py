@@ -70,6 +70,8 @@ class StateConfig(_Section):
     """Half-life of the time decay on category affinity."""
     max_bought: int = Field(100, ge=0, le=10000)
     """Bought items remembered per user so they are never recommended again."""
+    max_bytes: int = Field(16 * 1024, ge=4096, le=1 << 20)
+    """Largest stored state per user; past it the oldest entries go (only long string ids get there)."""
     ttl_s: int = Field(14 * 86400, ge=60)
     """Processing-time TTL of a user's state: idle users cost nothing."""
 
@@ -83,6 +85,8 @@ class JobConfig(_Section):
     """Bounded out-of-orderness of the event-time watermark."""
     allowed_lateness_ms: int = Field(0, ge=0)
     """Extra lateness tolerated behind the watermark before an event counts as late."""
+    source_idleness_ms: int = Field(30_000, ge=0)
+    """A Kafka partition without records for this long stops holding the watermark back (0: never)."""
     max_future_skew_ms: int = Field(300000, ge=0)
     """Dead-letter events with ts past wall-clock now + this: a far-future ts would make every later event late."""
     checkpoint_interval_ms: int = Field(10000, ge=0)

@@ -20,6 +20,7 @@ def state_limits(config: Config) -> StateLimits:
         max_categories=s.max_categories,
         category_half_life_ms=s.category_half_life_s * 1000,
         max_bought=s.max_bought,
+        max_bytes=s.max_bytes,
     )
 
 
@@ -31,6 +32,7 @@ def state_settings(limits: StateLimits) -> dict[str, int]:
         "max_categories": limits.max_categories,
         "category_half_life_s": limits.category_half_life_ms // 1000,
         "max_bought": limits.max_bought,
+        "max_bytes": limits.max_bytes,
     }
 
 

@@ -61,6 +61,7 @@ class StateLimits:
     max_categories: int = 20
     category_half_life_ms: int = 86400 * 1000
     max_bought: int = 100
+    max_bytes: int = 16 * 1024
 
 
 @dataclass
@@ -90,6 +91,28 @@ class UserState:
              self.emitted, self.max_ts, self.windows],
             use_bin_type=True,
         )
+
+    def to_bounded_bytes(self, max_bytes: int) -> tuple[bytes, bool]:
+        """The stored value, at most ``max_bytes`` long; True when entries had to go.
+
+        Entry counts alone do not bound bytes: ids may be 128-character strings, which
+        makes a full state ~30 KB instead of ~1.5 KB. Over the limit, the oldest quarter of
+        the sequence, the bought items and the weakest categories go in turn until it fits;
+        counts, windows and the list number always stay, so ``seq`` never repeats.
+        """
+        blob = self.to_bytes()
+        trimmed = False
+        while len(blob) > max_bytes and (len(self.seq) > 1 or self.bought or len(self.affinity) > 1):
+            trimmed = True
+            if len(self.seq) > 1:
+                del self.seq[: max(1, len(self.seq) // 4)]
+            if self.bought:
+                del self.bought[: max(1, len(self.bought) // 4)]
+            if len(self.affinity) > 1:
+                for cat in sorted(self.affinity, key=self.affinity.__getitem__)[: max(1, len(self.affinity) // 4)]:
+                    del self.affinity[cat]
+            blob = self.to_bytes()
+        return blob, trimmed
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> UserState:

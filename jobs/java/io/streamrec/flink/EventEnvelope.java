@@ -93,7 +93,35 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
         return now > Long.MAX_VALUE - maxFutureSkewMs ? Long.MAX_VALUE : now + maxFutureSkewMs;
     }
 
-    /** Event time from the envelope, bounded out-of-orderness as configured. */
+    /**
+     * Event time inside the Kafka source, so watermarks are kept per partition: a partition
+     * catching up on old events holds the watermark back instead of the others' events
+     * turning late. The timestamp is {@link #peek}'s reading of the raw record (field 4),
+     * Long.MIN_VALUE for one Python would reject, which moves no watermark. A partition with
+     * no records for {@code idlenessMs} stops holding the watermark back (0: never idle).
+     */
+    public static WatermarkStrategy<Row> sourceWatermarks(
+            long outOfOrdernessMs, long idlenessMs, long maxFutureSkewMs) {
+        WatermarkStrategy<Row> strategy =
+                WatermarkStrategy.<Row>forBoundedOutOfOrderness(Duration.ofMillis(outOfOrdernessMs))
+                        .withTimestampAssigner(new RawEventTime(new EventEnvelope(maxFutureSkewMs)));
+        return idlenessMs > 0 ? strategy.withIdleness(Duration.ofMillis(idlenessMs)) : strategy;
+    }
+
+    static final class RawEventTime implements SerializableTimestampAssigner<Row> {
+        private final EventEnvelope envelope;
+
+        RawEventTime(EventEnvelope envelope) {
+            this.envelope = envelope;
+        }
+
+        @Override
+        public long extractTimestamp(Row raw, long recordTimestamp) {
+            return envelope.peek((byte[]) raw.getField(4)).eventTs;
+        }
+    }
+
+    /** Event time from the envelope, for sources without their own (files, collections). */
     public static WatermarkStrategy<Row> watermarks(long outOfOrdernessMs) {
         return WatermarkStrategy.<Row>forBoundedOutOfOrderness(Duration.ofMillis(outOfOrdernessMs))
                 .withTimestampAssigner(new EventTime());
