@@ -138,20 +138,24 @@ def consume(
 
 
 class _AuthFailures(logging.Filter):
-    """Notes the authentication failures kafka-python logs while it bootstraps: it retries them
-    like network errors until its bootstrap timeout, then raises only "Unable to bootstrap"."""
+    """Notes how far kafka-python's bootstrap got, from what it logs: it retries a refused login
+    like a network error until its bootstrap timeout, then raises only "Unable to bootstrap"."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.seen: list[BaseException] = []
+        self.refused: list[BaseException] = []
+        self.authenticating = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("kafka.net.sasl."):
+            self.authenticating = True  # the listener answered and took the mechanism
         args = record.args if isinstance(record.args, tuple) else ()
-        self.seen.extend(a for a in args if isinstance(a, SaslAuthenticationFailedError))
+        self.refused.extend(a for a in args if isinstance(a, SaslAuthenticationFailedError))
         return True
 
 
-_NET_LOGGERS = ("kafka.net.manager", "kafka.net.connection")
+# The SASL mechanisms warn (once per login) when they send credentials without TLS.
+_NET_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.net.sasl.plain", "kafka.net.sasl.scram")
 
 
 @contextlib.contextmanager
@@ -160,8 +164,9 @@ def connect_errors(bootstrap: str, security: Mapping[str, Any] | None) -> Iterat
     saying who tried and where the password came from (never the password).
 
     The broker may close the connection before kafka-python reads its "Invalid username or
-    password" answer, so a refusal cannot always be told from a broker that is down: the
-    message says which when it can.
+    password" answer; a connection closed after the login was sent counts as refused too. Only
+    when neither was seen (or with TLS, where the mechanisms log nothing) does the message leave
+    open whether the broker is down.
     """
     opts = security or {}
     if not str(opts.get("security_protocol", "")).startswith("SASL_"):
@@ -175,8 +180,12 @@ def connect_errors(bootstrap: str, security: Mapping[str, Any] | None) -> Iterat
         yield
     except KafkaError as exc:
         who = f"{opts['security_protocol']} {opts.get('sasl_mechanism')} as {opts.get('sasl_plain_username')!r}"
-        why = (f"the broker refused the credentials ({watcher.seen[-1]})" if watcher.seen else
-               f"{exc}: the broker is down or refused the credentials (its log says which)")
+        if watcher.refused:
+            why = f"the broker refused the credentials ({watcher.refused[-1]})"
+        elif watcher.authenticating:
+            why = "the broker closed the connection after the login was sent: the credentials were refused"
+        else:
+            why = f"{exc}: the broker is down or refused the credentials (its log says which)"
         raise KafkaCredentialsError(
             f"cannot connect to Kafka at {bootstrap} with {who}: {why}; check kafka.bootstrap_servers, "
             "kafka.sasl_username and the password (kafka.sasl_password_file or kafka.sasl_password_env)"

@@ -96,5 +96,6 @@ def test_wrong_password_fails_clearly_in_bounded_time(sasl_kafka_broker: LocalKa
         assert time.monotonic() - t0 < 20
         message = str(err.value)
         assert k.bootstrap_servers in message and "'alice'" in message and "kafka.sasl_password_file" in message
+        assert "credentials were refused" in message or "refused the credentials (" in message
         assert "not-the-password" not in message
     assert "not-the-password" not in caplog.text
