@@ -99,3 +99,12 @@ def test_wrong_password_fails_clearly_in_bounded_time(sasl_kafka_broker: LocalKa
         assert "credentials were refused" in message or "refused the credentials (" in message
         assert "not-the-password" not in message
     assert "not-the-password" not in caplog.text
+
+
+@pytest.mark.kafka
+def test_transaction_timeout_check_reads_the_broker_through_sasl(sasl_kafka_broker: LocalKafka,
+                                                                 tmp_path: Path) -> None:
+    from jobs.io import broker_transaction_max_ms  # pyflink: only this test needs it
+
+    k = sasl_kafka_config(sasl_kafka_broker, tmp_path)
+    assert broker_transaction_max_ms(k.bootstrap_servers, security=python_client_options(k)) == 900_000
