@@ -38,7 +38,7 @@ from streamrec.generator import generate_events
 from streamrec.kafka_io import connect_errors, consume, produce
 from streamrec.kafka_local import LocalKafka
 from streamrec.latency import latencies, median_of_runs, p99_by_interval, summarize_pairs, trigger_key
-from streamrec.procs import job_env, stop_group
+from streamrec.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import MANIFEST_FILE, load_artifact, verify_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.events import encode_event
@@ -282,7 +282,7 @@ def _job_env(cfg: Config, bootstrap: str, topics: dict[str, str], artifact: Path
              parallelism: int | None = None) -> dict[str, str]:
     settings: dict[str, dict[str, Any]] = {
         "kafka": {"group_id": group, "starting_offsets": "earliest",
-                  "delivery_guarantee": cfg.kafka.delivery_guarantee},
+                  "delivery_guarantee": cfg.kafka.delivery_guarantee, **LOCAL_BROKER_SECURITY},
         "ranking": {"provider": cfg.ranking.provider},
     }
     if parallelism is not None:

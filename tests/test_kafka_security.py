@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from udfs.config import Config, ConfigError, env_var, load_config
+from udfs.config import Config, ConfigError, config_env, env_var, load_config
 from udfs.kafka_security import (
     SHADED_PREFIX,
     ClientProperties,
@@ -148,3 +148,13 @@ def test_secret_still_works_as_the_string_the_clients_need() -> None:
     s = Secret("abc")
     assert s == "abc" and s.encode() == b"abc" and "\0".join(["u", s]) == "u\0abc"
     assert type(str(s)) is str and str(s) == "abc"
+
+
+def test_jobs_on_the_local_plaintext_broker_drop_secured_settings_from_the_environment(password_file: Path) -> None:
+    from streamrec.procs import LOCAL_BROKER_SECURITY  # tools layer: only this test needs it
+
+    secured = kafka_env(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="alice",
+                        sasl_password_file=str(password_file))
+    assert load_config(environ=secured).kafka.security_protocol == "SASL_PLAINTEXT"
+    overridden = {**secured, **config_env({"kafka": LOCAL_BROKER_SECURITY})}
+    assert python_client_options(load_config(environ=overridden).kafka) == {"security_protocol": "PLAINTEXT"}
