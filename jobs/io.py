@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from jobs.functions import RAW_TYPE, as_bytes
 from jobs.pipeline import PipelineOutputs, source_watermarks
 from udfs.config import Config, ConfigError
 from udfs.events import Event, encode_event
+from udfs.kafka_security import java_client_properties, python_client_options
 
 # Values travel back to the client as JSON text: a Java byte[] crosses py4j byte by
 # byte, which made collecting ~20k lists take over ten minutes.
@@ -69,6 +70,8 @@ class KafkaEventSource:
             .set_property("fetch.max.wait.ms", str(k.source_fetch_max_wait_ms))
             .set_property("fetch.min.bytes", str(k.source_fetch_min_bytes))
         )
+        for key, value in java_client_properties(k).items():
+            builder.set_property(key, str(value))
         # PyFlink only exposes value-only deserializers; ours keeps partition/offset.
         builder._j_builder.setDeserializer(_jvm().io.streamrec.flink.RawRecordDeserializer())
         return env.from_source(builder.build(), source_watermarks(config), "kafka-events").uid("kafka-source")
@@ -89,6 +92,8 @@ class KafkaSinks:
         }[k.delivery_guarantee]
         builder = KafkaSink.builder().set_bootstrap_servers(k.bootstrap_servers).set_delivery_guarantee(guarantee)
         builder.set_property("linger.ms", str(k.sink_linger_ms))
+        for key, value in java_client_properties(k).items():
+            builder.set_property(key, str(value))
         if k.delivery_guarantee == "exactly-once":
             # One prefix per job name and topic: two jobs never fence each other's transactions.
             builder.set_transactional_id_prefix(f"{k.transactional_id_prefix}-{self.config.job.name}-{topic}")
@@ -109,10 +114,15 @@ class KafkaSinks:
             stream.sink_to(self._sink(topics[topic_field])).name(f"kafka-{name}").uid(f"sink-{name}")
 
 
-def broker_transaction_max_ms(bootstrap: str, timeout_s: float = 10.0) -> int | None:
-    """The broker's ``transaction.max.timeout.ms``; None when it cannot be read."""
+def broker_transaction_max_ms(bootstrap: str, timeout_s: float = 10.0,
+                              security: Mapping[str, Any] | None = None) -> int | None:
+    """The broker's ``transaction.max.timeout.ms``; None when it cannot be read.
+
+    ``security``: kafka-python options (:func:`udfs.kafka_security.python_client_options`).
+    """
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                                 **(security or {}))
     except KafkaError as exc:
         log.warning("cannot reach %s to check transaction.max.timeout.ms: %s", bootstrap, exc)
         return None
@@ -137,7 +147,7 @@ def check_transaction_timeout(config: Config) -> None:
     """Refuse to start when the sinks' transaction timeout is above the broker's maximum: every
     transaction would fail at its start and the job would restart in a loop."""
     k = config.kafka
-    limit = broker_transaction_max_ms(k.bootstrap_servers)
+    limit = broker_transaction_max_ms(k.bootstrap_servers, security=python_client_options(k))
     if limit is not None and k.transaction_timeout_ms > limit:
         raise ConfigError(f"kafka.transaction_timeout_ms ({k.transaction_timeout_ms}) exceeds the broker's "
                           f"{TRANSACTION_MAX_KEY} ({limit}); lower it or raise the broker's limit")

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,10 @@ import numpy as np
 from jobs.layout import JOB_SCRIPT
 from streamrec.flink_cluster import StandaloneCluster
 from streamrec.generator import generate_events
-from streamrec.kafka_io import consume, produce
+from streamrec.kafka_io import connect_errors, consume, produce
 from streamrec.kafka_local import LocalKafka
 from streamrec.latency import latencies, median_of_runs, p99_by_interval, summarize_pairs, trigger_key
-from streamrec.procs import job_env, stop_group
+from streamrec.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import MANIFEST_FILE, load_artifact, verify_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.events import encode_event
@@ -140,11 +140,13 @@ class RssSampler:
 class TopicCounter:
     """Records in a topic (sum of end offsets): outputs so far, without reading them."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, security: Mapping[str, Any] | None = None) -> None:
         from kafka import KafkaConsumer
 
         self.topic = topic
-        self._cons = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        with connect_errors(bootstrap, security):
+            self._cons = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                       **(security or {}))
 
     def __call__(self) -> int:
         from kafka import TopicPartition
@@ -157,13 +159,19 @@ class TopicCounter:
         self._cons.close()
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> tuple[int, float]:
-    """Read ``expected`` raw records as fast as kafka-python can; (count, seconds)."""
+def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0,
+                security: Mapping[str, Any] | None = None) -> tuple[int, float]:
+    """Read ``expected`` raw records as fast as kafka-python can; (count, seconds).
+
+    ``security``: kafka-python options (:func:`udfs.kafka_security.python_client_options`).
+    """
     from kafka import KafkaConsumer
 
-    cons = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                         enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000),
-                         max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    with connect_errors(bootstrap, security):
+        cons = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000),
+                             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+                             **(security or {}))
     n = 0
     start = time.perf_counter()
     try:
@@ -274,7 +282,7 @@ def _job_env(cfg: Config, bootstrap: str, topics: dict[str, str], artifact: Path
              parallelism: int | None = None) -> dict[str, str]:
     settings: dict[str, dict[str, Any]] = {
         "kafka": {"group_id": group, "starting_offsets": "earliest",
-                  "delivery_guarantee": cfg.kafka.delivery_guarantee},
+                  "delivery_guarantee": cfg.kafka.delivery_guarantee, **LOCAL_BROKER_SECURITY},
         "ranking": {"provider": cfg.ranking.provider},
     }
     if parallelism is not None:

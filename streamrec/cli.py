@@ -25,6 +25,7 @@ from streamrec.peer import run_peer
 from udfs.artifact import verify_manifest
 from udfs.config import ENV_PREFIX, ConfigError
 from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
+from udfs.kafka_security import python_client_options
 from udfs.logs import load_events, write_events_msgpack, write_userbehavior_csv
 
 # --- kafka -------------------------------------------------------------------------------------
@@ -54,7 +55,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.limit:
         events = events[: int(args.limit)]
     topic = args.topic or cfg.kafka.input_topic
-    stats = replay(events, cfg.kafka.bootstrap_servers, topic, rate=float(args.rate or 0))
+    stats = replay(events, cfg.kafka.bootstrap_servers, topic, rate=float(args.rate or 0),
+                   security=python_client_options(cfg.kafka))
     print(json.dumps({"sent": stats.sent, "topic": topic, "seconds": round(stats.seconds, 2),
                       "events_per_s": round(stats.rate, 1)}))
     return 0
@@ -64,7 +66,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     topic = args.topic or cfg.kafka.output_topic
     max_n = int(args.max) if args.max else None
-    for rec in consume(cfg.kafka.bootstrap_servers, topic, max_records=max_n, timeout_s=float(args.timeout)):
+    for rec in consume(cfg.kafka.bootstrap_servers, topic, max_records=max_n, timeout_s=float(args.timeout),
+                       security=python_client_options(cfg.kafka)):
         value = rec.value
         if isinstance(value, dict) and isinstance(value.get("raw"), bytes):
             value = {**value, "raw": value["raw"].hex()}

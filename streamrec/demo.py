@@ -17,7 +17,7 @@ from streamrec import kafka_local
 from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, replay
 from streamrec.latency import summarize, trigger_key
-from streamrec.procs import job_env, stop_group
+from streamrec.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import MANIFEST_FILE
 from udfs.config import Config
 
@@ -75,7 +75,8 @@ def run_demo(cfg: Config, *, events: int, rate: float) -> int:
         _say(f"Kafka broker at {bootstrap}; topics {', '.join(topics.values())}")
         artifact = ensure_artifact(cfg)
 
-        env = job_env(bootstrap, topics, artifact, settings={"ranking": {"provider": cfg.ranking.provider}})
+        env = job_env(bootstrap, topics, artifact, settings={"ranking": {"provider": cfg.ranking.provider},
+                                                             "kafka": LOCAL_BROKER_SECURITY})
         log_path = Path(artifact).parent / f"demo-job-{suffix}.log"
         _say(f"starting the PyFlink job on the local minicluster (log: {log_path})")
         with log_path.open("wb") as log_file:

@@ -2,18 +2,25 @@
 
 Input records get the producer's wall-clock timestamp and output records the
 job's, so the difference between the two is event-to-recommendation latency.
+
+``security`` everywhere: kafka-python options for a secured broker, from
+:func:`udfs.kafka_security.python_client_options` (merged over the defaults here).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from kafka.errors import KafkaError, SaslAuthenticationFailedError
 
 from udfs.events import Event, encode_event
+from udfs.kafka_security import KafkaCredentialsError, merged
 
 
 @dataclass
@@ -26,20 +33,22 @@ class ReplayStats:
         return self.sent / self.seconds if self.seconds else 0.0
 
 
-def producer(bootstrap: str, **overrides: Any) -> Any:
+def producer(bootstrap: str, security: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
+    """A kafka-python producer; ``security``: :func:`udfs.kafka_security.python_client_options`."""
     from kafka import KafkaProducer
 
     opts: dict[str, Any] = {"bootstrap_servers": bootstrap, "linger_ms": 5, "acks": "all",
                             "batch_size": 256 * 1024}
     opts.update(overrides)
-    return KafkaProducer(**opts)
+    with connect_errors(bootstrap, security):
+        return KafkaProducer(**merged(opts, security))
 
 
 PACE_TICK_S = 0.01
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]], *,
-            rate: float = 0.0) -> ReplayStats:
+            rate: float = 0.0, security: Mapping[str, Any] | None = None) -> ReplayStats:
     """Send (key, value) records; ``rate`` records/s, 0 = as fast as possible.
 
     Paced sends go out in bursts at most ``PACE_TICK_S`` early, not one sleep per
@@ -47,7 +56,7 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
     the same 2 cores as the job it feeds. A record's Kafka timestamp is its send
     time, so latency is still measured from when it was really sent.
     """
-    prod = producer(bootstrap)
+    prod = producer(bootstrap, security)
     stats = ReplayStats()
     start = time.perf_counter()
     try:
@@ -77,11 +86,12 @@ def replay(
     *,
     rate: float = 0.0,
     key_of: Any = None,
+    security: Mapping[str, Any] | None = None,
 ) -> ReplayStats:
     """Send events (keyed by user) or raw payloads (keyed by ``key_of``, if given)."""
     records = (event_record(ev) if isinstance(ev, Event) else (key_of(ev) if key_of else None, ev)
                for ev in events)
-    return produce(bootstrap, topic, records, rate=rate)
+    return produce(bootstrap, topic, records, rate=rate, security=security)
 
 
 @dataclass
@@ -101,6 +111,7 @@ def consume(
     timeout_s: float = 10.0,
     from_beginning: bool = True,
     group_id: str | None = None,
+    security: Mapping[str, Any] | None = None,
 ) -> Iterator[ConsumedRecord]:
     """Yield decoded records until ``max_records`` or ``timeout_s`` without new ones.
 
@@ -108,15 +119,12 @@ def consume(
     """
     from kafka import KafkaConsumer
 
-    cons = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group_id,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        enable_auto_commit=group_id is not None,
-        isolation_level="read_committed",
-        consumer_timeout_ms=int(timeout_s * 1000),
-    )
+    opts = {"bootstrap_servers": bootstrap, "group_id": group_id,
+            "auto_offset_reset": "earliest" if from_beginning else "latest",
+            "enable_auto_commit": group_id is not None, "isolation_level": "read_committed",
+            "consumer_timeout_ms": int(timeout_s * 1000)}
+    with connect_errors(bootstrap, security):
+        cons = KafkaConsumer(topic, **merged(opts, security))
     n = 0
     try:
         for msg in cons:
@@ -127,3 +135,61 @@ def consume(
                 return
     finally:
         cons.close()
+
+
+class _AuthFailures(logging.Filter):
+    """Notes how far kafka-python's bootstrap got, from what it logs: it retries a refused login
+    like a network error until its bootstrap timeout, then raises only "Unable to bootstrap"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[BaseException] = []
+        self.authenticating = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("kafka.net.sasl."):
+            self.authenticating = True  # the listener answered and took the mechanism
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.refused.extend(a for a in args if isinstance(a, SaslAuthenticationFailedError))
+        return True
+
+
+# The SASL mechanisms warn (once per login) when they send credentials without TLS.
+_NET_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.net.sasl.plain", "kafka.net.sasl.scram")
+
+
+@contextlib.contextmanager
+def connect_errors(bootstrap: str, security: Mapping[str, Any] | None) -> Iterator[None]:
+    """A client that could not bootstrap from a SASL listener raises :class:`KafkaCredentialsError`
+    saying who tried and where the password came from (never the password).
+
+    The broker may close the connection before kafka-python reads its "Invalid username or
+    password" answer; a connection closed after the login was sent counts as refused too. Only
+    when neither was seen (or with TLS, where the mechanisms log nothing) does the message leave
+    open whether the broker is down.
+    """
+    opts = security or {}
+    if not str(opts.get("security_protocol", "")).startswith("SASL_"):
+        yield
+        return
+    watcher = _AuthFailures()
+    loggers = [logging.getLogger(name) for name in _NET_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(watcher)
+    try:
+        yield
+    except KafkaError as exc:
+        who = f"{opts['security_protocol']} {opts.get('sasl_mechanism')} as {opts.get('sasl_plain_username')!r}"
+        if watcher.refused:
+            why = f"the broker refused the credentials ({watcher.refused[-1]})"
+        elif watcher.authenticating:
+            why = "the broker closed the connection after the login was sent: the credentials were refused"
+        else:
+            why = f"{exc}: the broker is down or refused the credentials (its log says which)"
+        raise KafkaCredentialsError(
+            f"cannot connect to Kafka at {bootstrap} with {who}: {why}; check kafka.bootstrap_servers, "
+            "kafka.sasl_username and the password (kafka.sasl_password_file or kafka.sasl_password_env)"
+        ) from exc
+    finally:
+        for logger in loggers:
+            logger.removeFilter(watcher)

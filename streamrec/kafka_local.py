@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -200,6 +200,11 @@ class LocalKafka:
     ``port``/``controller_port`` of ``None`` pick free ports, and a start that loses the race
     for them (``Address already in use``) is retried with new ones; fixed ports are used as given.
     The data directory is formatted afresh on every start unless ``keep_data`` is true.
+
+    ``sasl_users`` (``{user: password}``) adds a SASL_PLAINTEXT listener with the PLAIN mechanism
+    on ``sasl_port`` (``None``: a free port), at :attr:`sasl_bootstrap`; the PLAINTEXT listener
+    stays (inter-broker traffic and the readiness check use it). The passwords are written to
+    ``server.properties`` in the data directory: for tests and local runs only.
     """
 
     def __init__(
@@ -212,12 +217,21 @@ class LocalKafka:
         num_partitions: int = 1,
         heap: str = "512m",
         keep_data: bool = False,
+        sasl_users: Mapping[str, str] | None = None,
+        sasl_port: int | None = None,
     ) -> None:
+        for user, password in (sasl_users or {}).items():
+            if not user or any(c in f"{user}{password}" for c in '"\\\n\r;= '):
+                raise ValueError("sasl_users: names and passwords must be non-empty and free of quotes, "
+                                 "backslashes, line breaks, ';', '=' and spaces")
         self.data_dir = Path(data_dir).resolve()
         self.log_file = Path(log_file).resolve() if log_file else self.data_dir / "broker.log"
         self._fixed_ports = port is not None or controller_port is not None
         self.port = port or 0
         self.controller_port = controller_port or 0
+        self.sasl_users = dict(sasl_users or {})
+        self._fixed_sasl_port = sasl_port is not None
+        self.sasl_port = sasl_port or 0
         self.num_partitions = num_partitions
         self.heap = heap
         self.keep_data = keep_data
@@ -227,6 +241,13 @@ class LocalKafka:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """Address of the SASL_PLAINTEXT (PLAIN) listener; only with ``sasl_users``."""
+        if not self.sasl_users:
+            raise ValueError("this broker has no SASL listener (pass sasl_users)")
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def pid(self) -> int | None:
@@ -263,6 +284,8 @@ class LocalKafka:
                 self.stop()
                 if bind_conflict and attempt < attempts:
                     self.port = self.controller_port = 0
+                    if not self._fixed_sasl_port:
+                        self.sasl_port = 0
                     self.keep_data = False
                     continue
                 raise
@@ -274,12 +297,15 @@ class LocalKafka:
         if self._fixed_ports:
             self.port = self.port or DEFAULT_PORT
             self.controller_port = self.controller_port or DEFAULT_CONTROLLER_PORT
-            busy = [p for p in (self.port, self.controller_port) if port_open(p)]
+            busy = [p for p in (self.port, self.controller_port, self.sasl_port) if p and port_open(p)]
             if busy:
                 raise KafkaStartError(f"port(s) {busy} on 127.0.0.1 are already in use; "
                                       "stop whatever listens there or choose other ports")
         elif not (self.port and self.controller_port):
             self.port, self.controller_port = free_ports(2)
+        if self.sasl_users and not self.sasl_port:
+            taken = {self.port, self.controller_port}
+            self.sasl_port = next(p for p in free_ports(3) if p not in taken)
 
     def _write_config(self) -> None:
         props = {
@@ -308,6 +334,15 @@ class LocalKafka:
             "num.io.threads": "4",
             "num.recovery.threads.per.data.dir": "1",
         }
+        if self.sasl_users:
+            sasl = f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            props["listeners"] += "," + sasl
+            props["advertised.listeners"] += "," + sasl
+            props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            props["sasl.enabled.mechanisms"] = "PLAIN"  # the broker's default is GSSAPI
+            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
+            props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};")
         self.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2)
 

@@ -57,10 +57,12 @@ from typing import Any, Literal
 
 import msgpack
 
+from streamrec.kafka_io import connect_errors
 from streamrec.kafka_io import producer as make_producer
 from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.features import UserRequest
+from udfs.kafka_security import python_client_options
 from udfs.recommend import Recommender
 from udfs.records import dead_letter_record, late_event_record
 from udfs.runtime import build_recommender, freeze_loaded_objects
@@ -270,19 +272,22 @@ def _open_consumer(config: Config) -> Any:
     from kafka import KafkaConsumer, TopicPartition
 
     k = config.kafka
-    consumer = KafkaConsumer(
-        bootstrap_servers=k.bootstrap_servers,
-        group_id=k.group_id + "-peer",
-        auto_offset_reset=_offset_reset(k.starting_offsets),
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_poll_records=MAX_POLL_RECORDS,
-        fetch_min_bytes=1,
-        fetch_max_wait_ms=100,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=32 * 1024 * 1024,
-        receive_buffer_bytes=4 * 1024 * 1024,
-    )
+    security = python_client_options(k)
+    with connect_errors(k.bootstrap_servers, security):
+        consumer = KafkaConsumer(
+            **security,
+            bootstrap_servers=k.bootstrap_servers,
+            group_id=k.group_id + "-peer",
+            auto_offset_reset=_offset_reset(k.starting_offsets),
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            max_poll_records=MAX_POLL_RECORDS,
+            fetch_min_bytes=1,
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+            receive_buffer_bytes=4 * 1024 * 1024,
+        )
     try:
         deadline = time.monotonic() + 30
         parts = consumer.partitions_for_topic(k.input_topic)
@@ -338,7 +343,7 @@ def run_peer(
     batcher = Batcher.from_config(recommender, config, on_repeat=on_repeat)
     stats = PeerStats(provider=choice.label if choice else "none")
     consumer = _open_consumer(config)
-    prod = make_producer(k.bootstrap_servers)
+    prod = make_producer(k.bootstrap_servers, python_client_options(k))
     dlq_topic, late_topic, out_topic = k.dlq_topic, k.late_topic, k.output_topic
     first_at: float | None = None
     cpu_at = 0.0

@@ -88,6 +88,21 @@ def kafka_broker(kafka_jars: str, tmp_path_factory: pytest.TempPathFactory) -> I
         broker.stop()
 
 
+SASL_USER, SASL_PASSWORD = "alice", "alice-secret"
+
+
+@pytest.fixture(scope="session")
+def sasl_kafka_broker(kafka_jars: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A second ``LocalKafka`` with a SASL_PLAINTEXT (PLAIN) listener for ``SASL_USER``; create topics
+    through its plaintext ``bootstrap``, use ``sasl_bootstrap`` for the clients under test."""
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka-sasl"), sasl_users={SASL_USER: SASL_PASSWORD})
+    broker.start(timeout=120)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 _topic_counter = itertools.count(1)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 ENV_PREFIX = "STREAMREC_"
 # The job's topics, by config field: one list for the job, the local broker and the tools.
@@ -53,10 +53,67 @@ class KafkaConfig(_Section):
     """Longest the broker holds a fetch of the job's source waiting for source_fetch_min_bytes."""
     source_fetch_min_bytes: int = Field(16384, ge=1)
     """Bytes the broker waits for before answering a fetch of the job's source."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How every client (the job, the CLI, the peer, the bench) talks to the brokers."""
+    sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = ""
+    """SASL mechanism; required with SASL_PLAINTEXT and SASL_SSL."""
+    sasl_username: str = ""
+    """SASL user name; required with SASL_PLAINTEXT and SASL_SSL."""
+    sasl_password_file: str = ""
+    """File holding the SASL password (one trailing newline ignored); never put the password itself in the config."""
+    sasl_password_env: str = ""
+    """Name of an environment variable holding the SASL password (instead of sasl_password_file)."""
+    ssl_cafile: str = ""
+    """PEM file of the CA certificates that sign the brokers' certificates (SSL, SASL_SSL; default: the system's)."""
+    ssl_certfile: str = ""
+    """PEM client certificate (chain) for TLS client authentication; needs ssl_keyfile."""
+    ssl_keyfile: str = ""
+    """Unencrypted PKCS#8 PEM private key of ssl_certfile."""
 
     def topics(self) -> dict[str, str]:
         """Every topic the job reads or writes, by config field (see ``TOPIC_FIELDS``)."""
         return {f: str(getattr(self, f)) for f in TOPIC_FIELDS}
+
+    @model_validator(mode="after")
+    def _security_checks(self, info: ValidationInfo) -> KafkaConfig:
+        """Fail at start, naming the key: a secured broker misconfigured fails every client later.
+        Only where the password lives is checked here (it is read when a client is built)."""
+        protocol = self.security_protocol
+        sasl = protocol.startswith("SASL_")
+        if sasl:
+            if not self.sasl_mechanism:
+                raise ValueError(f"kafka.sasl_mechanism is required with kafka.security_protocol {protocol} "
+                                 "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+            if not self.sasl_username:
+                raise ValueError(f"kafka.sasl_username is required with kafka.security_protocol {protocol}")
+            if bool(self.sasl_password_file) == bool(self.sasl_password_env):
+                raise ValueError(f"kafka.security_protocol {protocol} needs exactly one of kafka.sasl_password_file "
+                                 "and kafka.sasl_password_env (where the password is read from)")
+            if any(c in self.sasl_username for c in "\"\\\n\r"):
+                raise ValueError("kafka.sasl_username must not contain quotes, backslashes or line breaks")
+            if self.sasl_password_env:
+                context = info.context if isinstance(info.context, Mapping) else {}
+                environ = context.get("environ", os.environ)
+                if self.sasl_password_env not in environ:
+                    raise ValueError(f"kafka.sasl_password_env: environment variable "
+                                     f"{self.sasl_password_env!r} is not set")
+        else:
+            for key in ("sasl_mechanism", "sasl_username", "sasl_password_file", "sasl_password_env"):
+                if getattr(self, key):
+                    raise ValueError(f"kafka.{key} is set but kafka.security_protocol is {protocol}: "
+                                     "SASL needs SASL_PLAINTEXT or SASL_SSL")
+        if protocol not in ("SSL", "SASL_SSL"):
+            for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, key):
+                    raise ValueError(f"kafka.{key} is set but kafka.security_protocol is {protocol}: "
+                                     "TLS needs SSL or SASL_SSL")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("kafka.ssl_certfile and kafka.ssl_keyfile go together (client certificate and its key)")
+        for key in ("sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, key)
+            if path and not Path(path).is_file():
+                raise ValueError(f"kafka.{key}: file not found: {path}")
+        return self
 
 
 class StateConfig(_Section):
@@ -256,8 +313,22 @@ def _format_error(err: ValidationError, origin: str) -> str:
     lines = [f"invalid configuration ({origin}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+        value = e.get("input")
+        if isinstance(value, Mapping):  # a whole section: the message names the key
+            lines.append(f"  {key}: {e['msg']}")
+        elif _looks_secret(key):
+            lines.append(f"  {key}: {e['msg']} (value hidden: keep secrets out of the config, "
+                         "see kafka.sasl_password_file and kafka.sasl_password_env)")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {value!r})")
     return "\n".join(lines)
+
+
+def _looks_secret(key: str) -> bool:
+    """A key (say a stray ``kafka.sasl_password``) whose value must not be echoed in an error."""
+    last = key.rsplit(".", 1)[-1].lower()
+    return (any(w in last for w in ("password", "secret", "token", "jaas"))
+            and not last.endswith(("_file", "_env")))
 
 
 def load_config(
@@ -283,6 +354,6 @@ def load_config(
     if overrides:
         data = _deep_merge(data, {s: dict(v) for s, v in overrides.items() if v})
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"environ": env})
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, origin + " + environment + flags")) from None
