@@ -21,6 +21,7 @@ from streamrec.bench_scale import (
     split_failed,
     targets,
 )
+from streamrec.cli import build_parser
 from streamrec.generator import USER_ID_BASE, generate_events
 from udfs.events import Event
 from udfs.state import StateLimits, UserState, update_state
@@ -215,3 +216,13 @@ def test_table_has_one_column_per_backend_and_the_verdicts():
     md = markdown(results)
     assert "| error | - | RuntimeError: job ended: FAILED |" in md
     assert "| restarts (failures from the kill until recovery / otherwise) | 1 (2 / 0) | - |" in md
+
+
+def test_bench_parser_takes_the_scale_phase_and_its_workload_flags():
+    args = build_parser().parse_args(["bench", "--phases", "scale", "--scale-shoppers", "50000",
+                                      "--scale-events", "150000", "--scale-items", "20000"])
+    assert (args.phases, args.scale_shoppers, args.scale_events, args.scale_items) == \
+        ("scale", "50000", "150000", "20000")
+    defaults = build_parser().parse_args(["bench"])
+    assert (defaults.scale_shoppers, defaults.scale_events, defaults.scale_items) == ("1000000", "5000000", "100000")
+    assert "scale" not in defaults.phases  # over an hour per backend: never part of a plain `make bench`
