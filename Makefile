@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all venv deps demo test test-fast lint bench bench-model clean
+.PHONY: all venv deps demo test test-fast lint bench bench-scale bench-model clean
 
 all: test
 
@@ -39,6 +39,11 @@ lint: venv
 # Job (p1, p2) vs plain-Python peer vs model and Kafka ceilings, and latency: ~20 min.
 bench: deps
 	$(VENV)/bin/streamrec bench --out bench-results
+
+# Store scale: 1,000,000 shoppers, 5,000,000 events, hashmap and rocksdb side by side, a TaskManager
+# killed at 60%: over an hour per backend on 2 cores. Shrink with --scale-shoppers/--scale-events/--scale-items.
+bench-scale: deps
+	$(VENV)/bin/streamrec bench --phases scale --out bench-results
 
 bench-model: deps
 	$(VENV)/bin/streamrec bench-model --out bench-results/model

@@ -315,6 +315,20 @@ def _flink_metrics(cluster: Any, job_id: str, suffixes: Sequence[str]) -> dict[s
     return out
 
 
+def ensure_artifact(artifact: Path, *, train_events: int, items: int, categories: int, seed: int) -> str:
+    """The bench model at ``artifact``, trained there first if missing; returns its version."""
+    if not (artifact / MANIFEST_FILE).is_file():
+        from model_export.train import train_model  # lazy: torch (the [train] extra), only when training
+
+        # Same seed, items and categories: the generator draws the catalog first, so this
+        # log shares the stream's catalog; fewer shoppers give them histories to learn from.
+        log.info("training the bench model on %d events of the same catalog", train_events)
+        train_log = generate_events(train_events, n_users=max(1, train_events // 30), n_items=items,
+                                    n_categories=categories, seed=seed)
+        train_model(train_log, until_ms=None, out_dir=artifact, seed=0)
+    return str(verify_manifest(artifact).model_version)
+
+
 class Bench:
     def __init__(self, settings: BenchSettings, cfg: Config) -> None:
         self.s = settings
@@ -340,16 +354,9 @@ class Bench:
                                       n_categories=self.s.categories, seed=self.s.seed)
         self.records = [(str(e.user_id).encode(), encode_event(e)) for e in self.events]
         log.info("generated %d events in %.1fs", len(self.events), time.perf_counter() - t)
-        if not (self.artifact / MANIFEST_FILE).is_file():
-            from model_export.train import train_model  # lazy: torch (the [train] extra), only when training
-
-            # Same seed, items and categories: the generator draws the catalog first, so this
-            # log shares the stream's catalog; fewer shoppers give them histories to learn from.
-            log.info("training the bench model on %d events of the same catalog", self.s.train_events)
-            train_log = generate_events(self.s.train_events, n_users=max(1, self.s.train_events // 30),
-                                        n_items=self.s.items, n_categories=self.s.categories, seed=self.s.seed)
-            train_model(train_log, until_ms=None, out_dir=self.artifact, seed=0)
-        self.results["model_version"] = verify_manifest(self.artifact).model_version
+        self.results["model_version"] = ensure_artifact(self.artifact, train_events=self.s.train_events,
+                                                        items=self.s.items, categories=self.s.categories,
+                                                        seed=self.s.seed)
 
     def run(self) -> dict[str, Any]:
 

@@ -17,6 +17,8 @@ from jobs.entry import add_run_arguments, run_from_args
 from streamrec import kafka_local
 from streamrec.bench import Bench, BenchSettings, markdown
 from streamrec.bench_model import main as bench_model_main
+from streamrec.bench_scale import ScaleBench, ScaleSettings
+from streamrec.bench_scale import markdown as scale_markdown
 from streamrec.demo import run_demo
 from streamrec.evaluate import evaluate, format_table
 from streamrec.generator import generate_events
@@ -133,19 +135,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def ints(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
 
-    settings = BenchSettings(
-        out_dir=Path(args.out), events=int(args.events), users=int(args.users), items=int(args.items),
-        seed=int(args.seed), artifact=Path(args.artifact) if args.artifact else None,
-        parallelisms=ints(args.parallelisms), warmup_s=float(args.warmup_s), window_s=float(args.window_s),
-        latency_s=float(args.latency_s), latency_warmup_s=float(args.latency_warmup_s),
-        latency_repeats=int(args.latency_repeats),
-        latency_rates=tuple(float(x) for x in args.latency_rates.split(",") if x.strip()),
-        phases=tuple(p.strip() for p in args.phases.split(",") if p.strip()),
-    )
-    results = Bench(settings, config_from_args(args)).run()
-    print(markdown(results))
-    print(f"results: {settings.out_dir / 'results.json'}, {settings.out_dir / 'results.md'}, "
-          f"{settings.out_dir / 'results.png'}")
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    cfg = config_from_args(args)
+    others = tuple(p for p in phases if p != "scale")
+    if others:
+        settings = BenchSettings(
+            out_dir=Path(args.out), events=int(args.events), users=int(args.users), items=int(args.items),
+            seed=int(args.seed), artifact=Path(args.artifact) if args.artifact else None,
+            parallelisms=ints(args.parallelisms), warmup_s=float(args.warmup_s), window_s=float(args.window_s),
+            latency_s=float(args.latency_s), latency_warmup_s=float(args.latency_warmup_s),
+            latency_repeats=int(args.latency_repeats),
+            latency_rates=tuple(float(x) for x in args.latency_rates.split(",") if x.strip()),
+            phases=others,
+        )
+        results = Bench(settings, cfg).run()
+        print(markdown(results))
+        print(f"results: {settings.out_dir / 'results.json'}, {settings.out_dir / 'results.md'}, "
+              f"{settings.out_dir / 'results.png'}")
+    if "scale" in phases:
+        scale = ScaleSettings(
+            out_dir=Path(args.out), shoppers=int(args.scale_shoppers), events=int(args.scale_events),
+            items=int(args.scale_items), artifact=Path(args.scale_artifact) if args.scale_artifact else None,
+            backends=tuple(b.strip() for b in args.scale_backends.split(",") if b.strip()),
+            parallelism=int(args.scale_parallelism), checkpoint_interval_ms=int(args.scale_checkpoint_interval_ms),
+        )
+        print(scale_markdown(ScaleBench(scale, cfg).run()))
+        print(f"results: {scale.out_dir / 'scale.json'}, {scale.out_dir / 'scale.md'}")
     return 0
 
 
@@ -261,8 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--latency-rates", f"{ENV_PREFIX}BENCH_LATENCY_RATES",
              "absolute events/s for the latency points (default: 50%% and 90%% of the measured maximum)",
              default="")
-    add_flag(p, "--phases", f"{ENV_PREFIX}BENCH_PHASES", "comma-separated: model, kafka, job, peer, latency",
-             default="model,kafka,job,peer,latency")
+    add_flag(p, "--phases", f"{ENV_PREFIX}BENCH_PHASES",
+             "comma-separated: model, kafka, job, peer, latency; scale (store scale, its own workload: not a default, "
+             "over an hour per backend at full size on 2 cores)", default="model,kafka,job,peer,latency")
+    add_flag(p, "--scale-shoppers", f"{ENV_PREFIX}BENCH_SCALE_SHOPPERS", "scale: distinct shoppers (exact)",
+             default="1000000")
+    add_flag(p, "--scale-events", f"{ENV_PREFIX}BENCH_SCALE_EVENTS", "scale: events through the broker",
+             default="5000000")
+    add_flag(p, "--scale-items", f"{ENV_PREFIX}BENCH_SCALE_ITEMS", "scale: items in the catalog", default="100000")
+    add_flag(p, "--scale-backends", f"{ENV_PREFIX}BENCH_SCALE_BACKENDS", "scale: state backends, comma-separated",
+             default="hashmap,rocksdb")
+    add_flag(p, "--scale-parallelism", f"{ENV_PREFIX}BENCH_SCALE_PARALLELISM",
+             "scale: job parallelism (one one-slot TaskManager each)", default="2")
+    add_flag(p, "--scale-checkpoint-interval-ms", f"{ENV_PREFIX}BENCH_SCALE_CHECKPOINT_INTERVAL_MS",
+             "scale: checkpoint interval", default="10000")
+    add_flag(p, "--scale-artifact", f"{ENV_PREFIX}BENCH_SCALE_ARTIFACT",
+             "scale: model artifact (default: train one on the scale catalog into OUT/scale-artifact)")
     add_config_flags(p, ["--provider", "--delivery-guarantee"])
     p.set_defaults(func=cmd_bench)
 
