@@ -97,6 +97,7 @@ class TrainingData:
     train: ExampleSet
     eval: ExampleSet
     until_ms: int
+    table_period_ms: int | None
     train_events: int
     train_users: int
     train_start_ms: int
@@ -114,13 +115,64 @@ def sort_events(events: Iterable[Event]) -> list[Event]:
     return sorted(events, key=lambda e: e.ts)
 
 
-def default_until(events: Sequence[Event], frac: float = 0.8) -> int:
+HELD_OUT_SHARE = (0.1, 0.5)  # the default split holds out between 10% and 50% of the events
+PERIODS_PER_SPLIT = 6  # point-in-time table periods in the training part (typical, by event count)
+MIN_EVENTS_PER_PERIOD = 200
+_S = 1000
+NICE_PERIODS_MS = (_S, 5 * _S, 15 * _S, 30 * _S, 60 * _S, 300 * _S, 900 * _S, 1800 * _S, 3600 * _S,
+                   3 * 3600 * _S, 6 * 3600 * _S, 12 * 3600 * _S, 86400 * _S, 7 * 86400 * _S, 30 * 86400 * _S)
+DAY_MS = 86400 * _S
+
+
+def default_until(
+    events: Sequence[Event], frac: float = 0.8, held_out: tuple[float, float] | None = HELD_OUT_SHARE
+) -> int:
     """The time at ``frac`` of the log's span. The span starts at the 0.1% quantile of
-    event time, so a few stray early timestamps (real logs have them) do not move it."""
+    event time, so a few stray early timestamps (real logs have them) do not move it.
+
+    ``held_out`` (min, max share of the events at or after the split) moves the
+    split for logs whose events are not spread evenly over their span (a log of a
+    few bursts, or one that grows over years), so that neither part is starved."""
     ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
     lo = int(np.quantile(ts, 0.001)) if len(ts) >= 1000 else int(ts.min())
     hi = int(ts.max())
-    return lo + int(frac * (hi - lo))
+    until = lo + int(frac * (hi - lo))
+    if held_out is not None and len(ts) >= 10:
+        ts.sort()
+        n = len(ts)
+        earliest = int(ts[min(n - 1, int(n * (1 - held_out[1])))])
+        latest = int(ts[min(n - 1, int(n * (1 - held_out[0])))])
+        until = min(max(until, earliest), latest)
+    return until
+
+
+def derive_table_period(train_ts: Sequence[int] | np.ndarray) -> int:
+    """The point-in-time table period (ms) for a training part with these event times.
+
+    The training events are cut into about ``PERIODS_PER_SPLIT`` runs of equal
+    count (at least ``MIN_EVENTS_PER_PERIOD`` events each where the log allows);
+    the period is the median run's duration, rounded down to a round value (1 s,
+    5 s, ..., 1 h, 3 h, ..., 1 day, 7 days, 30 days, then whole days). A log of
+    minutes gets periods of seconds or minutes, one of months gets days or weeks;
+    the median ignores the gaps between bursts of a log with quiet stretches."""
+    ts = np.sort(np.asarray(train_ts, dtype=np.int64))
+    n = len(ts)
+    if n < 2:
+        return NICE_PERIODS_MS[0]
+    chunk = max(1, n // PERIODS_PER_SPLIT, min(MIN_EVENTS_PER_PERIOD, n // 2))
+    ends = ts[chunk::chunk]
+    durations = ends - ts[: len(ends) * chunk : chunk]
+    raw = int(np.median(durations)) if len(durations) else int(ts[-1] - ts[0])
+    if raw >= NICE_PERIODS_MS[-1]:
+        return raw // DAY_MS * DAY_MS
+    return max((p for p in NICE_PERIODS_MS if p <= raw), default=NICE_PERIODS_MS[0])
+
+
+def format_period(ms: int) -> str:
+    for unit, size in (("d", DAY_MS), ("h", 3600 * _S), ("min", 60 * _S), ("s", _S)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size} {unit}"
+    return f"{ms} ms"
 
 
 def build_vocab(events: Iterable[Event], min_count: int = 2) -> Vocab:
@@ -284,7 +336,7 @@ def build_training_data(
     hard_negatives: int = 20,
     popularity_negatives: int = 5,
     force_positive: bool = False,
-    table_period_ms: int | None = 86400 * 1000,
+    table_period_ms: int | str | None = "auto",
     min_count: int = 2,
     seed: int = 0,
     progress: bool = False,
@@ -300,41 +352,49 @@ def build_training_data(
     Taobao sample) and the model would learn to trust co-visitation too much.
     Evaluation requests use the tables built on everything before ``until``:
     the tables the artifact ships. ``table_period_ms=None`` uses those for
-    training too.
+    training too; ``"auto"`` derives the period from the training part's span
+    and density (:func:`derive_table_period`: one day on the Taobao sample,
+    minutes on a log of hours, days or weeks on one of months).
     """
     from tqdm import tqdm
 
     limits = limits or StateLimits()
     evs = sort_events(events)
     if not evs:
-        raise ValueError("no events to train on")
+        raise ValueError("no events to train on: the log is empty after loading")
     until = default_until(evs) if until_ms is None else int(until_ms)
     train_events = [e for e in evs if e.ts < until]
     if not train_events:
-        raise ValueError(f"no events before until_ms={until}")
+        raise ValueError(f"no events before the split until_ms={until} (the log starts at {evs[0].ts} ms): "
+                         "move the split later with --until (Unix seconds)")
     tables = build_tables(train_events)
     vocab = build_vocab(train_events, min_count=min_count)
     rng = np.random.default_rng(seed)
 
-    # Period boundaries, newest first; each with tables from the events before it.
-    boundaries: list[int] = []
-    if table_period_ms:
-        start = default_until(train_events, 0.0)
-        b = until - table_period_ms
-        while b - start >= table_period_ms:
-            boundaries.append(b)
-            b -= table_period_ms
+    if table_period_ms == "auto":
+        period: int | None = derive_table_period([e.ts for e in train_events])
+    elif isinstance(table_period_ms, str):
+        raise ValueError(f"table_period_ms must be a number of ms, None or 'auto', not {table_period_ms!r}")
+    else:
+        period = int(table_period_ms) if table_period_ms else None
+    # Point-in-time tables: a request at ts gets the tables of the events before the
+    # latest boundary until - k * period at or before ts, built on demand (one per
+    # distinct prefix: a log with quiet stretches needs few).
+    start = default_until(train_events, 0.0, held_out=None)
     ts_sorted = np.fromiter((e.ts for e in evs), dtype=np.int64, count=len(evs))
-    period_tables: list[CandidateTables] = [
-        build_tables(evs[: int(np.searchsorted(ts_sorted, b, side="left"))]) for b in boundaries
-    ]
-    ascending = boundaries[::-1]
+    prefix_tables: dict[int, CandidateTables] = {}
 
     def choose(ts: int) -> CandidateTables | None:
-        if ts >= until or not table_period_ms:
+        if ts >= until or not period:
             return tables
-        k = int(np.searchsorted(ascending, ts, side="right")) - 1
-        return None if k < 0 else period_tables[len(boundaries) - 1 - k]
+        b = until - -(-(until - ts) // period) * period
+        if b - start < period:
+            return None  # no full period of history before the boundary
+        idx = int(np.searchsorted(ts_sorted, b, side="left"))
+        t = prefix_tables.get(idx)
+        if t is None:
+            t = prefix_tables[idx] = build_tables(evs[:idx])
+        return t
 
     samplers: dict[int, _PopularitySampler] = {}
     collectors: dict[int, _Collector] = {}
@@ -378,7 +438,7 @@ def build_training_data(
         collectors[key].add(UserRequest(p.state, sub, p.trigger),
                             [1.0] + [0.0] * (len(sub.items) - 1), novel, pos >= 0)
 
-    by_id = {id(t): t for t in [tables, *period_tables]}
+    by_id = {id(t): t for t in [tables, *prefix_tables.values()]}
     parts = [c.build(vocab, by_id[k], seq_len) for k, c in collectors.items()]
     train = concat_sets(parts) if parts else _Collector().build(vocab, tables, seq_len)
     collectors.clear()
@@ -389,6 +449,7 @@ def build_training_data(
         train=train,
         eval=ev,
         until_ms=until,
+        table_period_ms=period,
         train_events=len(train_events),
         train_users=len({e.user_id for e in train_events}),
         train_start_ms=train_events[0].ts,

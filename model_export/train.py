@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model_export.dataset import ExampleSet, build_training_data
+from model_export.dataset import ExampleSet, build_training_data, format_period
 from model_export.evaluate import evaluate, format_table
 from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig, export_onnx
 from model_export.onnx_io import onnx_session, onnx_signature, predict_onnx
@@ -211,6 +211,23 @@ def fit(
     return model, history
 
 
+def _when(ms: int) -> str:
+    return f"{ms // 1000} = {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(ms // 1000))} UTC"
+
+
+def no_examples_message(data: Any, requested: int | str | None) -> str:
+    """Why a log gave no training examples, and what to change."""
+    period = data.table_period_ms
+    how = "derived from the log" if requested == "auto" else "as set"
+    tables = (f"point-in-time candidate tables every {format_period(period)} ({how}; "
+              f"requests in the first {format_period(period)} of the log have no tables and are skipped)"
+              if period else "candidate tables from the whole training part")
+    return (f"no training examples: {data.train_events} events of {data.train_users} users before the split "
+            f"({_when(data.until_ms)}), {tables}. A training example needs a user with two events before "
+            "the split whose next item is among the candidates generated after the first. Move the split "
+            "later with --until (Unix seconds), or use a log with more events per user")
+
+
 def train_model(
     events: Iterable[Event],
     *,
@@ -228,7 +245,7 @@ def train_model(
     hard_negatives: int = 20,
     popularity_negatives: int = 5,
     force_positive: bool = False,
-    table_period_ms: int | None = 86400 * 1000,
+    table_period_ms: int | str | None = "auto",
     loss: str = "bce",
     novel_weight: float | None = None,
     novel_share: float = 0.4,
@@ -243,7 +260,9 @@ def train_model(
     the default is :class:`StateLimits()`, the job's default config, with
     ``max_seq_len`` equal to ``seq_len``. ``device``: ``auto`` trains on CUDA when
     torch sees a GPU, else on the CPU; ``cuda`` without one raises ValueError
-    (:func:`resolve_device`). Returns the artifact directory.
+    (:func:`resolve_device`). ``table_period_ms="auto"`` derives the point-in-time
+    table period from the log (:func:`model_export.dataset.derive_table_period`); the
+    manifest records the period used. Returns the artifact directory.
     """
     train_device = resolve_device(device, torch.cuda.is_available())
     gpu = torch.cuda.get_device_name(0) if train_device == "cuda" else None
@@ -259,10 +278,14 @@ def train_model(
     )
     tr, ev = data.train, data.eval
     if len(tr) == 0:
-        raise ValueError("no training examples: the log before until_ms has no user with two events")
+        raise ValueError(no_examples_message(data, table_period_ms))
+    if len(ev) == 0:
+        log.warning("no held-out requests: no user has two events at or after the split (%s); the metrics "
+                    "are empty. Move the split earlier with --until (Unix seconds)", _when(data.until_ms))
     t_data = time.time() - t0
-    log.info("examples: train %d requests / %d rows, eval %d requests / %d rows (%.1fs)",
-             len(tr), tr.n_rows, len(ev), ev.n_rows, t_data)
+    log.info("examples: train %d requests / %d rows, eval %d requests / %d rows (%.1fs); split at %s, "
+             "table period %s", len(tr), tr.n_rows, len(ev), ev.n_rows, t_data, _when(data.until_ms),
+             format_period(data.table_period_ms) if data.table_period_ms else "none")
 
     cfg = ModelConfig(n_items=data.vocab.n_items, n_categories=data.vocab.n_categories, dim=dim,
                       hidden=tuple(hidden))
@@ -311,7 +334,8 @@ def train_model(
                 "seed": seed, "epochs": epochs, "seq_len": seq_len, "n_candidates": n_candidates,
                 "batch_size": batch_size, "lr": lr, "hard_negatives": hard_negatives,
                 "popularity_negatives": popularity_negatives, "force_positive": force_positive,
-                "table_period_ms": table_period_ms,
+                "table_period_ms": data.table_period_ms,
+                "table_period_requested": table_period_ms,
                 "loss": loss, "novel_weight": novel_weight, "novel_share": novel_share,
                 "novel_weight_used": novel_request_weight(tr.novel, novel_share)
                 if novel_weight is None else novel_weight,

@@ -28,7 +28,37 @@ from udfs.artifact import verify_manifest
 from udfs.config import ENV_PREFIX, ConfigError
 from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.kafka_security import python_client_options
-from udfs.logs import load_events, write_events_msgpack, write_userbehavior_csv
+from udfs.logs import FORMATS, TS_UNITS, CsvLayout, load_events, write_events_msgpack, write_userbehavior_csv
+
+# --- logs --------------------------------------------------------------------------------------
+
+def add_log_flags(p: argparse.ArgumentParser, env: str, default: str = "userbehavior") -> None:
+    """--format and the generic CSV layout flags of a command that reads a behavior log."""
+    add_flag(p, "--format", f"{ENV_PREFIX}{env}_FORMAT", "userbehavior (the Taobao CSV: user,item,category,"
+             "behavior,ts in s, no header), csv (any CSV: see --columns), generated (msgpack) or auto (msgpack "
+             "by suffix, else CSV)", default=default, choices=list(FORMATS))
+    add_flag(p, "--columns", f"{ENV_PREFIX}{env}_COLUMNS", "with --format csv: the file's columns in order "
+             "(user,item,category,behavior,ts; - skips one) or FIELD=NAME|POSITION entries "
+             "(user=session,item=item_id,ts=time); category and behavior are optional (0, pv)")
+    add_flag(p, "--ts-unit", f"{ENV_PREFIX}{env}_TS_UNIT", "with --format csv: timestamp unit",
+             default="s", choices=list(TS_UNITS))
+    add_flag(p, "--behaviors", f"{ENV_PREFIX}{env}_BEHAVIORS", "with --format csv: the log's behavior names "
+             "mapped to pv/cart/fav/buy (click=pv,order=buy); an unmapped name makes the row malformed",
+             default="")
+
+
+def log_source(args: argparse.Namespace) -> tuple[str, CsvLayout | None]:
+    """The log format and CSV layout the flags describe."""
+    if args.columns:
+        if args.format not in ("csv", "auto"):
+            raise ConfigError(f"--columns applies to --format csv, not --format {args.format}")
+        return "csv", CsvLayout.parse(args.columns, args.ts_unit, args.behaviors)
+    if args.format == "csv":
+        raise ConfigError("--format csv needs --columns (e.g. --columns user,item,category,behavior,ts)")
+    if args.ts_unit != "s" or args.behaviors:
+        raise ConfigError("--ts-unit and --behaviors apply to --format csv with --columns")
+    return args.format, None
+
 
 # --- kafka -------------------------------------------------------------------------------------
 
@@ -53,7 +83,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    events = load_events(args.events, args.format, sort=True)
+    fmt, layout = log_source(args)
+    events = load_events(args.events, fmt, sort=True, layout=layout)
     if args.limit:
         events = events[: int(args.limit)]
     topic = args.topic or cfg.kafka.input_topic
@@ -95,7 +126,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from model_export.train import train_model  # lazy: torch (the [train] extra) takes ~6 s to import
 
-    events = load_events(args.events, args.format, sort=True)
+    fmt, layout = log_source(args)
+    events = load_events(args.events, fmt, sort=True, layout=layout)
     until_ms = int(float(args.until) * 1000) if args.until else None
     out = train_model(events, until_ms=until_ms, out_dir=Path(args.out), seed=int(args.seed),
                       device=args.device)
@@ -107,7 +139,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
-    report = evaluate(args.events, args.artifact, args.out, protocols=protocols, provider=args.provider)
+    fmt, layout = log_source(args)
+    report = evaluate(args.events, args.artifact, args.out, protocols=protocols, provider=args.provider,
+                      fmt=fmt, layout=layout)
     print(format_table(report))
     print(f"report: {Path(args.out) / 'evaluation.json'}, plot: {Path(args.out) / 'evaluation.png'}")
     return 0
@@ -182,8 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="produce behavior events to Kafka")
     add_flag(p, "--events", f"{ENV_PREFIX}REPLAY_EVENTS", "events file", required=False)
-    add_flag(p, "--format", f"{ENV_PREFIX}REPLAY_FORMAT", "userbehavior (Taobao CSV) or generated (msgpack)",
-             default="userbehavior", choices=["userbehavior", "generated"])
+    add_log_flags(p, "REPLAY")
     add_flag(p, "--rate", f"{ENV_PREFIX}REPLAY_RATE", "events per second, 0 = unthrottled", default="0")
     add_flag(p, "--limit", f"{ENV_PREFIX}REPLAY_LIMIT", "send at most this many events")
     add_flag(p, "--topic", f"{ENV_PREFIX}REPLAY_TOPIC", "topic (default: kafka.input_topic)")
@@ -209,10 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train, evaluate and export the ranking model")
     add_flag(p, "--events", f"{ENV_PREFIX}TRAIN_EVENTS", "events file", required=False)
-    add_flag(p, "--format", f"{ENV_PREFIX}TRAIN_FORMAT", "userbehavior or generated",
-             default="userbehavior", choices=["userbehavior", "generated"])
+    add_log_flags(p, "TRAIN")
     add_flag(p, "--until", f"{ENV_PREFIX}TRAIN_UNTIL", "train on events before this Unix time (s); "
-             "later ones are held out for evaluation (default: 80%% of the log's span)")
+             "later ones are held out for evaluation (default: 80%% of the log's span, moved so that 10-50%% "
+             "of the events are held out)")
     add_flag(p, "--out", f"{ENV_PREFIX}TRAIN_OUT", "artifact directory", default="artifacts/model")
     add_flag(p, "--seed", f"{ENV_PREFIX}TRAIN_SEED", "random seed", default="0")
     add_flag(p, "--device", f"{ENV_PREFIX}TRAIN_DEVICE", "torch device for training: auto (CUDA when "
@@ -225,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_from_args)
 
     p = sub.add_parser("evaluate", help="offline and prequential (through the job) evaluation vs baselines")
-    add_flag(p, "--events", f"{ENV_PREFIX}EVAL_EVENTS", "the artifact's log (Taobao CSV)", required=False)
+    add_flag(p, "--events", f"{ENV_PREFIX}EVAL_EVENTS", "the artifact's log", required=False)
+    add_log_flags(p, "EVAL", default="auto")
     add_flag(p, "--artifact", f"{ENV_PREFIX}EVAL_ARTIFACT", "model artifact", default="artifacts/model")
     add_flag(p, "--out", f"{ENV_PREFIX}EVAL_OUT", "report directory", default="eval-results")
     add_flag(p, "--protocol", f"{ENV_PREFIX}EVAL_PROTOCOL", "comma-separated: offline, prequential",

@@ -31,7 +31,7 @@ from model_export.onnx_io import onnx_session, predict_onnx
 from streamrec.prequential import prequential
 from udfs.artifact import load_artifact, verify_manifest
 from udfs.events import Event
-from udfs.logs import load_events
+from udfs.logs import CsvLayout, load_events
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,18 @@ def evaluate(
     protocols: Sequence[str] = PROTOCOLS,
     *,
     provider: str = "cpu",
+    fmt: str = "auto",
+    layout: CsvLayout | None = None,
 ) -> dict[str, Any]:
     """Evaluate the artifact on ``events_path`` under ``protocols``; write ``out_dir/evaluation.json``
-    and ``out_dir/evaluation.png``; return the report (the JSON's content)."""
+    and ``out_dir/evaluation.png``; return the report (the JSON's content). ``fmt`` and
+    ``layout``: how to read the log (:func:`udfs.logs.load_events`)."""
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
         raise ValueError(f"protocols must be among {PROTOCOLS}, got {list(protocols)}")
     t0 = time.perf_counter()
     manifest = verify_manifest(artifact_dir)
-    events = load_events(events_path, sort=True)
+    events = load_events(events_path, fmt, sort=True, layout=layout)
     until = manifest.until_ms
     report: dict[str, Any] = {
         "events_path": str(Path(events_path).resolve()),

@@ -10,7 +10,9 @@ import bisect
 import numpy as np
 
 from udfs.events import BEHAVIORS, Event
-from udfs.logs import TAOBAO_SPAN_MS
+
+# The default start of a generated log: 2017-11-25 00:00 UTC+8, like the Taobao sample.
+START_TS_MS = 1_511_539_200_000
 
 CST_OFFSET_S = 8 * 3600
 # Behavior mix of the real data (users_head sample: 75,693 / 4,494 / 2,351 / 1,749 of 84,287).
@@ -121,7 +123,7 @@ def generate_events(
     n_items: int = 50_000,
     n_categories: int = 500,
     seed: int = 0,
-    start_ts_ms: int = TAOBAO_SPAN_MS[0],
+    start_ts_ms: int = START_TS_MS,
     duration_s: int = 9 * 86400,
 ) -> list[Event]:
     """Seeded synthetic behavior stream, sorted by ts, users interleaved.

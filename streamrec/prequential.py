@@ -2,8 +2,8 @@
 
 Protocol, precisely:
 
-1. The log is sorted stably by event time and written to a temporary Taobao
-   UserBehavior CSV; the bounded job (:func:`jobs.entry.run_job`, file source
+1. The log is sorted stably by event time and written to a temporary
+   msgpack replay file (ids and ms times as loaded); the bounded job (:func:`jobs.entry.run_job`, file source
    to file sink, checkpointing off, parallelism 1) runs on it with
    ``job.since_ms = until`` (the artifact's ``train_span.until_ms`` unless
    given), so every user's state is built from all earlier events but lists
@@ -64,7 +64,7 @@ from udfs.artifact import verify_manifest
 from udfs.config import load_config
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
-from udfs.logs import write_userbehavior_csv
+from udfs.logs import write_events_msgpack
 from udfs.ranking_metrics import K, metrics_from_ranks
 from udfs.runtime import build_recommender, state_settings
 from udfs.state import UserState
@@ -86,7 +86,7 @@ class EmittedList:
 
 
 def sort_log(events: Iterable[Event]) -> list[Event]:
-    """Stable sort by event time: the order the job reads the temporary CSV in."""
+    """Stable sort by event time: the order the job reads the temporary replay file in."""
     return sorted(events, key=lambda e: e.ts)
 
 
@@ -118,13 +118,16 @@ def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu"
 def run_job_lists(
     events: Sequence[Event], config: Any, workdir: str | Path
 ) -> tuple[dict[ListKey, EmittedList], dict[str, int]]:
-    """Write the (already sorted) log to a CSV, run the bounded job, read its lists."""
+    """Write the (already sorted) log to a replay file, run the bounded job, read its lists.
+
+    msgpack, not CSV: it keeps string ids and millisecond times as loaded, and the
+    loader's stray-timestamp rule is not applied a second time."""
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
-    csv = wd / "events_sorted.csv"
+    path = wd / "events_sorted.msgpack"
     out = wd / "recommendations.jsonl"
-    write_userbehavior_csv(events, csv)
-    counts = run_job(config, Endpoint("file", csv), Endpoint("file", out)) or {}
+    write_events_msgpack(events, path)
+    counts = run_job(config, Endpoint("file", path), Endpoint("file", out)) or {}
     return read_lists(out), counts
 
 

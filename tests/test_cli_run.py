@@ -6,16 +6,16 @@ import sys
 
 import pytest
 
-from streamrec.generator import generate_events
-from udfs.logs import TAOBAO_SPAN_MS, write_userbehavior_csv
+from streamrec.generator import START_TS_MS, generate_events
+from udfs.logs import write_userbehavior_csv
 
 pytestmark = pytest.mark.flink
 
 
 def test_file_source_to_json_lines(fixture_artifact, tmp_path):
-    # inside the Taobao dataset's span, which the CSV loader enforces; same catalog as the fixture
+    # same catalog as the fixture
     events = generate_events(300, n_users=60, n_items=400, n_categories=12, seed=17,
-                             start_ts_ms=TAOBAO_SPAN_MS[0], duration_s=86400)
+                             start_ts_ms=START_TS_MS, duration_s=86400)
     csv = tmp_path / "events.csv"
     write_userbehavior_csv(events, csv)
     with csv.open("a") as f:
@@ -34,12 +34,12 @@ def test_file_source_to_json_lines(fixture_artifact, tmp_path):
 
 
 def test_a_file_with_no_usable_rows_is_an_error_not_an_empty_run(fixture_artifact, tmp_path):
-    csv = tmp_path / "old.csv"
-    csv.write_text("1,2,3,pv,1300000000\n")  # 2011: outside the dataset's span
+    csv = tmp_path / "bad.csv"
+    csv.write_text("1,2,3,click,1300000000\n1,2,x,pv,1300000000\n")  # an unknown behavior, a non-integer id
     res = subprocess.run([sys.executable, "-m", "streamrec.cli", "run", "--source", f"file:{csv}", "--sink",
                           f"file:{tmp_path / 'o.jsonl'}", "--artifact", str(fixture_artifact)],
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "no events left" in res.stderr and "outside the dataset's span" in res.stderr
+    assert res.returncode == 2 and "no events left" in res.stderr and "2 malformed" in res.stderr
 
 
 def test_bad_config_fails_fast_naming_the_key(fixture_artifact, tmp_path):

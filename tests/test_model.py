@@ -239,3 +239,45 @@ def test_covisit_rank_share_and_recent_category_features() -> None:
     np.testing.assert_allclose(d[:, f["covisit_rank"]], [0.5, 1.0, 0.0])
     np.testing.assert_allclose(d[:, f["covisit_share"]], [0.25, 0.75, 0.0])
     np.testing.assert_allclose(d[:, f["category_in_recent"]], [0.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("n_events,duration_s,users,expected_period", [
+    (4000, 2 * 3600, 80, (60 * 1000, 3600 * 1000)),  # a log of two hours: minutes
+    (3000, 90 * 86400, 150, (86400 * 1000, 30 * 86400 * 1000)),  # 90 sparse days: days to weeks
+])
+def test_train_on_logs_of_any_span(tmp_path, n_events, duration_s, users, expected_period) -> None:
+    """The split and the point-in-time table period come from the log, so a log of hours
+    and one of months both give training and held-out requests."""
+    from streamrec.generator import generate_events
+
+    events = generate_events(n_events, n_users=users, n_items=300, n_categories=10, seed=2,
+                             start_ts_ms=1_400_000_000_000, duration_s=duration_s)
+    art = train_model(events, out_dir=tmp_path / "art", epochs=1, seq_len=SEQ_LEN, n_candidates=20, dim=8,
+                      hidden=(16,), hard_negatives=5, popularity_negatives=2, parity_requests=50,
+                      progress=False, threads=1)
+    m = load_artifact(art).manifest
+    span = m.train_span
+    assert span["train_requests"] > 0 and span["eval_requests"] > 0
+    period = m.training_config["table_period_ms"]
+    assert expected_period[0] <= period <= expected_period[1]
+    assert m.training_config["table_period_requested"] == "auto"
+    # The offline protocol rebuilds the same examples from the manifest's settings.
+    data = build_training_data(events, until_ms=m.until_ms, limits=m.state_limits, n_candidates=20,
+                               seq_len=SEQ_LEN, hard_negatives=5,
+                               popularity_negatives=2, table_period_ms=period, seed=0)
+    assert len(data.train) == span["train_requests"] and len(data.eval) == span["eval_requests"]
+
+
+def test_table_period_and_split_follow_the_log() -> None:
+    from model_export.dataset import default_until, derive_table_period
+
+    day = 86400 * 1000
+    assert derive_table_period(np.arange(0, 7 * day, 60_000)) == day  # a week, evenly: one day
+    assert derive_table_period(np.arange(0, 2 * 3600 * 1000, 1000)) == 15 * 60 * 1000  # two hours: 15 min
+    # Three bursts of an hour a month apart: periods of the bursts' scale, not the gaps'.
+    bursts = np.concatenate([np.arange(k * 30 * day, k * 30 * day + 3600 * 1000, 1000) for k in range(3)])
+    assert derive_table_period(bursts) <= 3600 * 1000
+    # A log that grows: 80% of the span would hold out most events; the split holds out at most half.
+    grow = [Event(1, 1, 1, "pv", int(t)) for t in (np.linspace(0, 1, 5000) ** 0.2 * 1e9)]
+    until = default_until(grow)
+    assert 0.1 <= sum(e.ts >= until for e in grow) / len(grow) <= 0.5

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from streamrec.evaluate import evaluate, format_table
-from streamrec.generator import generate_events
+from streamrec.generator import START_TS_MS, generate_events
 from streamrec.prequential import EmittedList, ListKey, held_out_pairs, list_metrics, novelty, prequential
 from udfs.events import Event
-from udfs.logs import TAOBAO_SPAN_MS, write_userbehavior_csv
+from udfs.logs import write_userbehavior_csv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -24,7 +24,7 @@ def tiny(tmp_path_factory) -> tuple[list[Event], Path, Path]:
 
     d = tmp_path_factory.mktemp("tiny")
     events = sorted(generate_events(2500, n_users=40, n_items=300, n_categories=10, seed=5,
-                                    start_ts_ms=TAOBAO_SPAN_MS[0], duration_s=2 * 86400),
+                                    start_ts_ms=START_TS_MS, duration_s=2 * 86400),
                     key=lambda e: e.ts)
     csv = d / "log.csv"
     write_userbehavior_csv(events, csv)

@@ -6,9 +6,11 @@ so a log loads the same way wherever it is used.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import logging
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -16,15 +18,95 @@ from typing import IO
 
 import msgpack
 
-from udfs.events import BEHAVIORS, FIELDS, INT64_MAX, MAX_TS_MS, Event, encode_event
+from udfs.events import BEHAVIORS, FIELDS, INT64_MAX, MAX_STR_ID_LEN, MAX_TS_MS, Event, Id, encode_event
 
 log = logging.getLogger(__name__)
 
-# 2017-11-25 00:00 to 2017-12-04 00:00 China Standard Time (UTC+8), end exclusive.
-TAOBAO_SPAN_MS: tuple[int, int] = (1_511_539_200_000, 1_512_316_800_000)
 MAX_EXAMPLES = 5
 MSGPACK_SUFFIXES = (".msgpack", ".mpk")
-FORMATS = ("auto", "userbehavior", "generated")
+FORMATS = ("auto", "userbehavior", "csv", "generated")
+LOG_FIELDS = ("user", "item", "category", "behavior", "ts")
+REQUIRED_FIELDS = ("user", "item", "ts")
+TS_UNITS = {"s": 1000, "ms": 1}
+SKIP_COLUMN = ("", "-", "_")
+# The stray-timestamp rule: the bulk of a log lies between its 0.1% and 99.9%
+# quantiles of event time; a row more than STRAY_MARGIN of that bulk's span
+# (at least STRAY_MIN_MARGIN_MS) outside it is dropped.
+STRAY_QUANTILE = 0.001
+STRAY_MARGIN = 0.25
+STRAY_MIN_MARGIN_MS = 60_000
+
+
+# --------------------------------------------------------------------------- CSV layouts
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """Where a CSV keeps each event field, and how to read it.
+
+    ``columns`` maps a field (``user``, ``item``, ``ts``, optional ``category``
+    and ``behavior``) to a 0-based column position or a header name. A missing
+    category reads as 0, a missing behavior as ``pv``. ``behaviors`` maps the
+    log's behavior names to ours (``pv cart fav buy``, which always map to
+    themselves); any other name makes the row malformed. ``header``: ``None``
+    skips the first line when its timestamp is not a number, ``True`` always,
+    ``False`` never. ``int_ids``: ids must be integers (the Taobao layout);
+    otherwise a non-integer id is kept as a string.
+    """
+
+    columns: tuple[tuple[str, int | str], ...]
+    ts_unit: str = "s"
+    behaviors: tuple[tuple[str, str], ...] = ()
+    header: bool | None = None
+    int_ids: bool = False
+
+    def __post_init__(self) -> None:
+        fields = [f for f, _ in self.columns]
+        unknown = [f for f in fields if f not in LOG_FIELDS]
+        if unknown:
+            raise ValueError(f"--columns: unknown field {unknown[0]!r}; fields are {', '.join(LOG_FIELDS)}")
+        dup = {f for f in fields if fields.count(f) > 1}
+        if dup:
+            raise ValueError(f"--columns: field {sorted(dup)[0]!r} given twice")
+        missing = [f for f in REQUIRED_FIELDS if f not in fields]
+        if missing:
+            raise ValueError(f"--columns: no column for {', '.join(missing)} (required: user, item, ts)")
+        if self.ts_unit not in TS_UNITS:
+            raise ValueError(f"--ts-unit must be one of {', '.join(TS_UNITS)}, not {self.ts_unit!r}")
+        bad = [ours for _, ours in self.behaviors if ours not in BEHAVIORS]
+        if bad:
+            raise ValueError(f"--behaviors: {bad[0]!r} is not one of {', '.join(BEHAVIORS)}")
+        if self.header is False and any(isinstance(c, str) for _, c in self.columns):
+            raise ValueError("--columns names a column but the file has no header line; use positions")
+
+    @classmethod
+    def parse(cls, columns: str, ts_unit: str = "s", behaviors: str = "") -> CsvLayout:
+        """From flags: ``--columns`` is a comma-separated list of either fields in file
+        order (``user,item,-,behavior,ts``; ``-`` skips a column) or ``field=COLUMN``
+        entries, COLUMN a header name or a 0-based position (``user=session,item=item_id,ts=time``).
+        ``--behaviors`` maps names: ``click=pv,order=buy``."""
+        entries = [c.strip() for c in columns.split(",")]
+        mapped: list[tuple[str, int | str]] = []
+        for pos, entry in enumerate(entries):
+            if "=" in entry:
+                f, ref = (x.strip() for x in entry.split("=", 1))
+                mapped.append((f, int(ref) if ref.isdigit() else ref))
+            elif entry not in SKIP_COLUMN:
+                mapped.append((entry, pos))
+        pairs: list[tuple[str, str]] = []
+        for entry in (b.strip() for b in behaviors.split(",")):
+            if not entry:
+                continue
+            if "=" not in entry:
+                raise ValueError(f"--behaviors: expected NAME=OURS (OURS one of {', '.join(BEHAVIORS)}), "
+                                 f"got {entry!r}")
+            name, ours = (x.strip() for x in entry.split("=", 1))
+            pairs.append((name, ours))
+        return cls(tuple(mapped), ts_unit=ts_unit, behaviors=tuple(pairs))
+
+
+USERBEHAVIOR = CsvLayout(tuple((f, i) for i, f in enumerate(LOG_FIELDS)), ts_unit="s", header=False,
+                         int_ids=True)
 
 
 # --------------------------------------------------------------------------- real data
@@ -32,7 +114,10 @@ FORMATS = ("auto", "userbehavior", "generated")
 
 @dataclass
 class LoadResult:
-    """Events plus what was skipped, so a caller can tell a clean load from a lossy one."""
+    """Events plus what was skipped, so a caller can tell a clean load from a lossy one.
+
+    ``out_of_span`` counts rows with stray timestamps (see :func:`stray_bounds`),
+    ``bounds_ms`` is the window that was kept."""
 
     events: list[Event] = field(default_factory=list)
     rows: int = 0
@@ -40,6 +125,7 @@ class LoadResult:
     malformed_examples: list[tuple[int, str]] = field(default_factory=list)
     out_of_span: int = 0
     out_of_span_examples: list[tuple[int, int]] = field(default_factory=list)
+    bounds_ms: tuple[int, int] | None = None
 
     def __iter__(self) -> Iterator[Event]:
         return iter(self.events)
@@ -61,64 +147,178 @@ def _open_text(path: str | Path) -> IO[str]:
     return open(p, encoding="utf-8", newline="")
 
 
-def _parse_row(line: str) -> Event | str:
-    parts = line.rstrip("\r\n").split(",")
-    if len(parts) != 5:
-        return f"expected 5 fields, got {len(parts)}"
+def stray_bounds(ts: Sequence[int]) -> tuple[int, int] | None:
+    """The kept window ``[lo, hi]`` of event times (ms), from the log itself: the bulk
+    between the 0.1% and 99.9% quantiles (at least one row trimmed at each end),
+    widened by 25% of the bulk's span (at least a minute) on each side. At most
+    0.1% + 0.1% of the rows can fall outside, however the log is distributed, and
+    no calendar is involved. ``None`` (keep all) for fewer than 3 rows."""
+    n = len(ts)
+    if n < 3:
+        return None
+    s = sorted(ts)
+    k = max(1, math.ceil(STRAY_QUANTILE * n))
+    if n <= 2 * k:
+        return None
+    lo, hi = s[k], s[n - 1 - k]
+    margin = max(int(STRAY_MARGIN * (hi - lo)), STRAY_MIN_MARGIN_MS)
+    return lo - margin, hi + margin
+
+
+def _parse_id(text: str, name: str, int_ids: bool) -> Id | str:
+    """The id, or an error message prefixed with '!'."""
+    t = text.strip()
     try:
-        user, item, cat, ts_s = int(parts[0]), int(parts[1]), int(parts[2]), int(parts[4])
-    except ValueError as exc:
-        return f"not an integer: {exc}"
-    for name, v in (("user_id", user), ("item_id", item), ("category_id", cat)):
-        if not 0 <= v <= INT64_MAX:
-            return f"{name} {v} out of range"
-    behavior = parts[3].strip()
-    if behavior not in BEHAVIORS:
-        return f"unknown behavior {behavior[:16]!r}"
-    ts = ts_s * 1000
-    if not 0 <= ts < MAX_TS_MS:
-        return f"timestamp {ts_s} is not Unix seconds"
-    return Event(user, item, cat, behavior, ts)
+        v = int(t)
+    except ValueError:
+        if int_ids:
+            return f"!{name} {t[:16]!r} is not an integer"
+        if not 0 < len(t) <= MAX_STR_ID_LEN:
+            return f"!{name} length {len(t)} not in 1..{MAX_STR_ID_LEN}"
+        return t
+    if not 0 <= v <= INT64_MAX:
+        return f"!{name} {v} out of range"
+    return v
 
 
-def load_userbehavior(
-    path: str | Path,
-    *,
-    sort: bool = False,
-    drop_out_of_span: bool = True,
-    span_ms: tuple[int, int] = TAOBAO_SPAN_MS,
-) -> LoadResult:
-    """Parse a UserBehavior CSV (no header; ts in seconds) into events with ts in ms.
+class _RowParser:
+    def __init__(self, layout: CsvLayout, header: list[str] | None) -> None:
+        pos: dict[str, int] = {}
+        for f, ref in layout.columns:
+            if isinstance(ref, str):
+                if header is None:
+                    raise ValueError(f"column {ref!r} (--columns {f}={ref}) needs a header line; use positions")
+                names = [h.strip() for h in header]
+                if ref not in names:
+                    raise ValueError(f"no column named {ref!r} in the header ({', '.join(names)[:200]})")
+                pos[f] = names.index(ref)
+            else:
+                pos[f] = ref
+        self.pos = pos
+        self.width = max(pos.values()) + 1
+        self.exact = layout.int_ids  # the Taobao layout: exactly 5 fields
+        self.scale = TS_UNITS[layout.ts_unit]
+        self.int_ids = layout.int_ids
+        self.behaviors = {b: b for b in BEHAVIORS} | dict(layout.behaviors)
 
-    Bad lines are skipped and counted rather than raised: the original data has
-    them and one line must not cost a whole load. Rows outside ``span_ms`` are
-    dropped by default because a single far-future timestamp would advance a
-    replay's watermark and make every later event late. ``sort`` orders stably
-    by ts, since the published file is grouped by user, not by time.
-    """
-    lo, hi = span_ms
-    res = LoadResult()
-    events = res.events
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    def ts_ok(self, parts: list[str]) -> bool:
+        p = self.pos["ts"]
+        try:
+            float(parts[p])
+        except (ValueError, IndexError):
+            return False
+        return True
+
+    def parse(self, parts: list[str]) -> Event | str:
+        if self.exact and len(parts) != len(LOG_FIELDS):
+            return f"expected {len(LOG_FIELDS)} fields, got {len(parts)}"
+        if len(parts) < self.width:
+            return f"expected at least {self.width} fields, got {len(parts)}"
+        pos = self.pos
+        ids: list[Id] = []
+        for f, name in (("user", "user_id"), ("item", "item_id"), ("category", "category_id")):
+            if f not in pos:
+                ids.append(0)
                 continue
+            v = _parse_id(parts[pos[f]], name, self.int_ids)
+            if isinstance(v, str) and v.startswith("!"):
+                return v[1:]
+            ids.append(v)
+        if "behavior" in pos:
+            raw = parts[pos["behavior"]].strip()
+            behavior = self.behaviors.get(raw)
+            if behavior is None:
+                return f"unknown behavior {raw[:16]!r}"
+        else:
+            behavior = "pv"
+        t = parts[pos["ts"]].strip()
+        try:
+            ts = int(t) * self.scale
+        except ValueError:
+            try:
+                ts = round(float(t) * self.scale)
+            except ValueError:
+                return f"timestamp {t[:24]!r} is not a number"
+        if not 0 <= ts < MAX_TS_MS:
+            return f"timestamp {t[:24]} is not Unix {'seconds' if self.scale == 1000 else 'milliseconds'}"
+        return Event(ids[0], ids[1], ids[2], behavior, ts)
+
+
+def load_csv(path: str | Path, layout: CsvLayout, *, sort: bool = False, drop_stray: bool = True) -> LoadResult:
+    """Parse a behavior CSV laid out as ``layout`` into events with ts in ms.
+
+    Bad lines are skipped and counted rather than raised: real logs have them
+    and one line must not cost a whole load. Rows with stray timestamps (see
+    :func:`stray_bounds`) are dropped by default, because a single far-future
+    timestamp would advance a replay's watermark and make every later event
+    late. ``sort`` orders stably by ts (a log may be grouped by user).
+    """
+    res = LoadResult()
+    parsed: list[tuple[int, Event]] = []
+    with _open_text(path) as f:
+        lines = ((n, line) for n, line in enumerate(f, start=1) if line.strip())
+        reader: Iterator[tuple[int, list[str]]]
+        if layout.int_ids:  # the Taobao layout: plain split, no quoting (fast)
+            reader = ((n, line.rstrip("\r\n").split(",")) for n, line in lines)
+        else:
+            numbers: list[int] = []
+
+            def numbered() -> Iterator[str]:
+                for n, line in lines:
+                    numbers.append(n)
+                    yield line
+
+            rows = csv.reader(numbered())
+            reader = ((numbers[-1], r) for r in rows)
+        first = next(reader, None)
+        header = None
+        if first is not None and layout.header is not False:
+            named = any(isinstance(c, str) for _, c in layout.columns)
+            if layout.header or named:
+                header = first[1]
+            else:
+                probe = _RowParser(layout, None)
+                if len(first[1]) >= probe.width and not probe.ts_ok(first[1]):
+                    header = first[1]  # a header line: not data, not malformed
+        parser = _RowParser(layout, header)
+        stream = reader if header is not None or first is None else _chain(first, reader)
+        for line_no, parts in stream:
             res.rows += 1
-            ev = _parse_row(line)
+            ev = parser.parse(parts)
             if isinstance(ev, str):
                 res.malformed += 1
                 if len(res.malformed_examples) < MAX_EXAMPLES:
                     res.malformed_examples.append((line_no, ev))
                 continue
-            if drop_out_of_span and not lo <= ev.ts < hi:
-                res.out_of_span += 1
-                if len(res.out_of_span_examples) < MAX_EXAMPLES:
-                    res.out_of_span_examples.append((line_no, ev.ts))
+            parsed.append((line_no, ev))
+    bounds = stray_bounds([e.ts for _, e in parsed]) if drop_stray else None
+    res.bounds_ms = bounds
+    events = res.events
+    if bounds is None:
+        events.extend(e for _, e in parsed)
+    else:
+        lo, hi = bounds
+        for line_no, ev in parsed:
+            if lo <= ev.ts <= hi:
+                events.append(ev)
                 continue
-            events.append(ev)
+            res.out_of_span += 1
+            if len(res.out_of_span_examples) < MAX_EXAMPLES:
+                res.out_of_span_examples.append((line_no, ev.ts))
     if sort:
         events.sort(key=attrgetter("ts"))
     return res
+
+
+def _chain(first: tuple[int, list[str]], rest: Iterator[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
+    yield first
+    yield from rest
+
+
+def load_userbehavior(path: str | Path, *, sort: bool = False, drop_out_of_span: bool = True) -> LoadResult:
+    """The Taobao UserBehavior CSV (no header; ``user,item,category,behavior,ts``; integer
+    ids; ts in seconds): :func:`load_csv` with the fixed :data:`USERBEHAVIOR` layout."""
+    return load_csv(path, USERBEHAVIOR, sort=sort, drop_stray=drop_out_of_span)
 
 
 def write_userbehavior_csv(events: Iterable[Event], path: str | Path) -> int:
@@ -167,8 +367,11 @@ def read_events_msgpack(path: str | Path) -> list[Event]:
 # --------------------------------------------------------------------------- any log file
 
 
-def load_events(path: str | Path, fmt: str = "auto", *, sort: bool = False) -> list[Event]:
-    """A UserBehavior CSV or a msgpack replay file (``auto``: by suffix), as events.
+def load_events(path: str | Path, fmt: str = "auto", *, sort: bool = False,
+                layout: CsvLayout | None = None) -> list[Event]:
+    """A behavior log as events: ``userbehavior`` (the Taobao CSV), ``csv`` (any CSV,
+    laid out as ``layout``), ``generated`` (a msgpack replay file) or ``auto`` (msgpack
+    by suffix, else ``layout`` or the Taobao CSV).
 
     ``sort`` orders stably by event time (the published CSV is grouped by user).
     What the CSV loader skipped is logged, and a log with no event left is an
@@ -177,14 +380,18 @@ def load_events(path: str | Path, fmt: str = "auto", *, sort: bool = False) -> l
     p = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; known: {', '.join(FORMATS)}")
+    if fmt == "csv" and layout is None:
+        raise ValueError("--format csv needs --columns (e.g. --columns user,item,category,behavior,ts)")
+    if fmt != "csv" and fmt != "auto" and layout is not None and layout != USERBEHAVIOR:
+        raise ValueError(f"--columns/--ts-unit/--behaviors apply to --format csv, not {fmt}")
     if not p.is_file():
         raise FileNotFoundError(f"events file not found: {p}")
-    if fmt == "generated" or (fmt == "auto" and p.suffix in MSGPACK_SUFFIXES):
+    if fmt == "generated" or (fmt == "auto" and layout is None and p.suffix in MSGPACK_SUFFIXES):
         events = read_events_msgpack(p)
         if sort:
             events.sort(key=attrgetter("ts"))
         return events
-    result = load_userbehavior(p, sort=sort)
+    result = load_csv(p, layout if fmt in ("csv", "auto") and layout is not None else USERBEHAVIOR, sort=sort)
     report_load(p, result)
     return result.events
 
@@ -192,8 +399,12 @@ def load_events(path: str | Path, fmt: str = "auto", *, sort: bool = False) -> l
 def report_load(path: Path, result: LoadResult) -> None:
     """Say what the loader skipped; raise when nothing is left."""
     if result.malformed or result.out_of_span:
-        log.warning("%s: %d rows, %d events kept, %d malformed (first: %s), %d outside the dataset's span "
-                    "(first: %s)", path, result.rows, len(result), result.malformed,
-                    result.malformed_examples[:3], result.out_of_span, result.out_of_span_examples[:3])
+        lo, hi = result.bounds_ms or (None, None)
+        log.warning("%s: %d rows, %d events kept, %d malformed (first: %s), %d with stray timestamps outside "
+                    "the log's bulk, kept window %s..%s ms (first (line, ts ms): %s)", path, result.rows,
+                    len(result), result.malformed, result.malformed_examples[:3], result.out_of_span, lo, hi,
+                    result.out_of_span_examples[:3])
     if not len(result):
-        raise ValueError(f"{path}: no events left after loading ({result.rows} rows); see the warning above")
+        raise ValueError(f"{path}: no events left after loading ({result.rows} rows, {result.malformed} "
+                         f"malformed, first: {result.malformed_examples[:3]}); check --format/--columns/"
+                         "--ts-unit/--behaviors")
