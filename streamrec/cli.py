@@ -14,16 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jobs.entry import add_run_arguments, run_from_args
-from streamrec import kafka_local
-from streamrec.bench import Bench, BenchSettings, markdown
-from streamrec.bench_model import main as bench_model_main
-from streamrec.bench_scale import ScaleBench, ScaleSettings
-from streamrec.bench_scale import markdown as scale_markdown
+from streamrec.benchmark.bench import Bench, BenchSettings, markdown
+from streamrec.benchmark.model import main as bench_model_main
+from streamrec.benchmark.peer import run_peer
+from streamrec.benchmark.scale import ScaleBench, ScaleSettings
+from streamrec.benchmark.scale import markdown as scale_markdown
 from streamrec.demo import run_demo
-from streamrec.evaluate import evaluate, format_table
+from streamrec.evaluation.evaluate import evaluate, format_table
 from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, replay
-from streamrec.peer import run_peer
+from streamrec.local import kafka as kafka_local
 from udfs.artifact import verify_manifest
 from udfs.config import ENV_PREFIX, ConfigError
 from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging

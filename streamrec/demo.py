@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamrec import kafka_local
+from streamrec.benchmark.latency import summarize, trigger_key
 from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, replay
-from streamrec.latency import summarize, trigger_key
-from streamrec.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
+from streamrec.local import kafka as kafka_local
+from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import MANIFEST_FILE
 from udfs.config import Config
 

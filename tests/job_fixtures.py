@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streamrec.generator import generate_events
-from streamrec.procs import job_env as _job_env
+from streamrec.local.procs import job_env as _job_env
 from tests.onnx_fixtures import covisit_scorer
 from udfs.artifact import write_artifact
 from udfs.candidates import build_tables

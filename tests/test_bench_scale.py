@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.bench_scale import (
+from streamrec.benchmark.scale import (
     bytes_summary,
     checkpoint_summary,
     failures_summary,

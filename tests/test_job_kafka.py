@@ -11,7 +11,7 @@ import pytest
 from kafka import KafkaProducer
 
 from streamrec.kafka_io import consume, replay
-from streamrec.procs import stop_group
+from streamrec.local.procs import stop_group
 from tests.job_fixtures import generated_log, job_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]

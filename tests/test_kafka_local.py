@@ -11,9 +11,9 @@ import msgpack
 import pytest
 
 from jobs.layout import required_jars
-from streamrec import kafka_local
 from streamrec.kafka_io import consume, replay
-from streamrec.kafka_local import LocalKafka, kafka_classpath
+from streamrec.local import kafka as kafka_local
+from streamrec.local.kafka import LocalKafka, kafka_classpath
 from udfs.events import Event
 
 pytestmark = pytest.mark.timeout(300)

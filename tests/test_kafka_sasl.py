@@ -12,7 +12,7 @@ import pytest
 
 from streamrec.cli import main as cli_main
 from streamrec.kafka_io import consume, replay
-from streamrec.kafka_local import LocalKafka
+from streamrec.local.kafka import LocalKafka
 from tests.conftest import SASL_PASSWORD, SASL_USER
 from udfs.config import KafkaConfig, env_var, load_config
 from udfs.events import Event

@@ -2,8 +2,8 @@
 
 import pytest
 
-from streamrec.bench import cpu_budget, markdown
-from streamrec.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
+from streamrec.benchmark.bench import cpu_budget, markdown
+from streamrec.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
 
 
 def _out(user, item, ts, out_ts):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
+from streamrec.benchmark.peer import Batcher, run_peer
 from streamrec.kafka_io import consume, replay
-from streamrec.peer import Batcher, run_peer
 from tests.job_fixtures import generated_log
 from tests.test_job_kafka import POISON
 from udfs.config import Config, load_config

@@ -1,4 +1,4 @@
-"""Evaluation report and the prequential protocol (streamrec/evaluate.py, prequential.py)."""
+"""Evaluation report and the prequential protocol (streamrec/evaluation/evaluate.py, prequential.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.evaluate import evaluate, format_table
+from streamrec.evaluation.evaluate import evaluate, format_table
+from streamrec.evaluation.prequential import EmittedList, ListKey, held_out_pairs, list_metrics, novelty, prequential
 from streamrec.generator import START_TS_MS, generate_events
-from streamrec.prequential import EmittedList, ListKey, held_out_pairs, list_metrics, novelty, prequential
 from udfs.events import Event
 from udfs.logs import write_userbehavior_csv
 
@@ -71,7 +71,7 @@ def test_each_event_is_tested_on_the_users_previous_list() -> None:
 
 def test_replay_model_equals_offline_model(tiny) -> None:
     """Same held-out pairs and same model: the replay's numbers are the offline ones."""
-    from streamrec.evaluate import offline
+    from streamrec.evaluation.evaluate import offline
 
     events, _, art = tiny
     off = offline(events, art)

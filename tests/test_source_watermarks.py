@@ -16,7 +16,7 @@ import pytest
 from kafka import KafkaProducer
 
 from streamrec.kafka_io import consume, event_record
-from streamrec.procs import stop_group
+from streamrec.local.procs import stop_group
 from tests.job_fixtures import T_START, generated_log, job_env
 from udfs.config import TOPIC_FIELDS
 from udfs.events import Event

@@ -24,8 +24,8 @@ import pytest
 
 from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, replay
-from streamrec.kafka_local import free_ports
-from streamrec.procs import stop_group
+from streamrec.local.kafka import free_ports
+from streamrec.local.procs import stop_group
 from tests.job_fixtures import T_START, job_env
 from udfs.config import TOPIC_FIELDS
 from udfs.events import Event

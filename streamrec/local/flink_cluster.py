@@ -20,7 +20,7 @@ import pyflink
 import yaml
 
 from jobs.pipeline import worker_pythonpath
-from streamrec.kafka_local import free_ports
+from streamrec.local.kafka import free_ports
 
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
 

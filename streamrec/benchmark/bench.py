@@ -6,7 +6,7 @@ One run, one seeded stream (pre-loaded into Kafka once), one model artifact:
 2. Kafka alone: producing the stream and consuming it back (kafka-python);
 3. the PyFlink job, Kafka in -> Kafka out, on a standalone cluster of separate
    TaskManager processes, at each parallelism;
-4. the peer (:mod:`streamrec.peer`), one Python process doing the same work;
+4. the peer (:mod:`streamrec.benchmark.peer`), one Python process doing the same work;
 5. the job's event-to-recommendation latency at fractions of its measured maximum.
 
 Throughput is the output topic's growth over a fixed window after a warm-up, so
@@ -33,12 +33,12 @@ import msgpack
 import numpy as np
 
 from jobs.layout import JOB_SCRIPT
-from streamrec.flink_cluster import StandaloneCluster
+from streamrec.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize_pairs, trigger_key
 from streamrec.generator import generate_events
 from streamrec.kafka_io import connect_errors, consume, produce
-from streamrec.kafka_local import LocalKafka
-from streamrec.latency import latencies, median_of_runs, p99_by_interval, summarize_pairs, trigger_key
-from streamrec.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
+from streamrec.local.flink_cluster import StandaloneCluster
+from streamrec.local.kafka import LocalKafka
+from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import MANIFEST_FILE, load_artifact, verify_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.events import encode_event

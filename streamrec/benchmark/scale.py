@@ -31,12 +31,12 @@ import msgpack
 import numpy as np
 
 from jobs.layout import JOB_SCRIPT
-from streamrec.bench import TERMINAL, TopicCounter, ensure_artifact, machine_info, rss_mb
-from streamrec.flink_cluster import StandaloneCluster
+from streamrec.benchmark.bench import TERMINAL, TopicCounter, ensure_artifact, machine_info, rss_mb
 from streamrec.generator import USER_ID_BASE, generate_events
 from streamrec.kafka_io import produce
-from streamrec.kafka_local import LocalKafka
-from streamrec.procs import job_env
+from streamrec.local.flink_cluster import StandaloneCluster
+from streamrec.local.kafka import LocalKafka
+from streamrec.local.procs import job_env
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.events import Event, encode_event
 from udfs.runtime import state_limits
