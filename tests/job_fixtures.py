@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from streamrec.generator import generate_events
 from streamrec.local.procs import job_env as _job_env
+from streamrec.local.procs import stop_group
 from tests.onnx_fixtures import covisit_scorer
 from udfs.artifact import write_artifact
 from udfs.candidates import build_tables
@@ -49,3 +53,27 @@ def job_env(bootstrap: str, topics: dict[str, str], artifact: Path, **extra: str
     })
     env.update(extra)
     return env
+
+
+RUN_KAFKA = [sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"]
+
+
+def launch_job(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`streamrec run` between Kafka topics, in its own process group, output to ``log_path``."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(RUN_KAFKA, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture
+def kafka_jobs(kafka_broker, fixture_artifact, tmp_path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Factory: ``kafka_jobs(topics, **extra_env)`` starts a job on the fixture artifact; all stop after the test."""
+    procs: list[subprocess.Popen] = []
+
+    def start(topics: dict[str, str], **extra: str) -> subprocess.Popen:
+        env = job_env(kafka_broker.bootstrap, topics, fixture_artifact, **extra)
+        procs.append(launch_job(env, tmp_path / f"job{len(procs)}.log"))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        stop_group(proc)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import functools
 import time
 
 import msgpack
@@ -11,8 +10,7 @@ import pytest
 from kafka import KafkaProducer
 
 from streamrec.kafka_io import consume, replay
-from streamrec.local.procs import stop_group
-from tests.job_fixtures import generated_log, job_env
+from tests.job_fixtures import generated_log
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
@@ -31,21 +29,9 @@ def topics(unique_topic):
 
 
 @pytest.fixture
-def start_job(kafka_broker, topics, fixture_artifact, tmp_path):
+def start_job(kafka_jobs, topics):
     """Starts `streamrec run` (Kafka in, Kafka out) with extra env settings; stops it after the test."""
-    procs = []
-
-    def start(**extra_env: str) -> subprocess.Popen:
-        log = (tmp_path / f"job{len(procs)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
-                                env=job_env(kafka_broker.bootstrap, topics, fixture_artifact, **extra_env),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        stop_group(proc)
+    return functools.partial(kafka_jobs, topics)
 
 
 @pytest.fixture

@@ -8,16 +8,15 @@ the slowest partition's; a partition that stays quiet stops holding it back.
 
 from __future__ import annotations
 
+import functools
 import subprocess
-import sys
 import time
 
 import pytest
 from kafka import KafkaProducer
 
 from streamrec.kafka_io import consume, event_record
-from streamrec.local.procs import stop_group
-from tests.job_fixtures import T_START, generated_log, job_env
+from tests.job_fixtures import T_START, generated_log
 from udfs.config import TOPIC_FIELDS
 from udfs.events import Event
 
@@ -53,20 +52,8 @@ def topics(unique_topic) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_job(kafka_broker, topics, fixture_artifact, tmp_path):
-    procs: list[subprocess.Popen] = []
-
-    def start(**extra: str) -> subprocess.Popen:
-        log = (tmp_path / f"job{len(procs)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
-                                env=job_env(kafka_broker.bootstrap, topics, fixture_artifact, **extra),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        stop_group(proc)
+def start_job(kafka_jobs, topics):
+    return functools.partial(kafka_jobs, topics)
 
 
 def _shift(events: list[Event], user_offset: int, ts_offset: int) -> list[Event]:

@@ -9,9 +9,9 @@ newest retained checkpoint and continues each shopper's sequence numbers.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +26,7 @@ from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, replay
 from streamrec.local.kafka import free_ports
 from streamrec.local.procs import stop_group
-from tests.job_fixtures import T_START, job_env
+from tests.job_fixtures import T_START, job_env, launch_job
 from udfs.config import TOPIC_FIELDS
 from udfs.events import Event
 
@@ -108,15 +108,56 @@ def job_figures(port: int, job_id: str) -> dict[str, Any]:
             "state_bytes": int(latest.get("state_size") or latest.get("checkpointed_size") or 0)}
 
 
-LOOPBACK = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+def _group_pids(pgid: int) -> list[str]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended
+        if int(fields[2]) == pgid:
+            out.append(stat.parent.name)
+    return out
+
+
+def _socket_inodes(pid: str) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").glob("*"):
+        try:
+            target = fd.readlink().name
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _address(hex_addr: str) -> str:
+    ip, port = hex_addr.split(":")
+    raw = bytes.fromhex(ip)
+    if len(raw) == 4:  # /proc/net/tcp: little-endian IPv4
+        host = ".".join(str(b) for b in raw[::-1])
+    else:  # tcp6: four little-endian 32-bit words
+        words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
+        full = b"".join(words)
+        host = ipaddress.IPv6Address(full).compressed
+        mapped = ipaddress.IPv6Address(full).ipv4_mapped
+        host = str(mapped) if mapped else host
+    return f"{host}:{int(port, 16)}"
 
 
 def listeners(pgid: int) -> list[str]:
-    """Local addresses of the TCP sockets that processes of this group listen on (from `ss`)."""
-    pids = {p for p in subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()}
-    out = subprocess.run(["ss", "-H", "-ltnp"], capture_output=True, text=True, check=True).stdout
-    return [line.split()[3] for line in out.splitlines()
-            if any(f"pid={pid}," in line for pid in pids)]
+    """host:port of every TCP socket a process of this group listens on, read from /proc."""
+    inodes: set[str] = set()
+    for pid in _group_pids(pgid):
+        inodes |= _socket_inodes(pid)
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                found.append(_address(cols[1]))
+    return found
 
 
 def collect(bootstrap: str, topic: str, done: Callable[[list[dict[str, Any]]], bool], job: subprocess.Popen,
@@ -133,9 +174,7 @@ def start(kafka_broker, topics, artifact, tmp_path, name: str, port: int, **extr
     logs.mkdir()
     env = job_env(kafka_broker.bootstrap, topics, artifact, STREAMREC_JOB_REST_PORT=str(port), FLINK_LOG_DIR=str(logs),
                   STREAMREC_RANKING_N_CANDIDATES="20", STREAMREC_RANKING_TOP_K="10", **extra)
-    log = (tmp_path / f"{name}.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return launch_job(env, tmp_path / f"{name}.log")
 
 
 def test_sixty_thousand_shoppers_checkpoint_durably_and_resume(kafka_broker, unique_topic, fixture_artifact,
@@ -169,8 +208,8 @@ def test_sixty_thousand_shoppers_checkpoint_durably_and_resume(kafka_broker, uni
         with pytest.raises(urllib.error.HTTPError):
             rest(port, "/jars")
         bound = listeners(job.pid)
-        assert f"127.0.0.1:{port}" in bound or f"[::ffff:127.0.0.1]:{port}" in bound, bound
-        assert all(addr.startswith(LOOPBACK) for addr in bound), f"listening beyond loopback: {bound}"
+        assert f"127.0.0.1:{port}" in bound, bound
+        assert all(addr.startswith(("127.0.0.1:", "::1:")) for addr in bound), f"listening beyond loopback: {bound}"
     finally:
         stop_group(job)  # the minicluster dies with its process: no cancel, the checkpoints stay
 
