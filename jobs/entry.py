@@ -53,12 +53,15 @@ def absolute_artifact(config: Config) -> Config:
     return config.model_copy(update={"ranking": ranking})
 
 
-def log_start(config: Config) -> None:
-    """Where state goes and where it comes from: the first thing an operator asks after a restart."""
-    resume = resume_path(config)
+def pinned_resume(config: Config) -> Config:
+    """Resolve ``job.resume_from`` (``latest`` scans the checkpoint folder) once, in the client,
+    so the log line and the Flink setting name the same checkpoint; logs where state goes."""
+    resume = resume_path(config) or ""
     log.info("checkpoints every %d ms to %s (%s backend)%s", config.job.checkpoint_interval_ms,
              checkpoint_root(config), config.job.state_backend,
              f"; resuming from {resume}" if resume else "; fresh start")
+    job = config.job.model_copy(update={"resume_from": resume})
+    return config.model_copy(update={"job": job})
 
 
 def run_job(config: Config, source: Endpoint, sink: Endpoint,
@@ -67,8 +70,7 @@ def run_job(config: Config, source: Endpoint, sink: Endpoint,
 
     ``recommend`` (a RecommendFunction subclass instance) is for fault-injection tests.
     """
-    config = absolute_artifact(config)
-    log_start(config)
+    config = pinned_resume(absolute_artifact(config))
     env = create_environment(config)
     if source.kind == "kafka":
         src: CollectionSource | KafkaEventSource = KafkaEventSource(config)

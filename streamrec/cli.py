@@ -48,13 +48,9 @@ def add_log_flags(p: argparse.ArgumentParser, env: str, default: str = "userbeha
 
 
 def log_source(args: argparse.Namespace) -> tuple[str, CsvLayout | None]:
-    """The log format and CSV layout the flags describe."""
+    """The log format and CSV layout the flags describe; ``load_events`` checks that they fit."""
     if args.columns:
-        if args.format not in ("csv", "auto"):
-            raise ConfigError(f"--columns applies to --format csv, not --format {args.format}")
-        return "csv", CsvLayout.parse(args.columns, args.ts_unit, args.behaviors)
-    if args.format == "csv":
-        raise ConfigError("--format csv needs --columns (e.g. --columns user,item,category,behavior,ts)")
+        return args.format, CsvLayout.parse(args.columns, args.ts_unit, args.behaviors)
     if args.ts_unit != "s" or args.behaviors:
         raise ConfigError("--ts-unit and --behaviors apply to --format csv with --columns")
     return args.format, None
