@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all venv deps demo test test-fast lint bench bench-scale bench-model clean
+.PHONY: all venv deps demo test test-fast lint bench bench-scale bench-model eval-matrix clean
 
 all: test
 
@@ -45,8 +45,12 @@ bench: deps
 bench-scale: deps
 	$(VENV)/bin/streamrec bench --phases scale --out bench-results
 
+# Every log under ../shared/data x 3 seeds: train on the first half, score the second through the job.
+eval-matrix: deps
+	$(VENV)/bin/streamrec evaluate --matrix --out eval-matrix
+
 bench-model: deps
 	$(VENV)/bin/streamrec bench-model --out bench-results/model
 
 clean:
-	rm -rf $(VENV) $(CACHE) artifacts out bench-results checkpoints
+	rm -rf $(VENV) $(CACHE) artifacts out bench-results eval-matrix checkpoints

@@ -32,6 +32,7 @@ from udfs.candidates import Candidates, CandidateTables, build_tables, generate_
 from udfs.events import Event, Id
 from udfs.features import INPUT_NAMES, UserRequest, Vocab, build_batch
 from udfs.state import StateLimits, UserState, update_state
+from udfs.timescales import derive_covisit_window_ms, derive_popularity_half_life_ms, derive_table_period
 
 
 @dataclass
@@ -98,6 +99,8 @@ class TrainingData:
     eval: ExampleSet
     until_ms: int
     table_period_ms: int | None
+    covisit_window_ms: int
+    popularity_half_life_ms: int
     train_events: int
     train_users: int
     train_start_ms: int
@@ -116,12 +119,6 @@ def sort_events(events: Iterable[Event]) -> list[Event]:
 
 
 HELD_OUT_SHARE = (0.1, 0.5)  # the default split holds out between 10% and 50% of the events
-PERIODS_PER_SPLIT = 6  # point-in-time table periods in the training part (typical, by event count)
-MIN_EVENTS_PER_PERIOD = 200
-_S = 1000
-NICE_PERIODS_MS = (_S, 5 * _S, 15 * _S, 30 * _S, 60 * _S, 300 * _S, 900 * _S, 1800 * _S, 3600 * _S,
-                   3 * 3600 * _S, 6 * 3600 * _S, 12 * 3600 * _S, 86400 * _S, 7 * 86400 * _S, 30 * 86400 * _S)
-DAY_MS = 86400 * _S
 
 
 def default_until(
@@ -144,35 +141,6 @@ def default_until(
         latest = int(ts[min(n - 1, int(n * (1 - held_out[0])))])
         until = min(max(until, earliest), latest)
     return until
-
-
-def derive_table_period(train_ts: Sequence[int] | np.ndarray) -> int:
-    """The point-in-time table period (ms) for a training part with these event times.
-
-    The training events are cut into about ``PERIODS_PER_SPLIT`` runs of equal
-    count (at least ``MIN_EVENTS_PER_PERIOD`` events each where the log allows);
-    the period is the median run's duration, rounded down to a round value (1 s,
-    5 s, ..., 1 h, 3 h, ..., 1 day, 7 days, 30 days, then whole days). A log of
-    minutes gets periods of seconds or minutes, one of months gets days or weeks;
-    the median ignores the gaps between bursts of a log with quiet stretches."""
-    ts = np.sort(np.asarray(train_ts, dtype=np.int64))
-    n = len(ts)
-    if n < 2:
-        return NICE_PERIODS_MS[0]
-    chunk = max(1, n // PERIODS_PER_SPLIT, min(MIN_EVENTS_PER_PERIOD, n // 2))
-    ends = ts[chunk::chunk]
-    durations = ends - ts[: len(ends) * chunk : chunk]
-    raw = int(np.median(durations)) if len(durations) else int(ts[-1] - ts[0])
-    if raw >= NICE_PERIODS_MS[-1]:
-        return raw // DAY_MS * DAY_MS
-    return max((p for p in NICE_PERIODS_MS if p <= raw), default=NICE_PERIODS_MS[0])
-
-
-def format_period(ms: int) -> str:
-    for unit, size in (("d", DAY_MS), ("h", 3600 * _S), ("min", 60 * _S), ("s", _S)):
-        if ms >= size and ms % size == 0:
-            return f"{ms // size} {unit}"
-    return f"{ms} ms"
 
 
 def build_vocab(events: Iterable[Event], min_count: int = 2) -> Vocab:
@@ -367,7 +335,9 @@ def build_training_data(
     if not train_events:
         raise ValueError(f"no events before the split until_ms={until} (the log starts at {evs[0].ts} ms): "
                          "move the split later with --until (Unix seconds)")
-    tables = build_tables(train_events)
+    scales = {"window_ms": derive_covisit_window_ms(train_events),
+              "popularity_half_life_ms": derive_popularity_half_life_ms(train_events)}
+    tables = build_tables(train_events, **scales)
     vocab = build_vocab(train_events, min_count=min_count)
     rng = np.random.default_rng(seed)
 
@@ -393,7 +363,7 @@ def build_training_data(
         idx = int(np.searchsorted(ts_sorted, b, side="left"))
         t = prefix_tables.get(idx)
         if t is None:
-            t = prefix_tables[idx] = build_tables(evs[:idx])
+            t = prefix_tables[idx] = build_tables(evs[:idx], **scales)
         return t
 
     samplers: dict[int, _PopularitySampler] = {}
@@ -450,6 +420,8 @@ def build_training_data(
         eval=ev,
         until_ms=until,
         table_period_ms=period,
+        covisit_window_ms=scales["window_ms"],
+        popularity_half_life_ms=scales["popularity_half_life_ms"],
         train_events=len(train_events),
         train_users=len({e.user_id for e in train_events}),
         train_start_ms=train_events[0].ts,

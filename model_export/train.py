@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model_export.dataset import ExampleSet, build_training_data, format_period
+from model_export.dataset import ExampleSet, build_training_data
 from model_export.evaluate import evaluate, format_table
 from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig, export_onnx
 from model_export.onnx_io import onnx_session, onnx_signature, predict_onnx
@@ -39,6 +39,7 @@ from udfs.events import Event
 from udfs.features import INPUT_NAMES
 from udfs.logs import load_events
 from udfs.state import StateLimits
+from udfs.timescales import format_period
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def train_model(
     ``max_seq_len`` equal to ``seq_len``. ``device``: ``auto`` trains on CUDA when
     torch sees a GPU, else on the CPU; ``cuda`` without one raises ValueError
     (:func:`resolve_device`). ``table_period_ms="auto"`` derives the point-in-time
-    table period from the log (:func:`model_export.dataset.derive_table_period`); the
+    table period from the log (:func:`udfs.timescales.derive_table_period`); the
     manifest records the period used. Returns the artifact directory.
     """
     train_device = resolve_device(device, torch.cuda.is_available())
@@ -335,6 +336,8 @@ def train_model(
                 "batch_size": batch_size, "lr": lr, "hard_negatives": hard_negatives,
                 "popularity_negatives": popularity_negatives, "force_positive": force_positive,
                 "table_period_ms": data.table_period_ms,
+                "covisit_window_ms": data.covisit_window_ms,
+                "popularity_half_life_ms": data.popularity_half_life_ms,
                 "table_period_requested": table_period_ms,
                 "loss": loss, "novel_weight": novel_weight, "novel_share": novel_share,
                 "novel_weight_used": novel_request_weight(tr.novel, novel_share)

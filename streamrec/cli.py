@@ -21,6 +21,10 @@ from streamrec.benchmark.scale import ScaleBench, ScaleSettings
 from streamrec.benchmark.scale import markdown as scale_markdown
 from streamrec.demo import run_demo
 from streamrec.evaluation.evaluate import evaluate, format_table
+from streamrec.evaluation.matrix import JSON_FILE as MATRIX_JSON
+from streamrec.evaluation.matrix import PNG_FILE as MATRIX_PNG
+from streamrec.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
+from streamrec.evaluation.matrix import DEFAULT_DATA_DIR, format_matrix, run_matrix
 from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, replay
 from streamrec.local import kafka as kafka_local
@@ -134,12 +138,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.matrix:
+        return cmd_matrix(args)
+    _require(args, "events")
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
     fmt, layout = log_source(args)
     report = evaluate(args.events, args.artifact, args.out, protocols=protocols, provider=args.provider,
                       fmt=fmt, layout=layout)
     print(format_table(report))
     print(f"report: {Path(args.out) / 'evaluation.json'}, plot: {Path(args.out) / 'evaluation.png'}")
+    return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: comma-separated integers, not {text!r}") from None
+    if not values:
+        raise ConfigError(f"{flag}: at least one value")
+    return values
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    seeds = _int_list("--seeds", args.seeds)
+    logs = [x.strip() for x in args.logs.split(",") if x.strip()] if args.logs else None
+    report = run_matrix(args.data, args.out, seeds=seeds, logs=logs, use_job=args.model_source == "job",
+                        provider=args.provider)
+    print(format_matrix(report))
+    out = Path(args.out)
+    print(f"report: {out / MATRIX_JSON}, table: {out / MATRIX_TABLE}, plot: {out / MATRIX_PNG}")
     return 0
 
 
@@ -262,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
              default="offline,prequential")
     add_flag(p, "--provider", f"{ENV_PREFIX}EVAL_PROVIDER", "onnxruntime provider for the job", default="cpu",
              choices=["auto", "cuda", "cpu"])
+    p.add_argument("--matrix", action="store_true",
+                   help="the development matrix: every log under --data, split at its median event, "
+                        "trained per seed, scored prequentially; --events and --artifact are not used")
+    add_flag(p, "--data", f"{ENV_PREFIX}EVAL_DATA", "with --matrix: folder of logs (*.csv, Taobao layout)",
+             default=str(DEFAULT_DATA_DIR))
+    add_flag(p, "--seeds", f"{ENV_PREFIX}EVAL_SEEDS", "with --matrix: comma-separated training seeds",
+             default="0,1,2")
+    add_flag(p, "--logs", f"{ENV_PREFIX}EVAL_LOGS", "with --matrix: only these logs (names as in the table, "
+             "e.g. dev/jdata2017_head)")
+    add_flag(p, "--model-source", f"{ENV_PREFIX}EVAL_MODEL_SOURCE",
+             "with --matrix: the model's lists from the bounded job or from its pure-Python replay",
+             default="job", choices=["job", "replay"])
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench-model", help="scored pairs/s and latency: torch vs onnxruntime fp32/fp16/int8")
@@ -341,7 +381,7 @@ def _require(args: argparse.Namespace, *names: str) -> None:
         raise ConfigError(f"{args.command}: missing {flags}")
 
 
-REQUIRED = {"replay": ("events",), "train": ("events",), "generate": ("out",), "evaluate": ("events",)}
+REQUIRED = {"replay": ("events",), "train": ("events",), "generate": ("out",)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

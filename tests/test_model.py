@@ -269,7 +269,8 @@ def test_train_on_logs_of_any_span(tmp_path, n_events, duration_s, users, expect
 
 
 def test_table_period_and_split_follow_the_log() -> None:
-    from model_export.dataset import default_until, derive_table_period
+    from model_export.dataset import default_until
+    from udfs.timescales import derive_table_period
 
     day = 86400 * 1000
     assert derive_table_period(np.arange(0, 7 * day, 60_000)) == day  # a week, evenly: one day

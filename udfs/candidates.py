@@ -18,6 +18,7 @@ import msgpack
 
 from udfs.events import BEHAVIOR_INDEX, Event, Id
 from udfs.state import BEHAVIOR_WEIGHT, UserState
+from udfs.timescales import derive_covisit_window_ms, derive_popularity_half_life_ms
 
 # Sources a candidate can come from (bit flags, also model features).
 SRC_COVISIT, SRC_RECENT, SRC_CATEGORY, SRC_TRENDING = 1, 2, 4, 8
@@ -64,15 +65,19 @@ def build_tables(
     events: Iterable[Event],
     *,
     window: int = 5,
-    window_ms: int = 3600 * 1000,
+    window_ms: int | None = None,
     per_item: int = 50,
     trending_size: int = 200,
     per_category: int = 50,
-    popularity_half_life_ms: int = 2 * 86400 * 1000,
+    popularity_half_life_ms: int | None = None,
 ) -> CandidateTables:
     """Co-visitation: item b counts for item a when the same user touched b
     within ``window`` events and ``window_ms`` after a; weighted by b's behavior.
-    Popularity decays towards the end of the log so 'trending' means recent."""
+    Popularity decays towards the end of the log so 'trending' means recent.
+
+    ``window_ms`` and ``popularity_half_life_ms`` default to the log's own scales
+    (:mod:`udfs.timescales`); training derives them once and passes them to every
+    point-in-time table, so all of them use the same scales."""
     by_user: dict[Id, list[Event]] = defaultdict(list)
     items: list[Event] = []
     for e in events:
@@ -80,6 +85,10 @@ def build_tables(
         items.append(e)
     if not items:
         return CandidateTables()
+    if window_ms is None:
+        window_ms = derive_covisit_window_ms(items)
+    if popularity_half_life_ms is None:
+        popularity_half_life_ms = derive_popularity_half_life_ms(items)
     end_ts = max(e.ts for e in items)
     pop: dict[Id, float] = defaultdict(float)
     item_cat: dict[Id, Id] = {}

@@ -1,0 +1,240 @@
+"""The development matrix: every log, every ranker, several seeds, one table.
+
+For each log (every ``*.csv`` under the data folder, in the Taobao layout
+``user,item,category,behavior,ts`` that all the shared logs use):
+
+1. split at the median event (the time of event ``n // 2`` of the sorted log);
+2. per seed, train on the first half with the defaults of
+   :func:`model_export.train.train_model` (the same code and settings for every log);
+3. score the second half prequentially (:func:`streamrec.evaluation.prequential.prequential`):
+   the ``model`` lists come from the bounded job (``use_job``) or from its
+   pure-Python replay, the baselines re-rank the same candidates.
+
+The report gives, per log x ranker x metric, the mean and spread (sample
+standard deviation, min and max) over seeds, and per log whether the model's
+mean beats the best baseline's mean on each metric of :data:`WIN_METRICS`.
+Baselines do not depend on the seed (the candidates and tables come from the
+log alone), so their spread is zero unless the training part changes.
+
+``streamrec evaluate --matrix`` and ``make eval-matrix`` call :func:`run_matrix`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.layout import PROJECT_ROOT
+from streamrec.evaluation.prequential import prequential
+from udfs.events import Event
+from udfs.logs import load_events
+
+log = logging.getLogger(__name__)
+
+METRICS = ("ndcg@10", "hr@10", "novel_hr@10", "coverage@10")
+WIN_METRICS = ("ndcg@10", "novel_hr@10")
+RANKERS = ("trending", "recent", "covisit", "covisit+recent", "generator", "model")
+LOG_FORMAT = "userbehavior"
+JSON_FILE = "matrix.json"
+PNG_FILE = "matrix.png"
+TABLE_FILE = "matrix.md"
+# Where the project's development logs live: ``shared/data`` beside the checkout.
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
+
+# (events, until_ms, out_dir, seed) -> artifact directory
+Trainer = Callable[[Sequence[Event], int, Path, int], Path]
+
+
+@dataclass(frozen=True)
+class DevLog:
+    name: str
+    path: Path
+
+
+def discover_logs(data_dir: str | Path) -> list[DevLog]:
+    """Every ``*.csv`` under ``data_dir`` (recursively), named by its path below it without suffix."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root}: no such folder (the development logs, e.g. ../shared/data)")
+    logs = [DevLog(p.relative_to(root).with_suffix("").as_posix(), p) for p in sorted(root.rglob("*.csv"))]
+    if not logs:
+        raise FileNotFoundError(f"--data {root}: no *.csv log below it")
+    return logs
+
+
+def median_until(events: Sequence[Event]) -> int:
+    """The split: the time of the median event of the time-sorted log. Events at that
+    time or later are held out, so at most half the log trains."""
+    if len(events) < 2:
+        raise ValueError(f"a log of {len(events)} events cannot be split")
+    return int(events[len(events) // 2].ts)
+
+
+def default_trainer(events: Sequence[Event], until_ms: int, out_dir: Path, seed: int) -> Path:
+    from model_export.train import train_model  # lazy: torch (the [train] extra) takes ~6 s to import
+
+    return train_model(events, until_ms=until_ms, out_dir=out_dir, seed=seed, progress=False)
+
+
+def run_log(dev: DevLog, seeds: Sequence[int], work: Path, *, trainer: Trainer = default_trainer,
+            use_job: bool = True, provider: str = "cpu") -> dict[str, Any]:
+    """Train and score one log once per seed; returns its raw per-seed results."""
+    t0 = time.perf_counter()
+    events = load_events(dev.path, LOG_FORMAT, sort=True)
+    until = median_until(events)
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        t = time.perf_counter()
+        art = trainer(events, until, work / dev.name / f"seed{seed}", seed)
+        t_train = time.perf_counter() - t
+        res = prequential(events, art, since_ms=until, provider=provider, workdir=work, use_job=use_job)
+        runs.append({"seed": seed, "artifact": str(art), "seconds_train": round(t_train, 2),
+                     "seconds_score": round(time.perf_counter() - t - t_train, 2), **res})
+        log.info("%s seed %d: model ndcg@10 %.4f novel_hr@10 %.4f (%.0f s)", dev.name, seed,
+                 res["rankers"]["model"]["ndcg@10"], res["rankers"]["model"]["novel_hr@10"],
+                 time.perf_counter() - t)
+    return {"name": dev.name, "path": str(dev.path), "events": len(events), "until_ms": until,
+            "users": len({e.user_id for e in events}), "runs": runs,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def summarize(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Per ranker and metric: mean and spread over the log's seeds; wins on :data:`WIN_METRICS`."""
+    runs = raw["runs"]
+    table = {r: {m: spread([run["rankers"][r][m] for run in runs]) for m in METRICS} for r in RANKERS}
+    wins: dict[str, Any] = {}
+    for m in WIN_METRICS:
+        best = max((r for r in RANKERS if r != "model"), key=lambda r: table[r][m]["mean"])
+        model, base = table["model"][m]["mean"], table[best][m]["mean"]
+        wins[m] = {"best_baseline": best, "baseline": base, "model": model, "win": bool(model > base),
+                   "ratio": model / base if base > 0 else math.inf}
+    extra = {k: spread([run[k] for run in runs]) for k in
+             ("candidate_recall", "novel_candidate_recall", "seconds_train", "seconds_score")}
+    return {"rankers": table, "wins": wins, "requests": runs[0]["requests"] if runs else 0,
+            "novel_requests": runs[0]["novel_requests"] if runs else 0, **extra}
+
+
+def run_matrix(data_dir: str | Path, out_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2),
+               logs: Sequence[str] | None = None, trainer: Trainer = default_trainer,
+               use_job: bool = True, provider: str = "cpu") -> dict[str, Any]:
+    """Run every log (or the ``logs`` named) x ``seeds``; write JSON, a Markdown table and a plot."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    devs = discover_logs(data_dir)
+    if logs:
+        unknown = sorted(set(logs) - {d.name for d in devs})
+        if unknown:
+            raise ValueError(f"--logs: {unknown} not under {data_dir} (have {[d.name for d in devs]})")
+        devs = [d for d in devs if d.name in set(logs)]
+    report: dict[str, Any] = {"data_dir": str(Path(data_dir).resolve()), "seeds": list(seeds),
+                              "model_source": "job" if use_job else "replay", "split": "median event",
+                              "logs": {}}
+    for dev in devs:
+        raw = run_log(dev, seeds, work, trainer=trainer, use_job=use_job, provider=provider)
+        report["logs"][dev.name] = {"data": {k: raw[k] for k in ("path", "events", "users", "until_ms")},
+                                    "summary": summarize(raw), "runs": raw["runs"], "seconds": raw["seconds"]}
+    report["seconds_total"] = round(time.perf_counter() - t0, 2)
+    report = _json_safe(report)
+    (out / JSON_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
+    (out / TABLE_FILE).write_text(format_matrix(report) + "\n")
+    plot_matrix(report, out / PNG_FILE)
+    return report
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _cell(s: Mapping[str, Any]) -> str:
+    mean, std = s.get("mean"), s.get("std")
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4f} ± {std:.4f}" if std else f"{mean:.4f}"
+
+
+def format_matrix(report: Mapping[str, Any]) -> str:
+    """One Markdown table (log x ranker rows, metric columns, mean ± sample std over seeds), the
+    model's row marked per win metric (WIN / loss against the best baseline), and a wins summary."""
+    head = "| log | ranker | " + " | ".join(METRICS) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(METRICS)]
+    for name, entry in report["logs"].items():
+        s = entry["summary"]
+        for r in RANKERS:
+            cells = []
+            for m in METRICS:
+                c = _cell(s["rankers"][r][m])
+                if r == "model" and m in s["wins"]:
+                    c += " **WIN**" if s["wins"][m]["win"] else " loss"
+                cells.append(c)
+            lines.append(f"| {name} | {r} | " + " | ".join(cells) + " |")
+    lines += ["", "| log | requests (novel) | candidate recall (novel) | " +
+              " | ".join(f"{m}: model vs best baseline" for m in WIN_METRICS) + " |",
+              "|---|---:|---:|" + "---|" * len(WIN_METRICS)]
+    for name, entry in report["logs"].items():
+        s = entry["summary"]
+        cells = []
+        for m in WIN_METRICS:
+            w = s["wins"][m]
+            cells.append(f"{'WIN' if w['win'] else 'loss'} {w['model']:.4f} vs {w['baseline']:.4f} "
+                         f"({w['best_baseline']})")
+        lines.append(f"| {name} | {s['requests']} ({s['novel_requests']}) | "
+                     f"{s['candidate_recall']['mean']:.4f} ({s['novel_candidate_recall']['mean']:.4f}) | "
+                     + " | ".join(cells) + " |")
+    n_win = sum(w["win"] for e in report["logs"].values() for w in e["summary"]["wins"].values())
+    n_all = sum(len(e["summary"]["wins"]) for e in report["logs"].values())
+    lines += ["", f"model wins {n_win} of {n_all} (log, metric) cells; seeds {report['seeds']}, model lists "
+              f"from the {report['model_source']}; {report.get('seconds_total', 0):.0f} s in all"]
+    return "\n".join(lines)
+
+
+def plot_matrix(report: Mapping[str, Any], path: str | Path) -> Path:
+    """One panel per win metric: grouped bars (log x ranker), error bars = sample std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(report["logs"])
+    fig, axes = plt.subplots(len(WIN_METRICS), 1, figsize=(max(7.0, 2.2 * len(names)), 4.2 * len(WIN_METRICS)),
+                             squeeze=False)
+    w = 0.8 / len(RANKERS)
+    x = np.arange(len(names))
+    for ax, m in zip(axes[:, 0], WIN_METRICS, strict=True):
+        for j, r in enumerate(RANKERS):
+            cells = [report["logs"][n]["summary"]["rankers"][r][m] for n in names]
+            mean = [c["mean"] or 0.0 for c in cells]
+            err = [c["std"] or 0.0 for c in cells]
+            ax.bar(x + (j - (len(RANKERS) - 1) / 2) * w, mean, w, yerr=err, label=r, capsize=2,
+                   hatch="//" if r == "model" else None)
+        ax.set_xticks(x, names, rotation=15, ha="right")
+        ax.set_ylabel(m)
+        ax.set_title(f"{m}, mean over seeds {report['seeds']}")
+        ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
