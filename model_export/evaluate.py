@@ -47,9 +47,8 @@ def _keys_covisit(dense: np.ndarray, pos: np.ndarray) -> list[np.ndarray]:
 
 
 def _recency(dense: np.ndarray) -> np.ndarray:
-    # last_touch_gap is 1.0 for untouched items; touched ones get 1 - gap in (0, 1].
-    touched = dense[:, _F["in_history"]] > 0
-    return np.where(touched, 2.0 - dense[:, _F["last_touch_gap"]], 0.0)
+    # recency_rank: 1 for the latest distinct item touched, 1/2 for the one before, ...; 0 untouched.
+    return dense[:, _F["recency_rank"]]
 
 
 def _keys_recent(dense: np.ndarray, pos: np.ndarray) -> list[np.ndarray]:

@@ -53,6 +53,10 @@ DENSE_FEATURES: tuple[str, ...] = (
     "covisit_rank",
     "covisit_share",
     "category_in_recent",
+    "recency_rank",
+    "user_repeat_ratio",
+    "trigger_gap",
+    "log_distinct_touched",
 )
 # How many of the latest events "category_in_recent" looks at.
 RECENT_CATEGORY_EVENTS = 5
@@ -124,7 +128,9 @@ def build_batch(
         last_touch: dict[Id, int] = {}
         touch_count: dict[Id, int] = {}
         max_beh: dict[Id, int] = {}
+        repeats = 0
         for ts, item, _cat, beh in seq:
+            repeats += item in last_touch
             last_touch[item] = ts
             touch_count[item] = touch_count.get(item, 0) + 1
             if beh > max_beh.get(item, -1):
@@ -172,6 +178,15 @@ def build_batch(
         d[:, 17] = [0.0 if c is None else 1.0 / (1.0 + bisect.bisect_left(neg_sorted, -c)) for c in cov_of]
         d[:, 18] = [0.0 if c is None else c / cov_total for c in cov_of]
         d[:, 19] = [c in recent_cats for c in cats]
+        # Exact recency order of touched items (the gap buckets above tie within a bucket):
+        # 1 for the latest distinct item, 1/2 for the one before, ...; 0 untouched.
+        rank = {item: r for r, item in enumerate(sorted(last_touch, key=lambda i: -last_touch[i]))}
+        d[:, 20] = [1.0 / (1.0 + rank[i]) if i in rank else 0.0 for i in items]
+        # Per shopper, so the model can learn when a repeat or a new item is likelier:
+        # the share of their events that re-touched an item, the gap since the previous event.
+        d[:, 21] = repeats / (len(seq) - 1) if len(seq) > 1 else 0.0
+        d[:, 22] = gap_bucket(now - seq[-2][0]) / (N_GAP_BUCKETS - 1) if len(seq) > 1 else 1.0
+        d[:, 23] = math.log1p(len(last_touch))
         row = end
     return {
         "hist_item": hist[0],
