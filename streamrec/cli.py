@@ -21,10 +21,10 @@ from streamrec.benchmark.scale import ScaleBench, ScaleSettings
 from streamrec.benchmark.scale import markdown as scale_markdown
 from streamrec.demo import run_demo
 from streamrec.evaluation.evaluate import evaluate, format_table
+from streamrec.evaluation.matrix import DEFAULT_DATA_DIR, format_matrix, run_matrix
 from streamrec.evaluation.matrix import JSON_FILE as MATRIX_JSON
 from streamrec.evaluation.matrix import PNG_FILE as MATRIX_PNG
 from streamrec.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
-from streamrec.evaluation.matrix import DEFAULT_DATA_DIR, format_matrix, run_matrix
 from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, replay
 from streamrec.local import kafka as kafka_local
