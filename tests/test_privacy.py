@@ -173,3 +173,15 @@ def test_cli_pseudonym_without_a_key_source_says_where_to_put_it(capsys, monkeyp
         monkeypatch.delenv(name, raising=False)
     assert cli_main(["pseudonym", "42"]) == 2
     assert "privacy.key_file or privacy.key_env" in capsys.readouterr().err
+
+
+def test_the_job_client_reads_the_key_before_it_starts_and_pins_its_path(tmp_path, monkeypatch):
+    from jobs.entry import checked_privacy
+
+    monkeypatch.chdir(tmp_path)
+    _key_file(tmp_path, b"too-short\n")
+    on = {env_var("privacy", "pseudonymize"): "true", env_var("privacy", "key_file"): "pseudonym.key"}
+    with pytest.raises(ConfigError, match=r"privacy.key_file \(pseudonym.key\): the pseudonym key has 9 bytes"):
+        checked_privacy(load_config(environ=on))
+    _key_file(tmp_path, KEY)
+    assert checked_privacy(load_config(environ=on)).privacy.key_file == str(tmp_path / "pseudonym.key")
