@@ -25,6 +25,7 @@ from udfs.artifact import verify_manifest
 from udfs.config import ENV_PREFIX, Config
 from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.logs import load_events
+from udfs.privacy import load_key
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,20 @@ def absolute_artifact(config: Config) -> Config:
     return config.model_copy(update={"ranking": ranking})
 
 
+def checked_privacy(config: Config) -> Config:
+    """With ``privacy.pseudonymize``: read the key once in the client, so a missing or short key stops
+    the start naming its source (workers read it again at open()), log its key id, pin the key file's path."""
+    privacy = config.privacy
+    if not privacy.pseudonymize:
+        return config
+    key = load_key(privacy)
+    log.info("pseudonymous user ids: key %s from %s", key.key_id, key.source)
+    if not privacy.key_file:
+        return config
+    pinned = privacy.model_copy(update={"key_file": str(Path(privacy.key_file).resolve())})
+    return config.model_copy(update={"privacy": pinned})
+
+
 def pinned_resume(config: Config) -> Config:
     """Resolve ``job.resume_from`` (``latest`` scans the checkpoint folder) once, in the client,
     so the log line and the Flink setting name the same checkpoint; logs where state goes."""
@@ -70,7 +85,7 @@ def run_job(config: Config, source: Endpoint, sink: Endpoint,
 
     ``recommend`` (a RecommendFunction subclass instance) is for fault-injection tests.
     """
-    config = pinned_resume(absolute_artifact(config))
+    config = pinned_resume(checked_privacy(absolute_artifact(config)))
     env = create_environment(config)
     if source.kind == "kafka":
         src: CollectionSource | KafkaEventSource = KafkaEventSource(config)

@@ -3,7 +3,7 @@
 Element shapes between operators:
 - raw input: Row(topic, partition, offset, timestamp, value: bytes)
 - keyed input (EventEnvelope.java): Row(topic, partition, offset, timestamp, event_ts, value),
-  keyed by the user id as a string
+  keyed by the user id as a string (its pseudonym with ``privacy.pseudonymize``)
 - outputs (recommendations, dead letters, late events): Row(key: str, value: bytes)
 """
 
@@ -21,6 +21,7 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.metrics import BatchedCounters
+from udfs.privacy import load_key
 from udfs.records import dead_letter_record, late_event_record
 from udfs.runtime import build_recommender, freeze_loaded_objects
 from udfs.state import UserState
@@ -43,8 +44,8 @@ COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_du
 
 
 def dead_letter(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
-                timestamp: int | None) -> Row:
-    return Row(*dead_letter_record(error, topic, partition, offset, timestamp))
+                timestamp: int | None, redact: bool = False) -> Row:
+    return Row(*dead_letter_record(error, topic, partition, offset, timestamp, redact))
 
 
 def late_record(event: Event, watermark: int, lateness_ms: int) -> Row:
@@ -98,6 +99,13 @@ class RecommendFunction(KeyedProcessFunction):
         self.max_future_skew_ms = cfg.job.max_future_skew_ms
         self.since_ms = cfg.job.since_ms
         self.max_state_bytes = cfg.state.max_bytes
+        self.pseudonym = None
+        if cfg.privacy.pseudonymize:
+            # Read here, in the worker, never carried in the pickled function (see udfs/privacy.py).
+            key = load_key(cfg.privacy)
+            self.pseudonym = key.pseudonym
+            log.warning("streamrec pseudonymous user ids: key %s from %s", key.key_id, key.source)
+        self.redact_dead_letters = cfg.privacy.redact_dead_letters
         choice = self.recommender.provider
         log.warning("streamrec ranker provider: %s%s", choice.provider if choice else "none",
                     f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")
@@ -110,7 +118,7 @@ class RecommendFunction(KeyedProcessFunction):
             self._flush_metrics()
         raw = as_bytes(value[5])
         # A ts beyond now + skew is a dead letter here and got no event time in the envelope.
-        result = decode_event(raw, max_event_ts(self.max_future_skew_ms))
+        result = decode_event(raw, max_event_ts(self.max_future_skew_ms), self.pseudonym)
         key = ctx.get_current_key()
         if isinstance(result, DecodeError) or str(result.user_id) != key:
             # A key the envelope could not read means Python cannot decode it either;
@@ -118,7 +126,7 @@ class RecommendFunction(KeyedProcessFunction):
             error = result if isinstance(result, DecodeError) else DecodeError(
                 f"key_mismatch: envelope key {key!r} != user_id", raw)
             self.metrics.inc("events_dead_lettered")
-            yield DLQ_TAG, dead_letter(error, value[0], value[1], value[2], value[3])
+            yield DLQ_TAG, dead_letter(error, value[0], value[1], value[2], value[3], self.redact_dead_letters)
             return
         self.metrics.inc("events_accepted")
         event = result

@@ -141,7 +141,8 @@ def key_by_user(raw: DataStream, config: Config, event_time_in_source: bool) -> 
     The keyed function is the only Python an event meets: a Python decode, timestamp
     assigner and key selector before the shuffle cost three JVM/Python crossings and
     a pickle round trip per event, and took the GIL from the keyed function in thread
-    mode. ``EventEnvelope`` reads just the user id and event time (none for a ts beyond
+    mode. ``EventEnvelope`` reads just the user id (keying by its pseudonym with
+    ``privacy.pseudonymize``) and event time (none for a ts beyond
     wall-clock now + ``job.max_future_skew_ms``, as Python rejects it); the element layout
     is the one PyFlink's own ``key_by`` produces, Row(key, value). A source that assigns
     event time itself (Kafka, per partition) keeps its timestamps and watermarks; any
@@ -149,7 +150,11 @@ def key_by_user(raw: DataStream, config: Config, event_time_in_source: bool) -> 
     """
     jvm = get_gateway().jvm
     envelope = jvm.io.streamrec.flink.EventEnvelope
-    timed = raw._j_data_stream.map(envelope(config.job.max_future_skew_ms)).name("envelope").uid("envelope")
+    privacy = config.privacy
+    # Only where the key lives goes into the graph; each envelope reads the key at open().
+    pseudonyms = jvm.io.streamrec.flink.Pseudonyms(privacy.key_file, privacy.key_env) if privacy.pseudonymize else None
+    timed = (raw._j_data_stream.map(envelope(config.job.max_future_skew_ms, pseudonyms))
+             .name("envelope").uid("envelope"))
     if not event_time_in_source:
         timed = (
             timed.assignTimestampsAndWatermarks(envelope.watermarks(config.job.out_of_orderness_ms))

@@ -33,6 +33,7 @@ from udfs.config import ENV_PREFIX, ConfigError
 from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.kafka_security import python_client_options
 from udfs.logs import FORMATS, TS_UNITS, CsvLayout, load_events, write_events_msgpack, write_userbehavior_csv
+from udfs.privacy import load_key
 
 # --- logs --------------------------------------------------------------------------------------
 
@@ -118,6 +119,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     n = write_userbehavior_csv(events, out) if out.suffix == ".csv" else write_events_msgpack(events, out)
     print(json.dumps({"events": n, "out": str(out)}))
+    return 0
+
+
+def cmd_pseudonym(args: argparse.Namespace) -> int:
+    """One pseudonym per line, in the order given: the Kafka key and user_id of that shopper's lists."""
+    key = load_key(config_from_args(args).privacy)
+    for user_id in args.ids:
+        print(key.pseudonym(user_id))
     return 0
 
 
@@ -263,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--duration-s", f"{ENV_PREFIX}GENERATE_DURATION_S", "span of the log", default=str(3 * 86400))
     add_flag(p, "--seed", f"{ENV_PREFIX}GENERATE_SEED", "random seed", default="7")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("pseudonym", help="a shopper's pseudonym (privacy.pseudonymize): the key of their lists")
+    p.add_argument("ids", nargs="+", metavar="ID", help="user ids as the shop knows them ('42' and 42 are one)")
+    add_config_flags(p, ["--key-file", "--key-env"])
+    p.set_defaults(func=cmd_pseudonym)
 
     p = sub.add_parser("train", help="train, evaluate and export the ranking model")
     add_flag(p, "--events", f"{ENV_PREFIX}TRAIN_EVENTS", "events file", required=False)

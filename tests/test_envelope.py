@@ -20,6 +20,7 @@ from tests.job_fixtures import generated_log
 from tests.poison import EXTRA_KINDS, KINDS, poison_records
 from udfs.config import load_config
 from udfs.events import MAX_TS_MS, DecodeError, Event, decode_event, encode_event, max_event_ts
+from udfs.privacy import pseudonym
 
 pytestmark = pytest.mark.flink
 
@@ -154,3 +155,56 @@ def test_a_repeated_key_means_what_python_says(peek):
     event = decode_event(raw)
     assert isinstance(event, Event) and event.user_id == "later"
     assert peek(raw) == ("later", 9)
+
+
+# --------------------------------------------------------------------------- pseudonyms (privacy.pseudonymize)
+
+PSEUDONYM_KEY = b"0123456789abcdef0123456789abcdef-envelope"
+
+
+@pytest.fixture(scope="module")
+def pseudonymous_key_of(envelope, tmp_path_factory):
+    """The job's envelope with privacy.pseudonymize, key read from a file at open(): raw record -> key."""
+    from pyflink.java_gateway import get_gateway
+
+    gateway = get_gateway()
+    path = tmp_path_factory.mktemp("key") / "pseudonym.key"
+    path.write_bytes(PSEUDONYM_KEY + b"\r\n")
+    job_envelope = envelope(SKEW_MS, gateway.jvm.io.streamrec.flink.Pseudonyms(str(path), ""))
+    job_envelope.open(None)
+
+    def key_of(raw: bytes) -> str:
+        fields = gateway.new_array(gateway.jvm.Object, 5)
+        fields[0], fields[4] = "in", raw
+        return job_envelope.map(gateway.jvm.org.apache.flink.types.Row.of(fields)).getField(0)
+
+    return key_of
+
+
+@pytest.mark.parametrize("vector", ACCEPTED, ids=[v.note for v in ACCEPTED])
+def test_pseudonymous_envelope_keys_by_the_pseudonym_python_gives(pseudonymous_key_of, vector):
+    raw = msgpack.packb({**GOOD, "user_id": vector.raw})
+    event = decode_event(raw, pseudonym=lambda user: pseudonym(user, PSEUDONYM_KEY))
+    assert isinstance(event, Event)
+    assert pseudonymous_key_of(raw) == event.user_id == pseudonym(vector.raw, PSEUDONYM_KEY)
+
+
+def test_pseudonymous_envelope_leaves_unreadable_ids_unkeyed(pseudonymous_key_of):
+    for vector in REJECTED:
+        assert pseudonymous_key_of(msgpack.packb({**GOOD, "user_id": vector.raw})) == "", vector.note
+
+
+def test_the_jvm_reads_the_key_as_python_does_and_names_the_source_not_the_key(envelope, tmp_path):
+    from py4j.protocol import Py4JJavaError
+    from pyflink.java_gateway import get_gateway
+
+    pseudonyms = get_gateway().jvm.io.streamrec.flink.Pseudonyms
+    path = tmp_path / "k"
+    path.write_bytes(PSEUDONYM_KEY + b" \t\n")
+    assert bytes(pseudonyms.loadKey(str(path), "")) == PSEUDONYM_KEY
+    path.write_bytes(b"short-secret\n")
+    with pytest.raises(Py4JJavaError) as err:
+        pseudonyms.loadKey(str(path), "")
+    message = str(err.value.java_exception.getMessage())
+    assert f"privacy.key_file ({path})" in message and "12 bytes, at least 32" in message
+    assert "short-secret" not in message

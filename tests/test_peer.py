@@ -19,8 +19,9 @@ from streamrec.benchmark.peer import Batcher, run_peer
 from streamrec.kafka_io import consume, replay
 from tests.job_fixtures import generated_log
 from tests.test_job_kafka import POISON
-from udfs.config import Config, load_config
+from udfs.config import Config, PrivacyConfig, load_config
 from udfs.events import Event
+from udfs.privacy import load_key
 from udfs.recommend import Recommender
 from udfs.runtime import build_recommender
 from udfs.state import UserState
@@ -269,3 +270,30 @@ def test_peer_end_to_end_same_lists_as_the_job_logic(kafka_broker, peer_config, 
     resumed = peer_config.model_copy(update={"kafka": k.model_copy(update={"starting_offsets": "committed"})})
     again = run_peer(resumed, idle_timeout_s=2)
     assert again.records == 0 and again.polls == 0
+
+
+@pytest.mark.kafka
+def test_pseudonymous_peer_keys_lists_by_pseudonym_and_redacts_dead_letters(kafka_broker, peer_config, tmp_path):
+    key_file = tmp_path / "pseudonym.key"
+    key_file.write_text("peer-test-key-" + "k" * 32 + "\n")
+    privacy = PrivacyConfig(pseudonymize=True, key_file=str(key_file))
+    config = peer_config.model_copy(update={"privacy": privacy})
+    k = config.kafka
+    events = generated_log(80, seed=2)
+    replay(events, kafka_broker.bootstrap, k.input_topic)
+    prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    for raw in POISON:
+        prod.send(k.input_topic, raw)
+    prod.flush()
+    prod.close()
+
+    stats = run_peer(config, max_events=len(events) + len(POISON), idle_timeout_s=20)
+
+    key = load_key(privacy)
+    out = list(consume(kafka_broker.bootstrap, k.output_topic, timeout_s=2))
+    assert len(out) == stats.emitted > 0
+    assert {r.key.decode() for r in out} == {key.pseudonym(e.user_id) for e in events}
+    assert all(r.value["user_id"] == r.key.decode() for r in out)
+    dlq = list(consume(kafka_broker.bootstrap, k.dlq_topic, timeout_s=2))
+    assert len(dlq) == len(POISON)
+    assert all(d.value["raw"] == b"" and d.value["raw_redacted"] and ": " not in d.value["reason"] for d in dlq)

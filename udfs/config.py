@@ -205,11 +205,49 @@ class RankingConfig(_Section):
     """Last list slots kept for in-stream hits the model has never seen (it cannot rank them yet; 0 = none)."""
 
 
+class PrivacyConfig(_Section):
+    pseudonymize: bool = False
+    """Replace user ids by HMAC-SHA256(key, id) where they are read: state, outputs, late and dead-letter topics
+    and logs then hold no raw user id (`streamrec pseudonym ID` gives the storefront the same key)."""
+    key_file: str = ""
+    """File holding the pseudonym key (at least 32 bytes; trailing whitespace ignored); never put the key itself
+    in the config."""
+    key_env: str = ""
+    """Name of an environment variable holding the pseudonym key (instead of key_file)."""
+    keep_raw_dead_letters: bool = False
+    """With pseudonymize: dead letters keep the raw bytes (which hold the raw user id) and the full reason; off,
+    only the reason code and the length."""
+
+    @property
+    def redact_dead_letters(self) -> bool:
+        """Dead letters lose raw bytes and reason detail: pseudonymous and not told to keep them."""
+        return self.pseudonymize and not self.keep_raw_dead_letters
+
+    @model_validator(mode="after")
+    def _key_source(self, info: ValidationInfo) -> PrivacyConfig:
+        """Fail at start, naming the key: where the key lives is checked here, the key when the job starts."""
+        if self.key_file and self.key_env:
+            raise ValueError("privacy.key_file and privacy.key_env are both set: name one source of the key")
+        if not self.pseudonymize:
+            return self
+        if not (self.key_file or self.key_env):
+            raise ValueError("privacy.pseudonymize needs privacy.key_file or privacy.key_env (where the pseudonym "
+                             "key is read from)")
+        if self.key_file and not Path(self.key_file).is_file():
+            raise ValueError(f"privacy.key_file: file not found: {self.key_file}")
+        if self.key_env:
+            context = info.context if isinstance(info.context, Mapping) else {}
+            if self.key_env not in context.get("environ", os.environ):
+                raise ValueError(f"privacy.key_env: environment variable {self.key_env!r} is not set")
+        return self
+
+
 class Config(_Section):
     kafka: KafkaConfig = KafkaConfig()
     state: StateConfig = StateConfig()
     job: JobConfig = JobConfig()
     ranking: RankingConfig = RankingConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -239,6 +277,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "state": StateConfig,
     "job": JobConfig,
     "ranking": RankingConfig,
+    "privacy": PrivacyConfig,
 }
 
 
@@ -318,7 +357,7 @@ def _format_error(err: ValidationError, origin: str) -> str:
             lines.append(f"  {key}: {e['msg']}")
         elif _looks_secret(key):
             lines.append(f"  {key}: {e['msg']} (value hidden: keep secrets out of the config, "
-                         "see kafka.sasl_password_file and kafka.sasl_password_env)")
+                         "see kafka.sasl_password_file and privacy.key_file, or their _env forms)")
         else:
             lines.append(f"  {key}: {e['msg']} (got {value!r})")
     return "\n".join(lines)
@@ -327,6 +366,8 @@ def _format_error(err: ValidationError, origin: str) -> str:
 def _looks_secret(key: str) -> bool:
     """A key (say a stray ``kafka.sasl_password``) whose value must not be echoed in an error."""
     last = key.rsplit(".", 1)[-1].lower()
+    if last == "key" or last.endswith("_key"):  # a stray privacy.key or privacy.hmac_key
+        return True
     return (any(w in last for w in ("password", "secret", "token", "jaas"))
             and not last.endswith(("_file", "_env")))
 

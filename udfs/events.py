@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgpack
@@ -112,7 +113,8 @@ def max_event_ts(max_future_skew_ms: int) -> int:
     return time.time_ns() // 1_000_000 + max_future_skew_ms
 
 
-def _validate(obj: Any, raw: bytes, max_ts_ms: int | None) -> Event | DecodeError:
+def _validate(obj: Any, raw: bytes, max_ts_ms: int | None,
+              pseudonym: Callable[[Id], str] | None) -> Event | DecodeError:
     if not isinstance(obj, dict):
         return DecodeError(f"not_a_map: top level is {type(obj).__name__}", raw)
     for name in FIELDS:
@@ -137,15 +139,18 @@ def _validate(obj: Any, raw: bytes, max_ts_ms: int | None) -> Event | DecodeErro
     if max_ts_ms is not None and ts > max_ts_ms:
         return DecodeError(f"future_timestamp: ts {ts} is {ts - max_ts_ms} ms beyond now + job.max_future_skew_ms",
                            raw)
-    return Event(user, item, category, behavior, ts)
+    return Event(user if pseudonym is None else pseudonym(user), item, category, behavior, ts)
 
 
-def decode_event(raw: bytes, max_ts_ms: int | None = None) -> Event | DecodeError:
+def decode_event(raw: bytes, max_ts_ms: int | None = None,
+                 pseudonym: Callable[[Id], str] | None = None) -> Event | DecodeError:
     """Decode one msgpack record; limits stop hostile headers before allocation.
 
     Ids come back canonical (:func:`canonical_id`). ``max_ts_ms``: the latest event
     time accepted (the caller passes :func:`max_event_ts`, so this stays pure); a
     later ``ts`` is a ``future_timestamp`` dead letter. ``None``: no bound.
+    ``pseudonym``: replaces the user id of a valid event (``privacy.pseudonymize``,
+    :mod:`udfs.privacy`), here where it is first read, so no later stage sees the raw id.
     """
     if len(raw) > MAX_EVENT_BYTES:
         return DecodeError(f"too_large: {len(raw)} bytes > {MAX_EVENT_BYTES}", raw)
@@ -162,4 +167,4 @@ def decode_event(raw: bytes, max_ts_ms: int | None = None) -> Event | DecodeErro
         )
     except Exception as exc:  # msgpack raises many types; all mean "not our format"
         return DecodeError(f"not_msgpack: {type(exc).__name__}: {str(exc)[:120]}", raw)
-    return _validate(obj, raw, max_ts_ms)
+    return _validate(obj, raw, max_ts_ms, pseudonym)

@@ -29,6 +29,8 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--provider": ("ranking", "provider"),
     "--top-k": ("ranking", "top_k"),
     "--resume": ("job", "resume_from"),
+    "--key-file": ("privacy", "key_file"),
+    "--key-env": ("privacy", "key_env"),
 }
 
 # What a user can cause and fix (bad flags, config, paths, artifacts): a message and

@@ -10,6 +10,7 @@ import hashlib
 import msgpack
 
 from udfs.events import DecodeError, Event
+from udfs.privacy import redact_reason
 
 # A dead letter must fit the DLQ producer's default max.request.size (1 MiB): a
 # record the broker accepted on the input topic can be up to that size itself, and
@@ -20,8 +21,16 @@ MAX_DLQ_RAW_BYTES = 512 * 1024
 
 
 def dead_letter_record(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
-                       timestamp: int | None) -> tuple[str, bytes]:
-    """DLQ ``(key, value)``: the original bytes, where they came from and why."""
+                       timestamp: int | None, redact: bool = False) -> tuple[str, bytes]:
+    """DLQ ``(key, value)``: the original bytes, where they came from and why.
+
+    ``redact`` (``privacy.redact_dead_letters``): the raw bytes and the reason's detail
+    may hold the raw user id, so only the reason code, the coordinates and the length
+    are kept (``raw`` is empty, ``raw_redacted`` true; no hash: an unkeyed hash of a
+    record with guessable fields gives the id away).
+    """
+    if redact:
+        return _redacted_dead_letter(error, topic, partition, offset, timestamp)
     raw = error.raw
     body = {
         "reason": error.reason,
@@ -35,9 +44,19 @@ def dead_letter_record(error: DecodeError, topic: str | None, partition: int | N
     }
     if body["raw_truncated"]:
         body["raw_sha256"] = hashlib.sha256(raw).hexdigest()
-    value = msgpack.packb(body, use_bin_type=True)
-    key = f"{topic}:{partition}:{offset}" if offset is not None and offset >= 0 else (topic or "")
-    return key, value
+    return _dead_letter_key(topic, partition, offset), msgpack.packb(body, use_bin_type=True)
+
+
+def _redacted_dead_letter(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
+                          timestamp: int | None) -> tuple[str, bytes]:
+    body = {"reason": redact_reason(error.reason), "topic": topic, "partition": partition, "offset": offset,
+            "timestamp": timestamp, "raw": b"", "raw_len": len(error.raw), "raw_truncated": False,
+            "raw_redacted": True}
+    return _dead_letter_key(topic, partition, offset), msgpack.packb(body, use_bin_type=True)
+
+
+def _dead_letter_key(topic: str | None, partition: int | None, offset: int | None) -> str:
+    return f"{topic}:{partition}:{offset}" if offset is not None and offset >= 0 else (topic or "")
 
 
 def late_event_record(event: Event, watermark: int, lateness_ms: int) -> tuple[str, bytes]:

@@ -63,6 +63,7 @@ from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.features import UserRequest
 from udfs.kafka_security import python_client_options
+from udfs.privacy import load_key
 from udfs.recommend import Recommender
 from udfs.records import dead_letter_record, late_event_record
 from udfs.runtime import build_recommender, freeze_loaded_objects
@@ -341,6 +342,9 @@ def run_peer(
     else:
         log.info("peer ranker provider: %s", choice.provider if choice else "none")
     batcher = Batcher.from_config(recommender, config, on_repeat=on_repeat)
+    # privacy.pseudonymize: user ids replaced where decoded, dead letters redacted, as in the job.
+    pseudonym = load_key(config.privacy).pseudonym if config.privacy.pseudonymize else None
+    redact = config.privacy.redact_dead_letters
     stats = PeerStats(provider=choice.label if choice else "none")
     consumer = _open_consumer(config)
     prod = make_producer(k.bootstrap_servers, python_client_options(k))
@@ -370,10 +374,11 @@ def run_peer(
             for messages in polled.values():
                 for msg in messages:
                     consumed += 1
-                    result = decode_event(msg.value if msg.value is not None else b"", max_ts)
+                    result = decode_event(msg.value if msg.value is not None else b"", max_ts, pseudonym)
                     if isinstance(result, DecodeError):
                         stats.bad += 1
-                        key, value = dead_letter_record(result, msg.topic, msg.partition, msg.offset, msg.timestamp)
+                        key, value = dead_letter_record(result, msg.topic, msg.partition, msg.offset, msg.timestamp,
+                                                        redact)
                         futures.append(prod.send(dlq_topic, key=key.encode(), value=value))
                     else:
                         events.append(result)

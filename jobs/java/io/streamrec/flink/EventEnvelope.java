@@ -9,7 +9,8 @@ import java.util.Set;
 
 import org.apache.flink.api.common.eventtime.SerializableTimestampAssigner;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
-import org.apache.flink.api.common.functions.MapFunction;
+import org.apache.flink.api.common.functions.OpenContext;
+import org.apache.flink.api.common.functions.RichMapFunction;
 import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
@@ -35,8 +36,10 @@ import org.msgpack.value.ValueType;
  * <p>The key is the user id by the README's id rule, as Python's {@code
  * str(canonical_id(user_id))} spells it: decimal for an int64; for a string, its NFC form
  * (which is already the decimal of the int Python turns a canonical-int string into).
+ * With {@code privacy.pseudonymize} the key is that id's pseudonym ({@link Pseudonyms}),
+ * so the shuffle, the keyed state and everything downstream see only pseudonyms.
  */
-public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable<Row> {
+public class EventEnvelope extends RichMapFunction<Row, Row> implements ResultTypeQueryable<Row> {
     public static final String UNKEYED = "";
     public static final long NO_TIME = Long.MIN_VALUE;
     /** The same limits as udfs/events.py. */
@@ -61,20 +64,36 @@ public class EventEnvelope implements MapFunction<Row, Row>, ResultTypeQueryable
     public static final TypeInformation<Row> KEYED_TYPE = Types.ROW(Types.STRING, EVENT_TYPE);
 
     private final long maxFutureSkewMs;
+    /** null: keys are the user ids themselves. */
+    private final Pseudonyms pseudonyms;
 
     /** @param maxFutureSkewMs {@code job.max_future_skew_ms}: how far past wall-clock now a ts may be */
     public EventEnvelope(long maxFutureSkewMs) {
+        this(maxFutureSkewMs, null);
+    }
+
+    /** @param pseudonyms keys by pseudonym ({@code privacy.pseudonymize}); null keys by user id */
+    public EventEnvelope(long maxFutureSkewMs, Pseudonyms pseudonyms) {
         if (maxFutureSkewMs < 0) {
             throw new IllegalArgumentException("maxFutureSkewMs must be >= 0, got " + maxFutureSkewMs);
         }
         this.maxFutureSkewMs = maxFutureSkewMs;
+        this.pseudonyms = pseudonyms;
+    }
+
+    @Override
+    public void open(OpenContext context) throws Exception {
+        if (pseudonyms != null) {
+            pseudonyms.open();
+        }
     }
 
     @Override
     public Row map(Row raw) {
         byte[] value = (byte[]) raw.getField(4);
         Peeked p = peek(value);
-        return Row.of(p.key, Row.of(raw.getField(0), raw.getField(1), raw.getField(2), raw.getField(3), p.eventTs, value));
+        String key = pseudonyms == null || p.key.equals(UNKEYED) ? p.key : pseudonyms.apply(p.key);
+        return Row.of(key, Row.of(raw.getField(0), raw.getField(1), raw.getField(2), raw.getField(3), p.eventTs, value));
     }
 
     @Override
