@@ -19,8 +19,11 @@ def test_covisitation_counts_items_seen_after_each_other():
 
 
 def test_covisit_respects_time_window():
-    log = [Event(1, 10, 1, "pv", T0), Event(1, 11, 1, "pv", T0 + 2 * 3600 * 1000)]
+    # Shoppers mostly a second apart; one pair two hours apart falls outside the derived window.
+    log = seq(2, [20, 21, 22, 23]) + seq(3, [30, 31, 32, 33])
+    log += [Event(1, 10, 1, "pv", T0), Event(1, 11, 1, "pv", T0 + 2 * 3600 * 1000)]
     assert 11 not in dict(build_tables(log).covisit.get(10, []))
+    assert 11 in dict(build_tables(log, window_ms=3 * 3600 * 1000).covisit.get(10, []))
 
 
 def test_candidates_follow_covisit_and_exclude_bought():
