@@ -97,6 +97,9 @@ class TrainingData:
     vocab: Vocab
     train: ExampleSet
     eval: ExampleSet
+    validation: ExampleSet  # the validation slice's requests as served (empty without one)
+    validation_train: ExampleSet  # the same requests as training examples (not in ``train``)
+    validation_since_ms: int  # where the validation slice starts (``until_ms`` without one)
     until_ms: int
     table_period_ms: int | None
     covisit_window_ms: int
@@ -308,6 +311,8 @@ def build_training_data(
     min_count: int = 2,
     seed: int = 0,
     progress: bool = False,
+    validation_share: float = 0.0,
+    max_eval_requests: int | None = None,
 ) -> TrainingData:
     """Tables, vocabulary, training and evaluation examples (see module doc).
 
@@ -323,6 +328,16 @@ def build_training_data(
     training too; ``"auto"`` derives the period from the training part's span
     and density (:func:`derive_table_period`: one day on the Taobao sample,
     minutes on a log of hours, days or weeks on one of months).
+
+    ``validation_share``: the latest share of the training events forms a
+    validation slice inside the training part. Its requests go to
+    ``validation`` as the job would serve them (every candidate, nothing forced
+    in, the point-in-time tables) and, as training examples, to
+    ``validation_train`` instead of ``train``, so a choice made on them is made
+    on requests the model was not fitted to. The held-out part is never touched.
+
+    ``max_eval_requests``: keep only the first that many held-out requests (a caller
+    that scores the held-out part elsewhere needs a sample, for the export parity check).
     """
     from tqdm import tqdm
 
@@ -366,8 +381,14 @@ def build_training_data(
             t = prefix_tables[idx] = build_tables(evs[:idx], **scales)
         return t
 
+    if not 0.0 <= validation_share < 1.0:
+        raise ValueError(f"validation_share must be in [0, 1), not {validation_share}")
+    val_until = (train_events[min(len(train_events) - 1, int(len(train_events) * (1.0 - validation_share)))].ts
+                 if validation_share > 0 else until)
     samplers: dict[int, _PopularitySampler] = {}
     collectors: dict[int, _Collector] = {}
+    late: dict[int, _Collector] = {}
+    served: dict[int, _Collector] = {}
     evaluation = _Collector()
     it = replay_requests(evs, choose, limits, n_candidates)
     if progress:
@@ -378,17 +399,24 @@ def build_training_data(
         pos = next((i for i, item in enumerate(cands.items) if item == target), -1)
         novel = not p.touched
         if p.trigger.ts >= until:
+            if max_eval_requests is not None and len(evaluation.req) >= max_eval_requests:
+                continue
             evaluation.add(UserRequest(p.state, cands, p.trigger),
                            [1.0 if item == target else 0.0 for item in cands.items], novel, pos >= 0)
             continue
         if nxt.ts >= until:
             continue  # the label lies past the split: neither train nor eval
+        key = id(p.tables)
+        in_validation = p.trigger.ts >= val_until
+        if in_validation:
+            served.setdefault(key, _Collector()).add(
+                UserRequest(p.state, cands, p.trigger), [1.0 if item == target else 0.0 for item in cands.items],
+                novel, pos >= 0)
         if pos < 0 and not force_positive:
             continue
-        key = id(p.tables)
         if key not in samplers:
             samplers[key] = _PopularitySampler(p.tables, rng)
-            collectors[key] = _Collector()
+        sink = (late if in_validation else collectors).setdefault(key, _Collector())
         others = [i for i in range(len(cands.items)) if i != pos]
         if len(others) > hard_negatives:
             others = sorted(rng.choice(others, size=hard_negatives, replace=False).tolist())
@@ -405,12 +433,15 @@ def build_training_data(
             sub.categories.append(cat)
             sub.sources.append(0)
             sub.covisit.append(0.0)
-        collectors[key].add(UserRequest(p.state, sub, p.trigger),
-                            [1.0] + [0.0] * (len(sub.items) - 1), novel, pos >= 0)
+        sink.add(UserRequest(p.state, sub, p.trigger), [1.0] + [0.0] * (len(sub.items) - 1), novel, pos >= 0)
 
     by_id = {id(t): t for t in [tables, *prefix_tables.values()]}
-    parts = [c.build(vocab, by_id[k], seq_len) for k, c in collectors.items()]
-    train = concat_sets(parts) if parts else _Collector().build(vocab, tables, seq_len)
+
+    def build(groups: dict[int, _Collector]) -> ExampleSet:
+        parts = [c.build(vocab, by_id[k], seq_len) for k, c in groups.items()]
+        return concat_sets(parts) if parts else _Collector().build(vocab, tables, seq_len)
+
+    train = build(collectors)
     collectors.clear()
     ev = evaluation.build(vocab, tables, seq_len)
     return TrainingData(
@@ -418,6 +449,9 @@ def build_training_data(
         vocab=vocab,
         train=train,
         eval=ev,
+        validation=build(served),
+        validation_train=build(late),
+        validation_since_ms=val_until,
         until_ms=until,
         table_period_ms=period,
         covisit_window_ms=scales["window_ms"],

@@ -25,6 +25,7 @@ from udfs.features import DENSE_FEATURES, INPUT_NAMES, N_BEHAVIORS, N_GAP_BUCKET
 OUTPUT_NAME = "score"
 CHECKPOINT_FILE = "model.pt"  # the torch state dict beside the ONNX export, for variants and benchmarks
 MASK_FILL = -1e4
+IN_HISTORY = DENSE_FEATURES.index("in_history")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class DIN(nn.Module):
         self.dense_std: torch.Tensor
         self.register_buffer("dense_mean", torch.zeros(cfg.n_dense))
         self.register_buffer("dense_std", torch.ones(cfg.n_dense))
+        # Added to the score of every candidate the shopper has not touched: chosen after
+        # fitting, on a validation slice (model_export.tuning), 0 until then.
+        self.novelty_boost: torch.Tensor
+        self.register_buffer("novelty_boost", torch.zeros(()))
         layers: list[nn.Module] = []
         width = 4 * d + cfg.n_dense  # pooled, mean, query, query*pooled, dense
         for h in cfg.hidden:
@@ -124,7 +129,8 @@ class DIN(nn.Module):
         mean = torch.index_select(mean_user, 0, cand_user)  # attention-free context
         x = (dense - self.dense_mean) / self.dense_std
         z = torch.cat([pooled, mean, q, q * pooled, x], dim=-1)
-        return self.mlp(z).squeeze(-1)
+        untouched = (dense[:, IN_HISTORY] <= 0).to(dense.dtype)
+        return self.mlp(z).squeeze(-1) + self.novelty_boost * untouched
 
 
 def example_inputs(

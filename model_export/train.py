@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model_export.dataset import ExampleSet, build_training_data
+from model_export.dataset import ExampleSet, build_training_data, concat_sets
 from model_export.evaluate import evaluate, format_table
 from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig, export_onnx
 from model_export.onnx_io import onnx_session, onnx_signature, predict_onnx
+from model_export.tuning import choose_novelty_boost
 from model_export.variants import REL_TOL, order_changed
 from udfs.artifact import write_artifact
 from udfs.events import Event
@@ -254,6 +255,8 @@ def train_model(
     parity_requests: int = 2000,
     progress: bool = True,
     device: DeviceMode = "auto",
+    validation_share: float = 0.2,
+    held_out_metrics: bool = True,
 ) -> Path:
     """Build examples, train, export ONNX, check parity, evaluate and write the artifact.
 
@@ -263,7 +266,15 @@ def train_model(
     torch sees a GPU, else on the CPU; ``cuda`` without one raises ValueError
     (:func:`resolve_device`). ``table_period_ms="auto"`` derives the point-in-time
     table period from the log (:func:`udfs.timescales.derive_table_period`); the
-    manifest records the period used. Returns the artifact directory.
+    manifest records the period used.
+
+    ``validation_share`` > 0: the model is first fitted without the latest share of
+    the training events, the novelty boost is chosen on those requests
+    (:func:`model_export.tuning.choose_novelty_boost`), then the model is fitted
+    again on the whole training part and gets that boost. 0 fits once, boost 0.
+    ``held_out_metrics=False`` skips scoring the held-out part (the manifest's
+    ``metrics`` stay empty), for callers that score it themselves, as the
+    development matrix does through the job. Returns the artifact directory.
     """
     train_device = resolve_device(device, torch.cuda.is_available())
     gpu = torch.cuda.get_device_name(0) if train_device == "cuda" else None
@@ -276,8 +287,10 @@ def train_model(
         events, until_ms=until_ms, limits=limits, n_candidates=n_candidates, seq_len=seq_len,
         hard_negatives=hard_negatives, popularity_negatives=popularity_negatives,
         force_positive=force_positive, table_period_ms=table_period_ms, seed=seed, progress=progress,
+        validation_share=validation_share, max_eval_requests=None if held_out_metrics else parity_requests,
     )
-    tr, ev = data.train, data.eval
+    early, ev = data.train, data.eval
+    tr = concat_sets([early, data.validation_train]) if len(data.validation_train) else early
     if len(tr) == 0:
         raise ValueError(no_examples_message(data, table_period_ms))
     if len(ev) == 0:
@@ -290,9 +303,20 @@ def train_model(
 
     cfg = ModelConfig(n_items=data.vocab.n_items, n_categories=data.vocab.n_categories, dim=dim,
                       hidden=tuple(hidden))
-    model, history = fit(tr, cfg, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss,
-                         novel_weight=novel_weight, novel_share=novel_share, progress=progress,
-                         device=train_device)
+    fit_args: dict[str, Any] = {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss,
+                                "novel_weight": novel_weight, "novel_share": novel_share, "progress": progress,
+                                "device": train_device}
+    tuning: dict[str, Any] = {"boost": 0.0, "reason": "validation_share is 0"}
+    if len(data.validation) and len(early):
+        first, _ = fit(early, cfg, **fit_args)
+        tuning = choose_novelty_boost(data.validation, predict_torch(first, data.validation),
+                                      catalog_size=data.catalog_size)
+        log.info("novelty boost %.2f chosen on %d validation requests (min ratio to the best baselines %.3f)",
+                 tuning["boost"], tuning["requests"], tuning["min_ratio"])
+    elif validation_share > 0:
+        tuning = {"boost": 0.0, "reason": "the validation slice or the part before it has no request"}
+    model, history = fit(tr, cfg, **fit_args)
+    model.novelty_boost.fill_(float(tuning["boost"]))
     t_train = time.time() - t0 - t_data
 
     out = Path(out_dir)
@@ -307,10 +331,11 @@ def train_model(
         parity = check_parity(predict_torch(model, sample), predict_onnx(session, sample), sample)
         if parity["max_abs_diff"] >= 1e-4 or not parity["order_identical"]:
             raise RuntimeError(f"ONNX export parity failed: {parity}")
-        model_scores = predict_onnx(session, ev)
-        metrics = evaluate(ev, {"model": model_scores}, catalog_size=data.catalog_size)
-        if progress:
-            print(format_table(metrics))
+        metrics: dict[str, Any] = {}
+        if held_out_metrics:
+            metrics = evaluate(ev, {"model": predict_onnx(session, ev)}, catalog_size=data.catalog_size)
+            if progress:
+                print(format_table(metrics))
 
         sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
         manifest = {
@@ -325,8 +350,10 @@ def train_model(
                 "events": data.train_events,
                 "users": data.train_users,
                 "train_requests": len(tr),
+                "validation_since_ms": data.validation_since_ms,
+                "validation_requests": len(data.validation),
                 "train_rows": tr.n_rows,
-                "eval_requests": len(ev),
+                "eval_requests": len(ev) if held_out_metrics else None,
             },
             "metrics": metrics,
             "parity": parity,
@@ -344,7 +371,9 @@ def train_model(
                 if novel_weight is None else novel_weight,
                 "optimizer": "adam", "dim": dim, "hidden": list(hidden),
                 "state_limits": asdict(limits), "vocab_min_count": 2,
+                "validation_share": validation_share, "novelty_boost": float(tuning["boost"]),
             },
+            "tuning": tuning,
             "training": {"history": history, "seconds_data": round(t_data, 2),
                          "seconds_train": round(t_train, 2),
                          "seconds_total": round(time.time() - t0, 2),
