@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -305,8 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--provider", f"{ENV_PREFIX}EVAL_PROVIDER", "onnxruntime provider for the job", default="cpu",
              choices=["auto", "cuda", "cpu"])
     p.add_argument("--matrix", action="store_true",
+                   default=os.environ.get(f"{ENV_PREFIX}EVAL_MATRIX", "") in ("1", "true", "yes"),
                    help="the development matrix: every log under --data, split at its median event, "
-                        "trained per seed, scored prequentially; --events and --artifact are not used")
+                        f"trained per seed, scored prequentially; --events and --artifact are not used "
+                        f"[env: {ENV_PREFIX}EVAL_MATRIX=1]")
     add_flag(p, "--data", f"{ENV_PREFIX}EVAL_DATA", "with --matrix: folder of logs (*.csv, Taobao layout)",
              default=str(DEFAULT_DATA_DIR))
     add_flag(p, "--seeds", f"{ENV_PREFIX}EVAL_SEEDS", "with --matrix: comma-separated training seeds",

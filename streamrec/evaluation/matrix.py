@@ -6,9 +6,12 @@ For each log (every ``*.csv`` under the data folder, in the Taobao layout
 1. split at the median event (the time of event ``n // 2`` of the sorted log);
 2. per seed, train on the first half with the defaults of
    :func:`model_export.train.train_model` (the same code and settings for every log);
-3. score the second half prequentially (:func:`streamrec.evaluation.prequential.prequential`):
-   the ``model`` lists come from the bounded job (``use_job``) or from its
-   pure-Python replay, the baselines re-rank the same candidates.
+3. score the second half prequentially (:func:`streamrec.evaluation.prequential.prequential`),
+   once for all seeds: the first seed's ``model`` lists come from the bounded job
+   (``use_job``; the pure-Python replay's lists must equal them, ``scoring.consistency``
+   in the report), the other seeds' models re-rank the same replayed candidates, and the
+   baselines re-rank them by their rules. One job and one replay per log keep the
+   matrix of every shared log x 3 seeds within half an hour on 2 cores.
 
 The report gives, per log x ranker x metric, the mean and spread (sample
 standard deviation, min and max) over seeds, and per log whether the model's
@@ -80,28 +83,46 @@ def median_until(events: Sequence[Event]) -> int:
 def default_trainer(events: Sequence[Event], until_ms: int, out_dir: Path, seed: int) -> Path:
     from model_export.train import train_model  # lazy: torch (the [train] extra) takes ~6 s to import
 
-    return train_model(events, until_ms=until_ms, out_dir=out_dir, seed=seed, progress=False)
+    return train_model(events, until_ms=until_ms, out_dir=out_dir, seed=seed, progress=False,
+                       held_out_metrics=False)
 
 
 def run_log(dev: DevLog, seeds: Sequence[int], work: Path, *, trainer: Trainer = default_trainer,
             use_job: bool = True, provider: str = "cpu") -> dict[str, Any]:
-    """Train and score one log once per seed; returns its raw per-seed results."""
+    """Train once per seed, then score every seed's model on one replay of the log.
+
+    The first seed's lists come from the bounded job (``use_job``; the replay's must equal
+    them); the other seeds' models re-rank the same candidates in the replay (their
+    vocabulary and tables are the first's, :func:`~streamrec.evaluation.prequential.check_same_serving`).
+    The baselines do not depend on the seed and are scored once."""
     t0 = time.perf_counter()
     events = load_events(dev.path, LOG_FORMAT, sort=True)
     until = median_until(events)
-    runs: list[dict[str, Any]] = []
+    arts: list[Path] = []
+    train_s: list[float] = []
     for seed in seeds:
         t = time.perf_counter()
-        art = trainer(events, until, work / dev.name / f"seed{seed}", seed)
-        t_train = time.perf_counter() - t
-        res = prequential(events, art, since_ms=until, provider=provider, workdir=work, use_job=use_job)
-        runs.append({"seed": seed, "artifact": str(art), "seconds_train": round(t_train, 2),
-                     "seconds_score": round(time.perf_counter() - t - t_train, 2), **res})
-        log.info("%s seed %d: model ndcg@10 %.4f novel_hr@10 %.4f (%.0f s)", dev.name, seed,
-                 res["rankers"]["model"]["ndcg@10"], res["rankers"]["model"]["novel_hr@10"],
-                 time.perf_counter() - t)
+        arts.append(trainer(events, until, work / dev.name / f"seed{seed}", seed))
+        train_s.append(round(time.perf_counter() - t, 2))
+    t = time.perf_counter()
+    res = prequential(events, arts[0], since_ms=until, provider=provider, workdir=work, use_job=use_job,
+                      others=arts[1:])
+    score_s = round(time.perf_counter() - t, 2)
+    common = {k: res[k] for k in ("requests", "novel_requests", "candidate_recall", "novel_candidate_recall")}
+    baselines = {r: m for r, m in res["rankers"].items() if r != "model"}
+    runs = [{"seed": seeds[0], "artifact": str(arts[0]), "model_source": res["model_source"],
+             "rankers": res["rankers"], **common}]
+    for seed, art in zip(seeds[1:], arts[1:], strict=True):
+        runs.append({"seed": seed, "artifact": str(art), "model_source": "replay",
+                     "rankers": {**baselines, "model": res["others"][str(art)]}, **common})
+    for run, secs in zip(runs, train_s, strict=True):
+        run["seconds_train"] = secs
+        log.info("%s seed %d: model ndcg@10 %.4f novel_hr@10 %.4f (%s)", dev.name, run["seed"],
+                 run["rankers"]["model"]["ndcg@10"], run["rankers"]["model"]["novel_hr@10"], run["model_source"])
+    scoring = {k: res.get(k) for k in ("consistency", "direct_consistency", "seconds_replay", "seconds_job",
+                                       "job_counts")}
     return {"name": dev.name, "path": str(dev.path), "events": len(events), "until_ms": until,
-            "users": len({e.user_id for e in events}), "runs": runs,
+            "users": len({e.user_id for e in events}), "runs": runs, "scoring": {**scoring, "seconds": score_s},
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -124,7 +145,7 @@ def summarize(raw: Mapping[str, Any]) -> dict[str, Any]:
         wins[m] = {"best_baseline": best, "baseline": base, "model": model, "win": bool(model > base),
                    "ratio": model / base if base > 0 else math.inf}
     extra = {k: spread([run[k] for run in runs]) for k in
-             ("candidate_recall", "novel_candidate_recall", "seconds_train", "seconds_score")}
+             ("candidate_recall", "novel_candidate_recall", "seconds_train")}
     return {"rankers": table, "wins": wins, "requests": runs[0]["requests"] if runs else 0,
             "novel_requests": runs[0]["novel_requests"] if runs else 0, **extra}
 
@@ -149,7 +170,8 @@ def run_matrix(data_dir: str | Path, out_dir: str | Path, *, seeds: Sequence[int
     for dev in devs:
         raw = run_log(dev, seeds, work, trainer=trainer, use_job=use_job, provider=provider)
         report["logs"][dev.name] = {"data": {k: raw[k] for k in ("path", "events", "users", "until_ms")},
-                                    "summary": summarize(raw), "runs": raw["runs"], "seconds": raw["seconds"]}
+                                    "summary": summarize(raw), "runs": raw["runs"], "scoring": raw["scoring"],
+                                    "seconds": raw["seconds"]}
     report["seconds_total"] = round(time.perf_counter() - t0, 2)
     report = _json_safe(report)
     (out / JSON_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))

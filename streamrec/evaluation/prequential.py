@@ -60,6 +60,7 @@ import numpy as np
 from jobs.entry import Endpoint, run_job
 from model_export.dataset import ExampleSet, snapshot
 from model_export.evaluate import BASELINES, rank_lists
+from model_export.onnx_io import onnx_session
 from udfs.artifact import verify_manifest
 from udfs.config import load_config
 from udfs.events import Event, Id
@@ -207,12 +208,18 @@ class Replay:
 
 
 def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[str] = tuple(BASELINES),
-                 chunk: int = 2048, model_batch: int = 64) -> Replay:
+                 chunk: int = 2048, model_batch: int = 64,
+                 scorers: Mapping[str, Any] | None = None) -> Replay:
     """Replay the sorted log through the job's :class:`Recommender` (same config): state update and
     candidates one event at a time as the job does; ``model`` lists come from
     ``Recommender.recommend`` on ``model_batch`` requests per call (the job calls it with one;
     the scores of a row do not depend on the batch) and the baselines re-rank the same
-    candidates by the rules of :mod:`model_export.evaluate`."""
+    candidates by the rules of :mod:`model_export.evaluate`.
+
+    ``scorers`` (name -> onnxruntime session of a model with this artifact's inputs, vocabulary
+    and tables): each re-ranks the same candidates by its scores, highest first, ties in
+    generation order (the recommender's order without its fallbacks), into ``lists[name]``.
+    Scoring other models this way costs one model call per chunk, not a second replay."""
     t0 = time.perf_counter()
     rec = build_recommender(config)
     top_k = int(config.ranking.top_k)
@@ -256,14 +263,39 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
                         np.array([r.trigger.ts for _, r in part], dtype=np.int64))
         pos = np.arange(es.n_rows) - np.repeat(es.offsets[:-1], es.n_rows_per_request)
         dense = batch["dense"]
-        for name in lists:
-            ranked = rank_lists(es, BASELINES[name](dense, pos))
+        keys = {name: BASELINES[name](dense, pos) for name in baselines}
+        for name, session in (scorers or {}).items():
+            keys[name] = [session.run(["score"], batch)[0].astype(np.float64)]
+        for name, key_arrays in keys.items():
+            lists.setdefault(name, {})
+            ranked = rank_lists(es, key_arrays)
             for (key, r), order in zip(part, ranked, strict=True):
                 t = r.trigger
                 lists[name][key] = EmittedList(t.user_id, key[1], (t.item_id, t.behavior, t.ts),
                                                [items[int(i)] for i in order[:top_k]])
     lists["model"] = model
     return Replay(candidates, lists, time.perf_counter() - t0)
+
+
+DIRECT, OTHER = "model:direct", "model:other"
+MODEL_FILE = "model.onnx"
+# What must be equal for two artifacts' models to be scored on one replay's candidates.
+SHARED_FILES = ("vocab.msgpack", "tables.msgpack")
+SHARED_FIELDS = ("seq_len", "dense_features")
+
+
+def check_same_serving(a: str | Path, b: str | Path) -> None:
+    """Raise ValueError unless artifacts ``a`` and ``b`` have the same vocabulary, tables,
+    sequence length, features, candidate count and state limits (only their models differ)."""
+    ma, mb = verify_manifest(a), verify_manifest(b)
+    diffs = [f for f in SHARED_FILES if ma["files"].get(f) != mb["files"].get(f)]
+    diffs += [f for f in SHARED_FIELDS if ma.get(f) != mb.get(f)]
+    if ma.n_candidates != mb.n_candidates:
+        diffs.append("n_candidates")
+    if ma.state_limits != mb.state_limits:
+        diffs.append("state limits")
+    if diffs:
+        raise ValueError(f"artifacts {a} and {b} differ in {', '.join(diffs)}: score them on separate replays")
 
 
 def _score(lists: Mapping[ListKey, EmittedList], tested: Sequence[Pair], catalog_size: int,
@@ -282,18 +314,29 @@ def prequential(
     use_job: bool = True,
     k: int = K,
     top_k: int | None = K,
+    others: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Run the protocol of the module doc; returns metrics per ranker (``model`` from the job
-    when ``use_job``, else from the replay) plus candidate recall and a job/replay consistency check."""
+    when ``use_job``, else from the replay) plus candidate recall and a job/replay consistency check.
+
+    ``others``: more artifacts trained on the same part of the log (same vocabulary, tables and
+    serving settings, e.g. other seeds), scored on this replay's candidates by their model
+    alone (:func:`replay_lists` ``scorers``); their metrics go to ``result["others"]``, and
+    ``result["direct_consistency"]`` counts how many of this artifact's lists, scored the same
+    way, equal the recommender's."""
     evs = sort_log(events)
     since = artifact_until_ms(artifact_dir) if since_ms is None else int(since_ms)
     config = job_config(artifact_dir, since, provider=provider, top_k=top_k)
+    scorers = {DIRECT: onnx_session(Path(artifact_dir) / MODEL_FILE)}
+    for i, other in enumerate(others):
+        check_same_serving(artifact_dir, other)
+        scorers[f"{OTHER}{i}"] = onnx_session(Path(other) / MODEL_FILE)
     full = config.ranking.top_k == config.ranking.n_candidates
     catalog = len({e.item_id for e in evs})
     novel = novelty(evs)
     result: dict[str, Any] = {"since_ms": since, "k": k, "catalog_size": catalog,
                               "held_out_events": sum(1 for e in evs if e.ts >= since)}
-    replay = replay_lists(evs, config)
+    replay = replay_lists(evs, config, scorers=scorers)
     tested = held_out_pairs(replay.lists["model"], novel)
     result["seconds_replay"] = round(replay.seconds, 2)
     job_lists: dict[ListKey, EmittedList] | None = None
@@ -335,6 +378,12 @@ def prequential(
     result["rankers"]["model"] = _score(job_lists if job_lists is not None else replay.lists["model"],
                                         tested_job, catalog, k)
     result["replay_model"] = _score(replay.lists["model"], tested, catalog, k)
+    direct = replay.lists[DIRECT]
+    result["direct_consistency"] = {
+        "lists": len(direct),
+        "identical": sum(1 for key, lst in direct.items() if replay.lists["model"][key].items == lst.items)}
+    result["others"] = {str(other): _score(replay.lists[f"{OTHER}{i}"], tested, catalog, k)
+                        for i, other in enumerate(others)}
     result["top_k"] = int(config.ranking.top_k)
     if not full:  # AUC of a truncated list is not the AUC over the candidates
         for m in [*result["rankers"].values(), result["replay_model"]]:

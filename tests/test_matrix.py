@@ -1,0 +1,150 @@
+"""The development matrix (streamrec/evaluation/matrix.py): split, aggregation over seeds, wins, files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from streamrec.evaluation.matrix import (
+    JSON_FILE,
+    METRICS,
+    PNG_FILE,
+    RANKERS,
+    TABLE_FILE,
+    discover_logs,
+    format_matrix,
+    median_until,
+    run_matrix,
+    summarize,
+)
+from streamrec.evaluation.prequential import prequential
+from streamrec.generator import START_TS_MS, generate_events
+from tests.onnx_fixtures import covisit_scorer
+from udfs.artifact import write_artifact
+from udfs.candidates import build_tables
+from udfs.events import Event
+from udfs.features import Vocab
+from udfs.logs import write_userbehavior_csv
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(seed: int, values: dict[str, float]) -> dict:
+    rankers = {r: {m: values.get(r, 0.0) for m in METRICS} for r in RANKERS}
+    return {"seed": seed, "rankers": rankers, "requests": 10, "novel_requests": 4, "candidate_recall": 0.5,
+            "novel_candidate_recall": 0.25, "seconds_train": 1.0}
+
+
+def test_summary_by_hand() -> None:
+    raw = {"runs": [_run(0, {"model": 0.30, "covisit": 0.25, "recent": 0.10}),
+                    _run(1, {"model": 0.20, "covisit": 0.25, "recent": 0.10}),
+                    _run(2, {"model": 0.31, "covisit": 0.25, "recent": 0.10})]}
+    s = summarize(raw)
+    model = s["rankers"]["model"]["ndcg@10"]
+    assert model["mean"] == pytest.approx(0.27)
+    assert model["std"] == pytest.approx(math.sqrt(((0.03) ** 2 + (0.07) ** 2 + (0.04) ** 2) / 2))
+    assert (model["min"], model["max"], model["n"]) == (0.20, 0.31, 3)
+    assert s["rankers"]["covisit"]["ndcg@10"]["std"] == 0.0
+    win = s["wins"]["ndcg@10"]
+    assert (win["best_baseline"], win["win"]) == ("covisit", True)
+    assert win["ratio"] == pytest.approx(0.27 / 0.25)
+
+
+def test_a_tie_is_not_a_win() -> None:
+    s = summarize({"runs": [_run(0, {"model": 0.2, "trending": 0.2})]})
+    assert s["wins"]["novel_hr@10"]["win"] is False
+    assert s["wins"]["novel_hr@10"]["best_baseline"] == "trending"
+
+
+def test_median_split() -> None:
+    log = [Event(1, "a", 0, "pv", t) for t in (10, 20, 30, 40, 50)]
+    assert median_until(log) == 30
+    with pytest.raises(ValueError, match="cannot be split"):
+        median_until(log[:1])
+
+
+def test_discover_logs(tmp_path: Path) -> None:
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "b.csv").write_text("")
+    (tmp_path / "a.csv").write_text("")
+    (tmp_path / "notes.md").write_text("")
+    assert [d.name for d in discover_logs(tmp_path)] == ["a", "shop/b"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no \\*.csv"):
+        discover_logs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        discover_logs(tmp_path / "missing")
+
+
+def fixture_trainer(events, until_ms: int, out_dir: Path, seed: int) -> Path:
+    """A stand-in for training (fast, seed-independent): co-visitation scores over tables of the first half."""
+    train = [e for e in events if e.ts < until_ms]
+    items: dict = {}
+    cats: dict = {}
+    for e in train:
+        items[e.item_id] = items.get(e.item_id, 0) + 1
+        cats[e.category_id] = cats.get(e.category_id, 0) + 1
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = covisit_scorer(out_dir / "scorer.onnx", seq_len=50)
+    return write_artifact(out_dir / "art", model, Vocab.build(items, cats, 2), build_tables(train),
+                          {"model_version": f"fixture-{seed}", "seq_len": 50, "opset": 17})
+
+
+def test_matrix_over_two_logs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "dev").mkdir(parents=True)
+    logs = {}
+    for name, seed in (("a", 1), ("dev/b", 2)):
+        ev = sorted(generate_events(1500, n_users=30, n_items=200, n_categories=8, seed=seed,
+                                    start_ts_ms=START_TS_MS, duration_s=86400), key=lambda e: e.ts)
+        write_userbehavior_csv(ev, data / f"{name}.csv")
+        logs[name] = ev
+    out = tmp_path / "out"
+    rep = run_matrix(data, out, seeds=(0, 1), trainer=fixture_trainer, use_job=False)
+    assert set(rep["logs"]) == {"a", "dev/b"}
+    on_disk = json.loads((out / JSON_FILE).read_text())
+    assert on_disk["logs"]["a"]["summary"]["wins"] == rep["logs"]["a"]["summary"]["wins"]
+    assert (out / PNG_FILE).read_bytes().startswith(PNG_SIGNATURE)
+    table = (out / TABLE_FILE).read_text()
+    assert "| dev/b | model |" in table and "(log, metric) cells" in table
+    # The seed changes nothing here: every spread is zero and the model's numbers are those of one
+    # direct prequential run on the same split.
+    s = rep["logs"]["dev/b"]["summary"]
+    assert all(s["rankers"][r][m]["std"] == 0.0 for r in RANKERS for m in METRICS)
+    ev = logs["dev/b"]
+    until = median_until(ev)
+    assert rep["logs"]["dev/b"]["data"]["until_ms"] == until
+    art = fixture_trainer(ev, until, tmp_path / "direct", 0)
+    direct = prequential(ev, art, since_ms=until, use_job=False)
+    for m in METRICS:
+        assert s["rankers"]["model"][m]["mean"] == pytest.approx(direct["rankers"]["model"][m])
+        assert s["rankers"]["covisit"][m]["mean"] == pytest.approx(direct["rankers"]["covisit"][m])
+    assert format_matrix(rep) == table.rstrip("\n")
+
+
+def test_matrix_names_unknown_logs(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("")
+    with pytest.raises(ValueError, match="nope"):
+        run_matrix(tmp_path, tmp_path / "out", logs=["nope"], trainer=fixture_trainer, use_job=False)
+
+
+def test_other_seeds_must_share_the_serving_files(tmp_path: Path) -> None:
+    from streamrec.evaluation.prequential import check_same_serving
+
+    ev = sorted(generate_events(800, n_users=20, n_items=100, n_categories=5, seed=4, start_ts_ms=START_TS_MS,
+                                duration_s=86400), key=lambda e: e.ts)
+    a = fixture_trainer(ev, median_until(ev), tmp_path / "a", 0)
+    b = fixture_trainer(ev, median_until(ev), tmp_path / "b", 1)
+    check_same_serving(a, b)  # same part of the log: only the model may differ
+    c = fixture_trainer(ev, ev[len(ev) // 4].ts, tmp_path / "c", 0)
+    with pytest.raises(ValueError, match="tables.msgpack"):
+        check_same_serving(a, c)
+    res = prequential(ev, a, since_ms=median_until(ev), use_job=False, others=[b])
+    assert res["direct_consistency"]["identical"] == res["direct_consistency"]["lists"] > 0
+    other, model = res["others"][str(b)], res["rankers"]["model"]
+    assert set(other) == set(model)
+    for m in METRICS:  # (AUC is NaN for top-10 lists)
+        assert other[m] == model[m]
