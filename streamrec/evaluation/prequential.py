@@ -51,7 +51,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,8 @@ class EmittedList:
     seq: int
     trigger: tuple[Id, str, int]  # item_id, behavior, ts
     items: list[Id]
+    reasons: list[dict[str, Any]] = field(default_factory=list)
+    """One per item from schema version 2; empty for version 1 lists and baselines."""
 
 
 def sort_log(events: Iterable[Event]) -> list[Event]:
@@ -132,7 +134,7 @@ def run_job_lists(
 
 
 def read_lists(path: str | Path) -> dict[ListKey, EmittedList]:
-    """The job's output JSON lines, keyed by (user_id, seq)."""
+    """The job's output JSON lines, keyed by (user_id, seq); schema versions 1 and 2 (reasons if present)."""
     lists: dict[ListKey, EmittedList] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -144,7 +146,7 @@ def read_lists(path: str | Path) -> dict[ListKey, EmittedList]:
             if key in lists:
                 raise ValueError(f"{path}: two lists for user {key[0]} seq {key[1]}")
             lists[key] = EmittedList(r["user_id"], int(r["seq"]), (t["item_id"], t["behavior"], int(t["ts"])),
-                                     list(r["items"]))
+                                     list(r["items"]), list(r.get("reasons") or []))
     return lists
 
 
