@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from streamrec.evaluation.diversity_sweep import SWEEP_JSON, SWEEP_PNG, format_sweep, sweep
 from streamrec.evaluation.evaluate import evaluate, format_table
 from streamrec.evaluation.prequential import EmittedList, ListKey, held_out_pairs, list_metrics, novelty, prequential
 from streamrec.generator import START_TS_MS, generate_events
@@ -98,12 +99,30 @@ def test_report_offline_writes_json_png_and_table(tiny, tmp_path) -> None:
     assert "| offline | model |" in table
 
 
+def test_diversity_sweep_trades_accuracy_for_diversity_and_writes_json_png(tiny, tmp_path) -> None:
+    events, _, art = tiny
+    rep = sweep(events, art, tmp_path / "sweep", caps=(0, 1))
+    off, cap1 = rep["rows"]
+    assert (off["max_per_category"], cap1["max_per_category"]) == (0, 1)
+    # the off row is the plain replay's model; a cap of one item per category diversifies every list
+    plain = prequential(events, art, use_job=False)["rankers"]["model"]
+    assert {m: v for m, v in off.items() if m not in ("max_per_category", "seconds", "auc")} == \
+        {m: v for m, v in plain.items() if m != "auc"}  # auc: NaN for truncated lists
+    assert cap1["ild@10"] > off["ild@10"]
+    saved = json.loads((tmp_path / "sweep" / SWEEP_JSON).read_text())
+    assert [r["max_per_category"] for r in saved["rows"]] == [0, 1]
+    assert (tmp_path / "sweep" / SWEEP_PNG).read_bytes()[:8] == PNG_SIGNATURE
+    assert "| 0 (off) |" in format_sweep(rep)
+
+
 @pytest.mark.flink
 def test_prequential_through_the_job_equals_the_replay(tiny, tmp_path) -> None:
-    """The key consistency check: the job's lists are the replay's lists, so the numbers agree."""
+    """The key consistency check: the job's lists are the replay's lists, so the numbers agree;
+    with the diversity cap on, so that the job and the replay are shown to re-rank alike."""
     _, csv, art = tiny
-    rep = evaluate(csv, art, tmp_path / "out", protocols=("prequential",))
+    rep = evaluate(csv, art, tmp_path / "out", protocols=("prequential",), max_per_category=2)
     pre = rep["protocols"]["prequential"]
+    assert pre["max_per_category"] == 2
     c = pre["consistency"]
     assert c["job_lists"] == c["replay_lists"] > 50
     assert c["identical_lists"] == c["job_lists"]

@@ -29,7 +29,11 @@ Protocol, precisely:
    ``novel_*`` over tested events whose item the user never touched before
    (any earlier event of the user in the sorted log); ``coverage@10``
    = distinct items in all tested lists' top 10 / catalog (distinct items in
-   the whole log).
+   the whole log). Whole-list metrics (:func:`udfs.ranking_metrics.list_quality`) over the
+   same tested lists: ``precision@10``, ``recall@10`` and ``f1@10`` against the items of the
+   user's later held-out events (what the shopper went on to touch), ``ild@10`` (share of
+   item pairs in a list whose categories differ), ``novelty@10`` (mean self-information of
+   the served items, from how many users touched each before the split).
 4. Baselines get the same candidates: a pure-Python replay of the same sorted
    log through :class:`udfs.recommend.Recommender` (the job's own state update,
    candidate generation and, for ``model``, ranking) yields per held-out
@@ -65,7 +69,7 @@ from udfs.config import load_config
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
 from udfs.logs import write_events_msgpack
-from udfs.ranking_metrics import K, metrics_from_ranks
+from udfs.ranking_metrics import K, list_quality, metrics_from_ranks
 from udfs.runtime import build_recommender, state_settings
 from udfs.state import UserState
 
@@ -96,9 +100,12 @@ def artifact_until_ms(artifact_dir: str | Path) -> int:
     return verify_manifest(artifact_dir).until_ms
 
 
-def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu", top_k: int | None = K) -> Any:
+def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu", top_k: int | None = K,
+               max_per_category: int | None = None) -> Any:
     """The job's config for a prequential run: the artifact's state limits and candidate
-    count, lists of ``top_k`` (None: all candidates), emission from ``since_ms``, no checkpoints.
+    count, lists of ``top_k`` (None: all candidates), the diversity cap ``max_per_category``
+    (``ranking.max_per_category``, None: its default; the job and the replay both apply it), emission from
+    ``since_ms``, no checkpoints.
 
     The environment and config files are ignored (``environ={}``) so a run is reproducible."""
     manifest = verify_manifest(artifact_dir)
@@ -114,6 +121,8 @@ def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu"
         "job": {"since_ms": int(since_ms), "checkpoint_interval_ms": 0, "parallelism": 1},
         "state": state,
     }
+    if max_per_category is not None:
+        overrides["ranking"]["max_per_category"] = int(max_per_category)
     return load_config(overrides=overrides, environ={})
 
 
@@ -268,10 +277,57 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
     return Replay(candidates, lists, time.perf_counter() - t0)
 
 
-def _score(lists: Mapping[ListKey, EmittedList], tested: Sequence[Pair], catalog_size: int,
+@dataclass
+class ListContext:
+    """What the whole-list metrics need besides the lists (:func:`udfs.ranking_metrics.list_quality`)."""
+
+    catalog_size: int
+    future: dict[ListKey, set[Id]]
+    """Per list: the items of the user's later held-out events (the relevant set for precision/recall)."""
+    category_of: dict[Id, Id]
+    popularity: dict[Id, int]
+    """Per item: distinct users who touched it before the split (novelty)."""
+    n_users: int
+    """Distinct users before the split."""
+
+
+def future_items(lists: Mapping[ListKey, EmittedList]) -> dict[ListKey, set[Id]]:
+    """Per list, the trigger items of the same user's later lists: what the shopper went on to touch."""
+    by_user: dict[Id, list[EmittedList]] = defaultdict(list)
+    for lst in lists.values():
+        by_user[lst.user_id].append(lst)
+    out: dict[ListKey, set[Id]] = {}
+    for user, ls in by_user.items():
+        ls.sort(key=lambda x: x.seq, reverse=True)
+        later: set[Id] = set()
+        for lst in ls:
+            out[(user, lst.seq)] = set(later)
+            later.add(lst.trigger[0])
+    return out
+
+
+def list_context(events: Sequence[Event], since_ms: int, lists: Mapping[ListKey, EmittedList]) -> ListContext:
+    users_of: dict[Id, set[Id]] = defaultdict(set)
+    for e in events:
+        if e.ts < since_ms:
+            users_of[e.item_id].add(e.user_id)
+    return ListContext(
+        catalog_size=len({e.item_id for e in events}),
+        future=future_items(lists),
+        category_of={e.item_id: e.category_id for e in events},
+        popularity={i: len(u) for i, u in users_of.items()},
+        n_users=len({e.user_id for e in events if e.ts < since_ms}),
+    )
+
+
+def _score(lists: Mapping[ListKey, EmittedList], tested: Sequence[Pair], ctx: ListContext,
            k: int) -> dict[str, float]:
+    """Rank metrics of the true next item, then the whole-list ones, over the tested lists."""
     ranked = [lists[t.list_key].items if t.list_key in lists else [] for t in tested]
-    return list_metrics(ranked, [t.target for t in tested], [t.novel for t in tested], catalog_size, k)
+    m = list_metrics(ranked, [t.target for t in tested], [t.novel for t in tested], ctx.catalog_size, k)
+    m.update(list_quality(ranked, [ctx.future.get(t.list_key, set()) for t in tested], ctx.category_of,
+                          ctx.popularity, ctx.n_users, ctx.catalog_size, k))
+    return m
 
 
 def prequential(
@@ -284,19 +340,25 @@ def prequential(
     use_job: bool = True,
     k: int = K,
     top_k: int | None = K,
+    max_per_category: int | None = None,
+    baselines: Iterable[str] = tuple(BASELINES),
 ) -> dict[str, Any]:
     """Run the protocol of the module doc; returns metrics per ranker (``model`` from the job
-    when ``use_job``, else from the replay) plus candidate recall and a job/replay consistency check."""
+    when ``use_job``, else from the replay) plus candidate recall and a job/replay consistency check.
+    ``max_per_category`` is the job's diversity cap (None: the config default; it re-ranks ``model``
+    lists only)."""
     evs = sort_log(events)
     since = artifact_until_ms(artifact_dir) if since_ms is None else int(since_ms)
-    config = job_config(artifact_dir, since, provider=provider, top_k=top_k)
+    config = job_config(artifact_dir, since, provider=provider, top_k=top_k, max_per_category=max_per_category)
     full = config.ranking.top_k == config.ranking.n_candidates
     catalog = len({e.item_id for e in evs})
     novel = novelty(evs)
     result: dict[str, Any] = {"since_ms": since, "k": k, "catalog_size": catalog,
                               "held_out_events": sum(1 for e in evs if e.ts >= since)}
-    replay = replay_lists(evs, config)
+    names = list(baselines)
+    replay = replay_lists(evs, config, baselines=names)
     tested = held_out_pairs(replay.lists["model"], novel)
+    ctx = list_context(evs, since, replay.lists["model"])
     result["seconds_replay"] = round(replay.seconds, 2)
     job_lists: dict[ListKey, EmittedList] | None = None
     if use_job:
@@ -332,11 +394,12 @@ def prequential(
         "model_source": "job" if use_job else "replay",
         "rankers": {},
     })
-    for name in BASELINES:
-        result["rankers"][name] = _score(replay.lists[name], tested, catalog, k)
+    for name in names:
+        result["rankers"][name] = _score(replay.lists[name], tested, ctx, k)
     result["rankers"]["model"] = _score(job_lists if job_lists is not None else replay.lists["model"],
-                                        tested_job, catalog, k)
-    result["replay_model"] = _score(replay.lists["model"], tested, catalog, k)
+                                        tested_job, ctx, k)
+    result["replay_model"] = _score(replay.lists["model"], tested, ctx, k)
+    result["max_per_category"] = int(config.ranking.max_per_category)
     result["top_k"] = int(config.ranking.top_k)
     if not full:  # AUC of a truncated list is not the AUC over the candidates
         for m in [*result["rankers"].values(), result["replay_model"]]:
