@@ -138,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
     fmt, layout = log_source(args)
     cap = None if args.max_per_category in (None, "") else int(args.max_per_category)
-    if args.diversity_sweep is not None:
+    if args.diversity_sweep:
         caps = parse_caps(args.diversity_sweep)
         rep = sweep(load_events(args.events, fmt, sort=True, layout=layout), args.artifact, args.out, caps,
                     provider=args.provider)
@@ -274,10 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--max-per-category", f"{ENV_PREFIX}EVAL_MAX_PER_CATEGORY",
              "the job's diversity cap (ranking.max_per_category) in the prequential protocol; "
              "empty: the config default")
-    p.add_argument("--diversity-sweep", nargs="?", const=",".join(map(str, DEFAULT_CAPS)), default=None,
-                   metavar="CAPS", help="instead of the protocols: the model's prequential replay at each "
-                   "ranking.max_per_category in CAPS (comma-separated, 0 = off; default "
-                   f"{','.join(map(str, DEFAULT_CAPS))}); writes {SWEEP_JSON} and {SWEEP_PNG}")
+    add_flag(p, "--diversity-sweep", f"{ENV_PREFIX}EVAL_DIVERSITY_SWEEP",
+             "instead of the protocols: the model's prequential replay at each ranking.max_per_category in "
+             f"CAPS (comma-separated, 0 = off; bare flag: {','.join(map(str, DEFAULT_CAPS))}); writes "
+             f"{SWEEP_JSON} and {SWEEP_PNG}", nargs="?", const=",".join(map(str, DEFAULT_CAPS)), metavar="CAPS")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench-model", help="scored pairs/s and latency: torch vs onnxruntime fp32/fp16/int8")

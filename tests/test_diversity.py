@@ -48,16 +48,18 @@ def lists(rec, n_users=8):
 
 
 def test_knob_off_gives_the_score_order_list(fixture_artifact):
-    off = lists(recommender(fixture_artifact, top_k=10))
-    explicit = lists(recommender(fixture_artifact, top_k=10, max_per_category=OFF))
-    for (a, _, req), (b, _, _) in zip(off, explicit, strict=True):
-        assert a["items"] == b["items"] and a["scores"] == b["scores"]
-        assert a["scores"] == sorted(a["scores"], reverse=True)
-        assert len(a["items"]) == min(10, len(req.candidates.items))
+    off = lists(recommender(fixture_artifact, top_k=10, max_per_category=OFF))
+    for out, _, req in off:
+        # what the job emitted before the cap existed: the top 10 by score, ties in generation order
+        rec = recommender(fixture_artifact, top_k=len(req.candidates.items), max_per_category=OFF)
+        req.state.emitted -= 1
+        whole = rec.recommend([req])[0]
+        assert out["items"] == whole["items"][:10] and out["scores"] == whole["scores"][:10]
+        assert out["scores"] == sorted(out["scores"], reverse=True)
 
 
 def test_knob_on_gives_fewer_same_category_items(fixture_artifact):
-    off = lists(recommender(fixture_artifact, top_k=10))
+    off = lists(recommender(fixture_artifact, top_k=10, max_per_category=OFF))
     on = lists(recommender(fixture_artifact, top_k=10, max_per_category=2))
     worst_off = max(max(Counter(c).values()) for _, c, _ in off)
     assert worst_off > 2, "the fixture must have lists the cap changes"
@@ -70,8 +72,13 @@ def test_knob_on_gives_fewer_same_category_items(fixture_artifact):
         assert len(b["reasons"]) == len(b["items"])
 
 
-def test_cap_above_top_k_is_refused_naming_the_key():
-    with pytest.raises(ConfigError, match="ranking.max_per_category"):
-        load_config(environ={}, overrides={"ranking": {"top_k": 5, "max_per_category": 6}})
-    with pytest.raises(ConfigError, match="ranking.max_per_category"):
-        load_config(environ={}, overrides={"ranking": {"max_per_category": -1}})
+def test_a_negative_or_non_integer_cap_is_refused_naming_the_key():
+    for bad in (-1, "two", 2.5):
+        with pytest.raises(ConfigError, match="ranking.max_per_category"):
+            load_config(environ={}, overrides={"ranking": {"max_per_category": bad}})
+
+
+def test_a_cap_at_or_above_top_k_changes_nothing(fixture_artifact):
+    off = lists(recommender(fixture_artifact, top_k=5, max_per_category=OFF))
+    wide = lists(recommender(fixture_artifact, top_k=5, max_per_category=5))
+    assert [a["items"] for a, _, _ in off] == [b["items"] for b, _, _ in wide]

@@ -66,7 +66,7 @@ def test_one_record_per_accepted_event_and_poison_on_dlq(kafka_broker, topics, r
         assert set(v) == {"schema_version", "user_id", "seq", "items", "scores", "reasons", "trigger",
                           "model_version", "provider", "fallback", "generated_at"}
         assert v["schema_version"] == SCHEMA_VERSION
-        assert len(v["items"]) == len(v["scores"]) and v["scores"] == sorted(v["scores"], reverse=True)
+        assert len(v["items"]) == len(v["scores"])  # descending only with ranking.max_per_category 0
         assert len(v["reasons"]) == len(v["items"]) and all(x["code"] in REASON_CODES for x in v["reasons"])
     dlq = list(consume(kafka_broker.bootstrap, topics["dlq_topic"], timeout_s=5))
     assert sorted(d.value["raw"] for d in dlq) == sorted(POISON)

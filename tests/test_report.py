@@ -71,12 +71,13 @@ def test_each_event_is_tested_on_the_users_previous_list() -> None:
 
 
 def test_replay_model_equals_offline_model(tiny) -> None:
-    """Same held-out pairs and same model: the replay's numbers are the offline ones."""
+    """Same held-out pairs and same model (cap off): the replay's numbers are the offline ones."""
     from streamrec.evaluation.evaluate import offline
 
     events, _, art = tiny
     off = offline(events, art)
-    pre = prequential(events, art, use_job=False, top_k=None)  # whole candidate lists, as offline
+    # whole candidate lists in score order, as offline: no diversity cap
+    pre = prequential(events, art, use_job=False, top_k=None, max_per_category=0)
     assert off["tables_match_artifact"]
     assert pre["requests"] == off["requests"] > 50
     assert pre["novel_requests"] == off["novel_requests"]
@@ -105,7 +106,7 @@ def test_diversity_sweep_trades_accuracy_for_diversity_and_writes_json_png(tiny,
     off, cap1 = rep["rows"]
     assert (off["max_per_category"], cap1["max_per_category"]) == (0, 1)
     # the off row is the plain replay's model; a cap of one item per category diversifies every list
-    plain = prequential(events, art, use_job=False)["rankers"]["model"]
+    plain = prequential(events, art, use_job=False, max_per_category=0)["rankers"]["model"]
     assert {m: v for m, v in off.items() if m not in ("max_per_category", "seconds", "auc")} == \
         {m: v for m, v in plain.items() if m != "auc"}  # auc: NaN for truncated lists
     assert cap1["ild@10"] > off["ild@10"]

@@ -203,10 +203,10 @@ class RankingConfig(_Section):
     """Half-life of the in-stream trending counts that lead trending candidates (0 = artifact list only)."""
     fresh_hit_slots: int = Field(1, ge=0, le=10)
     """Last list slots kept for in-stream hits the model has never seen (it cannot rank them yet; 0 = none)."""
-    max_per_category: int = Field(0, ge=0, le=1000)
+    max_per_category: int = Field(5, ge=0, le=1000)
     """Diversity: at most this many items of one category in a list, best first; over-cap items fill the
-    tail only when too few categories remain (0 = off, lists in score order). README 'Diversity' has the
-    measured trade-off."""
+    tail only when too few categories remain (0 = off: lists in score order; a cap >= top_k never applies).
+    The default is measured: README 'Diversity'."""
 
 
 class Config(_Section):
@@ -221,11 +221,6 @@ class Config(_Section):
             raise ValueError(
                 f"ranking.top_k ({self.ranking.top_k}) must not exceed "
                 f"ranking.n_candidates ({self.ranking.n_candidates})"
-            )
-        if self.ranking.max_per_category > self.ranking.top_k:
-            raise ValueError(
-                f"ranking.max_per_category ({self.ranking.max_per_category}) must not exceed "
-                f"ranking.top_k ({self.ranking.top_k}): a larger cap never applies; 0 turns it off"
             )
         if self.kafka.delivery_guarantee == "exactly-once":
             if not self.job.checkpoint_interval_ms:

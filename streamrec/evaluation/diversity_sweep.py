@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from streamrec.evaluation.evaluate import json_safe
 from streamrec.evaluation.prequential import prequential
+from udfs.artifact import verify_manifest
 from udfs.events import Event
 from udfs.ranking_metrics import K
 
@@ -56,7 +58,8 @@ def sweep(events: Sequence[Event], artifact_dir: str | Path, out_dir: str | Path
         rows.append({"max_per_category": cap, **res["rankers"]["model"],
                      "seconds": round(time.perf_counter() - t0, 2)})
         log.info("max_per_category %d: %s", cap, {c: round(rows[-1][c], 4) for c in SWEEP_COLUMNS})
-    report = {"artifact_dir": str(Path(artifact_dir).resolve()), **base, "k": k, "rows": rows}
+    report = json_safe({"artifact_dir": str(Path(artifact_dir).resolve()),
+                        "model_version": verify_manifest(artifact_dir).model_version, **base, "k": k, "rows": rows})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / SWEEP_JSON).write_text(json.dumps(report, indent=2, sort_keys=True))
@@ -73,11 +76,12 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = report["rows"]
-    label = [("off" if r["max_per_category"] == 0 else str(r["max_per_category"])) for r in rows]
-    ild = [r["ild@10"] for r in rows]
+    by_ild = sorted(rows, key=lambda r: r["ild@10"])  # 0 (off) is the least diverse, not a cap below 1
+    label = [("off" if r["max_per_category"] == 0 else str(r["max_per_category"])) for r in by_ild]
+    ild = [r["ild@10"] for r in by_ild]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for metric, marker in (("ndcg@10", "o"), ("hr@10", "s")):
-        ys = [r[metric] for r in rows]
+        ys = [r[metric] for r in by_ild]
         ax.plot(ild, ys, marker=marker, label=metric.upper())
         for x, y, lab in zip(ild, ys, label, strict=True):
             ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -85,18 +89,18 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs diversity, by ranking.max_per_category")
     ax.legend()
-    x = list(range(len(rows)))
-    ax2.plot(x, [r["coverage@10"] for r in rows], marker="o", color="tab:green", label="catalog coverage@10")
+    x = list(range(len(by_ild)))
+    ax2.plot(x, [r["coverage@10"] for r in by_ild], marker="o", color="tab:green", label="catalog coverage@10")
     ax2.set_ylabel("coverage")
     ax2.set_xticks(x, label)
-    ax2.set_xlabel("ranking.max_per_category")
+    ax2.set_xlabel("ranking.max_per_category (least to most diverse)")
     twin = ax2.twinx()
-    twin.plot(x, [r["novelty@10"] for r in rows], marker="s", color="tab:red", label="novelty@10 (bits)")
+    twin.plot(x, [r["novelty@10"] for r in by_ild], marker="s", color="tab:red", label="novelty@10 (bits)")
     twin.set_ylabel("novelty (bits)")
-    ax2.legend(loc="upper left")
-    twin.legend(loc="lower right")
+    ax2.legend(loc="lower left")
+    twin.legend(loc="center left")
     ax2.set_title("coverage and novelty")
-    fig.suptitle(f"{report.get('requests', 0)} held-out lists, {Path(report.get('artifact_dir', '')).name}")
+    fig.suptitle(f"{report.get('model_version')}: {report.get('requests', 0)} held-out lists")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

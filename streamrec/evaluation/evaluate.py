@@ -122,20 +122,20 @@ def evaluate(
             res["seconds"] = round(time.perf_counter() - t, 2)
             report["protocols"][p] = res
     report["seconds_total"] = round(time.perf_counter() - t0, 2)
-    report = _json_safe(report)
+    report = json_safe(report)
     (out / JSON_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     plot(report, out / PNG_FILE)
     return report
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """NaN/inf are not JSON: null instead."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
