@@ -10,7 +10,15 @@ import pytest
 
 from streamrec.evaluation.diversity_sweep import SWEEP_JSON, SWEEP_PNG, format_sweep, sweep
 from streamrec.evaluation.evaluate import evaluate, format_table
-from streamrec.evaluation.prequential import EmittedList, ListKey, held_out_pairs, list_metrics, novelty, prequential
+from streamrec.evaluation.prequential import (
+    EmittedList,
+    ListKey,
+    held_out_pairs,
+    list_metrics,
+    novelty,
+    prequential,
+    read_lists,
+)
 from streamrec.generator import START_TS_MS, generate_events
 from udfs.events import Event
 from udfs.logs import write_userbehavior_csv
@@ -133,3 +141,15 @@ def test_prequential_through_the_job_equals_the_replay(tiny, tmp_path) -> None:
     assert (tmp_path / "out" / "evaluation.png").read_bytes()[:8] == PNG_SIGNATURE
     assert set(json.loads((tmp_path / "out" / "evaluation.json").read_text())["protocols"]) == {"prequential"}
     assert "| prequential | model |" in format_table(rep)
+
+
+def test_read_lists_accepts_schema_versions_1_and_2(tmp_path) -> None:
+    base = {"user_id": 1, "items": ["a", "b"], "scores": [0.5, 0.25], "trigger": {"item_id": "z", "behavior": "pv",
+                                                                                  "ts": 7}}
+    v1 = {**base, "schema_version": 1, "seq": 1}
+    v2 = {**base, "schema_version": 2, "seq": 2, "reasons": [{"code": "recent"}, {"code": "trending"}]}
+    path = tmp_path / "recs.jsonl"
+    path.write_text(json.dumps(v1) + "\n" + json.dumps(v2) + "\n")
+    lists = read_lists(path)
+    assert lists[(1, 1)].items == lists[(1, 2)].items == ["a", "b"]
+    assert lists[(1, 1)].reasons == [] and lists[(1, 2)].reasons == v2["reasons"]
