@@ -21,6 +21,7 @@ from streamrec.benchmark.peer import run_peer
 from streamrec.benchmark.scale import ScaleBench, ScaleSettings
 from streamrec.benchmark.scale import markdown as scale_markdown
 from streamrec.demo import run_demo
+from streamrec.evaluation.diversity_sweep import DEFAULT_CAPS, SWEEP_JSON, SWEEP_PNG, format_sweep, parse_caps, sweep
 from streamrec.evaluation.evaluate import evaluate, format_table
 from streamrec.evaluation.matrix import DEFAULT_DATA_DIR, format_matrix, run_matrix
 from streamrec.evaluation.matrix import JSON_FILE as MATRIX_JSON
@@ -153,8 +154,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _require(args, "events")
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
     fmt, layout = log_source(args)
+    cap = None if args.max_per_category in (None, "") else int(args.max_per_category)
+    if args.diversity_sweep:
+        caps = parse_caps(args.diversity_sweep)
+        rep = sweep(load_events(args.events, fmt, sort=True, layout=layout), args.artifact, args.out, caps,
+                    provider=args.provider)
+        print(format_sweep(rep))
+        print(f"sweep: {Path(args.out) / SWEEP_JSON}, plot: {Path(args.out) / SWEEP_PNG}")
+        return 0
     report = evaluate(args.events, args.artifact, args.out, protocols=protocols, provider=args.provider,
-                      fmt=fmt, layout=layout)
+                      fmt=fmt, layout=layout, max_per_category=cap)
     print(format_table(report))
     print(f"report: {Path(args.out) / 'evaluation.json'}, plot: {Path(args.out) / 'evaluation.png'}")
     return 0
@@ -319,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--model-source", f"{ENV_PREFIX}EVAL_MODEL_SOURCE",
              "with --matrix: the model's lists from the bounded job or from its pure-Python replay",
              default="job", choices=["job", "replay"])
+    add_flag(p, "--max-per-category", f"{ENV_PREFIX}EVAL_MAX_PER_CATEGORY",
+             "the job's diversity cap (ranking.max_per_category) in the prequential protocol; "
+             "empty: the config default")
+    add_flag(p, "--diversity-sweep", f"{ENV_PREFIX}EVAL_DIVERSITY_SWEEP",
+             "instead of the protocols: the model's prequential replay at each ranking.max_per_category in "
+             f"CAPS (comma-separated, 0 = off; bare flag: {','.join(map(str, DEFAULT_CAPS))}); writes "
+             f"{SWEEP_JSON} and {SWEEP_PNG}", nargs="?", const=",".join(map(str, DEFAULT_CAPS)), metavar="CAPS")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench-model", help="scored pairs/s and latency: torch vs onnxruntime fp32/fp16/int8")

@@ -20,6 +20,7 @@ from streamrec.local import kafka as kafka_local
 from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import MANIFEST_FILE
 from udfs.config import Config
+from udfs.reasons import render_reason
 
 DEMO_SEED = 11
 TRAIN_EVENTS = 40_000
@@ -56,8 +57,10 @@ def _fmt(rec: dict[str, Any], latency_ms: int | None) -> str:
     t = rec["trigger"]
     items = ", ".join(str(i) for i in rec["items"][:5])
     lat = f"{latency_ms:>5} ms" if latency_ms is not None else "    ? ms"
+    why = rec.get("reasons") or []  # schema version 1 lists have none
+    first = f"  first: {render_reason(why[0], item_name=lambda i: f'item {i}')}" if why else ""
     return (f"user {rec['user_id']:>6} {t['behavior']:>4} item {t['item_id']:>8} -> "
-            f"top5 [{items}]  ({rec['provider']}, {lat})")
+            f"top5 [{items}]  ({rec['provider']}, {lat}){first}")
 
 
 def run_demo(cfg: Config, *, events: int, rate: float) -> int:

@@ -30,7 +30,8 @@ def test_file_source_to_json_lines(fixture_artifact, tmp_path):
     assert len(lines) == unique
     assert json.loads(res.stdout.strip().splitlines()[-1])["recommendations"] == unique
     assert {tuple(sorted(r)) for r in lines} == {("fallback", "generated_at", "items", "model_version", "provider",
-                                                 "schema_version", "scores", "seq", "trigger", "user_id")}
+                                                 "reasons", "schema_version", "scores", "seq", "trigger",
+                                                 "user_id")}
 
 
 def test_a_file_with_no_usable_rows_is_an_error_not_an_empty_run(fixture_artifact, tmp_path):

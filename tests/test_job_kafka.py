@@ -11,6 +11,8 @@ from kafka import KafkaProducer
 
 from streamrec.kafka_io import consume, replay
 from tests.job_fixtures import generated_log
+from udfs.reasons import REASON_CODES
+from udfs.records import SCHEMA_VERSION
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
@@ -61,9 +63,11 @@ def test_one_record_per_accepted_event_and_poison_on_dlq(kafka_broker, topics, r
     for r in out:
         v = r.value
         assert r.key == str(v["user_id"]).encode() and r.key.decode() in users
-        assert set(v) == {"schema_version", "user_id", "seq", "items", "scores", "trigger", "model_version",
-                          "provider", "fallback", "generated_at"}
-        assert len(v["items"]) == len(v["scores"]) and v["scores"] == sorted(v["scores"], reverse=True)
+        assert set(v) == {"schema_version", "user_id", "seq", "items", "scores", "reasons", "trigger",
+                          "model_version", "provider", "fallback", "generated_at"}
+        assert v["schema_version"] == SCHEMA_VERSION
+        assert len(v["items"]) == len(v["scores"])  # descending only with ranking.max_per_category 0
+        assert len(v["reasons"]) == len(v["items"]) and all(x["code"] in REASON_CODES for x in v["reasons"])
     dlq = list(consume(kafka_broker.bootstrap, topics["dlq_topic"], timeout_s=5))
     assert sorted(d.value["raw"] for d in dlq) == sorted(POISON)
     assert all(d.value["topic"] == topics["input_topic"] and d.value["offset"] >= half for d in dlq)

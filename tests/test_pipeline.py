@@ -16,6 +16,8 @@ from jobs.pipeline import build_pipeline, create_environment
 from tests.job_fixtures import T_START, generated_log
 from udfs.config import load_config
 from udfs.events import Event
+from udfs.reasons import REASON_CODES
+from udfs.records import SCHEMA_VERSION
 from udfs.runtime import build_recommender
 from udfs.state import UserState
 
@@ -66,7 +68,9 @@ def test_one_list_per_event_matching_the_reference_and_poison_routed(cfg):
     for key, rec in got.items():
         assert rec["items"] == expected[key]["items"], key
         assert rec["trigger"] == expected[key]["trigger"]
-        assert rec["schema_version"] == 1 and rec["provider"] == "cpu" and rec["fallback"] is None
+        assert rec["reasons"] == expected[key]["reasons"], key  # aligned with items: same as the reference
+        assert len(rec["reasons"]) == len(rec["items"]) and all(r["code"] in REASON_CODES for r in rec["reasons"])
+        assert rec["schema_version"] == SCHEMA_VERSION and rec["provider"] == "cpu" and rec["fallback"] is None
         assert len(rec["items"]) == len(set(rec["items"])) <= 10
 
     per_user = defaultdict(list)

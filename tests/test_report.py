@@ -8,8 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from streamrec.evaluation.diversity_sweep import SWEEP_JSON, SWEEP_PNG, format_sweep, sweep
 from streamrec.evaluation.evaluate import evaluate, format_table
-from streamrec.evaluation.prequential import EmittedList, ListKey, held_out_pairs, list_metrics, novelty, prequential
+from streamrec.evaluation.prequential import (
+    EmittedList,
+    ListKey,
+    held_out_pairs,
+    list_metrics,
+    novelty,
+    prequential,
+    read_lists,
+)
 from streamrec.generator import START_TS_MS, generate_events
 from udfs.events import Event
 from udfs.logs import write_userbehavior_csv
@@ -70,12 +79,13 @@ def test_each_event_is_tested_on_the_users_previous_list() -> None:
 
 
 def test_replay_model_equals_offline_model(tiny) -> None:
-    """Same held-out pairs and same model: the replay's numbers are the offline ones."""
+    """Same held-out pairs and same model (cap off): the replay's numbers are the offline ones."""
     from streamrec.evaluation.evaluate import offline
 
     events, _, art = tiny
     off = offline(events, art)
-    pre = prequential(events, art, use_job=False, top_k=None)  # whole candidate lists, as offline
+    # whole candidate lists in score order, as offline: no diversity cap
+    pre = prequential(events, art, use_job=False, top_k=None, max_per_category=0)
     assert off["tables_match_artifact"]
     assert pre["requests"] == off["requests"] > 50
     assert pre["novel_requests"] == off["novel_requests"]
@@ -98,12 +108,30 @@ def test_report_offline_writes_json_png_and_table(tiny, tmp_path) -> None:
     assert "| offline | model |" in table
 
 
+def test_diversity_sweep_trades_accuracy_for_diversity_and_writes_json_png(tiny, tmp_path) -> None:
+    events, _, art = tiny
+    rep = sweep(events, art, tmp_path / "sweep", caps=(0, 1))
+    off, cap1 = rep["rows"]
+    assert (off["max_per_category"], cap1["max_per_category"]) == (0, 1)
+    # the off row is the plain replay's model; a cap of one item per category diversifies every list
+    plain = prequential(events, art, use_job=False, max_per_category=0)["rankers"]["model"]
+    assert {m: v for m, v in off.items() if m not in ("max_per_category", "seconds", "auc")} == \
+        {m: v for m, v in plain.items() if m != "auc"}  # auc: NaN for truncated lists
+    assert cap1["ild@10"] > off["ild@10"]
+    saved = json.loads((tmp_path / "sweep" / SWEEP_JSON).read_text())
+    assert [r["max_per_category"] for r in saved["rows"]] == [0, 1]
+    assert (tmp_path / "sweep" / SWEEP_PNG).read_bytes()[:8] == PNG_SIGNATURE
+    assert "| 0 (off) |" in format_sweep(rep)
+
+
 @pytest.mark.flink
 def test_prequential_through_the_job_equals_the_replay(tiny, tmp_path) -> None:
-    """The key consistency check: the job's lists are the replay's lists, so the numbers agree."""
+    """The key consistency check: the job's lists are the replay's lists, so the numbers agree;
+    with the diversity cap on, so that the job and the replay are shown to re-rank alike."""
     _, csv, art = tiny
-    rep = evaluate(csv, art, tmp_path / "out", protocols=("prequential",))
+    rep = evaluate(csv, art, tmp_path / "out", protocols=("prequential",), max_per_category=2)
     pre = rep["protocols"]["prequential"]
+    assert pre["max_per_category"] == 2
     c = pre["consistency"]
     assert c["job_lists"] == c["replay_lists"] > 50
     assert c["identical_lists"] == c["job_lists"]
@@ -113,3 +141,15 @@ def test_prequential_through_the_job_equals_the_replay(tiny, tmp_path) -> None:
     assert (tmp_path / "out" / "evaluation.png").read_bytes()[:8] == PNG_SIGNATURE
     assert set(json.loads((tmp_path / "out" / "evaluation.json").read_text())["protocols"]) == {"prequential"}
     assert "| prequential | model |" in format_table(rep)
+
+
+def test_read_lists_accepts_schema_versions_1_and_2(tmp_path) -> None:
+    base = {"user_id": 1, "items": ["a", "b"], "scores": [0.5, 0.25], "trigger": {"item_id": "z", "behavior": "pv",
+                                                                                  "ts": 7}}
+    v1 = {**base, "schema_version": 1, "seq": 1}
+    v2 = {**base, "schema_version": 2, "seq": 2, "reasons": [{"code": "recent"}, {"code": "trending"}]}
+    path = tmp_path / "recs.jsonl"
+    path.write_text(json.dumps(v1) + "\n" + json.dumps(v2) + "\n")
+    lists = read_lists(path)
+    assert lists[(1, 1)].items == lists[(1, 2)].items == ["a", "b"]
+    assert lists[(1, 1)].reasons == [] and lists[(1, 2)].reasons == v2["reasons"]

@@ -75,6 +75,8 @@ def test_a_new_hit_item_reaches_a_cold_shoppers_list_within_a_minute(fixture_art
     assert out["fallback"] is None and len(out["items"]) == rec.top_k
     # the model has no embedding for it: it gets the reserved last slot, not a learned rank
     assert out["items"][-1] == "brand-new" and out["items"].count("brand-new") == 1
+    assert out["reasons"][-1] == {"code": "fresh_hit"}
+    assert all(r["code"] != "fresh_hit" for r in out["reasons"][:-1])
 
 
 def test_without_fresh_slots_the_model_alone_does_not_show_a_new_hit(fixture_artifact):

@@ -137,6 +137,9 @@ class Candidates:
     covisit: list[float]
     neighbourhood: dict[Id, float] | None = None
     """Co-visitation scores of every neighbour (the features need them; computed once)."""
+    because: dict[Id, Id] | None = None
+    """Per neighbour, the touched item that gave the largest share of its co-visitation score
+    (a covisit item's reason names it)."""
 
 
 def _add(out: dict[Id, list[Any]], item: Id, cat: Id, src: int, cov: float = 0.0) -> None:
@@ -152,17 +155,34 @@ def covisit_scores(state: UserState, tables: CandidateTables) -> tuple[dict[Id, 
     """Co-visitation score of every neighbour of the user's last
     ``COVISIT_SOURCE_ITEMS`` distinct items (recency-decayed, behavior-weighted),
     and those source items, most recent first."""
+    cov, sources, _ = covisit_neighbourhood(state, tables)
+    return cov, sources
+
+
+def covisit_neighbourhood(
+    state: UserState, tables: CandidateTables
+) -> tuple[dict[Id, float], list[Id], dict[Id, Id]]:
+    """:func:`covisit_scores`, plus per neighbour the source item whose term was largest.
+
+    Tracked in the same pass (one comparison per table entry), so reasons cost no second
+    walk; on a tie the more recent source keeps it. Scores are summed exactly as before."""
     cov: dict[Id, float] = defaultdict(float)
+    best: dict[Id, float] = {}
+    because: dict[Id, Id] = {}
     sources: list[Id] = []
     for row in reversed(state.seq):
         if row[1] not in sources:
             sources.append(row[1])
             w = BEHAVIOR_WEIGHT[row[3]] * COVISIT_RECENCY_DECAY ** (len(sources) - 1)
             for other, s in tables.covisit.get(row[1], ()):
-                cov[other] += w * s
+                term = w * s
+                cov[other] += term
+                if term > best.get(other, 0.0):
+                    best[other] = term
+                    because[other] = row[1]
             if len(sources) >= COVISIT_SOURCE_ITEMS:
                 break
-    return cov, sources
+    return cov, sources, because
 
 
 def generate_candidates(
@@ -179,7 +199,7 @@ def generate_candidates(
     seen_cat: dict[Id, Id] = {row[1]: row[2] for row in state.seq}
     out: dict[Id, list[Any]] = {}
 
-    cov, sources = covisit_scores(state, tables)
+    cov, sources, because = covisit_neighbourhood(state, tables)
     # nlargest is sorted(..., reverse=True)[:k]: stable, so ties keep insertion order.
     for item in heapq.nlargest(max(1, n // 2), cov, key=cov.__getitem__):
         if item not in bought:
@@ -214,4 +234,5 @@ def generate_candidates(
         sources=[r[1] for _, r in chosen],
         covisit=[r[2] for _, r in chosen],
         neighbourhood=cov,
+        because=because,
     )

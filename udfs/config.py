@@ -203,6 +203,10 @@ class RankingConfig(_Section):
     """Half-life of the in-stream trending counts that lead trending candidates (0 = artifact list only)."""
     fresh_hit_slots: int = Field(1, ge=0, le=10)
     """Last list slots kept for in-stream hits the model has never seen (it cannot rank them yet; 0 = none)."""
+    max_per_category: int = Field(5, ge=0, le=1000)
+    """Diversity: at most this many items of one category in a list, best first; over-cap items fill the
+    tail only when too few categories remain (0 = off: lists in score order; a cap >= top_k never applies).
+    The default is measured: README 'Diversity'."""
 
 
 class PrivacyConfig(_Section):

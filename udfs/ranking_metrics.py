@@ -9,9 +9,12 @@ when it is absent (a miss for HR, NDCG and MRR, and left out of AUC).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
+
+from udfs.events import Id
 
 K = 10
 
@@ -48,3 +51,65 @@ def metrics_from_ranks(ranks: Sequence[int | None], list_lens: Sequence[int], no
         f"novel_ndcg@{k}": float(ndcg[nov].mean()) if nov.any() else 0.0,
         f"coverage@{k}": distinct_top / catalog_size if catalog_size else 0.0,
     }
+
+
+# Beyond the rank of one true item: what a whole served list is worth. ``lists`` are
+# item ids, best first; only each list's first ``k`` count.
+
+def precision_recall_f1(lists: Sequence[Sequence[Id]], relevant: Sequence[Collection[Id]],
+                        k: int = K) -> dict[str, float]:
+    """Mean precision@k (hits / k), recall@k (hits / relevant items) and F1@k (per list, then
+    averaged) of each list against its own set of relevant items; lists with none are left out."""
+    p: list[float] = []
+    r: list[float] = []
+    f: list[float] = []
+    for lst, rel in zip(lists, relevant, strict=True):
+        if not rel:
+            continue
+        hits = len(set(lst[:k]) & set(rel))
+        pi, ri = hits / k, hits / len(rel)
+        p.append(pi)
+        r.append(ri)
+        f.append(2 * pi * ri / (pi + ri) if hits else 0.0)
+    return {f"precision@{k}": _mean(p), f"recall@{k}": _mean(r), f"f1@{k}": _mean(f)}
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(np.mean(xs)) if xs else 0.0
+
+
+def intra_list_diversity(lists: Sequence[Sequence[Id]], category_of: Mapping[Id, Id], k: int = K) -> float:
+    """Mean over lists of two or more items of the share of item pairs in the first ``k`` whose
+    categories differ (0: one category, 1: all distinct). An item without a category is its own."""
+    vals: list[float] = []
+    for lst in lists:
+        top = list(lst[:k])
+        n = len(top)
+        if n < 2:
+            continue
+        counts = Counter(category_of.get(i, ("?", i)) for i in top)
+        same = sum(c * (c - 1) // 2 for c in counts.values())
+        vals.append(1.0 - same / (n * (n - 1) // 2))
+    return _mean(vals)
+
+
+def novelty(lists: Sequence[Sequence[Id]], popularity: Mapping[Id, int], n_users: int, k: int = K) -> float:
+    """Mean self-information, in bits, of the items served: -log2((u + 1) / (n_users + 1)) with
+    ``u`` the users who touched the item (add-one smoothing: an item nobody touched is finite).
+    Higher means less obvious items."""
+    bits = [-math.log2((popularity.get(i, 0) + 1) / (n_users + 1)) for lst in lists for i in lst[:k]]
+    return _mean(bits)
+
+
+def catalog_coverage(lists: Sequence[Sequence[Id]], catalog_size: int, k: int = K) -> float:
+    """Distinct items in all lists' first ``k`` over the catalog size."""
+    return len({i for lst in lists for i in lst[:k]}) / catalog_size if catalog_size else 0.0
+
+
+def list_quality(lists: Sequence[Sequence[Id]], relevant: Sequence[Collection[Id]], category_of: Mapping[Id, Id],
+                 popularity: Mapping[Id, int], n_users: int, catalog_size: int, k: int = K) -> dict[str, float]:
+    """Every whole-list metric above, keyed as the evaluation report shows them."""
+    return {**precision_recall_f1(lists, relevant, k),
+            f"ild@{k}": intra_list_diversity(lists, category_of, k),
+            f"coverage@{k}": catalog_coverage(lists, catalog_size, k),
+            f"novelty@{k}": novelty(lists, popularity, n_users, k)}

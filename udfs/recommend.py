@@ -15,15 +15,17 @@ import numpy as np
 
 from udfs.artifact import Artifact
 from udfs.candidates import generate_candidates
+from udfs.diversity import OFF, cap_per_category
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
 from udfs.ranker import OnnxRanker, ProviderChoice, check_scores
+from udfs.reasons import list_reasons
+from udfs.records import SCHEMA_VERSION
 from udfs.state import StateLimits, UserState, update_state
 from udfs.trending import TrendingCounter
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 # A model-unknown item must be among this many stream-hottest items to take a fresh-hit slot.
 FRESH_HIT_TOP = 10
 
@@ -32,6 +34,7 @@ def output_record(
     req: UserRequest,
     items: Sequence[Id],
     scores: Sequence[float],
+    reasons: Sequence[dict[str, Any]],
     *,
     model_version: str,
     provider: str,
@@ -45,6 +48,7 @@ def output_record(
         "seq": req.state.emitted,
         "items": list(items),
         "scores": [round(float(s), 6) for s in scores],
+        "reasons": list(reasons),
         "trigger": {"item_id": t.item_id, "behavior": t.behavior, "ts": t.ts},
         "model_version": model_version,
         "provider": provider,
@@ -77,6 +81,7 @@ class Recommender:
         n_candidates: int,
         trending: TrendingCounter | None = None,
         fresh_hit_slots: int = 0,
+        max_per_category: int = OFF,
     ) -> None:
         self.artifact = artifact
         self.trending = trending
@@ -88,6 +93,7 @@ class Recommender:
         self.limits = limits
         self.top_k = top_k
         self.n_candidates = n_candidates
+        self.max_per_category = max_per_category
         self.counters = RecommenderCounters()
 
     @property
@@ -127,22 +133,32 @@ class Recommender:
             self._trend_view = (top, merged, fresh)
         return self._trend_view
 
-    def _with_fresh_hits(self, req: UserRequest, order: np.ndarray, s: np.ndarray) -> np.ndarray:
-        """Put the best-scored fresh hits among this user's candidates in the last slots.
+    def _with_fresh_hits(self, req: UserRequest, order: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, int]:
+        """Put the best-scored fresh hits among this user's candidates in the last slots;
+        also how many slots at the end they took.
 
         A brand-new item has no learned embedding, so the model ranks it low however
         hot it is; without a reserved slot a new hit would never reach a list.
         """
         fresh = req.fresh_hits
         if not fresh:
-            return order
+            return order, 0
         shown = set(order.tolist())
         picks = [i for i, item in enumerate(req.candidates.items) if item in fresh and i not in shown]
         if not picks:
-            return order
+            return order, 0
         picks = sorted(picks, key=lambda i: -s[i])[: min(self.fresh_hit_slots, len(order))]
         keep = order[: len(order) - len(picks)]
-        return np.concatenate([keep, np.asarray(picks, dtype=order.dtype)])
+        return np.concatenate([keep, np.asarray(picks, dtype=order.dtype)]), len(picks)
+
+    def _top(self, req: UserRequest, ranked: np.ndarray) -> np.ndarray:
+        """The first ``top_k`` rows of ``ranked``, under the per-category cap when it is on.
+
+        Off, this is exactly ``ranked[:top_k]``: lists are unchanged."""
+        if self.max_per_category == OFF:
+            return ranked[: self.top_k]
+        picked = cap_per_category(ranked, req.candidates.categories, self.max_per_category, self.top_k)
+        return np.asarray(picked, dtype=ranked.dtype)
 
     def recommend(self, requests: Sequence[UserRequest]) -> list[dict[str, Any]]:
         """Rank all users' candidates in one model call, then cut top-K per user.
@@ -184,16 +200,18 @@ class Recommender:
             if s is not None and not np.isfinite(s).all():
                 bad = n - int(np.isfinite(s).sum())
                 user_fallback, s, any_bad = f"bad_model_output: {bad} of {n} scores not finite", None, True
+            n_fresh = 0
             if s is not None:
-                order = self._with_fresh_hits(req, np.argsort(-s, kind="stable")[: self.top_k], s)
-                items = [req.candidates.items[i] for i in order]
+                order, n_fresh = self._with_fresh_hits(req, self._top(req, np.argsort(-s, kind="stable")), s)
                 top = s[order].tolist()
             else:
-                items = req.candidates.items[: self.top_k]
-                top = [req.candidates.covisit[i] for i in range(len(items))]
+                order = self._top(req, np.arange(n))
+                top = [req.candidates.covisit[i] for i in order]
+            items = [req.candidates.items[i] for i in order]
+            reasons = list_reasons(req.candidates, order, range(len(order) - n_fresh, len(order)))
             offset += n
             out.append(
-                output_record(req, items, top, model_version=self.artifact.model_version,
+                output_record(req, items, top, reasons, model_version=self.artifact.model_version,
                               provider=label, fallback=user_fallback)
             )
         if any_bad:

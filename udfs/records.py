@@ -1,4 +1,4 @@
-"""Dead-letter and late-event records: one layout for the Flink job and the peer.
+"""Output, dead-letter and late-event records: one layout for the Flink job and the peer.
 
 Free of pyflink so the plain-Python peer and tests can import it.
 """
@@ -11,6 +11,10 @@ import msgpack
 
 from udfs.events import DecodeError, Event
 from udfs.privacy import redact_reason
+
+# Version of the output record (README "Output"): 2 added `reasons`, one per item.
+# Adding a field keeps the number; removing, renaming or retyping one bumps it.
+SCHEMA_VERSION = 2
 
 # A dead letter must fit the DLQ producer's default max.request.size (1 MiB): a
 # record the broker accepted on the input topic can be up to that size itself, and

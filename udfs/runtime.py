@@ -45,7 +45,8 @@ def build_recommender(config: Config) -> Recommender:
     )
     trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
     return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
-                       trending=trending, fresh_hit_slots=r.fresh_hit_slots)
+                       trending=trending, fresh_hit_slots=r.fresh_hit_slots,
+                       max_per_category=r.max_per_category)
 
 
 def freeze_loaded_objects() -> None:

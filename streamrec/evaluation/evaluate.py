@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("offline", "prequential")
 JSON_FILE = "evaluation.json"
 PNG_FILE = "evaluation.png"
-TABLE_METRICS = ("hr@10", "ndcg@10", "mrr", "auc", "novel_hr@10", "novel_ndcg@10", "coverage@10")
+TABLE_METRICS = ("hr@10", "ndcg@10", "mrr", "auc", "novel_hr@10", "novel_ndcg@10", "precision@10", "recall@10",
+                 "f1@10", "ild@10", "coverage@10", "novelty@10")
 
 
 def offline(events: Sequence[Event], artifact_dir: str | Path, *, threads: int = 2) -> dict[str, Any]:
@@ -79,10 +80,12 @@ def evaluate(
     provider: str = "cpu",
     fmt: str = "auto",
     layout: CsvLayout | None = None,
+    max_per_category: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate the artifact on ``events_path`` under ``protocols``; write ``out_dir/evaluation.json``
     and ``out_dir/evaluation.png``; return the report (the JSON's content). ``fmt`` and
-    ``layout``: how to read the log (:func:`udfs.logs.load_events`)."""
+    ``layout``: how to read the log (:func:`udfs.logs.load_events`); ``max_per_category``: the
+    job's diversity cap in the prequential protocol (None: the config default)."""
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
         raise ValueError(f"protocols must be among {PROTOCOLS}, got {list(protocols)}")
@@ -114,24 +117,25 @@ def evaluate(
             report["protocols"][p] = offline(events, artifact_dir)
         else:
             t = time.perf_counter()
-            res = prequential(events, artifact_dir, since_ms=until, provider=provider, workdir=out)
+            res = prequential(events, artifact_dir, since_ms=until, provider=provider, workdir=out,
+                              max_per_category=max_per_category)
             res["seconds"] = round(time.perf_counter() - t, 2)
             report["protocols"][p] = res
     report["seconds_total"] = round(time.perf_counter() - t0, 2)
-    report = _json_safe(report)
+    report = json_safe(report)
     (out / JSON_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     plot(report, out / PNG_FILE)
     return report
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """NaN/inf are not JSON: null instead."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 

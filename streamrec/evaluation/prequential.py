@@ -29,7 +29,11 @@ Protocol, precisely:
    ``novel_*`` over tested events whose item the user never touched before
    (any earlier event of the user in the sorted log); ``coverage@10``
    = distinct items in all tested lists' top 10 / catalog (distinct items in
-   the whole log).
+   the whole log). Whole-list metrics (:func:`udfs.ranking_metrics.list_quality`) over the
+   same tested lists: ``precision@10``, ``recall@10`` and ``f1@10`` against the items of the
+   user's later held-out events (what the shopper went on to touch), ``ild@10`` (share of
+   item pairs in a list whose categories differ), ``novelty@10`` (mean self-information of
+   the served items, from how many users touched each before the split).
 4. Baselines get the same candidates: a pure-Python replay of the same sorted
    log through :class:`udfs.recommend.Recommender` (the job's own state update,
    candidate generation and, for ``model``, ranking) yields per held-out
@@ -51,7 +55,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +70,7 @@ from udfs.config import load_config
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
 from udfs.logs import write_events_msgpack
-from udfs.ranking_metrics import K, metrics_from_ranks
+from udfs.ranking_metrics import K, list_quality, metrics_from_ranks
 from udfs.runtime import build_recommender, state_settings
 from udfs.state import UserState
 
@@ -84,6 +88,8 @@ class EmittedList:
     seq: int
     trigger: tuple[Id, str, int]  # item_id, behavior, ts
     items: list[Id]
+    reasons: list[dict[str, Any]] = field(default_factory=list)
+    """One per item from schema version 2; empty for version 1 lists and baselines."""
 
 
 def sort_log(events: Iterable[Event]) -> list[Event]:
@@ -95,9 +101,12 @@ def artifact_until_ms(artifact_dir: str | Path) -> int:
     return verify_manifest(artifact_dir).until_ms
 
 
-def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu", top_k: int | None = K) -> Any:
+def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu", top_k: int | None = K,
+               max_per_category: int | None = None) -> Any:
     """The job's config for a prequential run: the artifact's state limits and candidate
-    count, lists of ``top_k`` (None: all candidates), emission from ``since_ms``, no checkpoints.
+    count, lists of ``top_k`` (None: all candidates), the diversity cap ``max_per_category``
+    (``ranking.max_per_category``, None: its default; the job and the replay both apply it), emission from
+    ``since_ms``, no checkpoints.
 
     The environment and config files are ignored (``environ={}``) so a run is reproducible."""
     manifest = verify_manifest(artifact_dir)
@@ -113,6 +122,8 @@ def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu"
         "job": {"since_ms": int(since_ms), "checkpoint_interval_ms": 0, "parallelism": 1},
         "state": state,
     }
+    if max_per_category is not None:
+        overrides["ranking"]["max_per_category"] = int(max_per_category)
     return load_config(overrides=overrides, environ={})
 
 
@@ -133,7 +144,7 @@ def run_job_lists(
 
 
 def read_lists(path: str | Path) -> dict[ListKey, EmittedList]:
-    """The job's output JSON lines, keyed by (user_id, seq)."""
+    """The job's output JSON lines, keyed by (user_id, seq); schema versions 1 and 2 (reasons if present)."""
     lists: dict[ListKey, EmittedList] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -145,7 +156,7 @@ def read_lists(path: str | Path) -> dict[ListKey, EmittedList]:
             if key in lists:
                 raise ValueError(f"{path}: two lists for user {key[0]} seq {key[1]}")
             lists[key] = EmittedList(r["user_id"], int(r["seq"]), (t["item_id"], t["behavior"], int(t["ts"])),
-                                     list(r["items"]))
+                                     list(r["items"]), list(r.get("reasons") or []))
     return lists
 
 
@@ -298,10 +309,57 @@ def check_same_serving(a: str | Path, b: str | Path) -> None:
         raise ValueError(f"artifacts {a} and {b} differ in {', '.join(diffs)}: score them on separate replays")
 
 
-def _score(lists: Mapping[ListKey, EmittedList], tested: Sequence[Pair], catalog_size: int,
+@dataclass
+class ListContext:
+    """What the whole-list metrics need besides the lists (:func:`udfs.ranking_metrics.list_quality`)."""
+
+    catalog_size: int
+    future: dict[ListKey, set[Id]]
+    """Per list: the items of the user's later held-out events (the relevant set for precision/recall)."""
+    category_of: dict[Id, Id]
+    popularity: dict[Id, int]
+    """Per item: distinct users who touched it before the split (novelty)."""
+    n_users: int
+    """Distinct users before the split."""
+
+
+def future_items(lists: Mapping[ListKey, EmittedList]) -> dict[ListKey, set[Id]]:
+    """Per list, the trigger items of the same user's later lists: what the shopper went on to touch."""
+    by_user: dict[Id, list[EmittedList]] = defaultdict(list)
+    for lst in lists.values():
+        by_user[lst.user_id].append(lst)
+    out: dict[ListKey, set[Id]] = {}
+    for user, ls in by_user.items():
+        ls.sort(key=lambda x: x.seq, reverse=True)
+        later: set[Id] = set()
+        for lst in ls:
+            out[(user, lst.seq)] = set(later)
+            later.add(lst.trigger[0])
+    return out
+
+
+def list_context(events: Sequence[Event], since_ms: int, lists: Mapping[ListKey, EmittedList]) -> ListContext:
+    users_of: dict[Id, set[Id]] = defaultdict(set)
+    for e in events:
+        if e.ts < since_ms:
+            users_of[e.item_id].add(e.user_id)
+    return ListContext(
+        catalog_size=len({e.item_id for e in events}),
+        future=future_items(lists),
+        category_of={e.item_id: e.category_id for e in events},
+        popularity={i: len(u) for i, u in users_of.items()},
+        n_users=len({e.user_id for e in events if e.ts < since_ms}),
+    )
+
+
+def _score(lists: Mapping[ListKey, EmittedList], tested: Sequence[Pair], ctx: ListContext,
            k: int) -> dict[str, float]:
+    """Rank metrics of the true next item, then the whole-list ones, over the tested lists."""
     ranked = [lists[t.list_key].items if t.list_key in lists else [] for t in tested]
-    return list_metrics(ranked, [t.target for t in tested], [t.novel for t in tested], catalog_size, k)
+    m = list_metrics(ranked, [t.target for t in tested], [t.novel for t in tested], ctx.catalog_size, k)
+    m.update(list_quality(ranked, [ctx.future.get(t.list_key, set()) for t in tested], ctx.category_of,
+                          ctx.popularity, ctx.n_users, ctx.catalog_size, k))
+    return m
 
 
 def prequential(
@@ -315,18 +373,22 @@ def prequential(
     k: int = K,
     top_k: int | None = K,
     others: Sequence[str | Path] = (),
+    max_per_category: int | None = None,
+    baselines: Iterable[str] = tuple(BASELINES),
 ) -> dict[str, Any]:
     """Run the protocol of the module doc; returns metrics per ranker (``model`` from the job
     when ``use_job``, else from the replay) plus candidate recall and a job/replay consistency check.
+    ``max_per_category`` is the job's diversity cap (None: the config default; it re-ranks ``model``
+    lists only).
 
     ``others``: more artifacts trained on the same part of the log (same vocabulary, tables and
     serving settings, e.g. other seeds), scored on this replay's candidates by their model
-    alone (:func:`replay_lists` ``scorers``); their metrics go to ``result["others"]``, and
-    ``result["direct_consistency"]`` counts how many of this artifact's lists, scored the same
-    way, equal the recommender's."""
+    alone (:func:`replay_lists` ``scorers``, no diversity cap); their metrics go to
+    ``result["others"]``, and ``result["direct_consistency"]`` counts how many of this
+    artifact's lists, scored the same way, equal the recommender's."""
     evs = sort_log(events)
     since = artifact_until_ms(artifact_dir) if since_ms is None else int(since_ms)
-    config = job_config(artifact_dir, since, provider=provider, top_k=top_k)
+    config = job_config(artifact_dir, since, provider=provider, top_k=top_k, max_per_category=max_per_category)
     scorers = {DIRECT: onnx_session(Path(artifact_dir) / MODEL_FILE)}
     for i, other in enumerate(others):
         check_same_serving(artifact_dir, other)
@@ -336,8 +398,10 @@ def prequential(
     novel = novelty(evs)
     result: dict[str, Any] = {"since_ms": since, "k": k, "catalog_size": catalog,
                               "held_out_events": sum(1 for e in evs if e.ts >= since)}
-    replay = replay_lists(evs, config, scorers=scorers)
+    names = list(baselines)
+    replay = replay_lists(evs, config, baselines=names, scorers=scorers)
     tested = held_out_pairs(replay.lists["model"], novel)
+    ctx = list_context(evs, since, replay.lists["model"])
     result["seconds_replay"] = round(replay.seconds, 2)
     job_lists: dict[ListKey, EmittedList] | None = None
     if use_job:
@@ -373,16 +437,17 @@ def prequential(
         "model_source": "job" if use_job else "replay",
         "rankers": {},
     })
-    for name in BASELINES:
-        result["rankers"][name] = _score(replay.lists[name], tested, catalog, k)
+    for name in names:
+        result["rankers"][name] = _score(replay.lists[name], tested, ctx, k)
     result["rankers"]["model"] = _score(job_lists if job_lists is not None else replay.lists["model"],
-                                        tested_job, catalog, k)
-    result["replay_model"] = _score(replay.lists["model"], tested, catalog, k)
+                                        tested_job, ctx, k)
+    result["replay_model"] = _score(replay.lists["model"], tested, ctx, k)
+    result["max_per_category"] = int(config.ranking.max_per_category)
     direct = replay.lists[DIRECT]
     result["direct_consistency"] = {
         "lists": len(direct),
         "identical": sum(1 for key, lst in direct.items() if replay.lists["model"][key].items == lst.items)}
-    result["others"] = {str(other): _score(replay.lists[f"{OTHER}{i}"], tested, catalog, k)
+    result["others"] = {str(other): _score(replay.lists[f"{OTHER}{i}"], tested, ctx, k)
                         for i, other in enumerate(others)}
     result["top_k"] = int(config.ranking.top_k)
     if not full:  # AUC of a truncated list is not the AUC over the candidates
