@@ -118,7 +118,7 @@ def test_matrix_over_two_logs(tmp_path: Path) -> None:
     until = median_until(ev)
     assert rep["logs"]["dev/b"]["data"]["until_ms"] == until
     art = fixture_trainer(ev, until, tmp_path / "direct", 0)
-    direct = prequential(ev, art, since_ms=until, use_job=False)
+    direct = prequential(ev, art, since_ms=until, use_job=False, max_per_category=0)
     for m in METRICS:
         assert s["rankers"]["model"][m]["mean"] == pytest.approx(direct["rankers"]["model"][m])
         assert s["rankers"]["covisit"][m]["mean"] == pytest.approx(direct["rankers"]["covisit"][m])
@@ -142,7 +142,7 @@ def test_other_seeds_must_share_the_serving_files(tmp_path: Path) -> None:
     c = fixture_trainer(ev, ev[len(ev) // 4].ts, tmp_path / "c", 0)
     with pytest.raises(ValueError, match="tables.msgpack"):
         check_same_serving(a, c)
-    res = prequential(ev, a, since_ms=median_until(ev), use_job=False, others=[b])
+    res = prequential(ev, a, since_ms=median_until(ev), use_job=False, others=[b], max_per_category=0)
     assert res["direct_consistency"]["identical"] == res["direct_consistency"]["lists"] > 0
     other, model = res["others"][str(b)], res["rankers"]["model"]
     assert set(other) == set(model)

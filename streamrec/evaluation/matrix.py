@@ -36,6 +36,7 @@ from typing import Any
 
 from jobs.layout import PROJECT_ROOT
 from streamrec.evaluation.prequential import prequential
+from udfs.diversity import OFF
 from udfs.events import Event
 from udfs.logs import load_events
 
@@ -105,8 +106,10 @@ def run_log(dev: DevLog, seeds: Sequence[int], work: Path, *, trainer: Trainer =
         arts.append(trainer(events, until, work / dev.name / f"seed{seed}", seed))
         train_s.append(round(time.perf_counter() - t, 2))
     t = time.perf_counter()
+    # The diversity cap off: every ranker's list is its own order (the cap is a product choice
+    # measured by --diversity-sweep, not part of the ranking compared here).
     res = prequential(events, arts[0], since_ms=until, provider=provider, workdir=work, use_job=use_job,
-                      others=arts[1:])
+                      others=arts[1:], max_per_category=OFF)
     score_s = round(time.perf_counter() - t, 2)
     common = {k: res[k] for k in ("requests", "novel_requests", "candidate_recall", "novel_candidate_recall")}
     baselines = {r: m for r, m in res["rankers"].items() if r != "model"}
