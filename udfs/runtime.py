@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 from udfs.artifact import load_artifact
+from udfs.catalog import Catalog
 from udfs.config import Config
 from udfs.ranker import OnnxRanker
 from udfs.recommend import Recommender
@@ -36,7 +37,9 @@ def state_settings(limits: StateLimits) -> dict[str, int]:
     }
 
 
-def build_recommender(config: Config) -> Recommender:
+def build_recommender(config: Config, catalog: bool = False) -> Recommender:
+    """``catalog``: join an (initially empty) :class:`Catalog` that the caller fills from the
+    catalog topic; items the artifact's log has behavior for are never new."""
     r = config.ranking
     artifact = load_artifact(r.artifact_dir)
     ranker = OnnxRanker(
@@ -46,7 +49,9 @@ def build_recommender(config: Config) -> Recommender:
     trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
     return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
                        trending=trending, fresh_hit_slots=r.fresh_hit_slots,
-                       max_per_category=r.max_per_category)
+                       max_per_category=r.max_per_category,
+                       catalog=Catalog(known=artifact.tables.popularity) if catalog else None,
+                       new_item_slots=r.new_item_slots)
 
 
 def freeze_loaded_objects() -> None:
