@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError
-from pyflink.common import Row
+from pyflink.common import Duration, Row, WatermarkStrategy
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
@@ -44,6 +44,33 @@ def _jvm() -> Any:
     return get_gateway().jvm
 
 
+# The catalog has no event time: an input that holds no records for this long leaves the
+# watermark to the events (while records flow, their Kafka timestamps, i.e. publish time, are
+# at or ahead of live events' time, so the events' watermark is the smaller one).
+CATALOG_IDLENESS_MS = 1000
+
+
+def _raw_kafka_source(config: Config, topic: str, group_id: str, starting: Any) -> KafkaSource:
+    """A KafkaSource of raw records with their coordinates (see RawRecordDeserializer.java)."""
+    k = config.kafka
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(k.bootstrap_servers)
+        .set_topics(topic)
+        .set_group_id(group_id)
+        .set_starting_offsets(starting)
+        .set_property("isolation.level", "read_committed")
+        .set_property("partition.discovery.interval.ms", "30000")
+        .set_property("fetch.max.wait.ms", str(k.source_fetch_max_wait_ms))
+        .set_property("fetch.min.bytes", str(k.source_fetch_min_bytes))
+    )
+    for key, value in java_client_properties(k).items():
+        builder.set_property(key, str(value))
+    # PyFlink only exposes value-only deserializers; ours keeps partition/offset.
+    builder._j_builder.setDeserializer(_jvm().io.streamrec.flink.RawRecordDeserializer())
+    return builder.build()
+
+
 @dataclass
 class KafkaEventSource:
     """Raw Kafka records with their coordinates (see RawRecordDeserializer.java)."""
@@ -59,22 +86,27 @@ class KafkaEventSource:
             "latest": KafkaOffsetsInitializer.latest(),
             "committed": KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST),
         }[k.starting_offsets]
-        builder = (
-            KafkaSource.builder()
-            .set_bootstrap_servers(k.bootstrap_servers)
-            .set_topics(k.input_topic)
-            .set_group_id(k.group_id)
-            .set_starting_offsets(starting)
-            .set_property("isolation.level", "read_committed")
-            .set_property("partition.discovery.interval.ms", "30000")
-            .set_property("fetch.max.wait.ms", str(k.source_fetch_max_wait_ms))
-            .set_property("fetch.min.bytes", str(k.source_fetch_min_bytes))
-        )
-        for key, value in java_client_properties(k).items():
-            builder.set_property(key, str(value))
-        # PyFlink only exposes value-only deserializers; ours keeps partition/offset.
-        builder._j_builder.setDeserializer(_jvm().io.streamrec.flink.RawRecordDeserializer())
-        return env.from_source(builder.build(), source_watermarks(config), "kafka-events").uid("kafka-source")
+        source = _raw_kafka_source(config, k.input_topic, k.group_id, starting)
+        return env.from_source(source, source_watermarks(config), "kafka-events").uid("kafka-source")
+
+
+@dataclass
+class KafkaCatalogSource:
+    """The catalog topic's raw records, always from the earliest offset: the compacted topic is
+    the whole catalog, and a fresh start must see all of it (a restore resumes from the
+    checkpoint's offsets, with the broadcast state of that checkpoint)."""
+
+    config: Config
+
+    event_time_in_source = True
+
+    def create(self, env: StreamExecutionEnvironment, config: Config) -> DataStream:
+        k = config.kafka
+        source = _raw_kafka_source(config, k.catalog_topic, f"{k.group_id}-catalog",
+                                   KafkaOffsetsInitializer.earliest())
+        watermarks = (WatermarkStrategy.for_monotonous_timestamps()
+                      .with_idleness(Duration.of_millis(CATALOG_IDLENESS_MS)))
+        return env.from_source(source, watermarks, "kafka-catalog").uid("kafka-catalog")
 
 
 @dataclass
@@ -106,7 +138,8 @@ class KafkaSinks:
         if config.kafka.delivery_guarantee == "exactly-once":
             check_transaction_timeout(config)
         topics = config.kafka.topics()
-        for stream, topic_field, name in (
+        for stream, topic_field, name in (  # the catalog's dead letters go with the events'
+
             (outputs.recommendations, "output_topic", "recommendations"),
             (outputs.dead_letters, "dlq_topic", "dead-letters"),
             (outputs.late_events, "late_topic", "late-events"),

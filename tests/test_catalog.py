@@ -4,6 +4,8 @@ and new items reaching cold-start candidates through content similarity."""
 import msgpack
 import pytest
 
+from streamrec.catalog_files import catalog_for_events, catalog_records, read_catalog_file, write_catalog_jsonl
+from streamrec.generator import generate_events
 from udfs.candidates import SRC_NEW, CandidateTables, generate_candidates
 from udfs.catalog import (
     Catalog,
@@ -195,3 +197,40 @@ def test_the_recommender_lists_a_new_item_for_a_cold_shopper_and_never_a_blocked
     assert "brand-new" in after["items"]
     reason = after["reasons"][after["items"].index("brand-new")]
     assert reason == {"code": "new_in_catalog"}
+
+
+# --- catalog files (`streamrec catalog publish`) and the generated catalog -----------------------------
+
+def test_a_csv_catalog_is_read_by_the_jobs_rule_with_bad_rows_named(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("item_id,category_id,brand,price,stock,title,updated_at,deleted\n"
+                    f"1,2,Acme,3.5,0,red mug,{T0},false\n"
+                    f"2,2,,,,,{T0},\n"
+                    f"3,2,,,-1,,{T0},\n"
+                    f"4,2,,,,,{T0},maybe\n")
+    found = read_catalog_file(path)
+    assert found.items == [item(1, 2, brand="Acme", price=3.5, stock=0, title="red mug"), item(2, 2)]
+    assert [line for line, _ in found.rejected] == [4, 5]
+    assert found.rejected[0][1].startswith("out_of_range:stock")
+    assert found.rejected[1][1].startswith("bad_type:deleted")
+
+
+def test_a_json_lines_catalog_round_trips_and_keys_records_by_item(tmp_path):
+    items = [item(1, 2, title="blue lamp"), item("sku-9", 3, deleted=True)]
+    path = tmp_path / "c.jsonl"
+    assert write_catalog_jsonl(items, path) == 2
+    with path.open("a") as f:
+        f.write("{not json\n")
+    found = read_catalog_file(path)
+    assert found.items == items
+    assert found.rejected[0][0] == 3 and found.rejected[0][1].startswith("not_json")
+    keys = [k for k, _ in catalog_records(found.items)]
+    assert keys == [b"1", b"sku-9"]
+
+
+def test_the_generated_catalog_holds_every_item_of_the_log_in_its_category():
+    events = generate_events(500, n_users=20, n_items=100, n_categories=5, seed=1)
+    catalog = catalog_for_events(events, seed=1, updated_at=T0)
+    assert {c.item_id: c.category_id for c in catalog} == {e.item_id: e.category_id for e in events}
+    assert all(c.available and c.brand and c.title for c in catalog)
+    assert catalog == catalog_for_events(events, seed=1, updated_at=T0)  # seeded
