@@ -26,8 +26,12 @@ MAX_TEXT_LEN = 512
 """Longest ``brand`` or ``title`` accepted (code points)."""
 REQUIRED_FIELDS = ("item_id", "category_id", "updated_at")
 OPTIONAL_FIELDS = ("brand", "price", "stock", "title", "deleted")
-NEW_PER_KEY = 32
+NEW_PER_KEY = 8
 """New items remembered per category, brand and title word (the most recent ones)."""
+PROFILE_ITEMS = 10
+"""The shopper's last distinct items whose brand and title words find similar new items."""
+PROFILE_CATEGORIES = 3
+"""The shopper's top categories (by affinity) whose new items are candidates, as for popular ones."""
 _WORD = re.compile(r"[^\W_]{3,}")
 
 
@@ -154,6 +158,8 @@ class Catalog:
         self.unavailable: set[Id] = set()
         self._known = known
         self._new: set[Id] = set()
+        self._words: dict[Id, frozenset[str]] = {}
+        """Title words of indexed new items, computed once (similarity reads them per event)."""
         self._by_category: dict[Id, deque[Id]] = {}
         self._by_brand: dict[str, deque[Id]] = {}
         self._by_word: dict[str, deque[Id]] = {}
@@ -182,7 +188,9 @@ class Catalog:
 
     def touched(self, item_id: Id) -> None:
         """A shopper acted on the item: it has behavior now and leaves the new-item candidates."""
-        self._new.discard(item_id)
+        if item_id in self._new:
+            self._new.discard(item_id)
+            self._words.pop(item_id, None)
 
     def is_new(self, item_id: Id) -> bool:
         return item_id in self._new
@@ -191,7 +199,8 @@ class Catalog:
         keys: list[tuple[dict[Any, deque[Id]], Any]] = [(self._by_category, item.category_id)]
         if item.brand:
             keys.append((self._by_brand, item.brand))
-        keys.extend((self._by_word, w) for w in title_words(item.title))
+        words = self._words[item.item_id] = title_words(item.title)
+        keys.extend((self._by_word, w) for w in words)
         for index, key in keys:
             entries = index.get(key)
             if entries is None:
@@ -209,21 +218,30 @@ class Catalog:
 
         Content similarity, no behavior needed: the item's category's share of the shopper's
         category affinity, plus 1 for a brand of an item they touched, plus the Jaccard overlap
-        of its title words with theirs. Best first; ties keep the most recent item first."""
+        of its title words with theirs. Looked up from the shopper's top
+        :data:`PROFILE_CATEGORIES` categories and the brands and title words of their last
+        :data:`PROFILE_ITEMS` distinct items, so the work per event is bounded whatever the
+        catalog's size. Best first; ties keep the most recent item first."""
         if limit <= 0 or not self._new:
             return []
         total = sum(state.affinity.values()) or 1.0
         cat_share = {c: a / total for c, a in state.affinity.items()}
         brands: set[str] = set()
         words: set[str] = set()
-        for row in state.seq:
+        seen: set[Id] = set()
+        for row in reversed(state.seq):
+            if row[1] in seen:
+                continue
+            seen.add(row[1])
             touched = self.items.get(row[1])
             if touched is not None:
                 if touched.brand:
                     brands.add(touched.brand)
                 words |= title_words(touched.title)
+            if len(seen) >= PROFILE_ITEMS:
+                break
         pool: dict[Id, None] = {}
-        for cat in cat_share:
+        for cat in sorted(cat_share, key=lambda c: -cat_share[c])[:PROFILE_CATEGORIES]:
             pool.update(dict.fromkeys(self._by_category.get(cat, ())))
         for brand in brands:
             pool.update(dict.fromkeys(self._by_brand.get(brand, ())))
@@ -236,7 +254,7 @@ class Catalog:
                 continue
             score = cat_share.get(item.category_id, 0.0) + (1.0 if item.brand in brands else 0.0)
             if words:
-                mine = title_words(item.title)
+                mine = self._words.get(item_id, frozenset())
                 score += len(mine & words) / len(mine | words) if mine else 0.0
             if score > 0:
                 scored.append((item_id, item.category_id, score))
