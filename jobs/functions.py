@@ -9,6 +9,7 @@ Element shapes between operators:
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -43,6 +44,9 @@ LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
 COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_duplicate", "recommendations_emitted",
             "ranking_fallbacks", "ranker_rows", "ranker_micros", "states_trimmed", "catalog_applied",
             "catalog_stale", "catalog_dead_lettered")
+# A million catalog records are a million long-lived tuples: each full cyclic-GC pass would walk
+# them all (as the artifact's tables, see freeze_loaded_objects), so they leave the GC's view in steps.
+GC_FREEZE_EVERY = 50_000
 # Every parallel instance holds the whole catalog: item key -> the record's msgpack bytes, as read.
 CATALOG_STATE = MapStateDescriptor("catalog", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 
@@ -209,6 +213,7 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
             if not isinstance(item, DecodeError):  # only valid records were ever stored
                 catalog.apply(item)
         if len(catalog):
+            gc.freeze()
             log.warning("streamrec catalog restored: %d items", len(catalog))
 
     def process_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Any:
@@ -225,8 +230,11 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
                 self.metrics.inc("catalog_dead_lettered")
                 yield DLQ_TAG, dead_letter(item, value[0], value[1], value[2], value[3])
             return
-        if self._catalog().apply(item):
+        catalog = self._catalog()
+        if catalog.apply(item):
             ctx.get_broadcast_state(CATALOG_STATE).put(catalog_key(item.item_id), raw)
             self.metrics.inc("catalog_applied")
+            if len(catalog) % GC_FREEZE_EVERY == 0:
+                gc.freeze()
         else:
             self.metrics.inc("catalog_stale")

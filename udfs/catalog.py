@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -76,6 +77,12 @@ def _text(obj: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _interned(text: str | None) -> str | None:
+    """One string object per brand: a shop has few brands and many items, and every instance of the
+    job holds every item's record."""
+    return None if text is None else sys.intern(text)
+
+
 def _price(value: Any) -> float | None:
     if value is None:
         return None
@@ -114,7 +121,7 @@ def catalog_item_from_map(obj: Any) -> CatalogItem:
     return CatalogItem(
         item_id=item,
         category_id=category,
-        brand=_text(obj, "brand"),
+        brand=_interned(_text(obj, "brand")),
         price=_price(obj.get("price")),
         stock=None if stock is None else _int_field(stock, "stock", 2**63),
         title=_text(obj, "title"),
