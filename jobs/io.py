@@ -102,11 +102,34 @@ class KafkaCatalogSource:
 
     def create(self, env: StreamExecutionEnvironment, config: Config) -> DataStream:
         k = config.kafka
+        ensure_catalog_topic(config)
         source = _raw_kafka_source(config, k.catalog_topic, f"{k.group_id}-catalog",
                                    KafkaOffsetsInitializer.earliest())
         watermarks = (WatermarkStrategy.for_monotonous_timestamps()
                       .with_idleness(Duration.of_millis(CATALOG_IDLENESS_MS)))
         return env.from_source(source, watermarks, "kafka-catalog").uid("kafka-catalog")
+
+
+def ensure_catalog_topic(config: Config, timeout_s: float = 10.0) -> None:
+    """Create the catalog topic, compacted, when it does not exist: a shop without a catalog yet
+    still runs the job, and the source fails on a topic that is not there. A broker that refuses
+    (no permission) stops the start naming the key."""
+    k = config.kafka
+    admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
+                             **python_client_options(k))
+    try:
+        if k.catalog_topic in admin.list_topics():
+            return
+        result = admin.create_topics({k.catalog_topic: {"num_partitions": 1, "replication_factor": -1,
+                                                        "configs": {"cleanup.policy": "compact"}}},
+                                     raise_errors=False)
+        for topic in result["topics"]:
+            if topic["error_code"] not in (0, 36):  # 36: created meanwhile by someone else
+                raise ConfigError(f"kafka.catalog_topic: {k.catalog_topic!r} does not exist and could not be "
+                                  f"created (error {topic['error_code']}: {topic.get('error_message') or ''})")
+        log.warning("created the catalog topic %s (compacted)", k.catalog_topic)
+    finally:
+        admin.close()
 
 
 @dataclass
