@@ -234,3 +234,11 @@ def test_the_generated_catalog_holds_every_item_of_the_log_in_its_category():
     assert {c.item_id: c.category_id for c in catalog} == {e.item_id: e.category_id for e in events}
     assert all(c.available and c.brand and c.title for c in catalog)
     assert catalog == catalog_for_events(events, seed=1, updated_at=T0)  # seeded
+
+
+def test_new_items_survive_the_cut_at_n_for_a_shopper_with_many_candidates():
+    tables = CandidateTables(covisit={"A": [(f"c{k}", 1.0) for k in range(60)]},
+                             category_top={1: [f"p{k}" for k in range(50)]}, trending=[f"t{k}" for k in range(50)])
+    c = generate_candidates(shopper(("A", 1)), tables, n=20, new_items=[("NEW", 1, 0.5), ("NEW2", 1, 0.4)])
+    assert len(c.items) == 20
+    assert {"NEW", "NEW2"} <= set(c.items)

@@ -199,8 +199,8 @@ def generate_candidates(
     new_items: Sequence[tuple[Id, Id, float]] = (),
 ) -> Candidates:
     """Up to ``n`` candidates: co-visitation of recent items first, then the
-    user's recent items and top categories, then new catalog items like what the
-    user touched (``new_items``: ``(item, category, score)``), then trending (the
+    user's recent items, new catalog items like what the user touched
+    (``new_items``: ``(item, category, score)``), the top categories, then trending (the
     cold-start fallback). Bought items and ``blocked`` ones (the catalog's out of
     stock or deleted items) are excluded everywhere."""
     bought = set(state.bought)
@@ -218,18 +218,19 @@ def generate_candidates(
         if item not in bought and item not in blocked:
             _add(out, item, seen_cat[item], SRC_RECENT, math.log1p(cov.get(item, 0.0)))
 
+    # Before the categories' popular items, so the cut at n never drops them (at most n // 10). Best
+    # first (the catalog orders them); the score only ordered them: the covisit feature stays
+    # what it is for every candidate, the item's co-visitation (none yet for a new item).
+    for item, cat, _score in new_items:
+        if item not in bought and item not in blocked:
+            _add(out, item, cat, SRC_NEW, math.log1p(cov.get(item, 0.0)))
+
     top_cats = sorted(state.affinity, key=lambda c: -state.affinity[c])[:3]
     per_cat = max(1, n // 10)
     for cat in top_cats:
         for item in tables.category_top.get(cat, ())[:per_cat]:
             if item not in bought and item not in blocked:
                 _add(out, item, cat, SRC_CATEGORY, math.log1p(cov.get(item, 0.0)))
-
-    # Best first (the catalog orders them); the score only ordered them: the covisit feature stays
-    # what it is for every candidate, the item's co-visitation (none yet for a new item).
-    for item, cat, _score in new_items:
-        if item not in bought and item not in blocked:
-            _add(out, item, cat, SRC_NEW, math.log1p(cov.get(item, 0.0)))
 
     stream_cats = trending_categories or {}
     for item in trending if trending is not None else tables.trending:
