@@ -237,8 +237,10 @@ def test_the_generated_catalog_holds_every_item_of_the_log_in_its_category():
 
 
 def test_new_items_survive_the_cut_at_n_for_a_shopper_with_many_candidates():
+    # n=20: 10 co-visited, 3 recent, 2 popular from each of 3 categories = 19, then 2 new ones: 21 > 20.
     tables = CandidateTables(covisit={"A": [(f"c{k}", 1.0) for k in range(60)]},
-                             category_top={1: [f"p{k}" for k in range(50)]}, trending=[f"t{k}" for k in range(50)])
-    c = generate_candidates(shopper(("A", 1)), tables, n=20, new_items=[("NEW", 1, 0.5), ("NEW2", 1, 0.4)])
+                             category_top={c: [f"p{c}-{k}" for k in range(50)] for c in (1, 2, 3)})
+    st = shopper(("A", 1), ("B", 2), ("C", 3))
+    c = generate_candidates(st, tables, n=20, new_items=[("NEW", 1, 0.5), ("NEW2", 1, 0.4)])
     assert len(c.items) == 20
     assert {"NEW", "NEW2"} <= set(c.items)
