@@ -11,8 +11,9 @@ import msgpack
 import pytest
 from kafka import KafkaProducer
 
-from streamrec.catalog_files import catalog_records
-from streamrec.kafka_io import consume, produce, replay
+from streamrec.catalog_files import write_catalog_jsonl
+from streamrec.cli import main as cli
+from streamrec.kafka_io import consume, replay
 from tests.job_fixtures import generated_log
 from udfs.catalog import CatalogItem
 from udfs.config import TOPIC_FIELDS
@@ -38,7 +39,7 @@ def collect(bootstrap: str, topic: str, want: int, job, timeout_s: float = 180) 
     return out
 
 
-def test_catalog_rules_hold_in_the_running_job(kafka_broker, unique_topic, kafka_jobs):
+def test_catalog_rules_hold_in_the_running_job(kafka_broker, unique_topic, kafka_jobs, tmp_path):
     topics = {f: unique_topic(f.split("_")[0]) for f in TOPIC_FIELDS}
     job = kafka_jobs(topics)
     bootstrap = kafka_broker.bootstrap
@@ -61,7 +62,10 @@ def test_catalog_rules_hold_in_the_running_job(kafka_broker, unique_topic, kafka
     records = [CatalogItem(i, category[i], None, None, 0, None, t0, False) for i in popular[:3]]
     records.append(CatalogItem(popular[3], category[popular[3]], None, None, 5, None, t0, True))
     records.append(CatalogItem(NEW_ITEM, cold_item.category_id, "Newco", 9.5, 10, "fresh new thing", t0, False))
-    produce(bootstrap, topics["catalog_topic"], catalog_records(records))
+    shelf = tmp_path / "catalog.jsonl"
+    write_catalog_jsonl(records, shelf)
+    assert cli(["catalog", "publish", "--file", str(shelf), "--topic", topics["catalog_topic"],
+                "--bootstrap-servers", bootstrap]) == 0
     prod = KafkaProducer(bootstrap_servers=bootstrap)
     prod.send(topics["catalog_topic"], key=b"1", value=BAD_RECORD)
     prod.flush()
