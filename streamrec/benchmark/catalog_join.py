@@ -21,14 +21,24 @@ instance of the keyed function:
 
 Both run the keyed function's work without the model (``ranker=None``: generator order), as
 the model's cost is the same whichever way the catalog is joined. Single process, one core.
+
+``--job`` adds the broadcast design in the real job (``streamrec run`` on the local
+minicluster, parallelism 1, thread mode, a local broker): the catalog is published first,
+a bad record after it marks its end (its dead letter means the job has read everything
+before it); then the memory of the job's processes (client, JVM and the embedded Python:
+RSS summed over its process group) and the events/s of a backlog of events with the model,
+against the same run with an empty catalog.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Sequence
@@ -37,10 +47,16 @@ from typing import Any
 
 import msgpack
 
+from streamrec.benchmark.bench import TopicCounter, ensure_artifact, rss_mb
+from streamrec.catalog_files import catalog_records
 from streamrec.generator import generate_events
+from streamrec.kafka_io import consume, event_record, produce
+from streamrec.local.kafka import LocalKafka
+from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import Artifact, Manifest
 from udfs.candidates import build_tables
 from udfs.catalog import Catalog, CatalogItem, catalog_key, decode_catalog_item, encode_catalog_item
+from udfs.config import TOPIC_FIELDS
 from udfs.events import Event
 from udfs.features import Vocab
 from udfs.recommend import Recommender
@@ -158,6 +174,87 @@ def measure(n_items: int) -> dict[str, Any]:
     return result
 
 
+JOB_EVENTS = 3_000
+BENCH_ITEMS = 5_000
+
+
+def _group_rss_mb(pid: int) -> float:
+    """RSS of every process in ``pid``'s process group (the job's client, its JVM, their children)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pid:
+                    total += rss_mb(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return total
+
+
+def _wait_for(topic: str, bootstrap: str, want: int, timeout_s: float) -> float:
+    counter = TopicCounter(bootstrap, topic)
+    start = time.perf_counter()
+    try:
+        while counter() < want:
+            if time.perf_counter() - start > timeout_s:
+                raise TimeoutError(f"{topic}: {counter()} of {want} records after {timeout_s:.0f} s")
+            time.sleep(0.2)
+    finally:
+        counter.close()
+    return time.perf_counter() - start
+
+
+def job_run(broker: LocalKafka, artifact: Path, n_items: int, out: Path) -> dict[str, Any]:
+    """One job with a catalog of ``n_items`` (0: empty): memory once it is read, then events/s."""
+    topics = {f: f"cj-{n_items}-{f.split('_')[0]}" for f in TOPIC_FIELDS}
+    broker.create_topics(list(topics.values()), compacted=[topics["catalog_topic"]])
+    items = workload(n_items)[1] if n_items else []
+    t = time.perf_counter()
+    produce(broker.bootstrap, topics["catalog_topic"], catalog_records(items))
+    produce(broker.bootstrap, topics["catalog_topic"], [(b"end", b"\xc1")])  # not msgpack: a dead letter
+    publish_s = time.perf_counter() - t
+    env = job_env(broker.bootstrap, topics, artifact, settings={
+        "kafka": {"group_id": topics["output_topic"], **LOCAL_BROKER_SECURITY},
+        "ranking": {"provider": "cpu"}, "job": {"checkpoint_interval_ms": 0}})
+    with (out / f"job-{n_items}.log").open("wb") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
+                                env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        load_s = _wait_for(topics["dlq_topic"], broker.bootstrap, 1, 900)
+        time.sleep(3)
+        rss = _group_rss_mb(proc.pid)
+        events = generate_events(JOB_EVENTS, n_users=300, n_items=BENCH_ITEMS, n_categories=100, seed=3)
+        produce(broker.bootstrap, topics["input_topic"], (event_record(e) for e in events[:1]))
+        _wait_for(topics["output_topic"], broker.bootstrap, 1, 300)  # warm: the model is loaded
+        t = time.perf_counter()
+        produce(broker.bootstrap, topics["input_topic"], (event_record(e) for e in events[1:]))
+        accepted = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})
+        _wait_for(topics["output_topic"], broker.bootstrap, accepted, 600)
+        rate = (accepted - 1) / (time.perf_counter() - t)
+        dead = [r.value["reason"] for r in consume(broker.bootstrap, topics["dlq_topic"], timeout_s=2)]
+    finally:
+        stop_group(proc)
+    return {"items": len(items), "publish_s": round(publish_s, 1), "catalog_read_s": round(load_s, 1),
+            "job_rss_mb": round(rss), "events_per_s": round(rate, 1), "dead_letters": dead}
+
+
+def job_phase(sizes: Sequence[int], out: Path) -> list[dict[str, Any]]:
+    artifact = out / "artifact"
+    ensure_artifact(artifact, train_events=20_000, items=BENCH_ITEMS, categories=100, seed=3)
+    with LocalKafka(out / "kafka", heap="1g") as broker:
+        return [job_run(broker, artifact, n, out) for n in (0, *sizes)]
+
+
+def job_markdown(runs: list[dict[str, Any]]) -> str:
+    base = runs[0]
+    lines = ["| catalog items | job RSS (client + JVM + Python) | over the empty catalog | events/s with the model "
+             "| catalog read by the job |", "|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r['items']:,} | {r['job_rss_mb']:,} MB | +{r['job_rss_mb'] - base['job_rss_mb']:,} MB "
+                     f"| {r['events_per_s']:,} | {r['catalog_read_s']} s |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = ["| items | design | memory per instance | events/s (keyed function, no model) |",
              "|---:|---|---|---:|"]
@@ -177,15 +274,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="catalog_join", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs/bench/catalog")
     parser.add_argument("--items", default=",".join(str(n) for n in DEFAULT_ITEMS))
+    parser.add_argument("--job", action="store_true", help="also run the broadcast design in the real job")
+    parser.add_argument("--skip-in-process", action="store_true", help="only the --job runs")
+    parser.add_argument("--work", default="/tmp/streamrec-catalog-bench",
+                        help="--job: broker data, the bench model and job logs (not results)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = [measure(int(n)) for n in args.items.split(",")]
-    meta = {"python": platform.python_version(), "machine": platform.machine(), "events_timed": EVENTS,
-            "n_candidates": N_CANDIDATES, "top_k": TOP_K}
-    (out / "catalog_join.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    (out / "catalog_join.md").write_text(markdown(results))
-    print(markdown(results))
+    sizes = [int(n) for n in args.items.split(",")]
+    meta = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "events_timed": EVENTS, "n_candidates": N_CANDIDATES, "top_k": TOP_K}
+    if not args.skip_in_process:
+        results = [measure(n) for n in sizes]
+        (out / "catalog_join.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        (out / "catalog_join.md").write_text(markdown(results))
+        print(markdown(results))
+    if args.job:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+        runs = job_phase(sizes, work)
+        (out / "catalog_job.json").write_text(json.dumps({"meta": {**meta, "job_events": JOB_EVENTS}, "runs": runs},
+                                                         indent=2) + "\n")
+        (out / "catalog_job.md").write_text(job_markdown(runs))
+        print(job_markdown(runs))
     return 0
 
 
