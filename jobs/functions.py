@@ -69,6 +69,16 @@ def as_bytes(value: Any) -> bytes:
     return bytes(b & 0xFF for b in value)
 
 
+def subtask_index(runtime_context: RuntimeContext) -> int:
+    """This instance's index. PyFlink 2.x's thread-mode ``get_index_of_this_subtask`` calls a Java
+    method that Flink 2.0 moved under ``getTaskInfo()``, and raises AttributeError."""
+    try:
+        return int(runtime_context.get_index_of_this_subtask())
+    except AttributeError:
+        j_context = runtime_context._runtime_context  # type: ignore[attr-defined]
+        return int(j_context.getTaskInfo().getIndexOfThisSubtask())
+
+
 class _Recommending:
     """Per user: decode, update the compact state, generate candidates, rank, emit top-K.
 
@@ -117,7 +127,7 @@ class _Recommending:
             self.pseudonym = key.pseudonym
             log.warning("streamrec pseudonymous user ids: key %s from %s", key.key_id, key.source)
         self.redact_dead_letters = cfg.privacy.redact_dead_letters
-        self.subtask = runtime_context.get_index_of_this_subtask()
+        self.subtask = subtask_index(runtime_context)
         choice = self.recommender.provider
         log.warning("streamrec ranker provider: %s%s", choice.provider if choice else "none",
                     f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")

@@ -15,6 +15,7 @@ from streamrec.catalog_files import write_catalog_jsonl
 from streamrec.cli import main as cli
 from streamrec.kafka_io import consume, replay
 from tests.job_fixtures import generated_log
+from udfs.artifact import load_artifact
 from udfs.catalog import CatalogItem
 from udfs.config import TOPIC_FIELDS
 from udfs.events import Event
@@ -39,7 +40,7 @@ def collect(bootstrap: str, topic: str, want: int, job, timeout_s: float = 180) 
     return out
 
 
-def test_catalog_rules_hold_in_the_running_job(kafka_broker, unique_topic, kafka_jobs, tmp_path):
+def test_catalog_rules_hold_in_the_running_job(kafka_broker, unique_topic, kafka_jobs, fixture_artifact, tmp_path):
     topics = {f: unique_topic(f.split("_")[0]) for f in TOPIC_FIELDS}
     job = kafka_jobs(topics)
     bootstrap = kafka_broker.bootstrap
@@ -54,7 +55,7 @@ def test_catalog_rules_hold_in_the_running_job(kafka_broker, unique_topic, kafka
     assert before, "job produced nothing"
     counts = Counter(i for r in before for i in r.value["items"])
     popular = [i for i, _ in counts.most_common(4)]
-    category = {e.item_id: e.category_id for e in events}
+    category = {**load_artifact(fixture_artifact).tables.item_category, **{e.item_id: e.category_id for e in events}}
 
     # The catalog: three popular items out of stock, one deleted, one new item; then a bad record.
     t0 = int(time.time() * 1000)
