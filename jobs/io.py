@@ -44,10 +44,13 @@ def _jvm() -> Any:
     return get_gateway().jvm
 
 
-# The catalog has no event time: an input that holds no records for this long leaves the
-# watermark to the events (while records flow, their Kafka timestamps, i.e. publish time, are
-# at or ahead of live events' time, so the events' watermark is the smaller one).
+# The catalog has no event time, and must never move the job's event-time clock: its watermark
+# trails its records' Kafka timestamps by a century, so it is below any event's (a catalog read
+# while the events' input is idle once pushed the clock to the catalog's publish time, and every
+# later event of a replayed log was late). While records flow it holds the clock still; after
+# CATALOG_IDLENESS_MS without records it is idle and leaves the clock to the events.
 CATALOG_IDLENESS_MS = 1000
+CATALOG_WATERMARK_LAG_DAYS = 36_500
 
 
 def _raw_kafka_source(config: Config, topic: str, group_id: str, starting: Any) -> KafkaSource:
@@ -105,7 +108,7 @@ class KafkaCatalogSource:
         ensure_catalog_topic(config)
         source = _raw_kafka_source(config, k.catalog_topic, f"{k.group_id}-catalog",
                                    KafkaOffsetsInitializer.earliest())
-        watermarks = (WatermarkStrategy.for_monotonous_timestamps()
+        watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_days(CATALOG_WATERMARK_LAG_DAYS))
                       .with_idleness(Duration.of_millis(CATALOG_IDLENESS_MS)))
         return env.from_source(source, watermarks, "kafka-catalog").uid("kafka-catalog")
 
