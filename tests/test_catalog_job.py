@@ -11,9 +11,9 @@ import msgpack
 import pytest
 from kafka import KafkaProducer
 
-from streamrec.catalog_files import write_catalog_jsonl
+from streamrec.catalog_files import catalog_records, write_catalog_jsonl
 from streamrec.cli import main as cli
-from streamrec.kafka_io import consume, replay
+from streamrec.kafka_io import consume, produce, replay
 from tests.job_fixtures import generated_log
 from udfs.artifact import load_artifact
 from udfs.catalog import CatalogItem
@@ -29,6 +29,10 @@ BAD_RECORD = msgpack.packb({"item_id": 1, "category_id": 2, "updated_at": "yeste
 
 def trigger(user, item, behavior, ts) -> tuple:
     return (str(user), str(item), behavior, ts)
+
+
+def replay_catalog(bootstrap: str, topic: str, items: list[CatalogItem]) -> None:
+    produce(bootstrap, topic, catalog_records(items))
 
 
 def collect(bootstrap: str, topic: str, want: int, job, timeout_s: float = 180) -> list:
@@ -98,3 +102,25 @@ def test_catalog_rules_hold_in_the_running_job(kafka_broker, unique_topic, kafka
     assert len(cold_lists) == 1
     assert NEW_ITEM in cold_lists[0]["items"]
     assert cold_lists[0]["reasons"][cold_lists[0]["items"].index(NEW_ITEM)] == {"code": "new_in_catalog"}
+
+
+def test_a_catalog_read_while_events_are_idle_never_makes_events_late(kafka_broker, unique_topic, kafka_jobs):
+    """The catalog has no event time: its records' Kafka timestamps (publish time, years after the
+    log's events) must not become the job's watermark while the events' input is idle."""
+    topics = {f: unique_topic(f.split("_")[0]) for f in TOPIC_FIELDS}
+    job = kafka_jobs(topics, STREAMREC_JOB_SOURCE_IDLENESS_MS="1000")
+    bootstrap = kafka_broker.bootstrap
+    events = generated_log(200, seed=12)
+    replay(events[:1], bootstrap, topics["input_topic"])
+    assert collect(bootstrap, topics["output_topic"], 1, job), "job produced nothing"
+    # Events idle now; the catalog trickles in for several idleness periods, then the rest of the log.
+    now = int(time.time() * 1000)
+    for k in range(5):
+        shelf = [CatalogItem(f"shelf-{k}-{j}", 1, None, None, 3, None, now, False) for j in range(10)]
+        replay_catalog(bootstrap, topics["catalog_topic"], shelf)
+        time.sleep(1.5)
+    replay(events[1:], bootstrap, topics["input_topic"])
+    keys = {trigger(e.user_id, e.item_id, e.behavior, e.ts) for e in events}
+    collect(bootstrap, topics["output_topic"], len(keys) - 1, job)
+    late = list(consume(bootstrap, topics["late_topic"], timeout_s=3))
+    assert late == []
