@@ -75,7 +75,7 @@ def subtask_index(runtime_context: RuntimeContext) -> int:
     try:
         return int(runtime_context.get_index_of_this_subtask())
     except AttributeError:
-        j_context = runtime_context._runtime_context  # type: ignore[attr-defined]
+        j_context = runtime_context._runtime_context
         return int(j_context.getTaskInfo().getIndexOfThisSubtask())
 
 
