@@ -277,7 +277,7 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
         dense = batch["dense"]
         keys = {name: BASELINES[name](dense, pos) for name in baselines}
         for name, session in (scorers or {}).items():
-            keys[name] = [session.run(["score"], batch)[0].astype(np.float64)]
+            keys[name] = [_score_rows(session, es, model_batch)]
         for name, key_arrays in keys.items():
             lists.setdefault(name, {})
             ranked = rank_lists(es, key_arrays)
@@ -287,6 +287,14 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
                                                [items[int(i)] for i in order[:top_k]])
     lists["model"] = model
     return Replay(candidates, lists, time.perf_counter() - t0)
+
+
+def _score_rows(session: Any, es: ExampleSet, requests_per_call: int) -> np.ndarray:
+    """Scores of every row of ``es``, ``requests_per_call`` requests per model call: one call
+    over a whole chunk would hold [rows, seq_len, dim] tensors of gigabytes in the session's arena."""
+    out = [session.run(["score"], es.batch(np.arange(s, min(s + requests_per_call, len(es))))[0])[0]
+           for s in range(0, len(es), requests_per_call)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
 DIRECT, OTHER = "model:direct", "model:other"
