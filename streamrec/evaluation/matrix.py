@@ -109,7 +109,7 @@ def run_log(dev: DevLog, seeds: Sequence[int], work: Path, *, trainer: Trainer =
     # The diversity cap off: every ranker's list is its own order (the cap is a product choice
     # measured by --diversity-sweep, not part of the ranking compared here).
     res = prequential(events, arts[0], since_ms=until, provider=provider, workdir=work, use_job=use_job,
-                      others=arts[1:], max_per_category=OFF)
+                      others=arts[1:], max_per_category=OFF, replay_model="direct")
     score_s = round(time.perf_counter() - t, 2)
     common = {k: res[k] for k in ("requests", "novel_requests", "candidate_recall", "novel_candidate_recall")}
     baselines = {r: m for r, m in res["rankers"].items() if r != "model"}
