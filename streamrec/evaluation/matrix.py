@@ -28,6 +28,8 @@ import json
 import logging
 import math
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -153,10 +155,38 @@ def summarize(raw: Mapping[str, Any]) -> dict[str, Any]:
             "novel_requests": runs[0]["novel_requests"] if runs else 0, **extra}
 
 
+def log_in_subprocess(dev: DevLog, data_dir: str | Path, seeds: Sequence[int], out: Path, *, use_job: bool,
+                      provider: str) -> dict[str, Any]:
+    """One log's matrix entry from a fresh ``streamrec evaluate --matrix --logs NAME`` process.
+
+    One bounded job per process: after two jobs, a third in the same PyFlink gateway failed
+    to load the project's Java classes (``Could not found the Java class ...EventEnvelope``)."""
+    sub = out / "logs" / dev.name
+    cmd = [sys.executable, "-m", "streamrec.cli", "evaluate", "--matrix", "--data", str(data_dir), "--logs",
+           dev.name, "--seeds", ",".join(map(str, seeds)), "--out", str(sub),
+           "--model-source", "job" if use_job else "replay", "--provider", provider]
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"matrix run of {dev.name} failed ({done.returncode}): {done.stderr[-2000:]}")
+    entry: dict[str, Any] = json.loads((sub / JSON_FILE).read_text())["logs"][dev.name]
+    return entry
+
+
+def write_report(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """JSON, Markdown and plot of the logs done so far (rewritten after each log)."""
+    report = _json_safe(report)
+    (out / JSON_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
+    (out / TABLE_FILE).write_text(format_matrix(report) + "\n")
+    plot_matrix(report, out / PNG_FILE)
+    return report
+
+
 def run_matrix(data_dir: str | Path, out_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2),
                logs: Sequence[str] | None = None, trainer: Trainer = default_trainer,
-               use_job: bool = True, provider: str = "cpu") -> dict[str, Any]:
-    """Run every log (or the ``logs`` named) x ``seeds``; write JSON, a Markdown table and a plot."""
+               use_job: bool = True, provider: str = "cpu", isolate: bool = False) -> dict[str, Any]:
+    """Run every log (or the ``logs`` named) x ``seeds``; write JSON, a Markdown table and a plot,
+    after every log (a failure later keeps what is done). ``isolate``: each log in its own
+    process (:func:`log_in_subprocess`; ``trainer`` is then the default one)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     work = out / "work"
@@ -171,16 +201,17 @@ def run_matrix(data_dir: str | Path, out_dir: str | Path, *, seeds: Sequence[int
                               "model_source": "job" if use_job else "replay", "split": "median event",
                               "logs": {}}
     for dev in devs:
-        raw = run_log(dev, seeds, work, trainer=trainer, use_job=use_job, provider=provider)
-        report["logs"][dev.name] = {"data": {k: raw[k] for k in ("path", "events", "users", "until_ms")},
-                                    "summary": summarize(raw), "runs": raw["runs"], "scoring": raw["scoring"],
-                                    "seconds": raw["seconds"]}
-    report["seconds_total"] = round(time.perf_counter() - t0, 2)
-    report = _json_safe(report)
-    (out / JSON_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
-    (out / TABLE_FILE).write_text(format_matrix(report) + "\n")
-    plot_matrix(report, out / PNG_FILE)
-    return report
+        if isolate:
+            report["logs"][dev.name] = log_in_subprocess(dev, data_dir, seeds, out, use_job=use_job,
+                                                         provider=provider)
+        else:
+            raw = run_log(dev, seeds, work, trainer=trainer, use_job=use_job, provider=provider)
+            report["logs"][dev.name] = {"data": {k: raw[k] for k in ("path", "events", "users", "until_ms")},
+                                        "summary": summarize(raw), "runs": raw["runs"],
+                                        "scoring": raw["scoring"], "seconds": raw["seconds"]}
+        report["seconds_total"] = round(time.perf_counter() - t0, 2)
+        write_report(report, out)
+    return _json_safe(report)
 
 
 def _json_safe(x: Any) -> Any:
