@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.layout import PROJECT_ROOT
+from streamrec.evaluation.evaluate import json_safe
 from streamrec.evaluation.prequential import prequential
 from udfs.diversity import OFF
 from udfs.events import Event
@@ -175,7 +176,7 @@ def log_in_subprocess(dev: DevLog, data_dir: str | Path, seeds: Sequence[int], o
 
 def write_report(report: dict[str, Any], out: Path) -> dict[str, Any]:
     """JSON, Markdown and plot of the logs done so far (rewritten after each log)."""
-    report = _json_safe(report)
+    report = json_safe(report)
     (out / JSON_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     (out / TABLE_FILE).write_text(format_matrix(report) + "\n")
     plot_matrix(report, out / PNG_FILE)
@@ -212,17 +213,7 @@ def run_matrix(data_dir: str | Path, out_dir: str | Path, *, seeds: Sequence[int
                                         "scoring": raw["scoring"], "seconds": raw["seconds"]}
         report["seconds_total"] = round(time.perf_counter() - t0, 2)
         write_report(report, out)
-    return _json_safe(report)
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    return x
+    return json_safe(report)
 
 
 def _cell(s: Mapping[str, Any]) -> str:
