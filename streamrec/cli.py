@@ -206,8 +206,10 @@ def _int_list(flag: str, text: str) -> list[int]:
 def cmd_matrix(args: argparse.Namespace) -> int:
     seeds = _int_list("--seeds", args.seeds)
     logs = [x.strip() for x in args.logs.split(",") if x.strip()] if args.logs else None
-    report = run_matrix(args.data, args.out, seeds=seeds, logs=logs, use_job=args.model_source == "job",
-                        provider=args.provider)
+    use_job = args.model_source == "job"
+    # Several logs with the job: one process per log (see matrix.log_in_subprocess).
+    report = run_matrix(args.data, args.out, seeds=seeds, logs=logs, use_job=use_job, provider=args.provider,
+                        isolate=use_job and (logs is None or len(logs) > 1))
     print(format_matrix(report))
     out = Path(args.out)
     print(f"report: {out / MATRIX_JSON}, table: {out / MATRIX_TABLE}, plot: {out / MATRIX_PNG}")

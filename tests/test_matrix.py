@@ -148,3 +148,17 @@ def test_other_seeds_must_share_the_serving_files(tmp_path: Path) -> None:
     assert set(other) == set(model)
     for m in METRICS:  # (AUC is NaN for top-10 lists)
         assert other[m] == model[m]
+
+
+def test_direct_replay_lists_are_the_recommenders_with_the_cap_off(tmp_path: Path) -> None:
+    ev = sorted(generate_events(800, n_users=20, n_items=100, n_categories=5, seed=6, start_ts_ms=START_TS_MS,
+                                duration_s=86400), key=lambda e: e.ts)
+    until = median_until(ev)
+    art = fixture_trainer(ev, until, tmp_path / "a", 0)
+    rec = prequential(ev, art, since_ms=until, use_job=False, max_per_category=0)
+    direct = prequential(ev, art, since_ms=until, use_job=False, max_per_category=0, replay_model="direct")
+    assert direct["replay_model_source"] == "direct" and "direct_consistency" not in direct
+    for m in METRICS:
+        assert direct["rankers"]["model"][m] == rec["rankers"]["model"][m]
+    with pytest.raises(ValueError, match="replay_model"):
+        prequential(ev, art, since_ms=until, use_job=False, replay_model="nope")

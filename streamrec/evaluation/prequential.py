@@ -55,7 +55,6 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,7 +220,7 @@ class Replay:
 
 def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[str] = tuple(BASELINES),
                  chunk: int = 2048, model_batch: int = 64,
-                 scorers: Mapping[str, Any] | None = None) -> Replay:
+                 scorers: Mapping[str, Any] | None = None, recommend: bool = True) -> Replay:
     """Replay the sorted log through the job's :class:`Recommender` (same config): state update and
     candidates one event at a time as the job does; ``model`` lists come from
     ``Recommender.recommend`` on ``model_batch`` requests per call (the job calls it with one;
@@ -231,7 +230,10 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
     ``scorers`` (name -> onnxruntime session of a model with this artifact's inputs, vocabulary
     and tables): each re-ranks the same candidates by its scores, highest first, ties in
     generation order (the recommender's order without its fallbacks), into ``lists[name]``.
-    Scoring other models this way costs one model call per chunk, not a second replay."""
+    Scoring other models this way costs one model call per chunk, not a second replay.
+
+    ``recommend=False`` skips ``Recommender.recommend`` (a second feature build and model pass
+    over every request); ``lists["model"]`` is then empty and a caller uses a scorer's lists."""
     t0 = time.perf_counter()
     rec = build_recommender(config)
     top_k = int(config.ranking.top_k)
@@ -258,7 +260,7 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
     art = rec.artifact
     for s in range(0, len(requests), chunk):
         part = requests[s : s + chunk]
-        for m in range(0, len(part), model_batch):
+        for m in range(0, len(part) if recommend else 0, model_batch):
             sub = part[m : m + model_batch]
             for (key, r), record in zip(sub, rec.recommend([r for _, r in sub]), strict=True):
                 if (record["user_id"], int(record["seq"])) != key:
@@ -277,7 +279,7 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
         dense = batch["dense"]
         keys = {name: BASELINES[name](dense, pos) for name in baselines}
         for name, session in (scorers or {}).items():
-            keys[name] = [session.run(["score"], batch)[0].astype(np.float64)]
+            keys[name] = [_score_rows(session, es, model_batch)]
         for name, key_arrays in keys.items():
             lists.setdefault(name, {})
             ranked = rank_lists(es, key_arrays)
@@ -287,6 +289,14 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
                                                [items[int(i)] for i in order[:top_k]])
     lists["model"] = model
     return Replay(candidates, lists, time.perf_counter() - t0)
+
+
+def _score_rows(session: Any, es: ExampleSet, requests_per_call: int) -> np.ndarray:
+    """Scores of every row of ``es``, ``requests_per_call`` requests per model call: one call
+    over a whole chunk would hold [rows, seq_len, dim] tensors of gigabytes in the session's arena."""
+    out = [session.run(["score"], es.batch(np.arange(s, min(s + requests_per_call, len(es))))[0])[0]
+           for s in range(0, len(es), requests_per_call)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
 DIRECT, OTHER = "model:direct", "model:other"
@@ -376,6 +386,7 @@ def prequential(
     others: Sequence[str | Path] = (),
     max_per_category: int | None = None,
     baselines: Iterable[str] = tuple(BASELINES),
+    replay_model: str = "recommend",
 ) -> dict[str, Any]:
     """Run the protocol of the module doc; returns metrics per ranker (``model`` from the job
     when ``use_job``, else from the replay) plus candidate recall and a job/replay consistency check.
@@ -386,7 +397,14 @@ def prequential(
     serving settings, e.g. other seeds), scored on this replay's candidates by their model
     alone (:func:`replay_lists` ``scorers``, no diversity cap); their metrics go to
     ``result["others"]``, and ``result["direct_consistency"]`` counts how many of this
-    artifact's lists, scored the same way, equal the recommender's."""
+    artifact's lists, scored the same way, equal the recommender's.
+
+    ``replay_model="direct"``: the replay's ``model`` lists are this artifact's model alone
+    re-ranking the candidates (as ``others`` are), not ``Recommender.recommend``; with the
+    diversity cap off they are the job's lists, which ``consistency`` then checks. It saves a
+    second feature build and model pass over every request."""
+    if replay_model not in ("recommend", "direct"):
+        raise ValueError(f"replay_model must be 'recommend' or 'direct', not {replay_model!r}")
     evs = sort_log(events)
     since = artifact_until_ms(artifact_dir) if since_ms is None else int(since_ms)
     config = job_config(artifact_dir, since, provider=provider, top_k=top_k, max_per_category=max_per_category)
@@ -401,17 +419,18 @@ def prequential(
                               "held_out_events": sum(1 for e in evs if e.ts >= since)}
     names = list(baselines)
     job_lists: dict[ListKey, EmittedList] | None = None
-    # The replay runs in a thread while the job runs: the job's work happens in the JVM and in
-    # Python worker processes, so on 2 cores the two overlap instead of adding up.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        replaying = pool.submit(replay_lists, evs, config, baselines=names, scorers=scorers)
-        if use_job:
-            t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-                job_lists, counts = run_job_lists(evs, config, tmp)
-            result["seconds_job"] = round(time.perf_counter() - t0, 2)
-            result["job_counts"] = counts
-        replay = replaying.result()
+    # The job first, then the replay, one after the other: with the replay in a thread beside
+    # the job, PyFlink at times failed to load the project's Java classes while building the
+    # job (``Could not found the Java class ...EventEnvelope``; tmall2014_brand, twice).
+    if use_job:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            job_lists, counts = run_job_lists(evs, config, tmp)
+        result["seconds_job"] = round(time.perf_counter() - t0, 2)
+        result["job_counts"] = counts
+    replay = replay_lists(evs, config, baselines=names, scorers=scorers, recommend=replay_model == "recommend")
+    if replay_model == "direct":
+        replay.lists["model"] = replay.lists[DIRECT]
     tested = held_out_pairs(replay.lists["model"], novel)
     ctx = list_context(evs, since, replay.lists["model"])
     result["seconds_replay"] = round(replay.seconds, 2)
@@ -449,10 +468,12 @@ def prequential(
                                         tested_job, ctx, k)
     result["replay_model"] = _score(replay.lists["model"], tested, ctx, k)
     result["max_per_category"] = int(config.ranking.max_per_category)
-    direct = replay.lists[DIRECT]
-    result["direct_consistency"] = {
-        "lists": len(direct),
-        "identical": sum(1 for key, lst in direct.items() if replay.lists["model"][key].items == lst.items)}
+    result["replay_model_source"] = replay_model
+    if replay_model == "recommend":  # (with "direct" the job/replay consistency is this check)
+        direct = replay.lists[DIRECT]
+        result["direct_consistency"] = {
+            "lists": len(direct),
+            "identical": sum(1 for key, lst in direct.items() if replay.lists["model"][key].items == lst.items)}
     result["others"] = {str(other): _score(replay.lists[f"{OTHER}{i}"], tested, ctx, k)
                         for i, other in enumerate(others)}
     result["top_k"] = int(config.ranking.top_k)
