@@ -20,7 +20,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +36,8 @@ from model_export.onnx_io import onnx_session, onnx_signature, predict_onnx
 from model_export.tuning import choose_novelty_boost
 from model_export.variants import REL_TOL, order_changed
 from udfs.artifact import write_artifact
-from udfs.events import Event
+from udfs.catalog import CatalogItem, load_catalog
+from udfs.events import Event, Id
 from udfs.features import INPUT_NAMES
 from udfs.logs import load_events
 from udfs.state import StateLimits
@@ -230,6 +231,15 @@ def no_examples_message(data: Any, requested: int | str | None) -> str:
             "later with --until (Unix seconds), or use a log with more events per user")
 
 
+def catalog_summary(attributes: Mapping[Id, CatalogItem] | None) -> dict[str, int] | None:
+    """How much of the catalog the brand and price features could use, for the manifest."""
+    if attributes is None:
+        return None
+    records = attributes.values()
+    return {"items": len(attributes), "with_brand": sum(1 for r in records if r.brand),
+            "with_price": sum(1 for r in records if r.price is not None and r.price > 0)}
+
+
 def train_model(
     events: Iterable[Event],
     *,
@@ -257,6 +267,7 @@ def train_model(
     device: DeviceMode = "auto",
     validation_share: float = 0.2,
     held_out_metrics: bool = True,
+    catalog: Sequence[CatalogItem] | None = None,
 ) -> Path:
     """Build examples, train, export ONNX, check parity, evaluate and write the artifact.
 
@@ -274,7 +285,10 @@ def train_model(
     again on the whole training part and gets that boost. 0 fits once, boost 0.
     ``held_out_metrics=False`` skips scoring the held-out part (the manifest's
     ``metrics`` stay empty), for callers that score it themselves, as the
-    development matrix does through the job. Returns the artifact directory.
+    development matrix does through the job. ``catalog``: the shop's catalog records;
+    with some, the model learns the brand and price features
+    (``udfs.features.CATALOG_FEATURES``) and the manifest says so (``catalog_features``),
+    which is what makes the job fill them. Returns the artifact directory.
     """
     train_device = resolve_device(device, torch.cuda.is_available())
     gpu = torch.cuda.get_device_name(0) if train_device == "cuda" else None
@@ -283,11 +297,13 @@ def train_model(
     torch.set_num_threads(max(1, threads))
     _seed_everything(seed)
     limits = limits or StateLimits(max_seq_len=seq_len)
+    attributes = load_catalog(catalog).items if catalog else None
     data = build_training_data(
         events, until_ms=until_ms, limits=limits, n_candidates=n_candidates, seq_len=seq_len,
         hard_negatives=hard_negatives, popularity_negatives=popularity_negatives,
         force_positive=force_positive, table_period_ms=table_period_ms, seed=seed, progress=progress,
         validation_share=validation_share, max_eval_requests=None if held_out_metrics else parity_requests,
+        attributes=attributes,
     )
     early, ev = data.train, data.eval
     tr = concat_sets([early, data.validation_train]) if len(data.validation_train) else early
@@ -356,6 +372,8 @@ def train_model(
                 "eval_requests": len(ev) if held_out_metrics else None,
             },
             "metrics": metrics,
+            "catalog_features": attributes is not None,
+            "catalog": catalog_summary(attributes),
             "parity": parity,
             "model_config": cfg.to_dict(),
             "config": {

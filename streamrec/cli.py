@@ -38,6 +38,7 @@ from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, produce, replay
 from streamrec.local import kafka as kafka_local
 from udfs.artifact import verify_manifest
+from udfs.catalog import CatalogItem
 from udfs.config import ENV_PREFIX, ConfigError
 from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.kafka_security import python_client_options
@@ -158,14 +159,28 @@ def cmd_pseudonym(args: argparse.Namespace) -> int:
 
 # --- train / run / demo ------------------------------------------------------------------------
 
+def training_catalog(path: Path) -> list[CatalogItem]:
+    """The catalog file's valid records; the rejected ones are reported, as ``catalog publish``
+    reports them, and training goes on without them."""
+    read = read_catalog_file(path)
+    for line, reason in read.rejected[:5]:
+        print(f"streamrec train: {path}:{line}: {reason} (skipped)", file=sys.stderr)
+    if read.rejected:
+        print(f"streamrec train: {len(read.rejected)} catalog record(s) skipped", file=sys.stderr)
+    if not read.items:
+        raise ValueError(f"--catalog {path}: no valid catalog record")
+    return read.items
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from model_export.train import train_model  # lazy: torch (the [train] extra) takes ~6 s to import
 
     fmt, layout = log_source(args)
     events = load_events(args.events, fmt, sort=True, layout=layout)
     until_ms = int(float(args.until) * 1000) if args.until else None
+    catalog = training_catalog(Path(args.catalog)) if args.catalog else None
     out = train_model(events, until_ms=until_ms, out_dir=Path(args.out), seed=int(args.seed),
-                      device=args.device)
+                      device=args.device, catalog=catalog)
     manifest = verify_manifest(out)
     print(json.dumps({"artifact": str(out), "model_version": manifest.model_version,
                       "metrics": manifest.metrics}, indent=2))
@@ -333,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--device", f"{ENV_PREFIX}TRAIN_DEVICE", "torch device for training: auto (CUDA when "
              "torch sees a GPU, else CPU), cpu, or cuda (an error without a GPU)", default="auto",
              choices=["auto", "cpu", "cuda"])
+    add_flag(p, "--catalog", f"{ENV_PREFIX}TRAIN_CATALOG", "the shop's catalog (CSV or JSON lines, as `catalog "
+             "publish` reads): the model learns brand and price features from it, and the job fills them",
+             required=False)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run the job on the local minicluster")

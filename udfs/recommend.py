@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from udfs.artifact import Artifact
 from udfs.candidates import SRC_NEW, generate_candidates
-from udfs.catalog import Catalog
+from udfs.catalog import Catalog, CatalogItem
 from udfs.diversity import OFF, cap_per_category
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
@@ -104,6 +104,13 @@ class Recommender:
     @property
     def provider(self) -> ProviderChoice | None:
         return self.ranker.choice if self.ranker else None
+
+    def item_attributes(self) -> Mapping[Id, CatalogItem] | None:
+        """The catalog's records for the brand and price features, for a model trained with
+        them only: a model trained without them has never seen them other than 0."""
+        if self.catalog is None or not self.artifact.manifest.catalog_features:
+            return None
+        return self.catalog.items
 
     def apply(self, state: UserState, event: Event) -> bool:
         """Update state; False for a duplicate event (nothing to emit)."""
@@ -213,7 +220,8 @@ class Recommender:
             fallback = "no_model"
         else:
             try:
-                batch = build_batch(requests, self.artifact.vocab, self.artifact.tables, self.artifact.seq_len)
+                batch = build_batch(requests, self.artifact.vocab, self.artifact.tables, self.artifact.seq_len,
+                                    self.item_attributes())
                 raw = self.ranker.score(batch)
             except Exception as exc:  # a model fault must not stop recommendations
                 self.counters.inference_failures += 1
