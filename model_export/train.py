@@ -33,7 +33,7 @@ from model_export.dataset import ExampleSet, build_training_data, concat_sets
 from model_export.evaluate import evaluate, format_table
 from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig, export_onnx
 from model_export.onnx_io import onnx_session, onnx_signature, predict_onnx
-from model_export.tuning import choose_novelty_boost
+from model_export.tuning import choose_blend
 from model_export.variants import REL_TOL, order_changed
 from udfs.artifact import write_artifact
 from udfs.catalog import CatalogItem, load_catalog
@@ -281,7 +281,7 @@ def train_model(
 
     ``validation_share`` > 0: the model is first fitted without the latest share of
     the training events, the novelty boost is chosen on those requests
-    (:func:`model_export.tuning.choose_novelty_boost`), then the model is fitted
+    (:func:`model_export.tuning.choose_blend`: the boost and the baselines' weight), then the model is fitted
     again on the whole training part and gets that boost. 0 fits once, boost 0.
     ``held_out_metrics=False`` skips scoring the held-out part (the manifest's
     ``metrics`` stay empty), for callers that score it themselves, as the
@@ -322,17 +322,22 @@ def train_model(
     fit_args: dict[str, Any] = {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss,
                                 "novel_weight": novel_weight, "novel_share": novel_share, "progress": progress,
                                 "device": train_device}
-    tuning: dict[str, Any] = {"boost": 0.0, "reason": "validation_share is 0"}
+    no_blend = {"boost": 0.0, "prior_weight": 0.0, "prior_mix": 0.0}
+    tuning: dict[str, Any] = {**no_blend, "reason": "validation_share is 0"}
     if len(data.validation) and len(early):
         first, _ = fit(early, cfg, **fit_args)
-        tuning = choose_novelty_boost(data.validation, predict_torch(first, data.validation),
-                                      catalog_size=data.catalog_size)
-        log.info("novelty boost %.2f chosen on %d validation requests (min ratio to the best baselines %.3f)",
-                 tuning["boost"], tuning["requests"], tuning["min_ratio"])
+        tuning = choose_blend(data.validation, predict_torch(first, data.validation),
+                              catalog_size=data.catalog_size)
+        log.info("blend chosen on %d validation requests: novelty boost %.2f, baselines' weight %.2f (mix %.1f); "
+                 "min ratio to the best baselines %.3f (the model alone: %.3f)", tuning["requests"],
+                 tuning["boost"], tuning["prior_weight"], tuning["prior_mix"], tuning["min_ratio"],
+                 tuning["model_alone"]["min_ratio"])
     elif validation_share > 0:
-        tuning = {"boost": 0.0, "reason": "the validation slice or the part before it has no request"}
+        tuning = {**no_blend, "reason": "the validation slice or the part before it has no request"}
     model, history = fit(tr, cfg, **fit_args)
     model.novelty_boost.fill_(float(tuning["boost"]))
+    model.prior_weight.fill_(float(tuning["prior_weight"]))
+    model.prior_mix.fill_(float(tuning["prior_mix"]))
     t_train = time.time() - t0 - t_data
 
     out = Path(out_dir)
@@ -390,6 +395,7 @@ def train_model(
                 "optimizer": "adam", "dim": dim, "hidden": list(hidden),
                 "state_limits": asdict(limits), "vocab_min_count": 2,
                 "validation_share": validation_share, "novelty_boost": float(tuning["boost"]),
+                "prior_weight": float(tuning["prior_weight"]), "prior_mix": float(tuning["prior_mix"]),
             },
             "tuning": tuning,
             "training": {"history": history, "seconds_data": round(t_data, 2),
