@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from jobs.checkpoints import checkpoint_root, resume_path
-from jobs.functions import RecommendFunction
-from jobs.io import CollectionSource, CollectSink, KafkaEventSource, KafkaSinks, event_rows, write_jsonl
+from jobs.functions import CatalogRecommendFunction, RecommendFunction
+from jobs.io import (
+    CollectionSource,
+    CollectSink,
+    KafkaCatalogSource,
+    KafkaEventSource,
+    KafkaSinks,
+    event_rows,
+    write_jsonl,
+)
 from jobs.pipeline import build_pipeline, create_environment
 from udfs.artifact import verify_manifest
 from udfs.config import ENV_PREFIX, Config
@@ -80,22 +88,26 @@ def pinned_resume(config: Config) -> Config:
 
 
 def run_job(config: Config, source: Endpoint, sink: Endpoint,
-            recommend: RecommendFunction | None = None) -> dict[str, int] | None:
+            recommend: RecommendFunction | CatalogRecommendFunction | None = None) -> dict[str, int] | None:
     """Build and execute the pipeline; file sinks get one JSON line per record.
 
     ``recommend`` (a RecommendFunction subclass instance) is for fault-injection tests.
     """
     config = pinned_resume(checked_privacy(absolute_artifact(config)))
     env = create_environment(config)
+    catalog: KafkaCatalogSource | None = None
     if source.kind == "kafka":
         src: CollectionSource | KafkaEventSource = KafkaEventSource(config)
+        # An unbounded catalog input would keep a bounded file run from ever finishing.
+        catalog = KafkaCatalogSource(config)
     else:
         assert source.path is not None
         # File order: event time still applies, so a log grouped by user must be sorted first.
         src = CollectionSource(event_rows(load_events(source.path), f"file:{source.path}"))
     if sink.kind == "kafka":
-        build_pipeline(env, config, src, KafkaSinks(config), recommend)
-        log.info("submitting streaming job; input %s, output %s", config.kafka.input_topic, config.kafka.output_topic)
+        build_pipeline(env, config, src, KafkaSinks(config), recommend, catalog)
+        log.info("submitting streaming job; input %s, catalog %s, output %s", config.kafka.input_topic,
+                 config.kafka.catalog_topic, config.kafka.output_topic)
         env.execute(config.job.name)
         return None
     assert sink.path is not None

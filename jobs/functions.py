@@ -9,15 +9,17 @@ Element shapes between operators:
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
 import msgpack
 from pyflink.common import Row, Time
 from pyflink.common.typeinfo import Types
-from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
-from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
+from udfs.catalog import Catalog, catalog_key, decode_catalog_item
 from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.metrics import BatchedCounters
@@ -40,7 +42,13 @@ KEYED_BYTES_TYPE = Types.ROW_NAMED(["key", "value"], [Types.STRING(), Types.PRIM
 DLQ_TAG = OutputTag("dead-letters", KEYED_BYTES_TYPE)
 LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
 COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_duplicate", "recommendations_emitted",
-            "ranking_fallbacks", "ranker_rows", "ranker_micros", "states_trimmed")
+            "ranking_fallbacks", "ranker_rows", "ranker_micros", "states_trimmed", "catalog_applied",
+            "catalog_stale", "catalog_dead_lettered")
+# A million catalog records are a million long-lived tuples: each full cyclic-GC pass would walk
+# them all (as the artifact's tables, see freeze_loaded_objects), so they leave the GC's view in steps.
+GC_FREEZE_EVERY = 50_000
+# Every parallel instance holds the whole catalog: item key -> the record's msgpack bytes, as read.
+CATALOG_STATE = MapStateDescriptor("catalog", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 
 
 def dead_letter(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
@@ -61,19 +69,32 @@ def as_bytes(value: Any) -> bytes:
     return bytes(b & 0xFF for b in value)
 
 
-class RecommendFunction(KeyedProcessFunction):
+def subtask_index(runtime_context: RuntimeContext) -> int:
+    """This instance's index. PyFlink 2.x's thread-mode ``get_index_of_this_subtask`` calls a Java
+    method that Flink 2.0 moved under ``getTaskInfo()``, and raises AttributeError."""
+    try:
+        return int(runtime_context.get_index_of_this_subtask())
+    except AttributeError:
+        j_context = runtime_context._runtime_context
+        return int(j_context.getTaskInfo().getIndexOfThisSubtask())
+
+
+class _Recommending:
     """Per user: decode, update the compact state, generate candidates, rank, emit top-K.
 
     Decoding happens here, not in an operator of its own, so an event crosses from
     the JVM into Python once. Bad records become dead letters, never exceptions.
+    The keyed function with and without the catalog join share it.
     """
+
+    joins_catalog = False
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
     def open(self, runtime_context: RuntimeContext) -> None:
         cfg = self.config
-        self.recommender = build_recommender(cfg)
+        self.recommender = build_recommender(cfg, catalog=self.joins_catalog)
         freeze_loaded_objects()
         ttl = (
             StateTtlConfig.new_builder(Time.seconds(cfg.state.ttl_s))
@@ -106,6 +127,7 @@ class RecommendFunction(KeyedProcessFunction):
             self.pseudonym = key.pseudonym
             log.warning("streamrec pseudonymous user ids: key %s from %s", key.key_id, key.source)
         self.redact_dead_letters = cfg.privacy.redact_dead_letters
+        self.subtask = subtask_index(runtime_context)
         choice = self.recommender.provider
         log.warning("streamrec ranker provider: %s%s", choice.provider if choice else "none",
                     f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")
@@ -113,13 +135,15 @@ class RecommendFunction(KeyedProcessFunction):
     def close(self) -> None:
         self._flush_metrics()
 
-    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Any:
+    def _recommend(self, value: Row, ctx: Any) -> Any:
         if self.metrics.due():
             self._flush_metrics()
         raw = as_bytes(value[5])
         # A ts beyond now + skew is a dead letter here and got no event time in the envelope.
         result = decode_event(raw, max_event_ts(self.max_future_skew_ms), self.pseudonym)
         key = ctx.get_current_key()
+        if isinstance(key, Row):
+            key = key[0]
         if isinstance(result, DecodeError) or str(result.user_id) != key:
             # A key the envelope could not read means Python cannot decode it either;
             # the second test is a guard that the two readers agree.
@@ -159,3 +183,68 @@ class RecommendFunction(KeyedProcessFunction):
             self.metrics.inc("ranker_micros", micros - self._ranker_seen[1])
             self._ranker_seen = (rows, micros)
         self.metrics.flush()
+
+
+class RecommendFunction(_Recommending, KeyedProcessFunction):
+    """The keyed function alone: no catalog (file sources, bounded runs)."""
+
+    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Any:
+        yield from self._recommend(value, ctx)
+
+
+class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
+    """The keyed function joined with the broadcast catalog (README "Catalog").
+
+    Every instance sees every catalog record. Flink's broadcast state (JVM, checkpointed)
+    keeps each item's latest record as read; a Python :class:`~udfs.catalog.Catalog`
+    mirrors it for lookups, since a JVM call per candidate would cost more than the
+    ranking. After a restore the mirror is rebuilt from the broadcast state once, before
+    the first element of either input.
+    """
+
+    joins_catalog = True
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        super().open(runtime_context)
+        self._restored = False
+
+    def _catalog(self) -> Catalog:
+        catalog = self.recommender.catalog
+        assert catalog is not None
+        return catalog
+
+    def _restore(self, ctx: Any) -> None:
+        if self._restored:
+            return
+        self._restored = True
+        catalog = self._catalog()
+        for _, blob in ctx.get_broadcast_state(CATALOG_STATE).items():
+            item = decode_catalog_item(blob)
+            if not isinstance(item, DecodeError):  # only valid records were ever stored
+                catalog.apply(item)
+        if len(catalog):
+            gc.freeze()
+            log.warning("streamrec catalog restored: %d items", len(catalog))
+
+    def process_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Any:
+        self._restore(ctx)
+        yield from self._recommend(value, ctx)
+
+    def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Any:
+        self._restore(ctx)
+        raw = as_bytes(value[4])
+        item = decode_catalog_item(raw)
+        if isinstance(item, DecodeError):
+            # Every instance sees the record; one dead letter is enough.
+            if self.subtask == 0:
+                self.metrics.inc("catalog_dead_lettered")
+                yield DLQ_TAG, dead_letter(item, value[0], value[1], value[2], value[3])
+            return
+        catalog = self._catalog()
+        if catalog.apply(item):
+            ctx.get_broadcast_state(CATALOG_STATE).put(catalog_key(item.item_id), raw)
+            self.metrics.inc("catalog_applied")
+            if len(catalog) % GC_FREEZE_EVERY == 0:
+                gc.freeze()
+        else:
+            self.metrics.inc("catalog_stale")

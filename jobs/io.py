@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError
-from pyflink.common import Row
+from pyflink.common import Duration, Row, WatermarkStrategy
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
@@ -44,6 +44,36 @@ def _jvm() -> Any:
     return get_gateway().jvm
 
 
+# The catalog has no event time, and must never move the job's event-time clock: its watermark
+# trails its records' Kafka timestamps by a century, so it is below any event's (a catalog read
+# while the events' input is idle once pushed the clock to the catalog's publish time, and every
+# later event of a replayed log was late). While records flow it holds the clock still; after
+# CATALOG_IDLENESS_MS without records it is idle and leaves the clock to the events.
+CATALOG_IDLENESS_MS = 1000
+CATALOG_WATERMARK_LAG_DAYS = 36_500
+
+
+def _raw_kafka_source(config: Config, topic: str, group_id: str, starting: Any) -> KafkaSource:
+    """A KafkaSource of raw records with their coordinates (see RawRecordDeserializer.java)."""
+    k = config.kafka
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(k.bootstrap_servers)
+        .set_topics(topic)
+        .set_group_id(group_id)
+        .set_starting_offsets(starting)
+        .set_property("isolation.level", "read_committed")
+        .set_property("partition.discovery.interval.ms", "30000")
+        .set_property("fetch.max.wait.ms", str(k.source_fetch_max_wait_ms))
+        .set_property("fetch.min.bytes", str(k.source_fetch_min_bytes))
+    )
+    for key, value in java_client_properties(k).items():
+        builder.set_property(key, str(value))
+    # PyFlink only exposes value-only deserializers; ours keeps partition/offset.
+    builder._j_builder.setDeserializer(_jvm().io.streamrec.flink.RawRecordDeserializer())
+    return builder.build()
+
+
 @dataclass
 class KafkaEventSource:
     """Raw Kafka records with their coordinates (see RawRecordDeserializer.java)."""
@@ -59,22 +89,50 @@ class KafkaEventSource:
             "latest": KafkaOffsetsInitializer.latest(),
             "committed": KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST),
         }[k.starting_offsets]
-        builder = (
-            KafkaSource.builder()
-            .set_bootstrap_servers(k.bootstrap_servers)
-            .set_topics(k.input_topic)
-            .set_group_id(k.group_id)
-            .set_starting_offsets(starting)
-            .set_property("isolation.level", "read_committed")
-            .set_property("partition.discovery.interval.ms", "30000")
-            .set_property("fetch.max.wait.ms", str(k.source_fetch_max_wait_ms))
-            .set_property("fetch.min.bytes", str(k.source_fetch_min_bytes))
-        )
-        for key, value in java_client_properties(k).items():
-            builder.set_property(key, str(value))
-        # PyFlink only exposes value-only deserializers; ours keeps partition/offset.
-        builder._j_builder.setDeserializer(_jvm().io.streamrec.flink.RawRecordDeserializer())
-        return env.from_source(builder.build(), source_watermarks(config), "kafka-events").uid("kafka-source")
+        source = _raw_kafka_source(config, k.input_topic, k.group_id, starting)
+        return env.from_source(source, source_watermarks(config), "kafka-events").uid("kafka-source")
+
+
+@dataclass
+class KafkaCatalogSource:
+    """The catalog topic's raw records, always from the earliest offset: the compacted topic is
+    the whole catalog, and a fresh start must see all of it (a restore resumes from the
+    checkpoint's offsets, with the broadcast state of that checkpoint)."""
+
+    config: Config
+
+    event_time_in_source = True
+
+    def create(self, env: StreamExecutionEnvironment, config: Config) -> DataStream:
+        k = config.kafka
+        ensure_catalog_topic(config)
+        source = _raw_kafka_source(config, k.catalog_topic, f"{k.group_id}-catalog",
+                                   KafkaOffsetsInitializer.earliest())
+        watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_days(CATALOG_WATERMARK_LAG_DAYS))
+                      .with_idleness(Duration.of_millis(CATALOG_IDLENESS_MS)))
+        return env.from_source(source, watermarks, "kafka-catalog").uid("kafka-catalog")
+
+
+def ensure_catalog_topic(config: Config, timeout_s: float = 10.0) -> None:
+    """Create the catalog topic, compacted, when it does not exist: a shop without a catalog yet
+    still runs the job, and the source fails on a topic that is not there. A broker that refuses
+    (no permission) stops the start naming the key."""
+    k = config.kafka
+    admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
+                             **python_client_options(k))
+    try:
+        if k.catalog_topic in admin.list_topics():
+            return
+        result = admin.create_topics({k.catalog_topic: {"num_partitions": 1, "replication_factor": -1,
+                                                        "configs": {"cleanup.policy": "compact"}}},
+                                     raise_errors=False)
+        for topic in result["topics"]:
+            if topic["error_code"] not in (0, 36):  # 36: created meanwhile by someone else
+                raise ConfigError(f"kafka.catalog_topic: {k.catalog_topic!r} does not exist and could not be "
+                                  f"created (error {topic['error_code']}: {topic.get('error_message') or ''})")
+        log.warning("created the catalog topic %s (compacted)", k.catalog_topic)
+    finally:
+        admin.close()
 
 
 @dataclass
@@ -106,7 +164,8 @@ class KafkaSinks:
         if config.kafka.delivery_guarantee == "exactly-once":
             check_transaction_timeout(config)
         topics = config.kafka.topics()
-        for stream, topic_field, name in (
+        for stream, topic_field, name in (  # the catalog's dead letters go with the events'
+
             (outputs.recommendations, "output_topic", "recommendations"),
             (outputs.dead_letters, "dlq_topic", "dead-letters"),
             (outputs.late_events, "late_topic", "late-events"),

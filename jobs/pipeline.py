@@ -18,7 +18,15 @@ from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironme
 from pyflink.java_gateway import get_gateway
 
 from jobs.checkpoints import checkpoint_root, resume_path
-from jobs.functions import DLQ_TAG, ENVELOPE_TYPE, KEYED_BYTES_TYPE, LATE_TAG, RecommendFunction
+from jobs.functions import (
+    CATALOG_STATE,
+    DLQ_TAG,
+    ENVELOPE_TYPE,
+    KEYED_BYTES_TYPE,
+    LATE_TAG,
+    CatalogRecommendFunction,
+    RecommendFunction,
+)
 from jobs.layout import PROJECT_ROOT, required_jars
 from udfs.config import Config
 
@@ -173,15 +181,24 @@ def source_watermarks(config: Config) -> WatermarkStrategy:
 
 
 def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Source, sink: Sink,
-                   recommend: RecommendFunction | None = None) -> PipelineOutputs:
-    """The job graph; ``recommend`` replaces the keyed function (fault-injection tests)."""
+                   recommend: RecommendFunction | CatalogRecommendFunction | None = None,
+                   catalog: Source | None = None) -> PipelineOutputs:
+    """The job graph; ``recommend`` replaces the keyed function (fault-injection tests).
+
+    ``catalog``: the item catalog's raw records, broadcast to every instance of the keyed
+    function and joined there (README "Catalog"). A ``recommend`` that is not a
+    :class:`CatalogRecommendFunction` runs without it.
+    """
     raw = source.create(env, config)
-    recs = (
-        key_by_user(raw, config, source.event_time_in_source)
-        .process(recommend or RecommendFunction(config), output_type=KEYED_BYTES_TYPE)
-        .name("recommend")
-        .uid("recommend")
-    )
+    keyed = key_by_user(raw, config, source.event_time_in_source)
+    if recommend is None:
+        recommend = CatalogRecommendFunction(config) if catalog is not None else RecommendFunction(config)
+    if catalog is not None and isinstance(recommend, CatalogRecommendFunction):
+        broadcast = catalog.create(env, config).broadcast(CATALOG_STATE)
+        joined = keyed.connect(broadcast).process(recommend, output_type=KEYED_BYTES_TYPE)
+    else:
+        joined = keyed.process(recommend, output_type=KEYED_BYTES_TYPE)
+    recs = joined.name("recommend").uid("recommend")
     outputs = PipelineOutputs(recs, recs.get_side_output(DLQ_TAG), recs.get_side_output(LATE_TAG))
     sink.attach(outputs, config)
     return outputs

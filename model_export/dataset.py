@@ -23,12 +23,13 @@ across the boundary, as it does in the stream.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from udfs.candidates import Candidates, CandidateTables, build_tables, generate_candidates
+from udfs.catalog import CatalogItem
 from udfs.events import Event, Id
 from udfs.features import INPUT_NAMES, UserRequest, Vocab, build_batch
 from udfs.state import StateLimits, UserState, update_state
@@ -197,10 +198,11 @@ def _to_example_set(
     tables: CandidateTables,
     seq_len: int,
     chunk: int = 2048,
+    attributes: Mapping[Id, CatalogItem] | None = None,
 ) -> ExampleSet:
     parts: dict[str, list[np.ndarray]] = {n: [] for n in INPUT_NAMES}
     for start in range(0, len(requests), chunk):
-        b = build_batch(requests[start : start + chunk], vocab, tables, seq_len)
+        b = build_batch(requests[start : start + chunk], vocab, tables, seq_len, attributes)
         b["cand_user"] = b["cand_user"] + start
         for n in INPUT_NAMES:
             parts[n].append(b[n])
@@ -293,8 +295,10 @@ class _Collector:
         self.novel.append(novel)
         self.has.append(has)
 
-    def build(self, vocab: Vocab, tables: CandidateTables, seq_len: int) -> ExampleSet:
-        return _to_example_set(self.req, self.lab, self.novel, self.has, vocab, tables, seq_len)
+    def build(self, vocab: Vocab, tables: CandidateTables, seq_len: int,
+              attributes: Mapping[Id, CatalogItem] | None = None) -> ExampleSet:
+        return _to_example_set(self.req, self.lab, self.novel, self.has, vocab, tables, seq_len,
+                               attributes=attributes)
 
 
 def build_training_data(
@@ -313,6 +317,7 @@ def build_training_data(
     progress: bool = False,
     validation_share: float = 0.0,
     max_eval_requests: int | None = None,
+    attributes: Mapping[Id, CatalogItem] | None = None,
 ) -> TrainingData:
     """Tables, vocabulary, training and evaluation examples (see module doc).
 
@@ -338,6 +343,9 @@ def build_training_data(
 
     ``max_eval_requests``: keep only the first that many held-out requests (a caller
     that scores the held-out part elsewhere needs a sample, for the export parity check).
+
+    ``attributes``: the catalog's records by item, for the brand and price features
+    (``udfs.features.CATALOG_FEATURES``); without it they are 0.
     """
     from tqdm import tqdm
 
@@ -438,12 +446,12 @@ def build_training_data(
     by_id = {id(t): t for t in [tables, *prefix_tables.values()]}
 
     def build(groups: dict[int, _Collector]) -> ExampleSet:
-        parts = [c.build(vocab, by_id[k], seq_len) for k, c in groups.items()]
+        parts = [c.build(vocab, by_id[k], seq_len, attributes) for k, c in groups.items()]
         return concat_sets(parts) if parts else _Collector().build(vocab, tables, seq_len)
 
     train = build(collectors)
     collectors.clear()
-    ev = evaluation.build(vocab, tables, seq_len)
+    ev = evaluation.build(vocab, tables, seq_len, attributes)
     return TrainingData(
         tables=tables,
         vocab=vocab,

@@ -26,6 +26,26 @@ OUTPUT_NAME = "score"
 CHECKPOINT_FILE = "model.pt"  # the torch state dict beside the ONNX export, for variants and benchmarks
 MASK_FILL = -1e4
 IN_HISTORY = DENSE_FEATURES.index("in_history")
+RECENCY_RANK = DENSE_FEATURES.index("recency_rank")
+COVISIT_RANK = DENSE_FEATURES.index("covisit_rank")
+LOG_POPULARITY = DENSE_FEATURES.index("log_popularity")
+
+
+def baseline_prior(dense: torch.Tensor, mix: torch.Tensor | float) -> torch.Tensor:
+    """The two strongest baselines' orders as one score per candidate row.
+
+    ``mix`` 0: co-visitation + recent (touched items first, latest first, above every
+    untouched one, which follow by co-visitation rank); 1: co-visitation alone (every item
+    by its co-visitation rank). Popularity breaks ties, as it does for the baselines
+    (``model_export.evaluate``). Built from the dense features alone, so the exported graph
+    computes it; the model's score is blended with it (``DIN.prior_weight``) where the
+    validation slice says the model alone would lose to them.
+    """
+    touched = dense[:, IN_HISTORY] > 0
+    cov = dense[:, COVISIT_RANK]
+    pop = dense[:, LOG_POPULARITY]
+    recent_first = torch.where(touched, 2.0 + dense[:, RECENCY_RANK], cov)
+    return (1.0 - mix) * recent_first + mix * cov + 1e-3 * pop / (1.0 + pop)
 
 
 @dataclass(frozen=True)
@@ -75,6 +95,12 @@ class DIN(nn.Module):
         # fitting, on a validation slice (model_export.tuning), 0 until then.
         self.novelty_boost: torch.Tensor
         self.register_buffer("novelty_boost", torch.zeros(()))
+        # The weight of the baselines' order (baseline_prior) in the score and its mix of the
+        # two baselines: chosen with the boost on the validation slice, 0 until then.
+        self.prior_weight: torch.Tensor
+        self.prior_mix: torch.Tensor
+        self.register_buffer("prior_weight", torch.zeros(()))
+        self.register_buffer("prior_mix", torch.zeros(()))
         layers: list[nn.Module] = []
         width = 4 * d + cfg.n_dense  # pooled, mean, query, query*pooled, dense
         for h in cfg.hidden:
@@ -130,7 +156,8 @@ class DIN(nn.Module):
         x = (dense - self.dense_mean) / self.dense_std
         z = torch.cat([pooled, mean, q, q * pooled, x], dim=-1)
         untouched = (dense[:, IN_HISTORY] <= 0).to(dense.dtype)
-        return self.mlp(z).squeeze(-1) + self.novelty_boost * untouched
+        return (self.mlp(z).squeeze(-1) + self.novelty_boost * untouched
+                + self.prior_weight * baseline_prior(dense, self.prior_mix))
 
 
 def example_inputs(

@@ -20,7 +20,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -33,10 +33,11 @@ from model_export.dataset import ExampleSet, build_training_data, concat_sets
 from model_export.evaluate import evaluate, format_table
 from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig, export_onnx
 from model_export.onnx_io import onnx_session, onnx_signature, predict_onnx
-from model_export.tuning import choose_novelty_boost
+from model_export.tuning import choose_blend
 from model_export.variants import REL_TOL, order_changed
 from udfs.artifact import write_artifact
-from udfs.events import Event
+from udfs.catalog import CatalogItem, load_catalog
+from udfs.events import Event, Id
 from udfs.features import INPUT_NAMES
 from udfs.logs import load_events
 from udfs.state import StateLimits
@@ -230,6 +231,15 @@ def no_examples_message(data: Any, requested: int | str | None) -> str:
             "later with --until (Unix seconds), or use a log with more events per user")
 
 
+def catalog_summary(attributes: Mapping[Id, CatalogItem] | None) -> dict[str, int] | None:
+    """How much of the catalog the brand and price features could use, for the manifest."""
+    if attributes is None:
+        return None
+    records = attributes.values()
+    return {"items": len(attributes), "with_brand": sum(1 for r in records if r.brand),
+            "with_price": sum(1 for r in records if r.price is not None and r.price > 0)}
+
+
 def train_model(
     events: Iterable[Event],
     *,
@@ -257,6 +267,7 @@ def train_model(
     device: DeviceMode = "auto",
     validation_share: float = 0.2,
     held_out_metrics: bool = True,
+    catalog: Sequence[CatalogItem] | None = None,
 ) -> Path:
     """Build examples, train, export ONNX, check parity, evaluate and write the artifact.
 
@@ -270,11 +281,14 @@ def train_model(
 
     ``validation_share`` > 0: the model is first fitted without the latest share of
     the training events, the novelty boost is chosen on those requests
-    (:func:`model_export.tuning.choose_novelty_boost`), then the model is fitted
+    (:func:`model_export.tuning.choose_blend`: the boost and the baselines' weight), then the model is fitted
     again on the whole training part and gets that boost. 0 fits once, boost 0.
     ``held_out_metrics=False`` skips scoring the held-out part (the manifest's
     ``metrics`` stay empty), for callers that score it themselves, as the
-    development matrix does through the job. Returns the artifact directory.
+    development matrix does through the job. ``catalog``: the shop's catalog records;
+    with some, the model learns the brand and price features
+    (``udfs.features.CATALOG_FEATURES``) and the manifest says so (``catalog_features``),
+    which is what makes the job fill them. Returns the artifact directory.
     """
     train_device = resolve_device(device, torch.cuda.is_available())
     gpu = torch.cuda.get_device_name(0) if train_device == "cuda" else None
@@ -283,11 +297,13 @@ def train_model(
     torch.set_num_threads(max(1, threads))
     _seed_everything(seed)
     limits = limits or StateLimits(max_seq_len=seq_len)
+    attributes = load_catalog(catalog).items if catalog else None
     data = build_training_data(
         events, until_ms=until_ms, limits=limits, n_candidates=n_candidates, seq_len=seq_len,
         hard_negatives=hard_negatives, popularity_negatives=popularity_negatives,
         force_positive=force_positive, table_period_ms=table_period_ms, seed=seed, progress=progress,
         validation_share=validation_share, max_eval_requests=None if held_out_metrics else parity_requests,
+        attributes=attributes,
     )
     early, ev = data.train, data.eval
     tr = concat_sets([early, data.validation_train]) if len(data.validation_train) else early
@@ -306,17 +322,22 @@ def train_model(
     fit_args: dict[str, Any] = {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss,
                                 "novel_weight": novel_weight, "novel_share": novel_share, "progress": progress,
                                 "device": train_device}
-    tuning: dict[str, Any] = {"boost": 0.0, "reason": "validation_share is 0"}
+    no_blend = {"boost": 0.0, "prior_weight": 0.0, "prior_mix": 0.0}
+    tuning: dict[str, Any] = {**no_blend, "reason": "validation_share is 0"}
     if len(data.validation) and len(early):
         first, _ = fit(early, cfg, **fit_args)
-        tuning = choose_novelty_boost(data.validation, predict_torch(first, data.validation),
-                                      catalog_size=data.catalog_size)
-        log.info("novelty boost %.2f chosen on %d validation requests (min ratio to the best baselines %.3f)",
-                 tuning["boost"], tuning["requests"], tuning["min_ratio"])
+        tuning = choose_blend(data.validation, predict_torch(first, data.validation),
+                              catalog_size=data.catalog_size)
+        log.info("blend chosen on %d validation requests: novelty boost %.2f, baselines' weight %.2f (mix %.1f); "
+                 "min ratio to the best baselines %.3f (the model alone: %.3f)", tuning["requests"],
+                 tuning["boost"], tuning["prior_weight"], tuning["prior_mix"], tuning["min_ratio"],
+                 tuning["model_alone"]["min_ratio"])
     elif validation_share > 0:
-        tuning = {"boost": 0.0, "reason": "the validation slice or the part before it has no request"}
+        tuning = {**no_blend, "reason": "the validation slice or the part before it has no request"}
     model, history = fit(tr, cfg, **fit_args)
     model.novelty_boost.fill_(float(tuning["boost"]))
+    model.prior_weight.fill_(float(tuning["prior_weight"]))
+    model.prior_mix.fill_(float(tuning["prior_mix"]))
     t_train = time.time() - t0 - t_data
 
     out = Path(out_dir)
@@ -356,6 +377,8 @@ def train_model(
                 "eval_requests": len(ev) if held_out_metrics else None,
             },
             "metrics": metrics,
+            "catalog_features": attributes is not None,
+            "catalog": catalog_summary(attributes),
             "parity": parity,
             "model_config": cfg.to_dict(),
             "config": {
@@ -372,6 +395,7 @@ def train_model(
                 "optimizer": "adam", "dim": dim, "hidden": list(hidden),
                 "state_limits": asdict(limits), "vocab_min_count": 2,
                 "validation_share": validation_share, "novelty_boost": float(tuning["boost"]),
+                "prior_weight": float(tuning["prior_weight"]), "prior_mix": float(tuning["prior_mix"]),
             },
             "tuning": tuning,
             "training": {"history": history, "seconds_data": round(t_data, 2),

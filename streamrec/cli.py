@@ -20,6 +20,13 @@ from streamrec.benchmark.model import main as bench_model_main
 from streamrec.benchmark.peer import run_peer
 from streamrec.benchmark.scale import ScaleBench, ScaleSettings
 from streamrec.benchmark.scale import markdown as scale_markdown
+from streamrec.catalog_files import (
+    catalog_for_events,
+    catalog_path,
+    catalog_records,
+    read_catalog_file,
+    write_catalog_jsonl,
+)
 from streamrec.demo import run_demo
 from streamrec.evaluation.diversity_sweep import DEFAULT_CAPS, SWEEP_JSON, SWEEP_PNG, format_sweep, parse_caps, sweep
 from streamrec.evaluation.evaluate import evaluate, format_table
@@ -28,9 +35,10 @@ from streamrec.evaluation.matrix import JSON_FILE as MATRIX_JSON
 from streamrec.evaluation.matrix import PNG_FILE as MATRIX_PNG
 from streamrec.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
 from streamrec.generator import generate_events
-from streamrec.kafka_io import consume, replay
+from streamrec.kafka_io import consume, produce, replay
 from streamrec.local import kafka as kafka_local
 from udfs.artifact import verify_manifest
+from udfs.catalog import CatalogItem
 from udfs.config import ENV_PREFIX, ConfigError
 from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.kafka_security import python_client_options
@@ -66,9 +74,10 @@ def log_source(args: argparse.Namespace) -> tuple[str, CsvLayout | None]:
 # --- kafka -------------------------------------------------------------------------------------
 
 def cmd_kafka(args: argparse.Namespace) -> int:
-    topics = list(config_from_args(args).kafka.topics().values())
+    kafka = config_from_args(args).kafka
+    topics = list(kafka.topics().values())
     if args.action == "start":
-        info = kafka_local.start_background(topics=topics)
+        info = kafka_local.start_background(topics=topics, compacted=[kafka.catalog_topic])
         print(info["bootstrap"])
     elif args.action == "stop":
         stopped = kafka_local.stop_background()
@@ -120,8 +129,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     n = write_userbehavior_csv(events, out) if out.suffix == ".csv" else write_events_msgpack(events, out)
-    print(json.dumps({"events": n, "out": str(out)}))
+    # The demo and the tests publish it with `streamrec catalog publish --file`.
+    catalog = catalog_path(out)
+    n_items = write_catalog_jsonl(catalog_for_events(events, int(args.seed), 1_700_000_000_000), catalog)
+    print(json.dumps({"events": n, "out": str(out), "catalog_items": n_items, "catalog": str(catalog)}))
     return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    """Publish a catalog file to the catalog topic; bad rows are named and left out, as the job would."""
+    cfg = config_from_args(args)
+    found = read_catalog_file(Path(args.file))
+    for line, reason in found.rejected[:20]:
+        print(f"{args.file}:{line}: {reason}", file=sys.stderr)
+    topic = args.topic or cfg.kafka.catalog_topic
+    stats = produce(cfg.kafka.bootstrap_servers, topic, catalog_records(found.items),
+                    security=python_client_options(cfg.kafka))
+    print(json.dumps({"published": stats.sent, "rejected": len(found.rejected), "topic": topic}))
+    return 1 if found.rejected else 0
 
 
 def cmd_pseudonym(args: argparse.Namespace) -> int:
@@ -134,14 +159,28 @@ def cmd_pseudonym(args: argparse.Namespace) -> int:
 
 # --- train / run / demo ------------------------------------------------------------------------
 
+def training_catalog(path: Path) -> list[CatalogItem]:
+    """The catalog file's valid records; the rejected ones are reported, as ``catalog publish``
+    reports them, and training goes on without them."""
+    read = read_catalog_file(path)
+    for line, reason in read.rejected[:5]:
+        print(f"streamrec train: {path}:{line}: {reason} (skipped)", file=sys.stderr)
+    if read.rejected:
+        print(f"streamrec train: {len(read.rejected)} catalog record(s) skipped", file=sys.stderr)
+    if not read.items:
+        raise ValueError(f"--catalog {path}: no valid catalog record")
+    return read.items
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from model_export.train import train_model  # lazy: torch (the [train] extra) takes ~6 s to import
 
     fmt, layout = log_source(args)
     events = load_events(args.events, fmt, sort=True, layout=layout)
     until_ms = int(float(args.until) * 1000) if args.until else None
+    catalog = training_catalog(Path(args.catalog)) if args.catalog else None
     out = train_model(events, until_ms=until_ms, out_dir=Path(args.out), seed=int(args.seed),
-                      device=args.device)
+                      device=args.device, catalog=catalog)
     manifest = verify_manifest(out)
     print(json.dumps({"artifact": str(out), "model_version": manifest.model_version,
                       "metrics": manifest.metrics}, indent=2))
@@ -256,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kafka", help="the local Kafka broker (KRaft, loopback)")
     p.add_argument("action", choices=["start", "stop", "status"])
-    add_config_flags(p, ["--input-topic", "--output-topic", "--dlq-topic"])
+    add_config_flags(p, ["--input-topic", "--output-topic", "--dlq-topic", "--catalog-topic"])
     p.set_defaults(func=cmd_kafka)
 
     p = sub.add_parser("replay", help="produce behavior events to Kafka")
@@ -285,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--seed", f"{ENV_PREFIX}GENERATE_SEED", "random seed", default="7")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("catalog", help="the item catalog topic")
+    p.add_argument("action", choices=["publish"])
+    add_flag(p, "--file", f"{ENV_PREFIX}CATALOG_FILE", "catalog file: CSV with a header naming the fields, or JSON "
+             "lines (README 'Catalog')", required=False)
+    add_flag(p, "--topic", f"{ENV_PREFIX}CATALOG_TOPIC", "topic (default: kafka.catalog_topic)")
+    add_config_flags(p, ["--bootstrap-servers"])
+    p.set_defaults(func=cmd_catalog)
+
     p = sub.add_parser("pseudonym", help="a shopper's pseudonym (privacy.pseudonymize): the key of their lists")
     p.add_argument("ids", nargs="+", metavar="ID", help="user ids as the shop knows them ('42' and 42 are one)")
     add_config_flags(p, ["--key-file", "--key-env"])
@@ -301,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--device", f"{ENV_PREFIX}TRAIN_DEVICE", "torch device for training: auto (CUDA when "
              "torch sees a GPU, else CPU), cpu, or cuda (an error without a GPU)", default="auto",
              choices=["auto", "cpu", "cuda"])
+    add_flag(p, "--catalog", f"{ENV_PREFIX}TRAIN_CATALOG", "the shop's catalog (CSV or JSON lines, as `catalog "
+             "publish` reads): the model learns brand and price features from it, and the job fills them",
+             required=False)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run the job on the local minicluster")
@@ -416,7 +466,7 @@ def _require(args: argparse.Namespace, *names: str) -> None:
         raise ConfigError(f"{args.command}: missing {flags}")
 
 
-REQUIRED = {"replay": ("events",), "train": ("events",), "generate": ("out",)}
+REQUIRED = {"replay": ("events",), "train": ("events",), "generate": ("out",), "catalog": ("file",)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

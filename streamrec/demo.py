@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.benchmark.latency import summarize, trigger_key
+from streamrec.catalog_files import catalog_for_events, catalog_records
 from streamrec.generator import generate_events
-from streamrec.kafka_io import consume, replay
+from streamrec.kafka_io import consume, produce, replay
 from streamrec.local import kafka as kafka_local
 from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import MANIFEST_FILE
@@ -69,12 +70,12 @@ def run_demo(cfg: Config, *, events: int, rate: float) -> int:
     started_broker = kafka_local.status() is None
     job: subprocess.Popen[bytes] | None = None
     try:
-        info = kafka_local.start_background(topics=list(topics.values())) if started_broker \
-            else kafka_local.status()
+        info = kafka_local.start_background(topics=list(topics.values()), compacted=[topics["catalog_topic"]]) \
+            if started_broker else kafka_local.status()
         assert info is not None
         bootstrap = info["bootstrap"]
         if not started_broker:
-            kafka_local.create_topics(bootstrap, list(topics.values()))
+            kafka_local.create_topics(bootstrap, list(topics.values()), compacted=[topics["catalog_topic"]])
         _say(f"Kafka broker at {bootstrap}; topics {', '.join(topics.values())}")
         artifact = ensure_artifact(cfg)
 
@@ -87,6 +88,10 @@ def run_demo(cfg: Config, *, events: int, rate: float) -> int:
                                     "--sink", "kafka"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         evs = demo_events(events)
+        # The shop's catalog of those items, so the job's catalog join has one (README "Catalog").
+        shelf = produce(bootstrap, topics["catalog_topic"],
+                        catalog_records(catalog_for_events(evs, DEMO_SEED, 1_700_000_000_000)))
+        _say(f"published {shelf.sent:,} catalog records to {topics['catalog_topic']}")
         # One event first: its list arriving means the job is up, so the timed part
         # below measures the running job, not the minicluster's start-up.
         replay(evs[:1], bootstrap, topics["input_topic"])

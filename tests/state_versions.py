@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from jobs.functions import RecommendFunction
+from jobs.functions import CatalogRecommendFunction, RecommendFunction
 from udfs.state import UserState
 
 
@@ -56,11 +56,15 @@ class V1StateWriter(RecommendFunction):
         self.state = _V1ValueState(self.state)
 
 
-class StateProbe(RecommendFunction):
+class StateProbe(CatalogRecommendFunction):
     """The current job, plus: the stored state of each user, as found before the user's
     first event in this run, is appended to ``path`` as a JSON line ``{"user", "state"}``
     (state: the raw bytes in hex, "" for none). Wraps ``process_element`` without
     depending on the element layout: the user is the current key.
+
+    It joins the catalog as the current job does: the probe restores the current job's
+    savepoint, which holds the catalog source's offsets and the broadcast state, and Flink
+    refuses a savepoint with state for an operator the restored program lacks.
     """
 
     def __init__(self, config: Any, path: str) -> None:

@@ -10,9 +10,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from model_export.dataset import ExampleSet, build_training_data  # noqa: E402
-from model_export.model import DIN, IN_HISTORY, ModelConfig, example_inputs, export_onnx  # noqa: E402
+from model_export.evaluate import evaluate  # noqa: E402
+from model_export.model import DIN, IN_HISTORY, ModelConfig, baseline_prior, example_inputs, export_onnx  # noqa: E402
 from model_export.onnx_io import onnx_session  # noqa: E402
-from model_export.tuning import choose_novelty_boost  # noqa: E402
+from model_export.tuning import (  # noqa: E402
+    KEEP_TRIED,
+    TUNED_METRICS,
+    choose_blend,
+    choose_novelty_boost,
+    tuned_metrics,
+)
 from tests.test_model import SEQ_LEN, feeds, synthetic_log  # noqa: E402
 from udfs.features import DENSE_FEATURES, INPUT_NAMES  # noqa: E402
 
@@ -97,3 +104,90 @@ def test_the_boost_is_part_of_the_exported_graph(tmp_path) -> None:
     untouched = np.arange(40) % 2 == 0
     np.testing.assert_allclose(got[untouched], before[untouched] + 1.25, atol=1e-5)
     np.testing.assert_allclose(got[~untouched], before[~untouched], atol=1e-5)
+
+
+def _random_requests(seed: int, n: int = 300) -> tuple[ExampleSet, np.ndarray]:
+    """Requests of 5 to 30 candidates with consistent baseline features (co-visitation
+    rank follows the co-visitation score, recency rank is set for touched rows only),
+    scores with ties, one or no true item each."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(5, 31, size=n)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    rows = int(offsets[-1])
+    dense = np.zeros((rows, len(DENSE_FEATURES)), dtype=np.float32)
+    labels = np.zeros(rows, dtype=np.float32)
+    novel = np.zeros(n, dtype=bool)
+    for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
+        m = b - a
+        touched = rng.random(m) < 0.4
+        cov = np.where(rng.random(m) < 0.6, rng.integers(1, 6, size=m) / 5.0, 0.0)  # ties on purpose
+        dense[a:b, IN_HISTORY] = touched
+        dense[a:b, _F["covisit"]] = cov
+        dense[a:b, _F["covisit_rank"]] = [0.0 if c == 0 else 1.0 / (1 + np.sum(cov > c)) for c in cov]
+        dense[a:b, _REC] = np.where(touched, 1.0 / (1 + np.argsort(np.argsort(-rng.random(m)))), 0.0)
+        dense[a:b, _F["log_popularity"]] = rng.permutation(m) / 3.0
+        if rng.random() < 0.8:
+            hit = int(rng.integers(m))
+            labels[a + hit] = 1.0
+            novel[i] = not touched[hit]
+    es = ExampleSet({"dense": dense}, labels, offsets, list(range(rows)), novel, np.ones(n, bool), np.zeros(n))
+    return es, np.round(rng.normal(size=rows), 1)
+
+
+_F = {name: i for i, name in enumerate(DENSE_FEATURES)}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_metrics_equal_the_evaluation(seed) -> None:
+    """The blend grid ranks with a vectorised sort; it must give evaluate()'s figures, ties included."""
+    es, scores = _random_requests(seed)
+    fast = tuned_metrics(es, scores)
+    full = evaluate(es, {"m": scores}, catalog_size=10)["rankers"]["m"]
+    for k in TUNED_METRICS:
+        assert fast[k] == pytest.approx(full[k], abs=1e-12)
+
+
+@pytest.mark.parametrize("mix,baseline", [(0.0, "covisit+recent"), (1.0, "covisit")])
+def test_the_prior_orders_as_the_baselines_do(mix, baseline) -> None:
+    es, _ = _random_requests(3)
+    prior = baseline_prior(torch.from_numpy(es.arrays["dense"]), mix).double().numpy()
+    got = tuned_metrics(es, prior)
+    want = evaluate(es, catalog_size=10)["rankers"][baseline]
+    for k in TUNED_METRICS:
+        assert got[k] == pytest.approx(want[k], abs=1e-12)
+
+
+def test_a_model_that_loses_is_blended_with_the_baselines() -> None:
+    """Scores of pure noise lose to the baselines; the chosen blend leans on them and comes
+    closer to the best baselines than the model alone (a list cannot equal two baselines at
+    once: the best on NDCG and the best on novel items differ)."""
+    es, scores = _random_requests(4)
+    # The shopper's next item: the co-visitation + recent order's first, for 2 of 3 requests.
+    prior = baseline_prior(torch.from_numpy(es.arrays["dense"]), 0.0).numpy()
+    rng = np.random.default_rng(5)
+    for i, (a, b) in enumerate(zip(es.offsets[:-1], es.offsets[1:], strict=True)):
+        if rng.random() < 2 / 3:
+            es.labels[a:b] = 0.0
+            top = a + int(np.argmax(prior[a:b]))
+            es.labels[top] = 1.0
+            es.novel[i] = es.arrays["dense"][top, IN_HISTORY] <= 0
+    out = choose_blend(es, scores, catalog_size=10)
+    assert out["model_alone"]["min_ratio"] < 0.9
+    assert out["prior_weight"] > 0
+    assert out["min_ratio"] > out["model_alone"]["min_ratio"] + 0.1
+    assert out["tried"][0]["min_ratio"] == out["min_ratio"] and len(out["tried"]) <= KEEP_TRIED
+
+
+def test_the_blend_is_part_of_the_exported_graph(tmp_path) -> None:
+    torch.manual_seed(0)
+    m = DIN(ModelConfig(n_items=7, n_categories=5, dim=4, attn_hidden=4, hidden=(8,)))
+    m.eval()
+    args = example_inputs(n_users=3, n_rows=40, seq_len=SEQ_LEN, seed=3)
+    dense = args[INPUT_NAMES.index("dense")]
+    with torch.no_grad():
+        before = m(*args).numpy()
+    m.prior_weight.fill_(2.0)
+    m.prior_mix.fill_(0.5)
+    sess = onnx_session(export_onnx(m, tmp_path / "m.onnx", seq_len=SEQ_LEN))
+    got = sess.run(["score"], feeds(args))[0]
+    np.testing.assert_allclose(got, before + 2.0 * baseline_prior(dense, 0.5).numpy(), atol=1e-5)

@@ -78,6 +78,12 @@ class Manifest(dict[str, Any]):
         return dict(self.get("metrics") or {})
 
     @property
+    def catalog_features(self) -> bool:
+        """Whether the model was trained with the catalog's brand and price features filled in;
+        only then does the job fill them (``udfs.features.CATALOG_FEATURES``)."""
+        return bool(self.get("catalog_features", False))
+
+    @property
     def train_span(self) -> dict[str, Any]:
         return dict(self.get("train_span") or {})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +20,11 @@ from udfs.events import BEHAVIOR_INDEX, Event, Id
 from udfs.state import BEHAVIOR_WEIGHT, UserState
 from udfs.timescales import derive_covisit_window_ms, derive_popularity_half_life_ms
 
-# Sources a candidate can come from (bit flags, also model features).
+# Sources a candidate can come from (bit flags; the first four are also model features).
 SRC_COVISIT, SRC_RECENT, SRC_CATEGORY, SRC_TRENDING = 1, 2, 4, 8
+# A new catalog item with no behavior yet, similar to what the shopper touched (udfs/catalog.py).
+# Not a model feature: the model was trained before the item existed.
+SRC_NEW = 16
 # How far back in the user's sequence co-visitation looks, and its decay.
 COVISIT_SOURCE_ITEMS = 10
 COVISIT_RECENCY_DECAY = 0.8
@@ -191,10 +194,15 @@ def generate_candidates(
     n: int,
     trending: Sequence[Id] | None = None,
     trending_categories: Mapping[Id, Id] | None = None,
+    *,
+    blocked: Collection[Id] = (),
+    new_items: Sequence[tuple[Id, Id, float]] = (),
 ) -> Candidates:
     """Up to ``n`` candidates: co-visitation of recent items first, then the
-    user's recent items and top categories, then trending (the cold-start
-    fallback). Bought items are excluded everywhere."""
+    user's recent items, new catalog items like what the user touched
+    (``new_items``: ``(item, category, score)``), the top categories, then trending (the
+    cold-start fallback). Bought items and ``blocked`` ones (the catalog's out of
+    stock or deleted items) are excluded everywhere."""
     bought = set(state.bought)
     seen_cat: dict[Id, Id] = {row[1]: row[2] for row in state.seq}
     out: dict[Id, list[Any]] = {}
@@ -202,26 +210,33 @@ def generate_candidates(
     cov, sources, because = covisit_neighbourhood(state, tables)
     # nlargest is sorted(..., reverse=True)[:k]: stable, so ties keep insertion order.
     for item in heapq.nlargest(max(1, n // 2), cov, key=cov.__getitem__):
-        if item not in bought:
+        if item not in bought and item not in blocked:
             cat = tables.item_category.get(item, seen_cat.get(item, -1))
             _add(out, item, cat, SRC_COVISIT, math.log1p(cov[item]))
 
     for item in sources[: max(1, n // 5)]:
-        if item not in bought:
+        if item not in bought and item not in blocked:
             _add(out, item, seen_cat[item], SRC_RECENT, math.log1p(cov.get(item, 0.0)))
+
+    # Before the categories' popular items, so the cut at n never drops them (at most n // 10). Best
+    # first (the catalog orders them); the score only ordered them: the covisit feature stays
+    # what it is for every candidate, the item's co-visitation (none yet for a new item).
+    for item, cat, _score in new_items:
+        if item not in bought and item not in blocked:
+            _add(out, item, cat, SRC_NEW, math.log1p(cov.get(item, 0.0)))
 
     top_cats = sorted(state.affinity, key=lambda c: -state.affinity[c])[:3]
     per_cat = max(1, n // 10)
     for cat in top_cats:
         for item in tables.category_top.get(cat, ())[:per_cat]:
-            if item not in bought:
+            if item not in bought and item not in blocked:
                 _add(out, item, cat, SRC_CATEGORY, math.log1p(cov.get(item, 0.0)))
 
     stream_cats = trending_categories or {}
     for item in trending if trending is not None else tables.trending:
         if len(out) >= n:
             break
-        if item not in bought:
+        if item not in bought and item not in blocked:
             known = tables.item_category.get(item)
             # a new item, seen only in the stream, takes its category from the stream
             _add(out, item, known if known is not None else stream_cats.get(item, -1), SRC_TRENDING,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 ENV_PREFIX = "STREAMREC_"
 # The job's topics, by config field: one list for the job, the local broker and the tools.
-TOPIC_FIELDS = ("input_topic", "output_topic", "dlq_topic", "late_topic")
+TOPIC_FIELDS = ("input_topic", "output_topic", "dlq_topic", "late_topic", "catalog_topic")
 
 
 class _Section(BaseModel):
@@ -36,6 +36,9 @@ class KafkaConfig(_Section):
     """Dead-letter topic: malformed input with its original bytes and the reason."""
     late_topic: str = "behavior-events-late"
     """Events later than the allowed lateness, with the reason."""
+    catalog_topic: str = Field("item-catalog", min_length=1)
+    """Compacted topic of msgpack catalog records keyed by item id (README 'Catalog'); a Kafka-source job joins
+    it: out-of-stock and deleted items leave every list, new items reach similar shoppers."""
     group_id: str = "streamrec-job"
     """Consumer group of the job's Kafka source."""
     starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
@@ -203,6 +206,9 @@ class RankingConfig(_Section):
     """Half-life of the in-stream trending counts that lead trending candidates (0 = artifact list only)."""
     fresh_hit_slots: int = Field(1, ge=0, le=10)
     """Last list slots kept for in-stream hits the model has never seen (it cannot rank them yet; 0 = none)."""
+    new_item_slots: int = Field(1, ge=0, le=10)
+    """List slots kept, before the fresh-hit slots, for new catalog items with no behavior yet that are like what
+    the shopper touched (the model cannot rank them yet; 0 = none; needs the catalog join)."""
     max_per_category: int = Field(5, ge=0, le=1000)
     """Diversity: at most this many items of one category in a list, best first; over-cap items fill the
     tail only when too few categories remain (0 = off: lists in score order; a cap >= top_k never applies).

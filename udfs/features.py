@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from udfs.candidates import (
     CandidateTables,
     covisit_scores,
 )
+from udfs.catalog import CatalogItem
 from udfs.events import Event, Id
 from udfs.state import UserState, gap_bucket
 
@@ -57,7 +59,13 @@ DENSE_FEATURES: tuple[str, ...] = (
     "user_repeat_ratio",
     "trigger_gap",
     "log_distinct_touched",
+    "brand_share",
+    "price_affinity",
 )
+# The two catalog features (brand, price): 0 for every row unless the batch gets the catalog's
+# item attributes, and the job passes them only to a model trained with them
+# (``Manifest.catalog_features``), so a model never sees values it was not fitted on.
+CATALOG_FEATURES: tuple[str, ...] = ("brand_share", "price_affinity")
 # How many of the latest events "category_in_recent" looks at.
 RECENT_CATEGORY_EVENTS = 5
 INPUT_NAMES: tuple[str, ...] = (
@@ -109,9 +117,51 @@ class UserRequest:
     """Stream-hot items the model does not know, as of the trigger (see Recommender)."""
 
 
+def catalog_profile(seq: Sequence[Any], attributes: Mapping[Id, CatalogItem]) -> tuple[dict[str, int], float | None]:
+    """The shopper's brands (count of history rows per brand) and median log price of what
+    they touched, from the catalog's records of their history items."""
+    brands: dict[str, int] = {}
+    log_prices: list[float] = []
+    for row in seq:
+        rec = attributes.get(row[1])
+        if rec is None:
+            continue
+        if rec.brand:
+            brands[rec.brand] = brands.get(rec.brand, 0) + 1
+        if rec.price is not None and rec.price > 0:
+            log_prices.append(math.log(rec.price))
+    return brands, statistics.median(log_prices) if log_prices else None
+
+
+def catalog_columns(items: Sequence[Id], seq_len: int, brands: dict[str, int], log_price: float | None,
+                    attributes: Mapping[Id, CatalogItem]) -> tuple[list[float], list[float]]:
+    """``brand_share``: the share of the shopper's history rows with the candidate's brand.
+    ``price_affinity``: exp(-|log price - the shopper's median log price|), 1 at the shopper's
+    usual price and 1/2 at about twice or half of it: a soft price band in ratios, so no
+    currency or price scale is assumed. Both 0 where the catalog lacks the attribute."""
+    share: list[float] = []
+    affinity: list[float] = []
+    for item in items:
+        rec = attributes.get(item)
+        if rec is None:
+            share.append(0.0)
+            affinity.append(0.0)
+            continue
+        share.append(brands.get(rec.brand, 0) / seq_len if rec.brand and seq_len else 0.0)
+        price = rec.price
+        if log_price is not None and price is not None and price > 0:
+            affinity.append(math.exp(-abs(math.log(price) - log_price)))
+        else:
+            affinity.append(0.0)
+    return share, affinity
+
+
 def build_batch(
-    requests: Sequence[UserRequest], vocab: Vocab, tables: CandidateTables, seq_len: int
+    requests: Sequence[UserRequest], vocab: Vocab, tables: CandidateTables, seq_len: int,
+    attributes: Mapping[Id, CatalogItem] | None = None,
 ) -> dict[str, np.ndarray]:
+    """The model's inputs for ``requests``; ``attributes`` (item -> catalog record) fills
+    :data:`CATALOG_FEATURES`, which are 0 without it."""
     n_users = len(requests)
     n_rows = sum(len(r.candidates.items) for r in requests)
     hist = np.zeros((4, n_users, seq_len), dtype=np.int64)
@@ -187,6 +237,9 @@ def build_batch(
         d[:, 21] = repeats / (len(seq) - 1) if len(seq) > 1 else 0.0
         d[:, 22] = gap_bucket(now - seq[-2][0]) / (N_GAP_BUCKETS - 1) if len(seq) > 1 else 1.0
         d[:, 23] = math.log1p(len(last_touch))
+        if attributes:
+            brands, log_price = catalog_profile(seq, attributes)
+            d[:, 24], d[:, 25] = catalog_columns(items, len(seq), brands, log_price, attributes)
         row = end
     return {
         "hist_item": hist[0],

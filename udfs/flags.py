@@ -22,6 +22,7 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--input-topic": ("kafka", "input_topic"),
     "--output-topic": ("kafka", "output_topic"),
     "--dlq-topic": ("kafka", "dlq_topic"),
+    "--catalog-topic": ("kafka", "catalog_topic"),
     "--delivery-guarantee": ("kafka", "delivery_guarantee"),
     "--parallelism": ("job", "parallelism"),
     "--execution-mode": ("job", "execution_mode"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from udfs.candidates import SRC_CATEGORY, SRC_COVISIT, SRC_RECENT, SRC_TRENDING, Candidates
+from udfs.candidates import SRC_CATEGORY, SRC_COVISIT, SRC_NEW, SRC_RECENT, SRC_TRENDING, Candidates
 from udfs.events import Id
 
 # Every code a reason can carry, with its evidence fields and meaning (the README table).
@@ -22,12 +22,13 @@ REASON_CODES: dict[str, str] = {
     "covisit": "shoppers who touched `because` (an item this shopper touched) also touched this one",
     "category": "popular in `category_id`, one of the shopper's top categories",
     "trending": "popular across the shop right now",
-    "new_in_catalog": "reserved for the catalog join: a new catalog item with no behavior yet",
+    "new_in_catalog": "a new catalog item with no behavior yet, like what the shopper touched (category, brand, "
+                      "title words)",
 }
 
 # When a candidate came from several sources, the most personal one explains it.
-_FLAG_ORDER = ((SRC_RECENT, "recent"), (SRC_COVISIT, "covisit"), (SRC_CATEGORY, "category"),
-               (SRC_TRENDING, "trending"))
+_FLAG_ORDER = ((SRC_RECENT, "recent"), (SRC_COVISIT, "covisit"), (SRC_NEW, "new_in_catalog"),
+               (SRC_CATEGORY, "category"), (SRC_TRENDING, "trending"))
 
 
 def candidate_reason(cands: Candidates, i: int) -> dict[str, Any]:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from udfs.artifact import Artifact
-from udfs.candidates import generate_candidates
+from udfs.candidates import SRC_NEW, generate_candidates
+from udfs.catalog import Catalog, CatalogItem
 from udfs.diversity import OFF, cap_per_category
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
@@ -82,8 +83,12 @@ class Recommender:
         trending: TrendingCounter | None = None,
         fresh_hit_slots: int = 0,
         max_per_category: int = OFF,
+        catalog: Catalog | None = None,
+        new_item_slots: int = 0,
     ) -> None:
         self.artifact = artifact
+        self.catalog = catalog
+        self.new_item_slots = new_item_slots if catalog is not None else 0
         self.trending = trending
         self.fresh_hit_slots = fresh_hit_slots if trending is not None else 0
         # Derived from one trending top list, rebuilt only when it changes:
@@ -100,10 +105,19 @@ class Recommender:
     def provider(self) -> ProviderChoice | None:
         return self.ranker.choice if self.ranker else None
 
+    def item_attributes(self) -> Mapping[Id, CatalogItem] | None:
+        """The catalog's records for the brand and price features, for a model trained with
+        them only: a model trained without them has never seen them other than 0."""
+        if self.catalog is None or not self.artifact.manifest.catalog_features:
+            return None
+        return self.catalog.items
+
     def apply(self, state: UserState, event: Event) -> bool:
         """Update state; False for a duplicate event (nothing to emit)."""
         self.counters.events += 1
         if update_state(state, event, self.limits):
+            if self.catalog is not None:
+                self.catalog.touched(event.item_id)
             if self.trending is not None:
                 self.trending.add(event)
             return True
@@ -111,12 +125,19 @@ class Recommender:
         return False
 
     def request(self, state: UserState, event: Event) -> UserRequest:
+        catalog = self.catalog
+        # The catalog's rules act on candidates, so nothing later (ranking, the cap, the reserved
+        # slots) can bring back an item that is out of stock or deleted.
+        rules: dict[str, Any] = {} if catalog is None else {
+            "blocked": catalog.unavailable,
+            "new_items": catalog.new_item_candidates(state, max(self.new_item_slots, self.n_candidates // 10)),
+        }
         if self.trending is None:
-            cands = generate_candidates(state, self.artifact.tables, self.n_candidates)
+            cands = generate_candidates(state, self.artifact.tables, self.n_candidates, **rules)
             return UserRequest(state, cands, event)
         _, trending, fresh = self._trending_view()
         cands = generate_candidates(state, self.artifact.tables, self.n_candidates,
-                                    trending=trending, trending_categories=self.trending.categories)
+                                    trending=trending, trending_categories=self.trending.categories, **rules)
         # Taken now, not when the batch is scored: a list must not depend on which
         # other events share its model call.
         return UserRequest(state, cands, event, fresh if self.fresh_hit_slots else frozenset())
@@ -151,6 +172,27 @@ class Recommender:
         keep = order[: len(order) - len(picks)]
         return np.concatenate([keep, np.asarray(picks, dtype=order.dtype)]), len(picks)
 
+    def _with_new_items(self, req: UserRequest, order: np.ndarray, s: np.ndarray | None,
+                        tail: int) -> np.ndarray:
+        """Put the best new catalog items among the candidates just before the last ``tail``
+        slots (the fresh hits), unless they made the list on their own.
+
+        A new item has no embedding and no behavior, so the model would rank it low; without a
+        reserved slot it could never reach a list, and so never earn behavior."""
+        if not self.new_item_slots:
+            return order
+        cands = req.candidates
+        shown = set(order.tolist())
+        picks = [i for i, src in enumerate(cands.sources) if src & SRC_NEW and i not in shown]
+        room = len(order) - tail
+        if not picks or room <= 0:
+            return order
+        if s is not None:
+            picks = sorted(picks, key=lambda i: -s[i])
+        picks = picks[: min(self.new_item_slots, room)]
+        head = order[: room - len(picks)]
+        return np.concatenate([head, np.asarray(picks, dtype=order.dtype), order[room:]])
+
     def _top(self, req: UserRequest, ranked: np.ndarray) -> np.ndarray:
         """The first ``top_k`` rows of ``ranked``, under the per-category cap when it is on.
 
@@ -178,7 +220,8 @@ class Recommender:
             fallback = "no_model"
         else:
             try:
-                batch = build_batch(requests, self.artifact.vocab, self.artifact.tables, self.artifact.seq_len)
+                batch = build_batch(requests, self.artifact.vocab, self.artifact.tables, self.artifact.seq_len,
+                                    self.item_attributes())
                 raw = self.ranker.score(batch)
             except Exception as exc:  # a model fault must not stop recommendations
                 self.counters.inference_failures += 1
@@ -203,9 +246,10 @@ class Recommender:
             n_fresh = 0
             if s is not None:
                 order, n_fresh = self._with_fresh_hits(req, self._top(req, np.argsort(-s, kind="stable")), s)
+                order = self._with_new_items(req, order, s, n_fresh)
                 top = s[order].tolist()
             else:
-                order = self._top(req, np.arange(n))
+                order = self._with_new_items(req, self._top(req, np.arange(n)), None, 0)
                 top = [req.candidates.covisit[i] for i in order]
             items = [req.candidates.items[i] for i in order]
             reasons = list_reasons(req.candidates, order, range(len(order) - n_fresh, len(order)))

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import gc
+import logging
 
 from udfs.artifact import load_artifact
+from udfs.catalog import Catalog
 from udfs.config import Config
 from udfs.ranker import OnnxRanker
 from udfs.recommend import Recommender
 from udfs.state import StateLimits
 from udfs.trending import TrendingCounter
+
+log = logging.getLogger(__name__)
 
 
 def state_limits(config: Config) -> StateLimits:
@@ -36,7 +40,9 @@ def state_settings(limits: StateLimits) -> dict[str, int]:
     }
 
 
-def build_recommender(config: Config) -> Recommender:
+def build_recommender(config: Config, catalog: bool = False) -> Recommender:
+    """``catalog``: join an (initially empty) :class:`Catalog` that the caller fills from the
+    catalog topic; items the artifact's log has behavior for are never new."""
     r = config.ranking
     artifact = load_artifact(r.artifact_dir)
     ranker = OnnxRanker(
@@ -44,9 +50,15 @@ def build_recommender(config: Config) -> Recommender:
         intra_op_threads=r.intra_op_threads,
     )
     trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
+    if artifact.manifest.catalog_features and not catalog:
+        log.warning("model %s was trained with the catalog's brand and price features, and this run joins no "
+                    "catalog (a file source): they are 0 for every candidate, as for a model trained without "
+                    "them", artifact.model_version)
     return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
                        trending=trending, fresh_hit_slots=r.fresh_hit_slots,
-                       max_per_category=r.max_per_category)
+                       max_per_category=r.max_per_category,
+                       catalog=Catalog(known=artifact.tables.popularity) if catalog else None,
+                       new_item_slots=r.new_item_slots)
 
 
 def freeze_loaded_objects() -> None:

@@ -108,10 +108,11 @@ def _admin(bootstrap: str, timeout_s: float = 10.0) -> Any:
 
 
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1,
-                  timeout_s: float = 30.0) -> list[str]:
+                  timeout_s: float = 30.0, compacted: Iterable[str] = ()) -> list[str]:
     """Create topics that do not exist yet and wait until all have leaders; returns the new ones.
 
-    Idempotent, so callers may pass their full topic list on every start.
+    Idempotent, so callers may pass their full topic list on every start. ``compacted``: those
+    of ``names`` that keep only each key's latest record (the item catalog).
     """
     from kafka.errors import for_code
 
@@ -120,7 +121,11 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1,
         return []
     admin = _admin(bootstrap, timeout_s)
     try:
-        spec = {n: {"num_partitions": partitions, "replication_factor": 1} for n in wanted}
+        compact = set(compacted)
+        spec: dict[str, dict[str, Any]] = {n: {"num_partitions": partitions, "replication_factor": 1}
+                                           for n in wanted}
+        for name in compact & set(wanted):
+            spec[name]["configs"] = {"cleanup.policy": "compact"}
         result = admin.create_topics(spec, timeout_ms=int(timeout_s * 1000), raise_errors=False)
         created = []
         for topic in result["topics"]:
@@ -397,9 +402,9 @@ class LocalKafka:
                               f"(last error: {last_error!r}); log {self.log_file}:\n"
                               + _log_tail(self.log_file))
 
-    def create_topics(self, names: Iterable[str], partitions: int = 1) -> list[str]:
+    def create_topics(self, names: Iterable[str], partitions: int = 1, compacted: Iterable[str] = ()) -> list[str]:
         """Idempotently create topics on this broker; returns the names that were new."""
-        return create_topics(self.bootstrap, names, partitions)
+        return create_topics(self.bootstrap, names, partitions, compacted=compacted)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, wait up to ``timeout`` s for a clean shutdown, then SIGKILL."""
@@ -454,6 +459,7 @@ def start_background(
     *,
     partitions: int = 1,
     timeout: float = 90.0,
+    compacted: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Start a broker that outlives this process (or reuse the running one) and create ``topics``.
 
@@ -477,7 +483,7 @@ def start_background(
                  "startup_s": round(broker.startup_s or 0.0, 2)}
         _state_file().write_text(json.dumps(state, indent=2))
     if topics:
-        create_topics(state["bootstrap"], topics, partitions)
+        create_topics(state["bootstrap"], topics, partitions, compacted=compacted)
     return state
 
 
