@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import msgpack
 from pyflink.common import Row, Time
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
@@ -22,7 +21,7 @@ from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.metrics import BatchedCounters
 from udfs.privacy import load_key
-from udfs.records import dead_letter_record, late_event_record
+from udfs.records import dead_letter_record, encode_output_record, late_event_record
 from udfs.runtime import build_recommender, freeze_loaded_objects
 from udfs.state import UserState
 
@@ -145,7 +144,7 @@ class RecommendFunction(KeyedProcessFunction):
             if record["fallback"]:
                 self.metrics.inc("ranking_fallbacks")
             self.metrics.inc("recommendations_emitted")
-            yield Row(str(event.user_id), msgpack.packb(record, use_bin_type=True))
+            yield Row(str(event.user_id), encode_output_record(record))
         blob, trimmed = state.to_bounded_bytes(self.max_state_bytes)
         if trimmed:
             self.metrics.inc("states_trimmed")
