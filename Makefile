@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# One resolve for everything, pinned: apache-flink 2.3 -> beam -> protobuf<6 bounds onnx.
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,dev,serve]"
 	touch $(STAMP)
 
 venv: $(STAMP)

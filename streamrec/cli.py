@@ -243,6 +243,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from streamrec.serve.server import serve  # lazy: starlette and uvicorn, the [serve] extra
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in SERVE_EXTRA:
+            raise
+        print(f"streamrec serve: needs the 'serve' extra (pip install -c constraints.txt '.[serve]'): {exc}",
+              file=sys.stderr)
+        return 2
+    return serve(config_from_args(args))
+
+
+SERVE_EXTRA = ("starlette", "uvicorn")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config_from_args(args), events=int(args.events), rate=float(args.rate))
 
@@ -399,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
              "scale: model artifact (default: train one on the scale catalog into OUT/scale-artifact)")
     add_config_flags(p, ["--provider", "--delivery-guarantee"])
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="HTTP lookup service and live storefront page over the recommendations topic")
+    add_config_flags(p, ["--port", "--bind-address", "--store", "--bootstrap-servers", "--input-topic",
+                         "--output-topic", "--artifact", "--key-file", "--key-env"])
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")
     add_flag(p, "--events", f"{ENV_PREFIX}DEMO_EVENTS", "events to replay", default="1500")
