@@ -20,6 +20,8 @@ from streamrec.benchmark.model import main as bench_model_main
 from streamrec.benchmark.peer import run_peer
 from streamrec.benchmark.scale import ScaleBench, ScaleSettings
 from streamrec.benchmark.scale import markdown as scale_markdown
+from streamrec.benchmark.serve_latency import ServeBenchSettings, run_serve_bench
+from streamrec.benchmark.serve_latency import markdown as serve_markdown
 from streamrec.demo import run_demo
 from streamrec.evaluation.diversity_sweep import DEFAULT_CAPS, SWEEP_JSON, SWEEP_PNG, format_sweep, parse_caps, sweep
 from streamrec.evaluation.evaluate import evaluate, format_table
@@ -258,6 +260,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 SERVE_EXTRA = ("starlette", "uvicorn")
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    settings = ServeBenchSettings(Path(args.out), rate=float(args.rate), duration_s=float(args.duration),
+                                  shoppers=int(args.shoppers), connections=int(args.connections))
+    print(serve_markdown(run_serve_bench(settings)))
+    print(f"results: {settings.out_dir / 'serve_latency.json'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config_from_args(args), events=int(args.events), rate=float(args.rate))
 
@@ -419,6 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, ["--port", "--bind-address", "--store", "--bootstrap-servers", "--input-topic",
                          "--output-topic", "--artifact", "--key-file", "--key-env"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench-serve", help="lookup latency of streamrec serve at a fixed request rate (open loop)")
+    add_flag(p, "--out", f"{ENV_PREFIX}BENCH_SERVE_OUT", "results folder", default="bench-results/serve")
+    add_flag(p, "--rate", f"{ENV_PREFIX}BENCH_SERVE_RATE", "lookups per second", default="1000")
+    add_flag(p, "--duration", f"{ENV_PREFIX}BENCH_SERVE_DURATION", "timed seconds (after 5 s of warm-up)",
+             default="60")
+    add_flag(p, "--shoppers", f"{ENV_PREFIX}BENCH_SERVE_SHOPPERS", "lists in the topic", default="100000")
+    add_flag(p, "--connections", f"{ENV_PREFIX}BENCH_SERVE_CONNECTIONS", "keep-alive client connections",
+             default="64")
+    p.set_defaults(func=cmd_bench_serve)
 
     p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")
     add_flag(p, "--events", f"{ENV_PREFIX}DEMO_EVENTS", "events to replay", default="1500")

@@ -12,11 +12,11 @@ import pytest
 from kafka import KafkaProducer
 from starlette.testclient import TestClient
 
-from streamrec.local.procs import stop_group
+from streamrec.local.serve import ServeProcess, get_json
 from streamrec.serve.app import Catalog, ServeContext, build_app
 from streamrec.serve.follower import Follower
 from streamrec.serve.store import Store
-from tests.serve_fixtures import get_json, output_value, start_serve
+from tests.serve_fixtures import output_value
 from udfs.events import decode_event
 from udfs.reasons import render_reason
 from udfs.records import decode_output_record
@@ -232,8 +232,10 @@ def test_serve_process_reads_committed_lists_streams_changes_and_sends_page_even
     tx.send(out_topic, key=b"42", value=output_value(42, 2, [666]))
     tx.abort_transaction()  # read_committed: never shown
 
-    proc, base = start_serve(kafka_broker.bootstrap, in_topic, out_topic, tmp_path / "serve.sqlite",
-                             tmp_path / "serve.log")
+    serve = ServeProcess(kafka_broker.bootstrap, in_topic, out_topic, tmp_path / "serve.sqlite",
+                         tmp_path / "serve.log")
+    serve.start()
+    base = serve.base
     try:
         status, body = get_json(base + "/v1/users/42/recommendations")
         assert status == 200 and body["seq"] == 1 and [i["item_id"] for i in body["items"]] == [1, 2]
@@ -269,7 +271,7 @@ def test_serve_process_reads_committed_lists_streams_changes_and_sends_page_even
         assert 'streamrec_serve_events_sent_total{behavior="buy"} 1' in metrics
         assert "streamrec_serve_ready 1" in metrics
     finally:
-        stop_group(proc)
+        serve.stop()
         tx.close()
 
 

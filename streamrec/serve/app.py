@@ -43,7 +43,7 @@ from udfs.records import OutputRecord
 log = logging.getLogger(__name__)
 
 SSE_HEARTBEAT_S = 15.0
-TRENDING_CACHE_S = 1.0
+TRENDING_REFRESH_S = 1.0
 MAX_EVENT_BODY = 4096
 
 
@@ -84,17 +84,25 @@ class ServeContext:
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     subscribers: dict[str, set[asyncio.Queue[None]]] = field(default_factory=dict)
     loop: asyncio.AbstractEventLoop | None = None
-    _trending: tuple[float, list[Id]] = (0.0, [])
+    _trending: list[Id] | None = None
+    _trending_at: float = 0.0
 
     def trending(self) -> list[Id]:
-        at, items = self._trending
-        if time.monotonic() - at > TRENDING_CACHE_S:
-            items = self.store.trending(self.trending_size, self.trending_window)
-            self._trending = (time.monotonic(), items)
-        return items
+        """The trending list, as last computed by the follower thread (here only the first time:
+        after a restart with nothing new in the topic)."""
+        if self._trending is None:
+            self._refresh_trending()
+        return self._trending or []
+
+    def _refresh_trending(self) -> None:
+        self._trending = self.store.trending(self.trending_size, self.trending_window)
+        self._trending_at = time.monotonic()
 
     def lists_changed(self, keys: list[str]) -> None:
-        """Called by the follower thread: wake the streams of these shoppers."""
+        """Called by the follower thread after storing lists: recount trending (at most every
+        TRENDING_REFRESH_S, off the request path) and wake the streams of these shoppers."""
+        if time.monotonic() - self._trending_at >= TRENDING_REFRESH_S:
+            self._refresh_trending()
         loop = self.loop
         if loop is None or not self.subscribers:
             return
