@@ -135,7 +135,7 @@ def run_serve_bench(s: ServeBenchSettings) -> dict[str, Any]:
             topic, events = "bench-recommendations", "bench-events"
             broker.create_topics([topic, events], partitions=2)
             produced = produce(broker.bootstrap, topic, bench_lists(s.shoppers, s.seed))
-            serve = ServeProcess(broker.bootstrap, events, topic, work / "serve.sqlite", s.out_dir / "serve.log")
+            serve = ServeProcess(broker.bootstrap, events, topic, work / "serve.sqlite", work / "serve.log")
             rebuild_s = serve.start(timeout_s=600)
             try:
                 _, health = get_json(serve.base + "/healthz")

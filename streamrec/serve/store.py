@@ -74,6 +74,7 @@ class Store:
         if con is None:
             con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA mmap_size=1073741824")  # lookups read mapped pages, not copies through read()
             self._local.con = con
         return con
 
