@@ -29,6 +29,25 @@ def flink_lib() -> Path:
     return cache_dir() / "flink" / "lib"
 
 
+def flink_plugins() -> Path:
+    """The plugins root the job's JVM gets (FLINK_PLUGINS_DIR): one folder per plugin."""
+    return cache_dir() / "flink" / "plugins"
+
+
+PROMETHEUS_PLUGIN = "metrics-prometheus"
+PROMETHEUS_JAR_PATTERN = "flink-metrics-prometheus-*.jar"
+PROMETHEUS_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+
+def prometheus_plugin_dir() -> Path:
+    """The plugins root holding Flink's Prometheus reporter, or FileNotFoundError with the fetch command."""
+    root = flink_plugins()
+    if not any((root / PROMETHEUS_PLUGIN).glob(PROMETHEUS_JAR_PATTERN)):
+        raise FileNotFoundError(f"metrics.prometheus_port is set but {root / PROMETHEUS_PLUGIN} holds no "
+                                f"{PROMETHEUS_JAR_PATTERN}; {FETCH_HINT}")
+    return root
+
+
 def required_jars() -> list[str]:
     """The newest of each job jar, as absolute paths; a missing one stops the job at start
     with the command that fetches it, not with a py4j error from inside the JVM."""

@@ -19,7 +19,7 @@ from pyflink.java_gateway import get_gateway
 
 from jobs.checkpoints import checkpoint_root, resume_path
 from jobs.functions import DLQ_TAG, ENVELOPE_TYPE, KEYED_BYTES_TYPE, LATE_TAG, RecommendFunction
-from jobs.layout import PROJECT_ROOT, required_jars
+from jobs.layout import PROJECT_ROOT, PROMETHEUS_FACTORY, prometheus_plugin_dir, required_jars
 from udfs.config import Config
 
 
@@ -84,10 +84,20 @@ def flink_settings(config: Config) -> dict[str, str]:
     }
     if job.rest_port:
         settings["rest.port"] = str(job.rest_port)
+    settings.update(metrics_settings(config))
     resume = resume_path(config)
     if resume:
         settings["execution.state-recovery.path"] = resume
     return settings
+
+
+def metrics_settings(config: Config) -> dict[str, str]:
+    """Flink's Prometheus reporter (``metrics.prometheus_port``; 0: none). Every JobManager and
+    TaskManager process serves /metrics on the first free port of the range."""
+    port = config.metrics.prometheus_port
+    if port == "0":
+        return {}
+    return {"metrics.reporter.prom.factory.class": PROMETHEUS_FACTORY, "metrics.reporter.prom.port": port}
 
 
 def restart_settings(config: Config) -> dict[str, str]:
@@ -121,6 +131,8 @@ def create_environment(config: Config) -> StreamExecutionEnvironment:
     jars = required_jars()  # before the JVM starts: a missing jar is a clear error, not a py4j one
     # Must be set before the JVM (and so the embedded interpreter) starts.
     os.environ["PYTHONPATH"] = worker_pythonpath()
+    if config.metrics.prometheus_port != "0":  # the reporter is a plugin, found when the JVM starts
+        os.environ["FLINK_PLUGINS_DIR"] = str(prometheus_plugin_dir())
     # A local run otherwise starts PyFlink's Beam worker-pool server on every interface
     # (beam_worker_pool_service: '[::]:0'), whatever the bind settings. Thread mode never uses
     # it, and process mode then launches its workers as on a cluster. PyFlink's own test
