@@ -5,6 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(CURDIR)/.cache
+# GPU=1 (the default where nvidia-smi is found): onnxruntime-gpu and its CUDA wheels (the [gpu] extra)
+# instead of the CPU onnxruntime; it is reinstalled last so that it owns the shared `onnxruntime` module.
+GPU ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1 || echo 0)
+comma := ,
+EXTRAS := train,dev,serve$(if $(filter 1,$(GPU)),$(comma)gpu)
 
 .PHONY: all venv deps browser demo test test-fast lint bench bench-scale bench-model bench-serve eval-matrix clean
 
@@ -14,7 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# One resolve for everything, pinned: apache-flink 2.3 -> beam -> protobuf<6 bounds onnx.
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,dev,serve]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	if [ "$(GPU)" = 1 ]; then $(PY) -m pip install -q --force-reinstall --no-deps -c constraints.txt onnxruntime-gpu; fi
 	touch $(STAMP)
 
 venv: $(STAMP)

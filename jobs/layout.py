@@ -39,13 +39,15 @@ PROMETHEUS_JAR_PATTERN = "flink-metrics-prometheus-*.jar"
 PROMETHEUS_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
 
 
-def prometheus_plugin_dir() -> Path:
-    """The plugins root holding Flink's Prometheus reporter, or FileNotFoundError with the fetch command."""
-    root = flink_plugins()
-    if not any((root / PROMETHEUS_PLUGIN).glob(PROMETHEUS_JAR_PATTERN)):
-        raise FileNotFoundError(f"metrics.prometheus_port is set but {root / PROMETHEUS_PLUGIN} holds no "
-                                f"{PROMETHEUS_JAR_PATTERN}; {FETCH_HINT}")
-    return root
+def prometheus_jar() -> Path:
+    """Flink's Prometheus reporter as fetched (a plugin folder: a cluster's FLINK_PLUGINS_DIR can be
+    the folder above it), or FileNotFoundError with the fetch command."""
+    folder = flink_plugins() / PROMETHEUS_PLUGIN
+    jars = sorted(folder.glob(PROMETHEUS_JAR_PATTERN))
+    if not jars:
+        raise FileNotFoundError(f"metrics.prometheus_port is set but {folder} holds no {PROMETHEUS_JAR_PATTERN}; "
+                                f"{FETCH_HINT}")
+    return jars[-1]
 
 
 def required_jars() -> list[str]:

@@ -6,10 +6,14 @@ different source and sink, so they run the same graph.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import site
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from pyflink.common import Configuration, WatermarkStrategy
@@ -19,7 +23,7 @@ from pyflink.java_gateway import get_gateway
 
 from jobs.checkpoints import checkpoint_root, resume_path
 from jobs.functions import DLQ_TAG, ENVELOPE_TYPE, KEYED_BYTES_TYPE, LATE_TAG, RecommendFunction
-from jobs.layout import PROJECT_ROOT, PROMETHEUS_FACTORY, prometheus_plugin_dir, required_jars
+from jobs.layout import PROJECT_ROOT, PROMETHEUS_FACTORY, cache_dir, prometheus_jar, required_jars
 from udfs.config import Config
 
 
@@ -127,12 +131,37 @@ def worker_pythonpath() -> str:
     return os.pathsep.join(dict.fromkeys([*parts, *filter(None, current.split(os.pathsep))]))
 
 
+def add_to_jvm_classpath(jars: list[Path]) -> None:
+    """Start the local JVM with ``jars`` on its system classpath; must run before the JVM starts.
+
+    A local run's MiniCluster loads metric reporters from the classpath only (not from a plugins
+    folder), and PyFlink builds the classpath from FLINK_LIB_DIR. So FLINK_LIB_DIR becomes a folder
+    of links to PyFlink's own lib jars plus ``jars``, under the cache, named by what it holds.
+    """
+    from pyflink.find_flink_home import _find_flink_home
+
+    flink_home = Path(_find_flink_home())
+    lib = Path(os.environ.get("FLINK_LIB_DIR", flink_home / "lib"))
+    wanted = sorted([*lib.glob("*.jar"), *jars], key=lambda p: p.name)
+    digest = hashlib.sha256("\n".join(str(p.resolve()) for p in wanted).encode()).hexdigest()[:16]
+    target = cache_dir() / "flink" / f"jvm-lib-{digest}"
+    if not target.is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix="jvm-lib-", dir=target.parent))
+        for jar in wanted:
+            (tmp / jar.name).symlink_to(jar.resolve())
+        try:
+            tmp.rename(target)
+        except OSError:  # another job made the same folder first
+            shutil.rmtree(tmp, ignore_errors=True)
+    os.environ["FLINK_LIB_DIR"] = str(target)
+
+
 def create_environment(config: Config) -> StreamExecutionEnvironment:
     jars = required_jars()  # before the JVM starts: a missing jar is a clear error, not a py4j one
     # Must be set before the JVM (and so the embedded interpreter) starts.
     os.environ["PYTHONPATH"] = worker_pythonpath()
-    if config.metrics.prometheus_port != "0":  # the reporter is a plugin, found when the JVM starts
-        os.environ["FLINK_PLUGINS_DIR"] = str(prometheus_plugin_dir())
+    if config.metrics.prometheus_port != "0":
+        add_to_jvm_classpath([prometheus_jar()])
     # A local run otherwise starts PyFlink's Beam worker-pool server on every interface
     # (beam_worker_pool_service: '[::]:0'), whatever the bind settings. Thread mode never uses
     # it, and process mode then launches its workers as on a cluster. PyFlink's own test
