@@ -32,9 +32,21 @@ def java_histogram_factory(group: Any) -> Callable[[str], Any] | None:
     return lambda name: j_group.histogram(name, histogram(RESERVOIR))
 
 
+# The model gauge: its labels, in group order, and its name.
+MODEL_INFO_LABELS = ("model_version", "provider")
+MODEL_INFO = "model_info"
+
+
 def info_gauge(group: Any, name: str, labels: dict[str, str]) -> None:
     """A gauge of 1 whose labels (key-value metric groups) carry the information, e.g. the model version:
-    Prometheus scrapes numbers only."""
+    Prometheus scrapes numbers only. The Prometheus reporter puts each group's key into the metric's
+    name too (:func:`info_metric_name`) and replaces characters other than letters, digits and ``_`` in
+    label values by ``_``."""
     for key, value in labels.items():
         group = group.add_group(key, value)
     group.gauge(name, lambda: 1)
+
+
+def info_metric_name(name: str = MODEL_INFO, labels: tuple[str, ...] = MODEL_INFO_LABELS) -> str:
+    """The operator-scope name Flink's Prometheus reporter gives :func:`info_gauge`'s gauge."""
+    return "_".join([*labels, name])

@@ -17,7 +17,7 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
-from jobs.flink_metrics import info_gauge, java_histogram_factory
+from jobs.flink_metrics import MODEL_INFO, MODEL_INFO_LABELS, info_gauge, java_histogram_factory
 from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.metrics import BatchedCounters, SampledHistograms
@@ -101,8 +101,8 @@ class RecommendFunction(KeyedProcessFunction):
         make_histogram = java_histogram_factory(group)
         self.histograms = SampledHistograms(make_histogram, HISTOGRAMS) if make_histogram else None
         choice = self.recommender.provider
-        info_gauge(group, "model_info", {"model_version": self.recommender.artifact.model_version,
-                                         "provider": choice.label if choice else "none"})
+        info_gauge(group, MODEL_INFO, dict(zip(MODEL_INFO_LABELS, (self.recommender.artifact.model_version,
+                                                                   choice.label if choice else "none"))))
         self._ranker_seen = (0, 0)
         self.lateness = cfg.job.allowed_lateness_ms
         self.max_future_skew_ms = cfg.job.max_future_skew_ms

@@ -12,6 +12,7 @@ import pytest
 import tomllib
 import yaml
 
+from jobs.flink_metrics import info_metric_name
 from jobs.functions import COUNTERS, HISTOGRAMS
 from jobs.layout import JOB_SCRIPT, PROJECT_ROOT, PROMETHEUS_FACTORY
 from udfs.config import SECTIONS, Config, env_var
@@ -188,7 +189,7 @@ def test_grafana_provisioning_and_dashboard_metrics_exist():
     dashboard = json.loads((DOCKER / "grafana/dashboards/streamrec.json").read_text())
     uid = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
     uid = uid["datasources"][0]["uid"]
-    job_metrics = {f"flink_taskmanager_job_task_operator_{m}" for m in (*COUNTERS, *HISTOGRAMS, "model_info")}
+    job_metrics = {f"flink_taskmanager_job_task_operator_{m}" for m in (*COUNTERS, *HISTOGRAMS, info_metric_name())}
     serve_source = (ROOT / "streamrec/serve/app.py").read_text() + (ROOT / "streamrec/serve/metrics.py").read_text()
     serve_metrics = set(re.findall(r"streamrec_serve_\w+", serve_source))
     queried = set()

@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from jobs.flink_metrics import info_metric_name
 from jobs.functions import COUNTERS, HISTOGRAMS
 from jobs.pipeline import metrics_settings
 from streamrec.kafka_io import replay
@@ -48,7 +49,7 @@ def test_scrape_finds_every_job_metric_during_a_run(kafka_broker, unique_topic, 
     port = free_ports(1)[0]
     job = kafka_jobs(topics, **{env_var("metrics", "prometheus_port"): str(port)})
     replay(generated_log(400, seed=6), kafka_broker.bootstrap, topics["input_topic"])
-    wanted = [*COUNTERS, *HISTOGRAMS, "model_info"]
+    wanted = [*COUNTERS, *HISTOGRAMS, info_metric_name()]
     text, missing = "", wanted
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -63,5 +64,7 @@ def test_scrape_finds_every_job_metric_during_a_run(kafka_broker, unique_topic, 
     for name in HISTOGRAMS:  # summaries with quantiles and a count of sampled values
         assert any('quantile="0.99"' in s for s in _samples(text, name)), name
         assert any(float(s.rsplit(" ", 1)[1]) > 0 for s in _samples(text, name + "_count")), name
-    info = _samples(text, "model_info")
-    assert any('model_version="fixture-covisit"' in s and 'provider="cpu"' in s for s in info), info
+    info = _samples(text, info_metric_name())
+    # the reporter writes "-" in label values as "_"
+    assert any('model_version="fixture_covisit"' in s and 'provider="cpu"' in s and s.endswith(" 1.0")
+               for s in info), info
