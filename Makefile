@@ -5,9 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(CURDIR)/.cache
-# GPU=1 (the default where nvidia-smi is found): onnxruntime-gpu and its CUDA wheels (the [gpu] extra)
-# instead of the CPU onnxruntime; it is reinstalled last so that it owns the shared `onnxruntime` module.
-GPU ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1 || echo 0)
+# GPU=1 (the default where nvidia-smi is found, or the venv already has onnxruntime-gpu): onnxruntime-gpu
+# and its CUDA wheels (the [gpu] extra) instead of the CPU onnxruntime; it is reinstalled last so that it
+# owns the `onnxruntime` module both distributions ship.
+GPU ?= $(shell (command -v nvidia-smi || $(VENV)/bin/python -m pip show -q onnxruntime-gpu) >/dev/null 2>&1 \
+	&& echo 1 || echo 0)
 comma := ,
 EXTRAS := train,dev,serve$(if $(filter 1,$(GPU)),$(comma)gpu)
 
