@@ -143,9 +143,11 @@ def run_serve_bench(s: ServeBenchSettings) -> dict[str, Any]:
                     raise RuntimeError(f"serve holds {health['shoppers']} lists, {s.shoppers} were produced")
                 asyncio.run(_load("127.0.0.1", serve.port, _paths(s, int(s.rate * s.warmup_s), rng), s.rate,
                                   s.connections))
+                cpu_before = _cpu_seconds(serve.pid)
                 lat, statuses, wall = asyncio.run(_load("127.0.0.1", serve.port,
                                                         _paths(s, int(s.rate * s.duration_s), rng), s.rate,
                                                         s.connections))
+                server_cpu = _cpu_seconds(serve.pid) - cpu_before
             finally:
                 serve.stop()
         finally:
@@ -155,6 +157,8 @@ def run_serve_bench(s: ServeBenchSettings) -> dict[str, Any]:
         "settings": {**asdict(s), "out_dir": str(s.out_dir)},
         "requests": int(len(lat)), "answered": int(len(ms)), "statuses": {str(k): v for k, v in statuses.items()},
         "achieved_rate": round(len(ms) / wall, 1),
+        "server_cpu": {"seconds": round(server_cpu, 2), "cores": round(server_cpu / wall, 3),
+                       "ms_per_request": round(1000 * server_cpu / max(1, len(ms)), 4)},
         "latency_ms": {q: round(float(np.percentile(ms, p)), 3) for q, p in
                        (("p50", 50), ("p90", 90), ("p99", 99), ("p999", 99.9))} | {"max": round(float(ms.max()), 3)},
         "rebuild": {"lists": s.shoppers, "seconds": round(rebuild_s, 2),
@@ -166,6 +170,12 @@ def run_serve_bench(s: ServeBenchSettings) -> dict[str, Any]:
     (s.out_dir / RESULTS_JSON).write_text(json.dumps(result, indent=2) + "\n")
     (s.out_dir / RESULTS_MD).write_text(markdown(result))
     return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc; Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _version(package: str) -> str | None:
@@ -184,4 +194,5 @@ def markdown(r: dict[str, Any]) -> str:
             f"View rebuilt from the topic: {r['rebuild']['lists']} lists in {r['rebuild']['seconds']} s "
             f"({r['rebuild']['lists_per_s']} lists/s, start to healthy). {st['unknown_share']:.0%} of requests for "
             f"unknown shoppers; {st['connections']} keep-alive connections; {r['machine']['cpus']} CPUs, load "
-            f"{r['machine']['loadavg_before'][0]:.1f} before.\n")
+            f"{r['machine']['loadavg_before'][0]:.1f} before. Server CPU: {r['server_cpu']['cores']} cores "
+            f"({r['server_cpu']['ms_per_request']} ms per request).\n")

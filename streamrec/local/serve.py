@@ -64,6 +64,12 @@ class ServeProcess:
         self.stop()
         raise RuntimeError(f"streamrec serve not healthy within {timeout_s:.0f} s: {self.log.read_text()[-2000:]}")
 
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("streamrec serve is not started")
+        return self.proc.pid
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_group(self.proc)
