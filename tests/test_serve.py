@@ -299,3 +299,27 @@ def test_serve_without_the_extra_names_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "starlette", None)  # as if not installed
     assert main(["serve", "--port", "1"]) == 2
     assert "'serve' extra" in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, unique_topic, tmp_path):
+    topic = unique_topic("recs")
+    prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, transactional_id="open-" + topic)
+    prod.init_transactions()
+    prod.begin_transaction()
+    prod.send(topic, key=b"1", value=output_value(1, 1, [10]))
+    prod.commit_transaction()
+    prod.begin_transaction()  # a job that died mid-transaction: the broker aborts it only after its timeout
+    prod.send(topic, key=b"1", value=output_value(1, 2, [20]))
+    prod.flush()
+    store = Store(tmp_path / "view.sqlite", topic)
+    f = Follower(store, kafka_broker.bootstrap, topic)
+    f.start()
+    try:
+        assert f.ready.wait(60), f.last_error
+        assert store.get("1").record.items == [10]  # read_committed: the end is the last stable offset
+        prod.commit_transaction()
+        _wait(lambda: store.get("1").record.items == [20], what="the list committed later")
+    finally:
+        f.stop()
+        prod.close()

@@ -3,7 +3,9 @@
 It assigns itself every partition (no consumer group: each serve instance keeps its
 own full view) and starts each at the position the store holds, or at the beginning:
 a new or deleted store file is rebuilt from the topic. ``ready`` is set once every
-partition has reached the end it had at start.
+partition has reached the end it had at start: with read_committed that end is the last
+stable offset, so an open transaction (an exactly-once job between checkpoints, or one
+that died mid-transaction) does not hold readiness back.
 """
 
 from __future__ import annotations
@@ -111,11 +113,10 @@ class Follower:
                     if self.on_lists and decoded:
                         self.on_lists(sorted({str(r.user_id) for r, _, _ in decoded}))
                 if not self.ready.is_set():
-                    if all(positions[p] >= end for p, end in ends.items()):
+                    self.lag = sum(max(0, end - positions[p]) for p, end in ends.items())
+                    if not self.lag:
                         log.info("serve view of %s rebuilt: %d shoppers", self.topic, self.store.count())
                         self.ready.set()
-                    else:
-                        self.lag = sum(max(0, end - positions[p]) for p, end in ends.items())
                 else:
                     self.lag = 0
         finally:
