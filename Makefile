@@ -5,8 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(CURDIR)/.cache
+# GPU=1 (the default where nvidia-smi is found, or the venv already has onnxruntime-gpu): onnxruntime-gpu
+# and its CUDA wheels (the [gpu] extra) instead of the CPU onnxruntime; it is reinstalled last so that it
+# owns the `onnxruntime` module both distributions ship.
+GPU ?= $(shell (command -v nvidia-smi || $(VENV)/bin/python -m pip show -q onnxruntime-gpu) >/dev/null 2>&1 \
+	&& echo 1 || echo 0)
+comma := ,
+EXTRAS := train,dev,serve$(if $(filter 1,$(GPU)),$(comma)gpu)
 
-.PHONY: all venv deps demo test test-fast lint bench bench-scale bench-model eval-matrix clean
+.PHONY: all venv deps browser demo test test-fast lint bench bench-scale bench-model bench-serve eval-matrix clean
 
 all: test
 
@@ -14,7 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# One resolve for everything, pinned: apache-flink 2.3 -> beam -> protobuf<6 bounds onnx.
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	if [ "$(GPU)" = 1 ]; then $(PY) -m pip install -q --force-reinstall --no-deps -c constraints.txt onnxruntime-gpu; fi
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,10 +31,18 @@ deps: venv
 	STREAMREC_CACHE=$(CACHE) bash scripts/fetch_deps.sh
 	STREAMREC_CACHE=$(CACHE) PYTHON=$(PY) bash scripts/build_java.sh
 
+# The storefront page's test drives Debian's headless Chromium (tests/test_storefront_browser.py);
+# installed here when missing (as root, or through sudo).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; \
+	fi
+
 demo: deps
 	$(VENV)/bin/streamrec demo
 
-test: deps
+test: deps browser
 	$(PY) -m pytest -ra
 
 test-fast: venv
@@ -48,6 +64,10 @@ bench-scale: deps
 # Every log under ../shared/data x 3 seeds: train on the first half, score the second through the job.
 eval-matrix: deps
 	$(VENV)/bin/streamrec evaluate --matrix --out eval-matrix
+
+# Lookup latency of `streamrec serve` at 1,000 requests/s over 100,000 stored lists: ~4 min.
+bench-serve: deps
+	$(VENV)/bin/streamrec bench-serve --out bench-results/serve
 
 bench-model: deps
 	$(VENV)/bin/streamrec bench-model --out bench-results/model

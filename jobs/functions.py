@@ -13,18 +13,18 @@ import gc
 import logging
 from typing import Any
 
-import msgpack
 from pyflink.common import Row, Time
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
+from jobs.flink_metrics import MODEL_INFO, MODEL_INFO_LABELS, info_gauge, java_histogram_factory
 from udfs.catalog import Catalog, catalog_key, decode_catalog_item
 from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
-from udfs.metrics import BatchedCounters
+from udfs.metrics import BatchedCounters, SampledHistograms
 from udfs.privacy import load_key
-from udfs.records import dead_letter_record, late_event_record
+from udfs.records import dead_letter_record, encode_output_record, late_event_record
 from udfs.runtime import build_recommender, freeze_loaded_objects
 from udfs.state import UserState
 
@@ -41,6 +41,9 @@ ENVELOPE_TYPE = Types.ROW_NAMED(
 KEYED_BYTES_TYPE = Types.ROW_NAMED(["key", "value"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 DLQ_TAG = OutputTag("dead-letters", KEYED_BYTES_TYPE)
 LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
+# Histograms (thread mode): input record's Kafka timestamp to list emitted, time inside one model
+# call, candidate rows per call.
+HISTOGRAMS = ("event_to_list_ms", "model_call_us", "rows_per_call")
 COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_duplicate", "recommendations_emitted",
             "ranking_fallbacks", "ranker_rows", "ranker_micros", "states_trimmed", "catalog_applied",
             "catalog_stale", "catalog_dead_lettered")
@@ -114,7 +117,13 @@ class _Recommending:
         self.state = runtime_context.get_state(desc)
         # ranker_rows / ranker_micros: rows the model scored and time inside it, for
         # in-job vs model-alone throughput.
-        self.metrics = BatchedCounters(runtime_context.get_metrics_group().counter, COUNTERS)
+        group = runtime_context.get_metrics_group()
+        self.metrics = BatchedCounters(group.counter, COUNTERS)
+        make_histogram = java_histogram_factory(group)
+        self.histograms = SampledHistograms(make_histogram, HISTOGRAMS) if make_histogram else None
+        choice = self.recommender.provider
+        info_gauge(group, MODEL_INFO, dict(zip(MODEL_INFO_LABELS, (self.recommender.artifact.model_version,
+                                                                   choice.label if choice else "none"))))
         self._ranker_seen = (0, 0)
         self.lateness = cfg.job.allowed_lateness_ms
         self.max_future_skew_ms = cfg.job.max_future_skew_ms
@@ -165,15 +174,29 @@ class _Recommending:
             return
         if event.ts >= self.since_ms:
             req = self.recommender.request(state, event)
+            ranker = self.recommender.ranker
+            before = (ranker.stats.calls, ranker.stats.rows, ranker.stats.seconds) if ranker else None
             record = self.recommender.recommend([req])[0]
+            if self.histograms is not None:
+                self._observe(record, value[3], before)
             if record["fallback"]:
                 self.metrics.inc("ranking_fallbacks")
             self.metrics.inc("recommendations_emitted")
-            yield Row(str(event.user_id), msgpack.packb(record, use_bin_type=True))
+            yield Row(str(event.user_id), encode_output_record(record))
         blob, trimmed = state.to_bounded_bytes(self.max_state_bytes)
         if trimmed:
             self.metrics.inc("states_trimmed")
         self.state.update(blob)
+
+    def _observe(self, record: dict[str, Any], input_ts: int | None,
+                 before: tuple[int, int, float] | None) -> None:
+        assert self.histograms is not None
+        if input_ts is not None and input_ts > 0:
+            self.histograms.add("event_to_list_ms", max(0, record["generated_at"] - input_ts))
+        ranker = self.recommender.ranker
+        if ranker is not None and before is not None and ranker.stats.calls > before[0]:
+            self.histograms.add("model_call_us", (ranker.stats.seconds - before[2]) * 1e6)
+            self.histograms.add("rows_per_call", ranker.stats.rows - before[1])
 
     def _flush_metrics(self) -> None:
         ranker = self.recommender.ranker
@@ -183,6 +206,8 @@ class _Recommending:
             self.metrics.inc("ranker_micros", micros - self._ranker_seen[1])
             self._ranker_seen = (rows, micros)
         self.metrics.flush()
+        if self.histograms is not None:
+            self.histograms.flush()
 
 
 class RecommendFunction(_Recommending, KeyedProcessFunction):

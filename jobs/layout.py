@@ -29,6 +29,27 @@ def flink_lib() -> Path:
     return cache_dir() / "flink" / "lib"
 
 
+def flink_plugins() -> Path:
+    """The plugins root the job's JVM gets (FLINK_PLUGINS_DIR): one folder per plugin."""
+    return cache_dir() / "flink" / "plugins"
+
+
+PROMETHEUS_PLUGIN = "metrics-prometheus"
+PROMETHEUS_JAR_PATTERN = "flink-metrics-prometheus-*.jar"
+PROMETHEUS_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+
+def prometheus_jar() -> Path:
+    """Flink's Prometheus reporter as fetched (a plugin folder: a cluster's FLINK_PLUGINS_DIR can be
+    the folder above it), or FileNotFoundError with the fetch command."""
+    folder = flink_plugins() / PROMETHEUS_PLUGIN
+    jars = sorted(folder.glob(PROMETHEUS_JAR_PATTERN))
+    if not jars:
+        raise FileNotFoundError(f"metrics.prometheus_port is set but {folder} holds no {PROMETHEUS_JAR_PATTERN}; "
+                                f"{FETCH_HINT}")
+    return jars[-1]
+
+
 def required_jars() -> list[str]:
     """The newest of each job jar, as absolute paths; a missing one stops the job at start
     with the command that fetches it, not with a py4j error from inside the JVM."""

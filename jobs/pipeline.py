@@ -6,10 +6,14 @@ different source and sink, so they run the same graph.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import site
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from pyflink.common import Configuration, WatermarkStrategy
@@ -27,7 +31,7 @@ from jobs.functions import (
     CatalogRecommendFunction,
     RecommendFunction,
 )
-from jobs.layout import PROJECT_ROOT, required_jars
+from jobs.layout import PROJECT_ROOT, PROMETHEUS_FACTORY, cache_dir, prometheus_jar, required_jars
 from udfs.config import Config
 
 
@@ -92,10 +96,20 @@ def flink_settings(config: Config) -> dict[str, str]:
     }
     if job.rest_port:
         settings["rest.port"] = str(job.rest_port)
+    settings.update(metrics_settings(config))
     resume = resume_path(config)
     if resume:
         settings["execution.state-recovery.path"] = resume
     return settings
+
+
+def metrics_settings(config: Config) -> dict[str, str]:
+    """Flink's Prometheus reporter (``metrics.prometheus_port``; 0: none). Every JobManager and
+    TaskManager process serves /metrics on the first free port of the range."""
+    port = config.metrics.prometheus_port
+    if port == "0":
+        return {}
+    return {"metrics.reporter.prom.factory.class": PROMETHEUS_FACTORY, "metrics.reporter.prom.port": port}
 
 
 def restart_settings(config: Config) -> dict[str, str]:
@@ -125,10 +139,37 @@ def worker_pythonpath() -> str:
     return os.pathsep.join(dict.fromkeys([*parts, *filter(None, current.split(os.pathsep))]))
 
 
+def add_to_jvm_classpath(jars: list[Path]) -> None:
+    """Start the local JVM with ``jars`` on its system classpath; must run before the JVM starts.
+
+    A local run's MiniCluster loads metric reporters from the classpath only (not from a plugins
+    folder), and PyFlink builds the classpath from FLINK_LIB_DIR. So FLINK_LIB_DIR becomes a folder
+    of links to PyFlink's own lib jars plus ``jars``, under the cache, named by what it holds.
+    """
+    from pyflink.find_flink_home import _find_flink_home
+
+    flink_home = Path(_find_flink_home())
+    lib = Path(os.environ.get("FLINK_LIB_DIR", flink_home / "lib"))
+    wanted = sorted([*lib.glob("*.jar"), *jars], key=lambda p: p.name)
+    digest = hashlib.sha256("\n".join(str(p.resolve()) for p in wanted).encode()).hexdigest()[:16]
+    target = cache_dir() / "flink" / f"jvm-lib-{digest}"
+    if not target.is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix="jvm-lib-", dir=target.parent))
+        for jar in wanted:
+            (tmp / jar.name).symlink_to(jar.resolve())
+        try:
+            tmp.rename(target)
+        except OSError:  # another job made the same folder first
+            shutil.rmtree(tmp, ignore_errors=True)
+    os.environ["FLINK_LIB_DIR"] = str(target)
+
+
 def create_environment(config: Config) -> StreamExecutionEnvironment:
     jars = required_jars()  # before the JVM starts: a missing jar is a clear error, not a py4j one
     # Must be set before the JVM (and so the embedded interpreter) starts.
     os.environ["PYTHONPATH"] = worker_pythonpath()
+    if config.metrics.prometheus_port != "0":
+        add_to_jvm_classpath([prometheus_jar()])
     # A local run otherwise starts PyFlink's Beam worker-pool server on every interface
     # (beam_worker_pool_service: '[::]:0'), whatever the bind settings. Thread mode never uses
     # it, and process mode then launches its workers as on a cluster. PyFlink's own test

@@ -5,7 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${STREAMREC_CACHE:-$ROOT/.cache}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
-FLINK_LIB="$("$PY" -c 'import os, pyflink; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')"
+# FLINK_LIB: a Flink lib folder to compile against (the Docker build uses the Flink image's); default PyFlink's.
+FLINK_LIB="${FLINK_LIB:-$("$PY" -c 'import os, pyflink; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')}"
 OUT="$CACHE/flink/lib/streamrec-flink.jar"
 SRC=$(find "$ROOT/jobs/java" -name '*.java' | sort)
 STAMP="$CACHE/flink/.java-stamp"

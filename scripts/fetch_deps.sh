@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetches the local Kafka broker (KRaft) and the Flink Kafka connector from Maven
+# Fetches the local Kafka broker (KRaft), the Flink Kafka connector and the Prometheus reporter from Maven
 # Central into the git-ignored cache (${STREAMREC_CACHE:-<repo>/.cache}).
 # Idempotent: a pom is fetched again only when its sha256 differs from the stamp
 # written after its last successful fetch.
@@ -29,3 +29,5 @@ fetch() {  # pom, output dir, globs of the jars this pom owns there (removed bef
 # (scripts/build_java.sh), so only the connector and msgpack-core jars are replaced there.
 fetch "$ROOT/deps/kafka/pom.xml" "$CACHE/kafka/libs" '*.jar'
 fetch "$ROOT/deps/flink/pom.xml" "$CACHE/flink/lib" 'flink-sql-connector-kafka-*.jar' 'msgpack-core-*.jar'
+# Flink's Prometheus reporter, as a plugin folder (FLINK_PLUGINS_DIR=$CACHE/flink/plugins).
+fetch "$ROOT/deps/flink-metrics/pom.xml" "$CACHE/flink/plugins/metrics-prometheus" 'flink-metrics-prometheus-*.jar'

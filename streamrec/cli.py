@@ -20,6 +20,8 @@ from streamrec.benchmark.model import main as bench_model_main
 from streamrec.benchmark.peer import run_peer
 from streamrec.benchmark.scale import ScaleBench, ScaleSettings
 from streamrec.benchmark.scale import markdown as scale_markdown
+from streamrec.benchmark.serve_latency import ServeBenchSettings, run_serve_bench
+from streamrec.benchmark.serve_latency import markdown as serve_markdown
 from streamrec.catalog_files import (
     catalog_for_events,
     catalog_path,
@@ -282,6 +284,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from streamrec.serve.server import serve  # lazy: starlette and uvicorn, the [serve] extra
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in SERVE_EXTRA:
+            raise
+        print(f"streamrec serve: needs the 'serve' extra (pip install -c constraints.txt '.[serve]'): {exc}",
+              file=sys.stderr)
+        return 2
+    return serve(config_from_args(args))
+
+
+SERVE_EXTRA = ("starlette", "uvicorn")
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    settings = ServeBenchSettings(Path(args.out), rate=float(args.rate), duration_s=float(args.duration),
+                                  shoppers=int(args.shoppers), connections=int(args.connections))
+    print(serve_markdown(run_serve_bench(settings)))
+    print(f"results: {settings.out_dir / 'serve_latency.json'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config_from_args(args), events=int(args.events), rate=float(args.rate))
 
@@ -449,6 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
              "scale: model artifact (default: train one on the scale catalog into OUT/scale-artifact)")
     add_config_flags(p, ["--provider", "--delivery-guarantee"])
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="HTTP lookup service and live storefront page over the recommendations topic")
+    add_config_flags(p, ["--port", "--bind-address", "--store", "--bootstrap-servers", "--input-topic",
+                         "--output-topic", "--artifact", "--key-file", "--key-env"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench-serve", help="lookup latency of streamrec serve at a fixed request rate (open loop)")
+    add_flag(p, "--out", f"{ENV_PREFIX}BENCH_SERVE_OUT", "results folder", default="bench-results/serve")
+    add_flag(p, "--rate", f"{ENV_PREFIX}BENCH_SERVE_RATE", "lookups per second", default="1000")
+    add_flag(p, "--duration", f"{ENV_PREFIX}BENCH_SERVE_DURATION", "timed seconds (after 5 s of warm-up)",
+             default="60")
+    add_flag(p, "--shoppers", f"{ENV_PREFIX}BENCH_SERVE_SHOPPERS", "lists in the topic", default="100000")
+    add_flag(p, "--connections", f"{ENV_PREFIX}BENCH_SERVE_CONNECTIONS", "keep-alive client connections",
+             default="64")
+    p.set_defaults(func=cmd_bench_serve)
 
     p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")
     add_flag(p, "--events", f"{ENV_PREFIX}DEMO_EVENTS", "events to replay", default="1500")

@@ -35,3 +35,36 @@ def test_counts_are_handed_over_once_per_interval_with_the_same_totals():
     m.flush()  # close(): whatever is pending, however recent
     m.flush()  # nothing pending: no zero increments
     assert made["accepted"].calls == [500, 2] and made["rows"].calls == [50_000]
+
+
+class FakeHistogram:
+    def __init__(self) -> None:
+        self.values: list[int] = []
+
+    def update(self, value: int) -> None:
+        self.values.append(value)
+
+
+def test_histogram_samples_are_bounded_per_flush_and_drawn_from_the_whole_interval():
+    from udfs.metrics import SampledHistograms
+
+    made: dict[str, FakeHistogram] = {}
+
+    def make(name: str) -> FakeHistogram:
+        made[name] = FakeHistogram()
+        return made[name]
+
+    h = SampledHistograms(make, ["latency_ms"], max_per_flush=100)
+    for v in range(10):
+        h.add("latency_ms", v)
+    h.flush()
+    assert made["latency_ms"].values == list(range(10))  # under the cap: every value
+    for v in range(10_000):
+        h.add("latency_ms", v)
+    assert h.seen["latency_ms"] == 10_000
+    h.flush()
+    sample = made["latency_ms"].values[10:]
+    assert len(sample) == 100 and len(set(sample)) == 100
+    assert sum(v >= 5_000 for v in sample) > 25  # not just the first values of the interval
+    h.flush()
+    assert len(made["latency_ms"].values) == 110

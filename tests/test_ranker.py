@@ -218,3 +218,12 @@ def test_cuda_libraries_are_preloaded_only_when_cuda_is_tried(model, mode, monke
     tried_cuda = mode == "auto" and CUDA in ranker_mod._ort().get_available_providers()
     assert len(calls) == (1 if tried_cuda else 0)
     assert r.choice.requested == mode
+
+
+def test_the_cpu_fallback_says_which_onnxruntime_is_installed_and_what_to_do():
+    from udfs.ranker import installed_build
+
+    assert "pip install '.[gpu]'" in installed_build({"onnxruntime": "1.31.1"})
+    both = installed_build({"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"})
+    assert "both installed" in both and "--force-reinstall --no-deps onnxruntime-gpu==1.31.1" in both
+    assert installed_build({}) == "installed: no onnxruntime distribution"

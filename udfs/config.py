@@ -252,12 +252,34 @@ class PrivacyConfig(_Section):
         return self
 
 
+class ServeConfig(_Section):
+    bind_address: str = "127.0.0.1"
+    """Address `streamrec serve` listens on (0.0.0.0 in a container)."""
+    port: int = Field(8080, ge=1, le=65535)
+    """HTTP port of `streamrec serve`."""
+    store_path: str = "serve/recommendations.sqlite"
+    """SQLite file holding the latest list per shopper and the topic positions read; it survives restarts,
+    and a missing file is rebuilt from the recommendations topic."""
+    trending_size: int = Field(20, ge=1, le=1000)
+    """Length of the trending list an unknown shopper gets."""
+    trending_window: int = Field(1000, ge=10, le=1_000_000)
+    """The trending list counts the items of this many most recent lists."""
+
+
+class MetricsConfig(_Section):
+    prometheus_port: str = Field("0", pattern=r"^(0|[1-9][0-9]{0,4}(-[1-9][0-9]{0,4})?)$")
+    """Port (or range, e.g. 9249-9259: one per JobManager/TaskManager process) of Flink's Prometheus reporter
+    in the job; 0: no reporter."""
+
+
 class Config(_Section):
     kafka: KafkaConfig = KafkaConfig()
     state: StateConfig = StateConfig()
     job: JobConfig = JobConfig()
     ranking: RankingConfig = RankingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    serve: ServeConfig = ServeConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -288,6 +310,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "job": JobConfig,
     "ranking": RankingConfig,
     "privacy": PrivacyConfig,
+    "serve": ServeConfig,
+    "metrics": MetricsConfig,
 }
 
 

@@ -32,6 +32,9 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--resume": ("job", "resume_from"),
     "--key-file": ("privacy", "key_file"),
     "--key-env": ("privacy", "key_env"),
+    "--port": ("serve", "port"),
+    "--store": ("serve", "store_path"),
+    "--bind-address": ("serve", "bind_address"),
 }
 
 # What a user can cause and fix (bad flags, config, paths, artifacts): a message and

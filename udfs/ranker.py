@@ -123,6 +123,28 @@ class ProviderChoice:
         return "cpu-fallback" if self.fallback_reason else "cpu"
 
 
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def installed_build(distributions: Mapping[str, str] | None = None) -> str:
+    """For a session without a CUDA provider: which onnxruntime distributions are installed, and what
+    to do for CUDA. Both ship the one ``onnxruntime`` module, so with both the one installed last is
+    the one imported. ``distributions``: name -> version (default: read from the environment)."""
+    if distributions is None:
+        from importlib import metadata
+
+        distributions = {}
+        for name in ORT_DISTRIBUTIONS:
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                distributions[name] = metadata.version(name)
+    if set(distributions) == set(ORT_DISTRIBUTIONS):
+        return ("onnxruntime and onnxruntime-gpu are both installed and the CPU one provides the module: "
+                "pip install --force-reinstall --no-deps onnxruntime-gpu==" + distributions["onnxruntime-gpu"])
+    if "onnxruntime" in distributions:
+        return "the CPU package onnxruntime is installed; pip install '.[gpu]' brings onnxruntime-gpu"
+    return "installed: " + (", ".join(f"{n} {v}" for n, v in distributions.items()) or "no onnxruntime distribution")
+
+
 def providers_to_try(mode: ProviderMode, available: Sequence[str]) -> list[str]:
     if mode == "cpu":
         return [CPU]
@@ -144,7 +166,7 @@ def choose_provider(mode: ProviderMode, requested: Sequence[str], actual: Sequen
     if CUDA in requested:
         reason = "CUDA provider failed to initialise (no GPU or CUDA libraries); running on CPU"
     else:
-        reason = "this onnxruntime build has no CUDA provider; running on CPU"
+        reason = f"this onnxruntime build has no CUDA provider ({installed_build()}); running on CPU"
     if mode == "cuda":
         raise RuntimeError(f"ranking.provider=cuda: {reason}")
     return ProviderChoice(mode, CPU, reason)

@@ -6,6 +6,7 @@ Free of pyflink so the plain-Python peer and tests can import it.
 from __future__ import annotations
 
 import hashlib
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -22,6 +23,75 @@ SCHEMA_VERSION = 2
 # Bytes beyond this are cut; the length and sha256 of the whole record are kept, and
 # partition/offset still point at the original.
 MAX_DLQ_RAW_BYTES = 512 * 1024
+
+# The output record's fields (README "Output"), all present in every record of SCHEMA_VERSION.
+OUTPUT_FIELDS = ("schema_version", "user_id", "seq", "items", "scores", "reasons", "trigger", "model_version",
+                 "provider", "fallback", "generated_at")
+# Versions a reader accepts: 1 had no `reasons`.
+READABLE_VERSIONS = (1, 2)
+# Largest output record a reader decodes (a list of 1,000 long string ids with reasons fits).
+MAX_OUTPUT_BYTES = 1024 * 1024
+
+
+class OutputRecordError(ValueError):
+    """Bytes that are not an output record this code can read."""
+
+
+class OutputRecord(NamedTuple):
+    """One decoded output record. ``reasons`` is empty for a version-1 record;
+    ``arm`` is the experiment arm where a later writer adds one (``None`` otherwise)."""
+
+    schema_version: int
+    user_id: Any
+    seq: int
+    items: list[Any]
+    scores: list[float]
+    reasons: list[dict[str, Any]]
+    trigger: dict[str, Any]
+    model_version: str
+    provider: str
+    fallback: str | None
+    generated_at: int
+    arm: str | None = None
+
+
+def encode_output_record(record: dict[str, Any]) -> bytes:
+    """The ``recommendations`` topic's value for ``udfs.recommend.output_record``'s map."""
+    return msgpack.packb(record, use_bin_type=True)
+
+
+def decode_output_record(raw: bytes) -> OutputRecord:
+    """Read one ``recommendations`` value; :class:`OutputRecordError` says what is wrong with it.
+
+    Unknown extra fields are ignored (a later writer may add some), a missing one or an
+    unknown version is an error."""
+    if len(raw) > MAX_OUTPUT_BYTES:
+        raise OutputRecordError(f"too_large: {len(raw)} bytes > {MAX_OUTPUT_BYTES}")
+    try:
+        obj = msgpack.unpackb(raw, raw=False, strict_map_key=False, max_ext_len=0)
+    except Exception as exc:  # msgpack raises many types; all mean "not our format"
+        raise OutputRecordError(f"not_msgpack: {type(exc).__name__}: {str(exc)[:120]}") from None
+    if not isinstance(obj, dict):
+        raise OutputRecordError(f"not_a_map: top level is {type(obj).__name__}")
+    version = obj.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        raise OutputRecordError(f"schema_version {version!r} not in {READABLE_VERSIONS}")
+    missing = [f for f in OUTPUT_FIELDS if f not in obj and not (f == "reasons" and version == 1)]
+    if missing:
+        raise OutputRecordError(f"missing_field: {', '.join(missing)}")
+    items, scores = obj["items"], obj["scores"]
+    reasons = obj.get("reasons") or []
+    if not isinstance(items, list) or not isinstance(scores, list) or len(items) != len(scores):
+        raise OutputRecordError("bad_type: items and scores must be lists of one length")
+    if not isinstance(reasons, list) or (reasons and len(reasons) != len(items)):
+        raise OutputRecordError("bad_type: reasons must be a list, one per item")
+    if not isinstance(obj["generated_at"], int) or not isinstance(obj["seq"], int):
+        raise OutputRecordError("bad_type: seq and generated_at must be integers")
+    arm = obj.get("arm")
+    return OutputRecord(version, obj["user_id"], obj["seq"], items, [float(s) for s in scores],
+                        [r if isinstance(r, dict) else {} for r in reasons], dict(obj["trigger"] or {}),
+                        str(obj["model_version"]), str(obj["provider"]), obj["fallback"], obj["generated_at"],
+                        None if arm is None else str(arm))
 
 
 def dead_letter_record(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,

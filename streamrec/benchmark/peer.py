@@ -55,8 +55,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import msgpack
-
 from streamrec.kafka_io import connect_errors
 from streamrec.kafka_io import producer as make_producer
 from udfs.config import Config
@@ -65,7 +63,7 @@ from udfs.features import UserRequest
 from udfs.kafka_security import python_client_options
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
-from udfs.records import dead_letter_record, late_event_record
+from udfs.records import dead_letter_record, encode_output_record, late_event_record
 from udfs.runtime import build_recommender, freeze_loaded_objects
 from udfs.state import UserState
 
@@ -387,7 +385,7 @@ def run_peer(
                 futures.append(prod.send(late_topic, key=key.encode(), value=value))
             for record in out.records:
                 futures.append(prod.send(out_topic, key=str(record["user_id"]).encode(),
-                                         value=msgpack.packb(record, use_bin_type=True)))
+                                         value=encode_output_record(record)))
             prod.flush()
             for f in futures:
                 if f.failed():

@@ -1,0 +1,52 @@
+"""Flink metric objects the Python API lacks: histograms (thread mode) and an info gauge.
+
+PyFlink's metric group offers counters, gauges, meters and distributions, but no
+histogram; Flink's Prometheus reporter exports a histogram as a summary (quantiles and
+count). In thread mode the group wraps the Java ``MetricGroup`` and pemja can build a
+Java histogram for it; in process mode there is none, and the job runs without them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HISTOGRAM_CLASS = "org.apache.flink.runtime.metrics.DescriptiveStatisticsHistogram"
+RESERVOIR = 1024
+
+
+def java_histogram_factory(group: Any) -> Callable[[str], Any] | None:
+    """``name -> Flink histogram`` on ``group``, or None where the Python worker cannot make one."""
+    j_group = getattr(group, "_metrics", None)
+    try:
+        from pemja import findClass  # the embedded (thread-mode) interpreter's bridge to the JVM
+    except ImportError:
+        findClass = None  # noqa: N806
+    if j_group is None or findClass is None:
+        log.warning("streamrec: no Flink histograms in this execution mode (thread mode has them)")
+        return None
+    histogram = findClass(HISTOGRAM_CLASS)
+    return lambda name: j_group.histogram(name, histogram(RESERVOIR))
+
+
+# The model gauge: its labels, in group order, and its name.
+MODEL_INFO_LABELS = ("model_version", "provider")
+MODEL_INFO = "model_info"
+
+
+def info_gauge(group: Any, name: str, labels: dict[str, str]) -> None:
+    """A gauge of 1 whose labels (key-value metric groups) carry the information, e.g. the model version:
+    Prometheus scrapes numbers only. The Prometheus reporter puts each group's key into the metric's
+    name too (:func:`info_metric_name`) and replaces characters other than letters, digits and ``_`` in
+    label values by ``_``."""
+    for key, value in labels.items():
+        group = group.add_group(key, value)
+    group.gauge(name, lambda: 1)
+
+
+def info_metric_name(name: str = MODEL_INFO, labels: tuple[str, ...] = MODEL_INFO_LABELS) -> str:
+    """The operator-scope name Flink's Prometheus reporter gives :func:`info_gauge`'s gauge."""
+    return "_".join([*labels, name])

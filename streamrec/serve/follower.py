@@ -1,0 +1,123 @@
+"""Follows the ``recommendations`` topic (read_committed) into the :class:`Store`.
+
+It assigns itself every partition (no consumer group: each serve instance keeps its
+own full view) and starts each at the position the store holds, or at the beginning:
+a new or deleted store file is rebuilt from the topic. ``ready`` is set once every
+partition has reached the end it had at start: with read_committed that end is the last
+stable offset, so an open transaction (an exactly-once job between checkpoints, or one
+that died mid-transaction) does not hold readiness back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from streamrec.kafka_io import connect_errors
+from streamrec.serve.store import Store
+from udfs.kafka_security import merged
+from udfs.records import OutputRecord, OutputRecordError, decode_output_record
+
+log = logging.getLogger(__name__)
+
+
+class Follower:
+    """A daemon thread; ``on_lists`` gets the user keys of each stored batch (called in this thread)."""
+
+    def __init__(self, store: Store, bootstrap: str, topic: str, *, security: Mapping[str, Any] | None = None,
+                 on_lists: Callable[[list[str]], None] | None = None, poll_ms: int = 200) -> None:
+        self.store = store
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.security = security
+        self.on_lists = on_lists
+        self.poll_ms = poll_ms
+        self.ready = threading.Event()
+        self.stopped = threading.Event()
+        self.records = 0
+        self.bad_records = 0
+        self.last_error: str | None = None
+        self.last_record_at: float | None = None
+        self.lag = 0
+        self._thread = threading.Thread(target=self._run, name="serve-follower", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopped.set()
+        self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self._follow()
+            except Exception as exc:  # the broker went away: say so, wait, resume from the store
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("following %s failed (%s); retrying in 2 s", self.topic, self.last_error)
+                self.stopped.wait(2.0)
+
+    def _consumer(self) -> Any:
+        from kafka import KafkaConsumer
+
+        opts = {"bootstrap_servers": self.bootstrap, "group_id": None, "enable_auto_commit": False,
+                "isolation_level": "read_committed", "auto_offset_reset": "earliest",
+                "max_poll_records": 2000}
+        with connect_errors(self.bootstrap, self.security):
+            return KafkaConsumer(**merged(opts, self.security))
+
+    def _follow(self) -> None:
+        from kafka import TopicPartition
+
+        consumer = self._consumer()
+        try:
+            parts: set[int] | None = None
+            while not parts and not self.stopped.is_set():
+                parts = consumer.partitions_for_topic(self.topic)
+                if not parts:
+                    self.last_error = f"topic {self.topic!r} not found yet"
+                    self.stopped.wait(1.0)
+            if self.stopped.is_set() or not parts:
+                return
+            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            stored = self.store.positions()
+            for tp in tps:
+                if tp.partition in stored:
+                    consumer.seek(tp, stored[tp.partition])
+                else:
+                    consumer.seek_to_beginning(tp)
+            ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+            self.last_error = None
+            while not self.stopped.is_set():
+                batch = consumer.poll(timeout_ms=self.poll_ms)
+                decoded: list[tuple[OutputRecord, int, int]] = []
+                for _tp, msgs in batch.items():
+                    for msg in msgs:
+                        try:
+                            decoded.append((decode_output_record(msg.value), msg.partition, msg.offset))
+                        except OutputRecordError as exc:
+                            self.bad_records += 1
+                            log.warning("skipping %s:%d:%d: %s", self.topic, msg.partition, msg.offset, exc)
+                positions = {tp.partition: consumer.position(tp) for tp in tps}
+                if decoded or batch:
+                    self.store.write(decoded, positions)
+                    self.records += len(decoded)
+                    self.last_record_at = time.time()
+                    if self.on_lists and decoded:
+                        self.on_lists(sorted({str(r.user_id) for r, _, _ in decoded}))
+                if not self.ready.is_set():
+                    self.lag = sum(max(0, end - positions[p]) for p, end in ends.items())
+                    if not self.lag:
+                        log.info("serve view of %s rebuilt: %d shoppers", self.topic, self.store.count())
+                        self.ready.set()
+                else:
+                    self.lag = 0
+        finally:
+            consumer.close()

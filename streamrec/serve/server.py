@@ -1,0 +1,87 @@
+"""Builds the serve process from the config and runs it under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from streamrec.kafka_io import event_record, producer
+from streamrec.serve.app import Catalog, ServeContext, build_app
+from streamrec.serve.follower import Follower
+from streamrec.serve.store import Store
+from udfs.artifact import ArtifactError, load_artifact
+from udfs.config import Config
+from udfs.events import Event, Id
+from udfs.kafka_security import python_client_options
+from udfs.privacy import load_key
+
+log = logging.getLogger(__name__)
+
+
+def load_catalog(artifact_dir: str) -> Catalog:
+    """Item categories from the model artifact when there is one (so a click on a listed item
+    sends its category); an empty catalog otherwise."""
+    if not Path(artifact_dir, "manifest.json").is_file():
+        log.info("no model artifact at %s: events sent from the page carry category 0", artifact_dir)
+        return Catalog()
+    try:
+        tables = load_artifact(artifact_dir).tables
+    except ArtifactError as exc:
+        log.warning("model artifact at %s unreadable (%s): events sent from the page carry category 0",
+                    artifact_dir, exc)
+        return Catalog()
+    return Catalog(item_category=dict(tables.item_category))
+
+
+class EventSender:
+    """One producer, made at the first click (the service starts without the input topic)."""
+
+    def __init__(self, bootstrap: str, topic: str, security: dict[str, Any] | None) -> None:
+        self.bootstrap, self.topic, self.security = bootstrap, topic, security
+        self._producer: Any = None
+
+    def __call__(self, event: Event) -> dict[str, Any]:
+        if self._producer is None:
+            self._producer = producer(self.bootstrap, self.security, linger_ms=0)
+        key, value = event_record(event)
+        meta = self._producer.send(self.topic, key=key, value=value).get(timeout=10)
+        return {"partition": meta.partition, "offset": meta.offset}
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+
+
+def build_context(cfg: Config, store_path: str | None = None) -> tuple[ServeContext, EventSender]:
+    security = python_client_options(cfg.kafka)
+    store = Store(store_path or cfg.serve.store_path, cfg.kafka.output_topic)
+    sender = EventSender(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, security)
+    key_of: Any = str
+    if cfg.privacy.pseudonymize:
+        key = load_key(cfg.privacy)
+
+        def key_of(user: Id) -> str:
+            return str(key.pseudonym(user))
+
+    follower = Follower(store, cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, security=security)
+    ctx = ServeContext(store=store, follower=follower, send_event=sender, input_topic=cfg.kafka.input_topic,
+                       trending_size=cfg.serve.trending_size, trending_window=cfg.serve.trending_window,
+                       catalog=load_catalog(cfg.ranking.artifact_dir), key_of=key_of)
+    follower.on_lists = ctx.lists_changed
+    return ctx, sender
+
+
+def serve(cfg: Config, port: int | None = None, host: str | None = None) -> int:
+    import uvicorn  # lazy: the serve extra
+
+    ctx, sender = build_context(cfg)
+    ctx.follower.start()
+    try:
+        uvicorn.run(build_app(ctx), host=host or cfg.serve.bind_address, port=port or cfg.serve.port,
+                    log_level="info", access_log=False)
+    finally:
+        ctx.follower.stop()
+        sender.close()
+        ctx.store.close()
+    return 0

@@ -1,0 +1,203 @@
+"""docker/ without a Docker engine: every YAML and JSON file parses, and every path, port, image tag and
+version in it agrees with where that fact lives (constraints.txt, pyproject.toml, the Maven poms, the
+Makefile, udfs/config.py, the job's and the service's metric names)."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+import tomllib
+import yaml
+
+from jobs.flink_metrics import info_metric_name
+from jobs.functions import COUNTERS, HISTOGRAMS
+from jobs.layout import JOB_SCRIPT, PROJECT_ROOT, PROMETHEUS_FACTORY
+from udfs.config import SECTIONS, Config, env_var
+
+ROOT = PROJECT_ROOT
+DOCKER = ROOT / "docker"
+APP = "/opt/streamrec"  # WORKDIR of both images, checked below
+
+
+def pins() -> dict[str, str]:
+    out = {}
+    for line in (ROOT / "constraints.txt").read_text().split():
+        name, version = line.split("==")
+        out[name.lower()] = version
+    return out
+
+
+def pom_version(pom: str, artifact: str) -> str:
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    for dep in ET.parse(ROOT / pom).getroot().iterfind(".//m:dependency", ns):
+        if dep.findtext("m:artifactId", namespaces=ns) == artifact:
+            return str(dep.findtext("m:version", namespaces=ns))
+    raise AssertionError(f"{artifact} not in {pom}")
+
+
+def project_version() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def compose() -> dict:
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def deployment() -> dict:
+    docs = list(yaml.safe_load_all((DOCKER / "k8s" / "flink-deployment.yaml").read_text()))
+    return next(d for d in docs if d["kind"] == "FlinkDeployment")
+
+
+def dockerfile_args(name: str) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", (DOCKER / name).read_text(), re.M))
+
+
+def env_of(service: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in (service.get("environment") or {}).items()}
+
+
+def test_every_yaml_and_json_file_parses():
+    files = sorted(p for p in DOCKER.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
+    assert len(files) >= 6
+    for path in files:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        else:
+            assert [d for d in yaml.safe_load_all(path.read_text()) if d], path
+
+
+def test_flink_version_everywhere_is_the_pinned_one():
+    flink = pins()["apache-flink"]
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        assert dockerfile_args(name)["FLINK_VERSION"] == flink, name
+    assert pom_version("deps/flink-metrics/pom.xml", "flink-metrics-prometheus") == flink
+    spec = deployment()["spec"]
+    major, minor, _ = flink.split(".")
+    assert spec["flinkVersion"] == f"v{major}_{minor}"
+    assert spec["job"]["jarURI"] == f"local:///opt/flink/opt/flink-python-{flink}.jar"
+
+
+def test_image_tags_agree_with_the_project_kafka_and_cuda_versions():
+    c = compose()["services"]
+    version = project_version()
+    assert {c[s]["image"] for s in ("jobmanager", "taskmanager", "submit", "serve")} == {f"streamrec:{version}"}
+    assert c["taskmanager-gpu"]["image"] == f"streamrec-gpu:{version}"
+    assert deployment()["spec"]["image"] == f"streamrec:{version}"
+    kafka = pom_version("deps/kafka/pom.xml", "kafka_2.13")
+    assert c["kafka"]["image"] == c["topics"]["image"] == f"apache/kafka:{kafka}"
+    cuda_image = dockerfile_args("Dockerfile.gpu")["CUDA_IMAGE"]
+    cuda_major = re.search(r"nvidia/cuda:(\d+)\.", cuda_image).group(1)
+    assert pins()["nvidia-cuda-runtime"].split(".")[0] == cuda_major  # the CUDA wheels onnxruntime-gpu loads
+
+
+def test_images_install_like_the_makefile_with_the_right_extras():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-c constraints.txt" in makefile
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    cpu, gpu = (DOCKER / "Dockerfile").read_text(), (DOCKER / "Dockerfile.gpu").read_text()
+    assert dockerfile_args("Dockerfile")["EXTRAS"] == "serve" and "serve" in extras
+    assert 'pip install -q --no-cache-dir -c constraints.txt ".[${EXTRAS}]"' in cpu
+    assert 'pip install -q --no-cache-dir -c constraints.txt ".[serve,gpu]"' in gpu and "gpu" in extras
+    deps_recipe = re.search(r"^deps:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    for script in re.findall(r"scripts/\w+\.sh", deps_recipe):  # the images fetch and build like `make deps`
+        assert script in cpu and script in gpu, script
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_dockerfile_copies_exist_in_the_build_context(name):
+    text = (DOCKER / name).read_text()
+    assert f"WORKDIR {APP}" in text
+    sources = [src for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M) for src in line.split()[:-1]]
+    assert sources
+    for src in sources:
+        assert (ROOT / src).exists(), f"{name}: COPY {src}"
+    compose_builds = [s["build"] for s in compose()["services"].values() if "build" in s]
+    for build in compose_builds:
+        assert (DOCKER / build["context"] / build["dockerfile"]).is_file()
+
+
+def test_streamrec_settings_in_compose_and_kubernetes_are_real_config_keys():
+    known = {env_var(section, field) for section, model in SECTIONS.items() for field in model.model_fields}
+    c = compose()["services"]
+    envs = [env_of(s) for s in c.values()]
+    container = deployment()["spec"]["podTemplate"]["spec"]["containers"][0]
+    envs.append({e["name"]: str(e["value"]) for e in container["env"]})
+    for env in envs:
+        ours = {k: v for k, v in env.items() if k.startswith("STREAMREC_")}
+        assert set(ours) <= known, set(ours) - known
+        from udfs.config import load_config
+        load_config(environ=ours)  # the values pass the config's own validation
+    defaults = Config()
+    # the artifact mount holds the config's default artifact path, under the image's WORKDIR
+    assert env_of(c["serve"])["STREAMREC_RANKING_ARTIFACT_DIR"] == f"{APP}/{defaults.ranking.artifact_dir}"
+    assert "../artifacts:/opt/streamrec/artifacts:ro" in c["serve"]["volumes"]
+
+
+def test_ports_agree_between_compose_prometheus_kubernetes_and_the_config():
+    c = compose()["services"]
+    serve_env = env_of(c["serve"])
+    port = int(serve_env["STREAMREC_SERVE_PORT"])
+    assert port == Config().serve.port
+    assert f"{port}:{port}" in c["serve"]["ports"]
+    props = yaml.safe_load(env_of(c["jobmanager"])["FLINK_PROPERTIES"])
+    assert props["metrics.reporter.prom.factory.class"] == PROMETHEUS_FACTORY
+    prom_port = int(props["metrics.reporter.prom.port"])
+    prometheus = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prometheus["scrape_configs"]}
+    assert jobs["flink-jobmanager"]["static_configs"][0]["targets"] == [f"jobmanager:{prom_port}"]
+    assert jobs["flink-taskmanager"]["dns_sd_configs"][0]["port"] == prom_port
+    assert set(jobs["flink-taskmanager"]["dns_sd_configs"][0]["names"]) == {"taskmanager", "taskmanager-gpu"}
+    assert jobs["streamrec-serve"]["static_configs"][0]["targets"] == [f"serve:{port}"]
+    gpu = " ".join(c["taskmanager-gpu"]["command"])
+    assert f"-Dmetrics.reporter.prom.port={prom_port}" in gpu and PROMETHEUS_FACTORY in gpu
+    spec = deployment()["spec"]
+    assert spec["flinkConfiguration"]["metrics.reporter.prom.port"] == str(prom_port)
+    assert spec["flinkConfiguration"]["metrics.reporter.prom.factory.class"] == PROMETHEUS_FACTORY
+    ports = spec["podTemplate"]["spec"]["containers"][0]["ports"]
+    assert {"name": "metrics", "containerPort": prom_port} in ports
+    datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    prom_host_port = c["prometheus"]["ports"][0].split(":")[1]
+    assert datasource["datasources"][0]["url"] == f"http://prometheus:{prom_host_port}"
+
+
+def test_topics_and_job_entry_point_are_the_configs():
+    c = compose()["services"]
+    created = set(re.search(r"for t in ([\w\- ]+);", " ".join(c["topics"]["command"])).group(1).split())
+    assert created == set(Config().kafka.topics().values())
+    script = f"{APP}/{JOB_SCRIPT.relative_to(ROOT)}"
+    assert script in c["submit"]["command"]
+    args = deployment()["spec"]["job"]["args"]
+    assert args[args.index("-py") + 1] == script
+    assert c["submit"]["command"][c["submit"]["command"].index("-pyexec") + 1] == "/opt/venv/bin/python"
+    spec = deployment()["spec"]
+    parallelism = {e["name"]: e["value"] for e in spec["podTemplate"]["spec"]["containers"][0]["env"]}
+    slots = int(spec["flinkConfiguration"]["taskmanager.numberOfTaskSlots"])
+    assert int(parallelism["STREAMREC_JOB_PARALLELISM"]) == spec["job"]["parallelism"] \
+        == spec["taskManager"]["replicas"] * slots
+
+
+def test_grafana_provisioning_and_dashboard_metrics_exist():
+    c = compose()["services"]
+    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/streamrec.yaml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    assert f"./grafana/dashboards:{path}:ro" in c["grafana"]["volumes"]
+    for volume in c["grafana"]["volumes"] + c["prometheus"]["volumes"]:
+        assert (DOCKER / volume.split(":")[0]).exists(), volume
+    dashboard = json.loads((DOCKER / "grafana/dashboards/streamrec.json").read_text())
+    uid = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    uid = uid["datasources"][0]["uid"]
+    job_metrics = {f"flink_taskmanager_job_task_operator_{m}" for m in (*COUNTERS, *HISTOGRAMS, info_metric_name())}
+    serve_source = (ROOT / "streamrec/serve/app.py").read_text() + (ROOT / "streamrec/serve/metrics.py").read_text()
+    serve_metrics = set(re.findall(r"streamrec_serve_\w+", serve_source))
+    queried = set()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == uid
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\b(?:flink|streamrec)_\w+", target["expr"]))
+    unknown = {m for m in queried if m not in job_metrics and m.removesuffix("_bucket") not in serve_metrics}
+    assert not unknown, unknown
+    assert job_metrics <= queried | {f"flink_taskmanager_job_task_operator_{m}" for m in
+                                     ("ranker_rows", "ranker_micros")}, job_metrics - queried

@@ -1,0 +1,325 @@
+"""`streamrec serve`: lookups, errors, trending, metrics and the page's events (in process), and the
+follower against the real broker: rebuild from the topic, resume after a restart, live updates."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import msgpack
+import pytest
+from kafka import KafkaProducer
+from starlette.testclient import TestClient
+
+from streamrec.local.serve import ServeProcess, get_json
+from streamrec.serve.app import Catalog, ServeContext, build_app
+from streamrec.serve.follower import Follower
+from streamrec.serve.store import Store
+from tests.serve_fixtures import output_value
+from udfs.events import decode_event
+from udfs.reasons import render_reason
+from udfs.records import decode_output_record
+
+
+class _Follower:
+    """Stands in for the Kafka follower in the in-process tests."""
+
+    def __init__(self, ready: bool = True) -> None:
+        self.ready = threading.Event()
+        if ready:
+            self.ready.set()
+        self.records = self.bad_records = self.lag = 0
+        self.last_error = None
+
+    def alive(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def served(tmp_path):
+    store = Store(tmp_path / "s.sqlite", "recs")
+    sent: list = []
+
+    def send(event):
+        sent.append(event)
+        return {"partition": 0, "offset": len(sent) - 1}
+
+    ctx = ServeContext(store=store, follower=_Follower(), send_event=send, input_topic="events",  # type: ignore[arg-type]
+                       trending_size=3, catalog=Catalog(item_category={11: 4}))
+    with TestClient(build_app(ctx), raise_server_exceptions=False) as client:
+        yield client, store, ctx, sent
+
+
+def _put(store: Store, value: bytes, offset: int) -> None:
+    store.write([(decode_output_record(value), 0, offset)], {0: offset + 1})
+
+
+def test_lookup_returns_the_latest_list_with_reasons_version_arm_and_age(served):
+    client, store, _, _ = served
+    _put(store, output_value(42, 1, [7, 8]), 0)
+    _put(store, output_value(42, 2, [11, "x-9", 8], arm="b", model_version="m-2"), 1)
+    r = client.get("/v1/users/42/recommendations")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["known"] is True and body["trending"] is False
+    assert (body["seq"], body["model_version"], body["arm"], body["provider"]) == (2, "m-2", "b", "cpu")
+    assert [i["item_id"] for i in body["items"]] == [11, "x-9", 8]
+    assert body["items"][0]["reason"] == {"code": "covisit", "because": 5}
+    assert body["items"][0]["because"] == render_reason({"code": "covisit", "because": 5}, lambda i: f"item {i}")
+    assert body["items"][0]["category_id"] == 4 and "category_id" not in body["items"][1]
+    assert 0 <= body["age_ms"] < 60_000
+    # "42" and 42 are one shopper (the id rule); a string id is looked up as itself
+    assert client.get("/v1/users/%2042/recommendations").json()["known"] is False
+
+
+def test_unknown_shopper_gets_the_trending_list_marked_as_such(served):
+    client, store, _, _ = served
+    _put(store, output_value(1, 1, [7, 8, 9]), 0)
+    _put(store, output_value(2, 1, [8, 9, 10]), 1)
+    body = client.get("/v1/users/unknown-shopper/recommendations").json()
+    assert body["known"] is False and body["trending"] is True and body["age_ms"] is None
+    # counted over the stored lists, an item placed for "trending" twice (output_value: all but the first):
+    # 9: 2 + 2, 8: 2 + 1 (covisit in the second list), 10: 2, 7: 1 (cut: trending_size 3)
+    assert [i["item_id"] for i in body["items"]] == [9, 8, 10]
+    assert all(i["reason"] == {"code": "trending"} and i["because"] == "Trending now" for i in body["items"])
+
+
+@pytest.mark.parametrize("raw, why", [
+    ("a%01b", "bad_id:user_id: control character U+0001"),
+    ("x" * 129, "out_of_range:user_id"),
+    ("99999999999999999999999", None),  # too big for int64: stays a string id, looked up as such (unknown)
+])
+def test_malformed_ids_get_a_400_with_the_reason_never_a_500(served, raw, why):
+    client, _, _, _ = served
+    r = client.get(f"/v1/users/{raw}/recommendations")
+    if why is None:
+        assert r.status_code == 200 and r.json()["known"] is False
+        return
+    assert r.status_code == 400 and why in r.json()["error"]
+    s = client.get(f"/v1/users/{raw}/recommendations/stream")
+    assert s.status_code == 400 and why in s.json()["error"]
+
+
+def test_posted_event_is_validated_then_sent_with_the_catalog_category(served):
+    client, _, _, sent = served
+    r = client.post("/v1/events", json={"user_id": "42", "item_id": 11, "behavior": "cart"})
+    assert r.status_code == 202, r.text
+    assert r.json()["topic"] == "events" and r.json()["event"]["category_id"] == 4
+    ev = sent[-1]
+    assert (ev.user_id, ev.item_id, ev.category_id, ev.behavior) == (42, 11, 4, "cart")
+    assert abs(ev.ts - time.time() * 1000) < 60_000
+    bad = [(b"{", "not JSON"), (b"[1]", "JSON object"), (json.dumps({"user_id": 1, "item_id": 2}), "missing field"),
+           (json.dumps({"user_id": 1, "item_id": 2, "behavior": "steal"}), "behavior must be one of"),
+           (json.dumps({"user_id": True, "item_id": 2, "behavior": "pv"}), "invalid user_id: bad_type"),
+           (b"x" * 5000, "body over")]
+    for body, why in bad:
+        r = client.post("/v1/events", content=body)
+        assert r.status_code == 400 and why in r.json()["error"], (body, r.text)
+    assert len(sent) == 1
+
+
+def test_a_failing_broker_is_a_503_with_the_reason(served):
+    client, _, ctx, _ = served
+
+    def down(event):
+        raise ConnectionError("broker unreachable")
+
+    ctx.send_event = down
+    r = client.post("/v1/events", json={"user_id": 1, "item_id": 2, "behavior": "pv"})
+    assert r.status_code == 503 and "broker unreachable" in r.json()["error"]
+
+
+def test_health_and_metrics(served, tmp_path):
+    client, store, ctx, _ = served
+    _put(store, output_value(42, 1, [7]), 0)
+    client.get("/v1/users/42/recommendations")
+    client.get("/v1/users/a%01/recommendations")
+    assert client.get("/healthz").json()["status"] == "ok"
+    text = client.get("/metrics").text
+    assert 'streamrec_serve_requests_total{route="recommendations",code="200"} 1' in text
+    assert 'streamrec_serve_requests_total{route="recommendations",code="400"} 1' in text
+    assert "streamrec_serve_lookup_seconds_count 1" in text and "streamrec_serve_shoppers 1" in text
+    ctx.follower.ready.clear()
+    r = client.get("/healthz")
+    assert r.status_code == 503 and r.json()["status"] == "catching_up"
+    assert client.get("/nope").status_code == 404
+    assert client.get("/v1/users?limit=0").status_code == 400
+    assert client.get("/v1/users").json()["users"] == [42]
+    assert "EventSource" in client.get("/").text
+
+
+def test_store_of_another_topic_starts_empty(tmp_path):
+    store = Store(tmp_path / "s.sqlite", "a")
+    store.write([(decode_output_record(output_value(1, 1, [2])), 0, 0)], {0: 1})
+    store.close()
+    assert Store(tmp_path / "s.sqlite", "a").positions() == {0: 1}
+    other = Store(tmp_path / "s.sqlite", "b")
+    assert other.positions() == {} and other.get("1") is None
+
+
+# --- against the real broker ------------------------------------------------------------------
+
+
+def _wait(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.kafka
+def test_follower_rebuilds_from_the_topic_resumes_after_restart_and_skips_bad_records(kafka_broker, unique_topic,
+                                                                                     tmp_path):
+    topic = unique_topic("recs", partitions=2)
+    prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    for user in range(20):
+        prod.send(topic, key=str(user).encode(), value=output_value(user, 1, [100 + user]))
+        prod.send(topic, key=str(user).encode(), value=output_value(user, 2, [200 + user, 7]))
+    prod.send(topic, key=b"junk", value=b"\xc1")
+    prod.send(topic, key=b"old", value=msgpack.packb({"schema_version": 99}))
+    prod.flush()
+
+    store = Store(tmp_path / "view.sqlite", topic)
+    f = Follower(store, kafka_broker.bootstrap, topic)
+    f.start()
+    try:
+        assert f.ready.wait(60), f.last_error
+        assert store.count() == 20 and f.bad_records == 2
+        assert all(store.get(str(u)).record.items == [200 + u, 7] for u in range(20))
+    finally:
+        f.stop()
+    positions = store.positions()
+    assert sum(positions.values()) == 42
+
+    # while it is down, newer lists arrive; after a restart only those are read
+    prod.send(topic, key=b"3", value=output_value(3, 3, [333]))
+    prod.flush()
+    f2 = Follower(store, kafka_broker.bootstrap, topic)
+    f2.start()
+    try:
+        assert f2.ready.wait(60), f2.last_error
+        _wait(lambda: f2.records >= 1, what="the new list")
+        assert f2.records == 1 and store.get("3").record.items == [333]
+    finally:
+        f2.stop()
+    # a deleted store is rebuilt from the beginning of the topic
+    store.close()
+    (tmp_path / "view.sqlite").unlink()
+    fresh = Store(tmp_path / "view.sqlite", topic)
+    f3 = Follower(fresh, kafka_broker.bootstrap, topic)
+    f3.start()
+    try:
+        assert f3.ready.wait(60), f3.last_error
+        assert fresh.count() == 20 and fresh.get("3").record.items == [333] and f3.records == 41
+    finally:
+        f3.stop()
+    prod.close()
+
+
+@pytest.mark.kafka
+def test_serve_process_reads_committed_lists_streams_changes_and_sends_page_events(kafka_broker, unique_topic,
+                                                                                   tmp_path):
+    out_topic, in_topic = unique_topic("recs"), unique_topic("events")
+    tx = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, transactional_id="serve-test-" + out_topic)
+    tx.init_transactions()
+    tx.begin_transaction()
+    tx.send(out_topic, key=b"42", value=output_value(42, 1, [1, 2]))
+    tx.commit_transaction()
+    tx.begin_transaction()
+    tx.send(out_topic, key=b"42", value=output_value(42, 2, [666]))
+    tx.abort_transaction()  # read_committed: never shown
+
+    serve = ServeProcess(kafka_broker.bootstrap, in_topic, out_topic, tmp_path / "serve.sqlite",
+                         tmp_path / "serve.log")
+    serve.start()
+    base = serve.base
+    try:
+        status, body = get_json(base + "/v1/users/42/recommendations")
+        assert status == 200 and body["seq"] == 1 and [i["item_id"] for i in body["items"]] == [1, 2]
+
+        # the live stream: the current list at once, then the next committed one
+        import urllib.request
+        stream = urllib.request.urlopen(base + "/v1/users/42/recommendations/stream", timeout=30)
+        first = _next_sse(stream)
+        assert first["seq"] == 1
+        tx.begin_transaction()
+        tx.send(out_topic, key=b"42", value=output_value(42, 3, [3, 4, 5]))
+        tx.commit_transaction()
+        update = _next_sse(stream)
+        assert update["seq"] == 3 and [i["item_id"] for i in update["items"]] == [3, 4, 5]
+        stream.close()
+
+        # a click on the page: one event in the input topic, in the job's input layout
+        req = urllib.request.Request(base + "/v1/events", method="POST",
+                                     data=json.dumps({"user_id": 42, "item_id": 4, "behavior": "buy",
+                                                      "category_id": 9}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=15) as r:
+            assert r.status == 202
+        from kafka import KafkaConsumer
+        cons = KafkaConsumer(in_topic, bootstrap_servers=kafka_broker.bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=10_000)
+        msgs = list(cons)
+        cons.close()
+        assert len(msgs) == 1 and msgs[0].key == b"42"
+        ev = decode_event(msgs[0].value)
+        assert (ev.user_id, ev.item_id, ev.category_id, ev.behavior) == (42, 4, 9, "buy")
+        metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert 'streamrec_serve_events_sent_total{behavior="buy"} 1' in metrics
+        assert "streamrec_serve_ready 1" in metrics
+    finally:
+        serve.stop()
+        tx.close()
+
+
+def _next_sse(stream) -> dict:
+    """The data of the next `list` event of a text/event-stream response."""
+    event, data = None, []
+    while True:
+        line = stream.readline().decode().rstrip("\n")
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and data:
+            if event == "list":
+                return json.loads("\n".join(data))
+            event, data = None, []
+
+
+def test_serve_without_the_extra_names_it(monkeypatch, capsys):
+    import sys
+
+    from streamrec.cli import main
+    for name in [m for m in sys.modules if m.startswith(("streamrec.serve.", "starlette"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "starlette", None)  # as if not installed
+    assert main(["serve", "--port", "1"]) == 2
+    assert "'serve' extra" in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, unique_topic, tmp_path):
+    topic = unique_topic("recs")
+    prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, transactional_id="open-" + topic)
+    prod.init_transactions()
+    prod.begin_transaction()
+    prod.send(topic, key=b"1", value=output_value(1, 1, [10]))
+    prod.commit_transaction()
+    prod.begin_transaction()  # a job that died mid-transaction: the broker aborts it only after its timeout
+    prod.send(topic, key=b"1", value=output_value(1, 2, [20]))
+    prod.flush()
+    store = Store(tmp_path / "view.sqlite", topic)
+    f = Follower(store, kafka_broker.bootstrap, topic)
+    f.start()
+    try:
+        assert f.ready.wait(60), f.last_error
+        assert store.get("1").record.items == [10]  # read_committed: the end is the last stable offset
+        prod.commit_transaction()
+        _wait(lambda: store.get("1").record.items == [20], what="the list committed later")
+    finally:
+        f.stop()
+        prod.close()
