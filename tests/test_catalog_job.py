@@ -19,6 +19,7 @@ from udfs.artifact import load_artifact
 from udfs.catalog import CatalogItem
 from udfs.config import TOPIC_FIELDS
 from udfs.events import Event
+from udfs.reasons import REASON_CODES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
@@ -97,6 +98,9 @@ def test_catalog_rules_hold_in_the_running_job(kafka_broker, unique_topic, kafka
     assert len(later) == len(later_keys)
     blocked = set(popular)
     assert not [r for r in later if blocked & set(r["items"])], "a list holds an out-of-stock or deleted item"
+    # Every list keeps one reason per item, in order, of a documented code.
+    assert all(len(r["reasons"]) == len(r["items"]) and all(x["code"] in REASON_CODES for x in r["reasons"])
+               for r in later)
 
     cold_lists = [r for r in later if r["user_id"] == COLD_USER]
     assert len(cold_lists) == 1
