@@ -9,8 +9,9 @@ stream that has gone quiet the last second's counts wait for the next event.
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 
@@ -42,3 +43,52 @@ class BatchedCounters:
                 self._counters[name].inc(n)
                 self._pending[name] = 0
         self._flushed_at = self._clock()
+
+
+class BucketHistogram:
+    """A histogram as Flink counters: one per bucket, plus the sum and the count.
+
+    PyFlink's Python metrics offer counters, gauges, meters and distributions (min, max,
+    mean, no quantiles); bucket counters give quantiles to any reader (Prometheus-style
+    ``le`` buckets, not cumulative) and ride on :class:`BatchedCounters`, so recording a
+    value costs no JVM call. Bucket ``le_B`` counts values in (previous bound, B].
+    """
+
+    def __init__(self, prefix: str, bounds: Sequence[int]) -> None:
+        self.bounds = sorted(bounds)
+        self.bucket_names = [f"{prefix}_le_{b}" for b in self.bounds] + [f"{prefix}_le_inf"]
+        self.sum_name, self.count_name = f"{prefix}_sum", f"{prefix}_count"
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.bucket_names, self.sum_name, self.count_name]
+
+    def record(self, counters: BatchedCounters, value: float) -> None:
+        counters.inc(self.bucket_names[bisect.bisect_left(self.bounds, value)])
+        counters.inc(self.sum_name, int(round(value)))
+        counters.inc(self.count_name)
+
+
+def geometric_bounds(lowest: int, highest: int) -> list[int]:
+    """1, 1.5, 2, 3, 4, 6, ... times powers of two between ``lowest`` and ``highest``: quantiles within 50%."""
+    out: set[int] = set()
+    b = 1
+    while b <= highest:
+        out.update(v for v in (b, b + b // 2) if lowest <= v <= highest)
+        b *= 2
+    return sorted(out)
+
+
+def bucket_quantile(counts: Mapping[str, float], hist: BucketHistogram, q: float) -> float | None:
+    """The upper bound of the bucket holding quantile ``q`` (0..1) of recorded values; None when empty
+    or in the open last bucket (then the values' maximum is not known)."""
+    per_bucket = [counts.get(n, 0.0) for n in hist.bucket_names]
+    total = sum(per_bucket)
+    if total <= 0:
+        return None
+    seen = 0.0
+    for bound, n in zip([*hist.bounds, None], per_bucket, strict=True):
+        seen += n
+        if seen >= q * total:
+            return None if bound is None else float(bound)
+    return None

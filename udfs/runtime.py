@@ -36,13 +36,14 @@ def state_settings(limits: StateLimits) -> dict[str, int]:
     }
 
 
-def build_recommender(config: Config) -> Recommender:
+def build_recommender(config: Config, with_ranker: bool = True) -> Recommender:
+    """``with_ranker=False``: no model session (the keyed stage of a batched job prepares, never ranks)."""
     r = config.ranking
     artifact = load_artifact(r.artifact_dir)
     ranker = OnnxRanker(
         artifact.model_bytes, provider=r.provider, io_binding=r.io_binding,
         intra_op_threads=r.intra_op_threads,
-    )
+    ) if with_ranker else None
     trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
     return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
                        trending=trending, fresh_hit_slots=r.fresh_hit_slots,
