@@ -21,7 +21,7 @@ from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueS
 from udfs.batching import decode_request, encode_request, shard_of
 from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
-from udfs.metrics import BatchedCounters, BucketHistogram, geometric_bounds
+from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, BatchedCounters
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
 from udfs.records import dead_letter_record, late_event_record
@@ -49,9 +49,6 @@ LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
 COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_duplicate", "recommendations_emitted",
             "ranking_fallbacks", "ranker_rows", "ranker_micros", "states_trimmed")
 BATCH_COUNTERS = ("recommendations_emitted", "ranking_fallbacks", "ranker_rows", "ranker_micros", "ranker_calls")
-# Rows per model call and the time a request waited in its buffer (ms), as bucket counters.
-ROWS_PER_CALL = BucketHistogram("rows_per_call", geometric_bounds(64, 65536))
-BATCH_WAIT_MS = BucketHistogram("batch_wait_ms", geometric_bounds(1, 60_000))
 # An event-time timer here fires only on the watermark that ends a bounded input:
 # processing-time timers still pending then are dropped, not fired (FLINK-14231).
 END_OF_INPUT = 2**63 - 1

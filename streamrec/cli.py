@@ -223,7 +223,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             seed=int(args.seed), artifact=Path(args.artifact) if args.artifact else None,
             parallelisms=ints(args.parallelisms), warmup_s=float(args.warmup_s), window_s=float(args.window_s),
             latency_s=float(args.latency_s), latency_warmup_s=float(args.latency_warmup_s),
-            latency_repeats=int(args.latency_repeats),
+            latency_repeats=int(args.latency_repeats), batching_repeats=int(args.batching_repeats),
             latency_rates=tuple(float(x) for x in args.latency_rates.split(",") if x.strip()),
             phases=others,
         )
@@ -382,8 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
              "absolute events/s for the latency points (default: 50%% and 90%% of the measured maximum)",
              default="")
     add_flag(p, "--phases", f"{ENV_PREFIX}BENCH_PHASES",
-             "comma-separated: model, kafka, job, peer, latency; scale (store scale, its own workload: not a default, "
-             "over an hour per backend at full size on 2 cores)", default="model,kafka,job,peer,latency")
+             "comma-separated: model, kafka, job, peer, latency, batching (job with ranking.batching off and on, "
+             "throughput and the tail at half the unbatched rate); scale (store scale, its own workload: not a "
+             "default, over an hour per backend at full size on 2 cores)",
+             default="model,kafka,job,peer,latency,batching")
+    add_flag(p, "--batching-repeats", f"{ENV_PREFIX}BENCH_BATCHING_REPEATS",
+             "batching: throughput runs per side, alternated; medians are reported", default="1")
     add_flag(p, "--scale-shoppers", f"{ENV_PREFIX}BENCH_SCALE_SHOPPERS", "scale: distinct shoppers (exact)",
              default="1000000")
     add_flag(p, "--scale-events", f"{ENV_PREFIX}BENCH_SCALE_EVENTS", "scale: events through the broker",

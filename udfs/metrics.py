@@ -92,3 +92,9 @@ def bucket_quantile(counts: Mapping[str, float], hist: BucketHistogram, q: float
         if seen >= q * total:
             return None if bound is None else float(bound)
     return None
+
+
+# The batched ranking stage's histograms: rows per model call, and the time a request waited in
+# its buffer (ms).
+ROWS_PER_CALL = BucketHistogram("rows_per_call", geometric_bounds(64, 65536))
+BATCH_WAIT_MS = BucketHistogram("batch_wait_ms", geometric_bounds(1, 60_000))
