@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all venv deps demo test test-fast lint bench bench-scale bench-model eval-matrix clean
+.PHONY: all venv deps demo test test-fast lint bench bench-scale bench-model bench-gpu eval-matrix clean
 
 all: test
 
@@ -51,6 +51,11 @@ eval-matrix: deps
 
 bench-model: deps
 	$(VENV)/bin/streamrec bench-model --out bench-results/model
+
+# One NVIDIA GPU, under 8 minutes: the model alone (fp32/fp16, IO binding, 1k-16k rows per call) and the
+# job's batched ranking, into docs/bench/gpu. Without a GPU: scripts/bench_gpu.sh --provider cpu (a smoke run).
+bench-gpu: deps
+	PYTHON=$(PY) bash scripts/bench_gpu.sh
 
 clean:
 	rm -rf $(VENV) $(CACHE) artifacts out bench-results eval-matrix checkpoints

@@ -234,3 +234,49 @@ def test_the_end_of_input_timer_ranks_what_is_left(stage):
     assert _send(fn, timers, p) == []
     out = list(fn.on_timer(END_OF_INPUT, FakeCtx(timers)))
     assert len(out) == 1 and out[0][0] == str(p.trigger.user_id)
+
+
+def test_the_bench_summary_reports_medians_quantiles_and_the_model_bound():
+    from streamrec.benchmark.bench import batching_summary, markdown, rows_per_call
+
+    bucket = {"rows_per_call_le_1024": 30.0, "rows_per_call_le_1536": 69.0, "rows_per_call_le_6144": 1.0,
+              "rows_per_call_sum": 130_000.0, "rows_per_call_count": 100.0}
+    on = rows_per_call(bucket)
+    assert (on["p50_at_most"], on["p99_at_most"], on["mean"]) == (1536.0, 1536.0, 1300.0)
+    assert rows_per_call(dict(bucket, rows_per_call_le_6144=2.0))["p99_at_most"] == 6144.0
+    off = rows_per_call({"recommendations_emitted": 50.0, "ranker_rows": 5000.0})
+    assert off["mean"] == 100.0 and off["buckets"] == {}
+
+    def run(rate: float, rpc: dict) -> dict:
+        return {"events_per_s": rate, "pairs_per_s": rate * 100, "rows_per_call": rpc}
+
+    cfg = load_config(environ={}, overrides={"ranking": {"batching": True, "batch_rows": 2048}})
+    paced = {False: {"p50_ms": 40.0, "p99_ms": 400.0}, True: {"p50_ms": 30.0, "p99_ms": 200.0}}
+    runs = {False: [run(1000.0, off), run(1200.0, off), run(1100.0, off)],
+            True: [run(900.0, on), run(1300.0, on), run(1000.0, on)]}
+    b = batching_summary(runs, paced, 550.0, cfg, model_pairs_per_s=200_000.0, parallelism=2)
+    assert (b["p2_events_per_s_off"], b["p2_events_per_s_on"]) == (1100.0, 1000.0)  # medians, not means
+    assert (b["p99_ms_paced_off"], b["p99_ms_paced_on"], b["rows_per_call_p50"]) == (400.0, 200.0, 1536.0)
+    cores = __import__("os").cpu_count()
+    assert b["model_bound_events_per_s"] == pytest.approx(cores * 2000.0)
+    assert b["share_of_model_bound_off"] == pytest.approx(1100.0 / (cores * 2000.0))
+    text = markdown({"machine": {"cpus": cores, "platform": "x"}, "batching": b})
+    assert "| on | 1,000 (900, 1,300, 1,000) | <= 1,536 / <= 1,536 (1,300) | 30 | 200 |" in text
+
+
+def test_the_gpu_summary_claims_gpu_figures_only_from_the_cuda_provider():
+    from streamrec.benchmark.gpu import markdown as gpu_markdown
+    from streamrec.benchmark.gpu import summarize
+
+    model = {"machine": {"provider_used": "CPUExecutionProvider"}, "results": [
+        {"engine": "ort_fp32_iobind", "batch": 1000, "pairs_per_s": 2e6, "p50_ms": 0.5},
+        {"engine": "ort_fp32_iobind", "batch": 4000, "pairs_per_s": 3e6, "p50_ms": 1.3},
+        {"engine": "ort_fp16", "batch": 4000, "pairs_per_s": 1e6, "p50_ms": 4.0}]}
+    job = {"batching": {"parallelism": 2, "settings": {}, "in_job_pairs_per_s_on": 1.5e6, "p2_events_per_s_on": 10.0}}
+    s = summarize(job, model)
+    assert s["model_alone_fp32_pairs_per_s"] == 3e6 and s["job_in_job_share_of_model_alone"] == 0.5
+    assert not s["measured_on_gpu"] and not s["model_meets_target"]  # fast, but not a GPU figure
+    assert "NOT a GPU measurement" in gpu_markdown(s)
+    model["machine"] = {"provider_used": "CUDAExecutionProvider", "gpu": "NVIDIA H100"}
+    s = summarize(job, model)
+    assert s["measured_on_gpu"] and s["model_meets_target"] and "GPU NVIDIA H100" in gpu_markdown(s)

@@ -85,6 +85,8 @@ class BenchSettings:
     model_seconds: float = 10.0
     batching_repeats: int = 1
     """Throughput runs per side (batching off, on), alternated; the table reports their medians."""
+    batching_paced: bool = True
+    """Also the paced tail of each side (latency_repeats runs each) at half the unbatched rate."""
     phases: tuple[str, ...] = ("model", "kafka", "job", "peer", "latency", "batching")
 
 
@@ -460,14 +462,14 @@ class Bench:
                     cluster.stop()
         rate = 0.5 * float(np.median([r["events_per_s"] for r in runs[False]]))
         paced: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-        for i in range(self.s.latency_repeats):
+        for i in range(self.s.latency_repeats if self.s.batching_paced else 0):
             for batching in (False, True):
                 cluster = self._cluster(parallelism, f"batching-paced-{'on' if batching else 'off'}-{i}")
                 try:
                     paced[batching].append(self._latency(cluster, broker, parallelism, rate, batching=batching))
                 finally:
                     cluster.stop()
-        return batching_summary(runs, {k: median_of_runs(v) for k, v in paced.items()}, rate, self.cfg,
+        return batching_summary(runs, {k: median_of_runs(v) if v else {} for k, v in paced.items()}, rate, self.cfg,
                                 self.results.get("model_ceiling_pairs_per_s"), parallelism)
 
     def _submit(self, cluster: Any, env: dict[str, str]) -> str:
@@ -692,6 +694,12 @@ def batching_summary(runs: Mapping[bool, Sequence[dict[str, Any]]], paced: Mappi
         "p99_ms_paced_on": paced[True].get("p99_ms"),
         "p50_ms_paced_off": paced[False].get("p50_ms"),
         "p50_ms_paced_on": paced[True].get("p50_ms"),
+        # Model time only, summed over subtasks (GPU: the device's rate inside the job).
+        "in_job_pairs_per_s_off": median(False, "in_job_pairs_per_s") if all(
+            r.get("in_job_pairs_per_s") for r in runs[False]) else None,
+        "in_job_pairs_per_s_on": median(True, "in_job_pairs_per_s") if all(
+            r.get("in_job_pairs_per_s") for r in runs[True]) else None,
+        "pairs_per_s_on": median(True, "pairs_per_s") if all(r.get("pairs_per_s") for r in runs[True]) else None,
         "model_bound_events_per_s": bound,
         "share_of_model_bound_off": off_rate / bound if bound else None,
         "share_of_model_bound_on": on_rate / bound if bound else None,
