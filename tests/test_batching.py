@@ -6,14 +6,19 @@ for Flink's keyed state, timers and metric group; tests/test_pipeline.py runs it
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 from pyflink.common import Row
 
 from jobs.functions import END_OF_INPUT, RankBatchFunction
+from streamrec.benchmark.bench import batching_summary, markdown, rows_per_call
+from streamrec.benchmark.gpu import markdown as gpu_markdown
+from streamrec.benchmark.gpu import summarize
 from tests.job_fixtures import generated_log
 from udfs.batching import decode_request, encode_request, merge_features, shard_of
 from udfs.config import load_config
@@ -194,8 +199,6 @@ def _send(fn, timers, prepared) -> list:
 
 
 def test_the_stage_ranks_on_size_then_on_its_timer_in_arrival_order(stage):
-    import msgpack
-
     fn, runtime, timers, rec = stage
     prepared = _prepared(rec, generated_log(200, seed=23))[:7]
     assert all(p.rows == 100 for p in prepared)  # so 350 rows fill a buffer on the 4th request
@@ -237,8 +240,6 @@ def test_the_end_of_input_timer_ranks_what_is_left(stage):
 
 
 def test_the_bench_summary_reports_medians_quantiles_and_the_model_bound():
-    from streamrec.benchmark.bench import batching_summary, markdown, rows_per_call
-
     bucket = {"rows_per_call_le_1024": 30.0, "rows_per_call_le_1536": 69.0, "rows_per_call_le_6144": 1.0,
               "rows_per_call_sum": 130_000.0, "rows_per_call_count": 100.0}
     on = rows_per_call(bucket)
@@ -257,7 +258,7 @@ def test_the_bench_summary_reports_medians_quantiles_and_the_model_bound():
     b = batching_summary(runs, paced, 550.0, cfg, model_pairs_per_s=200_000.0, parallelism=2)
     assert (b["p2_events_per_s_off"], b["p2_events_per_s_on"]) == (1100.0, 1000.0)  # medians, not means
     assert (b["p99_ms_paced_off"], b["p99_ms_paced_on"], b["rows_per_call_p50"]) == (400.0, 200.0, 1536.0)
-    cores = __import__("os").cpu_count()
+    cores = os.cpu_count()
     assert b["model_bound_events_per_s"] == pytest.approx(cores * 2000.0)
     assert b["share_of_model_bound_off"] == pytest.approx(1100.0 / (cores * 2000.0))
     text = markdown({"machine": {"cpus": cores, "platform": "x"}, "batching": b})
@@ -265,9 +266,6 @@ def test_the_bench_summary_reports_medians_quantiles_and_the_model_bound():
 
 
 def test_the_gpu_summary_claims_gpu_figures_only_from_the_cuda_provider():
-    from streamrec.benchmark.gpu import markdown as gpu_markdown
-    from streamrec.benchmark.gpu import summarize
-
     model = {"machine": {"provider_used": "CPUExecutionProvider"}, "results": [
         {"engine": "ort_fp32_iobind", "batch": 1000, "pairs_per_s": 2e6, "p50_ms": 0.5},
         {"engine": "ort_fp32_iobind", "batch": 4000, "pairs_per_s": 3e6, "p50_ms": 1.3},
