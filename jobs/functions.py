@@ -18,7 +18,7 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-from udfs.batching import decode_request, encode_request, shard_of
+from udfs.batching import PreparedRequest, decode_request, encode_request, shard_of
 from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, BatchedCounters
@@ -189,7 +189,7 @@ class RecommendFunction(KeyedProcessFunction):
             self.metrics.inc("states_trimmed")
         self.state.update(blob)
 
-    def _scoring_request(self, key: str, prepared: Any) -> Row:
+    def _scoring_request(self, key: str, prepared: PreparedRequest) -> Row:
         shard = self.shard_keys[shard_of(key, len(self.shard_keys))]
         return Row(shard, Row(key, prepared.rows, encode_request(prepared)))
 

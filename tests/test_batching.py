@@ -79,6 +79,8 @@ def test_merged_features_are_what_build_batch_gives_for_the_users_together(fixtu
     for name, arr in whole.items():
         np.testing.assert_array_equal(merged[name], arr, err_msg=name)
         assert merged[name].dtype == arr.dtype, name
+    one, alone = merge_features([rec.prepare(reqs[0])]), build_batch(reqs[:1], art.vocab, art.tables, art.seq_len)
+    assert one.keys() == alone.keys() and all(np.array_equal(one[n], alone[n]) for n in alone)
 
 
 def test_missing_features_make_the_call_fall_back_not_raise(fixture_artifact):

@@ -65,6 +65,8 @@ def merge_features(requests: Sequence[PreparedRequest]) -> dict[str, np.ndarray]
     if missing is not None:
         raise ValueError(f"model inputs missing for a request: {missing.error or 'none built'}")
     feats = [r.features for r in requests if r.features is not None]
+    if len(feats) == 1:  # the one-event path: no copies
+        return {**feats[0], "cand_user": np.zeros(len(feats[0]["cand_item"]), dtype=np.int64)}
     out = {name: np.concatenate([f[name] for f in feats]) for name in (*HIST_INPUTS, *ROW_INPUTS, "dense")}
     out["cand_user"] = np.repeat(np.arange(len(feats), dtype=np.int64), [len(f["cand_item"]) for f in feats])
     return out
