@@ -290,7 +290,8 @@ def test_stop_with_savepoint_and_restart_keeps_every_users_state(batching, kafka
     assert users_across >= 5 and buyer_lists >= 1, (users_across, buyer_lists)
     print(f"plain: {len(expected)} events, {len(out)} lists, {users_across} users across the restart, "
           f"{buyer_lists} lists of pre-restart buyers; {lap}")
-    report("stop with savepoint, input while stopped, restart from the savepoint", events_in=len(expected),
+    scenario = "stop with savepoint, input while stopped, restart from the savepoint"
+    report(scenario + (", batched ranking" if batching else ""), events_in=len(expected),
            lists_out=len(out), duplicates=len(out) - len(expected), missing=0, restarts=0, resubmissions=1,
            users_across_restart=users_across, peak_rss_mb=rss.peak_mb)
 
