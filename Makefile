@@ -13,7 +13,7 @@ GPU ?= $(shell (command -v nvidia-smi || $(VENV)/bin/python -m pip show -q onnxr
 comma := ,
 EXTRAS := train,dev,serve$(if $(filter 1,$(GPU)),$(comma)gpu)
 
-.PHONY: all venv deps browser demo test test-fast lint bench bench-scale bench-model bench-serve eval-matrix clean
+.PHONY: all venv deps browser demo test test-fast lint bench bench-scale bench-model bench-serve bench-gpu eval-matrix clean
 
 all: test
 
@@ -71,6 +71,11 @@ bench-serve: deps
 
 bench-model: deps
 	$(VENV)/bin/streamrec bench-model --out bench-results/model
+
+# One NVIDIA GPU, under 8 minutes: the model alone (fp32/fp16, IO binding, 1k-16k rows per call) and the
+# job's batched ranking, into docs/bench/gpu. Without a GPU: scripts/bench_gpu.sh --provider cpu (a smoke run).
+bench-gpu: deps
+	PYTHON=$(PY) bash scripts/bench_gpu.sh
 
 clean:
 	rm -rf $(VENV) $(CACHE) artifacts out bench-results eval-matrix checkpoints

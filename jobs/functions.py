@@ -16,16 +16,18 @@ from typing import Any
 from pyflink.common import Row, Time
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
 from jobs.flink_metrics import MODEL_INFO, MODEL_INFO_LABELS, info_gauge, java_histogram_factory
+from udfs.batching import PreparedRequest, decode_request, encode_request, shard_of
 from udfs.catalog import Catalog, catalog_key, decode_catalog_item
 from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
-from udfs.metrics import BatchedCounters, SampledHistograms
+from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, BatchedCounters, SampledHistograms
 from udfs.privacy import load_key
+from udfs.recommend import Recommender
 from udfs.records import dead_letter_record, encode_output_record, late_event_record
-from udfs.runtime import build_recommender, freeze_loaded_objects
+from udfs.runtime import build_recommender, freeze_loaded_objects, warn_if_catalog_features_unfed
 from udfs.state import UserState
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,11 @@ ENVELOPE_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())],
 )
 KEYED_BYTES_TYPE = Types.ROW_NAMED(["key", "value"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+# A scoring request on its way to the batched ranking stage: the shopper, its candidate rows, the
+# encoded request (udfs/batching.py); sent as Row(shard key, SCORING_TYPE), the layout Java's keyBy reads.
+SCORING_TYPE = Types.ROW_NAMED(["key", "rows", "value"],
+                               [Types.STRING(), Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+SHARD_KEYED_SCORING_TYPE = Types.ROW([Types.STRING(), SCORING_TYPE])
 DLQ_TAG = OutputTag("dead-letters", KEYED_BYTES_TYPE)
 LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
 # Histograms (thread mode): input record's Kafka timestamp to list emitted, time inside one model
@@ -52,6 +59,10 @@ COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_du
 GC_FREEZE_EVERY = 50_000
 # Every parallel instance holds the whole catalog: item key -> the record's msgpack bytes, as read.
 CATALOG_STATE = MapStateDescriptor("catalog", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+BATCH_COUNTERS = ("recommendations_emitted", "ranking_fallbacks", "ranker_rows", "ranker_micros", "ranker_calls")
+# An event-time timer here fires only on the watermark that ends a bounded input:
+# processing-time timers still pending then are dropped, not fired (FLINK-14231).
+END_OF_INPUT = 2**63 - 1
 
 
 def dead_letter(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
@@ -61,6 +72,24 @@ def dead_letter(error: DecodeError, topic: str | None, partition: int | None, of
 
 def late_record(event: Event, watermark: int, lateness_ms: int) -> Row:
     return Row(*late_event_record(event, watermark, lateness_ms))
+
+
+def log_provider(recommender: Recommender) -> None:
+    choice = recommender.provider
+    log.warning("streamrec ranker provider: %s%s", choice.provider if choice else "none",
+                f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")
+
+
+def flush_ranker_metrics(recommender: Recommender, metrics: BatchedCounters, seen: tuple[int, int]) -> tuple[int, int]:
+    """Hand the model's rows and time since ``seen`` to the counters; returns the new totals."""
+    ranker = recommender.ranker
+    if ranker is not None:
+        rows, micros = ranker.stats.rows, int(ranker.stats.seconds * 1e6)
+        metrics.inc("ranker_rows", rows - seen[0])
+        metrics.inc("ranker_micros", micros - seen[1])
+        seen = (rows, micros)
+    metrics.flush()
+    return seen
 
 
 def as_bytes(value: Any) -> bytes:
@@ -94,10 +123,18 @@ class _Recommending:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.shard_keys: list[str] = []
+
+    def route_to_batches(self, shard_keys: list[str]) -> None:
+        """Emit scoring requests for the batched ranking stage, keyed by ``shard_keys[shard]``,
+        instead of ranking here (set while the graph is built: ``ranking.batching``)."""
+        self.shard_keys = list(shard_keys)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         cfg = self.config
-        self.recommender = build_recommender(cfg, catalog=self.joins_catalog)
+        # Batched, the model lives in the ranking stage: no session here.
+        self.recommender = build_recommender(cfg, catalog=self.joins_catalog, with_ranker=not self.shard_keys)
+        warn_if_catalog_features_unfed(self.recommender)
         freeze_loaded_objects()
         ttl = (
             StateTtlConfig.new_builder(Time.seconds(cfg.state.ttl_s))
@@ -137,9 +174,8 @@ class _Recommending:
             log.warning("streamrec pseudonymous user ids: key %s from %s", key.key_id, key.source)
         self.redact_dead_letters = cfg.privacy.redact_dead_letters
         self.subtask = subtask_index(runtime_context)
-        choice = self.recommender.provider
-        log.warning("streamrec ranker provider: %s%s", choice.provider if choice else "none",
-                    f" (fallback: {choice.fallback_reason})" if choice and choice.fallback_reason else "")
+        if not self.shard_keys:
+            log_provider(self.recommender)
 
     def close(self) -> None:
         self._flush_metrics()
@@ -174,15 +210,18 @@ class _Recommending:
             return
         if event.ts >= self.since_ms:
             req = self.recommender.request(state, event)
-            ranker = self.recommender.ranker
-            before = (ranker.stats.calls, ranker.stats.rows, ranker.stats.seconds) if ranker else None
-            record = self.recommender.recommend([req])[0]
-            if self.histograms is not None:
-                self._observe(record, value[3], before)
-            if record["fallback"]:
-                self.metrics.inc("ranking_fallbacks")
-            self.metrics.inc("recommendations_emitted")
-            yield Row(str(event.user_id), encode_output_record(record))
+            if self.shard_keys:
+                yield self._scoring_request(key, self.recommender.prepare(req))
+            else:
+                ranker = self.recommender.ranker
+                before = (ranker.stats.calls, ranker.stats.rows, ranker.stats.seconds) if ranker else None
+                record = self.recommender.recommend([req])[0]
+                if self.histograms is not None:
+                    self._observe(record, value[3], before)
+                if record["fallback"]:
+                    self.metrics.inc("ranking_fallbacks")
+                self.metrics.inc("recommendations_emitted")
+                yield Row(str(event.user_id), encode_output_record(record))
         blob, trimmed = state.to_bounded_bytes(self.max_state_bytes)
         if trimmed:
             self.metrics.inc("states_trimmed")
@@ -198,14 +237,12 @@ class _Recommending:
             self.histograms.add("model_call_us", (ranker.stats.seconds - before[2]) * 1e6)
             self.histograms.add("rows_per_call", ranker.stats.rows - before[1])
 
+    def _scoring_request(self, key: str, prepared: PreparedRequest) -> Row:
+        shard = self.shard_keys[shard_of(key, len(self.shard_keys))]
+        return Row(shard, Row(key, prepared.rows, encode_request(prepared)))
+
     def _flush_metrics(self) -> None:
-        ranker = self.recommender.ranker
-        if ranker is not None:
-            rows, micros = ranker.stats.rows, int(ranker.stats.seconds * 1e6)
-            self.metrics.inc("ranker_rows", rows - self._ranker_seen[0])
-            self.metrics.inc("ranker_micros", micros - self._ranker_seen[1])
-            self._ranker_seen = (rows, micros)
-        self.metrics.flush()
+        self._ranker_seen = flush_ranker_metrics(self.recommender, self.metrics, self._ranker_seen)
         if self.histograms is not None:
             self.histograms.flush()
 
@@ -273,3 +310,79 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
                 gc.freeze()
         else:
             self.metrics.inc("catalog_stale")
+
+
+class RankBatchFunction(KeyedProcessFunction):
+    """Per shard of the shoppers: buffer scoring requests, rank a buffer in one model call.
+
+    The buffer is keyed state, so a checkpoint holds every request not yet ranked, and a
+    restore ranks it: no list is lost or repeated. A buffer is ranked once it holds
+    ``ranking.batch_rows`` rows, ``ranking.batch_timeout_ms`` after its first request
+    (processing time), or when a bounded input ends. Lists leave in buffer order, and a
+    shopper's requests all go to one shard over one channel, so each shopper's lists keep
+    event order.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        cfg = self.config
+        self.recommender = build_recommender(cfg)
+        freeze_loaded_objects()
+        # (arrival ms, encoded request), in arrival order; and (rows buffered, flush deadline).
+        self.buffer = runtime_context.get_list_state(ListStateDescriptor("batch", Types.PICKLED_BYTE_ARRAY()))
+        self.pending = runtime_context.get_state(ValueStateDescriptor("batch-pending", Types.PICKLED_BYTE_ARRAY()))
+        log_provider(self.recommender)
+        self.batch_rows = cfg.ranking.batch_rows
+        self.timeout_ms = cfg.ranking.batch_timeout_ms
+        names = (*BATCH_COUNTERS, *ROWS_PER_CALL.names, *BATCH_WAIT_MS.names)
+        self.metrics = BatchedCounters(runtime_context.get_metrics_group().counter, names)
+        self._ranker_seen = (0, 0)
+
+    def close(self) -> None:
+        self._flush_metrics()
+
+    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Any:
+        if self.metrics.due():
+            self._flush_metrics()
+        timers = ctx.timer_service()
+        now = timers.current_processing_time()
+        pending = self.pending.value()
+        if pending is None:
+            deadline = now + self.timeout_ms
+            timers.register_processing_time_timer(deadline)
+            timers.register_event_time_timer(END_OF_INPUT)
+            pending = (0, deadline)
+        rows = pending[0] + int(value[1])
+        item = (now, as_bytes(value[2]))
+        if rows < self.batch_rows:
+            self.buffer.add(item)
+            self.pending.update((rows, pending[1]))
+            return
+        timers.delete_processing_time_timer(pending[1])
+        yield from self._rank([*(self.buffer.get() or []), item], now)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Any:
+        if self.pending.value() is None:
+            return  # ranked on size since; a stale timer
+        yield from self._rank(list(self.buffer.get() or []), ctx.timer_service().current_processing_time())
+
+    def _rank(self, items: list[tuple[int, bytes]], now: int) -> Any:
+        self.buffer.clear()
+        self.pending.clear()
+        if not items:
+            return
+        requests = [decode_request(payload) for _, payload in items]
+        records = self.recommender.rank(requests)
+        ROWS_PER_CALL.record(self.metrics, sum(r.rows for r in requests))
+        self.metrics.inc("ranker_calls")
+        for (arrived, _), record in zip(items, records, strict=True):
+            BATCH_WAIT_MS.record(self.metrics, max(0, now - arrived))
+            if record["fallback"]:
+                self.metrics.inc("ranking_fallbacks")
+            self.metrics.inc("recommendations_emitted")
+            yield Row(str(record["user_id"]), encode_output_record(record))
+
+    def _flush_metrics(self) -> None:
+        self._ranker_seen = flush_ranker_metrics(self.recommender, self.metrics, self._ranker_seen)

@@ -28,7 +28,10 @@ from jobs.functions import (
     ENVELOPE_TYPE,
     KEYED_BYTES_TYPE,
     LATE_TAG,
+    SCORING_TYPE,
+    SHARD_KEYED_SCORING_TYPE,
     CatalogRecommendFunction,
+    RankBatchFunction,
     RecommendFunction,
 )
 from jobs.layout import PROJECT_ROOT, PROMETHEUS_FACTORY, cache_dir, prometheus_jar, required_jars
@@ -97,6 +100,12 @@ def flink_settings(config: Config) -> dict[str, str]:
     if job.rest_port:
         settings["rest.port"] = str(job.rest_port)
     settings.update(metrics_settings(config))
+    if config.ranking.batching:
+        # PyFlink's chaining of consecutive Python operators fails job submission when the
+        # ranking stage has a Python successor (the bounded runs' collect maps): "Hash collision
+        # on user-specified ID rank-batches". Between Kafka topics no Python operator follows a
+        # Python one, so there this changes nothing.
+        settings["python.operator-chaining.enabled"] = "false"
     resume = resume_path(config)
     if resume:
         settings["execution.state-recovery.path"] = resume
@@ -234,12 +243,57 @@ def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Sour
     keyed = key_by_user(raw, config, source.event_time_in_source)
     if recommend is None:
         recommend = CatalogRecommendFunction(config) if catalog is not None else RecommendFunction(config)
+    if config.ranking.batching:
+        recommend.route_to_batches(shard_keys(env, config))
+    out_type = SHARD_KEYED_SCORING_TYPE if config.ranking.batching else KEYED_BYTES_TYPE
     if catalog is not None and isinstance(recommend, CatalogRecommendFunction):
         broadcast = catalog.create(env, config).broadcast(CATALOG_STATE)
-        joined = keyed.connect(broadcast).process(recommend, output_type=KEYED_BYTES_TYPE)
+        joined = keyed.connect(broadcast).process(recommend, output_type=out_type)
     else:
-        joined = keyed.process(recommend, output_type=KEYED_BYTES_TYPE)
-    recs = joined.name("recommend").uid("recommend")
-    outputs = PipelineOutputs(recs, recs.get_side_output(DLQ_TAG), recs.get_side_output(LATE_TAG))
+        joined = keyed.process(recommend, output_type=out_type)
+    # The keyed stage keeps its uid with batching on or off: user state survives the switch.
+    stage = joined.name("recommend").uid("recommend")
+    recs = rank_batches(stage, config) if config.ranking.batching else stage
+    outputs = PipelineOutputs(recs, stage.get_side_output(DLQ_TAG), stage.get_side_output(LATE_TAG))
     sink.attach(outputs, config)
     return outputs
+
+
+def shard_keys(env: StreamExecutionEnvironment, config: Config) -> list[str]:
+    """One key per batching shard, chosen so that the ranking stage's subtasks hold equal shares.
+
+    Flink places a key by a hash of it (key groups); with a few keys, plain names like "0", "1"
+    often land on the same subtask and leave another without a buffer. So each shard's key is
+    the first name "<shard>-<n>" that Flink itself assigns to subtask ``shard % parallelism``.
+    """
+    jvm = get_gateway().jvm
+    parallelism = config.job.parallelism
+    shards = config.ranking.batch_shards or parallelism
+    assignment = jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment
+    max_parallelism = env.get_max_parallelism()
+    if max_parallelism <= 0:
+        max_parallelism = assignment.computeDefaultMaxParallelism(parallelism)
+    keys = []
+    for shard in range(shards):
+        n = 0
+        while True:
+            key = jvm.org.apache.flink.types.Row(1)  # the key KeyByKeySelector makes: Row(shard key)
+            key.setField(0, f"{shard}-{n}")
+            if assignment.assignKeyToParallelOperator(key, max_parallelism, parallelism) == shard % parallelism:
+                break
+            n += 1
+        keys.append(f"{shard}-{n}")
+    return keys
+
+
+def rank_batches(requests: DataStream, config: Config) -> DataStream:
+    """The batched ranking stage: scoring requests keyed by shard (in the JVM, like the shoppers),
+    ranked many per model call (:class:`jobs.functions.RankBatchFunction`)."""
+    jvm = get_gateway().jvm
+    j_keyed = requests._j_data_stream.keyBy(jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
+    return (
+        KeyedStream(j_keyed, SCORING_TYPE, requests)
+        .process(RankBatchFunction(config), output_type=KEYED_BYTES_TYPE)
+        .name("rank-batches")
+        .uid("rank-batches")
+    )

@@ -264,7 +264,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             seed=int(args.seed), artifact=Path(args.artifact) if args.artifact else None,
             parallelisms=ints(args.parallelisms), warmup_s=float(args.warmup_s), window_s=float(args.window_s),
             latency_s=float(args.latency_s), latency_warmup_s=float(args.latency_warmup_s),
-            latency_repeats=int(args.latency_repeats),
+            latency_repeats=int(args.latency_repeats), batching_repeats=int(args.batching_repeats),
+            train_events=int(args.train_events),
+            batching_paced=args.batching_paced == "on",
             latency_rates=tuple(float(x) for x in args.latency_rates.split(",") if x.strip()),
             phases=others,
         )
@@ -440,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--users", f"{ENV_PREFIX}BENCH_USERS", "users in the stream", default="100000")
     add_flag(p, "--items", f"{ENV_PREFIX}BENCH_ITEMS", "items in the catalog", default="50000")
     add_flag(p, "--seed", f"{ENV_PREFIX}BENCH_SEED", "stream seed", default="11")
+    add_flag(p, "--train-events", f"{ENV_PREFIX}BENCH_TRAIN_EVENTS",
+             "events of the stream's catalog the bench model is trained on when there is no --artifact",
+             default="60000")
     add_flag(p, "--artifact", f"{ENV_PREFIX}BENCH_ARTIFACT",
              "model artifact (default: train one on 60,000 events of the stream's catalog into OUT/artifact)")
     add_flag(p, "--parallelisms", f"{ENV_PREFIX}BENCH_PARALLELISMS", "job parallelisms, comma-separated",
@@ -457,8 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
              "absolute events/s for the latency points (default: 50%% and 90%% of the measured maximum)",
              default="")
     add_flag(p, "--phases", f"{ENV_PREFIX}BENCH_PHASES",
-             "comma-separated: model, kafka, job, peer, latency; scale (store scale, its own workload: not a default, "
-             "over an hour per backend at full size on 2 cores)", default="model,kafka,job,peer,latency")
+             "comma-separated: model, kafka, job, peer, latency, batching (job with ranking.batching off and on, "
+             "throughput and the tail at half the unbatched rate); scale (store scale, its own workload: not a "
+             "default, over an hour per backend at full size on 2 cores)",
+             default="model,kafka,job,peer,latency,batching")
+    add_flag(p, "--batching-repeats", f"{ENV_PREFIX}BENCH_BATCHING_REPEATS",
+             "batching: throughput runs per side, alternated; medians are reported", default="1")
+    add_flag(p, "--batching-paced", f"{ENV_PREFIX}BENCH_BATCHING_PACED",
+             "batching: also the paced tail of each side at half the unbatched rate (on/off)", default="on")
     add_flag(p, "--scale-shoppers", f"{ENV_PREFIX}BENCH_SCALE_SHOPPERS", "scale: distinct shoppers (exact)",
              default="1000000")
     add_flag(p, "--scale-events", f"{ENV_PREFIX}BENCH_SCALE_EVENTS", "scale: events through the broker",

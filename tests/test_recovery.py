@@ -34,14 +34,23 @@ def _read_all(bootstrap: str, topic: str, want: int, deadline: float, job: subpr
     return out
 
 
-@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
-def test_failure_after_a_checkpoint_loses_nothing(guarantee, kafka_broker, unique_topic, fixture_artifact, tmp_path):
+# Batching on: requests wait up to 1 s in the ranking stage's buffers, so checkpoints (every 2 s)
+# hold buffered requests, and the restore must rank each of them exactly once.
+BATCHING = {env_var("ranking", "batching"): "true", env_var("ranking", "batch_timeout_ms"): "1000",
+            env_var("ranking", "batch_rows"): "100000", env_var("job", "parallelism"): "2"}
+
+
+@pytest.mark.parametrize(("guarantee", "batching"),
+                         [("exactly-once", False), ("at-least-once", False), ("exactly-once", True)],
+                         ids=["exactly-once", "at-least-once", "exactly-once-batched"])
+def test_failure_after_a_checkpoint_loses_nothing(guarantee, batching, kafka_broker, unique_topic, fixture_artifact,
+                                                  tmp_path):
     topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}
     marker = tmp_path / "failed-once"
     flink_logs = tmp_path / "flink-log"
     flink_logs.mkdir()
     env = job_env(kafka_broker.bootstrap, topics, fixture_artifact, FLINK_LOG_DIR=str(flink_logs),
-                  **{env_var("kafka", "delivery_guarantee"): guarantee})
+                  **{env_var("kafka", "delivery_guarantee"): guarantee, **(BATCHING if batching else {})})
     events = generated_log(400, seed=31)
     distinct = {(e.user_id, e.item_id, e.behavior, e.ts) for e in events}
     first = events[:200]
@@ -70,7 +79,8 @@ def test_failure_after_a_checkpoint_loses_nothing(guarantee, kafka_broker, uniqu
     duplicates = _seq_and_completeness(out, distinct)
     if guarantee == "exactly-once":
         assert duplicates == 0
-    report(f"keyed function throws once after checkpoints, {guarantee}", events_in=len(distinct),
+    report(f"keyed function throws once after checkpoints, {guarantee}{', batched ranking' if batching else ''}",
+           events_in=len(distinct),
            lists_out=len(out), duplicates=duplicates, missing=0, restarts=_restarts(flink_log),
            peak_rss_mb=rss.peak_mb)
 

@@ -241,10 +241,13 @@ class Laps:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_stop_with_savepoint_and_restart_keeps_every_users_state(kafka_broker, unique_topic, fixture_artifact,
-                                                                  tmp_path):
+@pytest.mark.parametrize("batching", [False, True], ids=["one-stage", "batched"])
+def test_stop_with_savepoint_and_restart_keeps_every_users_state(batching, kafka_broker, unique_topic,
+                                                                  fixture_artifact, tmp_path):
     lap = Laps()
     topics, env, config = setup_env(kafka_broker, unique_topic, fixture_artifact)
+    if batching:  # the ranking stage's buffers and timers go through the savepoint too
+        env.update({env_var("ranking", "batching"): "true", env_var("ranking", "batch_timeout_ms"): "200"})
     bootstrap, out_topic = kafka_broker.bootstrap, topics["output_topic"]
     events = generated_log(800, seed=56)
     pre, post = events[:400], events[400:]
@@ -287,7 +290,8 @@ def test_stop_with_savepoint_and_restart_keeps_every_users_state(kafka_broker, u
     assert users_across >= 5 and buyer_lists >= 1, (users_across, buyer_lists)
     print(f"plain: {len(expected)} events, {len(out)} lists, {users_across} users across the restart, "
           f"{buyer_lists} lists of pre-restart buyers; {lap}")
-    report("stop with savepoint, input while stopped, restart from the savepoint", events_in=len(expected),
+    scenario = "stop with savepoint, input while stopped, restart from the savepoint"
+    report(scenario + (", batched ranking" if batching else ""), events_in=len(expected),
            lists_out=len(out), duplicates=len(out) - len(expected), missing=0, restarts=0, resubmissions=1,
            users_across_restart=users_across, peak_rss_mb=rss.peak_mb)
 

@@ -213,6 +213,16 @@ class RankingConfig(_Section):
     """Diversity: at most this many items of one category in a list, best first; over-cap items fill the
     tail only when too few categories remain (0 = off: lists in score order; a cap >= top_k never applies).
     The default is measured: README 'Diversity'."""
+    batching: bool = False
+    """Rank many shoppers' candidates in one model call: a second stage, keyed by a shard of the shopper,
+    buffers scoring requests in checkpointed state and calls the model per batch (README 'Batched ranking')."""
+    batch_rows: int = Field(4096, ge=1, le=1 << 20)
+    """With batching: a buffer is ranked as soon as it holds this many candidate rows."""
+    batch_timeout_ms: int = Field(20, ge=1, le=60_000)
+    """With batching: the longest a request waits in a buffer before it is ranked with whatever is there."""
+    batch_shards: int = Field(0, ge=0, le=4096)
+    """With batching: buffers (shards of the shoppers) in the job; each subtask of the ranking stage holds
+    an equal share (0 = one per subtask, job.parallelism)."""
 
 
 class PrivacyConfig(_Section):

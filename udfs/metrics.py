@@ -9,8 +9,9 @@ stream that has gone quiet the last second's counts wait for the next event.
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 
@@ -83,3 +84,61 @@ class SampledHistograms:
                 hist.update(v)
             samples.clear()
         self.seen = dict.fromkeys(self._histograms, 0)
+
+
+class BucketHistogram:
+    """A histogram as Flink counters: one per bucket, plus the sum and the count.
+
+    PyFlink's Python metrics offer counters, gauges, meters and distributions (min, max,
+    mean, no quantiles); bucket counters give quantiles to any reader (Prometheus-style
+    ``le`` buckets, not cumulative) and ride on :class:`BatchedCounters`, so recording a
+    value costs no JVM call. Bucket ``le_B`` counts values in (previous bound, B].
+    """
+
+    def __init__(self, prefix: str, bounds: Sequence[int]) -> None:
+        self.prefix = prefix
+        self.bounds = sorted(bounds)
+        self.bucket_names = [f"{prefix}_le_{b}" for b in self.bounds] + [f"{prefix}_le_inf"]
+        self.sum_name, self.count_name = f"{prefix}_sum", f"{prefix}_count"
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.bucket_names, self.sum_name, self.count_name]
+
+    def record(self, counters: BatchedCounters, value: float) -> None:
+        counters.inc(self.bucket_names[bisect.bisect_left(self.bounds, value)])
+        counters.inc(self.sum_name, int(round(value)))
+        counters.inc(self.count_name)
+
+
+def geometric_bounds(lowest: int, highest: int) -> list[int]:
+    """1, 1.5, 2, 3, 4, 6, ... times powers of two between ``lowest`` and ``highest``: quantiles within 50%."""
+    out: set[int] = set()
+    b = 1
+    while b <= highest:
+        out.update(v for v in (b, b + b // 2) if lowest <= v <= highest)
+        b *= 2
+    return sorted(out)
+
+
+def bucket_quantile(counts: Mapping[str, float], hist: BucketHistogram, q: float) -> float | None:
+    """The upper bound of the bucket holding quantile ``q`` (0..1) of recorded values; None when empty
+    or in the open last bucket (then the values' maximum is not known)."""
+    per_bucket = [counts.get(n, 0.0) for n in hist.bucket_names]
+    total = sum(per_bucket)
+    if total <= 0:
+        return None
+    seen = 0.0
+    for bound, n in zip([*hist.bounds, None], per_bucket, strict=True):
+        seen += n
+        if seen >= q * total:
+            return None if bound is None else float(bound)
+    return None
+
+
+# The batched ranking stage's histograms: rows per model call, and the time a request waited in
+# its buffer (ms).
+# "batch_" keeps them apart from the job's Flink histogram ``rows_per_call`` (jobs/functions.py) in
+# Prometheus, where a counter ``rows_per_call_count`` would clash with that summary's ``_count``.
+ROWS_PER_CALL = BucketHistogram("batch_rows_per_call", geometric_bounds(64, 65536))
+BATCH_WAIT_MS = BucketHistogram("batch_wait_ms", geometric_bounds(1, 60_000))

@@ -75,16 +75,32 @@ def _import_on_python_thread(name: str) -> Any:
     return result["module"]
 
 
+_ORT_LOCK = threading.Lock()
+_ORT_MODULE: Any = None
+
+
 def _ort() -> Any:
-    mod = sys.modules.get("onnxruntime")
-    if mod is not None:
-        return mod
-    try:
-        return _import_on_python_thread("onnxruntime")
-    except ImportError as exc:  # pragma: no cover - exercised only on broken installs
-        raise ImportError(
-            "onnxruntime is required for ranking: pip install onnxruntime-gpu (or onnxruntime)"
-        ) from exc
+    """onnxruntime, imported once per process.
+
+    Under a lock: two operators opening at once (the ranking stage's subtasks in one
+    thread-mode TaskManager) otherwise race, and the second finds the first's
+    half-initialised module in ``sys.modules`` (AttributeError: no SessionOptions).
+    """
+    global _ORT_MODULE
+    if _ORT_MODULE is not None:
+        return _ORT_MODULE
+    with _ORT_LOCK:
+        if _ORT_MODULE is None:
+            mod = sys.modules.get("onnxruntime")
+            if mod is None or not hasattr(mod, "InferenceSession"):
+                try:
+                    mod = _import_on_python_thread("onnxruntime")
+                except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+                    raise ImportError(
+                        "onnxruntime is required for ranking: pip install onnxruntime-gpu (or onnxruntime)"
+                    ) from exc
+            _ORT_MODULE = mod
+    return _ORT_MODULE
 
 
 def preload_cuda_libraries(ort: Any) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from udfs.artifact import Artifact
+from udfs.batching import PreparedRequest, merge_features
 from udfs.candidates import SRC_NEW, generate_candidates
 from udfs.catalog import Catalog, CatalogItem
 from udfs.diversity import OFF, cap_per_category
@@ -32,7 +33,7 @@ FRESH_HIT_TOP = 10
 
 
 def output_record(
-    req: UserRequest,
+    req: PreparedRequest,
     items: Sequence[Id],
     scores: Sequence[float],
     reasons: Sequence[dict[str, Any]],
@@ -46,7 +47,7 @@ def output_record(
     return {
         "schema_version": SCHEMA_VERSION,
         "user_id": t.user_id,
-        "seq": req.state.emitted,
+        "seq": req.seq,
         "items": list(items),
         "scores": [round(float(s), 6) for s in scores],
         "reasons": list(reasons),
@@ -154,7 +155,7 @@ class Recommender:
             self._trend_view = (top, merged, fresh)
         return self._trend_view
 
-    def _with_fresh_hits(self, req: UserRequest, order: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, int]:
+    def _with_fresh_hits(self, req: PreparedRequest, order: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, int]:
         """Put the best-scored fresh hits among this user's candidates in the last slots;
         also how many slots at the end they took.
 
@@ -172,7 +173,7 @@ class Recommender:
         keep = order[: len(order) - len(picks)]
         return np.concatenate([keep, np.asarray(picks, dtype=order.dtype)]), len(picks)
 
-    def _with_new_items(self, req: UserRequest, order: np.ndarray, s: np.ndarray | None,
+    def _with_new_items(self, req: PreparedRequest, order: np.ndarray, s: np.ndarray | None,
                         tail: int) -> np.ndarray:
         """Put the best new catalog items among the candidates just before the last ``tail``
         slots (the fresh hits), unless they made the list on their own.
@@ -193,7 +194,7 @@ class Recommender:
         head = order[: room - len(picks)]
         return np.concatenate([head, np.asarray(picks, dtype=order.dtype), order[room:]])
 
-    def _top(self, req: UserRequest, ranked: np.ndarray) -> np.ndarray:
+    def _top(self, req: PreparedRequest, ranked: np.ndarray) -> np.ndarray:
         """The first ``top_k`` rows of ``ranked``, under the per-category cap when it is on.
 
         Off, this is exactly ``ranked[:top_k]``: lists are unchanged."""
@@ -202,8 +203,48 @@ class Recommender:
         picked = cap_per_category(ranked, req.candidates.categories, self.max_per_category, self.top_k)
         return np.asarray(picked, dtype=ranked.dtype)
 
+    def prepare(self, req: UserRequest, features: bool = True) -> PreparedRequest:
+        """Advance the shopper's list count and take everything ranking needs from ``req``.
+
+        What a list depends on is fixed here, at the trigger: the batched stage ranks
+        the result later, with other shoppers' rows, and must emit the list the
+        one-event path would have. ``features=False`` leaves the model inputs out (no model).
+        Features that cannot be built are left out too, and the model call that would
+        take them falls back, as a model fault does.
+        """
+        req.state.emitted += 1
+        inputs: dict[str, np.ndarray] | None = None
+        error = None
+        if features:
+            try:
+                inputs = build_batch([req], self.artifact.vocab, self.artifact.tables, self.artifact.seq_len,
+                                     self.item_attributes())
+            except Exception as exc:  # a bad state must not stop recommendations
+                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                log.exception("building model inputs failed; the list will fall back")
+        return PreparedRequest.of(req, req.state.emitted, inputs, error)
+
     def recommend(self, requests: Sequence[UserRequest]) -> list[dict[str, Any]]:
-        """Rank all users' candidates in one model call, then cut top-K per user.
+        """Rank all users' candidates in one model call, then cut top-K per user."""
+        if not requests:
+            return []
+        return self.rank([self.prepare(r, features=self.ranker is not None) for r in requests])
+
+    def _score(self, requests: Sequence[PreparedRequest]) -> tuple[np.ndarray | None, str | None]:
+        """One model call over every request's rows: (scores, None) or (None, why not)."""
+        if self.ranker is None:
+            return None, "no_model"
+        try:
+            raw = self.ranker.score(merge_features(requests))
+        except Exception as exc:  # a model fault must not stop recommendations
+            self.counters.inference_failures += 1
+            log.exception("ranking failed; emitting generator-order fallback lists")
+            return None, f"inference_error: {type(exc).__name__}: {str(exc)[:200]}"
+        problem = check_scores(raw, sum(len(r.candidates.items) for r in requests))
+        return (np.asarray(raw), None) if problem is None else (None, f"bad_model_output: {problem}")
+
+    def rank(self, requests: Sequence[PreparedRequest]) -> list[dict[str, Any]]:
+        """Rank prepared requests in one model call, then cut top-K per user, in request order.
 
         Never raises for a model fault: a call that raises, or scores that are not one
         number per candidate row, give every list of the call in generator order with
@@ -211,28 +252,8 @@ class Recommender:
         """
         if not requests:
             return []
-        for req in requests:
-            req.state.emitted += 1
         label = self.ranker.choice.label if self.ranker else "none"
-        scores: np.ndarray | None = None
-        fallback: str | None = None
-        if self.ranker is None:
-            fallback = "no_model"
-        else:
-            try:
-                batch = build_batch(requests, self.artifact.vocab, self.artifact.tables, self.artifact.seq_len,
-                                    self.item_attributes())
-                raw = self.ranker.score(batch)
-            except Exception as exc:  # a model fault must not stop recommendations
-                self.counters.inference_failures += 1
-                fallback = f"inference_error: {type(exc).__name__}: {str(exc)[:200]}"
-                log.exception("ranking failed; emitting generator-order fallback lists")
-            else:
-                problem = check_scores(raw, sum(len(r.candidates.items) for r in requests))
-                if problem is None:
-                    scores = np.asarray(raw)
-                else:
-                    fallback = f"bad_model_output: {problem}"
+        scores, fallback = self._score(requests)
         out = []
         offset = 0
         any_bad = fallback is not None and fallback.startswith("bad_model_output")

@@ -40,25 +40,32 @@ def state_settings(limits: StateLimits) -> dict[str, int]:
     }
 
 
-def build_recommender(config: Config, catalog: bool = False) -> Recommender:
+def build_recommender(config: Config, catalog: bool = False, with_ranker: bool = True) -> Recommender:
     """``catalog``: join an (initially empty) :class:`Catalog` that the caller fills from the
-    catalog topic; items the artifact's log has behavior for are never new."""
+    catalog topic; items the artifact's log has behavior for are never new.
+    ``with_ranker=False``: no model session (the keyed stage of a batched job prepares, never ranks)."""
     r = config.ranking
     artifact = load_artifact(r.artifact_dir)
     ranker = OnnxRanker(
         artifact.model_bytes, provider=r.provider, io_binding=r.io_binding,
         intra_op_threads=r.intra_op_threads,
-    )
+    ) if with_ranker else None
     trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
-    if artifact.manifest.catalog_features and not catalog:
-        log.warning("model %s was trained with the catalog's brand and price features, and this run joins no "
-                    "catalog (a file source): they are 0 for every candidate, as for a model trained without "
-                    "them", artifact.model_version)
     return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
                        trending=trending, fresh_hit_slots=r.fresh_hit_slots,
                        max_per_category=r.max_per_category,
                        catalog=Catalog(known=artifact.tables.popularity) if catalog else None,
                        new_item_slots=r.new_item_slots)
+
+
+def warn_if_catalog_features_unfed(recommender: Recommender) -> None:
+    """For the stage that builds the model's inputs: a model trained with the catalog's brand and
+    price features, in a run that joins no catalog, sees them 0, as a model trained without them."""
+    artifact = recommender.artifact
+    if artifact.manifest.catalog_features and recommender.catalog is None:
+        log.warning("model %s was trained with the catalog's brand and price features, and this run joins no "
+                    "catalog (a file source): they are 0 for every candidate, as for a model trained without "
+                    "them", artifact.model_version)
 
 
 def freeze_loaded_objects() -> None:

@@ -43,6 +43,7 @@ from udfs.artifact import MANIFEST_FILE, load_artifact, verify_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.events import encode_event
 from udfs.features import build_batch
+from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, bucket_quantile
 from udfs.ranker import OnnxRanker, RankerStats
 from udfs.recommend import Recommender
 from udfs.runtime import state_limits
@@ -82,7 +83,11 @@ class BenchSettings:
     """Paced replay before a latency point's timed part: a fresh cluster's JVMs JIT-compile for
     about a minute, and p99 in that minute is several times the steady state's."""
     model_seconds: float = 10.0
-    phases: tuple[str, ...] = ("model", "kafka", "job", "peer", "latency")
+    batching_repeats: int = 1
+    """Throughput runs per side (batching off, on), alternated; the table reports their medians."""
+    batching_paced: bool = True
+    """Also the paced tail of each side (latency_repeats runs each) at half the unbatched rate."""
+    phases: tuple[str, ...] = ("model", "kafka", "job", "peer", "latency", "batching")
 
 
 # ---------------------------------------------------------------- process stats
@@ -279,11 +284,14 @@ def model_ceiling(artifact_dir: Path, events: Sequence[Any], cfg: Config, second
 
 
 def _job_env(cfg: Config, bootstrap: str, topics: dict[str, str], artifact: Path, group: str,
-             parallelism: int | None = None) -> dict[str, str]:
+             parallelism: int | None = None, batching: bool = False) -> dict[str, str]:
+    """The job's environment; ``batching`` on takes the batch settings of ``cfg`` (the bench's own config)."""
+    r = cfg.ranking
     settings: dict[str, dict[str, Any]] = {
         "kafka": {"group_id": group, "starting_offsets": "earliest",
                   "delivery_guarantee": cfg.kafka.delivery_guarantee, **LOCAL_BROKER_SECURITY},
-        "ranking": {"provider": cfg.ranking.provider},
+        "ranking": {"provider": r.provider, "batching": batching, "batch_rows": r.batch_rows,
+                    "batch_timeout_ms": r.batch_timeout_ms, "batch_shards": r.batch_shards},
     }
     if parallelism is not None:
         settings["job"] = {"parallelism": parallelism}
@@ -389,7 +397,7 @@ class Bench:
             if "kafka" in phases:
                 n, secs = consume_all(self.bootstrap, self.input["input_topic"], len(self.records))
                 self.results["kafka_consume_events_per_s"] = n / secs
-            if "job" in phases or "latency" in phases:
+            if {"job", "latency", "batching"} & set(phases):
                 self._run_cluster_phases(broker)
             if "peer" in phases:
                 self.results["peer"] = self._peer(broker)
@@ -437,6 +445,32 @@ class Bench:
                 self.results[f"latency_{name}"] = lat
                 self.results[f"p99_latency_ms_{'at_' if name.endswith('pct') else ''}{name}"] = lat["p99_ms"]
                 write_reports(self.out, self.results)
+        if "batching" in self.s.phases:
+            self.results["batching"] = self._batching(broker, top)
+            write_reports(self.out, self.results)
+
+    def _batching(self, broker: Any, parallelism: int) -> dict[str, Any]:
+        """Batching off and on side by side: throughput runs alternated, then the paced tail of
+        each at half the unbatched rate, every run on a fresh cluster."""
+        runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        for _ in range(self.s.batching_repeats):
+            for batching in (False, True):
+                cluster = self._cluster(parallelism, f"batching-{'on' if batching else 'off'}-{len(runs[batching])}")
+                try:
+                    runs[batching].append(self._job(cluster, broker, parallelism, batching=batching))
+                finally:
+                    cluster.stop()
+        rate = 0.5 * float(np.median([r["events_per_s"] for r in runs[False]]))
+        paced: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        for i in range(self.s.latency_repeats if self.s.batching_paced else 0):
+            for batching in (False, True):
+                cluster = self._cluster(parallelism, f"batching-paced-{'on' if batching else 'off'}-{i}")
+                try:
+                    paced[batching].append(self._latency(cluster, broker, parallelism, rate, batching=batching))
+                finally:
+                    cluster.stop()
+        return batching_summary(runs, {k: median_of_runs(v) if v else {} for k, v in paced.items()}, rate, self.cfg,
+                                self.results.get("model_ceiling_pairs_per_s"), parallelism)
 
     def _submit(self, cluster: Any, env: dict[str, str]) -> str:
         return str(cluster.submit_python(str(JOB_SCRIPT), ["--source", "kafka", "--sink", "kafka"], env=env,
@@ -451,12 +485,13 @@ class Bench:
         while time.monotonic() < deadline and cluster.job_state(job_id) not in ("CANCELED", "FAILED"):
             time.sleep(1)
 
-    def _job(self, cluster: Any, broker: Any, parallelism: int) -> dict[str, Any]:
-        topics = {**self._topics(f"job-p{parallelism}"), "input_topic": self.input["input_topic"]}
+    def _job(self, cluster: Any, broker: Any, parallelism: int, batching: bool = False) -> dict[str, Any]:
+        tag = f"job-p{parallelism}{'-batched' if batching else ''}"
+        topics = {**self._topics(tag), "input_topic": self.input["input_topic"]}
         self._create(broker, {k: v for k, v in topics.items() if k != "input_topic"})
         env = _job_env(self.cfg, self.bootstrap, topics, self.artifact, group=topics["output_topic"],
-                       parallelism=parallelism)
-        log.info("job at parallelism %d", parallelism)
+                       parallelism=parallelism, batching=batching)
+        log.info("job at parallelism %d, batching %s", parallelism, "on" if batching else "off")
         job_id = self._submit(cluster, env)
         counter = TopicCounter(self.bootstrap, topics["output_topic"])
         try:
@@ -470,8 +505,7 @@ class Bench:
             res = measure_window(
                 counter, procs, total=len(self.records), warmup_s=self.s.warmup_s, window_s=self.s.window_s,
                 alive=lambda: cluster.job_state(job_id) not in TERMINAL,
-                probe=lambda: _flink_metrics(cluster, job_id,
-                                             ("ranker_rows", "ranker_micros", "recommendations_emitted")),
+                probe=lambda: _flink_metrics(cluster, job_id, JOB_METRICS),
             )
             restarts = _flink_restarts(cluster, job_id)
         finally:
@@ -484,7 +518,9 @@ class Bench:
         out["in_job_pairs_per_s"] = rows / (micros / 1e6) if micros else None
         out["pairs_per_s"] = res.events_per_s * rows / lists if lists else None
         out["parallelism"] = parallelism
+        out["batching"] = batching
         out["restarts"] = restarts
+        out["rows_per_call"] = rows_per_call(res.extra)
         log.info("job p%d: %s", parallelism, json.dumps(out, default=str))
         return out
 
@@ -511,11 +547,12 @@ class Bench:
         log.info("peer: %s", json.dumps(asdict(res), default=str))
         return asdict(res)
 
-    def _latency(self, cluster: Any, broker: Any, parallelism: int, rate: float) -> dict[str, Any]:
-        topics = self._topics(f"latency-{int(rate)}")
+    def _latency(self, cluster: Any, broker: Any, parallelism: int, rate: float,
+                 batching: bool = False) -> dict[str, Any]:
+        topics = self._topics(f"latency-{int(rate)}{'-batched' if batching else ''}")
         self._create(broker, topics)
         env = _job_env(self.cfg, self.bootstrap, topics, self.artifact, group=topics["output_topic"],
-                       parallelism=parallelism)
+                       parallelism=parallelism, batching=batching)
         n = int(rate * self.s.latency_s)
         n_warm = int(rate * self.s.latency_warmup_s)
         # The stream's start, like the throughput phases: the same work, so the rate
@@ -585,6 +622,15 @@ class Bench:
         if p1 and p2:
             r["ratio_job_p2_over_p1"] = p2 / p1
         ceiling = r.get("model_ceiling_pairs_per_s")
+        p2_row = r.get("job_p2", {})
+        rows_per_event = (p2_row.get("pairs_per_s") or 0) / p2 if p2 else None
+        bound = model_bound_events_per_s(ceiling, cpus, rows_per_event)
+        if bound and p2:
+            r["model_bound_events_per_s"] = bound
+            r["job_p2_share_of_model_bound"] = p2 / bound
+        batching = r.get("batching") or {}
+        if "job_p2_share_of_model_bound" not in r and batching.get("share_of_model_bound_off"):
+            r["job_p2_share_of_model_bound"] = batching["share_of_model_bound_off"]
         in_job = [r[k]["in_job_pairs_per_s"] for k in ("job_p1", "job_p2") if r.get(k, {}).get("in_job_pairs_per_s")]
         if in_job:
             # Per-worker ranking speed inside the job (model time only), best configuration at p1.
@@ -594,6 +640,72 @@ class Bench:
 
 
 SYSTEMS = ("job_p1", "job_p2", "peer")
+JOB_METRICS = ("ranker_rows", "ranker_micros", "recommendations_emitted", "ranker_calls", *ROWS_PER_CALL.names,
+               *BATCH_WAIT_MS.names)
+
+
+def rows_per_call(metrics: Mapping[str, float]) -> dict[str, Any]:
+    """Rows per model call from the ranking stage's bucket counters (quantiles are bucket upper
+    bounds); the one-stage job, which has no such counters, makes one call per list."""
+    calls = metrics.get(ROWS_PER_CALL.count_name) or 0.0
+    if calls:
+        return {"calls": calls, "mean": metrics.get(ROWS_PER_CALL.sum_name, 0.0) / calls,
+                "p50_at_most": bucket_quantile(metrics, ROWS_PER_CALL, 0.5),
+                "p99_at_most": bucket_quantile(metrics, ROWS_PER_CALL, 0.99),
+                "buckets": {n.removeprefix(f"{ROWS_PER_CALL.prefix}_"): metrics.get(n, 0.0)
+                            for n in ROWS_PER_CALL.bucket_names if metrics.get(n)}}
+    lists, rows = metrics.get("recommendations_emitted") or 0.0, metrics.get("ranker_rows") or 0.0
+    mean = rows / lists if lists else None
+    return {"calls": lists, "mean": mean, "p50_at_most": mean, "p99_at_most": mean, "buckets": {}}
+
+
+def model_bound_events_per_s(model_pairs_per_s: float | None, cores: int, rows_per_event: float | None) -> float | None:
+    """Events/s the model alone allows with every core scoring: cores x pairs/s / rows per event."""
+    if not model_pairs_per_s or not rows_per_event:
+        return None
+    return cores * model_pairs_per_s / rows_per_event
+
+
+def batching_summary(runs: Mapping[bool, Sequence[dict[str, Any]]], paced: Mapping[bool, dict[str, Any]],
+                     rate: float, cfg: Config, model_pairs_per_s: float | None, parallelism: int) -> dict[str, Any]:
+    """The side-by-side figures: medians over the runs of each side."""
+    def median(side: bool, key: str) -> float:
+        return float(np.median([r[key] for r in runs[side]]))
+
+    on = runs[True][len(runs[True]) // 2]["rows_per_call"]
+    rows_per_event = float(np.median([r["pairs_per_s"] / r["events_per_s"] for r in runs[False]
+                                      if r.get("pairs_per_s") and r["events_per_s"]] or [cfg.ranking.n_candidates]))
+    bound = model_bound_events_per_s(model_pairs_per_s, os.cpu_count() or 1, rows_per_event)
+    off_rate, on_rate = median(False, "events_per_s"), median(True, "events_per_s")
+    return {
+        "parallelism": parallelism,
+        "settings": {"batch_rows": cfg.ranking.batch_rows, "batch_timeout_ms": cfg.ranking.batch_timeout_ms,
+                     "batch_shards": cfg.ranking.batch_shards or parallelism},
+        f"p{parallelism}_events_per_s_off": off_rate,
+        f"p{parallelism}_events_per_s_on": on_rate,
+        "ratio_on_over_off": on_rate / off_rate if off_rate else None,
+        "rows_per_call_p50": on["p50_at_most"],
+        "rows_per_call_p99": on["p99_at_most"],
+        "rows_per_call_mean": on["mean"],
+        "rows_per_call_buckets": on["buckets"],
+        "rows_per_call_off": runs[False][0]["rows_per_call"]["mean"],
+        "paced_events_per_s": rate,
+        "p99_ms_paced_off": paced[False].get("p99_ms"),
+        "p99_ms_paced_on": paced[True].get("p99_ms"),
+        "p50_ms_paced_off": paced[False].get("p50_ms"),
+        "p50_ms_paced_on": paced[True].get("p50_ms"),
+        # Model time only, summed over subtasks (GPU: the device's rate inside the job).
+        "in_job_pairs_per_s_off": median(False, "in_job_pairs_per_s") if all(
+            r.get("in_job_pairs_per_s") for r in runs[False]) else None,
+        "in_job_pairs_per_s_on": median(True, "in_job_pairs_per_s") if all(
+            r.get("in_job_pairs_per_s") for r in runs[True]) else None,
+        "pairs_per_s_on": median(True, "pairs_per_s") if all(r.get("pairs_per_s") for r in runs[True]) else None,
+        "model_bound_events_per_s": bound,
+        "share_of_model_bound_off": off_rate / bound if bound else None,
+        "share_of_model_bound_on": on_rate / bound if bound else None,
+        "runs": {"off": list(runs[False]), "on": list(runs[True])},
+        "paced": {"off": paced[False], "on": paced[True]},
+    }
 
 
 def without_broker(per_process: dict[str, float]) -> float:
@@ -695,10 +807,32 @@ def markdown(results: dict[str, Any]) -> str:
         per_run = ", ".join(_fmt(run["p99_ms"]) for run in v.get("runs", []))
         lines.append(f"| {_latency_label(k)} | {_fmt(v['target_rate'])} | {_fmt(v['p50_ms'])} | {_fmt(v['p95_ms'])} | "
                      f"{_fmt(v['p99_ms'])} | {per_run} | {v['matched']} |")
+    lines += batching_table(r.get("batching"))
     lines += ["", "| ratio | value |", "|---|---:|"]
     for k in sorted(k for k in r if k.startswith("ratio_")):
         lines.append(f"| {k[6:]} | {r[k]:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def batching_table(b: dict[str, Any] | None) -> list[str]:
+    """Batching off and on, side by side (medians of each side's runs)."""
+    if not b:
+        return []
+    p = b["parallelism"]
+    off, on = b["runs"]["off"], b["runs"]["on"]
+    return ["", f"Batched ranking at parallelism {p}, off and on in one run ({json.dumps(b['settings'])}); "
+            f"paced at {_fmt(b['paced_events_per_s'])} events/s, half the unbatched rate.", "",
+            "| batching | events/s (runs) | rows per model call p50 / p99 (mean) | paced p50 ms | paced p99 ms "
+            "| share of the model-alone bound |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| off | {_fmt(b[f'p{p}_events_per_s_off'])} ({', '.join(_fmt(r['events_per_s']) for r in off)}) | "
+            f"{_fmt(b['rows_per_call_off'])} per call | {_fmt(b['p50_ms_paced_off'])} | "
+            f"{_fmt(b['p99_ms_paced_off'])} | "
+            f"{_fmt(b['share_of_model_bound_off'], 2)} |",
+            f"| on | {_fmt(b[f'p{p}_events_per_s_on'])} ({', '.join(_fmt(r['events_per_s']) for r in on)}) | "
+            f"<= {_fmt(b['rows_per_call_p50'])} / <= {_fmt(b['rows_per_call_p99'])} "
+            f"({_fmt(b['rows_per_call_mean'])}) | "
+            f"{_fmt(b['p50_ms_paced_on'])} | {_fmt(b['p99_ms_paced_on'])} | {_fmt(b['share_of_model_bound_on'], 2)} |"]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
