@@ -67,7 +67,9 @@ def add_log_flags(p: argparse.ArgumentParser, env: str, default: str = "userbeha
 
 def add_no_progress(p: argparse.ArgumentParser) -> None:
     """Bars are drawn on a terminal only; this turns them off there too (a recorded session)."""
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (none are drawn off a terminal)")
+    p.add_argument("--no-progress", action="store_true",
+                   default=os.environ.get(f"{ENV_PREFIX}NO_PROGRESS", "") in ("1", "true", "yes"),
+                   help=f"no progress bars (none are drawn off a terminal) [env: {ENV_PREFIX}NO_PROGRESS=1]")
 
 
 def log_source(args: argparse.Namespace) -> tuple[str, CsvLayout | None]:
@@ -295,16 +297,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from streamrec.serve.server import serve  # lazy: starlette and uvicorn, the [serve] extra
+
+        return serve(config_from_args(args))  # serve.store = "redis" imports the extra's redis client here
     except ImportError as exc:
         if (exc.name or "").split(".")[0] not in SERVE_EXTRA:
             raise
         print(f"streamrec serve: needs the 'serve' extra (pip install -c constraints.txt '.[serve]'): {exc}",
               file=sys.stderr)
         return 2
-    return serve(config_from_args(args))
 
 
-SERVE_EXTRA = ("starlette", "uvicorn")
+SERVE_EXTRA = ("starlette", "uvicorn", "redis")
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
@@ -486,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="HTTP lookup service and live storefront page over the recommendations topic")
-    add_config_flags(p, ["--port", "--bind-address", "--store", "--bootstrap-servers", "--input-topic",
+    add_config_flags(p, ["--port", "--bind-address", "--store", "--store-backend", "--redis-url",
+                         "--bootstrap-servers", "--input-topic",
                          "--output-topic", "--artifact", "--key-file", "--key-env"])
     p.set_defaults(func=cmd_serve)
 

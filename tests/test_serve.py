@@ -4,6 +4,7 @@ follower against the real broker: rebuild from the topic, resume after a restart
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
@@ -17,6 +18,7 @@ from streamrec.serve.app import Catalog, ServeContext, build_app
 from streamrec.serve.follower import Follower
 from streamrec.serve.store import Store
 from tests.serve_fixtures import output_value
+from tests.store_fixtures import StoreFactory
 from udfs.events import decode_event
 from udfs.reasons import render_reason
 from udfs.records import decode_output_record
@@ -37,8 +39,9 @@ class _Follower:
 
 
 @pytest.fixture
-def served(tmp_path):
-    store = Store(tmp_path / "s.sqlite", "recs")
+def served(make_store: StoreFactory):
+    """The app in process over a store of each backend (SQLite, Redis)."""
+    store = make_store("s", "recs")
     sent: list = []
 
     def send(event):
@@ -149,13 +152,36 @@ def test_health_and_metrics(served, tmp_path):
     assert "EventSource" in client.get("/").text
 
 
-def test_store_of_another_topic_starts_empty(tmp_path):
-    store = Store(tmp_path / "s.sqlite", "a")
+def test_store_of_another_topic_starts_empty(make_store: StoreFactory):
+    store = make_store("s", "a")
     store.write([(decode_output_record(output_value(1, 1, [2])), 0, 0)], {0: 1})
     store.close()
-    assert Store(tmp_path / "s.sqlite", "a").positions() == {0: 1}
-    other = Store(tmp_path / "s.sqlite", "b")
-    assert other.positions() == {} and other.get("1") is None
+    again = make_store("s", "a")
+    assert again.positions() == {0: 1} and again.get("1").record.items == [2] and again.count() == 1
+    again.close()
+    other = make_store("s", "b")
+    assert other.positions() == {} and other.get("1") is None and other.count() == 0
+    assert other.recent_users(10) == [] and other.trending(5, 100) == []
+
+
+def test_store_write_is_all_or_nothing(make_store: StoreFactory):
+    """A batch with a list that cannot be stored leaves neither its other lists nor the positions behind,
+    so a restart reads the batch again rather than skipping it."""
+    store = make_store("s", "a")
+    _put(store, output_value(1, 1, [2]), 0)
+    good = decode_output_record(output_value(2, 1, [3]))
+    bad = good._replace(user_id=3, items=[object()])  # not JSON-encodable: fails mid-batch
+    with pytest.raises(TypeError):
+        store.write([(good, 0, 1), (bad, 0, 2)], {0: 3})
+    assert store.positions() == {0: 1} and store.get("2") is None and store.count() == 1
+
+
+def test_later_offsets_win_and_recent_users_are_newest_first(make_store: StoreFactory):
+    store = make_store("s", "a")
+    store.write([(decode_output_record(output_value(u, 1, [u])), 0, u) for u in (1, 2, 3)], {0: 4})
+    store.write([(decode_output_record(output_value(1, 2, [10, 11])), 0, 4)], {0: 5})
+    assert store.get("1").record.items == [10, 11] and store.get("1").offset == 4
+    assert store.recent_users(2) == [1, 3] and store.count() == 3
 
 
 # --- against the real broker ------------------------------------------------------------------
@@ -172,7 +198,7 @@ def _wait(predicate, timeout=60.0, what="condition"):
 
 @pytest.mark.kafka
 def test_follower_rebuilds_from_the_topic_resumes_after_restart_and_skips_bad_records(kafka_broker, unique_topic,
-                                                                                     tmp_path):
+                                                                                     make_store: StoreFactory):
     topic = unique_topic("recs", partitions=2)
     prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
     for user in range(20):
@@ -182,7 +208,7 @@ def test_follower_rebuilds_from_the_topic_resumes_after_restart_and_skips_bad_re
     prod.send(topic, key=b"old", value=msgpack.packb({"schema_version": 99}))
     prod.flush()
 
-    store = Store(tmp_path / "view.sqlite", topic)
+    store = make_store("view", topic)
     f = Follower(store, kafka_broker.bootstrap, topic)
     f.start()
     try:
@@ -207,8 +233,8 @@ def test_follower_rebuilds_from_the_topic_resumes_after_restart_and_skips_bad_re
         f2.stop()
     # a deleted store is rebuilt from the beginning of the topic
     store.close()
-    (tmp_path / "view.sqlite").unlink()
-    fresh = Store(tmp_path / "view.sqlite", topic)
+    make_store.wipe("view")
+    fresh = make_store("view", topic)
     f3 = Follower(fresh, kafka_broker.bootstrap, topic)
     f3.start()
     try:
@@ -302,7 +328,7 @@ def test_serve_without_the_extra_names_it(monkeypatch, capsys):
 
 
 @pytest.mark.kafka
-def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, unique_topic, tmp_path):
+def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, unique_topic, make_store: StoreFactory):
     topic = unique_topic("recs")
     prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, transactional_id="open-" + topic)
     prod.init_transactions()
@@ -312,7 +338,7 @@ def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, un
     prod.begin_transaction()  # a job that died mid-transaction: the broker aborts it only after its timeout
     prod.send(topic, key=b"1", value=output_value(1, 2, [20]))
     prod.flush()
-    store = Store(tmp_path / "view.sqlite", topic)
+    store = make_store("view", topic)
     f = Follower(store, kafka_broker.bootstrap, topic)
     f.start()
     try:
@@ -323,3 +349,39 @@ def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, un
     finally:
         f.stop()
         prod.close()
+
+
+def test_store_is_chosen_by_config_and_redis_without_its_client_names_the_extra(monkeypatch, tmp_path, capsys,
+                                                                               redis_server):
+    from streamrec.cli import main
+    from streamrec.serve.server import open_store
+    from streamrec.serve.store import RedisStore, SqliteStore
+    from udfs.config import load_config
+
+    sqlite = open_store(load_config(environ={"STREAMREC_SERVE_STORE_PATH": str(tmp_path / "v.sqlite")}))
+    assert isinstance(sqlite, SqliteStore)
+    sqlite.close()
+    cfg = load_config(environ={"STREAMREC_SERVE_STORE": "redis", "STREAMREC_SERVE_REDIS_URL": redis_server.url,
+                               "STREAMREC_SERVE_REDIS_PREFIX": "cfg-test", "STREAMREC_KAFKA_OUTPUT_TOPIC": "t"})
+    store = open_store(cfg)
+    assert isinstance(store, RedisStore) and store.prefix == "cfg-test" and store.positions() == {}
+    store.close()
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if the extra were not installed
+    with pytest.raises(ImportError, match="'serve' extra"):
+        open_store(cfg)
+    monkeypatch.setenv("STREAMREC_SERVE_STORE", "redis")
+    assert main(["serve", "--port", "1"]) == 2
+    assert "'serve' extra" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("env", "key"), [
+    ({"STREAMREC_SERVE_STORE": "memcached"}, "serve.store"),
+    ({"STREAMREC_SERVE_REDIS_URL": "127.0.0.1:6379"}, "serve.redis_url"),
+    ({"STREAMREC_SERVE_REDIS_PREFIX": "has space"}, "serve.redis_prefix"),
+])
+def test_bad_store_settings_name_the_key(env, key):
+    from udfs.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(environ=env)

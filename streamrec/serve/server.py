@@ -9,7 +9,7 @@ from typing import Any
 from streamrec.kafka_io import event_record, producer
 from streamrec.serve.app import Catalog, ServeContext, build_app
 from streamrec.serve.follower import Follower
-from streamrec.serve.store import Store
+from streamrec.serve.store import RedisStore, SqliteStore, Store
 from udfs.artifact import ArtifactError, load_artifact
 from udfs.config import Config
 from udfs.events import Event, Id
@@ -53,9 +53,16 @@ class EventSender:
             self._producer.close()
 
 
+def open_store(cfg: Config, store_path: str | None = None) -> Store:
+    """The view's store that ``serve.store`` names, for the output topic."""
+    if cfg.serve.store == "redis":
+        return RedisStore(cfg.serve.redis_url, cfg.kafka.output_topic, prefix=cfg.serve.redis_prefix)
+    return SqliteStore(store_path or cfg.serve.store_path, cfg.kafka.output_topic)
+
+
 def build_context(cfg: Config, store_path: str | None = None) -> tuple[ServeContext, EventSender]:
     security = python_client_options(cfg.kafka)
-    store = Store(store_path or cfg.serve.store_path, cfg.kafka.output_topic)
+    store = open_store(cfg, store_path)
     sender = EventSender(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, security)
     key_of: Any = str
     if cfg.privacy.pseudonymize:

@@ -1,8 +1,16 @@
-"""The serve view: the latest list per shopper and the topic positions read, in SQLite.
+"""The serve view: the latest list per shopper and the topic positions read.
 
-Lists and positions are written in one transaction, so after a restart the follower
-resumes exactly after the last list it stored. One writer (the follower thread); each
-reader thread opens its own connection (WAL: readers never wait for the writer).
+Two implementations of one :class:`Store` protocol, chosen by ``serve.store``:
+
+- :class:`SqliteStore` (the default): one file; each reader thread opens its own
+  connection (WAL: readers never wait for the writer).
+- :class:`RedisStore`: a Redis server at ``serve.redis_url`` (the ``redis`` client comes
+  with the ``serve`` extra), for a view kept outside the service's machine or shared by
+  several of its instances' readers.
+
+Both write lists and positions in one transaction (SQLite's, or MULTI/EXEC), so after a
+restart the follower resumes exactly after the last list it stored, and an empty store is
+rebuilt from the topic's start. One writer (the follower thread).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from udfs.records import OutputRecord
 
@@ -50,7 +58,50 @@ def record_json(rec: OutputRecord) -> str:
     return json.dumps(rec._asdict(), separators=(",", ":"))
 
 
-class Store:
+class Store(Protocol):
+    """What the follower writes and the routes read; a store of another topic starts empty."""
+
+    topic: str
+
+    def positions(self) -> dict[int, int]:
+        """Next offset to read, by partition (empty: rebuild from the topic's start)."""
+        ...
+
+    def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int]) -> int:
+        """Store ``(record, partition, offset)`` and the positions reached, atomically; the lists written."""
+        ...
+
+    def get(self, user_key: str) -> Stored | None: ...
+
+    def count(self) -> int: ...
+
+    def recent_users(self, limit: int) -> list[Any]:
+        """The shoppers whose lists changed last, newest first (the page's picker)."""
+        ...
+
+    def trending(self, size: int, window: int) -> list[Any]:
+        """The trending list over the ``window`` most recently stored lists (:func:`count_trending`)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def count_trending(bodies: Iterable[str], size: int) -> list[Any]:
+    """Items most often listed in these stored lists (JSON bodies), counting an item placed for a
+    trending or fresh-hit reason twice (those say it is hot shop-wide); ties by the item's JSON."""
+    counts: Counter[str] = Counter()
+    ids: dict[str, Any] = {}
+    for body in bodies:
+        rec = json.loads(body)
+        reasons = rec["reasons"] or [{}] * len(rec["items"])
+        for item, reason in zip(rec["items"], reasons):
+            key = json.dumps(item)
+            ids[key] = item
+            counts[key] += 2 if reason.get("code") in ("trending", "fresh_hit") else 1
+    return [ids[k] for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
+
+
+class SqliteStore:
     """SQLite file at ``path`` holding the view of ``topic``; a store of another topic is emptied."""
 
     def __init__(self, path: str | Path, topic: str) -> None:
@@ -115,23 +166,90 @@ class Store:
         return [json.loads(b)["user_id"] for (b,) in rows]
 
     def trending(self, size: int, window: int) -> list[Any]:
-        """Items most often listed across the ``window`` most recently stored lists, counting an item
-        placed for a trending or fresh-hit reason twice (those say it is hot shop-wide)."""
-        counts: Counter[str] = Counter()
-        ids: dict[str, Any] = {}
         rows = self._con().execute("SELECT body FROM lists ORDER BY stored_at DESC, offset DESC LIMIT ?",
                                    (window,)).fetchall()
-        for (body,) in rows:
-            rec = json.loads(body)
-            reasons = rec["reasons"] or [{}] * len(rec["items"])
-            for item, reason in zip(rec["items"], reasons):
-                key = json.dumps(item)
-                ids[key] = item
-                counts[key] += 2 if reason.get("code") in ("trending", "fresh_hit") else 1
-        return [ids[k] for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
+        return count_trending((body for (body,) in rows), size)
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
         if con is not None:
             con.close()
             self._local.con = None
+
+
+class RedisStore:
+    """The view of ``topic`` in Redis at ``url``, under keys ``{prefix}:*``; a view of another topic
+    there is deleted first.
+
+    Keys: ``lists`` (hash: user key -> JSON of the record, partition and offset), ``recent``
+    (sorted set: user key by store sequence, so "most recently stored" is one ZREVRANGE),
+    ``seq`` (that sequence's counter), ``positions`` (hash: partition -> next offset), ``topic``.
+    Whether the view survives a Redis restart is the server's persistence setting (AOF or RDB);
+    one that comes back empty is rebuilt from the topic like a deleted SQLite file.
+    """
+
+    def __init__(self, url: str, topic: str, prefix: str = "streamrec:serve") -> None:
+        try:
+            import redis  # lazy: the serve extra's Redis client, needed only with serve.store = "redis"
+        except ImportError as exc:
+            raise ImportError(f"serve.store = \"redis\" needs the redis client of the 'serve' extra: {exc}",
+                              name="redis") from exc
+
+        self.topic = topic
+        self.prefix = prefix
+        self._r: Any = redis.Redis.from_url(url, decode_responses=True)
+        self._lists, self._recent = f"{prefix}:lists", f"{prefix}:recent"
+        self._seq, self._positions, self._topic = f"{prefix}:seq", f"{prefix}:positions", f"{prefix}:topic"
+        stored_topic = self._r.get(self._topic)
+        if stored_topic is not None and stored_topic != topic:
+            self._clear()
+        self._r.set(self._topic, topic)
+
+    def _clear(self) -> None:
+        """Drop every key of this prefix (the view of another topic)."""
+        keys = list(self._r.scan_iter(match=f"{self.prefix}:*", count=1000))
+        if keys:
+            self._r.delete(*keys)
+
+    def positions(self) -> dict[int, int]:
+        return {int(p): int(o) for p, o in self._r.hgetall(self._positions).items()}
+
+    def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int]) -> int:
+        """One MULTI/EXEC: the lists (a later offset first in ``recent``) and the positions reached."""
+        rows = sorted(records, key=lambda rpo: rpo[2])
+        first = int(self._r.incrby(self._seq, len(rows))) - len(rows) + 1 if rows else 0
+        pipe = self._r.pipeline(transaction=True)
+        if rows:
+            pipe.hset(self._lists, mapping={
+                str(r.user_id): json.dumps({"b": record_json(r), "p": p, "o": o}, separators=(",", ":"))
+                for r, p, o in rows})
+            pipe.zadd(self._recent, {str(r.user_id): first + i for i, (r, _, _) in enumerate(rows)})
+        if positions:
+            pipe.hset(self._positions, mapping={str(p): o for p, o in positions.items()})
+        pipe.execute()
+        return len(rows)
+
+    def get(self, user_key: str) -> Stored | None:
+        raw = self._r.hget(self._lists, user_key)
+        if raw is None:
+            return None
+        row = json.loads(raw)
+        return Stored(OutputRecord(**json.loads(row["b"])), row["p"], row["o"])
+
+    def count(self) -> int:
+        return int(self._r.hlen(self._lists))
+
+    def _recent_bodies(self, limit: int) -> list[str]:
+        keys = self._r.zrevrange(self._recent, 0, limit - 1)
+        if not keys:
+            return []
+        return [json.loads(raw)["b"] for raw in self._r.hmget(self._lists, keys) if raw is not None]
+
+    def recent_users(self, limit: int) -> list[Any]:
+        return [json.loads(b)["user_id"] for b in self._recent_bodies(limit)]
+
+    def trending(self, size: int, window: int) -> list[Any]:
+        return count_trending(self._recent_bodies(window), size)
+
+    def close(self) -> None:
+        self._r.close()
