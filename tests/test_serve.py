@@ -16,9 +16,10 @@ from starlette.testclient import TestClient
 from streamrec.local.serve import ServeProcess, get_json
 from streamrec.serve.app import Catalog, ServeContext, build_app
 from streamrec.serve.follower import Follower
-from streamrec.serve.store import Store
+from streamrec.serve.store import RedisStore, SqliteStore, Store
 from tests.serve_fixtures import output_value
 from tests.store_fixtures import StoreFactory
+from udfs.catalog import CatalogItem, encode_catalog_item
 from udfs.events import decode_event
 from udfs.reasons import render_reason
 from udfs.records import decode_output_record
@@ -182,6 +183,59 @@ def test_later_offsets_win_and_recent_users_are_newest_first(make_store: StoreFa
     store.write([(decode_output_record(output_value(1, 2, [10, 11])), 0, 4)], {0: 5})
     assert store.get("1").record.items == [10, 11] and store.get("1").offset == 4
     assert store.recent_users(2) == [1, 3] and store.count() == 3
+
+
+def _cat(item, updated_at, title=None, price=None, brand=None, category=4, **over) -> CatalogItem:
+    return CatalogItem(item_id=item, category_id=category, brand=brand, price=price, stock=over.pop("stock", None),
+                       title=title, updated_at=updated_at, **over)
+
+
+def test_catalog_records_a_later_updated_at_wins_whatever_the_order(make_store: StoreFactory):
+    store = make_store("s", "recs")
+    assert store.catalog_positions() == {} and store.items([7]) == {}
+    taken = store.write_items([_cat(7, 200, "Kettle", 30.0), _cat(7, 100, "Old kettle", 10.0),  # older: ignored
+                               _cat("x-9", 50, "Mug", None, "Acme")], {0: 3})
+    assert taken == 2
+    got = store.items([7, "x-9", 8])
+    assert set(got) == {7, "x-9"} and got[7].title == "Kettle" and got[7].price == 30.0
+    assert got["x-9"].brand == "Acme" and got["x-9"].price is None
+    # a later batch: an older record is ignored, a tie keeps the stored one, a later one replaces it
+    assert store.write_items([_cat(7, 150, "Older"), _cat("x-9", 50, "Tie")], {0: 5}) == 0
+    assert store.items([7])[7].title == "Kettle" and store.items(["x-9"])["x-9"].title == "Mug"
+    assert store.write_items([_cat(7, 300, "Kettle 2", 25.0, stock=0)], {0: 6}) == 1
+    assert store.items([7])[7] == _cat(7, 300, "Kettle 2", 25.0, stock=0)
+    assert store.catalog_positions() == {0: 6} and store.item_count() == 2
+    # lists and items are separate views: another catalog topic empties the items only
+    _put(store, output_value(1, 1, [7]), 0)
+    store.close()
+    again = make_store("s", "recs")
+    assert again.catalog_positions() == {0: 6} and again.item_count() == 2  # no catalog topic named: kept
+    again.close()
+    if make_store.backend == "sqlite":
+        other = SqliteStore(make_store.tmp_path / "s.sqlite", "recs", catalog_topic="other-catalog")
+    else:
+        other = RedisStore(make_store.redis_url, "recs", prefix=make_store._prefix("s"), catalog_topic="other-catalog")
+    assert other.item_count() == 0 and other.catalog_positions() == {} and other.count() == 1
+
+
+def test_lookup_adds_title_brand_and_price_where_the_catalog_has_them(served):
+    client, store, ctx, _ = served
+    ctx.catalog_follower = _Follower()
+    store.write_items([_cat(11, 1, "Blue kettle", 29.5, "Acme", category=9), _cat(5, 1, "Teapot"),
+                       _cat(8, 1, None, 3.0)], {0: 3})
+    _put(store, output_value(42, 1, [11, "x-9", 8]), 0)
+    items = client.get("/v1/users/42/recommendations").json()["items"]
+    assert {k: items[0][k] for k in ("title", "brand", "price")} == {"title": "Blue kettle", "brand": "Acme",
+                                                                     "price": 29.5}
+    assert items[0]["category_id"] == 4  # the model artifact's category comes first
+    assert items[0]["because"] == "Because you viewed Teapot"  # output_value: covisit because item 5
+    assert not {"title", "brand", "price"} & set(items[1])  # no catalog record
+    assert items[2]["price"] == 3.0 and "title" not in items[2] and items[2]["category_id"] == 4
+    trending = client.get("/v1/users/someone-new/recommendations").json()["items"]
+    assert [(i["item_id"], i.get("title"), i.get("price")) for i in trending] == \
+        [("x-9", None, None), (8, None, 3.0), (11, "Blue kettle", 29.5)]  # trending counts: 2, 2, 1
+    health = client.get("/healthz").json()
+    assert health["catalog"]["items"] == 3 and health["catalog"]["ready"] is True
 
 
 # --- against the real broker ------------------------------------------------------------------
@@ -385,3 +439,50 @@ def test_bad_store_settings_name_the_key(env, key):
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(environ=env)
+
+
+@pytest.mark.kafka
+def test_serve_process_follows_the_catalog_topic_for_titles_and_prices(kafka_broker, unique_topic, tmp_path):
+    out_topic, in_topic, cat_topic = unique_topic("recs"), unique_topic("events"), unique_topic("catalog")
+    kafka_broker.create_topics([cat_topic], compacted=[cat_topic])
+    prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    prod.send(out_topic, key=b"42", value=output_value(42, 1, [11, 12, 13]))
+
+    def publish(item: CatalogItem) -> None:
+        prod.send(cat_topic, key=str(item.item_id).encode(), value=encode_catalog_item(item))
+
+    publish(_cat(11, 2_000, "Blue kettle", 29.5, "Acme"))
+    publish(_cat(11, 1_000, "Stale kettle", 99.0))  # older, read later: the job's rule ignores it
+    publish(_cat(12, 1_000, "Green mug", 4.0))
+    prod.send(cat_topic, key=b"junk", value=b"\xc1")  # the job would dead-letter it
+    prod.flush()
+
+    serve = ServeProcess(kafka_broker.bootstrap, in_topic, out_topic, tmp_path / "serve.sqlite",
+                         tmp_path / "serve.log", settings={"kafka": {"catalog_topic": cat_topic}})
+
+    def items() -> list[dict]:
+        status, body = get_json(serve.base + "/v1/users/42/recommendations")
+        assert status == 200
+        return body["items"]
+
+    serve.start()
+    try:
+        _wait(lambda: get_json(serve.base + "/healthz")[1]["catalog"]["records_consumed"] == 3, what="the catalog")
+        got = items()
+        assert (got[0]["title"], got[0]["brand"], got[0]["price"]) == ("Blue kettle", "Acme", 29.5)
+        assert (got[1]["title"], got[1]["price"]) == ("Green mug", 4.0) and "title" not in got[2]
+        assert get_json(serve.base + "/healthz")[1]["catalog"]["bad_records"] == 1
+        publish(_cat(12, 3_000, "Green mug", 3.5))  # a price change reaches the next lookup
+        prod.flush()
+        _wait(lambda: items()[1]["price"] == 3.5, what="the new price")
+    finally:
+        serve.stop()
+    # a restart resumes after the stored catalog positions: nothing is read again
+    serve.start()
+    try:
+        assert items()[1]["price"] == 3.5
+        catalog = get_json(serve.base + "/healthz")[1]["catalog"]
+        assert catalog["records_consumed"] == 0 and catalog["items"] == 2
+    finally:
+        serve.stop()
+        prod.close()

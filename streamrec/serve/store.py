@@ -1,4 +1,5 @@
-"""The serve view: the latest list per shopper and the topic positions read.
+"""The serve view: the latest list per shopper, the latest catalog record per item, and the
+positions read in both topics.
 
 Two implementations of one :class:`Store` protocol, chosen by ``serve.store``:
 
@@ -8,9 +9,11 @@ Two implementations of one :class:`Store` protocol, chosen by ``serve.store``:
   with the ``serve`` extra), for a view kept outside the service's machine or shared by
   several of its instances' readers.
 
-Both write lists and positions in one transaction (SQLite's, or MULTI/EXEC), so after a
-restart the follower resumes exactly after the last list it stored, and an empty store is
-rebuilt from the topic's start. One writer (the follower thread).
+Both write lists (or catalog records) and positions in one transaction (SQLite's, or
+MULTI/EXEC), so after a restart each follower resumes exactly after the last record it
+stored, and an empty store is rebuilt from the topics' start. One writer per topic (its
+follower thread). Catalog records follow the job's rule (``udfs.catalog.Catalog.apply``):
+a record replaces an item's stored one only when its ``updated_at`` is later.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from udfs.catalog import CatalogItem, catalog_key
+from udfs.events import Id
 from udfs.records import OutputRecord
 
 SCHEMA = """
@@ -42,6 +47,15 @@ CREATE TABLE IF NOT EXISTS positions (
   next_offset INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+  item_key TEXT PRIMARY KEY,
+  body TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalog_positions (
+  partition INTEGER PRIMARY KEY,
+  next_offset INTEGER NOT NULL
+);
 """
 
 
@@ -56,6 +70,25 @@ class Stored:
 
 def record_json(rec: OutputRecord) -> str:
     return json.dumps(rec._asdict(), separators=(",", ":"))
+
+
+def item_json(item: CatalogItem) -> str:
+    return json.dumps(item.to_wire(), separators=(",", ":"))
+
+
+def item_from_json(body: str) -> CatalogItem:
+    return CatalogItem(**json.loads(body))
+
+
+def latest_per_item(items: Iterable[CatalogItem]) -> dict[str, CatalogItem]:
+    """Each item's latest record of a batch by ``updated_at`` (a tie keeps the first read), by item key."""
+    out: dict[str, CatalogItem] = {}
+    for item in items:
+        key = catalog_key(item.item_id)
+        current = out.get(key)
+        if current is None or item.updated_at > current.updated_at:
+            out[key] = item
+    return out
 
 
 class Store(Protocol):
@@ -83,6 +116,21 @@ class Store(Protocol):
         """The trending list over the ``window`` most recently stored lists (:func:`count_trending`)."""
         ...
 
+    def catalog_positions(self) -> dict[int, int]:
+        """Next offset to read in the catalog topic, by partition."""
+        ...
+
+    def write_items(self, items: Iterable[CatalogItem], positions: dict[int, int]) -> int:
+        """Store catalog records whose ``updated_at`` is later than the item's stored one, and the catalog
+        positions reached, atomically; the records taken."""
+        ...
+
+    def items(self, ids: Iterable[Id]) -> dict[Id, CatalogItem]:
+        """The stored catalog records of these items (those the catalog has)."""
+        ...
+
+    def item_count(self) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -104,20 +152,23 @@ def count_trending(bodies: Iterable[str], size: int) -> list[Any]:
 class SqliteStore:
     """SQLite file at ``path`` holding the view of ``topic``; a store of another topic is emptied."""
 
-    def __init__(self, path: str | Path, topic: str) -> None:
+    def __init__(self, path: str | Path, topic: str, catalog_topic: str = "") -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.topic = topic
+        self.catalog_topic = catalog_topic
         self._local = threading.local()
         con = self._con()
         with con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
-            row = con.execute("SELECT value FROM meta WHERE key='topic'").fetchone()
-            if row is not None and row[0] != topic:
-                con.execute("DELETE FROM lists")
-                con.execute("DELETE FROM positions")
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('topic', ?)", (topic,))
+            for key, value, tables in (("topic", topic, ("lists", "positions")),
+                                       ("catalog_topic", catalog_topic, ("items", "catalog_positions"))):
+                row = con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+                if row is not None and row[0] != value:
+                    for table in tables:
+                        con.execute(f"DELETE FROM {table}")
+                con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def _con(self) -> sqlite3.Connection:
         """This thread's connection."""
@@ -170,6 +221,40 @@ class SqliteStore:
                                    (window,)).fetchall()
         return count_trending((body for (body,) in rows), size)
 
+    def catalog_positions(self) -> dict[int, int]:
+        return dict(self._con().execute("SELECT partition, next_offset FROM catalog_positions").fetchall())
+
+    def write_items(self, items: Iterable[CatalogItem], positions: dict[int, int]) -> int:
+        latest = latest_per_item(items)
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            taken = 0
+            for key, item in latest.items():
+                cur = con.execute("INSERT INTO items VALUES (?, ?, ?) ON CONFLICT(item_key) DO UPDATE SET "
+                                  "body=excluded.body, updated_at=excluded.updated_at "
+                                  "WHERE excluded.updated_at > items.updated_at",
+                                  (key, item_json(item), item.updated_at))
+                taken += cur.rowcount
+            con.executemany("INSERT OR REPLACE INTO catalog_positions VALUES (?, ?)", positions.items())
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return taken
+
+    def items(self, ids: Iterable[Id]) -> dict[Id, CatalogItem]:
+        keys = {catalog_key(i): i for i in ids}
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = self._con().execute(f"SELECT item_key, body FROM items WHERE item_key IN ({marks})",
+                                   list(keys)).fetchall()
+        return {keys[k]: item_from_json(body) for k, body in rows}
+
+    def item_count(self) -> int:
+        return int(self._con().execute("SELECT count(*) FROM items").fetchone()[0])
+
     def close(self) -> None:
         con = getattr(self._local, "con", None)
         if con is not None:
@@ -183,12 +268,15 @@ class RedisStore:
 
     Keys: ``lists`` (hash: user key -> JSON of the record, partition and offset), ``recent``
     (sorted set: user key by store sequence, so "most recently stored" is one ZREVRANGE),
-    ``seq`` (that sequence's counter), ``positions`` (hash: partition -> next offset), ``topic``.
+    ``seq`` (that sequence's counter), ``positions`` (hash: partition -> next offset), ``topic``;
+    for the catalog ``items`` (hash: item key -> JSON of the record), ``catalog_positions`` and
+    ``catalog_topic``. The later-``updated_at`` check reads the stored records before MULTI: sound
+    because the catalog follower is the one writer of ``items``.
     Whether the view survives a Redis restart is the server's persistence setting (AOF or RDB);
     one that comes back empty is rebuilt from the topic like a deleted SQLite file.
     """
 
-    def __init__(self, url: str, topic: str, prefix: str = "streamrec:serve") -> None:
+    def __init__(self, url: str, topic: str, prefix: str = "streamrec:serve", catalog_topic: str = "") -> None:
         try:
             import redis  # lazy: the serve extra's Redis client, needed only with serve.store = "redis"
         except ImportError as exc:
@@ -196,20 +284,18 @@ class RedisStore:
                               name="redis") from exc
 
         self.topic = topic
+        self.catalog_topic = catalog_topic
         self.prefix = prefix
         self._r: Any = redis.Redis.from_url(url, decode_responses=True)
         self._lists, self._recent = f"{prefix}:lists", f"{prefix}:recent"
-        self._seq, self._positions, self._topic = f"{prefix}:seq", f"{prefix}:positions", f"{prefix}:topic"
-        stored_topic = self._r.get(self._topic)
-        if stored_topic is not None and stored_topic != topic:
-            self._clear()
-        self._r.set(self._topic, topic)
-
-    def _clear(self) -> None:
-        """Drop every key of this prefix (the view of another topic)."""
-        keys = list(self._r.scan_iter(match=f"{self.prefix}:*", count=1000))
-        if keys:
-            self._r.delete(*keys)
+        self._seq, self._positions = f"{prefix}:seq", f"{prefix}:positions"
+        self._items, self._catalog_positions = f"{prefix}:items", f"{prefix}:catalog_positions"
+        for meta, value, keys in ((f"{prefix}:topic", topic, (self._lists, self._recent, self._seq, self._positions)),
+                                  (f"{prefix}:catalog_topic", catalog_topic, (self._items, self._catalog_positions))):
+            stored = self._r.get(meta)
+            if stored is not None and stored != value:
+                self._r.delete(*keys)  # the view of another topic
+            self._r.set(meta, value)
 
     def positions(self) -> dict[int, int]:
         return {int(p): int(o) for p, o in self._r.hgetall(self._positions).items()}
@@ -250,6 +336,33 @@ class RedisStore:
 
     def trending(self, size: int, window: int) -> list[Any]:
         return count_trending(self._recent_bodies(window), size)
+
+    def catalog_positions(self) -> dict[int, int]:
+        return {int(p): int(o) for p, o in self._r.hgetall(self._catalog_positions).items()}
+
+    def write_items(self, items: Iterable[CatalogItem], positions: dict[int, int]) -> int:
+        latest = latest_per_item(items)
+        keys = list(latest)
+        stored = self._r.hmget(self._items, keys) if keys else []
+        taken = {k: item_json(latest[k]) for k, old in zip(keys, stored)
+                 if old is None or latest[k].updated_at > json.loads(old)["updated_at"]}
+        pipe = self._r.pipeline(transaction=True)
+        if taken:
+            pipe.hset(self._items, mapping=taken)
+        if positions:
+            pipe.hset(self._catalog_positions, mapping={str(p): o for p, o in positions.items()})
+        pipe.execute()
+        return len(taken)
+
+    def items(self, ids: Iterable[Id]) -> dict[Id, CatalogItem]:
+        keys = {catalog_key(i): i for i in ids}
+        if not keys:
+            return {}
+        bodies = self._r.hmget(self._items, list(keys))
+        return {i: item_from_json(b) for i, b in zip(keys.values(), bodies) if b is not None}
+
+    def item_count(self) -> int:
+        return int(self._r.hlen(self._items))
 
     def close(self) -> None:
         self._r.close()
