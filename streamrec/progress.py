@@ -34,7 +34,7 @@ class Progress:
         self.every = max(1, every)
         self._pending = 0
         self._bar: Any = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, mininterval=0.5,
-                              leave=False, file=sys.stderr) if enabled() else None
+                              file=sys.stderr) if enabled() else None
 
     def tick(self, n: int = 1) -> None:
         """Count ``n`` more records; the bar moves every ``every`` of them."""

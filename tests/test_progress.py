@@ -64,3 +64,32 @@ def test_no_progress_flag(argv):
     parser = build_parser()
     assert parser.parse_args(argv).no_progress is False
     assert parser.parse_args([*argv, "--no-progress"]).no_progress is True
+
+
+class _FakeProducer:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, topic, key=None, value=None) -> None:
+        self.sent += 1
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_produce_draws_the_bar_on_a_terminal_and_not_otherwise(on, monkeypatch):
+    from streamrec import kafka_io
+
+    fake = _FakeProducer()
+    monkeypatch.setattr(kafka_io, "producer", lambda *a, **k: fake)
+    records = [(b"k", b"v")] * 2500
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert kafka_io.produce("b", "t", records, progress="replay -> t").sent == 2500  # off a terminal: no bar
+    tty = _tty(monkeypatch)
+    assert kafka_io.produce("b", "t", iter(records), progress="replay -> t", total=2500).sent == 2500
+    assert fake.sent == 5000
+    drawn = tty.getvalue()
+    assert "replay -> t" in drawn and "2.50k/2.50k" in drawn  # the total, and every record counted at the end
