@@ -74,7 +74,10 @@ class Follower:
 
         opts = {"bootstrap_servers": self.bootstrap, "group_id": None, "enable_auto_commit": False,
                 "isolation_level": "read_committed", "auto_offset_reset": "earliest",
-                "max_poll_records": 2000}
+                "max_poll_records": 2000,
+                # waiting for a topic must not create it: a broker that auto-creates topics would make the
+                # catalog an uncompacted one, keeping every record instead of each item's latest
+                "allow_auto_create_topics": False}
         with connect_errors(self.bootstrap, self.security):
             return KafkaConsumer(**merged(opts, self.security))
 
