@@ -486,3 +486,33 @@ def test_serve_process_follows_the_catalog_topic_for_titles_and_prices(kafka_bro
     finally:
         serve.stop()
         prod.close()
+
+
+@pytest.mark.kafka
+def test_serve_process_on_redis_keeps_its_view_across_a_restart(kafka_broker, unique_topic, redis_server, tmp_path):
+    out_topic, in_topic = unique_topic("recs"), unique_topic("events")
+    prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    for user in range(5):
+        prod.send(out_topic, key=str(user).encode(), value=output_value(user, 1, [100 + user]))
+    prod.flush()
+    prefix = "proc-" + out_topic
+    serve = ServeProcess(kafka_broker.bootstrap, in_topic, out_topic, tmp_path / "unused.sqlite",
+                         tmp_path / "serve.log",
+                         settings={"serve": {"store": "redis", "redis_url": redis_server.url, "redis_prefix": prefix}})
+    serve.start()
+    try:
+        assert get_json(serve.base + "/v1/users/3/recommendations")[1]["items"][0]["item_id"] == 103
+        assert get_json(serve.base + "/healthz")[1]["shoppers"] == 5
+    finally:
+        serve.stop()
+    assert not (tmp_path / "unused.sqlite").exists()  # the view is in Redis
+    store = RedisStore(redis_server.url, out_topic, prefix=prefix)
+    assert store.count() == 5 and store.positions() == {0: 5}
+    store.close()
+    serve.start()  # resumes after the offsets in Redis: nothing is read again
+    try:
+        health = get_json(serve.base + "/healthz")[1]
+        assert health["lists_consumed"] == 0 and health["shoppers"] == 5
+    finally:
+        serve.stop()
+        prod.close()
