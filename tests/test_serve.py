@@ -472,9 +472,15 @@ def test_serve_process_follows_the_catalog_topic_for_titles_and_prices(kafka_bro
         assert (got[0]["title"], got[0]["brand"], got[0]["price"]) == ("Blue kettle", "Acme", 29.5)
         assert (got[1]["title"], got[1]["price"]) == ("Green mug", 4.0) and "title" not in got[2]
         assert get_json(serve.base + "/healthz")[1]["catalog"]["bad_records"] == 1
-        publish(_cat(12, 3_000, "Green mug", 3.5))  # a price change reaches the next lookup
+        import urllib.request
+        stream = urllib.request.urlopen(serve.base + "/v1/users/42/recommendations/stream", timeout=30)
+        assert _next_sse(stream)["items"][1]["price"] == 4.0
+        publish(_cat(12, 3_000, "Green mug", 3.5))  # a price change reaches the open page and the next lookup
         prod.flush()
-        _wait(lambda: items()[1]["price"] == 3.5, what="the new price")
+        pushed = _next_sse(stream)
+        stream.close()
+        assert pushed["seq"] == 1 and pushed["items"][1]["price"] == 3.5
+        assert items()[1]["price"] == 3.5
     finally:
         serve.stop()
     # a restart resumes after the stored catalog positions: nothing is read again

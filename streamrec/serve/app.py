@@ -111,6 +111,14 @@ class ServeContext:
             return
         loop.call_soon_threadsafe(self._wake, keys)
 
+    def catalog_changed(self, _keys: list[str]) -> None:
+        """Called by the catalog follower after storing newer item records: every open stream sends its
+        list again, so a new title or price reaches the page without a new list."""
+        loop = self.loop
+        if loop is None or not self.subscribers:
+            return
+        loop.call_soon_threadsafe(lambda: self._wake(list(self.subscribers)))
+
     def _wake(self, keys: list[str]) -> None:
         for key in keys:
             for queue in self.subscribers.get(key, ()):

@@ -144,7 +144,8 @@ class Follower:
 
 class CatalogFollower(Follower):
     """Follows the compacted catalog topic into the store's item records; a later ``updated_at`` wins
-    (the store applies the job's rule), records the job would dead-letter are skipped and counted."""
+    (the store applies the job's rule), records the job would dead-letter are skipped and counted.
+    ``on_lists`` is called with no keys after a batch that changed item records."""
 
     def _stored_positions(self) -> dict[int, int]:
         return self.store.catalog_positions()
@@ -162,5 +163,7 @@ class CatalogFollower(Follower):
                             item.reason)
             else:
                 items.append(item)
-        self.store.write_items(items, positions)
+        taken = self.store.write_items(items, positions)
         self.records += len(items)
+        if self.on_lists and taken:
+            self.on_lists([])  # no shopper's list changed, but what every open page shows may have

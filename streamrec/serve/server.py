@@ -81,6 +81,7 @@ def build_context(cfg: Config, store_path: str | None = None) -> tuple[ServeCont
                        trending_size=cfg.serve.trending_size, trending_window=cfg.serve.trending_window,
                        catalog=load_catalog(cfg.ranking.artifact_dir), key_of=key_of)
     follower.on_lists = ctx.lists_changed
+    catalog.on_lists = ctx.catalog_changed
     return ctx, sender
 
 
