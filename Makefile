@@ -13,7 +13,7 @@ GPU ?= $(shell (command -v nvidia-smi || $(VENV)/bin/python -m pip show -q onnxr
 comma := ,
 EXTRAS := train,dev,serve$(if $(filter 1,$(GPU)),$(comma)gpu)
 
-.PHONY: all venv deps browser demo test test-fast lint bench bench-scale bench-model bench-serve bench-gpu eval-matrix clean
+.PHONY: all venv deps browser redis demo test test-fast lint bench bench-scale bench-model bench-serve bench-gpu eval-matrix clean
 
 all: test
 
@@ -39,10 +39,18 @@ browser:
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; \
 	fi
 
+# The serve view's Redis backend is tested against Debian's redis-server (tests/store_fixtures.py starts one
+# per session on a free loopback port); installed here when missing (as root, or through sudo).
+redis:
+	@if ! command -v redis-server >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; \
+	fi
+
 demo: deps
 	$(VENV)/bin/streamrec demo
 
-test: deps browser
+test: deps browser redis
 	$(PY) -m pytest -ra
 
 test-fast: venv

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jobs.entry import add_run_arguments, run_from_args
+from streamrec import progress
 from streamrec.benchmark.bench import Bench, BenchSettings, markdown
 from streamrec.benchmark.model import main as bench_model_main
 from streamrec.benchmark.peer import run_peer
@@ -64,6 +65,13 @@ def add_log_flags(p: argparse.ArgumentParser, env: str, default: str = "userbeha
              default="")
 
 
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    """Bars are drawn on a terminal only; this turns them off there too (a recorded session)."""
+    p.add_argument("--no-progress", action="store_true",
+                   default=os.environ.get(f"{ENV_PREFIX}NO_PROGRESS", "") in ("1", "true", "yes"),
+                   help=f"no progress bars (none are drawn off a terminal) [env: {ENV_PREFIX}NO_PROGRESS=1]")
+
+
 def log_source(args: argparse.Namespace) -> tuple[str, CsvLayout | None]:
     """The log format and CSV layout the flags describe; ``load_events`` checks that they fit."""
     if args.columns:
@@ -102,8 +110,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.limit:
         events = events[: int(args.limit)]
     topic = args.topic or cfg.kafka.input_topic
+    progress.set_enabled(not args.no_progress)
     stats = replay(events, cfg.kafka.bootstrap_servers, topic, rate=float(args.rate or 0),
-                   security=python_client_options(cfg.kafka))
+                   security=python_client_options(cfg.kafka), progress=f"replay -> {topic}")
     print(json.dumps({"sent": stats.sent, "topic": topic, "seconds": round(stats.seconds, 2),
                       "events_per_s": round(stats.rate, 1)}))
     return 0
@@ -257,6 +266,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     cfg = config_from_args(args)
+    progress.set_enabled(not args.no_progress)
     others = tuple(p for p in phases if p != "scale")
     if others:
         settings = BenchSettings(
@@ -289,16 +299,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from streamrec.serve.server import serve  # lazy: starlette and uvicorn, the [serve] extra
+
+        return serve(config_from_args(args))  # serve.store = "redis" imports the extra's redis client here
     except ImportError as exc:
         if (exc.name or "").split(".")[0] not in SERVE_EXTRA:
             raise
         print(f"streamrec serve: needs the 'serve' extra (pip install -c constraints.txt '.[serve]'): {exc}",
               file=sys.stderr)
         return 2
-    return serve(config_from_args(args))
 
 
-SERVE_EXTRA = ("starlette", "uvicorn")
+SERVE_EXTRA = ("starlette", "uvicorn", "redis")
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
@@ -332,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--limit", f"{ENV_PREFIX}REPLAY_LIMIT", "send at most this many events")
     add_flag(p, "--topic", f"{ENV_PREFIX}REPLAY_TOPIC", "topic (default: kafka.input_topic)")
     add_config_flags(p, ["--bootstrap-servers"])
+    add_no_progress(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("consume", help="print output records as JSON lines")
@@ -484,10 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--scale-artifact", f"{ENV_PREFIX}BENCH_SCALE_ARTIFACT",
              "scale: model artifact (default: train one on the scale catalog into OUT/scale-artifact)")
     add_config_flags(p, ["--provider", "--delivery-guarantee"])
+    add_no_progress(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="HTTP lookup service and live storefront page over the recommendations topic")
-    add_config_flags(p, ["--port", "--bind-address", "--store", "--bootstrap-servers", "--input-topic",
+    add_config_flags(p, ["--port", "--bind-address", "--store", "--store-backend", "--redis-url",
+                         "--bootstrap-servers", "--input-topic",
                          "--output-topic", "--artifact", "--key-file", "--key-env"])
     p.set_defaults(func=cmd_serve)
 

@@ -4,6 +4,7 @@ follower against the real broker: rebuild from the topic, resume after a restart
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
@@ -15,8 +16,10 @@ from starlette.testclient import TestClient
 from streamrec.local.serve import ServeProcess, get_json
 from streamrec.serve.app import Catalog, ServeContext, build_app
 from streamrec.serve.follower import Follower
-from streamrec.serve.store import Store
+from streamrec.serve.store import RedisStore, SqliteStore, Store
 from tests.serve_fixtures import output_value
+from tests.store_fixtures import StoreFactory
+from udfs.catalog import CatalogItem, encode_catalog_item
 from udfs.events import decode_event
 from udfs.reasons import render_reason
 from udfs.records import decode_output_record
@@ -37,8 +40,9 @@ class _Follower:
 
 
 @pytest.fixture
-def served(tmp_path):
-    store = Store(tmp_path / "s.sqlite", "recs")
+def served(make_store: StoreFactory):
+    """The app in process over a store of each backend (SQLite, Redis)."""
+    store = make_store("s", "recs")
     sent: list = []
 
     def send(event):
@@ -149,13 +153,89 @@ def test_health_and_metrics(served, tmp_path):
     assert "EventSource" in client.get("/").text
 
 
-def test_store_of_another_topic_starts_empty(tmp_path):
-    store = Store(tmp_path / "s.sqlite", "a")
+def test_store_of_another_topic_starts_empty(make_store: StoreFactory):
+    store = make_store("s", "a")
     store.write([(decode_output_record(output_value(1, 1, [2])), 0, 0)], {0: 1})
     store.close()
-    assert Store(tmp_path / "s.sqlite", "a").positions() == {0: 1}
-    other = Store(tmp_path / "s.sqlite", "b")
-    assert other.positions() == {} and other.get("1") is None
+    again = make_store("s", "a")
+    assert again.positions() == {0: 1} and again.get("1").record.items == [2] and again.count() == 1
+    again.close()
+    other = make_store("s", "b")
+    assert other.positions() == {} and other.get("1") is None and other.count() == 0
+    assert other.recent_users(10) == [] and other.trending(5, 100) == []
+
+
+def test_store_write_is_all_or_nothing(make_store: StoreFactory):
+    """A batch with a list that cannot be stored leaves neither its other lists nor the positions behind,
+    so a restart reads the batch again rather than skipping it."""
+    store = make_store("s", "a")
+    _put(store, output_value(1, 1, [2]), 0)
+    good = decode_output_record(output_value(2, 1, [3]))
+    bad = good._replace(user_id=3, items=[object()])  # not JSON-encodable: fails mid-batch
+    with pytest.raises(TypeError):
+        store.write([(good, 0, 1), (bad, 0, 2)], {0: 3})
+    assert store.positions() == {0: 1} and store.get("2") is None and store.count() == 1
+
+
+def test_later_offsets_win_and_recent_users_are_newest_first(make_store: StoreFactory):
+    store = make_store("s", "a")
+    store.write([(decode_output_record(output_value(u, 1, [u])), 0, u) for u in (1, 2, 3)], {0: 4})
+    store.write([(decode_output_record(output_value(1, 2, [10, 11])), 0, 4)], {0: 5})
+    assert store.get("1").record.items == [10, 11] and store.get("1").offset == 4
+    assert store.recent_users(2) == [1, 3] and store.count() == 3
+
+
+def _cat(item, updated_at, title=None, price=None, brand=None, category=4, **over) -> CatalogItem:
+    return CatalogItem(item_id=item, category_id=category, brand=brand, price=price, stock=over.pop("stock", None),
+                       title=title, updated_at=updated_at, **over)
+
+
+def test_catalog_records_a_later_updated_at_wins_whatever_the_order(make_store: StoreFactory):
+    store = make_store("s", "recs")
+    assert store.catalog_positions() == {} and store.items([7]) == {}
+    taken = store.write_items([_cat(7, 200, "Kettle", 30.0), _cat(7, 100, "Old kettle", 10.0),  # older: ignored
+                               _cat("x-9", 50, "Mug", None, "Acme")], {0: 3})
+    assert taken == 2
+    got = store.items([7, "x-9", 8])
+    assert set(got) == {7, "x-9"} and got[7].title == "Kettle" and got[7].price == 30.0
+    assert got["x-9"].brand == "Acme" and got["x-9"].price is None
+    # a later batch: an older record is ignored, a tie keeps the stored one, a later one replaces it
+    assert store.write_items([_cat(7, 150, "Older"), _cat("x-9", 50, "Tie")], {0: 5}) == 0
+    assert store.items([7])[7].title == "Kettle" and store.items(["x-9"])["x-9"].title == "Mug"
+    assert store.write_items([_cat(7, 300, "Kettle 2", 25.0, stock=0)], {0: 6}) == 1
+    assert store.items([7])[7] == _cat(7, 300, "Kettle 2", 25.0, stock=0)
+    assert store.catalog_positions() == {0: 6} and store.item_count() == 2
+    # lists and items are separate views: another catalog topic empties the items only
+    _put(store, output_value(1, 1, [7]), 0)
+    store.close()
+    again = make_store("s", "recs")
+    assert again.catalog_positions() == {0: 6} and again.item_count() == 2  # no catalog topic named: kept
+    again.close()
+    if make_store.backend == "sqlite":
+        other = SqliteStore(make_store.tmp_path / "s.sqlite", "recs", catalog_topic="other-catalog")
+    else:
+        other = RedisStore(make_store.redis_url, "recs", prefix=make_store._prefix("s"), catalog_topic="other-catalog")
+    assert other.item_count() == 0 and other.catalog_positions() == {} and other.count() == 1
+
+
+def test_lookup_adds_title_brand_and_price_where_the_catalog_has_them(served):
+    client, store, ctx, _ = served
+    ctx.catalog_follower = _Follower()
+    store.write_items([_cat(11, 1, "Blue kettle", 29.5, "Acme", category=9), _cat(5, 1, "Teapot"),
+                       _cat(8, 1, None, 3.0)], {0: 3})
+    _put(store, output_value(42, 1, [11, "x-9", 8]), 0)
+    items = client.get("/v1/users/42/recommendations").json()["items"]
+    assert {k: items[0][k] for k in ("title", "brand", "price")} == {"title": "Blue kettle", "brand": "Acme",
+                                                                     "price": 29.5}
+    assert items[0]["category_id"] == 4  # the model artifact's category comes first
+    assert items[0]["because"] == "Because you viewed Teapot"  # output_value: covisit because item 5
+    assert not {"title", "brand", "price"} & set(items[1])  # no catalog record
+    assert items[2]["price"] == 3.0 and "title" not in items[2] and items[2]["category_id"] == 4
+    trending = client.get("/v1/users/someone-new/recommendations").json()["items"]
+    assert [(i["item_id"], i.get("title"), i.get("price")) for i in trending] == \
+        [("x-9", None, None), (8, None, 3.0), (11, "Blue kettle", 29.5)]  # trending counts: 2, 2, 1
+    health = client.get("/healthz").json()
+    assert health["catalog"]["items"] == 3 and health["catalog"]["ready"] is True
 
 
 # --- against the real broker ------------------------------------------------------------------
@@ -172,7 +252,7 @@ def _wait(predicate, timeout=60.0, what="condition"):
 
 @pytest.mark.kafka
 def test_follower_rebuilds_from_the_topic_resumes_after_restart_and_skips_bad_records(kafka_broker, unique_topic,
-                                                                                     tmp_path):
+                                                                                     make_store: StoreFactory):
     topic = unique_topic("recs", partitions=2)
     prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
     for user in range(20):
@@ -182,7 +262,7 @@ def test_follower_rebuilds_from_the_topic_resumes_after_restart_and_skips_bad_re
     prod.send(topic, key=b"old", value=msgpack.packb({"schema_version": 99}))
     prod.flush()
 
-    store = Store(tmp_path / "view.sqlite", topic)
+    store = make_store("view", topic)
     f = Follower(store, kafka_broker.bootstrap, topic)
     f.start()
     try:
@@ -207,8 +287,8 @@ def test_follower_rebuilds_from_the_topic_resumes_after_restart_and_skips_bad_re
         f2.stop()
     # a deleted store is rebuilt from the beginning of the topic
     store.close()
-    (tmp_path / "view.sqlite").unlink()
-    fresh = Store(tmp_path / "view.sqlite", topic)
+    make_store.wipe("view")
+    fresh = make_store("view", topic)
     f3 = Follower(fresh, kafka_broker.bootstrap, topic)
     f3.start()
     try:
@@ -302,7 +382,7 @@ def test_serve_without_the_extra_names_it(monkeypatch, capsys):
 
 
 @pytest.mark.kafka
-def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, unique_topic, tmp_path):
+def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, unique_topic, make_store: StoreFactory):
     topic = unique_topic("recs")
     prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, transactional_id="open-" + topic)
     prod.init_transactions()
@@ -312,7 +392,7 @@ def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, un
     prod.begin_transaction()  # a job that died mid-transaction: the broker aborts it only after its timeout
     prod.send(topic, key=b"1", value=output_value(1, 2, [20]))
     prod.flush()
-    store = Store(tmp_path / "view.sqlite", topic)
+    store = make_store("view", topic)
     f = Follower(store, kafka_broker.bootstrap, topic)
     f.start()
     try:
@@ -322,4 +402,123 @@ def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, un
         _wait(lambda: store.get("1").record.items == [20], what="the list committed later")
     finally:
         f.stop()
+        prod.close()
+
+
+def test_store_is_chosen_by_config_and_redis_without_its_client_names_the_extra(monkeypatch, tmp_path, capsys,
+                                                                               redis_server):
+    from streamrec.cli import main
+    from streamrec.serve.server import open_store
+    from streamrec.serve.store import RedisStore, SqliteStore
+    from udfs.config import load_config
+
+    sqlite = open_store(load_config(environ={"STREAMREC_SERVE_STORE_PATH": str(tmp_path / "v.sqlite")}))
+    assert isinstance(sqlite, SqliteStore)
+    sqlite.close()
+    cfg = load_config(environ={"STREAMREC_SERVE_STORE": "redis", "STREAMREC_SERVE_REDIS_URL": redis_server.url,
+                               "STREAMREC_SERVE_REDIS_PREFIX": "cfg-test", "STREAMREC_KAFKA_OUTPUT_TOPIC": "t"})
+    store = open_store(cfg)
+    assert isinstance(store, RedisStore) and store.prefix == "cfg-test" and store.positions() == {}
+    store.close()
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if the extra were not installed
+    with pytest.raises(ImportError, match="'serve' extra"):
+        open_store(cfg)
+    monkeypatch.setenv("STREAMREC_SERVE_STORE", "redis")
+    assert main(["serve", "--port", "1"]) == 2
+    assert "'serve' extra" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("env", "key"), [
+    ({"STREAMREC_SERVE_STORE": "memcached"}, "serve.store"),
+    ({"STREAMREC_SERVE_REDIS_URL": "127.0.0.1:6379"}, "serve.redis_url"),
+    ({"STREAMREC_SERVE_REDIS_PREFIX": "has space"}, "serve.redis_prefix"),
+])
+def test_bad_store_settings_name_the_key(env, key):
+    from udfs.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(environ=env)
+
+
+@pytest.mark.kafka
+def test_serve_process_follows_the_catalog_topic_for_titles_and_prices(kafka_broker, unique_topic, tmp_path):
+    out_topic, in_topic, cat_topic = unique_topic("recs"), unique_topic("events"), unique_topic("catalog")
+    kafka_broker.create_topics([cat_topic], compacted=[cat_topic])
+    prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    prod.send(out_topic, key=b"42", value=output_value(42, 1, [11, 12, 13]))
+
+    def publish(item: CatalogItem) -> None:
+        prod.send(cat_topic, key=str(item.item_id).encode(), value=encode_catalog_item(item))
+
+    publish(_cat(11, 2_000, "Blue kettle", 29.5, "Acme"))
+    publish(_cat(11, 1_000, "Stale kettle", 99.0))  # older, read later: the job's rule ignores it
+    publish(_cat(12, 1_000, "Green mug", 4.0))
+    prod.send(cat_topic, key=b"junk", value=b"\xc1")  # the job would dead-letter it
+    prod.flush()
+
+    serve = ServeProcess(kafka_broker.bootstrap, in_topic, out_topic, tmp_path / "serve.sqlite",
+                         tmp_path / "serve.log", settings={"kafka": {"catalog_topic": cat_topic}})
+
+    def items() -> list[dict]:
+        status, body = get_json(serve.base + "/v1/users/42/recommendations")
+        assert status == 200
+        return body["items"]
+
+    serve.start()
+    try:
+        _wait(lambda: get_json(serve.base + "/healthz")[1]["catalog"]["records_consumed"] == 3, what="the catalog")
+        got = items()
+        assert (got[0]["title"], got[0]["brand"], got[0]["price"]) == ("Blue kettle", "Acme", 29.5)
+        assert (got[1]["title"], got[1]["price"]) == ("Green mug", 4.0) and "title" not in got[2]
+        assert get_json(serve.base + "/healthz")[1]["catalog"]["bad_records"] == 1
+        import urllib.request
+        stream = urllib.request.urlopen(serve.base + "/v1/users/42/recommendations/stream", timeout=30)
+        assert _next_sse(stream)["items"][1]["price"] == 4.0
+        publish(_cat(12, 3_000, "Green mug", 3.5))  # a price change reaches the open page and the next lookup
+        prod.flush()
+        pushed = _next_sse(stream)
+        stream.close()
+        assert pushed["seq"] == 1 and pushed["items"][1]["price"] == 3.5
+        assert items()[1]["price"] == 3.5
+    finally:
+        serve.stop()
+    # a restart resumes after the stored catalog positions: nothing is read again
+    serve.start()
+    try:
+        assert items()[1]["price"] == 3.5
+        catalog = get_json(serve.base + "/healthz")[1]["catalog"]
+        assert catalog["records_consumed"] == 0 and catalog["items"] == 2
+    finally:
+        serve.stop()
+        prod.close()
+
+
+@pytest.mark.kafka
+def test_serve_process_on_redis_keeps_its_view_across_a_restart(kafka_broker, unique_topic, redis_server, tmp_path):
+    out_topic, in_topic = unique_topic("recs"), unique_topic("events")
+    prod = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    for user in range(5):
+        prod.send(out_topic, key=str(user).encode(), value=output_value(user, 1, [100 + user]))
+    prod.flush()
+    prefix = "proc-" + out_topic
+    serve = ServeProcess(kafka_broker.bootstrap, in_topic, out_topic, tmp_path / "unused.sqlite",
+                         tmp_path / "serve.log",
+                         settings={"serve": {"store": "redis", "redis_url": redis_server.url, "redis_prefix": prefix}})
+    serve.start()
+    try:
+        assert get_json(serve.base + "/v1/users/3/recommendations")[1]["items"][0]["item_id"] == 103
+        assert get_json(serve.base + "/healthz")[1]["shoppers"] == 5
+    finally:
+        serve.stop()
+    assert not (tmp_path / "unused.sqlite").exists()  # the view is in Redis
+    store = RedisStore(redis_server.url, out_topic, prefix=prefix)
+    assert store.count() == 5 and store.positions() == {0: 5}
+    store.close()
+    serve.start()  # resumes after the offsets in Redis: nothing is read again
+    try:
+        health = get_json(serve.base + "/healthz")[1]
+        assert health["lists_consumed"] == 0 and health["shoppers"] == 5
+    finally:
+        serve.stop()
         prod.close()

@@ -1,6 +1,7 @@
 """The live storefront in a real headless Chromium (Debian's chromium and chromium-driver), closing the
 loop: the page shows a shopper's list, a click sends a `cart` event into the input topic, the job ranks a
-new list, `streamrec serve` follows it and pushes it to the page (server-sent events).
+new list, `streamrec serve` follows it and pushes it to the page (server-sent events). The items' titles,
+brands and prices come from a catalog topic the service follows.
 
 Saves test-results/storefront.png once the new list is on the page (a test run never
 rewrites tracked files; docs/storefront.png, which the README shows, is a copy of one).
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.kafka_io import consume, replay
+from streamrec.kafka_io import consume, produce, replay
 from streamrec.local.serve import ServeProcess, get_json
 from tests.conftest import _missing
 from tests.job_fixtures import generated_log
+from udfs.artifact import load_artifact
+from udfs.catalog import CatalogItem, catalog_key, encode_catalog_item
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
@@ -72,10 +75,19 @@ def test_click_on_the_page_produces_an_event_and_the_new_list_arrives(kafka_brok
 
     _wait(shopper_listed, 240, f"the job's list for shopper {shopper}")
 
+    # the service's own catalog topic (the job's stays as it is): a title, brand and price per item
+    catalog_topic = unique_topic("catalog")
+    known = load_artifact(fixture_artifact).tables.item_category
+    produce(kafka_broker.bootstrap, catalog_topic, [
+        (catalog_key(item).encode(), encode_catalog_item(CatalogItem(
+            item_id=item, category_id=category, brand=f"Brand {category}", price=5.0 + sum(map(ord, str(item))) % 40,
+            stock=None, title=f"Product {item}", updated_at=1_700_000_000_000))) for item, category in known.items()])
     serve = ServeProcess(kafka_broker.bootstrap, topics["input_topic"], topics["output_topic"],
-                         tmp_path / "serve.sqlite", tmp_path / "serve.log", artifact=fixture_artifact)
+                         tmp_path / "serve.sqlite", tmp_path / "serve.log", artifact=fixture_artifact,
+                         settings={"kafka": {"catalog_topic": catalog_topic}})
     serve.start()
     try:
+        _wait(lambda: get_json(f"{serve.base}/healthz")[1]["catalog"]["items"] == len(known), 60, "the catalog")
         browser.get(f"{serve.base}/?user={shopper}")
         listed = browser.find_element(By.ID, "list")
         _wait(lambda: listed.get_attribute("data-seq") not in ("", "trending"), 30, "the shopper's list on the page")
@@ -85,6 +97,15 @@ def test_click_on_the_page_produces_an_event_and_the_new_list_arrives(kafka_brok
         cards = browser.find_elements(By.CSS_SELECTOR, "#list .card")
         assert len(cards) == len(body["items"])
         assert [c.find_element(By.CLASS_NAME, "why").text for c in cards] == [i["because"] for i in body["items"]]
+        listed_items = [i for i in body["items"] if i["item_id"] in known]
+        assert listed_items, "no listed item is in the catalog"
+        shown = {c.get_attribute("data-item"): c for c in cards}
+        for item in listed_items:
+            card = shown[str(item["item_id"])]
+            assert item["title"] == f"Product {item['item_id']}"
+            assert card.find_element(By.CLASS_NAME, "title").text == item["title"]
+            assert card.find_element(By.CLASS_NAME, "brand").text == item["brand"]
+            assert card.find_element(By.CLASS_NAME, "price").text == f"{item['price']:.2f}"
 
         clicked = cards[1].get_attribute("data-item")
         cards[1].find_element(By.CLASS_NAME, "act-cart").click()

@@ -267,9 +267,18 @@ class ServeConfig(_Section):
     """Address `streamrec serve` listens on (0.0.0.0 in a container)."""
     port: int = Field(8080, ge=1, le=65535)
     """HTTP port of `streamrec serve`."""
+    store: Literal["sqlite", "redis"] = "sqlite"
+    """Where the view (latest list per shopper, topic positions read) is kept: "sqlite" (store_path) or "redis"
+    (redis_url; the redis client comes with the serve extra). Either survives restarts; an empty one is rebuilt
+    from the recommendations topic."""
     store_path: str = "serve/recommendations.sqlite"
-    """SQLite file holding the latest list per shopper and the topic positions read; it survives restarts,
-    and a missing file is rebuilt from the recommendations topic."""
+    """SQLite file holding the latest list per shopper and the topic positions read (store "sqlite"); it survives
+    restarts, and a missing file is rebuilt from the recommendations topic."""
+    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://\S+$")
+    """Redis server of store "redis" (redis://HOST:PORT/DB, rediss:// for TLS, unix://PATH); its persistence
+    (AOF or RDB) decides whether the view outlives a Redis restart."""
+    redis_prefix: str = Field("streamrec:serve", pattern=r"^[A-Za-z0-9_.:-]+$")
+    """Prefix of every Redis key of the view, so one Redis can hold other data (or another service's view)."""
     trending_size: int = Field(20, ge=1, le=1000)
     """Length of the trending list an unknown shopper gets."""
     trending_window: int = Field(1000, ge=10, le=1_000_000)

@@ -34,6 +34,8 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--key-env": ("privacy", "key_env"),
     "--port": ("serve", "port"),
     "--store": ("serve", "store_path"),
+    "--store-backend": ("serve", "store"),
+    "--redis-url": ("serve", "redis_url"),
     "--bind-address": ("serve", "bind_address"),
 }
 

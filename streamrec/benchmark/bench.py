@@ -39,6 +39,7 @@ from streamrec.kafka_io import connect_errors, consume, produce
 from streamrec.local.flink_cluster import StandaloneCluster
 from streamrec.local.kafka import LocalKafka
 from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
+from streamrec.progress import Progress
 from udfs.artifact import MANIFEST_FILE, load_artifact, verify_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.events import encode_event
@@ -215,8 +216,10 @@ def measure_window(
     startup_timeout_s: float = 300.0,
     alive: Callable[[], bool] = lambda: True,
     probe: Callable[[], dict[str, float]] | None = None,
+    progress: str = "window",
 ) -> WindowResult:
-    """Wait for the first output, warm up, then count outputs over ``window_s``."""
+    """Wait for the first output, warm up, then count outputs over ``window_s`` (a bar labelled
+    ``progress`` shows the outputs, polled every 2 s, on a terminal)."""
     t_start = time.monotonic()
     while count() == 0:
         if not alive():
@@ -228,13 +231,17 @@ def measure_window(
     if probe:
         probe()  # Flink's REST metric fetcher fills its cache on first request
     names = procs()
-    with RssSampler(lambda: list(procs().values())) as sampler:
+    with RssSampler(lambda: list(procs().values())) as sampler, \
+            Progress(progress, total=total, unit="out", every=1) as bar:
         time.sleep(warmup_s)
         c0, t0 = count(), time.monotonic()
+        bar.set(c0)
         cpu0 = {n: cpu_seconds(p) for n, p in names.items()}
         while time.monotonic() - t0 < window_s:
             time.sleep(2.0)
-            if count() >= total or not alive():
+            done = count()
+            bar.set(done)
+            if done >= total or not alive():
                 break
         c1, t1 = count(), time.monotonic()
         cpu1 = {n: cpu_seconds(p) for n, p in names.items()}
@@ -386,7 +393,8 @@ class Bench:
             self.broker_pid = broker.pid
             self.input = self._topics("stream")
             self._create(broker, self.input)
-            secs = produce(self.bootstrap, self.input["input_topic"], self.records).seconds
+            secs = produce(self.bootstrap, self.input["input_topic"], self.records,
+                           progress="bench: load stream").seconds
             self.results["kafka_produce_events_per_s"] = len(self.records) / secs
             phases = self.s.phases
             if "model" in phases:
@@ -504,7 +512,7 @@ class Bench:
 
             res = measure_window(
                 counter, procs, total=len(self.records), warmup_s=self.s.warmup_s, window_s=self.s.window_s,
-                alive=lambda: cluster.job_state(job_id) not in TERMINAL,
+                alive=lambda: cluster.job_state(job_id) not in TERMINAL, progress=f"job p{parallelism} outputs",
                 probe=lambda: _flink_metrics(cluster, job_id, JOB_METRICS),
             )
             restarts = _flink_restarts(cluster, job_id)
@@ -539,7 +547,8 @@ class Bench:
             counter = TopicCounter(self.bootstrap, topics["output_topic"])
             try:
                 res = measure_window(counter, lambda: procs, total=len(self.records), warmup_s=self.s.warmup_s,
-                                     window_s=self.s.window_s, alive=lambda: proc.poll() is None)
+                                     window_s=self.s.window_s, alive=lambda: proc.poll() is None,
+                                     progress="peer outputs")
             finally:
                 counter.close()
         finally:
@@ -569,11 +578,13 @@ class Bench:
                     raise RuntimeError("the latency job produced nothing in 300s")
                 time.sleep(1)
             # Paced warm-up first (JIT, caches), then the timed part at the same rate.
-            produce(self.bootstrap, topics["input_topic"], records[1 : 1 + n_warm], rate=rate)
+            produce(self.bootstrap, topics["input_topic"], records[1 : 1 + n_warm], rate=rate,
+                    progress=f"latency {rate:.0f}/s warm-up")
             procs = {**{f"taskmanager{i}": pid for i, pid in enumerate(cluster.taskmanager_pids())},
                      "kafka": self.broker_pid, "load_generator": os.getpid()}
             cpu_start = {name: cpu_seconds(pid) for name, pid in procs.items()}
-            sent_s = produce(self.bootstrap, topics["input_topic"], records[1 + n_warm :], rate=rate).seconds
+            sent_s = produce(self.bootstrap, topics["input_topic"], records[1 + n_warm :], rate=rate,
+                             progress=f"latency {rate:.0f}/s timed").seconds
             cpu_timed = {name: round(cpu_seconds(pid) - cpu_start[name], 2) for name, pid in procs.items()}
             deadline = time.monotonic() + 120
             while counter() < len(records) and time.monotonic() < deadline:

@@ -5,13 +5,16 @@ Routes:
 - ``GET /v1/users/{user_id}/recommendations``: the shopper's latest list, with reasons (code,
   evidence and the sentence ``udfs.reasons.render_reason`` gives), model version, provider,
   experiment arm (when the record has one) and age; a shopper without a list gets the trending
-  list, marked ``"trending": true``. An id that breaks the id rule is a 400 with the reason.
+  list, marked ``"trending": true``. Items the catalog topic has a record of carry its ``title``,
+  ``brand`` and ``price`` (and reasons name them by title). An id that breaks the id rule is a
+  400 with the reason.
 - ``GET /v1/users/{user_id}/recommendations/stream``: the same body as server-sent events, sent
   now and whenever the shopper's list changes (the live page).
 - ``POST /v1/events``: ``{"user_id", "item_id", "behavior", ["category_id"]}`` -> one behavior
   event into the input topic, stamped now (the page's view/cart/buy buttons).
 - ``GET /v1/users``: shoppers whose lists changed last (the page's picker).
-- ``GET /healthz`` (503 until the view is rebuilt, or when the follower is down), ``GET /metrics``.
+- ``GET /healthz`` (503 until the view is rebuilt, or when the follower is down; the catalog's
+  follower is reported, but a missing catalog topic does not make the service unhealthy), ``GET /metrics``.
 - ``GET /``: the live storefront page.
 """
 
@@ -36,6 +39,7 @@ from starlette.routing import Route
 from streamrec.serve.follower import Follower
 from streamrec.serve.metrics import ServeMetrics
 from streamrec.serve.store import Store
+from udfs.catalog import CatalogItem
 from udfs.events import BEHAVIORS, Event, Id, InvalidId, canonical_id
 from udfs.reasons import render_reason
 from udfs.records import OutputRecord
@@ -53,15 +57,11 @@ class BadRequest(ValueError):
 
 @dataclass
 class Catalog:
-    """What the shop knows about items: category ids (from the model artifact's tables, when one is
-    configured) and, where a catalog provides them, display names and prices."""
+    """Item categories from the model artifact's tables, when one is configured (what a click on the
+    page sends as the event's category). Titles, brands and prices come from the catalog topic, kept
+    in the store by :class:`streamrec.serve.follower.CatalogFollower`."""
 
     item_category: dict[Id, Id] = field(default_factory=dict)
-    titles: dict[Id, str] = field(default_factory=dict)
-    prices: dict[Id, float] = field(default_factory=dict)
-
-    def item_name(self, item: Id) -> str:
-        return self.titles.get(item, f"item {item}")
 
     def category_name(self, category: Id) -> str:
         return f"category {category}"
@@ -73,6 +73,7 @@ class ServeContext:
 
     store: Store
     follower: Follower
+    """Follows the recommendations topic; its readiness is the service's."""
     send_event: Callable[[Event], dict[str, Any]]
     """Produces one event to the input topic and returns its coordinates (blocking)."""
     input_topic: str
@@ -81,6 +82,8 @@ class ServeContext:
     catalog: Catalog = field(default_factory=Catalog)
     key_of: Callable[[Id], str] = str
     """The output topic's key of a shopper id: ``str`` or, with privacy.pseudonymize, the pseudonym."""
+    catalog_follower: Follower | None = None
+    """Follows the catalog topic into the store's item records (None: titles and prices are not shown)."""
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     subscribers: dict[str, set[asyncio.Queue[None]]] = field(default_factory=dict)
     loop: asyncio.AbstractEventLoop | None = None
@@ -108,6 +111,14 @@ class ServeContext:
             return
         loop.call_soon_threadsafe(self._wake, keys)
 
+    def catalog_changed(self, _keys: list[str]) -> None:
+        """Called by the catalog follower after storing newer item records: every open stream sends its
+        list again, so a new title or price reaches the page without a new list."""
+        loop = self.loop
+        if loop is None or not self.subscribers:
+            return
+        loop.call_soon_threadsafe(lambda: self._wake(list(self.subscribers)))
+
     def _wake(self, keys: list[str]) -> None:
         for key in keys:
             for queue in self.subscribers.get(key, ()):
@@ -123,16 +134,32 @@ def parse_id(raw: str, name: str) -> Id:
         raise BadRequest(f"invalid {name}: {exc.reason}") from None
 
 
-def _item(catalog: Catalog, item: Id, score: float | None, reason: dict[str, Any]) -> dict[str, Any]:
+def _item(catalog: Catalog, records: dict[Id, CatalogItem], item: Id, score: float | None,
+          reason: dict[str, Any]) -> dict[str, Any]:
+    def item_name(i: Id) -> str:
+        title = records[i].title if i in records else None
+        return title or f"item {i}"
+
     out: dict[str, Any] = {"item_id": item, "score": score, "reason": reason,
-                           "because": render_reason(reason, catalog.item_name, catalog.category_name)}
+                           "because": render_reason(reason, item_name, catalog.category_name)}
     if item in catalog.item_category:
         out["category_id"] = catalog.item_category[item]
-    if item in catalog.titles:
-        out["title"] = catalog.titles[item]
-    if item in catalog.prices:
-        out["price"] = catalog.prices[item]
+    rec = records.get(item)
+    if rec is not None:
+        for name in ("title", "brand", "price"):
+            value = getattr(rec, name)
+            if value is not None:
+                out[name] = value
+        out.setdefault("category_id", rec.category_id)
     return out
+
+
+def _catalog_records(ctx: ServeContext, items: list[Id], reasons: list[dict[str, Any]]) -> dict[Id, CatalogItem]:
+    """One store read for the listed items and the items their reasons name ("because you viewed")."""
+    if ctx.catalog_follower is None:
+        return {}
+    named = [r["because"] for r in reasons if r.get("code") == "covisit" and "because" in r]
+    return ctx.store.items([*items, *named])
 
 
 def lookup(ctx: ServeContext, user: Id) -> dict[str, Any]:
@@ -140,16 +167,19 @@ def lookup(ctx: ServeContext, user: Id) -> dict[str, Any]:
     stored = ctx.store.get(ctx.key_of(user))
     now = int(time.time() * 1000)
     if stored is None:
+        trending = ctx.trending()
+        records = _catalog_records(ctx, trending, [])
         return {"user_id": user, "known": False, "trending": True, "model_version": None, "provider": None,
                 "arm": None, "fallback": None, "seq": None, "generated_at": None, "age_ms": None, "trigger": None,
-                "items": [_item(ctx.catalog, i, None, {"code": "trending"}) for i in ctx.trending()]}
+                "items": [_item(ctx.catalog, records, i, None, {"code": "trending"}) for i in trending]}
     rec: OutputRecord = stored.record
     reasons = rec.reasons or [{}] * len(rec.items)
+    records = _catalog_records(ctx, rec.items, reasons)
     return {"user_id": user, "known": True, "trending": False, "model_version": rec.model_version,
             "provider": rec.provider, "arm": rec.arm, "fallback": rec.fallback, "seq": rec.seq,
             "generated_at": rec.generated_at, "age_ms": max(0, now - rec.generated_at), "trigger": rec.trigger,
             "schema_version": rec.schema_version,
-            "items": [_item(ctx.catalog, i, s, r) for i, s, r in zip(rec.items, rec.scores, reasons)]}
+            "items": [_item(ctx.catalog, records, i, s, r) for i, s, r in zip(rec.items, rec.scores, reasons)]}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -232,9 +262,15 @@ def build_app(ctx: ServeContext) -> Starlette:
     async def healthz(request: Request) -> Response:
         f = ctx.follower
         ok = f.ready.is_set() and f.alive() and f.last_error is None
-        body = {"status": "ok" if ok else ("catching_up" if f.alive() and not f.ready.is_set() else "degraded"),
-                "ready": f.ready.is_set(), "follower_alive": f.alive(), "last_error": f.last_error,
+        status = "ok" if ok else ("catching_up" if f.alive() and not f.ready.is_set() else "degraded")
+        body: dict[str, Any] = {
+                "status": status, "ready": f.ready.is_set(), "follower_alive": f.alive(), "last_error": f.last_error,
                 "catch_up_remaining": f.lag, "shoppers": ctx.store.count(), "lists_consumed": f.records}
+        c = ctx.catalog_follower
+        if c is not None:
+            body["catalog"] = {"ready": c.ready.is_set(), "follower_alive": c.alive(), "last_error": c.last_error,
+                               "items": ctx.store.item_count(), "records_consumed": c.records,
+                               "bad_records": c.bad_records}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_text(request: Request) -> Response:

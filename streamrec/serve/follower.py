@@ -6,6 +6,10 @@ a new or deleted store file is rebuilt from the topic. ``ready`` is set once eve
 partition has reached the end it had at start: with read_committed that end is the last
 stable offset, so an open transaction (an exactly-once job between checkpoints, or one
 that died mid-transaction) does not hold readiness back.
+
+:class:`CatalogFollower` follows the catalog topic the same way into the store's item
+records (decoded by ``udfs.catalog.decode_catalog_item``, the job's decoder), so lists can
+show titles, brands and prices.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 from streamrec.kafka_io import connect_errors
 from streamrec.serve.store import Store
+from udfs.catalog import CatalogItem, decode_catalog_item
+from udfs.events import DecodeError
 from udfs.kafka_security import merged
 from udfs.records import OutputRecord, OutputRecordError, decode_output_record
 
@@ -42,7 +48,7 @@ class Follower:
         self.last_error: str | None = None
         self.last_record_at: float | None = None
         self.lag = 0
-        self._thread = threading.Thread(target=self._run, name="serve-follower", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"serve-follower-{topic}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -68,7 +74,10 @@ class Follower:
 
         opts = {"bootstrap_servers": self.bootstrap, "group_id": None, "enable_auto_commit": False,
                 "isolation_level": "read_committed", "auto_offset_reset": "earliest",
-                "max_poll_records": 2000}
+                "max_poll_records": 2000,
+                # waiting for a topic must not create it: a broker that auto-creates topics would make the
+                # catalog an uncompacted one, keeping every record instead of each item's latest
+                "allow_auto_create_topics": False}
         with connect_errors(self.bootstrap, self.security):
             return KafkaConsumer(**merged(opts, self.security))
 
@@ -87,7 +96,7 @@ class Follower:
                 return
             tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
             consumer.assign(tps)
-            stored = self.store.positions()
+            stored = self._stored_positions()
             for tp in tps:
                 if tp.partition in stored:
                     consumer.seek(tp, stored[tp.partition])
@@ -97,27 +106,64 @@ class Follower:
             self.last_error = None
             while not self.stopped.is_set():
                 batch = consumer.poll(timeout_ms=self.poll_ms)
-                decoded: list[tuple[OutputRecord, int, int]] = []
-                for _tp, msgs in batch.items():
-                    for msg in msgs:
-                        try:
-                            decoded.append((decode_output_record(msg.value), msg.partition, msg.offset))
-                        except OutputRecordError as exc:
-                            self.bad_records += 1
-                            log.warning("skipping %s:%d:%d: %s", self.topic, msg.partition, msg.offset, exc)
                 positions = {tp.partition: consumer.position(tp) for tp in tps}
-                if decoded or batch:
-                    self.store.write(decoded, positions)
-                    self.records += len(decoded)
+                if batch:
+                    self._store_batch([msg for msgs in batch.values() for msg in msgs], positions)
                     self.last_record_at = time.time()
-                    if self.on_lists and decoded:
-                        self.on_lists(sorted({str(r.user_id) for r, _, _ in decoded}))
                 if not self.ready.is_set():
                     self.lag = sum(max(0, end - positions[p]) for p, end in ends.items())
                     if not self.lag:
-                        log.info("serve view of %s rebuilt: %d shoppers", self.topic, self.store.count())
+                        log.info("serve view of %s rebuilt: %s", self.topic, self._size())
                         self.ready.set()
                 else:
                     self.lag = 0
         finally:
             consumer.close()
+
+    def _stored_positions(self) -> dict[int, int]:
+        return self.store.positions()
+
+    def _size(self) -> str:
+        return f"{self.store.count()} shoppers"
+
+    def _store_batch(self, msgs: list[Any], positions: dict[int, int]) -> None:
+        """Decode a polled batch and store it with the positions reached (also when all were unreadable,
+        so they are not read again)."""
+        decoded: list[tuple[OutputRecord, int, int]] = []
+        for msg in msgs:
+            try:
+                decoded.append((decode_output_record(msg.value), msg.partition, msg.offset))
+            except OutputRecordError as exc:
+                self.bad_records += 1
+                log.warning("skipping %s:%d:%d: %s", self.topic, msg.partition, msg.offset, exc)
+        self.store.write(decoded, positions)
+        self.records += len(decoded)
+        if self.on_lists and decoded:
+            self.on_lists(sorted({str(r.user_id) for r, _, _ in decoded}))
+
+
+class CatalogFollower(Follower):
+    """Follows the compacted catalog topic into the store's item records; a later ``updated_at`` wins
+    (the store applies the job's rule), records the job would dead-letter are skipped and counted.
+    ``on_lists`` is called with no keys after a batch that changed item records."""
+
+    def _stored_positions(self) -> dict[int, int]:
+        return self.store.catalog_positions()
+
+    def _size(self) -> str:
+        return f"{self.store.item_count()} catalog items"
+
+    def _store_batch(self, msgs: list[Any], positions: dict[int, int]) -> None:
+        items: list[CatalogItem] = []
+        for msg in msgs:
+            item = decode_catalog_item(msg.value)
+            if isinstance(item, DecodeError):
+                self.bad_records += 1
+                log.warning("skipping catalog record %s:%d:%d: %s", self.topic, msg.partition, msg.offset,
+                            item.reason)
+            else:
+                items.append(item)
+        taken = self.store.write_items(items, positions)
+        self.records += len(items)
+        if self.on_lists and taken:
+            self.on_lists([])  # no shopper's list changed, but what every open page shows may have

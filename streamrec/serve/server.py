@@ -8,8 +8,8 @@ from typing import Any
 
 from streamrec.kafka_io import event_record, producer
 from streamrec.serve.app import Catalog, ServeContext, build_app
-from streamrec.serve.follower import Follower
-from streamrec.serve.store import Store
+from streamrec.serve.follower import CatalogFollower, Follower
+from streamrec.serve.store import RedisStore, SqliteStore, Store
 from udfs.artifact import ArtifactError, load_artifact
 from udfs.config import Config
 from udfs.events import Event, Id
@@ -53,9 +53,18 @@ class EventSender:
             self._producer.close()
 
 
+def open_store(cfg: Config, store_path: str | None = None) -> Store:
+    """The view's store that ``serve.store`` names, for the output topic."""
+    if cfg.serve.store == "redis":
+        return RedisStore(cfg.serve.redis_url, cfg.kafka.output_topic, prefix=cfg.serve.redis_prefix,
+                          catalog_topic=cfg.kafka.catalog_topic)
+    return SqliteStore(store_path or cfg.serve.store_path, cfg.kafka.output_topic,
+                       catalog_topic=cfg.kafka.catalog_topic)
+
+
 def build_context(cfg: Config, store_path: str | None = None) -> tuple[ServeContext, EventSender]:
     security = python_client_options(cfg.kafka)
-    store = Store(store_path or cfg.serve.store_path, cfg.kafka.output_topic)
+    store = open_store(cfg, store_path)
     sender = EventSender(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, security)
     key_of: Any = str
     if cfg.privacy.pseudonymize:
@@ -65,10 +74,14 @@ def build_context(cfg: Config, store_path: str | None = None) -> tuple[ServeCont
             return str(key.pseudonym(user))
 
     follower = Follower(store, cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, security=security)
-    ctx = ServeContext(store=store, follower=follower, send_event=sender, input_topic=cfg.kafka.input_topic,
+    catalog = CatalogFollower(store, cfg.kafka.bootstrap_servers, cfg.kafka.catalog_topic, security=security,
+                              poll_ms=500)
+    ctx = ServeContext(store=store, follower=follower, catalog_follower=catalog, send_event=sender,
+                       input_topic=cfg.kafka.input_topic,
                        trending_size=cfg.serve.trending_size, trending_window=cfg.serve.trending_window,
                        catalog=load_catalog(cfg.ranking.artifact_dir), key_of=key_of)
     follower.on_lists = ctx.lists_changed
+    catalog.on_lists = ctx.catalog_changed
     return ctx, sender
 
 
@@ -77,11 +90,15 @@ def serve(cfg: Config, port: int | None = None, host: str | None = None) -> int:
 
     ctx, sender = build_context(cfg)
     ctx.follower.start()
+    if ctx.catalog_follower is not None:
+        ctx.catalog_follower.start()
     try:
         uvicorn.run(build_app(ctx), host=host or cfg.serve.bind_address, port=port or cfg.serve.port,
                     log_level="info", access_log=False)
     finally:
         ctx.follower.stop()
+        if ctx.catalog_follower is not None:
+            ctx.catalog_follower.stop()
         sender.close()
         ctx.store.close()
     return 0

@@ -1,8 +1,19 @@
-"""The serve view: the latest list per shopper and the topic positions read, in SQLite.
+"""The serve view: the latest list per shopper, the latest catalog record per item, and the
+positions read in both topics.
 
-Lists and positions are written in one transaction, so after a restart the follower
-resumes exactly after the last list it stored. One writer (the follower thread); each
-reader thread opens its own connection (WAL: readers never wait for the writer).
+Two implementations of one :class:`Store` protocol, chosen by ``serve.store``:
+
+- :class:`SqliteStore` (the default): one file; each reader thread opens its own
+  connection (WAL: readers never wait for the writer).
+- :class:`RedisStore`: a Redis server at ``serve.redis_url`` (the ``redis`` client comes
+  with the ``serve`` extra), for a view kept outside the service's machine or shared by
+  several of its instances' readers.
+
+Both write lists (or catalog records) and positions in one transaction (SQLite's, or
+MULTI/EXEC), so after a restart each follower resumes exactly after the last record it
+stored, and an empty store is rebuilt from the topics' start. One writer per topic (its
+follower thread). Catalog records follow the job's rule (``udfs.catalog.Catalog.apply``):
+a record replaces an item's stored one only when its ``updated_at`` is later.
 """
 
 from __future__ import annotations
@@ -15,8 +26,10 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from udfs.catalog import CatalogItem, catalog_key
+from udfs.events import Id
 from udfs.records import OutputRecord
 
 SCHEMA = """
@@ -34,6 +47,15 @@ CREATE TABLE IF NOT EXISTS positions (
   next_offset INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+  item_key TEXT PRIMARY KEY,
+  body TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalog_positions (
+  partition INTEGER PRIMARY KEY,
+  next_offset INTEGER NOT NULL
+);
 """
 
 
@@ -50,23 +72,103 @@ def record_json(rec: OutputRecord) -> str:
     return json.dumps(rec._asdict(), separators=(",", ":"))
 
 
-class Store:
+def item_json(item: CatalogItem) -> str:
+    return json.dumps(item.to_wire(), separators=(",", ":"))
+
+
+def item_from_json(body: str) -> CatalogItem:
+    return CatalogItem(**json.loads(body))
+
+
+def latest_per_item(items: Iterable[CatalogItem]) -> dict[str, CatalogItem]:
+    """Each item's latest record of a batch by ``updated_at`` (a tie keeps the first read), by item key."""
+    out: dict[str, CatalogItem] = {}
+    for item in items:
+        key = catalog_key(item.item_id)
+        current = out.get(key)
+        if current is None or item.updated_at > current.updated_at:
+            out[key] = item
+    return out
+
+
+class Store(Protocol):
+    """What the follower writes and the routes read; a store of another topic starts empty."""
+
+    topic: str
+
+    def positions(self) -> dict[int, int]:
+        """Next offset to read, by partition (empty: rebuild from the topic's start)."""
+        ...
+
+    def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int]) -> int:
+        """Store ``(record, partition, offset)`` and the positions reached, atomically; the lists written."""
+        ...
+
+    def get(self, user_key: str) -> Stored | None: ...
+
+    def count(self) -> int: ...
+
+    def recent_users(self, limit: int) -> list[Any]:
+        """The shoppers whose lists changed last, newest first (the page's picker)."""
+        ...
+
+    def trending(self, size: int, window: int) -> list[Any]:
+        """The trending list over the ``window`` most recently stored lists (:func:`count_trending`)."""
+        ...
+
+    def catalog_positions(self) -> dict[int, int]:
+        """Next offset to read in the catalog topic, by partition."""
+        ...
+
+    def write_items(self, items: Iterable[CatalogItem], positions: dict[int, int]) -> int:
+        """Store catalog records whose ``updated_at`` is later than the item's stored one, and the catalog
+        positions reached, atomically; the records taken."""
+        ...
+
+    def items(self, ids: Iterable[Id]) -> dict[Id, CatalogItem]:
+        """The stored catalog records of these items (those the catalog has)."""
+        ...
+
+    def item_count(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def count_trending(bodies: Iterable[str], size: int) -> list[Any]:
+    """Items most often listed in these stored lists (JSON bodies), counting an item placed for a
+    trending or fresh-hit reason twice (those say it is hot shop-wide); ties by the item's JSON."""
+    counts: Counter[str] = Counter()
+    ids: dict[str, Any] = {}
+    for body in bodies:
+        rec = json.loads(body)
+        reasons = rec["reasons"] or [{}] * len(rec["items"])
+        for item, reason in zip(rec["items"], reasons):
+            key = json.dumps(item)
+            ids[key] = item
+            counts[key] += 2 if reason.get("code") in ("trending", "fresh_hit") else 1
+    return [ids[k] for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
+
+
+class SqliteStore:
     """SQLite file at ``path`` holding the view of ``topic``; a store of another topic is emptied."""
 
-    def __init__(self, path: str | Path, topic: str) -> None:
+    def __init__(self, path: str | Path, topic: str, catalog_topic: str = "") -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.topic = topic
+        self.catalog_topic = catalog_topic
         self._local = threading.local()
         con = self._con()
         with con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
-            row = con.execute("SELECT value FROM meta WHERE key='topic'").fetchone()
-            if row is not None and row[0] != topic:
-                con.execute("DELETE FROM lists")
-                con.execute("DELETE FROM positions")
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('topic', ?)", (topic,))
+            for key, value, tables in (("topic", topic, ("lists", "positions")),
+                                       ("catalog_topic", catalog_topic, ("items", "catalog_positions"))):
+                row = con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+                if row is not None and row[0] != value:
+                    for table in tables:
+                        con.execute(f"DELETE FROM {table}")
+                con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def _con(self) -> sqlite3.Connection:
         """This thread's connection."""
@@ -115,23 +217,152 @@ class Store:
         return [json.loads(b)["user_id"] for (b,) in rows]
 
     def trending(self, size: int, window: int) -> list[Any]:
-        """Items most often listed across the ``window`` most recently stored lists, counting an item
-        placed for a trending or fresh-hit reason twice (those say it is hot shop-wide)."""
-        counts: Counter[str] = Counter()
-        ids: dict[str, Any] = {}
         rows = self._con().execute("SELECT body FROM lists ORDER BY stored_at DESC, offset DESC LIMIT ?",
                                    (window,)).fetchall()
-        for (body,) in rows:
-            rec = json.loads(body)
-            reasons = rec["reasons"] or [{}] * len(rec["items"])
-            for item, reason in zip(rec["items"], reasons):
-                key = json.dumps(item)
-                ids[key] = item
-                counts[key] += 2 if reason.get("code") in ("trending", "fresh_hit") else 1
-        return [ids[k] for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
+        return count_trending((body for (body,) in rows), size)
+
+    def catalog_positions(self) -> dict[int, int]:
+        return dict(self._con().execute("SELECT partition, next_offset FROM catalog_positions").fetchall())
+
+    def write_items(self, items: Iterable[CatalogItem], positions: dict[int, int]) -> int:
+        latest = latest_per_item(items)
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            taken = 0
+            for key, item in latest.items():
+                cur = con.execute("INSERT INTO items VALUES (?, ?, ?) ON CONFLICT(item_key) DO UPDATE SET "
+                                  "body=excluded.body, updated_at=excluded.updated_at "
+                                  "WHERE excluded.updated_at > items.updated_at",
+                                  (key, item_json(item), item.updated_at))
+                taken += cur.rowcount
+            con.executemany("INSERT OR REPLACE INTO catalog_positions VALUES (?, ?)", positions.items())
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return taken
+
+    def items(self, ids: Iterable[Id]) -> dict[Id, CatalogItem]:
+        keys = {catalog_key(i): i for i in ids}
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = self._con().execute(f"SELECT item_key, body FROM items WHERE item_key IN ({marks})",
+                                   list(keys)).fetchall()
+        return {keys[k]: item_from_json(body) for k, body in rows}
+
+    def item_count(self) -> int:
+        return int(self._con().execute("SELECT count(*) FROM items").fetchone()[0])
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
         if con is not None:
             con.close()
             self._local.con = None
+
+
+class RedisStore:
+    """The view of ``topic`` in Redis at ``url``, under keys ``{prefix}:*``; a view of another topic
+    there is deleted first.
+
+    Keys: ``lists`` (hash: user key -> JSON of the record, partition and offset), ``recent``
+    (sorted set: user key by store sequence, so "most recently stored" is one ZREVRANGE),
+    ``seq`` (that sequence's counter), ``positions`` (hash: partition -> next offset), ``topic``;
+    for the catalog ``items`` (hash: item key -> JSON of the record), ``catalog_positions`` and
+    ``catalog_topic``. The later-``updated_at`` check reads the stored records before MULTI: sound
+    because the catalog follower is the one writer of ``items``.
+    Whether the view survives a Redis restart is the server's persistence setting (AOF or RDB);
+    one that comes back empty is rebuilt from the topic like a deleted SQLite file.
+    """
+
+    def __init__(self, url: str, topic: str, prefix: str = "streamrec:serve", catalog_topic: str = "") -> None:
+        try:
+            import redis  # lazy: the serve extra's Redis client, needed only with serve.store = "redis"
+        except ImportError as exc:
+            raise ImportError(f"serve.store = \"redis\" needs the redis client of the 'serve' extra: {exc}",
+                              name="redis") from exc
+
+        self.topic = topic
+        self.catalog_topic = catalog_topic
+        self.prefix = prefix
+        self._r: Any = redis.Redis.from_url(url, decode_responses=True)
+        self._lists, self._recent = f"{prefix}:lists", f"{prefix}:recent"
+        self._seq, self._positions = f"{prefix}:seq", f"{prefix}:positions"
+        self._items, self._catalog_positions = f"{prefix}:items", f"{prefix}:catalog_positions"
+        for meta, value, keys in ((f"{prefix}:topic", topic, (self._lists, self._recent, self._seq, self._positions)),
+                                  (f"{prefix}:catalog_topic", catalog_topic, (self._items, self._catalog_positions))):
+            stored = self._r.get(meta)
+            if stored is not None and stored != value:
+                self._r.delete(*keys)  # the view of another topic
+            self._r.set(meta, value)
+
+    def positions(self) -> dict[int, int]:
+        return {int(p): int(o) for p, o in self._r.hgetall(self._positions).items()}
+
+    def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int]) -> int:
+        """One MULTI/EXEC: the lists (a later offset first in ``recent``) and the positions reached."""
+        rows = sorted(records, key=lambda rpo: rpo[2])
+        first = int(self._r.incrby(self._seq, len(rows))) - len(rows) + 1 if rows else 0
+        pipe = self._r.pipeline(transaction=True)
+        if rows:
+            pipe.hset(self._lists, mapping={
+                str(r.user_id): json.dumps({"b": record_json(r), "p": p, "o": o}, separators=(",", ":"))
+                for r, p, o in rows})
+            pipe.zadd(self._recent, {str(r.user_id): first + i for i, (r, _, _) in enumerate(rows)})
+        if positions:
+            pipe.hset(self._positions, mapping={str(p): o for p, o in positions.items()})
+        pipe.execute()
+        return len(rows)
+
+    def get(self, user_key: str) -> Stored | None:
+        raw = self._r.hget(self._lists, user_key)
+        if raw is None:
+            return None
+        row = json.loads(raw)
+        return Stored(OutputRecord(**json.loads(row["b"])), row["p"], row["o"])
+
+    def count(self) -> int:
+        return int(self._r.hlen(self._lists))
+
+    def _recent_bodies(self, limit: int) -> list[str]:
+        keys = self._r.zrevrange(self._recent, 0, limit - 1)
+        if not keys:
+            return []
+        return [json.loads(raw)["b"] for raw in self._r.hmget(self._lists, keys) if raw is not None]
+
+    def recent_users(self, limit: int) -> list[Any]:
+        return [json.loads(b)["user_id"] for b in self._recent_bodies(limit)]
+
+    def trending(self, size: int, window: int) -> list[Any]:
+        return count_trending(self._recent_bodies(window), size)
+
+    def catalog_positions(self) -> dict[int, int]:
+        return {int(p): int(o) for p, o in self._r.hgetall(self._catalog_positions).items()}
+
+    def write_items(self, items: Iterable[CatalogItem], positions: dict[int, int]) -> int:
+        latest = latest_per_item(items)
+        keys = list(latest)
+        stored = self._r.hmget(self._items, keys) if keys else []
+        taken = {k: item_json(latest[k]) for k, old in zip(keys, stored)
+                 if old is None or latest[k].updated_at > json.loads(old)["updated_at"]}
+        pipe = self._r.pipeline(transaction=True)
+        if taken:
+            pipe.hset(self._items, mapping=taken)
+        if positions:
+            pipe.hset(self._catalog_positions, mapping={str(p): o for p, o in positions.items()})
+        pipe.execute()
+        return len(taken)
+
+    def items(self, ids: Iterable[Id]) -> dict[Id, CatalogItem]:
+        keys = {catalog_key(i): i for i in ids}
+        if not keys:
+            return {}
+        bodies = self._r.hmget(self._items, list(keys))
+        return {i: item_from_json(b) for i, b in zip(keys.values(), bodies) if b is not None}
+
+    def item_count(self) -> int:
+        return int(self._r.hlen(self._items))
+
+    def close(self) -> None:
+        self._r.close()
