@@ -7,6 +7,8 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import msgpack
 import pytest
@@ -53,6 +55,18 @@ def served(make_store: StoreFactory):
                        trending_size=3, catalog=Catalog(item_category={11: 4}))
     with TestClient(build_app(ctx), raise_server_exceptions=False) as client:
         yield client, store, ctx, sent
+
+
+@contextmanager
+def following(store: Store, bootstrap: str, topic: str) -> Iterator[Follower]:
+    """A follower of ``topic`` into ``store``, started and caught up; stopped on leaving."""
+    f = Follower(store, bootstrap, topic)
+    f.start()
+    try:
+        assert f.ready.wait(60), f.last_error
+        yield f
+    finally:
+        f.stop()
 
 
 def _put(store: Store, value: bytes, offset: int) -> None:
@@ -263,39 +277,24 @@ def test_follower_rebuilds_from_the_topic_resumes_after_restart_and_skips_bad_re
     prod.flush()
 
     store = make_store("view", topic)
-    f = Follower(store, kafka_broker.bootstrap, topic)
-    f.start()
-    try:
-        assert f.ready.wait(60), f.last_error
+    with following(store, kafka_broker.bootstrap, topic) as f:
         assert store.count() == 20 and f.bad_records == 2
         assert all(store.get(str(u)).record.items == [200 + u, 7] for u in range(20))
-    finally:
-        f.stop()
     positions = store.positions()
     assert sum(positions.values()) == 42
 
     # while it is down, newer lists arrive; after a restart only those are read
     prod.send(topic, key=b"3", value=output_value(3, 3, [333]))
     prod.flush()
-    f2 = Follower(store, kafka_broker.bootstrap, topic)
-    f2.start()
-    try:
-        assert f2.ready.wait(60), f2.last_error
+    with following(store, kafka_broker.bootstrap, topic) as f2:
         _wait(lambda: f2.records >= 1, what="the new list")
         assert f2.records == 1 and store.get("3").record.items == [333]
-    finally:
-        f2.stop()
     # a deleted store is rebuilt from the beginning of the topic
     store.close()
     make_store.wipe("view")
     fresh = make_store("view", topic)
-    f3 = Follower(fresh, kafka_broker.bootstrap, topic)
-    f3.start()
-    try:
-        assert f3.ready.wait(60), f3.last_error
+    with following(fresh, kafka_broker.bootstrap, topic) as f3:
         assert fresh.count() == 20 and fresh.get("3").record.items == [333] and f3.records == 41
-    finally:
-        f3.stop()
     prod.close()
 
 
@@ -393,15 +392,12 @@ def test_an_open_transaction_at_the_end_does_not_hold_readiness(kafka_broker, un
     prod.send(topic, key=b"1", value=output_value(1, 2, [20]))
     prod.flush()
     store = make_store("view", topic)
-    f = Follower(store, kafka_broker.bootstrap, topic)
-    f.start()
     try:
-        assert f.ready.wait(60), f.last_error
-        assert store.get("1").record.items == [10]  # read_committed: the end is the last stable offset
-        prod.commit_transaction()
-        _wait(lambda: store.get("1").record.items == [20], what="the list committed later")
+        with following(store, kafka_broker.bootstrap, topic):
+            assert store.get("1").record.items == [10]  # read_committed: the end is the last stable offset
+            prod.commit_transaction()
+            _wait(lambda: store.get("1").record.items == [20], what="the list committed later")
     finally:
-        f.stop()
         prod.close()
 
 

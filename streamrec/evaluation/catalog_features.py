@@ -26,6 +26,7 @@ from typing import Any
 
 from model_export.train import train_model
 from streamrec.catalog_files import read_catalog_file
+from udfs.artifact import read_manifest
 from udfs.catalog import CatalogItem
 from udfs.events import Event
 from udfs.logs import load_events
@@ -41,8 +42,7 @@ def held_out(events: Sequence[Event], catalog: Sequence[CatalogItem] | None, see
     with tempfile.TemporaryDirectory() as tmp:
         out = train_model(events, out_dir=Path(tmp) / "model", seed=seed, epochs=epochs, catalog=catalog,
                           progress=False)
-        manifest = json.loads((out / "manifest.json").read_text())
-    model = manifest["metrics"]["rankers"]["model"]
+        model = read_manifest(out).metrics["rankers"]["model"]
     return {m: float(model[m]) for m in METRICS}
 
 
