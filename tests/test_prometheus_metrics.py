@@ -42,6 +42,10 @@ def _samples(text: str, name: str) -> list[str]:
     return [line for line in text.splitlines() if re.match(rf"{PREFIX}{name}(_count|_sum)?[{{ ]", line)]
 
 
+def _counted(text: str, name: str) -> bool:
+    return any(float(s.rsplit(" ", 1)[1]) > 0 for s in _samples(text, name))
+
+
 @pytest.mark.kafka
 @pytest.mark.flink
 def test_scrape_finds_every_job_metric_during_a_run(kafka_broker, unique_topic, kafka_jobs):
@@ -56,14 +60,15 @@ def test_scrape_finds_every_job_metric_during_a_run(kafka_broker, unique_topic, 
         assert job.poll() is None, "job died"
         text = _scrape(port)
         missing = [m for m in wanted if not _samples(text, m)]
-        accepted = [float(s.rsplit(" ", 1)[1]) for s in _samples(text, "events_accepted")]
-        if not missing and accepted and max(accepted) > 0 and _samples(text, "event_to_list_ms_count"):
+        # the reporter publishes a histogram as soon as it is registered, with count 0 until its
+        # first value; wait until every counted metric has seen one (the scrape races the events)
+        if not missing and all(_counted(text, m) for m in ("events_accepted", *(h + "_count" for h in HISTOGRAMS))):
             break
         time.sleep(2)
     assert not missing, f"not on /metrics: {missing}\n{text[-3000:]}"
     for name in HISTOGRAMS:  # summaries with quantiles and a count of sampled values
         assert any('quantile="0.99"' in s for s in _samples(text, name)), name
-        assert any(float(s.rsplit(" ", 1)[1]) > 0 for s in _samples(text, name + "_count")), name
+        assert _counted(text, name + "_count"), name
     info = _samples(text, info_metric_name())
     # the reporter writes "-" in label values as "_"
     assert any('model_version="fixture_covisit"' in s and 'provider="cpu"' in s and s.endswith(" 1.0")
