@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 ENV_PREFIX = "STREAMREC_"
 # The job's topics, by config field: one list for the job, the local broker and the tools.
@@ -39,6 +39,12 @@ class KafkaConfig(_Section):
     catalog_topic: str = Field("item-catalog", min_length=1)
     """Compacted topic of msgpack catalog records keyed by item id (README 'Catalog'); a Kafka-source job joins
     it: out-of-stock and deleted items leave every list, new items reach similar shoppers."""
+    control_topic: str = Field("model-control", min_length=1)
+    """Topic of model announcements (`streamrec model publish`/`rollback`): a running job loads the announced
+    version in the background and swaps to it between two events (README 'Model registry and hot swap')."""
+    feedback_topic: str = Field("recommendation-feedback", min_length=1)
+    """Topic of online feedback: per accepted event, whether its item was in the shopper's previous list and at
+    which rank, with that list's model version and arm (README 'Online feedback')."""
     group_id: str = "streamrec-job"
     """Consumer group of the job's Kafka source."""
     starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
@@ -192,6 +198,9 @@ class JobConfig(_Section):
 class RankingConfig(_Section):
     artifact_dir: str = "artifacts/model"
     """Directory of the exported model artifact (manifest.json, model.onnx, tables)."""
+    registry_dir: str = "artifacts/registry"
+    """Model registry: one folder per model_version, each a verified artifact (`streamrec model publish`);
+    the job loads announced and A/B versions from it."""
     top_k: int = Field(20, ge=1, le=1000)
     """Length of each emitted recommendation list."""
     n_candidates: int = Field(100, ge=1, le=5000)
@@ -285,6 +294,45 @@ class ServeConfig(_Section):
     """The trending list counts the items of this many most recent lists."""
 
 
+class ArmConfig(_Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    """The arm's name, carried by every list it ranks."""
+    model_version: str = Field(min_length=1)
+    """The registry version this arm ranks with; "live" follows the announced version (or ranking.artifact_dir)."""
+    share: float = Field(gt=0, le=1)
+    """Share of shoppers in this arm; the shares of all arms add up to 1."""
+
+
+class AbConfig(_Section):
+    arms: tuple[ArmConfig, ...] = ()
+    """Experiment arms (README 'A/B tests'); empty: no experiment, every list ranked by the live model."""
+    salt: str = Field("streamrec-ab", min_length=1)
+    """Salt of the shopper hash that assigns arms: a new salt reshuffles shoppers for a new experiment."""
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _arms_from_json(cls, value: Any) -> Any:
+        """From the environment (STREAMREC_AB_ARMS) or a flag the arms come as one JSON list of maps."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else ()
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list of {{name, model_version, share}} maps: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _arms(self) -> AbConfig:
+        if not self.arms:
+            return self
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ab.arms: arm names must be unique, got {names}")
+        total = sum(a.share for a in self.arms)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"ab.arms: shares must add up to 1, got {total:g}")
+        return self
+
+
 class MetricsConfig(_Section):
     prometheus_port: str = Field("0", pattern=r"^(0|[1-9][0-9]{0,4}(-[1-9][0-9]{0,4})?)$")
     """Port (or range, e.g. 9249-9259: one per JobManager/TaskManager process) of Flink's Prometheus reporter
@@ -299,6 +347,7 @@ class Config(_Section):
     privacy: PrivacyConfig = PrivacyConfig()
     serve: ServeConfig = ServeConfig()
     metrics: MetricsConfig = MetricsConfig()
+    ab: AbConfig = AbConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -331,6 +380,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "privacy": PrivacyConfig,
     "serve": ServeConfig,
     "metrics": MetricsConfig,
+    "ab": AbConfig,
 }
 
 
@@ -374,6 +424,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, (tuple, list)):
+        return json.dumps(list(value))
     return str(value)
 
 
