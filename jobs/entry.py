@@ -30,10 +30,11 @@ from jobs.io import (
 )
 from jobs.pipeline import build_pipeline, create_environment
 from udfs.artifact import verify_manifest
-from udfs.config import ENV_PREFIX, Config
+from udfs.config import ENV_PREFIX, Config, ConfigError
 from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.logs import load_events
 from udfs.privacy import load_key
+from udfs.registry import LIVE, RegistryError, verified_version
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,18 @@ class Endpoint:
 
 
 def absolute_artifact(config: Config) -> Config:
-    """Workers may run elsewhere in the file system: pin the artifact path."""
+    """Workers may run elsewhere in the file system: pin the artifact and registry paths, and check
+    every A/B arm's pinned version in the client, with a clear message, not in a worker."""
     path = Path(config.ranking.artifact_dir).resolve()
     verify_manifest(path)  # fail in the client, with a clear message, not in a worker
-    ranking = config.ranking.model_copy(update={"artifact_dir": str(path)})
+    registry = Path(config.ranking.registry_dir).resolve()
+    for arm in config.ab.arms:
+        if arm.model_version != LIVE:
+            try:
+                verified_version(registry, arm.model_version)
+            except RegistryError as exc:
+                raise ConfigError(f"ab.arms: arm {arm.name!r}: {exc}") from None
+    ranking = config.ranking.model_copy(update={"artifact_dir": str(path), "registry_dir": str(registry)})
     return config.model_copy(update={"ranking": ranking})
 
 

@@ -13,6 +13,7 @@ import gc
 import logging
 from typing import Any
 
+import msgpack
 from pyflink.common import Row, Time
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
@@ -22,12 +23,14 @@ from jobs.flink_metrics import MODEL_INFO, MODEL_INFO_LABELS, info_gauge, java_h
 from udfs.batching import PreparedRequest, decode_request, encode_request, shard_of
 from udfs.catalog import Catalog, catalog_key, decode_catalog_item
 from udfs.config import Config
+from udfs.control import ControlRecordError, decode_control
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, BatchedCounters, SampledHistograms
+from udfs.models import ModelSet, SwapOutcome
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
 from udfs.records import dead_letter_record, encode_output_record, late_event_record
-from udfs.runtime import build_recommender, freeze_loaded_objects, warn_if_catalog_features_unfed
+from udfs.runtime import ConfigModels, build_recommender, freeze_loaded_objects, warn_if_catalog_features_unfed
 from udfs.state import UserState
 
 log = logging.getLogger(__name__)
@@ -53,12 +56,16 @@ LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
 HISTOGRAMS = ("event_to_list_ms", "model_call_us", "rows_per_call")
 COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_duplicate", "recommendations_emitted",
             "ranking_fallbacks", "ranker_rows", "ranker_micros", "states_trimmed", "catalog_applied",
-            "catalog_stale", "catalog_dead_lettered")
+            "catalog_stale", "catalog_dead_lettered", "model_swaps", "model_swaps_refused")
 # A million catalog records are a million long-lived tuples: each full cyclic-GC pass would walk
 # them all (as the artifact's tables, see freeze_loaded_objects), so they leave the GC's view in steps.
 GC_FREEZE_EVERY = 50_000
 # Every parallel instance holds the whole catalog: item key -> the record's msgpack bytes, as read.
 CATALOG_STATE = MapStateDescriptor("catalog", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+# Model announcements by target ("" for the live model, else the arm's name): the newest few control
+# records as read, newest last. A restore installs the newest one that loads (udfs/models.py).
+MODEL_STATE = MapStateDescriptor("models", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+KEPT_ANNOUNCEMENTS = 8
 BATCH_COUNTERS = ("recommendations_emitted", "ranking_fallbacks", "ranker_rows", "ranker_micros", "ranker_calls")
 # An event-time timer here fires only on the watermark that ends a bounded input:
 # processing-time timers still pending then are dropped, not fired (FLINK-14231).
@@ -135,6 +142,9 @@ class _Recommending:
         # Batched, the model lives in the ranking stage: no session here.
         self.recommender = build_recommender(cfg, catalog=self.joins_catalog, with_ranker=not self.shard_keys)
         warn_if_catalog_features_unfed(self.recommender)
+        # Batched, the ranking stage holds the model: no arms (the config refuses them), no swaps.
+        self.models = ModelSet(self.recommender, ConfigModels(cfg), () if self.shard_keys else cfg.ab.arms,
+                               cfg.ab.salt, cfg.ranking.registry_dir)
         freeze_loaded_objects()
         ttl = (
             StateTtlConfig.new_builder(Time.seconds(cfg.state.ttl_s))
@@ -179,10 +189,24 @@ class _Recommending:
 
     def close(self) -> None:
         self._flush_metrics()
+        self.models.close()
+
+    def _report(self, outcomes: list[SwapOutcome]) -> None:
+        for outcome in outcomes:
+            r = outcome.record
+            if outcome.refused is None:
+                self.metrics.inc("model_swaps")
+                log.warning("streamrec now ranking %s with model %s", f"arm {r.arm}" if r.arm else "live lists",
+                            r.model_version)
+            else:
+                self.metrics.inc("model_swaps_refused")
+                log.error("streamrec refused model %s from %s (%s): %s; the current model keeps serving",
+                          r.model_version, r.path, f"arm {r.arm}" if r.arm else "live", outcome.refused)
 
     def _recommend(self, value: Row, ctx: Any) -> Any:
         if self.metrics.due():
             self._flush_metrics()
+        self._report(self.models.poll())
         raw = as_bytes(value[5])
         # A ts beyond now + skew is a dead letter here and got no event time in the envelope.
         result = decode_event(raw, max_event_ts(self.max_future_skew_ms), self.pseudonym)
@@ -205,19 +229,20 @@ class _Recommending:
             yield LATE_TAG, late_record(event, watermark, self.lateness)
             return
         state = UserState.from_bytes(self.state.value())
-        if not self.recommender.apply(state, event):
+        recommender, arm = self.models.for_key(key)
+        if not recommender.apply(state, event):
             self.metrics.inc("events_duplicate")
             return
         if event.ts >= self.since_ms:
-            req = self.recommender.request(state, event)
+            req = recommender.request(state, event)
             if self.shard_keys:
-                yield self._scoring_request(key, self.recommender.prepare(req))
+                yield self._scoring_request(key, recommender.prepare(req))
             else:
-                ranker = self.recommender.ranker
+                ranker = recommender.ranker
                 before = (ranker.stats.calls, ranker.stats.rows, ranker.stats.seconds) if ranker else None
-                record = self.recommender.recommend([req])[0]
+                record = recommender.recommend([req], arm)[0]
                 if self.histograms is not None:
-                    self._observe(record, value[3], before)
+                    self._observe(recommender, record, value[3], before)
                 if record["fallback"]:
                     self.metrics.inc("ranking_fallbacks")
                 self.metrics.inc("recommendations_emitted")
@@ -227,12 +252,12 @@ class _Recommending:
             self.metrics.inc("states_trimmed")
         self.state.update(blob)
 
-    def _observe(self, record: dict[str, Any], input_ts: int | None,
+    def _observe(self, recommender: Recommender, record: dict[str, Any], input_ts: int | None,
                  before: tuple[int, int, float] | None) -> None:
         assert self.histograms is not None
         if input_ts is not None and input_ts > 0:
             self.histograms.add("event_to_list_ms", max(0, record["generated_at"] - input_ts))
-        ranker = self.recommender.ranker
+        ranker = recommender.ranker
         if ranker is not None and before is not None and ranker.stats.calls > before[0]:
             self.histograms.add("model_call_us", (ranker.stats.seconds - before[2]) * 1e6)
             self.histograms.add("rows_per_call", ranker.stats.rows - before[1])
@@ -255,13 +280,15 @@ class RecommendFunction(_Recommending, KeyedProcessFunction):
 
 
 class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
-    """The keyed function joined with the broadcast catalog (README "Catalog").
+    """The keyed function joined with the broadcast catalog and model announcements (README
+    "Catalog", "Model registry and hot swap").
 
-    Every instance sees every catalog record. Flink's broadcast state (JVM, checkpointed)
-    keeps each item's latest record as read; a Python :class:`~udfs.catalog.Catalog`
-    mirrors it for lookups, since a JVM call per candidate would cost more than the
-    ranking. After a restore the mirror is rebuilt from the broadcast state once, before
-    the first element of either input.
+    Every instance sees every catalog record and every announcement (the two topics arrive on one
+    broadcast input, told apart by topic). Flink's broadcast state (JVM, checkpointed) keeps each
+    item's latest record as read, and the newest announcements per target; a Python
+    :class:`~udfs.catalog.Catalog` mirrors the catalog for lookups, since a JVM call per candidate
+    would cost more than the ranking. After a restore the mirror is rebuilt and the model that was
+    live at the checkpoint installed, once, before the first element of either input.
     """
 
     joins_catalog = True
@@ -269,6 +296,7 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
         self._restored = False
+        self.control_topic = self.config.kafka.control_topic
 
     def _catalog(self) -> Catalog:
         catalog = self.recommender.catalog
@@ -287,6 +315,18 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
         if len(catalog):
             gc.freeze()
             log.warning("streamrec catalog restored: %d items", len(catalog))
+        if not self.shard_keys:
+            for _, blob in ctx.get_broadcast_state(MODEL_STATE).items():
+                self._restore_model(msgpack.unpackb(blob))
+
+    def _restore_model(self, announcements: list[bytes]) -> None:
+        """Install the newest of a target's announcements that loads: the model live at the checkpoint
+        (a refused one never served, so the one before it did)."""
+        for raw in reversed(announcements):
+            outcome = self.models.load_now(decode_control(raw))
+            self._report([outcome])
+            if outcome.refused is None:
+                return
 
     def process_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Any:
         self._restore(ctx)
@@ -294,6 +334,9 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
 
     def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Any:
         self._restore(ctx)
+        if value[0] == self.control_topic:
+            yield from self._announcement(value, ctx)
+            return
         raw = as_bytes(value[4])
         item = decode_catalog_item(raw)
         if isinstance(item, DecodeError):
@@ -310,6 +353,31 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
                 gc.freeze()
         else:
             self.metrics.inc("catalog_stale")
+
+    def _announcement(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Any:
+        """A model announcement: start loading it (the swap happens between two later events); an
+        unreadable one is a dead letter, and no model changes."""
+        raw = as_bytes(value[4])
+        try:
+            record = decode_control(raw)
+        except ControlRecordError as exc:
+            self.metrics.inc("model_swaps_refused")
+            if self.subtask == 0:
+                yield DLQ_TAG, dead_letter(DecodeError(f"control: {exc}", raw), value[0], value[1], value[2],
+                                           value[3])
+            return
+        if self.shard_keys:
+            self.metrics.inc("model_swaps_refused")
+            log.error("streamrec ignores model %s: hot swap needs ranking.batching off", record.model_version)
+            return
+        refused = self.models.announce(record)
+        if refused is not None:
+            self._report([refused])
+            return
+        state = ctx.get_broadcast_state(MODEL_STATE)
+        target = record.arm or ""
+        kept = msgpack.unpackb(state.get(target)) if state.contains(target) else []
+        state.put(target, msgpack.packb([*kept, raw][-KEPT_ANNOUNCEMENTS:]))
 
 
 class RankBatchFunction(KeyedProcessFunction):

@@ -53,13 +53,13 @@ CATALOG_IDLENESS_MS = 1000
 CATALOG_WATERMARK_LAG_DAYS = 36_500
 
 
-def _raw_kafka_source(config: Config, topic: str, group_id: str, starting: Any) -> KafkaSource:
+def _raw_kafka_source(config: Config, topics: list[str], group_id: str, starting: Any) -> KafkaSource:
     """A KafkaSource of raw records with their coordinates (see RawRecordDeserializer.java)."""
     k = config.kafka
     builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(k.bootstrap_servers)
-        .set_topics(topic)
+        .set_topics(*topics)
         .set_group_id(group_id)
         .set_starting_offsets(starting)
         .set_property("isolation.level", "read_committed")
@@ -89,15 +89,17 @@ class KafkaEventSource:
             "latest": KafkaOffsetsInitializer.latest(),
             "committed": KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST),
         }[k.starting_offsets]
-        source = _raw_kafka_source(config, k.input_topic, k.group_id, starting)
+        source = _raw_kafka_source(config, [k.input_topic], k.group_id, starting)
         return env.from_source(source, source_watermarks(config), "kafka-events").uid("kafka-source")
 
 
 @dataclass
 class KafkaCatalogSource:
-    """The catalog topic's raw records, always from the earliest offset: the compacted topic is
-    the whole catalog, and a fresh start must see all of it (a restore resumes from the
-    checkpoint's offsets, with the broadcast state of that checkpoint)."""
+    """The catalog's and the model announcements' raw records (one broadcast input, told apart by
+    topic), always from the earliest offset: the compacted catalog topic is the whole catalog, and
+    the control topic ends with the live model's announcement, so a fresh start must see all of
+    both (a restore resumes from the checkpoint's offsets, with the broadcast state of that
+    checkpoint)."""
 
     config: Config
 
@@ -105,32 +107,34 @@ class KafkaCatalogSource:
 
     def create(self, env: StreamExecutionEnvironment, config: Config) -> DataStream:
         k = config.kafka
-        ensure_catalog_topic(config)
-        source = _raw_kafka_source(config, k.catalog_topic, f"{k.group_id}-catalog",
+        ensure_compacted_topic(config, "catalog_topic")
+        ensure_compacted_topic(config, "control_topic")
+        source = _raw_kafka_source(config, [k.catalog_topic, k.control_topic], f"{k.group_id}-catalog",
                                    KafkaOffsetsInitializer.earliest())
         watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_days(CATALOG_WATERMARK_LAG_DAYS))
                       .with_idleness(Duration.of_millis(CATALOG_IDLENESS_MS)))
         return env.from_source(source, watermarks, "kafka-catalog").uid("kafka-catalog")
 
 
-def ensure_catalog_topic(config: Config, timeout_s: float = 10.0) -> None:
-    """Create the catalog topic, compacted, when it does not exist: a shop without a catalog yet
-    still runs the job, and the source fails on a topic that is not there. A broker that refuses
-    (no permission) stops the start naming the key."""
+def ensure_compacted_topic(config: Config, field: str, timeout_s: float = 10.0) -> None:
+    """Create the topic of ``kafka.<field>`` (catalog, control), compacted, when it does not exist: a
+    shop without a catalog or a published model yet still runs the job, and the source fails on a
+    topic that is not there. A broker that refuses (no permission) stops the start naming the key."""
     k = config.kafka
+    name = str(getattr(k, field))
     admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
                              **python_client_options(k))
     try:
-        if k.catalog_topic in admin.list_topics():
+        if name in admin.list_topics():
             return
-        result = admin.create_topics({k.catalog_topic: {"num_partitions": 1, "replication_factor": -1,
-                                                        "configs": {"cleanup.policy": "compact"}}},
+        result = admin.create_topics({name: {"num_partitions": 1, "replication_factor": -1,
+                                             "configs": {"cleanup.policy": "compact"}}},
                                      raise_errors=False)
         for topic in result["topics"]:
             if topic["error_code"] not in (0, 36):  # 36: created meanwhile by someone else
-                raise ConfigError(f"kafka.catalog_topic: {k.catalog_topic!r} does not exist and could not be "
+                raise ConfigError(f"kafka.{field}: {name!r} does not exist and could not be "
                                   f"created (error {topic['error_code']}: {topic.get('error_message') or ''})")
-        log.warning("created the catalog topic %s (compacted)", k.catalog_topic)
+        log.warning("created the topic %s (kafka.%s, compacted)", name, field)
     finally:
         admin.close()
 

@@ -28,6 +28,7 @@ from jobs.functions import (
     ENVELOPE_TYPE,
     KEYED_BYTES_TYPE,
     LATE_TAG,
+    MODEL_STATE,
     SCORING_TYPE,
     SHARD_KEYED_SCORING_TYPE,
     CatalogRecommendFunction,
@@ -247,7 +248,7 @@ def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Sour
         recommend.route_to_batches(shard_keys(env, config))
     out_type = SHARD_KEYED_SCORING_TYPE if config.ranking.batching else KEYED_BYTES_TYPE
     if catalog is not None and isinstance(recommend, CatalogRecommendFunction):
-        broadcast = catalog.create(env, config).broadcast(CATALOG_STATE)
+        broadcast = catalog.create(env, config).broadcast(CATALOG_STATE, MODEL_STATE)
         joined = keyed.connect(broadcast).process(recommend, output_type=out_type)
     else:
         joined = keyed.process(recommend, output_type=out_type)

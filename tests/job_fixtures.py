@@ -32,7 +32,12 @@ def fixture_artifact(tmp_path_factory) -> Path:
     For tests of the job's plumbing, where expected lists must be derivable from
     the inputs; the trained model has its own tests (test_model.py).
     """
-    d = tmp_path_factory.mktemp("artifact")
+    return covisit_artifact(tmp_path_factory.mktemp("artifact"), "fixture-covisit")
+
+
+def covisit_artifact(d: Path, model_version: str) -> Path:
+    """The fixture artifact under another ``model_version``, in ``d``/art (hot swap and A/B tests)."""
+    d.mkdir(parents=True, exist_ok=True)
     log = generated_log()
     items: dict = {}
     cats: dict = {}
@@ -41,11 +46,15 @@ def fixture_artifact(tmp_path_factory) -> Path:
         cats[e.category_id] = cats.get(e.category_id, 0) + 1
     model = covisit_scorer(d / "scorer.onnx", seq_len=50)
     return write_artifact(d / "art", model, Vocab.build(items, cats, 2), build_tables(log),
-                          {"model_version": "fixture-covisit", "seq_len": 50, "opset": 17})
+                          {"model_version": model_version, "seq_len": 50, "opset": 17})
 
 
 def job_env(bootstrap: str, topics: dict[str, str], artifact: Path, **extra: str) -> dict[str, str]:
-    """Environment for a `streamrec run` subprocess: the tests' settings, then ``extra`` env vars."""
+    """Environment for a `streamrec run` subprocess: the tests' settings, then ``extra`` env vars.
+
+    A test that names no control topic gets its own (after its input topic): model announcements
+    of one test never reach another's job."""
+    topics = {"control_topic": topics["input_topic"] + "-control", **topics}
     env = _job_env(bootstrap, topics, artifact, settings={
         "kafka": {"group_id": "g-" + topics["input_topic"]},
         "ranking": {"provider": "cpu"},

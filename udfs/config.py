@@ -356,6 +356,8 @@ class Config(_Section):
                 f"ranking.top_k ({self.ranking.top_k}) must not exceed "
                 f"ranking.n_candidates ({self.ranking.n_candidates})"
             )
+        if self.ab.arms and self.ranking.batching:
+            raise ValueError("ab.arms needs ranking.batching = false: the batched ranking stage holds one model")
         if self.kafka.delivery_guarantee == "exactly-once":
             if not self.job.checkpoint_interval_ms:
                 raise ValueError("kafka.delivery_guarantee exactly-once needs job.checkpoint_interval_ms > 0: "

@@ -41,8 +41,10 @@ def output_record(
     model_version: str,
     provider: str,
     fallback: str | None,
+    arm: str | None = None,
 ) -> dict[str, Any]:
-    """The versioned output record (README: 'Output records')."""
+    """The versioned output record (README: 'Output records'); ``arm`` is the A/B arm that ranked
+    it (None without an experiment)."""
     t = req.trigger
     return {
         "schema_version": SCHEMA_VERSION,
@@ -56,6 +58,7 @@ def output_record(
         "provider": provider,
         "fallback": fallback,
         "generated_at": int(time.time() * 1000),
+        "arm": arm,
     }
 
 
@@ -224,11 +227,11 @@ class Recommender:
                 log.exception("building model inputs failed; the list will fall back")
         return PreparedRequest.of(req, req.state.emitted, inputs, error)
 
-    def recommend(self, requests: Sequence[UserRequest]) -> list[dict[str, Any]]:
+    def recommend(self, requests: Sequence[UserRequest], arm: str | None = None) -> list[dict[str, Any]]:
         """Rank all users' candidates in one model call, then cut top-K per user."""
         if not requests:
             return []
-        return self.rank([self.prepare(r, features=self.ranker is not None) for r in requests])
+        return self.rank([self.prepare(r, features=self.ranker is not None) for r in requests], arm)
 
     def _score(self, requests: Sequence[PreparedRequest]) -> tuple[np.ndarray | None, str | None]:
         """One model call over every request's rows: (scores, None) or (None, why not)."""
@@ -243,8 +246,9 @@ class Recommender:
         problem = check_scores(raw, sum(len(r.candidates.items) for r in requests))
         return (np.asarray(raw), None) if problem is None else (None, f"bad_model_output: {problem}")
 
-    def rank(self, requests: Sequence[PreparedRequest]) -> list[dict[str, Any]]:
-        """Rank prepared requests in one model call, then cut top-K per user, in request order.
+    def rank(self, requests: Sequence[PreparedRequest], arm: str | None = None) -> list[dict[str, Any]]:
+        """Rank prepared requests in one model call, then cut top-K per user, in request order;
+        ``arm`` is the A/B arm every list of the call belongs to.
 
         Never raises for a model fault: a call that raises, or scores that are not one
         number per candidate row, give every list of the call in generator order with
@@ -277,7 +281,7 @@ class Recommender:
             offset += n
             out.append(
                 output_record(req, items, top, reasons, model_version=self.artifact.model_version,
-                              provider=label, fallback=user_fallback)
+                              provider=label, fallback=user_fallback, arm=arm)
             )
         if any_bad:
             self.counters.bad_model_outputs += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 
-from udfs.artifact import load_artifact
+from udfs.artifact import Artifact, load_artifact
 from udfs.catalog import Catalog
 from udfs.config import Config
 from udfs.ranker import OnnxRanker
@@ -46,16 +46,41 @@ def build_recommender(config: Config, catalog: bool = False, with_ranker: bool =
     ``with_ranker=False``: no model session (the keyed stage of a batched job prepares, never ranks)."""
     r = config.ranking
     artifact = load_artifact(r.artifact_dir)
-    ranker = OnnxRanker(
-        artifact.model_bytes, provider=r.provider, io_binding=r.io_binding,
-        intra_op_threads=r.intra_op_threads,
-    ) if with_ranker else None
+    ranker = make_ranker(config, artifact) if with_ranker else None
     trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
+    return recommender_of(config, artifact, ranker, trending,
+                          Catalog(known=artifact.tables.popularity) if catalog else None)
+
+
+def make_ranker(config: Config, artifact: Artifact) -> OnnxRanker:
+    r = config.ranking
+    return OnnxRanker(artifact.model_bytes, provider=r.provider, io_binding=r.io_binding,
+                      intra_op_threads=r.intra_op_threads)
+
+
+def recommender_of(config: Config, artifact: Artifact, ranker: OnnxRanker | None, trending: TrendingCounter | None,
+                   catalog: Catalog | None) -> Recommender:
+    """A recommender over ``artifact`` with the config's ranking settings; ``trending`` and ``catalog``
+    are stream state, shared by every model one instance ranks with."""
+    r = config.ranking
     return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
-                       trending=trending, fresh_hit_slots=r.fresh_hit_slots,
-                       max_per_category=r.max_per_category,
-                       catalog=Catalog(known=artifact.tables.popularity) if catalog else None,
-                       new_item_slots=r.new_item_slots)
+                       trending=trending, fresh_hit_slots=r.fresh_hit_slots, max_per_category=r.max_per_category,
+                       catalog=catalog, new_item_slots=r.new_item_slots)
+
+
+class ConfigModels:
+    """Loads models for :class:`udfs.models.ModelSet` with this config's ranking settings."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def load(self, path: str) -> tuple[Artifact, OnnxRanker]:
+        artifact = load_artifact(path)
+        return artifact, make_ranker(self.config, artifact)
+
+    def recommender(self, artifact: Artifact, ranker: OnnxRanker | None, like: Recommender | None) -> Recommender:
+        return recommender_of(self.config, artifact, ranker, like.trending if like else None,
+                              like.catalog if like else None)
 
 
 def warn_if_catalog_features_unfed(recommender: Recommender) -> None:
