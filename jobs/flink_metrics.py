@@ -37,14 +37,14 @@ MODEL_INFO_LABELS = ("model_version", "provider")
 MODEL_INFO = "model_info"
 
 
-def info_gauge(group: Any, name: str, labels: dict[str, str]) -> None:
-    """A gauge of 1 whose labels (key-value metric groups) carry the information, e.g. the model version:
-    Prometheus scrapes numbers only. The Prometheus reporter puts each group's key into the metric's
-    name too (:func:`info_metric_name`) and replaces characters other than letters, digits and ``_`` in
-    label values by ``_``."""
-    for key, value in labels.items():
-        group = group.add_group(key, value)
-    group.gauge(name, lambda: 1)
+def info_gauge(group: Any, name: str, labels: dict[str, str], value: Callable[[], int] = lambda: 1) -> None:
+    """A gauge (1: true now, 0: no longer) whose labels (key-value metric groups) carry the information,
+    e.g. the model version: Prometheus scrapes numbers only. The Prometheus reporter puts each group's
+    key into the metric's name too (:func:`info_metric_name`) and replaces characters other than
+    letters, digits and ``_`` in label values by ``_``."""
+    for key, label in labels.items():
+        group = group.add_group(key, label)
+    group.gauge(name, value)
 
 
 def info_metric_name(name: str = MODEL_INFO, labels: tuple[str, ...] = MODEL_INFO_LABELS) -> str:

@@ -9,6 +9,7 @@ Element shapes between operators:
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from typing import Any
@@ -168,9 +169,9 @@ class _Recommending:
         self.metrics = BatchedCounters(group.counter, COUNTERS)
         make_histogram = java_histogram_factory(group)
         self.histograms = SampledHistograms(make_histogram, HISTOGRAMS) if make_histogram else None
-        choice = self.recommender.provider
-        info_gauge(group, MODEL_INFO, dict(zip(MODEL_INFO_LABELS, (self.recommender.artifact.model_version,
-                                                                   choice.label if choice else "none"))))
+        self._metric_group = group
+        self._model_gauges: set[str] = set()
+        self._model_gauge()
         self._ranker_seen = (0, 0)
         self.lateness = cfg.job.allowed_lateness_ms
         self.max_future_skew_ms = cfg.job.max_future_skew_ms
@@ -191,10 +192,33 @@ class _Recommending:
         self._flush_metrics()
         self.models.close()
 
+    def _model_gauge(self) -> None:
+        """One info gauge per model version this instance has ranked with: 1 while the version is in
+        use (live, or pinned by an arm), 0 after a swap took it out."""
+        for recommender in self.models.all():
+            version = recommender.artifact.model_version
+            if version in self._model_gauges:
+                continue
+            choice = recommender.provider
+            labels = dict(zip(MODEL_INFO_LABELS, (version, choice.label if choice else "none")))
+            try:
+                info_gauge(self._metric_group, MODEL_INFO, labels, functools.partial(self._in_use, version))
+            except Exception:  # a metric must never stop the job
+                log.exception("streamrec: no model gauge for %s", version)
+            self._model_gauges.add(version)
+
+    def _in_use(self, version: str) -> int:
+        return int(any(r.artifact.model_version == version for r in self.models.all()))
+
     def _report(self, outcomes: list[SwapOutcome]) -> None:
+        """Log, count and gauge what became of announcements; the counters leave at once (swaps are rare,
+        and a dashboard should not wait for the next flush interval to show one)."""
+        if not outcomes:
+            return
         for outcome in outcomes:
             r = outcome.record
             if outcome.refused is None:
+                self._model_gauge()
                 self.metrics.inc("model_swaps")
                 log.warning("streamrec now ranking %s with model %s", f"arm {r.arm}" if r.arm else "live lists",
                             r.model_version)
@@ -202,6 +226,7 @@ class _Recommending:
                 self.metrics.inc("model_swaps_refused")
                 log.error("streamrec refused model %s from %s (%s): %s; the current model keeps serving",
                           r.model_version, r.path, f"arm {r.arm}" if r.arm else "live", outcome.refused)
+        self.metrics.flush()
 
     def _recommend(self, value: Row, ctx: Any) -> Any:
         if self.metrics.due():

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from jobs.flink_metrics import info_metric_name
 from streamrec.kafka_io import consume, produce, replay
+from streamrec.local.kafka import free_ports
 from streamrec.local.procs import stop_group
 from tests.job_fixtures import covisit_artifact, generated_log
 from tests.scenario import report
+from tests.test_prometheus_metrics import _samples, _scrape
 from udfs.config import TOPIC_FIELDS, env_var
 from udfs.control import CONTROL_KEY, ControlRecord
 
@@ -58,7 +61,8 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     v2 = covisit_artifact(tmp_path / "v2", "fixture-v2")
     flink_logs = tmp_path / "flink-log"
     flink_logs.mkdir()
-    job = kafka_jobs(topics, FLINK_LOG_DIR=str(flink_logs))
+    port = free_ports(1)[0]
+    job = kafka_jobs(topics, FLINK_LOG_DIR=str(flink_logs), **{env_var("metrics", "prometheus_port"): str(port)})
     events = generated_log(900, seed=21)
     first, second, third = events[:300], events[300:600], events[600:]
 
@@ -104,7 +108,18 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     later = [r for r in out if (r["user_id"], r["trigger"]["item_id"], r["trigger"]["behavior"],
                                 r["trigger"]["ts"]) in _distinct(third[:150]) - _distinct(first + second)]
     assert later and {r["model_version"] for r in later} == {"fixture-v2"}
-    time.sleep(6)  # checkpoints (every 2 s) after the swap
+    # Prometheus: the model gauge says which version serves, the counters what became of each announcement.
+    deadline, metrics = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        text = _scrape(port)
+        metrics = {n: [s.rsplit(" ", 1)[1] for s in _samples(text, n)] for n in ("model_swaps", "model_swaps_refused")}
+        gauges = {("fixture_v2" in s, s.rsplit(" ", 1)[1]) for s in _samples(text, info_metric_name())}
+        if metrics["model_swaps_refused"] == ["1.0"] and gauges == {(True, "1.0"), (False, "0.0")}:
+            break
+        time.sleep(2)
+    assert metrics == {"model_swaps": ["1.0"], "model_swaps_refused": ["1.0"]}, metrics
+    assert gauges == {(True, "1.0"), (False, "0.0")}, gauges
+    time.sleep(4)  # checkpoints (every 2 s) after the swap
     stop_group(job)
     log = "".join(f.read_text(errors="replace") for f in flink_logs.glob("*.log"))
     assert "refused model fixture-v2" in log and "sha256" in log.lower()
