@@ -198,6 +198,59 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- model registry ------------------------------------------------------------------------
+
+def _when(ms: int | None) -> str:
+    import time
+
+    return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """The registry (ranking.registry_dir) and the control topic (kafka.control_topic) of the config."""
+    from streamrec import registry
+
+    cfg = config_from_args(args)
+    root = cfg.ranking.registry_dir
+    send = None if args.no_announce else registry.control_sender(cfg.kafka)
+    if args.action == "list":
+        rows = registry.listing(root)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            print(f"no version in {root}")
+            return 0
+        print(f"{'':2}{'model_version':<22}{'published (UTC)':<21}{'first live (UTC)':<21}"
+              f"{'hr@10':>8}{'ndcg@10':>9}  retrain")
+        for r in rows:
+            if "problem" in r:
+                print(f"{'!':<2}{r['model_version']:<22}{r['problem']}")
+                continue
+            metric = "".join(f"{r[k]:>{w}.4f}" if r.get(k) is not None else f"{'-':>{w}}"
+                             for k, w in (("hr@10", 8), ("ndcg@10", 9)))
+            print(f"{'*' if r['live'] else '':<2}{r['model_version']:<22}{_when(r.get('published_at')):<21}"
+                  f"{_when(r.get('announced_at')):<21}{metric}  {r.get('retrain_decision') or '-'}")
+        return 0
+    if args.action == "publish":
+        _require(args, "artifact")
+        path = registry.publish(root, args.artifact)
+        version = path.name
+        if not args.no_announce:  # --no-announce: in the registry, not live
+            registry.activate(root, version, send)
+        print(json.dumps({"published": str(path), "model_version": version, "announced": not args.no_announce,
+                          "control_topic": None if args.no_announce else cfg.kafka.control_topic}))
+        return 0
+    if args.action == "activate":
+        _require(args, "version")
+        registry.activate(root, args.version, send)
+        print(json.dumps({"live": args.version, "announced": not args.no_announce}))
+        return 0
+    version = registry.rollback(root, send)
+    print(json.dumps({"live": version, "action": "rollback", "announced": not args.no_announce}))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.matrix:
         return cmd_matrix(args)
@@ -391,6 +444,20 @@ def build_parser() -> argparse.ArgumentParser:
              "publish` reads): the model learns brand and price features from it, and the job fills them",
              required=False)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("model", help="the model registry: publish an artifact, list versions, roll back")
+    p.add_argument("action", choices=["publish", "list", "rollback", "activate"],
+                   help="publish: verify and copy --artifact into the registry and announce it live; list; "
+                        "rollback: announce the version live before the current one; activate: announce --version")
+    add_flag(p, "--artifact", f"{ENV_PREFIX}MODEL_ARTIFACT", "publish: the artifact folder", required=False)
+    add_flag(p, "--version", f"{ENV_PREFIX}MODEL_VERSION", "activate: a model_version in the registry",
+             required=False)
+    p.add_argument("--no-announce", action="store_true",
+                   help="publish: copy only, not live; rollback/activate: record it live in the registry's "
+                        "history without a control record (no job is told)")
+    p.add_argument("--json", action="store_true", help="list: JSON instead of a table")
+    add_config_flags(p, ["--registry", "--control-topic", "--bootstrap-servers"])
+    p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("run", help="run the job on the local minicluster")
     add_run_arguments(p)
