@@ -85,9 +85,11 @@ def log_source(args: argparse.Namespace) -> tuple[str, CsvLayout | None]:
 
 def cmd_kafka(args: argparse.Namespace) -> int:
     kafka = config_from_args(args).kafka
-    topics = list(kafka.topics().values())
+    # The control topic too (compacted: the last announcement is what a starting job needs);
+    # it is not in TOPIC_FIELDS, whose topics the job's own startup reads or writes.
+    topics = [*kafka.topics().values(), kafka.control_topic]
     if args.action == "start":
-        info = kafka_local.start_background(topics=topics, compacted=[kafka.catalog_topic])
+        info = kafka_local.start_background(topics=topics, compacted=[kafka.catalog_topic, kafka.control_topic])
         print(info["bootstrap"])
     elif args.action == "stop":
         stopped = kafka_local.stop_background()
@@ -198,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- model registry ------------------------------------------------------------------------
+# --- model registry / retrain ------------------------------------------------------------------
 
 def _when(ms: int | None) -> str:
     import time
@@ -248,6 +250,39 @@ def cmd_model(args: argparse.Namespace) -> int:
         return 0
     version = registry.rollback(root, send)
     print(json.dumps({"live": version, "action": "rollback", "announced": not args.no_announce}))
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from streamrec import registry
+    from streamrec.kafka_io import read_topic
+    from streamrec.retrain import decode_records, drop_stray, format_report, retrain
+
+    cfg = config_from_args(args)
+    if bool(args.from_topic) == bool(args.events):
+        raise ConfigError("retrain: give exactly one of --from-topic TOPIC and --events FILE")
+    if args.from_topic:
+        raw = read_topic(cfg.kafka.bootstrap_servers, args.from_topic, security=python_client_options(cfg.kafka))
+        decoded, bad, reasons = decode_records(raw)
+        events, stray = drop_stray(decoded)
+        print(f"streamrec retrain: {len(raw)} records from {args.from_topic}, {bad} not events"
+              f"{' (' + '; '.join(reasons) + ')' if reasons else ''}, {stray} with stray timestamps",
+              file=sys.stderr)
+        source = f"topic {args.from_topic} at {cfg.kafka.bootstrap_servers}: {len(raw)} records, {bad} skipped"
+    else:
+        fmt, layout = log_source(args)
+        events = load_events(args.events, fmt, sort=True, layout=layout)
+        source = f"file {Path(args.events).resolve()}"
+    catalog = training_catalog(Path(args.catalog)) if args.catalog else None
+    announce = None if args.no_announce or args.dry_run else registry.control_sender(cfg.kafka)
+    report = retrain(events, hours=float(args.hours), registry_dir=cfg.ranking.registry_dir, out_dir=args.out,
+                     source=source, seed=int(args.seed), catalog=catalog,
+                     train_kwargs={"device": args.device, "progress": not args.no_progress},
+                     publish=not args.dry_run, announce=announce)
+    print(format_report(report))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return 0
 
 
@@ -386,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kafka", help="the local Kafka broker (KRaft, loopback)")
     p.add_argument("action", choices=["start", "stop", "status"])
-    add_config_flags(p, ["--input-topic", "--output-topic", "--dlq-topic", "--catalog-topic"])
+    add_config_flags(p, ["--input-topic", "--output-topic", "--dlq-topic", "--catalog-topic", "--control-topic"])
     p.set_defaults(func=cmd_kafka)
 
     p = sub.add_parser("replay", help="produce behavior events to Kafka")
@@ -458,6 +493,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="list: JSON instead of a table")
     add_config_flags(p, ["--registry", "--control-topic", "--bootstrap-servers"])
     p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("retrain", help="train on the last hours of the stream, publish if not worse than live")
+    add_flag(p, "--from-topic", f"{ENV_PREFIX}RETRAIN_FROM_TOPIC", "read the events of this topic, from the "
+             "beginning to its end now (e.g. behavior-events)")
+    add_flag(p, "--events", f"{ENV_PREFIX}RETRAIN_EVENTS", "or read them from a log file")
+    add_log_flags(p, "RETRAIN")
+    add_flag(p, "--hours", f"{ENV_PREFIX}RETRAIN_HOURS", "train on the last H hours before the newest event",
+             required=False, default="24")
+    add_flag(p, "--out", f"{ENV_PREFIX}RETRAIN_OUT", "where the new artifact is written (kept when not "
+             "published)", default="artifacts/retrain")
+    add_flag(p, "--seed", f"{ENV_PREFIX}RETRAIN_SEED", "random seed", default="0")
+    add_flag(p, "--device", f"{ENV_PREFIX}RETRAIN_DEVICE", "torch device: auto, cpu or cuda", default="auto",
+             choices=["auto", "cpu", "cuda"])
+    add_flag(p, "--catalog", f"{ENV_PREFIX}RETRAIN_CATALOG", "the shop's catalog, as for `streamrec train`")
+    add_flag(p, "--json-out", f"{ENV_PREFIX}RETRAIN_JSON_OUT", "also write the comparison as JSON here")
+    p.add_argument("--dry-run", action="store_true", help="compare and store the comparison in the new "
+                   "manifest; publish nothing")
+    p.add_argument("--no-announce", action="store_true", help="publish the folder if not worse, but do not make "
+                   "it live")
+    add_no_progress(p)
+    add_config_flags(p, ["--registry", "--control-topic", "--bootstrap-servers"])
+    p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("run", help="run the job on the local minicluster")
     add_run_arguments(p)
