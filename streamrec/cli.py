@@ -72,6 +72,12 @@ def add_no_progress(p: argparse.ArgumentParser) -> None:
                    help=f"no progress bars (none are drawn off a terminal) [env: {ENV_PREFIX}NO_PROGRESS=1]")
 
 
+def add_switch(p: argparse.ArgumentParser, flag: str, env: str, help: str) -> None:
+    """An on/off flag whose environment fallback (1, true or yes) is named in --help, as every flag's is."""
+    p.add_argument(flag, action="store_true", default=os.environ.get(env, "") in ("1", "true", "yes"),
+                   help=f"{help} [env: {env}=1]")
+
+
 def log_source(args: argparse.Namespace) -> tuple[str, CsvLayout | None]:
     """The log format and CSV layout the flags describe; ``load_events`` checks that they fit."""
     if args.columns:
@@ -487,10 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--artifact", f"{ENV_PREFIX}MODEL_ARTIFACT", "publish: the artifact folder", required=False)
     add_flag(p, "--version", f"{ENV_PREFIX}MODEL_VERSION", "activate: a model_version in the registry",
              required=False)
-    p.add_argument("--no-announce", action="store_true",
-                   help="publish: copy only, not live; rollback/activate: record it live in the registry's "
-                        "history without a control record (no job is told)")
-    p.add_argument("--json", action="store_true", help="list: JSON instead of a table")
+    add_switch(p, "--no-announce", f"{ENV_PREFIX}MODEL_NO_ANNOUNCE", "publish: copy only, not live; "
+               "rollback/activate: record it live in the registry's history without a control record (no job "
+               "is told)")
+    add_switch(p, "--json", f"{ENV_PREFIX}MODEL_JSON", "list: JSON instead of a table")
     add_config_flags(p, ["--registry", "--control-topic", "--bootstrap-servers"])
     p.set_defaults(func=cmd_model)
 
@@ -508,10 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
              choices=["auto", "cpu", "cuda"])
     add_flag(p, "--catalog", f"{ENV_PREFIX}RETRAIN_CATALOG", "the shop's catalog, as for `streamrec train`")
     add_flag(p, "--json-out", f"{ENV_PREFIX}RETRAIN_JSON_OUT", "also write the comparison as JSON here")
-    p.add_argument("--dry-run", action="store_true", help="compare and store the comparison in the new "
-                   "manifest; publish nothing")
-    p.add_argument("--no-announce", action="store_true", help="publish the folder if not worse, but do not make "
-                   "it live")
+    add_switch(p, "--dry-run", f"{ENV_PREFIX}RETRAIN_DRY_RUN", "compare and store the comparison in the new "
+               "manifest; publish nothing")
+    add_switch(p, "--no-announce", f"{ENV_PREFIX}RETRAIN_NO_ANNOUNCE", "publish the folder if not worse, but do "
+               "not make it live")
     add_no_progress(p)
     add_config_flags(p, ["--registry", "--control-topic", "--bootstrap-servers"])
     p.set_defaults(func=cmd_retrain)

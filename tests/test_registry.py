@@ -13,7 +13,7 @@ from streamrec.cli import main
 from streamrec.kafka_io import read_topic
 from tests.job_fixtures import generated_log
 from tests.onnx_fixtures import covisit_scorer
-from udfs.artifact import MODEL_FILE, write_artifact
+from udfs.artifact import MODEL_FILE, add_manifest_fields, verify_manifest, write_artifact
 from udfs.candidates import build_tables
 from udfs.control import CONTROL_KEY, decode_control
 from udfs.features import Vocab
@@ -176,3 +176,13 @@ def test_publish_announces_on_the_control_topic(kafka_broker, tmp_path: Path,
         assert msg.key == CONTROL_KEY.encode()
     finally:
         cons.close()
+
+
+def test_manifest_fields_can_be_added_but_not_what_loaders_read(tmp_path: Path) -> None:
+    art = make_artifact(tmp_path, "v1")
+    files = verify_manifest(art)["files"]
+    assert add_manifest_fields(art, {"retrain": {"decision": "publish"}})["retrain"] == {"decision": "publish"}
+    assert verify_manifest(art)["files"] == files
+    for field in ("seq_len", "files", "retrain"):  # read by the loaders / already there
+        with pytest.raises(ValueError, match=f"will not set '{field}'"):
+            add_manifest_fields(art, {field: 1})
