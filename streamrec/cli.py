@@ -11,11 +11,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jobs.entry import add_run_arguments, run_from_args
-from streamrec import progress
+from streamrec import progress, registry
 from streamrec.benchmark.bench import Bench, BenchSettings, markdown
 from streamrec.benchmark.model import main as bench_model_main
 from streamrec.benchmark.peer import run_peer
@@ -38,8 +38,9 @@ from streamrec.evaluation.matrix import JSON_FILE as MATRIX_JSON
 from streamrec.evaluation.matrix import PNG_FILE as MATRIX_PNG
 from streamrec.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
 from streamrec.generator import generate_events
-from streamrec.kafka_io import consume, produce, replay
+from streamrec.kafka_io import consume, produce, read_topic, replay
 from streamrec.local import kafka as kafka_local
+from streamrec.retrain import decode_records, drop_stray, format_report, retrain
 from udfs.artifact import verify_manifest
 from udfs.catalog import CatalogItem
 from udfs.config import ENV_PREFIX, ConfigError
@@ -191,9 +192,15 @@ def training_catalog(path: Path) -> list[CatalogItem]:
     return read.items
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def trainer() -> Callable[..., Path]:
+    """The training entry point (:func:`model_export.train.train_model`) of train and retrain."""
     from model_export.train import train_model  # lazy: torch (the [train] extra) takes ~6 s to import
 
+    return train_model
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    train_model = trainer()
     fmt, layout = log_source(args)
     events = load_events(args.events, fmt, sort=True, layout=layout)
     until_ms = int(float(args.until) * 1000) if args.until else None
@@ -216,8 +223,6 @@ def _when(ms: int | None) -> str:
 
 def cmd_model(args: argparse.Namespace) -> int:
     """The registry (ranking.registry_dir) and the control topic (kafka.control_topic) of the config."""
-    from streamrec import registry
-
     cfg = config_from_args(args)
     root = cfg.ranking.registry_dir
     send = None if args.no_announce else registry.control_sender(cfg.kafka)
@@ -260,10 +265,6 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from streamrec import registry
-    from streamrec.kafka_io import read_topic
-    from streamrec.retrain import decode_records, drop_stray, format_report, retrain
-
     cfg = config_from_args(args)
     if bool(args.from_topic) == bool(args.events):
         raise ConfigError("retrain: give exactly one of --from-topic TOPIC and --events FILE")
@@ -281,8 +282,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         source = f"file {Path(args.events).resolve()}"
     catalog = training_catalog(Path(args.catalog)) if args.catalog else None
     announce = None if args.no_announce or args.dry_run else registry.control_sender(cfg.kafka)
-    report = retrain(events, hours=float(args.hours), registry_dir=cfg.ranking.registry_dir, out_dir=args.out,
-                     source=source, seed=int(args.seed), catalog=catalog,
+    report = retrain(events, trainer(), hours=float(args.hours), registry_dir=cfg.ranking.registry_dir,
+                     out_dir=args.out, source=source, seed=int(args.seed), catalog=catalog,
                      train_kwargs={"device": args.device, "progress": not args.no_progress},
                      publish=not args.dry_run, announce=announce)
     print(format_report(report))

@@ -25,9 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from streamrec.kafka_io import produce
 from udfs.artifact import MANIFEST_FILE, ArtifactError, Manifest, verify_manifest
 from udfs.config import ConfigError, KafkaConfig
 from udfs.control import CONTROL_KEY, ControlRecord
+from udfs.kafka_security import python_client_options
 from udfs.registry import (
     HISTORY_FILE,
     Announcement,
@@ -211,9 +213,6 @@ def send_control(kafka: KafkaConfig, topic: str, record: ControlRecord) -> None:
     """Write one announcement to the control topic, keyed by :data:`CONTROL_KEY`, and wait for the
     broker's acknowledgement (``acks=all``)."""
     from kafka.errors import KafkaError
-
-    from streamrec.kafka_io import produce
-    from udfs.kafka_security import python_client_options
 
     security = python_client_options(kafka)
     ensure_control_topic(kafka, topic, security)

@@ -115,6 +115,7 @@ def decide(new_metric: float, live_metric: float | None) -> str:
 
 def retrain(
     events: Sequence[Event],
+    train_model: Callable[..., Path],
     *,
     hours: float,
     registry_dir: str | Path,
@@ -128,13 +129,14 @@ def retrain(
 ) -> dict[str, Any]:
     """Train on the window, compare with the live version, publish and announce when not worse.
 
+    ``train_model``: :func:`model_export.train.train_model`, passed in by the caller so that
+    importing this module does not import torch (the CLI imports it at start).
+
     ``source``: where the events came from, for the record. ``publish=False``: compare and
     store, change nothing in the registry (``--dry-run``). ``announce``: sends the control
     record of a published version (:func:`streamrec.registry.control_sender`), after which it
     is recorded live in the registry's history; None publishes the folder only, not live
     (``--no-announce``). Returns the comparison, also stored in the new manifest as ``retrain``."""
-    from model_export.train import train_model  # lazy: torch takes seconds to import
-
     t0 = time.time()
     win = window(events, hours)
     until = default_until(win)

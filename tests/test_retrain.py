@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from model_export.dataset import default_until
+from model_export.train import train_model
 from streamrec import registry as writer
 from streamrec.cli import main
 from streamrec.generator import generate_events
@@ -60,14 +61,14 @@ def test_no_live_version_publishes_and_better_replaces(log: list[Event], tmp_pat
     reg = tmp_path / "reg"
     sent: list = []
     early = [e for e in log if e.ts < log[0].ts + 8 * HOUR]
-    first = retrain(early, hours=8, registry_dir=reg, out_dir=tmp_path / "a", source="test", train_kwargs=TINY,
-                    announce=sent.append)
+    first = retrain(early, train_model, hours=8, registry_dir=reg, out_dir=tmp_path / "a", source="test",
+                    train_kwargs=TINY, announce=sent.append)
     assert first["live"] is None and first["decision"] == PUBLISH
     v1 = first["new"]["model_version"]
     assert live_version(reg) == v1
 
-    second = retrain(log, hours=48, registry_dir=reg, out_dir=tmp_path / "b", source="test", train_kwargs=TINY,
-                     announce=sent.append)
+    second = retrain(log, train_model, hours=48, registry_dir=reg, out_dir=tmp_path / "b", source="test",
+                     train_kwargs=TINY, announce=sent.append)
     v2 = second["new"]["model_version"]
     assert second["live"]["model_version"] == v1
     assert second["live"]["saw_held_out"] is False
@@ -83,7 +84,7 @@ def test_no_live_version_publishes_and_better_replaces(log: list[Event], tmp_pat
 
 def test_new_metrics_are_the_training_evaluation(log: list[Event], tmp_path: Path) -> None:
     """The comparison scores the new artifact on the very requests train_model held out."""
-    report = retrain(log, hours=12, registry_dir=tmp_path / "reg", out_dir=tmp_path / "a", source="test",
+    report = retrain(log, train_model, hours=12, registry_dir=tmp_path / "reg", out_dir=tmp_path / "a", source="test",
                      train_kwargs=TINY, publish=False)
     trained = read_manifest(tmp_path / "a").metrics
     model = trained["rankers"]["model"]
@@ -96,16 +97,14 @@ def test_new_metrics_are_the_training_evaluation(log: list[Event], tmp_path: Pat
 def test_worse_model_is_not_published(log: list[Event], tmp_path: Path) -> None:
     """Live: every event before the split of the last 4 hours. New: those 4 hours alone, whose
     tables know few items, so fewer of the next items are even candidates."""
-    from model_export.train import train_model
-
     reg = tmp_path / "reg"
     until = default_until(window(log, 4))
     live_dir = train_model(log, until_ms=until, out_dir=tmp_path / "live", seed=0, **TINY)
     live = writer.publish(reg, live_dir).name
     writer.activate(reg, live)
     sent: list = []
-    report = retrain(log, hours=4, registry_dir=reg, out_dir=tmp_path / "new", source="test", train_kwargs=TINY,
-                     announce=sent.append)
+    report = retrain(log, train_model, hours=4, registry_dir=reg, out_dir=tmp_path / "new", source="test",
+                     train_kwargs=TINY, announce=sent.append)
     assert report["held_out"]["since_ms"] == until
     new, old = report["new"]["metrics"], report["live"]["metrics"]
     assert new["requests"] == old["requests"] > 0  # one slice, the same requests
@@ -123,10 +122,10 @@ def test_cli_retrain_from_file(log: list[Event], tmp_path: Path, capsys: pytest.
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI path: events file, registry flag, printed comparison and the JSON copy; --no-announce
     publishes the folder without making it live (no broker needed)."""
-    import streamrec.retrain as mod
+    import streamrec.cli as cli
 
-    real = mod.retrain
-    monkeypatch.setattr(mod, "retrain", lambda *a, **kw: real(*a, **{**kw, "train_kwargs": {
+    real = cli.retrain
+    monkeypatch.setattr(cli, "retrain", lambda *a, **kw: real(*a, **{**kw, "train_kwargs": {
         **TINY, **kw["train_kwargs"], "progress": False}}))
     events = tmp_path / "log.msgpack"
     write_events_msgpack(log, events)
@@ -147,11 +146,11 @@ def test_cli_retrain_from_file(log: list[Event], tmp_path: Path, capsys: pytest.
 def test_cli_retrain_from_topic(kafka_broker, unique_topic, log: list[Event], tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Read the input topic to its end, skip what is not an event, compare, publish nothing (--dry-run)."""
-    import streamrec.retrain as mod
+    import streamrec.cli as cli
     from streamrec.kafka_io import produce, replay
 
-    real = mod.retrain
-    monkeypatch.setattr(mod, "retrain", lambda *a, **kw: real(*a, **{**kw, "train_kwargs": {
+    real = cli.retrain
+    monkeypatch.setattr(cli, "retrain", lambda *a, **kw: real(*a, **{**kw, "train_kwargs": {
         **TINY, **kw["train_kwargs"], "progress": False}}))
     topic = unique_topic("events", partitions=2)
     replay(log, kafka_broker.bootstrap, topic)
