@@ -193,8 +193,8 @@ def ensure_control_topic(kafka: KafkaConfig, topic: str, security: Mapping[str, 
                                  **security)
     except KafkaError as exc:
         raise ConfigError(f"cannot reach Kafka at {kafka.bootstrap_servers} to announce on {topic!r}: {exc}; "
-                          "the version is in the registry but not live (announce again with "
-                          "`streamrec model publish` once the broker is up)") from exc
+                          "the version is in the registry but not live (once the broker is up: "
+                          "`streamrec model activate --version VERSION`, or publish again)") from exc
     try:
         if topic in admin.list_topics():
             return
