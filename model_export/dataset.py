@@ -470,3 +470,31 @@ def build_training_data(
         train_end_ms=train_events[-1].ts,
         catalog_size=len({e.item_id for e in evs}),
     )
+
+
+def held_out_requests(
+    events: Sequence[Event],
+    until_ms: int,
+    *,
+    vocab: Vocab,
+    tables: CandidateTables,
+    limits: StateLimits,
+    n_candidates: int,
+    seq_len: int,
+    attributes: Mapping[Id, CatalogItem] | None = None,
+) -> ExampleSet:
+    """The held-out requests of ``events`` (trigger at/after ``until_ms``) as a given artifact
+    would serve them: its vocabulary, its candidate tables and state limits, every candidate,
+    nothing forced in. With the artifact's own split and tables these are exactly the
+    ``eval`` requests of :func:`build_training_data`; with another artifact's, they are the same
+    events scored by a model that ships other tables, which is how two versions are compared
+    on one slice (``streamrec retrain``). User state accumulates over every event, as in the stream."""
+    evs = sort_events(events)
+    choose: Callable[[int], CandidateTables | None] = lambda ts: tables if ts >= until_ms else None  # noqa: E731
+    out = _Collector()
+    for p, nxt in replay_requests(evs, choose, limits, n_candidates):
+        if p.trigger.ts < until_ms:
+            continue
+        labels = [1.0 if item == nxt.item_id else 0.0 for item in p.candidates.items]
+        out.add(UserRequest(p.state, p.candidates, p.trigger), labels, not p.touched, max(labels, default=0.0) > 0)
+    return out.build(vocab, tables, seq_len, attributes)

@@ -153,6 +153,49 @@ def consume(
         cons.close()
 
 
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    idle_timeout_s: float = 30.0,
+    security: Mapping[str, Any] | None = None,
+) -> list[bytes]:
+    """Every value of ``topic`` from the beginning up to the end offsets seen at the start: a
+    bounded read of a topic that may keep growing (``streamrec retrain --from-topic``).
+
+    read_committed, no consumer group (nothing is committed). A topic that does not exist is a
+    ValueError naming it; no progress for ``idle_timeout_s`` is a TimeoutError (the end offsets
+    were announced, so the records should be there)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    opts = {"bootstrap_servers": bootstrap, "group_id": None, "enable_auto_commit": False,
+            "isolation_level": "read_committed", "auto_offset_reset": "earliest"}
+    with connect_errors(bootstrap, security):
+        cons = KafkaConsumer(**merged(opts, security))
+    try:
+        parts = cons.partitions_for_topic(topic)
+        if not parts:
+            raise ValueError(f"topic {topic!r} does not exist at {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        cons.assign(tps)
+        cons.seek_to_beginning(*tps)
+        end = cons.end_offsets(tps)
+        pending = {tp for tp in tps if end[tp] > cons.position(tp)}
+        values: list[bytes] = []
+        last = time.monotonic()
+        while pending:
+            for tp, msgs in cons.poll(timeout_ms=500).items():
+                values.extend(m.value for m in msgs if m.offset < end[tp])
+                last = time.monotonic()
+            pending = {tp for tp in pending if cons.position(tp) < end[tp]}
+            if pending and time.monotonic() - last > idle_timeout_s:
+                raise TimeoutError(f"reading {topic!r}: no record for {idle_timeout_s:.0f} s with "
+                                   f"{sum(end[tp] - cons.position(tp) for tp in pending)} still before the end")
+        return values
+    finally:
+        cons.close()
+
+
 class _AuthFailures(logging.Filter):
     """Notes how far kafka-python's bootstrap got, from what it logs: it retries a refused login
     like a network error until its bootstrap timeout, then raises only "Unable to bootstrap"."""

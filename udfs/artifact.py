@@ -192,6 +192,28 @@ def write_artifact(
     return out
 
 
+# Fields a later step may add to a written manifest: descriptions of the artifact, never
+# something a loader reads (those are fixed when the files are hashed, by write_artifact).
+FIXED_FIELDS = (*REQUIRED_FIELDS, "input_names", "signature", "model_config", "config", "created_at")
+
+
+def add_manifest_fields(path: str | Path, fields: dict[str, Any]) -> Manifest:
+    """Add descriptive fields (``streamrec retrain``'s comparison) to a verified artifact's
+    manifest, rewritten atomically. The manifest is not among the hashed files, so the
+    artifact verifies as before; a field the loaders read, or one already there, is refused:
+    what was verified and what is loaded must not drift apart."""
+    p = Path(path)
+    manifest = verify_manifest(p)
+    clash = sorted(k for k in fields if k in FIXED_FIELDS or k in manifest)
+    if clash:
+        raise ValueError(f"{p / MANIFEST_FILE}: will not set {', '.join(map(repr, clash))} "
+                         "(fixed when the artifact was written, or already there)")
+    tmp = p / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps({**manifest, **fields}, indent=2, sort_keys=True))
+    tmp.replace(p / MANIFEST_FILE)
+    return verify_manifest(p)
+
+
 def read_manifest(path: str | Path) -> Manifest:
     """Parse the manifest alone, without checking files (a model directory being benchmarked)."""
     mpath = Path(path) / MANIFEST_FILE

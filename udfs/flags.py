@@ -15,6 +15,7 @@ from typing import Any
 
 from udfs.artifact import ArtifactError
 from udfs.config import ENV_PREFIX, SECTIONS, Config, ConfigError, env_var, field_doc, load_config
+from udfs.registry import RegistryError
 
 # Flags that map onto config fields: flag -> (section, field).
 CONFIG_FLAGS: dict[str, tuple[str, str]] = {
@@ -23,10 +24,12 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--output-topic": ("kafka", "output_topic"),
     "--dlq-topic": ("kafka", "dlq_topic"),
     "--catalog-topic": ("kafka", "catalog_topic"),
+    "--control-topic": ("kafka", "control_topic"),
     "--delivery-guarantee": ("kafka", "delivery_guarantee"),
     "--parallelism": ("job", "parallelism"),
     "--execution-mode": ("job", "execution_mode"),
     "--artifact": ("ranking", "artifact_dir"),
+    "--registry": ("ranking", "registry_dir"),
     "--provider": ("ranking", "provider"),
     "--top-k": ("ranking", "top_k"),
     "--resume": ("job", "resume_from"),
@@ -41,7 +44,8 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
 
 # What a user can cause and fix (bad flags, config, paths, artifacts): a message and
 # exit status 2, not a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, ArtifactError, ValueError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, ArtifactError, ValueError,
+                                            RegistryError)
 
 
 def add_flag(p: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:

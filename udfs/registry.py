@@ -80,6 +80,9 @@ def live_version(registry_dir: str | Path) -> str | None:
 
 
 def versions(registry_dir: str | Path) -> list[str]:
-    """Names of the version folders, sorted."""
+    """Names of the version folders, sorted; folders whose name cannot be a version (the
+    writer's hidden temporary copies, ``.publishing-*``) are not versions."""
     root = Path(registry_dir)
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and name_problem(p.name) is None)
