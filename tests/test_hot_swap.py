@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from jobs.flink_metrics import info_metric_name
+from streamrec.cli import main as cli
 from streamrec.kafka_io import consume, produce, replay
 from streamrec.local.kafka import free_ports
 from streamrec.local.procs import stop_group
@@ -62,9 +63,16 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     flink_logs = tmp_path / "flink-log"
     flink_logs.mkdir()
     port = free_ports(1)[0]
-    job = kafka_jobs(topics, FLINK_LOG_DIR=str(flink_logs), **{env_var("metrics", "prometheus_port"): str(port)})
-    events = generated_log(900, seed=21)
-    first, second, third = events[:300], events[300:600], events[600:]
+    registry = tmp_path / "registry"
+    registry_flags = ["--registry", str(registry), "--control-topic", topics["control_topic"],
+                      "--bootstrap-servers", bootstrap]
+    # The job's own artifact is in the registry's history as live, so a rollback can return to it.
+    assert cli(["model", "publish", "--artifact", str(fixture_artifact), "--no-announce", *registry_flags]) == 0
+    assert cli(["model", "activate", "--version", "fixture-covisit", "--no-announce", *registry_flags]) == 0
+    job = kafka_jobs(topics, FLINK_LOG_DIR=str(flink_logs), **{env_var("metrics", "prometheus_port"): str(port),
+                                                               env_var("ranking", "registry_dir"): str(registry)})
+    events = generated_log(1000, seed=21)
+    first, second, third, fourth = events[:300], events[300:600], events[600:900], events[900:]
 
     # Events flow steadily while the announcement lands in the middle of them.
     replay(first, bootstrap, topics["input_topic"])
@@ -79,7 +87,8 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     feeder = threading.Thread(target=feed)
     feeder.start()
     time.sleep(3)
-    announced_at = _announce(bootstrap, topics["control_topic"], "fixture-v2", v2)
+    announced_at = int(time.time() * 1000)
+    assert cli(["model", "publish", "--artifact", str(v2), *registry_flags]) == 0
     feeder.join()
     want = len(_distinct(first + second))
     out = _read(bootstrap, topics["output_topic"], want, job)
@@ -127,8 +136,17 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     # Resumed from the checkpoint: the config still names the old artifact, lists come from v2.
     job = kafka_jobs(topics, **{env_var("job", "resume_from"): "latest"})
     replay(third[150:], bootstrap, topics["input_topic"])
-    want = len(_distinct(events))
+    want = len(_distinct(events[:900]))
     out = _read(bootstrap, topics["output_topic"], want, job)
     resumed = [r for r in out if (r["user_id"], r["trigger"]["item_id"], r["trigger"]["behavior"],
                                   r["trigger"]["ts"]) in _distinct(third[150:]) - _distinct(events[:750])]
     assert resumed and {r["model_version"] for r in resumed} == {"fixture-v2"}
+
+    # A rollback reaches the running job: the version live before v2 ranks the next lists.
+    assert cli(["model", "rollback", *registry_flags]) == 0
+    time.sleep(5)
+    replay(fourth, bootstrap, topics["input_topic"])
+    out = _read(bootstrap, topics["output_topic"], len(_distinct(events)), job)
+    rolled = [r for r in out if (r["user_id"], r["trigger"]["item_id"], r["trigger"]["behavior"],
+                                 r["trigger"]["ts"]) in _distinct(fourth) - _distinct(events[:900])]
+    assert rolled and {r["model_version"] for r in rolled} == {"fixture-covisit"}
