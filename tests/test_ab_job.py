@@ -1,4 +1,4 @@
-"""A/B arms on a real broker (README 'A/B tests'): every list carries the arm the salted shopper
+"""A/B arms on a real broker (README 'Hot swap and A/B tests'): every list carries the arm the salted shopper
 hash gives, ranked by that arm's model version (a pinned registry version, or the live model),
 and a job resumed from its checkpoint keeps every shopper in the same arm."""
 

@@ -2,7 +2,7 @@
 
 The arm is a pure function of (salt, shopper key): no state, so it is the same on every
 parallel instance, after every restart and in every tool that recomputes it (README
-'A/B tests'). The key is the id the job is keyed by, the pseudonym when
+'Hot swap and A/B tests'). The key is the id the job is keyed by, the pseudonym when
 ``privacy.pseudonymize`` is on, so the raw id is never needed.
 """
 

@@ -41,7 +41,7 @@ class KafkaConfig(_Section):
     it: out-of-stock and deleted items leave every list, new items reach similar shoppers."""
     control_topic: str = Field("model-control", min_length=1)
     """Topic of model announcements (`streamrec model publish`/`rollback`): a running job loads the announced
-    version in the background and swaps to it between two events (README 'Model registry and hot swap')."""
+    version in the background and swaps to it between two events (README 'Hot swap and A/B tests')."""
     feedback_topic: str = Field("recommendation-feedback", min_length=1)
     """Topic of online feedback: per accepted event, whether its item was in the shopper's previous list and at
     which rank, with that list's model version and arm (README 'Online feedback')."""
@@ -305,7 +305,7 @@ class ArmConfig(_Section):
 
 class AbConfig(_Section):
     arms: tuple[ArmConfig, ...] = ()
-    """Experiment arms (README 'A/B tests'); empty: no experiment, every list ranked by the live model."""
+    """Experiment arms (README 'Hot swap and A/B tests'); empty: no experiment, every list ranked by the live model."""
     salt: str = Field("streamrec-ab", min_length=1)
     """Salt of the shopper hash that assigns arms: a new salt reshuffles shoppers for a new experiment."""
 
