@@ -34,7 +34,7 @@ from udfs.kafka_security import java_client_properties, python_client_options
 # Values travel back to the client as JSON text: a Java byte[] crosses py4j byte by
 # byte, which made collecting ~20k lists take over ten minutes.
 TAGGED_TYPE = Types.ROW_NAMED(["kind", "key", "value"], [Types.STRING(), Types.STRING(), Types.STRING()])
-KINDS = ("recommendations", "dead_letters", "late_events")
+KINDS = ("recommendations", "dead_letters", "late_events", "feedback")
 TRANSACTION_MAX_KEY = "transaction.max.timeout.ms"
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ class KafkaSinks:
             (outputs.recommendations, "output_topic", "recommendations"),
             (outputs.dead_letters, "dlq_topic", "dead-letters"),
             (outputs.late_events, "late_topic", "late-events"),
+            (outputs.feedback, "feedback_topic", "feedback"),
         ):
             stream.sink_to(self._sink(topics[topic_field])).name(f"kafka-{name}").uid(f"sink-{name}")
 
@@ -244,7 +245,8 @@ class CollectSink:
         recs = outputs.recommendations.map(_tag(KINDS[0]), output_type=TAGGED_TYPE)
         dlq = outputs.dead_letters.map(_tag(KINDS[1]), output_type=TAGGED_TYPE)
         late = outputs.late_events.map(_tag(KINDS[2]), output_type=TAGGED_TYPE)
-        self.stream = recs.union(dlq, late)
+        feedback = outputs.feedback.map(_tag(KINDS[3]), output_type=TAGGED_TYPE)
+        self.stream = recs.union(dlq, late, feedback)
 
     def run(self) -> dict[str, list[tuple[str, str]]]:
         """Execute; per kind, (key, JSON text of the output record)."""
