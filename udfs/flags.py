@@ -23,6 +23,7 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--output-topic": ("kafka", "output_topic"),
     "--dlq-topic": ("kafka", "dlq_topic"),
     "--catalog-topic": ("kafka", "catalog_topic"),
+    "--feedback-topic": ("kafka", "feedback_topic"),
     "--delivery-guarantee": ("kafka", "delivery_guarantee"),
     "--parallelism": ("job", "parallelism"),
     "--execution-mode": ("job", "execution_mode"),
