@@ -117,20 +117,29 @@ def ensure_catalog_topic(config: Config, timeout_s: float = 10.0) -> None:
     """Create the catalog topic, compacted, when it does not exist: a shop without a catalog yet
     still runs the job, and the source fails on a topic that is not there. A broker that refuses
     (no permission) stops the start naming the key."""
+    ensure_topic(config, "catalog_topic", {"cleanup.policy": "compact"}, timeout_s)
+
+
+def ensure_topic(config: Config, topic_field: str, topic_configs: Mapping[str, str] | None = None,
+                 timeout_s: float = 10.0) -> None:
+    """Create ``kafka.<topic_field>`` (one partition) when it does not exist; a broker that refuses stops
+    the start naming the key."""
     k = config.kafka
+    name = str(getattr(k, topic_field))
     admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
                              **python_client_options(k))
     try:
-        if k.catalog_topic in admin.list_topics():
+        if name in admin.list_topics():
             return
-        result = admin.create_topics({k.catalog_topic: {"num_partitions": 1, "replication_factor": -1,
-                                                        "configs": {"cleanup.policy": "compact"}}},
+        result = admin.create_topics({name: {"num_partitions": 1, "replication_factor": -1,
+                                             "configs": dict(topic_configs or {})}},
                                      raise_errors=False)
         for topic in result["topics"]:
             if topic["error_code"] not in (0, 36):  # 36: created meanwhile by someone else
-                raise ConfigError(f"kafka.catalog_topic: {k.catalog_topic!r} does not exist and could not be "
+                raise ConfigError(f"kafka.{topic_field}: {name!r} does not exist and could not be "
                                   f"created (error {topic['error_code']}: {topic.get('error_message') or ''})")
-        log.warning("created the catalog topic %s (compacted)", k.catalog_topic)
+        log.warning("created the topic %s (kafka.%s)%s", name, topic_field,
+                    f" {dict(topic_configs)}" if topic_configs else "")
     finally:
         admin.close()
 
@@ -163,6 +172,9 @@ class KafkaSinks:
     def attach(self, outputs: PipelineOutputs, config: Config) -> None:
         if config.kafka.delivery_guarantee == "exactly-once":
             check_transaction_timeout(config)
+        # Feedback is newer than the other outputs: a deployment that predates it has no such topic,
+        # and a sink writing to a missing topic fails the job (brokers rarely auto-create).
+        ensure_topic(config, "feedback_topic")
         topics = config.kafka.topics()
         for stream, topic_field, name in (  # the catalog's dead letters go with the events'
 
