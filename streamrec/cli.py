@@ -67,6 +67,10 @@ def add_log_flags(p: argparse.ArgumentParser, env: str, default: str = "userbeha
              default="")
 
 
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "") in ("1", "true", "yes")
+
+
 def add_no_progress(p: argparse.ArgumentParser) -> None:
     """Bars are drawn on a terminal only; this turns them off there too (a recorded session)."""
     p.add_argument("--no-progress", action="store_true",
@@ -392,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("feedback", help="rolling online HR@10 and NDCG@10 per model version and arm")
     add_flag(p, "--window", f"{ENV_PREFIX}FEEDBACK_WINDOW", "over the last N feedback records", default="10000")
-    p.add_argument("--follow", action="store_true", help="keep reading, print the table every 2 s")
+    p.add_argument("--follow", action="store_true", default=_env_on(f"{ENV_PREFIX}FEEDBACK_FOLLOW"),
+                   help=f"keep reading, print the table every 2 s [env: {ENV_PREFIX}FEEDBACK_FOLLOW=1]")
     add_flag(p, "--file", f"{ENV_PREFIX}FEEDBACK_FILE", "read a bounded run's OUT.feedback.jsonl instead of the topic")
     add_flag(p, "--timeout", f"{ENV_PREFIX}FEEDBACK_TIMEOUT", "without --follow: stop after this many idle "
              "seconds", default="5")
@@ -402,8 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ab", help="A/B experiments: per-arm online figures")
     p.add_argument("action", choices=["report"])
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--from-topic", action="store_true", help="read kafka.feedback_topic (the default)")
-    source.add_argument("--file", help="a bounded run's OUT.feedback.jsonl")
+    source.add_argument("--from-topic", action="store_true", default=_env_on(f"{ENV_PREFIX}AB_FROM_TOPIC"),
+                        help=f"read kafka.feedback_topic (the default) [env: {ENV_PREFIX}AB_FROM_TOPIC=1]")
+    source.add_argument("--file", default=os.environ.get(f"{ENV_PREFIX}AB_FILE"),
+                        help=f"a bounded run's OUT.feedback.jsonl [env: {ENV_PREFIX}AB_FILE]")
     add_flag(p, "--out", f"{ENV_PREFIX}AB_OUT", "folder for ab_report.json and ab_report.png", default="ab-report")
     add_flag(p, "--control", f"{ENV_PREFIX}AB_CONTROL", "the arm others are compared with (default: 'control' "
              "if present, else the first by name)", default="")
