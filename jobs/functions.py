@@ -217,6 +217,8 @@ class _Recommending:
             return
         if not self.shard_keys:
             yield from self._feedback(state, event)
+        elif state.last_list:
+            state.last_list = []  # lists ranked from here on are not seen here: switched back, score none stale
         if event.ts >= self.since_ms:
             req = self.recommender.request(state, event)
             if self.shard_keys:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from jobs.entry import absolute_artifact
+from jobs.io import CollectionSource, CollectSink, event_rows
+from jobs.pipeline import build_pipeline, create_environment
 from streamrec.evaluation.prequential import prequential
 from tests.job_fixtures import generated_log
+from udfs.config import load_config
 
 pytestmark = pytest.mark.flink
 
@@ -22,3 +26,16 @@ def test_online_figures_equal_prequential_on_a_replay(fixture_artifact, tmp_path
     assert online["events"] == result["requests"] > 500
     assert 0 < online["hr@10"] == model["hr@10"]
     assert online["ndcg@10"] == pytest.approx(model["ndcg@10"], rel=1e-12, abs=0)
+
+
+def test_no_feedback_with_batched_ranking(fixture_artifact):
+    """Batched, the lists are ranked where there is no shopper state: the job emits them, and no feedback."""
+    cfg = absolute_artifact(load_config(environ={}, overrides={
+        "ranking": {"artifact_dir": str(fixture_artifact), "provider": "cpu", "top_k": 10, "batching": True},
+        "job": {"checkpoint_interval_ms": 0, "out_of_orderness_ms": 10**9}}))
+    events = generated_log(300, seed=9)
+    env = create_environment(cfg)
+    sink = CollectSink()
+    build_pipeline(env, cfg, CollectionSource(event_rows(events, "test-input")), sink)
+    out = sink.run()
+    assert len(out["recommendations"]) > 200 and out["feedback"] == []
