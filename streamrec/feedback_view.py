@@ -63,7 +63,7 @@ class RollingFeedback:
             # A long running sum of float gains drifts; clamp the tiny negative a window can leave.
             rows.append((version, arm, str(f.n), f"{f.hr:.4f}", f"{max(f.ndcg, 0.0):.4f}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         return "\n".join([f"last {min(self.seen, self.window)} of {self.seen} feedback records", *lines])
 
 
