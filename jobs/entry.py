@@ -127,7 +127,8 @@ def run_job(config: Config, source: Endpoint, sink: Endpoint,
     elapsed = time.perf_counter() - start
     sink.path.parent.mkdir(parents=True, exist_ok=True)
     counts = {"recommendations": write_jsonl(sink.path, (v for _, v in results["recommendations"]))}
-    for kind, suffix in (("dead_letters", ".dlq.jsonl"), ("late_events", ".late.jsonl")):
+    for kind, suffix in (("dead_letters", ".dlq.jsonl"), ("late_events", ".late.jsonl"),
+                         ("feedback", ".feedback.jsonl")):
         extra = sink.path.with_name(sink.path.name + suffix)
         counts[kind] = write_jsonl(extra, (v for _, v in results[kind])) if results[kind] else 0
         if not results[kind]:

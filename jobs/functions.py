@@ -4,7 +4,7 @@ Element shapes between operators:
 - raw input: Row(topic, partition, offset, timestamp, value: bytes)
 - keyed input (EventEnvelope.java): Row(topic, partition, offset, timestamp, event_ts, value),
   keyed by the user id as a string (its pseudonym with ``privacy.pseudonymize``)
-- outputs (recommendations, dead letters, late events): Row(key: str, value: bytes)
+- outputs (recommendations, dead letters, late events, feedback): Row(key: str, value: bytes)
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from udfs.catalog import Catalog, catalog_key, decode_catalog_item
 from udfs.config import Config
 from udfs.control import ControlRecordError, decode_control
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
+from udfs.feedback import FEEDBACK_COUNTERS, FeedbackCounters, feedback_for, remember
 from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, BatchedCounters, SampledHistograms
 from udfs.models import ModelSet, SwapOutcome
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
-from udfs.records import dead_letter_record, encode_output_record, late_event_record
+from udfs.records import dead_letter_record, encode_feedback_record, encode_output_record, late_event_record
 from udfs.runtime import ConfigModels, build_recommender, freeze_loaded_objects, warn_if_catalog_features_unfed
 from udfs.state import UserState
 
@@ -52,6 +53,7 @@ SCORING_TYPE = Types.ROW_NAMED(["key", "rows", "value"],
 SHARD_KEYED_SCORING_TYPE = Types.ROW([Types.STRING(), SCORING_TYPE])
 DLQ_TAG = OutputTag("dead-letters", KEYED_BYTES_TYPE)
 LATE_TAG = OutputTag("late-events", KEYED_BYTES_TYPE)
+FEEDBACK_TAG = OutputTag("feedback", KEYED_BYTES_TYPE)
 # Histograms (thread mode): input record's Kafka timestamp to list emitted, time inside one model
 # call, candidate rows per call.
 HISTOGRAMS = ("event_to_list_ms", "model_call_us", "rows_per_call")
@@ -185,8 +187,13 @@ class _Recommending:
             log.warning("streamrec pseudonymous user ids: key %s from %s", key.key_id, key.source)
         self.redact_dead_letters = cfg.privacy.redact_dead_letters
         self.subtask = subtask_index(runtime_context)
+        self.feedback = FeedbackCounters(lambda version, arm: BatchedCounters(
+            group.add_group("model_version", version).add_group("arm", arm).counter, FEEDBACK_COUNTERS))
         if not self.shard_keys:
             log_provider(self.recommender)
+        elif self.subtask == 0:
+            log.warning("streamrec: no online feedback with ranking.batching (lists are ranked in a stage "
+                        "without the shoppers' state)")
 
     def close(self) -> None:
         self._flush_metrics()
@@ -258,6 +265,10 @@ class _Recommending:
         if not recommender.apply(state, event):
             self.metrics.inc("events_duplicate")
             return
+        if not self.shard_keys:
+            yield from self._feedback(state, event)
+        elif state.last_list:
+            state.last_list = []  # lists ranked from here on are not seen here: switched back, score none stale
         if event.ts >= self.since_ms:
             req = recommender.request(state, event)
             if self.shard_keys:
@@ -271,11 +282,19 @@ class _Recommending:
                 if record["fallback"]:
                     self.metrics.inc("ranking_fallbacks")
                 self.metrics.inc("recommendations_emitted")
+                remember(state, record)
                 yield Row(str(event.user_id), encode_output_record(record))
         blob, trimmed = state.to_bounded_bytes(self.max_state_bytes)
         if trimmed:
             self.metrics.inc("states_trimmed")
         self.state.update(blob)
+
+    def _feedback(self, state: UserState, event: Event) -> Any:
+        """The event scored against the shopper's last list (udfs/feedback.py), before its own replaces it."""
+        fb = feedback_for(state, event, self.since_ms)
+        if fb is not None:
+            self.feedback.record(fb)
+            yield FEEDBACK_TAG, Row(*encode_feedback_record(fb))
 
     def _observe(self, recommender: Recommender, record: dict[str, Any], input_ts: int | None,
                  before: tuple[int, int, float] | None) -> None:
@@ -293,6 +312,7 @@ class _Recommending:
 
     def _flush_metrics(self) -> None:
         self._ranker_seen = flush_ranker_metrics(self.recommender, self.metrics, self._ranker_seen)
+        self.feedback.flush()
         if self.histograms is not None:
             self.histograms.flush()
 

@@ -34,7 +34,7 @@ from udfs.kafka_security import java_client_properties, python_client_options
 # Values travel back to the client as JSON text: a Java byte[] crosses py4j byte by
 # byte, which made collecting ~20k lists take over ten minutes.
 TAGGED_TYPE = Types.ROW_NAMED(["kind", "key", "value"], [Types.STRING(), Types.STRING(), Types.STRING()])
-KINDS = ("recommendations", "dead_letters", "late_events")
+KINDS = ("recommendations", "dead_letters", "late_events", "feedback")
 TRANSACTION_MAX_KEY = "transaction.max.timeout.ms"
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,8 @@ class KafkaCatalogSource:
 
     def create(self, env: StreamExecutionEnvironment, config: Config) -> DataStream:
         k = config.kafka
-        ensure_compacted_topic(config, "catalog_topic")
-        ensure_compacted_topic(config, "control_topic")
+        for topic_field in ("catalog_topic", "control_topic"):  # a shop without a catalog or a model yet
+            ensure_topic(config, topic_field, COMPACTED)
         source = _raw_kafka_source(config, [k.catalog_topic, k.control_topic], f"{k.group_id}-catalog",
                                    KafkaOffsetsInitializer.earliest())
         watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_days(CATALOG_WATERMARK_LAG_DAYS))
@@ -116,25 +116,30 @@ class KafkaCatalogSource:
         return env.from_source(source, watermarks, "kafka-catalog").uid("kafka-catalog")
 
 
-def ensure_compacted_topic(config: Config, field: str, timeout_s: float = 10.0) -> None:
-    """Create the topic of ``kafka.<field>`` (catalog, control), compacted, when it does not exist: a
-    shop without a catalog or a published model yet still runs the job, and the source fails on a
-    topic that is not there. A broker that refuses (no permission) stops the start naming the key."""
+# The catalog and the control topic hold the latest record per key (item, model target).
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+def ensure_topic(config: Config, topic_field: str, topic_configs: Mapping[str, str] | None = None,
+                 timeout_s: float = 10.0) -> None:
+    """Create ``kafka.<topic_field>`` (one partition) when it does not exist; a broker that refuses stops
+    the start naming the key."""
     k = config.kafka
-    name = str(getattr(k, field))
+    name = str(getattr(k, topic_field))
     admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
                              **python_client_options(k))
     try:
         if name in admin.list_topics():
             return
         result = admin.create_topics({name: {"num_partitions": 1, "replication_factor": -1,
-                                             "configs": {"cleanup.policy": "compact"}}},
+                                             "configs": dict(topic_configs or {})}},
                                      raise_errors=False)
         for topic in result["topics"]:
             if topic["error_code"] not in (0, 36):  # 36: created meanwhile by someone else
-                raise ConfigError(f"kafka.{field}: {name!r} does not exist and could not be "
+                raise ConfigError(f"kafka.{topic_field}: {name!r} does not exist and could not be "
                                   f"created (error {topic['error_code']}: {topic.get('error_message') or ''})")
-        log.warning("created the topic %s (kafka.%s, compacted)", name, field)
+        log.warning("created the topic %s (kafka.%s)%s", name, topic_field,
+                    f" {dict(topic_configs)}" if topic_configs else "")
     finally:
         admin.close()
 
@@ -167,12 +172,16 @@ class KafkaSinks:
     def attach(self, outputs: PipelineOutputs, config: Config) -> None:
         if config.kafka.delivery_guarantee == "exactly-once":
             check_transaction_timeout(config)
+        # Feedback is newer than the other outputs: a deployment that predates it has no such topic,
+        # and a sink writing to a missing topic fails the job (brokers rarely auto-create).
+        ensure_topic(config, "feedback_topic")
         topics = config.kafka.topics()
         for stream, topic_field, name in (  # the catalog's dead letters go with the events'
 
             (outputs.recommendations, "output_topic", "recommendations"),
             (outputs.dead_letters, "dlq_topic", "dead-letters"),
             (outputs.late_events, "late_topic", "late-events"),
+            (outputs.feedback, "feedback_topic", "feedback"),
         ):
             stream.sink_to(self._sink(topics[topic_field])).name(f"kafka-{name}").uid(f"sink-{name}")
 
@@ -248,7 +257,8 @@ class CollectSink:
         recs = outputs.recommendations.map(_tag(KINDS[0]), output_type=TAGGED_TYPE)
         dlq = outputs.dead_letters.map(_tag(KINDS[1]), output_type=TAGGED_TYPE)
         late = outputs.late_events.map(_tag(KINDS[2]), output_type=TAGGED_TYPE)
-        self.stream = recs.union(dlq, late)
+        feedback = outputs.feedback.map(_tag(KINDS[3]), output_type=TAGGED_TYPE)
+        self.stream = recs.union(dlq, late, feedback)
 
     def run(self) -> dict[str, list[tuple[str, str]]]:
         """Execute; per kind, (key, JSON text of the output record)."""

@@ -26,6 +26,7 @@ from jobs.functions import (
     CATALOG_STATE,
     DLQ_TAG,
     ENVELOPE_TYPE,
+    FEEDBACK_TAG,
     KEYED_BYTES_TYPE,
     LATE_TAG,
     MODEL_STATE,
@@ -46,6 +47,8 @@ class PipelineOutputs:
     recommendations: DataStream
     dead_letters: DataStream
     late_events: DataStream
+    feedback: DataStream
+    """Per scored event, its rank in the shopper's previous list (udfs/feedback.py); empty with batching."""
 
 
 class Source(Protocol):
@@ -255,7 +258,8 @@ def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Sour
     # The keyed stage keeps its uid with batching on or off: user state survives the switch.
     stage = joined.name("recommend").uid("recommend")
     recs = rank_batches(stage, config) if config.ranking.batching else stage
-    outputs = PipelineOutputs(recs, stage.get_side_output(DLQ_TAG), stage.get_side_output(LATE_TAG))
+    outputs = PipelineOutputs(recs, stage.get_side_output(DLQ_TAG), stage.get_side_output(LATE_TAG),
+                              stage.get_side_output(FEEDBACK_TAG))
     sink.attach(outputs, config)
     return outputs
 

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from jobs.entry import add_run_arguments, run_from_args
@@ -31,12 +31,14 @@ from streamrec.catalog_files import (
     write_catalog_jsonl,
 )
 from streamrec.demo import run_demo
+from streamrec.evaluation import ab_report as ab
 from streamrec.evaluation.diversity_sweep import DEFAULT_CAPS, SWEEP_JSON, SWEEP_PNG, format_sweep, parse_caps, sweep
 from streamrec.evaluation.evaluate import evaluate, format_table
 from streamrec.evaluation.matrix import DEFAULT_DATA_DIR, format_matrix, run_matrix
 from streamrec.evaluation.matrix import JSON_FILE as MATRIX_JSON
 from streamrec.evaluation.matrix import PNG_FILE as MATRIX_PNG
 from streamrec.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
+from streamrec.feedback_view import decoded, show
 from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, produce, read_topic, replay
 from streamrec.local import kafka as kafka_local
@@ -64,6 +66,10 @@ def add_log_flags(p: argparse.ArgumentParser, env: str, default: str = "userbeha
     add_flag(p, "--behaviors", f"{ENV_PREFIX}{env}_BEHAVIORS", "with --format csv: the log's behavior names "
              "mapped to pv/cart/fav/buy (click=pv,order=buy); an unmapped name makes the row malformed",
              default="")
+
+
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "") in ("1", "true", "yes")
 
 
 def add_no_progress(p: argparse.ArgumentParser) -> None:
@@ -137,6 +143,41 @@ def cmd_consume(args: argparse.Namespace) -> int:
         if isinstance(value, dict) and isinstance(value.get("raw"), bytes):
             value = {**value, "raw": value["raw"].hex()}
         print(json.dumps(value, default=str), flush=True)
+    return 0
+
+
+def _feedback_values(args: argparse.Namespace, follow: bool = False) -> Iterator[object]:
+    """Feedback maps from ``--file`` (the bounded job's OUT.feedback.jsonl) or the feedback topic."""
+    if getattr(args, "file", None):
+        with open(args.file, encoding="utf-8") as f:
+            yield from (json.loads(line) for line in f if line.strip())
+        return
+    cfg = config_from_args(args)
+    timeout = 10 ** 9 if follow else float(args.timeout)
+    for rec in consume(cfg.kafka.bootstrap_servers, cfg.kafka.feedback_topic, timeout_s=timeout,
+                       security=python_client_options(cfg.kafka)):
+        yield rec.value
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """Rolling online HR@10 and NDCG@10 per model version and arm (README 'Online feedback')."""
+    skipped: list[str] = []
+    show(decoded(_feedback_values(args, args.follow), skipped), int(args.window), sys.stdout, follow=args.follow)
+    if skipped:
+        print(f"{len(skipped)} records skipped, first: {skipped[0]}", file=sys.stderr)
+    return 0
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    """Per-arm online figures with shopper-bootstrap intervals, a plot and a JSON."""
+    skipped: list[str] = []
+    records = list(decoded(_feedback_values(args), skipped))
+    if not records:
+        raise ConfigError("no feedback records read" + (f" ({len(skipped)} unreadable)" if skipped else ""))
+    report = ab.ab_report(records, control=args.control or None, resamples=int(args.resamples))
+    json_path, png_path = ab.write_report(report, args.out)
+    print(ab.format_report(report))
+    print(json.dumps({"json": str(json_path), "plot": str(png_path), "skipped": len(skipped)}))
     return 0
 
 
@@ -447,6 +488,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--timeout", f"{ENV_PREFIX}CONSUME_TIMEOUT", "stop after this many idle seconds", default="10")
     add_config_flags(p, ["--bootstrap-servers"])
     p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("feedback", help="rolling online HR@10 and NDCG@10 per model version and arm")
+    add_flag(p, "--window", f"{ENV_PREFIX}FEEDBACK_WINDOW", "over the last N feedback records", default="10000")
+    p.add_argument("--follow", action="store_true", default=_env_on(f"{ENV_PREFIX}FEEDBACK_FOLLOW"),
+                   help=f"keep reading, print the table every 2 s [env: {ENV_PREFIX}FEEDBACK_FOLLOW=1]")
+    add_flag(p, "--file", f"{ENV_PREFIX}FEEDBACK_FILE", "read a bounded run's OUT.feedback.jsonl instead of the topic")
+    add_flag(p, "--timeout", f"{ENV_PREFIX}FEEDBACK_TIMEOUT", "without --follow: stop after this many idle "
+             "seconds", default="5")
+    add_config_flags(p, ["--bootstrap-servers", "--feedback-topic"])
+    p.set_defaults(func=cmd_feedback)
+
+    p = sub.add_parser("ab", help="A/B experiments: per-arm online figures")
+    p.add_argument("action", choices=["report"])
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--from-topic", action="store_true", default=_env_on(f"{ENV_PREFIX}AB_FROM_TOPIC"),
+                        help=f"read kafka.feedback_topic (the default) [env: {ENV_PREFIX}AB_FROM_TOPIC=1]")
+    source.add_argument("--file", default=os.environ.get(f"{ENV_PREFIX}AB_FILE"),
+                        help=f"a bounded run's OUT.feedback.jsonl [env: {ENV_PREFIX}AB_FILE]")
+    add_flag(p, "--out", f"{ENV_PREFIX}AB_OUT", "folder for ab_report.json and ab_report.png", default="ab-report")
+    add_flag(p, "--control", f"{ENV_PREFIX}AB_CONTROL", "the arm others are compared with (default: 'control' "
+             "if present, else the first by name)", default="")
+    add_flag(p, "--resamples", f"{ENV_PREFIX}AB_RESAMPLES", "bootstrap resamples", default="2000")
+    add_flag(p, "--timeout", f"{ENV_PREFIX}AB_TIMEOUT", "stop reading the topic after this many idle seconds",
+             default="5")
+    add_config_flags(p, ["--bootstrap-servers", "--feedback-topic"])
+    p.set_defaults(func=cmd_ab)
 
     p = sub.add_parser("generate", help="write a seeded synthetic behavior log")
     add_flag(p, "--out", f"{ENV_PREFIX}GENERATE_OUT", "output file (.msgpack or .csv)", required=False)

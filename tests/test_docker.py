@@ -165,7 +165,7 @@ def test_ports_agree_between_compose_prometheus_kubernetes_and_the_config():
 
 def test_topics_and_job_entry_point_are_the_configs():
     c = compose()["services"]
-    created = set(re.search(r"for t in ([\w\- ]+);", " ".join(c["topics"]["command"])).group(1).split())
+    created = set(re.search(r"for t in ([\w\- \n]+);", " ".join(c["topics"]["command"])).group(1).split())
     assert created == set(Config().kafka.topics().values())
     script = f"{APP}/{JOB_SCRIPT.relative_to(ROOT)}"
     assert script in c["submit"]["command"]

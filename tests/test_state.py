@@ -223,11 +223,24 @@ def test_version_1_bytes_upgrade_with_every_field_kept():
     assert update_state(st, Event(1, 12, 3, "cart", T0 + 2000), W_LIMITS)
     assert st.window_counts()["10m"] == [0, 1, 0, 0] and st.counts == [1, 1, 0, 1]
     data = st.to_bytes()
-    assert msgpack.unpackb(data, strict_map_key=False)[0] == STATE_VERSION == 2
+    assert msgpack.unpackb(data, strict_map_key=False)[0] == STATE_VERSION == 3
     assert UserState.from_bytes(data) == st
 
 
-@pytest.mark.parametrize("version", [0, 3, 99, "2"])
+def test_version_2_bytes_upgrade_with_no_last_list():
+    """A state saved before the last list was kept: everything stays, the first list after the upgrade
+    starts the shopper's feedback."""
+    st = fold([ev(i, 100 + i, beh="cart") for i in range(4)], W_LIMITS)
+    st.emitted = 4
+    v2 = msgpack.packb([2, st.seq, st.counts, st.affinity, st.ref_ts, st.bought, st.emitted, st.max_ts,
+                        st.windows], use_bin_type=True)
+    back = UserState.from_bytes(v2)
+    assert back.last_list == [] and back.window_counts() == st.window_counts()
+    back.last_list = [5, "m1", None, [7, 8]]
+    assert UserState.from_bytes(back.to_bytes()) == back
+
+
+@pytest.mark.parametrize("version", [0, 4, 99, "2"])
 def test_unknown_state_version_raises(version):
     data = msgpack.packb([version, [], [0, 0, 0, 0], {}, 0, [], 0, 0, [[], [], []]])
     with pytest.raises(ValueError, match="unsupported user state version"):

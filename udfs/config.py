@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 ENV_PREFIX = "STREAMREC_"
 # The job's topics, by config field: one list for the job, the local broker and the tools.
-TOPIC_FIELDS = ("input_topic", "output_topic", "dlq_topic", "late_topic", "catalog_topic")
+TOPIC_FIELDS = ("input_topic", "output_topic", "dlq_topic", "late_topic", "catalog_topic", "feedback_topic",
+                "control_topic")
 
 
 class _Section(BaseModel):

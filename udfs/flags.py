@@ -25,6 +25,7 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--dlq-topic": ("kafka", "dlq_topic"),
     "--catalog-topic": ("kafka", "catalog_topic"),
     "--control-topic": ("kafka", "control_topic"),
+    "--feedback-topic": ("kafka", "feedback_topic"),
     "--delivery-guarantee": ("kafka", "delivery_guarantee"),
     "--parallelism": ("job", "parallelism"),
     "--execution-mode": ("job", "execution_mode"),

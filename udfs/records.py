@@ -141,3 +141,63 @@ def late_event_record(event: Event, watermark: int, lateness_ms: int) -> tuple[s
         use_bin_type=True,
     )
     return str(event.user_id), value
+
+
+# The feedback record (README "Online feedback"), one per accepted, non-duplicate event of a shopper
+# who was shown a list before it; version rules as for the output record.
+FEEDBACK_SCHEMA_VERSION = 1
+FEEDBACK_FIELDS = ("schema_version", "user_id", "item_id", "behavior", "ts", "list_seq", "rank", "k",
+                   "model_version", "arm")
+
+
+class FeedbackRecord(NamedTuple):
+    """Whether a shopper's event hit the list they were last shown. ``rank`` is the item's 0-based
+    position in that list, -1 when absent; ``k`` the list's length; ``list_seq``, ``model_version``
+    and ``arm`` are the list's (``arm`` None without an experiment). ``user_id`` is the job's key
+    (the pseudonym under ``privacy.pseudonymize``)."""
+
+    user_id: Any
+    item_id: Any
+    behavior: str
+    ts: int
+    list_seq: int
+    rank: int
+    k: int
+    model_version: str
+    arm: str | None = None
+
+    def hit(self, k: int) -> bool:
+        return 0 <= self.rank < k
+
+    def to_map(self) -> dict[str, Any]:
+        return {"schema_version": FEEDBACK_SCHEMA_VERSION, **self._asdict()}
+
+
+def encode_feedback_record(record: FeedbackRecord) -> tuple[str, bytes]:
+    """Feedback-topic ``(key, value)``, keyed by user like the lists, so a shopper's records keep order."""
+    return str(record.user_id), msgpack.packb(record.to_map(), use_bin_type=True)
+
+
+def decode_feedback_record(raw: bytes | dict[str, Any]) -> FeedbackRecord:
+    """A feedback record from the topic's bytes or from its map (the file sink's JSON lines);
+    :class:`OutputRecordError` says what is wrong with it. Extra fields are ignored."""
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            obj = msgpack.unpackb(raw, raw=False, strict_map_key=False, max_ext_len=0)
+        except Exception as exc:  # msgpack raises many types; all mean "not our format"
+            raise OutputRecordError(f"not_msgpack: {type(exc).__name__}: {str(exc)[:120]}") from None
+    else:
+        obj = raw
+    if not isinstance(obj, dict):
+        raise OutputRecordError(f"not_a_map: top level is {type(obj).__name__}")
+    if obj.get("schema_version") != FEEDBACK_SCHEMA_VERSION:
+        raise OutputRecordError(f"feedback schema_version {obj.get('schema_version')!r} != {FEEDBACK_SCHEMA_VERSION}")
+    missing = [f for f in FEEDBACK_FIELDS if f not in obj]
+    if missing:
+        raise OutputRecordError(f"missing_field: {', '.join(missing)}")
+    ints = ("ts", "list_seq", "rank", "k")
+    if not all(isinstance(obj[f], int) and not isinstance(obj[f], bool) for f in ints):
+        raise OutputRecordError(f"bad_type: {', '.join(ints)} must be integers")
+    arm = obj["arm"]
+    return FeedbackRecord(obj["user_id"], obj["item_id"], str(obj["behavior"]), obj["ts"], obj["list_seq"],
+                          obj["rank"], obj["k"], str(obj["model_version"]), None if arm is None else str(arm))

@@ -40,7 +40,7 @@ import msgpack
 
 from udfs.events import BEHAVIOR_INDEX, Event, Id
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 _REC = 5  # ints per bucket record in a window list: bucket, pv, cart, fav, buy
 # (label, window length ms, bucket size ms) of the windowed behavior counts.
 WINDOWS: tuple[tuple[str, int, int], ...] = (
@@ -83,12 +83,15 @@ class UserState:
     emitted: int = 0
     max_ts: int = 0
     windows: list[list[int]] = field(default_factory=lambda: [[] for _ in WINDOWS])
+    last_list: list[Any] = field(default_factory=list)
+    """The list last emitted for this shopper, ``[seq, model_version, arm, items]`` (empty before the
+    first): what the next event is scored against (udfs/feedback.py). Ids only, at most ``top_k``."""
 
     def to_bytes(self) -> bytes:
         # New fields go at the end of the list; from_bytes upgrades older layouts.
         return msgpack.packb(
             [STATE_VERSION, self.seq, self.counts, self.affinity, self.ref_ts, self.bought,
-             self.emitted, self.max_ts, self.windows],
+             self.emitted, self.max_ts, self.windows, self.last_list],
             use_bin_type=True,
         )
 
@@ -98,7 +101,8 @@ class UserState:
         Entry counts alone do not bound bytes: ids may be 128-character strings, which
         makes a full state ~30 KB instead of ~1.5 KB. Over the limit, the oldest quarter of
         the sequence, the bought items and the weakest categories go in turn until it fits;
-        counts, windows and the list number always stay, so ``seq`` never repeats.
+        counts, windows, the list number and the last list (``top_k`` ids) always stay, so ``seq``
+        never repeats and the next event is still scored against the list it followed.
         """
         blob = self.to_bytes()
         trimmed = False
@@ -121,6 +125,10 @@ class UserState:
         values = msgpack.unpackb(data, raw=False, strict_map_key=False)
         version = values[0]
         if version == STATE_VERSION:
+            seq, counts, affinity, ref_ts, bought, emitted, max_ts, windows, last_list = values[1:10]
+            return cls(seq, counts, affinity, ref_ts, bought, emitted, max_ts, windows, last_list)
+        if version == 2:
+            # Written before the last list was kept: the shopper's next list starts the feedback.
             seq, counts, affinity, ref_ts, bought, emitted, max_ts, windows = values[1:9]
             return cls(seq, counts, affinity, ref_ts, bought, emitted, max_ts, windows)
         if version == 1:

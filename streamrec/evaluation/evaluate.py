@@ -187,6 +187,10 @@ def format_table(report: dict[str, Any]) -> str:
         if "consistency" in res:
             c = res["consistency"]
             extra = f", job lists identical to replay: {c['identical_lists']}/{c['job_lists']}"
+        if "online" in res:  # the job's own figures, from its feedback records (README "Online feedback")
+            o = res["online"]
+            extra += (f", the job's online HR@10 {_fmt(o['hr@10'])} NDCG@10 {_fmt(o['ndcg@10'])} "
+                      f"over {o['events']} feedback records")
         lines.append(
             f"- {p}: {res['requests']} requests ({res['novel_requests']} novel), candidate recall "
             f"{_fmt(res['candidate_recall'])} (novel {_fmt(res['novel_candidate_recall'])}), "

@@ -45,6 +45,11 @@ Protocol, precisely:
 The set of tested (list, next event) pairs is the offline held-out set of
 :mod:`model_export.dataset`; what differs is that the ``model`` lists here are
 the ones the job actually emitted.
+
+The job also scores each tested event itself, as it would online (:mod:`udfs.feedback`:
+the shopper's last list kept in state); ``online`` in the result is HR@10 and NDCG@10
+from those feedback records, which must equal the ``model`` figures computed here from
+the lists (``tests/test_feedback_job.py`` checks it).
 """
 
 from __future__ import annotations
@@ -69,8 +74,10 @@ from udfs.artifact import verify_manifest
 from udfs.config import load_config
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
+from udfs.feedback import OnlineFigures
 from udfs.logs import write_events_msgpack
 from udfs.ranking_metrics import K, list_quality, metrics_from_ranks
+from udfs.records import FeedbackRecord, decode_feedback_record
 from udfs.runtime import build_recommender, state_settings
 from udfs.state import UserState
 
@@ -129,8 +136,9 @@ def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu"
 
 def run_job_lists(
     events: Sequence[Event], config: Any, workdir: str | Path
-) -> tuple[dict[ListKey, EmittedList], dict[str, int]]:
-    """Write the (already sorted) log to a replay file, run the bounded job, read its lists.
+) -> tuple[dict[ListKey, EmittedList], dict[str, int], list[FeedbackRecord]]:
+    """Write the (already sorted) log to a replay file, run the bounded job, read its lists and
+    its feedback records.
 
     msgpack, not CSV: it keeps string ids and millisecond times as loaded, and the
     loader's stray-timestamp rule is not applied a second time."""
@@ -140,7 +148,23 @@ def run_job_lists(
     out = wd / "recommendations.jsonl"
     write_events_msgpack(events, path)
     counts = run_job(config, Endpoint("file", path), Endpoint("file", out)) or {}
-    return read_lists(out), counts
+    return read_lists(out), counts, read_feedback(out.with_name(out.name + ".feedback.jsonl"))
+
+
+def read_feedback(path: str | Path) -> list[FeedbackRecord]:
+    """The bounded job's feedback records (JSON lines; none written when there are none)."""
+    if not Path(path).exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [decode_feedback_record(json.loads(line)) for line in f if line.strip()]
+
+
+def online_metrics(records: Iterable[FeedbackRecord], k: int = K) -> dict[str, float]:
+    """HR@k and NDCG@k of the job's own feedback records, all versions and arms together."""
+    figures = OnlineFigures(k)
+    for fb in records:
+        figures.add(fb)
+    return {"events": figures.n, f"hr@{k}": figures.hr, f"ndcg@{k}": figures.ndcg}
 
 
 def read_lists(path: str | Path) -> dict[ListKey, EmittedList]:
@@ -425,9 +449,10 @@ def prequential(
     if use_job:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-            job_lists, counts = run_job_lists(evs, config, tmp)
+            job_lists, counts, feedback = run_job_lists(evs, config, tmp)
         result["seconds_job"] = round(time.perf_counter() - t0, 2)
         result["job_counts"] = counts
+        result["online"] = online_metrics(feedback, k)
     replay = replay_lists(evs, config, baselines=names, scorers=scorers, recommend=replay_model == "recommend")
     if replay_model == "direct":
         replay.lists["model"] = replay.lists[DIRECT]
