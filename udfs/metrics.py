@@ -3,8 +3,9 @@
 In thread mode each ``Counter.inc`` is a call from the embedded interpreter into the
 JVM. Five of them per event took about 3% of the keyed thread (py-spy on a p1
 TaskManager at full load), while Flink only reads counters every few seconds.
-Counts reach Flink with the first event after the interval, and at close: on a
-stream that has gone quiet the last second's counts wait for the next event.
+Counts reach Flink with the first event after the interval, and at close; the keyed
+function also flushes on a processing-time timer, so a stream that has gone quiet
+still shows its last second's counts.
 """
 
 from __future__ import annotations
