@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from streamrec.kafka_io import consume, replay
 from tests.job_fixtures import generated_log
 from udfs.reasons import REASON_CODES
-from udfs.records import SCHEMA_VERSION
+from udfs.records import ADDED_OUTPUT_FIELDS, OUTPUT_FIELDS, SCHEMA_VERSION
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
@@ -63,8 +63,7 @@ def test_one_record_per_accepted_event_and_poison_on_dlq(kafka_broker, topics, r
     for r in out:
         v = r.value
         assert r.key == str(v["user_id"]).encode() and r.key.decode() in users
-        assert set(v) == {"schema_version", "user_id", "seq", "items", "scores", "reasons", "trigger",
-                          "model_version", "provider", "fallback", "generated_at"}
+        assert set(v) == {*OUTPUT_FIELDS, *ADDED_OUTPUT_FIELDS}
         assert v["schema_version"] == SCHEMA_VERSION
         assert len(v["items"]) == len(v["scores"])  # descending only with ranking.max_per_category 0
         assert len(v["reasons"]) == len(v["items"]) and all(x["code"] in REASON_CODES for x in v["reasons"])

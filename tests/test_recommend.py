@@ -7,6 +7,7 @@ import pytest
 
 from udfs.config import load_config
 from udfs.events import Event
+from udfs.records import ADDED_OUTPUT_FIELDS, OUTPUT_FIELDS
 from udfs.runtime import build_recommender
 from udfs.state import UserState
 
@@ -34,6 +35,7 @@ def test_lists_sorted_top_k_and_sequence_numbers(fixture_artifact):
     assert [o["seq"] for o in outs] == [1, 2, 3]
     for o in outs:
         assert len(o["items"]) == 5 and o["scores"] == sorted(o["scores"], reverse=True)
+        assert set(o) == {*OUTPUT_FIELDS, *ADDED_OUTPUT_FIELDS} and o["arm"] is None
 
 
 class Broken:

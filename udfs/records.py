@@ -27,6 +27,8 @@ MAX_DLQ_RAW_BYTES = 512 * 1024
 # The output record's fields (README "Output"), all present in every record of SCHEMA_VERSION.
 OUTPUT_FIELDS = ("schema_version", "user_id", "seq", "items", "scores", "reasons", "trigger", "model_version",
                  "provider", "fallback", "generated_at")
+# Fields added within SCHEMA_VERSION: this writer always writes them, a reader takes a record without them.
+ADDED_OUTPUT_FIELDS = ("arm",)
 # Versions a reader accepts: 1 had no `reasons`.
 READABLE_VERSIONS = (1, 2)
 # Largest output record a reader decodes (a list of 1,000 long string ids with reasons fits).
