@@ -21,7 +21,9 @@ from streamrec.local import kafka as kafka_local
 from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import MANIFEST_FILE
 from udfs.config import Config
+from udfs.feedback import OnlineFigures
 from udfs.reasons import render_reason
+from udfs.records import decode_feedback_record
 
 DEMO_SEED = 11
 TRAIN_EVENTS = 40_000
@@ -64,18 +66,31 @@ def _fmt(rec: dict[str, Any], latency_ms: int | None) -> str:
             f"top5 [{items}]  ({rec['provider']}, {lat}){first}")
 
 
+def online_summary(bootstrap: str, topic: str) -> dict[str, Any]:
+    """The job's own feedback (README 'Online feedback'): each event scored against the list its
+    shopper was shown before it."""
+    records = [decode_feedback_record(r.value) for r in consume(bootstrap, topic, timeout_s=5)]
+    figures = OnlineFigures()
+    for fb in records:
+        figures.add(fb)
+    _say(f"online feedback on {topic}: {figures.n:,} events scored against the shopper's previous list; "
+         f"HR@10 {figures.hr:.4f}, NDCG@10 {figures.ndcg:.4f} (`streamrec feedback` follows it live)")
+    return {"events_scored": figures.n, "hr@10": round(figures.hr, 4), "ndcg@10": round(figures.ndcg, 4)}
+
+
 def run_demo(cfg: Config, *, events: int, rate: float) -> int:
     suffix = time.strftime("%Y%m%d%H%M%S")
     topics = {f: f"demo-{suffix}-{name}" for f, name in cfg.kafka.topics().items()}
     started_broker = kafka_local.status() is None
     job: subprocess.Popen[bytes] | None = None
     try:
-        info = kafka_local.start_background(topics=list(topics.values()), compacted=[topics["catalog_topic"]]) \
+        compacted = [topics["catalog_topic"], topics["control_topic"]]
+        info = kafka_local.start_background(topics=list(topics.values()), compacted=compacted) \
             if started_broker else kafka_local.status()
         assert info is not None
         bootstrap = info["bootstrap"]
         if not started_broker:
-            kafka_local.create_topics(bootstrap, list(topics.values()), compacted=[topics["catalog_topic"]])
+            kafka_local.create_topics(bootstrap, list(topics.values()), compacted=compacted)
         _say(f"Kafka broker at {bootstrap}; topics {', '.join(topics.values())}")
         artifact = ensure_artifact(cfg)
 
@@ -134,6 +149,7 @@ def run_demo(cfg: Config, *, events: int, rate: float) -> int:
             "provider": outputs[-1][0]["provider"],
             "model_version": outputs[-1][0]["model_version"],
         }
+        summary["online"] = online_summary(bootstrap, topics["feedback_topic"])
         _say("summary: " + json.dumps(summary))
         if len(outputs) != stats.sent:
             _say(f"note: {stats.sent - len(outputs)} events produced no list (duplicates or late; see job log)")
