@@ -8,6 +8,7 @@ import pytest
 
 from streamrec.generator import START_TS_MS, generate_events
 from udfs.logs import write_userbehavior_csv
+from udfs.records import ADDED_OUTPUT_FIELDS, OUTPUT_FIELDS
 
 pytestmark = pytest.mark.flink
 
@@ -29,9 +30,7 @@ def test_file_source_to_json_lines(fixture_artifact, tmp_path):
     unique = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})
     assert len(lines) == unique
     assert json.loads(res.stdout.strip().splitlines()[-1])["recommendations"] == unique
-    assert {tuple(sorted(r)) for r in lines} == {("fallback", "generated_at", "items", "model_version", "provider",
-                                                 "reasons", "schema_version", "scores", "seq", "trigger",
-                                                 "user_id")}
+    assert {tuple(sorted(r)) for r in lines} == {tuple(sorted({*OUTPUT_FIELDS, *ADDED_OUTPUT_FIELDS}))}
 
 
 def test_a_file_with_no_usable_rows_is_an_error_not_an_empty_run(fixture_artifact, tmp_path):

@@ -41,6 +41,7 @@ from tests.scenario import PeakRss, marked_rss_kb, report
 from tests.state_versions import state_version, to_v1_bytes
 from udfs.config import Config, env_var, load_config
 from udfs.events import Event
+from udfs.feedback import remember
 from udfs.runtime import build_recommender
 from udfs.state import UserState
 
@@ -82,7 +83,8 @@ class Replay:
         for e in events:
             st = self.states.setdefault(e.user_id, UserState())
             if self.rec.apply(st, e):
-                out[key_of(e)] = self.rec.recommend([self.rec.request(st, e)])[0]
+                out[key_of(e)] = record = self.rec.recommend([self.rec.request(st, e)])[0]
+                remember(st, record)  # the list the job keeps for online feedback
         return out
 
     def restart(self, encode: Callable[[bytes], bytes] | None = None) -> None:
