@@ -19,7 +19,7 @@ from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, produce, replay
 from streamrec.local import kafka as kafka_local
 from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
-from udfs.artifact import MANIFEST_FILE
+from udfs.artifact import MANIFEST_FILE, ArtifactError, verify_manifest
 from udfs.config import Config
 from udfs.feedback import OnlineFigures
 from udfs.reasons import render_reason
@@ -35,14 +35,20 @@ def _say(msg: str) -> None:
 
 
 def ensure_artifact(cfg: Config) -> Path:
-    """Train on the embedded generator's log when no artifact exists yet."""
+    """Train on the embedded generator's log when no artifact exists yet, or when the one there
+    does not fit this code (built by an older version: the job would refuse it)."""
     path = Path(cfg.ranking.artifact_dir)
+    why = f"no model at {path}"
     if (path / MANIFEST_FILE).is_file():
-        _say(f"using model artifact {path}")
-        return path
+        try:
+            verify_manifest(path)
+            _say(f"using model artifact {path}")
+            return path
+        except ArtifactError as exc:
+            why = f"the model at {path} does not fit this code ({str(exc)[:160]})"
     from model_export.train import train_model  # lazy: torch (the [train] extra), only when training
 
-    _say(f"no model at {path}: generating {TRAIN_EVENTS:,} events and training one (a minute or two)")
+    _say(f"{why}: generating {TRAIN_EVENTS:,} events and training one (a minute or two)")
     events = generate_events(TRAIN_EVENTS, n_users=800, n_items=4000, n_categories=60, seed=DEMO_SEED,
                              start_ts_ms=1_700_000_000_000, duration_s=DEMO_DAYS * 86400)
     train_model(events, until_ms=None, out_dir=path, seed=0)
