@@ -30,6 +30,7 @@ from jobs.pipeline import PipelineOutputs, source_watermarks
 from udfs.config import Config, ConfigError
 from udfs.events import Event, encode_event
 from udfs.kafka_security import java_client_properties, python_client_options
+from udfs.topics import COMPACTED, ensure_topic
 
 # Values travel back to the client as JSON text: a Java byte[] crosses py4j byte by
 # byte, which made collecting ~20k lists take over ten minutes.
@@ -108,40 +109,12 @@ class KafkaCatalogSource:
     def create(self, env: StreamExecutionEnvironment, config: Config) -> DataStream:
         k = config.kafka
         for topic_field in ("catalog_topic", "control_topic"):  # a shop without a catalog or a model yet
-            ensure_topic(config, topic_field, COMPACTED)
+            ensure_topic(k, getattr(k, topic_field), topic_field, COMPACTED)
         source = _raw_kafka_source(config, [k.catalog_topic, k.control_topic], f"{k.group_id}-catalog",
                                    KafkaOffsetsInitializer.earliest())
         watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_days(CATALOG_WATERMARK_LAG_DAYS))
                       .with_idleness(Duration.of_millis(CATALOG_IDLENESS_MS)))
         return env.from_source(source, watermarks, "kafka-catalog").uid("kafka-catalog")
-
-
-# The catalog and the control topic hold the latest record per key (item, model target).
-COMPACTED = {"cleanup.policy": "compact"}
-
-
-def ensure_topic(config: Config, topic_field: str, topic_configs: Mapping[str, str] | None = None,
-                 timeout_s: float = 10.0) -> None:
-    """Create ``kafka.<topic_field>`` (one partition) when it does not exist; a broker that refuses stops
-    the start naming the key."""
-    k = config.kafka
-    name = str(getattr(k, topic_field))
-    admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
-                             **python_client_options(k))
-    try:
-        if name in admin.list_topics():
-            return
-        result = admin.create_topics({name: {"num_partitions": 1, "replication_factor": -1,
-                                             "configs": dict(topic_configs or {})}},
-                                     raise_errors=False)
-        for topic in result["topics"]:
-            if topic["error_code"] not in (0, 36):  # 36: created meanwhile by someone else
-                raise ConfigError(f"kafka.{topic_field}: {name!r} does not exist and could not be "
-                                  f"created (error {topic['error_code']}: {topic.get('error_message') or ''})")
-        log.warning("created the topic %s (kafka.%s)%s", name, topic_field,
-                    f" {dict(topic_configs)}" if topic_configs else "")
-    finally:
-        admin.close()
 
 
 @dataclass
@@ -174,7 +147,7 @@ class KafkaSinks:
             check_transaction_timeout(config)
         # Feedback is newer than the other outputs: a deployment that predates it has no such topic,
         # and a sink writing to a missing topic fails the job (brokers rarely auto-create).
-        ensure_topic(config, "feedback_topic")
+        ensure_topic(config.kafka, config.kafka.feedback_topic, "feedback_topic")
         topics = config.kafka.topics()
         for stream, topic_field, name in (  # the catalog's dead letters go with the events'
 

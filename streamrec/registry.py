@@ -21,7 +21,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from udfs.registry import (
     version_dir,
     versions,
 )
+from udfs.topics import COMPACTED, ensure_topic
 
 log = logging.getLogger(__name__)
 
@@ -181,32 +181,17 @@ def activate(registry_dir: str | Path, version: str, send: Any = None) -> Announ
 
 # --- the control topic ------------------------------------------------------------------------
 
-def ensure_control_topic(kafka: KafkaConfig, topic: str, security: Mapping[str, Any], timeout_s: float = 10.0) -> None:
-    """Create the control topic, compacted, when it is missing: the local broker does not create
-    topics on first write, and compaction on the one key keeps the last announcement for a job
-    that starts later."""
-    from kafka.admin import KafkaAdminClient
+def ensure_control_topic(kafka: KafkaConfig, topic: str) -> None:
+    """Create the control topic, compacted, when it is missing (:func:`udfs.topics.ensure_topic`):
+    compaction on the one key keeps the last announcement for a job that starts later."""
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
-                                 **security)
+        ensure_topic(kafka, topic, "control_topic", COMPACTED)
     except KafkaError as exc:
         raise ConfigError(f"cannot reach Kafka at {kafka.bootstrap_servers} to announce on {topic!r}: {exc}; "
                           "the version is in the registry but not live (once the broker is up: "
                           "`streamrec model activate --version VERSION`, or publish again)") from exc
-    try:
-        if topic in admin.list_topics():
-            return
-        result = admin.create_topics({topic: {"num_partitions": 1, "replication_factor": -1,
-                                              "configs": {"cleanup.policy": "compact"}}}, raise_errors=False)
-        for t in result["topics"]:
-            if t["error_code"] not in (0, 36):  # 36: created meanwhile by someone else
-                raise ConfigError(f"kafka.control_topic: {topic!r} does not exist and could not be created "
-                                  f"(error {t['error_code']}: {t.get('error_message') or ''})")
-        log.warning("created the control topic %s (compacted)", topic)
-    finally:
-        admin.close()
 
 
 def send_control(kafka: KafkaConfig, topic: str, record: ControlRecord) -> None:
@@ -215,7 +200,7 @@ def send_control(kafka: KafkaConfig, topic: str, record: ControlRecord) -> None:
     from kafka.errors import KafkaError
 
     security = python_client_options(kafka)
-    ensure_control_topic(kafka, topic, security)
+    ensure_control_topic(kafka, topic)
     try:
         produce(kafka.bootstrap_servers, topic, [(CONTROL_KEY.encode(), record.to_bytes())], security=security)
     except KafkaError as exc:
