@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from streamrec.generator import generate_events
+from streamrec.kafka_io import consume
 from streamrec.local.procs import job_env as _job_env
 from streamrec.local.procs import stop_group
 from tests.onnx_fixtures import covisit_scorer
@@ -86,3 +88,13 @@ def kafka_jobs(kafka_broker, fixture_artifact, tmp_path) -> Iterator[Callable[..
     yield start
     for proc in procs:
         stop_group(proc)
+
+
+def read_lists(bootstrap: str, topic: str, want: int, job: subprocess.Popen, timeout_s: float = 180) -> list[dict]:
+    """The topic's values from its beginning, read again until ``want`` are there, the job has died or
+    ``timeout_s`` has passed."""
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < want and time.monotonic() < deadline and job.poll() is None:
+        out = [r.value for r in consume(bootstrap, topic, timeout_s=4)]
+    return out

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from streamrec.kafka_io import consume, replay
+from streamrec.kafka_io import replay
 from streamrec.local.procs import stop_group
-from tests.job_fixtures import covisit_artifact, generated_log
+from tests.job_fixtures import covisit_artifact, generated_log, read_lists
 from udfs.ab import assign_arm
 from udfs.config import TOPIC_FIELDS, env_var, load_config
 
@@ -21,13 +21,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 ARMS = [{"name": "control", "model_version": "live", "share": 0.5},
         {"name": "treatment", "model_version": "fixture-v2", "share": 0.5}]
 
-
-def _read(bootstrap: str, topic: str, want: int, job, timeout_s: float = 180) -> list[dict]:
-    out: list = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < want and time.monotonic() < deadline and job.poll() is None:
-        out = [r.value for r in consume(bootstrap, topic, timeout_s=4)]
-    return out
 
 
 def test_arms_follow_the_shopper_hash_and_survive_a_restart(kafka_broker, unique_topic, kafka_jobs, tmp_path):
@@ -46,13 +39,13 @@ def test_arms_follow_the_shopper_hash_and_survive_a_restart(kafka_broker, unique
 
     job = kafka_jobs(topics, **settings)
     replay(first, bootstrap, topics["input_topic"])
-    before = _read(bootstrap, topics["output_topic"], n_first, job)
+    before = read_lists(bootstrap, topics["output_topic"], n_first, job)
     assert len(before) == n_first
     time.sleep(5)  # a checkpoint (every 2 s) after the last list
     stop_group(job)
     job = kafka_jobs(topics, **settings, **{env_var("job", "resume_from"): "latest"})
     replay(second, bootstrap, topics["input_topic"])
-    out = _read(bootstrap, topics["output_topic"], n_all, job)
+    out = read_lists(bootstrap, topics["output_topic"], n_all, job)
     assert len(out) == n_all
     after = out[n_first:]
 

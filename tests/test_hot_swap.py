@@ -15,10 +15,10 @@ import pytest
 
 from jobs.flink_metrics import info_metric_name
 from streamrec.cli import main as cli
-from streamrec.kafka_io import consume, produce, replay
+from streamrec.kafka_io import produce, replay
 from streamrec.local.kafka import free_ports
 from streamrec.local.procs import stop_group
-from tests.job_fixtures import covisit_artifact, generated_log
+from tests.job_fixtures import covisit_artifact, generated_log, read_lists
 from tests.scenario import report
 from tests.test_prometheus_metrics import _samples, _scrape
 from udfs.config import TOPIC_FIELDS, env_var
@@ -32,13 +32,6 @@ def _announce(bootstrap: str, topic: str, version: str, path: Path) -> int:
     produce(bootstrap, topic, [(CONTROL_KEY.encode(), ControlRecord("activate", version, str(path), at).to_bytes())])
     return at
 
-
-def _read(bootstrap: str, topic: str, want: int, job, timeout_s: float = 180) -> list[dict]:
-    out: list = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < want and time.monotonic() < deadline and job.poll() is None:
-        out = [r.value for r in consume(bootstrap, topic, timeout_s=4)]
-    return out
 
 
 def _timeline(records: list[dict], announced_at: int) -> list[list]:
@@ -76,7 +69,7 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
 
     # Events flow steadily while the announcement lands in the middle of them.
     replay(first, bootstrap, topics["input_topic"])
-    out = _read(bootstrap, topics["output_topic"], len(_distinct(first)), job)
+    out = read_lists(bootstrap, topics["output_topic"], len(_distinct(first)), job)
     assert len(out) == len(_distinct(first)), "the job did not start serving"
 
     def feed() -> None:
@@ -91,7 +84,7 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     assert cli(["model", "publish", "--artifact", str(v2), *registry_flags]) == 0
     feeder.join()
     want = len(_distinct(first + second))
-    out = _read(bootstrap, topics["output_topic"], want, job)
+    out = read_lists(bootstrap, topics["output_topic"], want, job)
     assert job.poll() is None, "job died"
     assert sorted(_triggers(out)) == sorted(_distinct(first + second)), "a list is missing or repeated"
     versions = [r["model_version"] for r in sorted(out, key=lambda r: r["generated_at"])]
@@ -112,7 +105,7 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     time.sleep(5)  # a refusal must not wait for events to happen
     replay(third[:150], bootstrap, topics["input_topic"])
     want = len(_distinct(first + second + third[:150]))
-    out = _read(bootstrap, topics["output_topic"], want, job)
+    out = read_lists(bootstrap, topics["output_topic"], want, job)
     assert len(out) == want
     later = [r for r in out if (r["user_id"], r["trigger"]["item_id"], r["trigger"]["behavior"],
                                 r["trigger"]["ts"]) in _distinct(third[:150]) - _distinct(first + second)]
@@ -137,7 +130,7 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     job = kafka_jobs(topics, **{env_var("job", "resume_from"): "latest"})
     replay(third[150:], bootstrap, topics["input_topic"])
     want = len(_distinct(events[:900]))
-    out = _read(bootstrap, topics["output_topic"], want, job)
+    out = read_lists(bootstrap, topics["output_topic"], want, job)
     resumed = [r for r in out if (r["user_id"], r["trigger"]["item_id"], r["trigger"]["behavior"],
                                   r["trigger"]["ts"]) in _distinct(third[150:]) - _distinct(events[:750])]
     assert resumed and {r["model_version"] for r in resumed} == {"fixture-v2"}
@@ -146,7 +139,7 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     assert cli(["model", "rollback", *registry_flags]) == 0
     time.sleep(5)
     replay(fourth, bootstrap, topics["input_topic"])
-    out = _read(bootstrap, topics["output_topic"], len(_distinct(events)), job)
+    out = read_lists(bootstrap, topics["output_topic"], len(_distinct(events)), job)
     rolled = [r for r in out if (r["user_id"], r["trigger"]["item_id"], r["trigger"]["behavior"],
                                  r["trigger"]["ts"]) in _distinct(fourth) - _distinct(events[:900])]
     assert rolled and {r["model_version"] for r in rolled} == {"fixture-covisit"}

@@ -205,7 +205,6 @@ class ModelSet:
         if target is None:
             old = self.live
             self.live = new
-            # Arms that pinned the old live object (none do: pinned arms hold their own) stay as they are.
             log.warning("streamrec model swap: %s -> %s", old.artifact.model_version, new.artifact.model_version)
         else:
             old_version = self.pinned[target].artifact.model_version if target in self.pinned else LIVE

@@ -1,13 +1,18 @@
 """A/A calibration on a real log: all shoppers ranked by one model (an A/A run's feedback), arms
 reassigned by many salts; how often does the report's 95% interval of the arm difference exclude 0?"""
-import json, sys, time
+import json
+import sys
+import time
+
+from streamrec.evaluation.ab_report import ab_report
 from udfs.ab import assign_arm
 from udfs.config import ArmConfig
 from udfs.records import decode_feedback_record
-from streamrec.evaluation.ab_report import ab_report
 
-records = [decode_feedback_record(json.loads(line)) for line in open(sys.argv[1])]
-arms = [ArmConfig(name="control", model_version="live", share=0.5), ArmConfig(name="b", model_version="live", share=0.5)]
+with open(sys.argv[1]) as f:
+    records = [decode_feedback_record(json.loads(line)) for line in f]
+arms = [ArmConfig(name="control", model_version="live", share=0.5),
+        ArmConfig(name="b", model_version="live", share=0.5)]
 n_salts = int(sys.argv[2])
 excl = {"hr@10": 0, "ndcg@10": 0}
 t = time.time()
