@@ -34,7 +34,13 @@ from streamrec.demo import run_demo
 from streamrec.evaluation import ab_report as ab
 from streamrec.evaluation.diversity_sweep import DEFAULT_CAPS, SWEEP_JSON, SWEEP_PNG, format_sweep, parse_caps, sweep
 from streamrec.evaluation.evaluate import evaluate, format_table
-from streamrec.evaluation.matrix import DEFAULT_DATA_DIR, format_matrix, run_matrix
+from streamrec.evaluation.matrix import (
+    DEFAULT_DATA_DIR,
+    TRAIN_THREADS,
+    default_workers,
+    format_matrix,
+    run_matrix,
+)
 from streamrec.evaluation.matrix import JSON_FILE as MATRIX_JSON
 from streamrec.evaluation.matrix import PNG_FILE as MATRIX_PNG
 from streamrec.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
@@ -355,6 +361,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(flag: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: a positive integer, not {text!r}") from None
+    if value < 1:
+        raise ConfigError(f"{flag}: a positive integer, not {value}")
+    return value
+
+
 def _int_list(flag: str, text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -370,8 +386,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     logs = [x.strip() for x in args.logs.split(",") if x.strip()] if args.logs else None
     use_job = args.model_source == "job"
     # Several logs with the job: one process per log (see matrix.log_in_subprocess).
+    workers = _positive_int("--workers", args.workers) if args.workers else default_workers()
+    threads = _positive_int("--train-threads", args.train_threads)
     report = run_matrix(args.data, args.out, seeds=seeds, logs=logs, use_job=use_job, provider=args.provider,
-                        isolate=use_job and (logs is None or len(logs) > 1))
+                        isolate=use_job and (logs is None or len(logs) > 1), workers=workers,
+                        train_threads=threads)
     print(format_matrix(report))
     out = Path(args.out)
     print(f"report: {out / MATRIX_JSON}, table: {out / MATRIX_TABLE}, plot: {out / MATRIX_PNG}")
@@ -614,6 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
              default="0,1,2")
     add_flag(p, "--logs", f"{ENV_PREFIX}EVAL_LOGS", "with --matrix: only these logs (names as in the table, "
              "e.g. dev/jdata2017_head)")
+    add_flag(p, "--workers", f"{ENV_PREFIX}EVAL_WORKERS", "with --matrix: logs run at once, each in its own "
+             "process (default: one per two cores, at least one)")
+    add_flag(p, "--train-threads", f"{ENV_PREFIX}EVAL_TRAIN_THREADS", "with --matrix: torch threads per "
+             "training when logs run one at a time (with several at once: cores / workers)",
+             default=str(TRAIN_THREADS))
     add_flag(p, "--model-source", f"{ENV_PREFIX}EVAL_MODEL_SOURCE",
              "with --matrix: the model's lists from the bounded job or from its pure-Python replay",
              default="job", choices=["job", "replay"])

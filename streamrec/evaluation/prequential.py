@@ -73,7 +73,7 @@ from model_export.onnx_io import onnx_session
 from udfs.artifact import verify_manifest
 from udfs.config import load_config
 from udfs.events import Event, Id
-from udfs.features import UserRequest, build_batch
+from udfs.features import DENSE_FEATURES, UserRequest, build_batch
 from udfs.feedback import OnlineFigures
 from udfs.logs import write_events_msgpack
 from udfs.ranking_metrics import K, list_quality, metrics_from_ranks
@@ -304,6 +304,10 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
         keys = {name: BASELINES[name](dense, pos) for name in baselines}
         for name, session in (scorers or {}).items():
             keys[name] = [_score_rows(session, es, model_batch)]
+        if DIRECT in keys:
+            # The model's order with every item the shopper touched moved below every new one:
+            # how many novel requests it would hit if all k slots went to new items.
+            keys[NEW_ONLY] = [keys[DIRECT][0], (dense[:, IN_HISTORY] <= 0).astype(np.float64)]
         for name, key_arrays in keys.items():
             lists.setdefault(name, {})
             ranked = rank_lists(es, key_arrays)
@@ -324,6 +328,8 @@ def _score_rows(session: Any, es: ExampleSet, requests_per_call: int) -> np.ndar
 
 
 DIRECT, OTHER = "model:direct", "model:other"
+NEW_ONLY = "model:new-items-only"
+IN_HISTORY = DENSE_FEATURES.index("in_history")
 MODEL_FILE = "model.onnx"
 # What must be equal for two artifacts' models to be scored on one replay's candidates.
 SHARED_FILES = ("vocab.msgpack", "tables.msgpack")
@@ -499,6 +505,8 @@ def prequential(
         result["direct_consistency"] = {
             "lists": len(direct),
             "identical": sum(1 for key, lst in direct.items() if replay.lists["model"][key].items == lst.items)}
+    if NEW_ONLY in replay.lists:
+        result["model_new_items_only"] = _score(replay.lists[NEW_ONLY], tested, ctx, k)
     result["others"] = {str(other): _score(replay.lists[f"{OTHER}{i}"], tested, ctx, k)
                         for i, other in enumerate(others)}
     result["top_k"] = int(config.ranking.top_k)
