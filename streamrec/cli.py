@@ -294,7 +294,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         return 0
     if args.action == "publish":
         _require(args, "artifact")
-        path = registry.publish(root, args.artifact)
+        path = registry.publish(root, args.artifact, force=args.force)
         version = path.name
         if not args.no_announce:  # --no-announce: in the registry, not live
             registry.activate(root, version, send)
@@ -584,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
                "rollback/activate: record it live in the registry's history without a control record (no job "
                "is told)")
     add_switch(p, "--json", f"{ENV_PREFIX}MODEL_JSON", "list: JSON instead of a table")
+    add_switch(p, "--force", f"{ENV_PREFIX}MODEL_FORCE", "publish: even an artifact `streamrec retrain` kept "
+               "back as worse than the live version (refused without it)")
     add_config_flags(p, ["--registry", "--control-topic", "--bootstrap-servers"])
     p.set_defaults(func=cmd_model)
 

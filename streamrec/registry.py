@@ -47,6 +47,10 @@ ACTIVATE = "activate"
 ROLLBACK = "rollback"
 HISTORY_ACTIONS = (ACTIVATE, ROLLBACK)
 TMP_PREFIX = ".publishing-"
+# streamrec retrain's decision, stored in the new artifact's manifest (``retrain``): publish it, or
+# keep the live version because the new one scored lower on the held-out requests.
+RETRAIN_METRIC = "ndcg@10"
+RETRAIN_PUBLISH, KEEP_LIVE = "publish", "keep_live"
 
 
 def now_ms() -> int:
@@ -59,15 +63,30 @@ def _same_files(a: Manifest, b: Manifest) -> list[str]:
     return sorted(n for n in set(fa) | set(fb) if fa.get(n) != fb.get(n))
 
 
-def publish(registry_dir: str | Path, artifact_dir: str | Path) -> Path:
+def kept_back(manifest: Manifest) -> str | None:
+    """Why ``streamrec retrain`` decided not to publish this artifact (its manifest's ``retrain``
+    comparison), or None: it decided to publish it, or it did not come from a retrain."""
+    report = manifest.get("retrain") or {}
+    if report.get("decision") != KEEP_LIVE:
+        return None
+    new, live = report.get("new") or {}, report.get("live") or {}
+    return (f"retrain kept it back: {RETRAIN_METRIC} {new.get('metrics', {}).get(RETRAIN_METRIC)} against "
+            f"the live {live.get('model_version')}'s {live.get('metrics', {}).get(RETRAIN_METRIC)}")
+
+
+def publish(registry_dir: str | Path, artifact_dir: str | Path, *, force: bool = False) -> Path:
     """Copy a verified artifact into the registry as ``<registry_dir>/<model_version>``; returns that
     folder (absolute). Idempotent for an identical version (every listed file's sha256 equal);
-    :class:`RegistryError` for a different artifact under a version name already taken."""
+    :class:`RegistryError` for a different artifact under a version name already taken, and for an
+    artifact ``streamrec retrain`` kept back as worse than the live version, unless ``force``."""
     src = Path(artifact_dir)
     try:
         manifest = verify_manifest(src)
     except ArtifactError as exc:
         raise RegistryError(f"not published: {exc}") from exc
+    reason = kept_back(manifest)
+    if reason is not None and not force:
+        raise RegistryError(f"not published: {reason}; --force publishes it anyway")
     version = manifest.model_version
     root = Path(registry_dir).resolve()
     dest = version_dir(root, version)

@@ -40,9 +40,10 @@ from udfs.registry import live_version, verified_version
 log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
-METRIC = "ndcg@10"
 REPORTED = ("hr@10", "ndcg@10", "mrr", "novel_hr@10", "novel_ndcg@10")
-PUBLISH, KEEP_LIVE = "publish", "keep_live"
+# The deciding metric and the decisions live with the registry's writer, which refuses to publish
+# an artifact a retrain kept back (streamrec.registry.kept_back).
+METRIC, PUBLISH, KEEP_LIVE = writer.RETRAIN_METRIC, writer.RETRAIN_PUBLISH, writer.KEEP_LIVE
 
 
 def window(events: Sequence[Event], hours: float) -> list[Event]:

@@ -186,3 +186,25 @@ def test_manifest_fields_can_be_added_but_not_what_loaders_read(tmp_path: Path) 
     for field in ("seq_len", "files", "retrain"):  # read by the loaders / already there
         with pytest.raises(ValueError, match=f"will not set '{field}'"):
             add_manifest_fields(art, {field: 1})
+
+
+def test_an_artifact_retrain_kept_back_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamrec retrain` stores its decision in the new manifest; publishing by hand an artifact
+    it kept back (worse than the live version) is refused, naming the figures, unless --force."""
+    art = make_artifact(tmp_path, "v2")
+    add_manifest_fields(art, {"retrain": {"decision": writer.KEEP_LIVE,
+                                          "new": {"model_version": "v2", "metrics": {"ndcg@10": 0.11}},
+                                          "live": {"model_version": "v1", "metrics": {"ndcg@10": 0.12}}}})
+    reg = tmp_path / "reg"
+    with pytest.raises(RegistryError, match=r"retrain kept it back: ndcg@10 0\.11 against the live v1's 0\.12"):
+        writer.publish(reg, art)
+    assert not reg.exists() or versions(reg) == []
+    assert main(["model", "publish", "--artifact", str(art), "--registry", str(reg), "--no-announce"]) == 2
+    assert "--force publishes it anyway" in capsys.readouterr().err
+    assert main(["model", "publish", "--artifact", str(art), "--registry", str(reg), "--no-announce",
+                 "--force"]) == 0
+    assert versions(reg) == ["v2"]
+    # One retrain decided to publish: no flag needed.
+    ok = make_artifact(tmp_path, "v3", seed=4)
+    add_manifest_fields(ok, {"retrain": {"decision": writer.RETRAIN_PUBLISH}})
+    assert writer.publish(reg, ok) == (reg / "v3").resolve()
