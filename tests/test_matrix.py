@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from streamrec.evaluation.matrix import (
     median_until,
     run_matrix,
     summarize,
+    threads_per_log,
 )
 from streamrec.evaluation.prequential import prequential
 from streamrec.generator import START_TS_MS, generate_events
@@ -207,9 +207,8 @@ def test_logs_in_parallel_processes_match_one_process(tmp_path: Path) -> None:
         write_userbehavior_csv(ev, data / f"{name}.csv")
     parallel = run_matrix(data, tmp_path / "par", seeds=(0,), use_job=False, isolate=True, workers=2)
     assert list(parallel["logs"]) == ["a", "dev/b"] and parallel["workers"] == 2
-    # Each process trained on cores // workers threads; the in-process run does the same.
-    threads = max(1, (os.cpu_count() or 1) // 2)
-    serial = run_matrix(data, tmp_path / "ser", seeds=(0,), use_job=False, train_threads=threads)
+    # Each process trained on the threads its share of the cores gives; the in-process run does the same.
+    serial = run_matrix(data, tmp_path / "ser", seeds=(0,), use_job=False, train_threads=threads_per_log(2))
     for name in ("a", "dev/b"):
         got = parallel["logs"][name]["summary"]["rankers"]
         want = serial["logs"][name]["summary"]["rankers"]

@@ -190,7 +190,8 @@ def log_in_subprocess(dev: DevLog, data_dir: str | Path, seeds: Sequence[int], o
 
 
 def write_report(report: dict[str, Any], out: Path) -> dict[str, Any]:
-    """JSON, Markdown and plot of the logs done so far (rewritten after each log), logs by name."""
+    """JSON, Markdown and plot of the logs done so far (rewritten after each log), logs by name;
+    returns what it wrote."""
     report = json_safe({**report, "logs": dict(sorted(report["logs"].items()))})
     (out / JSON_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     (out / TABLE_FILE).write_text(format_matrix(report) + "\n")
@@ -203,6 +204,12 @@ def default_workers() -> int:
     one core busy (the bounded job runs at parallelism 1, the replay in one Python thread,
     training on :data:`TRAIN_THREADS`), so two at once on 2 cores nearly halve the wall time."""
     return max(1, min(2, os.cpu_count() or 1))
+
+
+def threads_per_log(workers: int, train_threads: int = TRAIN_THREADS) -> int:
+    """Torch threads for each log's training: ``train_threads`` when logs run one at a time,
+    else the cores split between the ``workers`` logs running at once (at least one each)."""
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else train_threads
 
 
 def run_matrix(data_dir: str | Path, out_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2),
@@ -229,13 +236,15 @@ def run_matrix(data_dir: str | Path, out_dir: str | Path, *, seeds: Sequence[int
                               "model_source": "job" if use_job else "replay", "split": "median event",
                               "logs": {}, "workers": workers if isolate else 1}
 
+    written: dict[str, Any] = {}
+
     def finished(name: str, entry: dict[str, Any]) -> None:
         report["logs"][name] = entry
         report["seconds_total"] = round(time.perf_counter() - t0, 2)
-        write_report(report, out)
+        written.update(write_report(report, out))
 
     if isolate:
-        threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else train_threads
+        threads = threads_per_log(workers, train_threads)
         largest_first = sorted(devs, key=lambda d: -d.path.stat().st_size)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(log_in_subprocess, dev, data_dir, seeds, out, use_job=use_job,
@@ -249,7 +258,7 @@ def run_matrix(data_dir: str | Path, out_dir: str | Path, *, seeds: Sequence[int
             finished(dev.name, {"data": {k: raw[k] for k in ("path", "events", "users", "until_ms")},
                                 "summary": summarize(raw), "runs": raw["runs"],
                                 "scoring": raw["scoring"], "seconds": raw["seconds"]})
-    return write_report(report, out)
+    return written  # the report as last written, after the last log
 
 
 def _cell(s: Mapping[str, Any]) -> str:
