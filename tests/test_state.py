@@ -1,5 +1,6 @@
 """User state: bounded, order-independent, duplicate-free, serializable."""
 
+import math
 import random
 
 import msgpack
@@ -91,6 +92,21 @@ def test_gap_buckets_monotone():
     gaps = [gap_bucket(ms) for ms in (0, 999, 1000, 60_000, 3_600_000, 86_400_000, 10**12)]
     assert gaps == sorted(gaps) and gaps[0] == 0 and gaps[-1] == 20
 
+
+
+def _float_gap_bucket(gap_ms: int) -> int:
+    """The definition: floor(log2(1 + seconds)), capped at 20."""
+    return min(20, int(math.log2(1.0 + max(gap_ms, 0) / 1000.0)))
+
+
+def test_gap_bucket_equals_the_float_definition_at_every_edge():
+    """The integer form must give the buckets the model was trained on: checked on every ms
+    of the first hour, a ms either side of every bucket edge, and random gaps up to 300 years."""
+    edges = [1000 * (2**k - 1) + d for k in range(45) for d in (-2, -1, 0, 1, 2)]
+    rng = random.Random(7)
+    gaps = [*range(-2000, 3_600_000, 7), *edges, *(rng.randrange(-10**13, 10**13) for _ in range(20_000))]
+    assert [gap_bucket(g) for g in gaps] == [_float_gap_bucket(g) for g in gaps]
+    assert gap_bucket(1000) == 1 and gap_bucket(2999) == 1 and gap_bucket(3000) == 2
 
 # --------------------------------------------------------------------------- windowed counts
 

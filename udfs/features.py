@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import math
 import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -170,21 +171,21 @@ def build_batch(
     cand_cat = np.empty(n_rows, dtype=np.int64)
     dense = np.zeros((n_rows, len(DENSE_FEATURES)), dtype=np.float32)
     items_v, cats_v, pop = vocab.items, vocab.categories, tables.popularity
+    log1p = math.log1p
     row = 0
     for u, req in enumerate(requests):
         st, cands, now = req.state, req.candidates, req.trigger.ts
         seq = st.seq[-seq_len:]
         off = seq_len - len(seq)
-        last_touch: dict[Id, int] = {}
-        touch_count: dict[Id, int] = {}
+        # Per touched item: its latest touch (seq is in time order, so the last write wins),
+        # touches and strongest behavior. Repeats: rows whose item an earlier row touched.
+        last_touch: dict[Id, int] = {r[1]: r[0] for r in seq}
+        touch_count = Counter(r[1] for r in seq)
         max_beh: dict[Id, int] = {}
-        repeats = 0
-        for ts, item, _cat, beh in seq:
-            repeats += item in last_touch
-            last_touch[item] = ts
-            touch_count[item] = touch_count.get(item, 0) + 1
-            if beh > max_beh.get(item, -1):
-                max_beh[item] = beh
+        for r in seq:
+            if r[3] > max_beh.get(r[1], -1):
+                max_beh[r[1]] = r[3]
+        repeats = len(seq) - len(last_touch)
         if seq:
             hist[0, u, off:] = [items_v.get(r[1], OOV) for r in seq]
             hist[1, u, off:] = [cats_v.get(r[2], OOV) for r in seq]
@@ -210,28 +211,33 @@ def build_batch(
         cand_cat[row:end] = [cats_v.get(c, OOV) for c in cats]
         d = dense[row:end]
         d[:, 0] = cands.covisit
-        d[:, 1] = [math.log1p(pop.get(i, 0.0)) for i in items]
-        d[:, 2] = [i in last_touch for i in items]
-        d[:, 3] = [gap_bucket(now - last_touch[i]) / (N_GAP_BUCKETS - 1) if i in last_touch else 1.0
-                   for i in items]
-        d[:, 4] = [math.log1p(touch_count.get(i, 0)) for i in items]
+        d[:, 1] = [log1p(pop.get(i, 0.0)) for i in items]
         d[:, 5] = [aff.get(c, 0.0) / aff_total for c in cats]
         d[:, 6] = [c == trig_cat for c in cats]
-        d[:, 7] = [i == trig_item for i in items]
-        d[:, 8:12] = [math.log1p(c) for c in st.counts]
+        d[:, 8:12] = [log1p(c) for c in st.counts]
         d[:, 12] = (src & SRC_COVISIT) != 0
         d[:, 13] = (src & SRC_RECENT) != 0
         d[:, 14] = (src & SRC_CATEGORY) != 0
         d[:, 15] = (src & SRC_TRENDING) != 0
-        d[:, 16] = [(max_beh[i] + 1) / N_BEHAVIORS if i in max_beh else 0.0 for i in items]
         # 1 for the top neighbour; 0 for candidates outside the neighbourhood.
         d[:, 17] = [0.0 if c is None else 1.0 / (1.0 + bisect.bisect_left(neg_sorted, -c)) for c in cov_of]
         d[:, 18] = [0.0 if c is None else c / cov_total for c in cov_of]
         d[:, 19] = [c in recent_cats for c in cats]
-        # Exact recency order of touched items (the gap buckets above tie within a bucket):
-        # 1 for the latest distinct item, 1/2 for the one before, ...; 0 untouched.
-        rank = {item: r for r, item in enumerate(sorted(last_touch, key=lambda i: -last_touch[i]))}
-        d[:, 20] = [1.0 / (1.0 + rank[i]) if i in rank else 0.0 for i in items]
+        # The history features: an untouched candidate has 0 in all of them but the gap (1.0), so
+        # only the few touched rows are written, by row index (most candidates are untouched).
+        d[:, 3] = 1.0
+        touched = [(j, i) for j, i in enumerate(items) if i in last_touch]
+        if touched:
+            rows = [j for j, _ in touched]
+            # Exact recency order of touched items (the gap buckets above tie within a bucket):
+            # 1 for the latest distinct item, 1/2 for the one before, ...
+            rank = {item: r for r, item in enumerate(sorted(last_touch, key=lambda i: -last_touch[i]))}
+            d[rows, 2] = 1.0
+            d[rows, 3] = [gap_bucket(now - last_touch[i]) / (N_GAP_BUCKETS - 1) for _, i in touched]
+            d[rows, 4] = [log1p(touch_count[i]) for _, i in touched]
+            d[rows, 16] = [(max_beh[i] + 1) / N_BEHAVIORS for _, i in touched]
+            d[rows, 20] = [1.0 / (1.0 + rank[i]) for _, i in touched]
+        d[:, 7] = [i == trig_item for i in items]
         # Per shopper, so the model can learn when a repeat or a new item is likelier:
         # the share of their events that re-touched an item, the gap since the previous event.
         d[:, 21] = repeats / (len(seq) - 1) if len(seq) > 1 else 0.0

@@ -32,7 +32,6 @@ arrival order too. An event older than a window's horizon relative to
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,7 +254,16 @@ def update_state(state: UserState, event: Event, limits: StateLimits) -> bool:
     return True
 
 
+MAX_GAP_BUCKET = 20
+
+
 def gap_bucket(gap_ms: int) -> int:
-    """Log2 bucket of a time gap in seconds: 0 = same second, up to 20 (~12 days+)."""
-    seconds = max(gap_ms, 0) / 1000.0
-    return min(20, int(math.log2(1.0 + seconds)))
+    """Log2 bucket of a time gap in seconds: 0 = same second, up to 20 (~12 days+).
+
+    floor(log2(1 + gap_ms / 1000)) computed in integers, as the bit length of the whole
+    part of 1 + seconds (2**k <= x exactly when 2**k <= floor(x)): several calls per
+    candidate row, at half the cost of the float logarithm, with the same buckets
+    (tests/test_state.py compares them)."""
+    if gap_ms < 1000:
+        return 0
+    return min(MAX_GAP_BUCKET, ((int(gap_ms) + 1000) // 1000).bit_length() - 1)
