@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from udfs.candidates import SRC_COVISIT, SRC_TRENDING, CandidateTables, Candidates
+from udfs.candidates import SRC_COVISIT, SRC_TRENDING, Candidates, CandidateTables
 from udfs.events import Event
 from udfs.features import DENSE_FEATURES, UserRequest, Vocab, build_batch
 from udfs.state import StateLimits, UserState, update_state
