@@ -1,8 +1,13 @@
 """Latency from Kafka timestamps: matching outputs to inputs, and p99 over time."""
 
+import ctypes
+import os
+import threading
+import time
+
 import pytest
 
-from streamrec.benchmark.bench import cpu_budget, markdown
+from streamrec.benchmark.bench import busiest_threads, cpu_budget, markdown, thread_cpu_seconds
 from streamrec.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
 
 
@@ -54,3 +59,52 @@ def test_cpu_budget_turns_a_window_into_cost_per_event_and_the_rate_the_cores_al
     assert b["cpu_ms_per_event"] == pytest.approx(2.0) and b["broker_cpu_ms_per_event"] == pytest.approx(0.2)
     assert b["cpu_bound_events_per_s"] == pytest.approx(2 * 40_000 / 88) and b["cores"] == 2
     assert cpu_budget(row, cores=1)["cpu_bound_events_per_s"] == pytest.approx(40_000 / 88)
+
+
+PR_SET_NAME = 15  # prctl(2)
+
+
+def _named(name: bytes) -> None:
+    """Give the calling thread a kernel name, as the JVM does for its threads (Python does not)."""
+    ctypes.CDLL(None).prctl(PR_SET_NAME, name, 0, 0, 0)
+
+
+def _spin(stop: threading.Event) -> None:
+    _named(b"spinner-7")
+    while not stop.is_set():
+        sum(range(1000))
+
+
+def _sleep(stop: threading.Event) -> None:
+    _named(b"sleeper")
+    stop.wait()
+
+
+def test_thread_cpu_names_the_thread_that_used_it():
+    """A thread that spins shows under its name, near one core; one that sleeps does not show."""
+    stop = threading.Event()
+    busy = threading.Thread(target=_spin, args=(stop,))
+    idle = threading.Thread(target=_sleep, args=(stop,))
+    before = thread_cpu_seconds(os.getpid())
+    start = time.monotonic()
+    busy.start()
+    idle.start()
+    time.sleep(1.0)
+    after = thread_cpu_seconds(os.getpid())
+    elapsed = time.monotonic() - start
+    stop.set()
+    busy.join()
+    idle.join()
+    shares = busiest_threads(before, after, elapsed)
+    assert "spinner" in shares and 0.3 < shares["spinner"] <= 1.1  # trailing "-7" folded into the name
+    assert shares.get("sleeper", 0.0) < 0.05  # a thread that waits uses (next to) nothing
+    assert list(shares.values()) == sorted(shares.values(), reverse=True)
+
+
+def test_the_markdown_report_lists_each_phases_busiest_threads():
+    results = {"machine": {"cpus": 2, "platform": "linux"},
+               "job_p1": {"events_per_s": 400.0, "window_s": 60.0, "cpu_s": {"taskmanager0": 70.0},
+                          "peak_rss_mb": {"taskmanager0": 1600.0},
+                          "busiest_threads": {"taskmanager0": {"recommend -> (M": 0.998, "C2 CompilerThre": 0.14}}}}
+    line = next(x for x in markdown(results).splitlines() if x.startswith("- job_p1 taskmanager0"))
+    assert line == "- job_p1 taskmanager0: recommend -> (M 1.00, C2 CompilerThre 0.14"

@@ -53,6 +53,8 @@ from udfs.state import UserState
 log = logging.getLogger(__name__)
 
 TERMINAL = ("FAILED", "CANCELED", "CANCELLING", "FINISHED", "SUSPENDED")
+# Threads per process in a window's CPU breakdown (results.json ``busiest_threads``).
+BUSIEST_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,39 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU per thread name of one process, from /proc/PID/task: threads that differ
+    only in a trailing number (``GC Thread#0``, ``GC Thread#1``) are summed under one name.
+
+    Names are the kernel's, cut at 15 characters: a TaskManager's operator threads are named
+    after their operator chain, so the job's Python work shows beside the JIT compilers,
+    the Kafka clients and the garbage collector."""
+    out: dict[str, float] = {}
+    ticks = _clock_ticks()
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended between the listing and the read
+        name = name.rstrip("0123456789").rstrip("#-_ ") or name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def busiest_threads(before: dict[str, float], after: dict[str, float], seconds: float,
+                    top: int = BUSIEST_THREADS) -> dict[str, float]:
+    """The ``top`` thread names by CPU between two :func:`thread_cpu_seconds` readings, as the share
+    of one core over ``seconds`` (1.0: a thread that never waited)."""
+    used = {n: after[n] - before.get(n, 0.0) for n in after}
+    ranked = sorted((n for n in used if used[n] > 0), key=lambda n: -used[n])[:top]
+    return {n: round(used[n] / seconds, 3) for n in ranked} if seconds > 0 else {}
 
 
 def rss_mb(pid: int) -> float:
@@ -204,6 +239,8 @@ class WindowResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    busiest_threads: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per process, its busiest threads' share of one core over the window (:func:`busiest_threads`)."""
 
 
 def measure_window(
@@ -237,6 +274,7 @@ def measure_window(
         c0, t0 = count(), time.monotonic()
         bar.set(c0)
         cpu0 = {n: cpu_seconds(p) for n, p in names.items()}
+        threads0 = {n: thread_cpu_seconds(p) for n, p in names.items()}
         while time.monotonic() - t0 < window_s:
             time.sleep(2.0)
             done = count()
@@ -245,6 +283,7 @@ def measure_window(
                 break
         c1, t1 = count(), time.monotonic()
         cpu1 = {n: cpu_seconds(p) for n, p in names.items()}
+        threads1 = {n: thread_cpu_seconds(p) for n, p in names.items()}
         p1 = probe() if probe else {}
     span = t1 - t0
     pid_name = {p: n for n, p in names.items()}
@@ -255,6 +294,7 @@ def measure_window(
         startup_s=startup,
         cpu_s={n: round(cpu1[n] - cpu0[n], 2) for n in names},
         peak_rss_mb={pid_name.get(p, str(p)): round(v, 1) for p, v in sampler.peak.items()},
+        busiest_threads={n: busiest_threads(threads0[n], threads1[n], span) for n in names},
     )
     # Cumulative since the job started: Flink's REST metric cache may still be empty at t0.
     result.extra = dict(p1)
@@ -803,12 +843,14 @@ def markdown(results: dict[str, Any]) -> str:
             bound = f"{_fmt(row.get('cpu_bound_events_per_s'))} ({row.get('cores', '-')})"
             lines.append(f"| {labels[key]} | {_fmt(row['events_per_s'])} | {_fmt(row.get('pairs_per_s'))} | "
                          f"{_fmt(cpu, 1)} | {per_event} | {bound} | {_fmt(rss)} |")
+    threads = busiest_threads_lines(r)
     if r.get("model"):
         lines.append(f"| model alone (onnxruntime, {r['model']['provider']}) | - | "
                      f"{_fmt(r['model']['pairs_per_s'])} | - | - | - | - |")
     if r.get("kafka_consume_events_per_s"):
         lines.append(f"| Kafka alone (kafka-python produce / consume) | {_fmt(r['kafka_produce_events_per_s'])} / "
                      f"{_fmt(r['kafka_consume_events_per_s'])} | - | - | - | - | - |")
+    lines += threads
     guarantee = r.get("delivery_guarantee", "at-least-once")
     lines += ["", f"Latency: medians over independent runs (job, {guarantee}).", "",
               "| latency | target events/s | p50 ms | p95 ms | p99 ms | p99 ms per run | matched |",
@@ -823,6 +865,22 @@ def markdown(results: dict[str, Any]) -> str:
     for k in sorted(k for k in r if k.startswith("ratio_")):
         lines.append(f"| {k[6:]} | {r[k]:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def busiest_threads_lines(r: dict[str, Any]) -> list[str]:
+    """Where each throughput phase's CPU went, thread by thread: a phase whose operator thread
+    is near 1.0 is bound by that one thread, whatever the process total says."""
+    lines: list[str] = []
+    for key in SYSTEMS:
+        per_proc = (r.get(key) or {}).get("busiest_threads") or {}
+        for proc, threads in per_proc.items():
+            if threads:
+                shown = ", ".join(f"{name} {share:.2f}" for name, share in threads.items())
+                lines.append(f"- {key} {proc}: {shown}")
+    if lines:
+        lines = ["", "Busiest threads (share of one core over the window; names as the kernel cuts them):",
+                 "", *lines]
+    return lines
 
 
 def batching_table(b: dict[str, Any] | None) -> list[str]:
