@@ -1,4 +1,4 @@
-"""Flink metric objects the Python API lacks: histograms (thread mode) and an info gauge.
+"""Flink metric objects the Python API lacks: histograms (thread mode) and an info metric.
 
 PyFlink's metric group offers counters, gauges, meters and distributions, but no
 histogram; Flink's Prometheus reporter exports a histogram as a summary (quantiles and
@@ -32,21 +32,40 @@ def java_histogram_factory(group: Any) -> Callable[[str], Any] | None:
     return lambda name: j_group.histogram(name, histogram(RESERVOIR))
 
 
-# The model gauge: its labels, in group order, and its name.
+# The model info metric: its labels, in group order, and its name.
 MODEL_INFO_LABELS = ("model_version", "provider")
 MODEL_INFO = "model_info"
 
 
-def info_gauge(group: Any, name: str, labels: dict[str, str], value: Callable[[], int] = lambda: 1) -> None:
-    """A gauge (1: true now, 0: no longer) whose labels (key-value metric groups) carry the information,
-    e.g. the model version: Prometheus scrapes numbers only. The Prometheus reporter puts each group's
-    key into the metric's name too (:func:`info_metric_name`) and replaces characters other than
-    letters, digits and ``_`` in label values by ``_``."""
-    for key, label in labels.items():
-        group = group.add_group(key, label)
-    group.gauge(name, value)
+class InfoMetric:
+    """A metric (1: true now, 0: no longer) whose labels (key-value metric groups) carry the
+    information, e.g. the model version: Prometheus scrapes numbers only. The Prometheus reporter
+    puts each group's key into the metric's name too (:func:`info_metric_name`) and replaces
+    characters other than letters, digits and ``_`` in label values by ``_``.
+
+    A Flink counter held at 0 or 1, not a gauge: PyFlink's gauge is read by Flink's metric
+    threads calling back into the Python interpreter (pemja), and a read that comes while the task
+    closes finds the interpreter torn down and kills the TaskManager (SIGSEGV in ``take_gil``,
+    seen when a metric query met a cancelled job). A counter's value lives in the JVM, so reading
+    it never enters Python; the reporter exports it as a gauge.
+    """
+
+    def __init__(self, group: Any, name: str, labels: dict[str, str]) -> None:
+        for key, label in labels.items():
+            group = group.add_group(key, label)
+        self._counter = group.counter(name)
+        self.value = 0
+
+    def set(self, value: bool) -> None:
+        """1 for true, 0 for false; only a change reaches the JVM."""
+        new = int(value)
+        if new > self.value:
+            self._counter.inc(new - self.value)
+        elif new < self.value:
+            self._counter.dec(self.value - new)
+        self.value = new
 
 
 def info_metric_name(name: str = MODEL_INFO, labels: tuple[str, ...] = MODEL_INFO_LABELS) -> str:
-    """The operator-scope name Flink's Prometheus reporter gives :func:`info_gauge`'s gauge."""
+    """The operator-scope name Flink's Prometheus reporter gives an :class:`InfoMetric`."""
     return "_".join([*labels, name])

@@ -9,7 +9,6 @@ Element shapes between operators:
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 from typing import Any
@@ -20,7 +19,7 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-from jobs.flink_metrics import MODEL_INFO, MODEL_INFO_LABELS, info_gauge, java_histogram_factory
+from jobs.flink_metrics import MODEL_INFO, MODEL_INFO_LABELS, InfoMetric, java_histogram_factory
 from udfs.batching import PreparedRequest, decode_request, encode_request, shard_of
 from udfs.catalog import Catalog, catalog_key, decode_catalog_item
 from udfs.config import Config
@@ -175,8 +174,8 @@ class _Recommending:
         make_histogram = java_histogram_factory(group)
         self.histograms = SampledHistograms(make_histogram, HISTOGRAMS) if make_histogram else None
         self._metric_group = group
-        self._model_gauges: set[str] = set()
-        self._model_gauge()
+        self._model_infos: dict[str, InfoMetric] = {}
+        self._model_info()
         self._ranker_seen = (0, 0)
         self._flush_timer = False
         self.lateness = cfg.job.allowed_lateness_ms
@@ -209,33 +208,31 @@ class _Recommending:
         self._flush_metrics()
         yield from ()
 
-    def _model_gauge(self) -> None:
-        """One info gauge per model version this instance has ranked with: 1 while the version is in
+    def _model_info(self) -> None:
+        """One info metric per model version this instance has ranked with: 1 while the version is in
         use (live, or pinned by an arm), 0 after a swap took it out."""
-        for recommender in self.models.all():
-            version = recommender.artifact.model_version
-            if version in self._model_gauges:
+        in_use = {r.artifact.model_version: r for r in self.models.all()}
+        for version, recommender in in_use.items():
+            if version in self._model_infos:
                 continue
             choice = recommender.provider
             labels = dict(zip(MODEL_INFO_LABELS, (version, choice.label if choice else "none")))
             try:
-                info_gauge(self._metric_group, MODEL_INFO, labels, functools.partial(self._in_use, version))
+                self._model_infos[version] = InfoMetric(self._metric_group, MODEL_INFO, labels)
             except Exception:  # a metric must never stop the job
-                log.exception("streamrec: no model gauge for %s", version)
-            self._model_gauges.add(version)
-
-    def _in_use(self, version: str) -> int:
-        return int(any(r.artifact.model_version == version for r in self.models.all()))
+                log.exception("streamrec: no model info metric for %s", version)
+        for version, metric in self._model_infos.items():
+            metric.set(version in in_use)
 
     def _report(self, outcomes: list[SwapOutcome]) -> None:
-        """Log, count and gauge what became of announcements; the counters leave at once (swaps are rare,
-        and a dashboard should not wait for the next flush interval to show one)."""
+        """Log and count what became of announcements, and update the model info metrics; the counters
+        leave at once (swaps are rare, and a dashboard should not wait for the next flush interval)."""
         if not outcomes:
             return
         for outcome in outcomes:
             r = outcome.record
             if outcome.refused is None:
-                self._model_gauge()
+                self._model_info()
                 self.metrics.inc("model_swaps")
                 log.warning("streamrec now ranking %s with model %s", f"arm {r.arm}" if r.arm else "live lists",
                             r.model_version)
