@@ -695,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--latency-repeats", f"{ENV_PREFIX}BENCH_LATENCY_REPEATS",
              "independent runs per latency point, each on a fresh cluster; medians are reported", default="3")
     add_flag(p, "--latency-rates", f"{ENV_PREFIX}BENCH_LATENCY_RATES",
-             "absolute events/s for the latency points (default: 50%% and 90%% of the measured maximum)",
+             "absolute events/s for the latency points (default: 50%% and 90%% of the measured maximum); "
+             "the batching phase paces at the first (default: half the unbatched rate)",
              default="")
     add_flag(p, "--phases", f"{ENV_PREFIX}BENCH_PHASES",
              "comma-separated: model, kafka, job, peer, latency, batching (job with ranking.batching off and on, "

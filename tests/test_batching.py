@@ -16,7 +16,7 @@ import pytest
 from pyflink.common import Row
 
 from jobs.functions import END_OF_INPUT, RankBatchFunction
-from streamrec.benchmark.bench import batching_summary, markdown, rows_per_call
+from streamrec.benchmark.bench import batching_paced_rate, batching_summary, markdown, rows_per_call
 from streamrec.benchmark.gpu import markdown as gpu_markdown
 from streamrec.benchmark.gpu import summarize
 from tests.job_fixtures import generated_log
@@ -266,6 +266,10 @@ def test_the_bench_summary_reports_medians_quantiles_and_the_model_bound():
     assert b["share_of_model_bound_off"] == pytest.approx(1100.0 / (cores * 2000.0))
     text = markdown({"machine": {"cpus": cores, "platform": "x"}, "batching": b})
     assert "| on | 1,000 (900, 1,300, 1,000) | <= 1,536 / <= 1,536 (1,300) | 30 | 200 |" in text
+    assert b["settings"]["buffer_timeout_ms"] == cfg.job.buffer_timeout_ms
+    # paced at half the unbatched median, or at a given rate (so separate runs compare)
+    assert batching_paced_rate((), runs[False]) == 550.0
+    assert batching_paced_rate((340.0, 600.0), runs[False]) == 340.0
 
 
 def test_the_gpu_summary_claims_gpu_figures_only_from_the_cuda_provider():

@@ -499,7 +499,7 @@ class Bench:
 
     def _batching(self, broker: Any, parallelism: int) -> dict[str, Any]:
         """Batching off and on side by side: throughput runs alternated, then the paced tail of
-        each at half the unbatched rate, every run on a fresh cluster."""
+        each at half the unbatched rate (or the first ``--latency-rates``), every run on a fresh cluster."""
         runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
         for _ in range(self.s.batching_repeats):
             for batching in (False, True):
@@ -508,7 +508,7 @@ class Bench:
                     runs[batching].append(self._job(cluster, broker, parallelism, batching=batching))
                 finally:
                     cluster.stop()
-        rate = 0.5 * float(np.median([r["events_per_s"] for r in runs[False]]))
+        rate = batching_paced_rate(self.s.latency_rates, runs[False])
         paced: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
         for i in range(self.s.latency_repeats if self.s.batching_paced else 0):
             for batching in (False, True):
@@ -731,7 +731,8 @@ def batching_summary(runs: Mapping[bool, Sequence[dict[str, Any]]], paced: Mappi
     return {
         "parallelism": parallelism,
         "settings": {"batch_rows": cfg.ranking.batch_rows, "batch_timeout_ms": cfg.ranking.batch_timeout_ms,
-                     "batch_shards": cfg.ranking.batch_shards or parallelism},
+                     "batch_shards": cfg.ranking.batch_shards or parallelism,
+                     "buffer_timeout_ms": cfg.job.buffer_timeout_ms},
         f"p{parallelism}_events_per_s_off": off_rate,
         f"p{parallelism}_events_per_s_on": on_rate,
         "ratio_on_over_off": on_rate / off_rate if off_rate else None,
@@ -881,6 +882,14 @@ def busiest_threads_lines(r: dict[str, Any]) -> list[str]:
         lines = ["", "Busiest threads (share of one core over the window; names as the kernel cuts them):",
                  "", *lines]
     return lines
+
+
+def batching_paced_rate(latency_rates: Sequence[float], off_runs: Sequence[dict[str, Any]]) -> float:
+    """The batching phase's paced rate: half the unbatched median, or the first of ``latency_rates``,
+    which makes the paced tails of separate runs (with other settings) comparable."""
+    if latency_rates:
+        return float(latency_rates[0])
+    return 0.5 * float(np.median([r["events_per_s"] for r in off_runs]))
 
 
 def batching_table(b: dict[str, Any] | None) -> list[str]:
