@@ -166,8 +166,9 @@ class JobConfig(_Section):
     """PyFlink `python.fn-execution.bundle.size`."""
     python_bundle_time_ms: int = Field(5, ge=1)
     """PyFlink `python.fn-execution.bundle.time`, bounds latency added by bundling."""
-    buffer_timeout_ms: int = Field(100, ge=0)
-    """Flink `execution.buffer-timeout`: longest a record waits in a network buffer at the shuffle."""
+    buffer_timeout_ms: int = Field(10, ge=0)
+    """Flink `execution.buffer-timeout`: longest a record waits in a network buffer at the shuffle (Flink's
+    own default, 100, added ~80 ms to the median list at 250 events/s)."""
     name: str = Field("streamrec", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     """Job name: names the Flink job, its checkpoint folder and its sinks' transactional ids."""
     checkpoint_dir: str = "checkpoints"
