@@ -30,10 +30,10 @@ from udfs.candidates import (
 )
 from udfs.catalog import CatalogItem
 from udfs.events import Event, Id
-from udfs.state import UserState, gap_bucket
+from udfs.state import MAX_GAP_BUCKET, UserState, gap_bucket
 
 PAD, OOV = 0, 1
-N_GAP_BUCKETS = 21
+N_GAP_BUCKETS = MAX_GAP_BUCKET + 1
 N_BEHAVIORS = 4
 DENSE_FEATURES: tuple[str, ...] = (
     "covisit",

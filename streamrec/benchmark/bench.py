@@ -100,13 +100,18 @@ def _clock_ticks() -> int:
     return int(os.sysconf("SC_CLK_TCK"))
 
 
+def _stat_cpu_seconds(stat: Path, ticks: int) -> float:
+    """User + system CPU from a /proc ``stat`` file (a process's or one thread's); OSError if it is gone."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()  # after the name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of one process (all its threads), from /proc."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"), _clock_ticks())
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
@@ -125,11 +130,11 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     for task in tasks:
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            used = _stat_cpu_seconds(task / "stat", ticks)
         except OSError:
             continue  # the thread ended between the listing and the read
         name = name.rstrip("0123456789").rstrip("#-_ ") or name
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        out[name] = out.get(name, 0.0) + used
     return out
 
 
@@ -844,14 +849,13 @@ def markdown(results: dict[str, Any]) -> str:
             bound = f"{_fmt(row.get('cpu_bound_events_per_s'))} ({row.get('cores', '-')})"
             lines.append(f"| {labels[key]} | {_fmt(row['events_per_s'])} | {_fmt(row.get('pairs_per_s'))} | "
                          f"{_fmt(cpu, 1)} | {per_event} | {bound} | {_fmt(rss)} |")
-    threads = busiest_threads_lines(r)
     if r.get("model"):
         lines.append(f"| model alone (onnxruntime, {r['model']['provider']}) | - | "
                      f"{_fmt(r['model']['pairs_per_s'])} | - | - | - | - |")
     if r.get("kafka_consume_events_per_s"):
         lines.append(f"| Kafka alone (kafka-python produce / consume) | {_fmt(r['kafka_produce_events_per_s'])} / "
                      f"{_fmt(r['kafka_consume_events_per_s'])} | - | - | - | - | - |")
-    lines += threads
+    lines += busiest_threads_lines(r)
     guarantee = r.get("delivery_guarantee", "at-least-once")
     lines += ["", f"Latency: medians over independent runs (job, {guarantee}).", "",
               "| latency | target events/s | p50 ms | p95 ms | p99 ms | p99 ms per run | matched |",
