@@ -700,11 +700,13 @@ def build_parser() -> argparse.ArgumentParser:
              default="")
     add_flag(p, "--phases", f"{ENV_PREFIX}BENCH_PHASES",
              "comma-separated: model, kafka, job, peer, latency, batching (job with ranking.batching off and on, "
-             "throughput and the tail at half the unbatched rate); scale (store scale, its own workload: not a "
+             "throughput and the tail at half the unbatched rate), floor (the job beside itself with its lists "
+             "replayed, with and without the model call: what faster candidate, feature and list code could give); "
+             "scale (store scale, its own workload: not a "
              "default, over an hour per backend at full size on 2 cores)",
-             default="model,kafka,job,peer,latency,batching")
+             default="model,kafka,job,peer,latency,batching,floor")
     add_flag(p, "--batching-repeats", f"{ENV_PREFIX}BENCH_BATCHING_REPEATS",
-             "batching: throughput runs per side, alternated; medians are reported", default="1")
+             "batching and floor: throughput runs per side, alternated; medians are reported", default="1")
     add_flag(p, "--batching-paced", f"{ENV_PREFIX}BENCH_BATCHING_PACED",
              "batching: also the paced tail of each side at half the unbatched rate (on/off)", default="on")
     add_flag(p, "--scale-shoppers", f"{ENV_PREFIX}BENCH_SCALE_SHOPPERS", "scale: distinct shoppers (exact)",

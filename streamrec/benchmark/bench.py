@@ -33,6 +33,7 @@ import msgpack
 import numpy as np
 
 from jobs.layout import JOB_SCRIPT
+from streamrec.benchmark.floor import FLOOR_MODES
 from streamrec.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize_pairs, trigger_key
 from streamrec.generator import generate_events
 from streamrec.kafka_io import connect_errors, consume, produce
@@ -52,6 +53,8 @@ from udfs.state import UserState
 
 log = logging.getLogger(__name__)
 
+# The floor phase's job script (streamrec/benchmark/floor.py).
+FLOOR_SCRIPT = Path(__file__).with_name("floor_job.py")
 TERMINAL = ("FAILED", "CANCELED", "CANCELLING", "FINISHED", "SUSPENDED")
 # Threads per process in a window's CPU breakdown (results.json ``busiest_threads``).
 BUSIEST_THREADS = 8
@@ -90,7 +93,7 @@ class BenchSettings:
     """Throughput runs per side (batching off, on), alternated; the table reports their medians."""
     batching_paced: bool = True
     """Also the paced tail of each side (latency_repeats runs each) at half the unbatched rate."""
-    phases: tuple[str, ...] = ("model", "kafka", "job", "peer", "latency", "batching")
+    phases: tuple[str, ...] = ("model", "kafka", "job", "peer", "latency", "batching", "floor")
 
 
 # ---------------------------------------------------------------- process stats
@@ -450,7 +453,7 @@ class Bench:
             if "kafka" in phases:
                 n, secs = consume_all(self.bootstrap, self.input["input_topic"], len(self.records))
                 self.results["kafka_consume_events_per_s"] = n / secs
-            if {"job", "latency", "batching"} & set(phases):
+            if {"job", "latency", "batching", "floor"} & set(phases):
                 self._run_cluster_phases(broker)
             if "peer" in phases:
                 self.results["peer"] = self._peer(broker)
@@ -501,6 +504,9 @@ class Bench:
         if "batching" in self.s.phases:
             self.results["batching"] = self._batching(broker, top)
             write_reports(self.out, self.results)
+        if "floor" in self.s.phases:
+            self.results["floor"] = self._floor(broker, top)
+            write_reports(self.out, self.results)
 
     def _batching(self, broker: Any, parallelism: int) -> dict[str, Any]:
         """Batching off and on side by side: throughput runs alternated, then the paced tail of
@@ -525,9 +531,34 @@ class Bench:
         return batching_summary(runs, {k: median_of_runs(v) if v else {} for k, v in paced.items()}, rate, self.cfg,
                                 self.results.get("model_ceiling_pairs_per_s"), parallelism)
 
-    def _submit(self, cluster: Any, env: dict[str, str]) -> str:
-        return str(cluster.submit_python(str(JOB_SCRIPT), ["--source", "kafka", "--sink", "kafka"], env=env,
-                                         python=sys.executable))
+    def _floor(self, broker: Any, parallelism: int) -> dict[str, Any]:
+        """The job beside itself with its lists replayed, with and without the model call
+        (:mod:`streamrec.benchmark.floor`), alternated, every run on a fresh cluster."""
+        runs: dict[str | None, list[dict[str, Any]]] = {None: [], **{mode: [] for mode in FLOOR_MODES}}
+        # The model alone before every repeat as well: one 10 s figure on a shared machine has varied by
+        # half between runs, and every share below divides by it.
+        alone = [self.results["model_ceiling_pairs_per_s"]] if self.results.get("model_ceiling_pairs_per_s") else []
+        for _ in range(self.s.batching_repeats):
+            alone.append(self._model_alone())
+            for floor in runs:
+                cluster = self._cluster(parallelism, f"floor-{floor or 'job'}-{len(runs[floor])}")
+                try:
+                    runs[floor].append(self._job(cluster, broker, parallelism, floor=floor))
+                finally:
+                    cluster.stop()
+        summary = floor_summary(runs, float(np.median(alone)), os.cpu_count() or 1, self.cfg.ranking.n_candidates,
+                                parallelism)
+        summary["model_alone_pairs_per_s_runs"] = alone
+        return summary
+
+    def _model_alone(self) -> float:
+        n = min(len(self.events), 20_000)
+        return float(model_ceiling(self.artifact, self.events[:n], self.cfg, self.s.model_seconds)["pairs_per_s"])
+
+    def _submit(self, cluster: Any, env: dict[str, str], floor: str | None = None) -> str:
+        script, args = ((FLOOR_SCRIPT, ["--floor", floor]) if floor
+                        else (JOB_SCRIPT, ["--source", "kafka", "--sink", "kafka"]))
+        return str(cluster.submit_python(str(script), args, env=env, python=sys.executable))
 
     def _cancel(self, cluster: Any, job_id: str) -> None:
         try:
@@ -538,14 +569,18 @@ class Bench:
         while time.monotonic() < deadline and cluster.job_state(job_id) not in ("CANCELED", "FAILED"):
             time.sleep(1)
 
-    def _job(self, cluster: Any, broker: Any, parallelism: int, batching: bool = False) -> dict[str, Any]:
-        tag = f"job-p{parallelism}{'-batched' if batching else ''}"
+    def _job(self, cluster: Any, broker: Any, parallelism: int, batching: bool = False,
+             floor: str | None = None) -> dict[str, Any]:
+        """One throughput run; ``floor`` (a :data:`FLOOR_MODES` entry) submits the job with its lists
+        replayed (:mod:`streamrec.benchmark.floor`) instead."""
+        tag = f"job-p{parallelism}{'-batched' if batching else ''}{f'-floor-{floor}' if floor else ''}"
         topics = {**self._topics(tag), "input_topic": self.input["input_topic"]}
         self._create(broker, {k: v for k, v in topics.items() if k != "input_topic"})
         env = _job_env(self.cfg, self.bootstrap, topics, self.artifact, group=topics["output_topic"],
                        parallelism=parallelism, batching=batching)
-        log.info("job at parallelism %d, batching %s", parallelism, "on" if batching else "off")
-        job_id = self._submit(cluster, env)
+        log.info("job at parallelism %d, batching %s%s", parallelism, "on" if batching else "off",
+                 f", lists replayed (floor: {floor})" if floor else "")
+        job_id = self._submit(cluster, env, floor)
         counter = TopicCounter(self.bootstrap, topics["output_topic"])
         try:
             def procs() -> dict[str, int]:
@@ -572,6 +607,7 @@ class Bench:
         out["pairs_per_s"] = res.events_per_s * rows / lists if lists else None
         out["parallelism"] = parallelism
         out["batching"] = batching
+        out["floor"] = floor
         out["restarts"] = restarts
         out["rows_per_call"] = rows_per_call(res.extra)
         log.info("job p%d: %s", parallelism, json.dumps(out, default=str))
@@ -687,6 +723,9 @@ class Bench:
         batching = r.get("batching") or {}
         if "job_p2_share_of_model_bound" not in r and batching.get("share_of_model_bound_off"):
             r["job_p2_share_of_model_bound"] = batching["share_of_model_bound_off"]
+        floor = r.get("floor") or {}
+        if "job_p2_share_of_model_bound" not in r and floor.get("share_of_model_bound_job"):
+            r["job_p2_share_of_model_bound"] = floor["share_of_model_bound_job"]
         in_job = [r[k]["in_job_pairs_per_s"] for k in ("job_p1", "job_p2") if r.get(k, {}).get("in_job_pairs_per_s")]
         if in_job:
             # Per-worker ranking speed inside the job (model time only), best configuration at p1.
@@ -762,6 +801,42 @@ def batching_summary(runs: Mapping[bool, Sequence[dict[str, Any]]], paced: Mappi
         "share_of_model_bound_on": on_rate / bound if bound else None,
         "runs": {"off": list(runs[False]), "on": list(runs[True])},
         "paced": {"off": paced[False], "on": paced[True]},
+    }
+
+
+def floor_summary(runs: Mapping[str | None, Sequence[dict[str, Any]]], model_pairs_per_s: float | None,
+                  cores: int, n_candidates: int, parallelism: int) -> dict[str, Any]:
+    """The job against itself with its lists replayed (medians over the runs of each): ``job`` as it
+    runs, ``model_only`` with candidates, features and the list's assembly replayed but the model
+    still called, ``platform`` without the model too. ``model_only``'s share of the model bound is
+    the most that faster candidate, feature and list code could bring the job to here.
+    ``model_pairs_per_s``: the model alone (the median of the run's measurements)."""
+    def median(side: str | None) -> float | None:
+        rates = [r["events_per_s"] for r in runs.get(side, ()) if r.get("events_per_s")]
+        return float(np.median(rates)) if rates else None
+
+    def cpu_ms(side: str | None) -> float | None:
+        ms = [cpu_budget(r, cores)["cpu_ms_per_event"] for r in runs.get(side, ()) if r.get("events_per_s")]
+        return float(np.median(ms)) if ms else None
+
+    job_rows = [r["pairs_per_s"] / r["events_per_s"] for r in runs.get(None, ())
+                if r.get("pairs_per_s") and r.get("events_per_s")]
+    bound = model_bound_events_per_s(model_pairs_per_s, cores, float(np.median(job_rows)) if job_rows
+                                     else float(n_candidates))
+    job, model_only, platform = median(None), median("model"), median("none")
+    return {
+        "parallelism": parallelism,
+        f"p{parallelism}_events_per_s_job": job,
+        f"p{parallelism}_events_per_s_model_only": model_only,
+        f"p{parallelism}_events_per_s_platform": platform,
+        "cpu_ms_per_event_job": cpu_ms(None),
+        "cpu_ms_per_event_model_only": cpu_ms("model"),
+        "cpu_ms_per_event_platform": cpu_ms("none"),
+        "model_alone_pairs_per_s": model_pairs_per_s,
+        "model_bound_events_per_s": bound,
+        "share_of_model_bound_job": job / bound if job and bound else None,
+        "share_of_model_bound_model_only": model_only / bound if model_only and bound else None,
+        "runs": {side or "job": list(rs) for side, rs in runs.items()},
     }
 
 
@@ -866,6 +941,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {_latency_label(k)} | {_fmt(v['target_rate'])} | {_fmt(v['p50_ms'])} | {_fmt(v['p95_ms'])} | "
                      f"{_fmt(v['p99_ms'])} | {per_run} | {v['matched']} |")
     lines += batching_table(r.get("batching"))
+    lines += floor_table(r.get("floor"))
     lines += ["", "| ratio | value |", "|---|---:|"]
     for k in sorted(k for k in r if k.startswith("ratio_")):
         lines.append(f"| {k[6:]} | {r[k]:.2f} |")
@@ -915,6 +991,26 @@ def batching_table(b: dict[str, Any] | None) -> list[str]:
             f"<= {_fmt(b['rows_per_call_p50'])} / <= {_fmt(b['rows_per_call_p99'])} "
             f"({_fmt(b['rows_per_call_mean'])}) | "
             f"{_fmt(b['p50_ms_paced_on'])} | {_fmt(b['p99_ms_paced_on'])} | {_fmt(b['share_of_model_bound_on'], 2)} |"]
+
+
+def floor_table(f: dict[str, Any] | None) -> list[str]:
+    """The job beside itself with its lists replayed (:func:`floor_summary`)."""
+    if not f:
+        return []
+    p = f["parallelism"]
+    rows = (("job", "job", "as it runs"),
+            ("model_only", "model", "candidates, features and list replayed; the model still called"),
+            ("platform", "none", "replayed, no model call: Kafka, Flink, state, encode and decode"))
+    lines = ["", f"The floor at parallelism {p}: the job beside itself with its lists replayed, in one run "
+             "(medians). The model-only row is the most faster candidate, feature and list code could give.", "",
+             "| run | what it does per event | events/s (runs) | CPU ms per event | share of the model-alone bound |",
+             "|---|---|---:|---:|---:|"]
+    for key, side, what in rows:
+        share = f.get(f"share_of_model_bound_{key}") if key != "platform" else None
+        lines.append(f"| {key.replace('_', ' ')} | {what} | {_fmt(f.get(f'p{p}_events_per_s_{key}'))} "
+                     f"({', '.join(_fmt(r['events_per_s']) for r in f['runs'].get(side, []))}) | "
+                     f"{_fmt(f.get(f'cpu_ms_per_event_{key}'), 2)} | {_fmt(share, 2)} |")
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
