@@ -56,9 +56,11 @@ def test_without_the_model_a_replay_makes_no_call(fixture_artifact):
     assert rec.ranker.stats.calls == calls and replayed["user_id"] == "u2" and replayed["seq"] == 1
 
 
-def run(rate, pairs_per_event=100.0, cpu=60.0):
+def run(rate, pairs_per_event=100.0, cpu=60.0, operator=0.5):
+    threads = {"recommend -> (M": operator, "C2 CompilerThre": 0.1}
     return {"events_per_s": rate, "window_s": 60.0, "pairs_per_s": rate * pairs_per_event,
-            "cpu_s": {"taskmanager0": cpu, "kafka": 6.0}}
+            "cpu_s": {"taskmanager0": cpu, "kafka": 6.0},
+            "busiest_threads": {"taskmanager0": threads, "taskmanager1": threads, "kafka": {"C2 CompilerThre": 0.1}}}
 
 
 def test_floor_summary_takes_medians_and_shares_of_the_model_bound():
@@ -72,8 +74,10 @@ def test_floor_summary_takes_medians_and_shares_of_the_model_bound():
     assert f["p2_events_per_s_platform"] == 3000.0
     # 60 CPU s over 500 x 60 events, the broker's apart.
     assert f["cpu_ms_per_event_job"] == 2.0
+    # Two operator threads at half a core each: 1 core over 500 events/s (JIT and broker threads apart).
+    assert f["operator_ms_per_event_job"] == 2.0
     table = "\n".join(floor_table(f))
-    assert "| model only |" in table and "0.42 |" in table and "| platform |" in table
+    assert "| model only |" in table and "| 0.42 |" in table and "| platform |" in table
 
 
 def test_floor_summary_without_a_model_figure_gives_no_share():

@@ -819,6 +819,10 @@ def floor_summary(runs: Mapping[str | None, Sequence[dict[str, Any]]], model_pai
         ms = [cpu_budget(r, cores)["cpu_ms_per_event"] for r in runs.get(side, ()) if r.get("events_per_s")]
         return float(np.median(ms)) if ms else None
 
+    def operator_ms(side: str | None) -> float | None:
+        ms = [1000 * operator_cores(r) / r["events_per_s"] for r in runs.get(side, ()) if r.get("events_per_s")]
+        return float(np.median(ms)) if ms else None
+
     job_rows = [r["pairs_per_s"] / r["events_per_s"] for r in runs.get(None, ())
                 if r.get("pairs_per_s") and r.get("events_per_s")]
     bound = model_bound_events_per_s(model_pairs_per_s, cores, float(np.median(job_rows)) if job_rows
@@ -832,12 +836,25 @@ def floor_summary(runs: Mapping[str | None, Sequence[dict[str, Any]]], model_pai
         "cpu_ms_per_event_job": cpu_ms(None),
         "cpu_ms_per_event_model_only": cpu_ms("model"),
         "cpu_ms_per_event_platform": cpu_ms("none"),
+        "operator_ms_per_event_job": operator_ms(None),
+        "operator_ms_per_event_model_only": operator_ms("model"),
+        "operator_ms_per_event_platform": operator_ms("none"),
         "model_alone_pairs_per_s": model_pairs_per_s,
         "model_bound_events_per_s": bound,
         "share_of_model_bound_job": job / bound if job and bound else None,
         "share_of_model_bound_model_only": model_only / bound if model_only and bound else None,
         "runs": {side or "job": list(rs) for side, rs in runs.items()},
     }
+
+
+# The keyed operator's thread, as the kernel names it ("recommend -> (M..." when chained).
+OPERATOR_THREAD = "recommend"
+
+
+def operator_cores(row: dict[str, Any]) -> float:
+    """Cores the keyed operator's threads used over a window, summed over the TaskManagers."""
+    return sum(share for threads in (row.get("busiest_threads") or {}).values()
+               for name, share in threads.items() if name.startswith(OPERATOR_THREAD))
 
 
 def without_broker(per_process: dict[str, float]) -> float:
@@ -1003,13 +1020,15 @@ def floor_table(f: dict[str, Any] | None) -> list[str]:
             ("platform", "none", "replayed, no model call: Kafka, Flink, state, encode and decode"))
     lines = ["", f"The floor at parallelism {p}: the job beside itself with its lists replayed, in one run "
              "(medians). The model-only row is the most faster candidate, feature and list code could give.", "",
-             "| run | what it does per event | events/s (runs) | CPU ms per event | share of the model-alone bound |",
-             "|---|---|---:|---:|---:|"]
+             "| run | what it does per event | events/s (runs) | CPU ms per event | operator thread ms per event "
+             "| share of the model-alone bound |",
+             "|---|---|---:|---:|---:|---:|"]
     for key, side, what in rows:
         share = f.get(f"share_of_model_bound_{key}") if key != "platform" else None
         lines.append(f"| {key.replace('_', ' ')} | {what} | {_fmt(f.get(f'p{p}_events_per_s_{key}'))} "
                      f"({', '.join(_fmt(r['events_per_s']) for r in f['runs'].get(side, []))}) | "
-                     f"{_fmt(f.get(f'cpu_ms_per_event_{key}'), 2)} | {_fmt(share, 2)} |")
+                     f"{_fmt(f.get(f'cpu_ms_per_event_{key}'), 2)} | {_fmt(f.get(f'operator_ms_per_event_{key}'), 2)} "
+                     f"| {_fmt(share, 2)} |")
     return lines
 
 
