@@ -446,9 +446,7 @@ class Bench:
             self.results["kafka_produce_events_per_s"] = len(self.records) / secs
             phases = self.s.phases
             if "model" in phases:
-                n = min(len(self.events), 20_000)
-                self.results["model"] = model_ceiling(self.artifact, self.events[:n], self.cfg,
-                                                      self.s.model_seconds)
+                self.results["model"] = self._model_alone()
                 self.results["model_ceiling_pairs_per_s"] = self.results["model"]["pairs_per_s"]
             if "kafka" in phases:
                 n, secs = consume_all(self.bootstrap, self.input["input_topic"], len(self.records))
@@ -539,7 +537,7 @@ class Bench:
         # half between runs, and every share below divides by it.
         alone = [self.results["model_ceiling_pairs_per_s"]] if self.results.get("model_ceiling_pairs_per_s") else []
         for _ in range(self.s.batching_repeats):
-            alone.append(self._model_alone())
+            alone.append(float(self._model_alone()["pairs_per_s"]))
             for floor in runs:
                 cluster = self._cluster(parallelism, f"floor-{floor or 'job'}-{len(runs[floor])}")
                 try:
@@ -551,9 +549,10 @@ class Bench:
         summary["model_alone_pairs_per_s_runs"] = alone
         return summary
 
-    def _model_alone(self) -> float:
+    def _model_alone(self) -> dict[str, Any]:
+        """The model alone on the requests of the stream's first 20,000 events (:func:`model_ceiling`)."""
         n = min(len(self.events), 20_000)
-        return float(model_ceiling(self.artifact, self.events[:n], self.cfg, self.s.model_seconds)["pairs_per_s"])
+        return model_ceiling(self.artifact, self.events[:n], self.cfg, self.s.model_seconds)
 
     def _submit(self, cluster: Any, env: dict[str, str], floor: str | None = None) -> str:
         script, args = ((FLOOR_SCRIPT, ["--floor", floor]) if floor
@@ -811,17 +810,19 @@ def floor_summary(runs: Mapping[str | None, Sequence[dict[str, Any]]], model_pai
     still called, ``platform`` without the model too. ``model_only``'s share of the model bound is
     the most that faster candidate, feature and list code could bring the job to here.
     ``model_pairs_per_s``: the model alone (the median of the run's measurements)."""
+    def median_of(side: str | None, value: Callable[[dict[str, Any]], float]) -> float | None:
+        """The median of ``value`` over the side's runs that produced output."""
+        values = [value(r) for r in runs.get(side, ()) if r.get("events_per_s")]
+        return float(np.median(values)) if values else None
+
     def median(side: str | None) -> float | None:
-        rates = [r["events_per_s"] for r in runs.get(side, ()) if r.get("events_per_s")]
-        return float(np.median(rates)) if rates else None
+        return median_of(side, lambda r: r["events_per_s"])
 
     def cpu_ms(side: str | None) -> float | None:
-        ms = [cpu_budget(r, cores)["cpu_ms_per_event"] for r in runs.get(side, ()) if r.get("events_per_s")]
-        return float(np.median(ms)) if ms else None
+        return median_of(side, lambda r: cpu_budget(r, cores)["cpu_ms_per_event"])
 
     def operator_ms(side: str | None) -> float | None:
-        ms = [1000 * operator_cores(r) / r["events_per_s"] for r in runs.get(side, ()) if r.get("events_per_s")]
-        return float(np.median(ms)) if ms else None
+        return median_of(side, lambda r: 1000 * operator_cores(r) / r["events_per_s"])
 
     job_rows = [r["pairs_per_s"] / r["events_per_s"] for r in runs.get(None, ())
                 if r.get("pairs_per_s") and r.get("events_per_s")]

@@ -65,7 +65,7 @@ class ReplayingRecommender(Recommender):
         return UserRequest(state, self._first.candidates, event)
 
     def recommend(self, requests: Sequence[UserRequest], arm: str | None = None) -> list[dict[str, Any]]:
-        if self._record is None:
+        if self._first is None:
             out = super().recommend(requests, arm)
             first = requests[0]
             self._first = first
@@ -79,6 +79,7 @@ class ReplayingRecommender(Recommender):
             if self.with_model and self.ranker is not None and self._inputs is not None:
                 self.ranker.score(self._inputs)
             t = req.trigger
+            assert self._record is not None  # set with _first
             out.append({**self._record, "user_id": t.user_id, "seq": req.state.emitted, "arm": arm,
                         "trigger": {"item_id": t.item_id, "behavior": t.behavior, "ts": t.ts},
                         "generated_at": int(time.time() * 1000)})
