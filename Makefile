@@ -13,7 +13,7 @@ GPU ?= $(shell (command -v nvidia-smi || $(VENV)/bin/python -m pip show -q onnxr
 comma := ,
 EXTRAS := train,dev,serve$(if $(filter 1,$(GPU)),$(comma)gpu)
 
-.PHONY: all venv deps browser redis demo test test-fast lint bench bench-scale bench-model bench-serve bench-gpu eval-matrix clean
+.PHONY: all venv deps browser redis demo test test-fast lint bench bench-compare bench-scale bench-model bench-serve bench-gpu eval-matrix clean
 
 all: test
 
@@ -63,6 +63,15 @@ lint: venv
 # Job (p1, p2) vs plain-Python peer vs model and Kafka ceilings, and latency: ~20 min.
 bench: deps
 	$(VENV)/bin/streamrec bench --out bench-results
+
+# This tree's bench beside REF's, alternated ABBA on the same flags: REF is built once in .cache/compare/
+# with its own venv and jars (make deps there). Two runs per side: ~45 min. A change to the hot path
+# reports this against the commit before it: make bench-compare REF=HEAD~1
+REF ?= HEAD~1
+COMPARE_FLAGS ?= --phases model,job,peer,latency --events 300000 --window-s 60 --warmup-s 20 \
+	--latency-repeats 1 --latency-rates 250 --compare-repeats 2
+bench-compare: deps
+	$(VENV)/bin/streamrec bench --compare $(REF) $(COMPARE_FLAGS) --out bench-results/compare
 
 # Store scale: 1,000,000 shoppers, 5,000,000 events, hashmap and rocksdb side by side, a TaskManager
 # killed at 60%: over an hour per backend on 2 cores. Shrink with --scale-shoppers/--scale-events/--scale-items.

@@ -17,6 +17,8 @@ from pathlib import Path
 from jobs.entry import add_run_arguments, run_from_args
 from streamrec import progress, registry
 from streamrec.benchmark.bench import Bench, BenchSettings, markdown
+from streamrec.benchmark.compare import CompareError, compare
+from streamrec.benchmark.compare import markdown as compare_markdown
 from streamrec.benchmark.model import main as bench_model_main
 from streamrec.benchmark.peer import run_peer
 from streamrec.benchmark.scale import ScaleBench, ScaleSettings
@@ -419,6 +421,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def ints(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
 
+    if args.compare:
+        return cmd_bench_compare(args)
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     cfg = config_from_args(args)
     progress.set_enabled(not args.no_progress)
@@ -448,6 +452,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         print(scale_markdown(ScaleBench(scale, cfg).run()))
         print(f"results: {scale.out_dir / 'scale.json'}, {scale.out_dir / 'scale.md'}")
+    return 0
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    """This tree's bench beside REF's (streamrec/benchmark/compare.py)."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        result = compare(repo, args.compare, vars(args), Path(args.out), int(args.compare_repeats))
+    except CompareError as exc:
+        print(f"streamrec bench --compare: {exc}", file=sys.stderr)
+        return 2
+    print(compare_markdown(result))
+    print(f"results: {Path(args.out) / 'compare.json'}, {Path(args.out) / 'compare.md'}")
     return 0
 
 
@@ -722,6 +739,12 @@ def build_parser() -> argparse.ArgumentParser:
              "scale: checkpoint interval", default="10000")
     add_flag(p, "--scale-artifact", f"{ENV_PREFIX}BENCH_SCALE_ARTIFACT",
              "scale: model artifact (default: train one on the scale catalog into OUT/scale-artifact)")
+    add_flag(p, "--compare", f"{ENV_PREFIX}BENCH_COMPARE",
+             "instead of one bench: build REF (a commit, branch or tag) in a worktree with its own venv and run "
+             "its bench and this tree's alternately with the same flags, then print each figure's ratio "
+             "(OUT/compare.json, OUT/compare.md)", metavar="REF")
+    add_flag(p, "--compare-repeats", f"{ENV_PREFIX}BENCH_COMPARE_REPEATS",
+             "with --compare: bench runs per side, in ABBA order; medians are reported", default="2")
     add_config_flags(p, ["--provider", "--delivery-guarantee"])
     add_no_progress(p)
     p.set_defaults(func=cmd_bench)
