@@ -6,8 +6,10 @@ Batcher tests run in ``make test-fast`` too.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -15,14 +17,17 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from streamrec.benchmark.peer import Batcher, run_peer
+from streamrec.benchmark.peer import Batcher, PeerStats, apply_catalog, run_peer
 from streamrec.kafka_io import consume, replay
 from tests.job_fixtures import generated_log
 from tests.test_job_kafka import POISON
+from udfs.catalog import CatalogItem, encode_catalog_item
 from udfs.config import Config, PrivacyConfig, load_config
 from udfs.events import Event
+from udfs.feedback import feedback_for, remember
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
+from udfs.records import encode_feedback_record
 from udfs.runtime import build_recommender
 from udfs.state import UserState
 
@@ -150,6 +155,73 @@ def test_poll_boundaries_do_not_change_the_lists(fixture_artifact, on_repeat):
     assert_same_lists(got, ref, rtol=0)
 
 
+def job_feedback(rec: Recommender, events: Sequence[Event], since_ms: int = 0) -> list[dict[str, Any]]:
+    """The feedback records of the job's keyed function (jobs/functions.py ``_recommend``): per event,
+    apply, score against the last list, then rank and remember the new list."""
+    states: dict[str, UserState] = {}
+    out = []
+    for ev in events:
+        st = states.setdefault(str(ev.user_id), UserState())
+        if not rec.apply(st, ev):
+            continue
+        fb = feedback_for(st, ev, since_ms)
+        if fb is not None:
+            out.append(msgpack.unpackb(encode_feedback_record(fb)[1], raw=False))
+        if ev.ts >= since_ms:
+            remember(st, rec.recommend([rec.request(st, ev)])[0])
+    return out
+
+
+@pytest.mark.parametrize("on_repeat", ["flush", "copy"])
+def test_peer_feedback_is_the_jobs_whatever_the_polls(fixture_artifact, on_repeat):
+    """The peer does the job's feedback work: the same records, scored against the same lists, in
+    either repeat mode (in "copy" a repeat's record waits for the pending list) and across polls."""
+    events = generated_log(300, seed=5)
+    since = sorted(e.ts for e in events)[len(events) // 4]
+    want = job_feedback(build_recommender(make_config(fixture_artifact)), events, since)
+    batcher = Batcher(build_recommender(make_config(fixture_artifact)), since_ms=since, on_repeat=on_repeat)
+    got = []
+    for poll in chunks(events, [1, 37, 120, 5]):
+        got += [msgpack.unpackb(value, raw=False) for _, value in batcher.process(poll).feedback]
+    assert len(want) > 50 and any(r["rank"] >= 0 for r in want), "the log must test hits and misses"
+
+    def order(rs: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+        return sorted((str(r["user_id"]), r["list_seq"], r["ts"]) for r in rs)
+
+    assert order(got) == order(want) and batcher.feedback == len(want)
+    assert sorted(map(str, got)) == sorted(map(str, want))
+    last = UserState.from_bytes(batcher.states[str(events[-1].user_id)][0]).last_list
+    assert last and last[0] >= 1, "the stored state keeps the shopper's last list"
+
+
+def test_peer_applies_catalog_records_as_the_job_does(fixture_artifact):
+    """A deleted item leaves every later list; an unreadable catalog record is a dead letter; a stale
+    record (older updated_at) changes nothing."""
+    rec = build_recommender(make_config(fixture_artifact), catalog=True)
+    events = generated_log(200, seed=4)
+    before = Batcher(build_recommender(make_config(fixture_artifact), catalog=True)).process(events).records
+    shown = Counter(i for r in before for i in r["items"]).most_common(1)[0][0]
+    gone = CatalogItem(shown, rec.artifact.tables.item_category.get(shown, 0), None, None, None, None, 2_000, True)
+    stale = gone._replace(deleted=False, updated_at=1_000)
+    sent: list[tuple[str, bytes, bytes]] = []
+
+    class Producer:
+        def send(self, topic: str, key: bytes, value: bytes) -> str:
+            sent.append((topic, key, value))
+            return "future"
+
+    def msg(offset: int, value: bytes | None) -> SimpleNamespace:
+        return SimpleNamespace(topic="cat", partition=0, offset=offset, timestamp=1, value=value)
+
+    stats = PeerStats()
+    records = [msg(0, encode_catalog_item(gone)), msg(1, b"\xc1"), msg(2, encode_catalog_item(stale))]
+    futures = apply_catalog(rec, records, Producer(), "dlq", stats)
+    assert stats.catalog_applied == 1 and futures == ["future"]
+    assert [t for t, _, _ in sent] == ["dlq"] and msgpack.unpackb(sent[0][2], raw=False)["offset"] == 1
+    after = Batcher(rec).process(events).records
+    assert len(after) == len(before) and all(shown not in r["items"] for r in after)
+
+
 @pytest.mark.parametrize("on_repeat", ["flush", "copy"])
 def test_batched_scores_match_one_by_one_with_a_real_din_graph(tmp_path, on_repeat):
     """The covisit fixture graph is exact by construction; a DIN graph does real float math."""
@@ -214,7 +286,8 @@ def test_late_duplicate_since_and_ttl(fixture_artifact):
 
 @pytest.fixture
 def peer_config(kafka_broker, unique_topic, fixture_artifact) -> Config:
-    topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}
+    topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic", "dlq_topic", "late_topic",
+                                                          "feedback_topic", "catalog_topic")}
     return make_config(fixture_artifact, kafka={"bootstrap_servers": kafka_broker.bootstrap,
                                                 "group_id": "g-" + topics["input_topic"], **topics})
 
@@ -257,6 +330,12 @@ def test_peer_end_to_end_same_lists_as_the_job_logic(kafka_broker, peer_config, 
         seqs.setdefault(str(v["user_id"]), []).append(v["seq"])
     assert all(s == list(range(1, len(s) + 1)) for s in seqs.values())
     assert_same_lists(records, one_by_one(build_recommender(peer_config), events), rtol=0)
+
+    # The job's feedback work: one record per accepted event after the shopper's first list.
+    feedback = [r.value for r in consume(kafka_broker.bootstrap, k.feedback_topic, timeout_s=2)]
+    want = job_feedback(build_recommender(peer_config), events)
+    assert stats.feedback == len(feedback) == len(want) > 0
+    assert sorted(map(str, feedback)) == sorted(map(str, want))
 
     dlq = list(consume(kafka_broker.bootstrap, k.dlq_topic, timeout_s=2))
     assert sorted(d.value["raw"] for d in dlq) == sorted(POISON)

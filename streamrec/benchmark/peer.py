@@ -25,6 +25,13 @@ same topics:
   own event. ``"flush"`` is the default; in a log sorted by time a user's
   events come in sessions (runs of one user), where it degenerates to about
   one user per model call;
+- online feedback as in the job (:mod:`udfs.feedback`): every accepted event at or
+  after ``job.since_ms`` is scored against the shopper's last list, kept in state,
+  and its record goes to ``kafka.feedback_topic``; in ``"copy"`` mode a repeat's
+  feedback waits for the pending list it is scored against;
+- the catalog as in the job: records of ``kafka.catalog_topic`` are applied before
+  the events of the same poll (stock rules, new-item slots, brand and price
+  features), bad ones dead-lettered;
 - at-least-once: after a poll's outputs are sent, the producer is flushed and
   only then the consumed offsets are committed.
 
@@ -57,15 +64,18 @@ from typing import Any, Literal
 
 from streamrec.kafka_io import connect_errors
 from streamrec.kafka_io import producer as make_producer
+from udfs.catalog import decode_catalog_item
 from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.features import UserRequest
+from udfs.feedback import feedback_for, remember
 from udfs.kafka_security import python_client_options
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
-from udfs.records import dead_letter_record, encode_output_record, late_event_record
+from udfs.records import dead_letter_record, encode_feedback_record, encode_output_record, late_event_record
 from udfs.runtime import build_recommender, freeze_loaded_objects
 from udfs.state import UserState
+from udfs.topics import ensure_topic
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +92,8 @@ class PollOutput:
     """Recommendation records (the job's output map); key = ``str(record["user_id"])``."""
     late: list[tuple[str, bytes]] = field(default_factory=list)
     """Late-topic ``(key, msgpack value)`` pairs."""
+    feedback: list[tuple[str, bytes]] = field(default_factory=list)
+    """Feedback-topic ``(key, msgpack value)`` pairs (udfs/feedback.py), as the job emits them."""
 
 
 class Batcher:
@@ -125,11 +137,16 @@ class Batcher:
         self.batches = 0
         self.rows_scored = 0
         self.expired = 0
+        self.feedback = 0
         self._pending: list[UserRequest] = []
         # Per user with an unscored request: the latest state object (written at the flush)
         # and how many increments of `emitted` scoring still owes it (0 or 1).
         self._pending_users: dict[str, UserState] = {}
         self._unscored: dict[str, int] = {}
+        # "copy" mode: per user, the index in _pending of their unscored request; and events whose
+        # feedback is scored against such a request's list once it is ranked.
+        self._pending_index: dict[str, int] = {}
+        self._deferred_feedback: list[tuple[int, Event]] = []
 
     @classmethod
     def from_config(cls, recommender: Recommender, config: Config, **kw: Any) -> Batcher:
@@ -186,7 +203,13 @@ class Batcher:
             if not self.recommender.apply(state, event):
                 self.duplicates += 1
                 continue
+            if pending is not None and event.ts >= self.since_ms:
+                # The list this event is scored on is the pending request's, not ranked yet.
+                self._deferred_feedback.append((self._pending_index[key], event))
+            else:
+                self._feedback(state, event, out)
             if event.ts >= self.since_ms:
+                self._pending_index[key] = len(self._pending)
                 self._pending.append(self.recommender.request(state, event))
                 self._pending_users[key] = state  # written after scoring: recommend() bumps `emitted`
                 self._unscored[key] = 1
@@ -197,6 +220,12 @@ class Batcher:
                 self._write(key, state)
         self._flush(out)
         return out
+
+    def _feedback(self, state: UserState, event: Event, out: PollOutput) -> None:
+        fb = feedback_for(state, event, self.since_ms)
+        if fb is not None:
+            self.feedback += 1
+            out.feedback.append(encode_feedback_record(fb))
 
     def _write(self, key: str, state: UserState) -> None:
         blob, _ = state.to_bounded_bytes(self.recommender.limits.max_bytes)
@@ -209,14 +238,25 @@ class Batcher:
         records = self.recommender.recommend(self._pending)
         self.batches += 1
         self.rows_scored += sum(len(r.candidates.items) for r in self._pending)
+        for req, record in zip(self._pending, records, strict=True):
+            remember(req.state, record)  # the list the shopper's next event is scored on
+        newest = {str(r["user_id"]): r for r in records}
         for key, state in self._pending_users.items():
+            if key in newest:
+                remember(state, newest[key])  # a copy taken before the list existed
             self._write(key, state)
+        for index, event in self._deferred_feedback:
+            scored_on = UserState()
+            remember(scored_on, records[index])
+            self._feedback(scored_on, event, out)
         self.emitted += len(records)
         self.fallbacks += sum(1 for r in records if r["fallback"])
         out.records.extend(records)
         self._pending = []
         self._pending_users = {}
         self._unscored = {}
+        self._pending_index = {}
+        self._deferred_feedback = []
 
 
 @dataclass
@@ -242,6 +282,10 @@ class PeerStats:
     """Process CPU time (all threads) over the same span."""
     peak_rss_mb: float = 0.0
     """Peak RSS of this process so far (``ru_maxrss``): includes whatever ran before the peer."""
+    feedback: int = 0
+    """Feedback records produced."""
+    catalog_applied: int = 0
+    """Catalog records that changed the catalog (stale ones are read and dropped, as in the job)."""
     ranker: dict[str, float] = field(default_factory=dict)
     """``OnnxRanker.stats.summary()`` at the end."""
     provider: str = "none"
@@ -272,6 +316,7 @@ def _open_consumer(config: Config) -> Any:
 
     k = config.kafka
     security = python_client_options(k)
+    topics = (k.input_topic, k.catalog_topic)
     with connect_errors(k.bootstrap_servers, security):
         consumer = KafkaConsumer(
             **security,
@@ -296,7 +341,11 @@ def _open_consumer(config: Config) -> Any:
         if not parts:
             raise RuntimeError(f"input topic {k.input_topic!r} not found on {k.bootstrap_servers}")
         tps = [TopicPartition(k.input_topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
+        # The catalog, read whole like the job's broadcast input, when the topic exists.
+        catalog = [TopicPartition(k.catalog_topic, p) for p in sorted(consumer.partitions_for_topic(topics[1]) or ())]
+        consumer.assign(tps + catalog)
+        if catalog:
+            consumer.seek_to_beginning(*catalog)
         if k.starting_offsets == "earliest":
             consumer.seek_to_beginning(*tps)
         elif k.starting_offsets == "latest":
@@ -305,6 +354,23 @@ def _open_consumer(config: Config) -> Any:
         consumer.close()
         raise
     return consumer
+
+
+def apply_catalog(recommender: Recommender, messages: Iterable[Any], prod: Any, dlq_topic: str,
+                   stats: PeerStats) -> list[Any]:
+    """Catalog records into the recommender's catalog, as the job's broadcast side applies them;
+    an unreadable one is a dead letter. Returns the dead letters' send futures."""
+    catalog = recommender.catalog
+    assert catalog is not None
+    futures = []
+    for msg in messages:
+        item = decode_catalog_item(msg.value if msg.value is not None else b"")
+        if isinstance(item, DecodeError):
+            key, value = dead_letter_record(item, msg.topic, msg.partition, msg.offset, msg.timestamp)
+            futures.append(prod.send(dlq_topic, key=key.encode(), value=value))
+        elif catalog.apply(item):
+            stats.catalog_applied += 1
+    return futures
 
 
 def _peak_rss_mb() -> float:
@@ -332,7 +398,7 @@ def run_peer(
     see :class:`Batcher`.
     """
     k = config.kafka
-    recommender = build_recommender(config)
+    recommender = build_recommender(config, catalog=True)
     freeze_loaded_objects()
     choice = recommender.provider
     if choice is not None and choice.fallback_reason:
@@ -344,9 +410,12 @@ def run_peer(
     pseudonym = load_key(config.privacy).pseudonym if config.privacy.pseudonymize else None
     redact = config.privacy.redact_dead_letters
     stats = PeerStats(provider=choice.label if choice else "none")
+    # As the job's sinks do: a deployment that predates the feedback topic has none.
+    with connect_errors(k.bootstrap_servers, python_client_options(k)):
+        ensure_topic(k, k.feedback_topic, "feedback_topic")
     consumer = _open_consumer(config)
     prod = make_producer(k.bootstrap_servers, python_client_options(k))
-    dlq_topic, late_topic, out_topic = k.dlq_topic, k.late_topic, k.output_topic
+    dlq_topic, late_topic, out_topic, feedback_topic = k.dlq_topic, k.late_topic, k.output_topic, k.feedback_topic
     first_at: float | None = None
     cpu_at = 0.0
     last_record_at = time.monotonic()
@@ -369,7 +438,10 @@ def run_peer(
             futures = []
             events: list[Event] = []
             max_ts = max_event_ts(config.job.max_future_skew_ms)  # once per poll, like the job's per event
-            for messages in polled.values():
+            for tp, messages in polled.items():
+                if tp.topic == k.catalog_topic:
+                    futures += apply_catalog(recommender, messages, prod, dlq_topic, stats)
+                    continue
                 for msg in messages:
                     consumed += 1
                     result = decode_event(msg.value if msg.value is not None else b"", max_ts, pseudonym)
@@ -383,6 +455,8 @@ def run_peer(
             out = batcher.process(events)
             for key, value in out.late:
                 futures.append(prod.send(late_topic, key=key.encode(), value=value))
+            for key, value in out.feedback:
+                futures.append(prod.send(feedback_topic, key=key.encode(), value=value))
             for record in out.records:
                 futures.append(prod.send(out_topic, key=str(record["user_id"]).encode(),
                                          value=encode_output_record(record)))
@@ -399,7 +473,7 @@ def run_peer(
         finally:
             consumer.close()
     stats.events, stats.late, stats.duplicates = batcher.events, batcher.late, batcher.duplicates
-    stats.emitted, stats.fallbacks = batcher.emitted, batcher.fallbacks
+    stats.emitted, stats.fallbacks, stats.feedback = batcher.emitted, batcher.fallbacks, batcher.feedback
     stats.batches, stats.rows_scored = batcher.batches, batcher.rows_scored
     stats.peak_rss_mb = _peak_rss_mb()
     stats.ranker = recommender.ranker.stats.summary() if recommender.ranker else {}
