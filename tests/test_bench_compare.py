@@ -146,6 +146,9 @@ def test_stream_fingerprint_runs_each_sides_own_generator(repo: Path) -> None:
     assert cmp.stream_fingerprint(side, stream) is None, "no generator in the tree"
     gen = repo / "streamrec" / "generator.py"
     gen.parent.mkdir()
+    (gen.parent / "a_tool.py").write_text('PATTERN = "def generate_events("\n')  # names it, defines nothing
+    _git(repo, "add", "-A")
+    assert cmp.stream_fingerprint(side, stream) is None, "a module that only names the generator"
     gen.write_text(GENERATOR.format(step=1000))
     _git(repo, "add", "-A")
     first = cmp.stream_fingerprint(side, stream)

@@ -129,7 +129,7 @@ def stream_fingerprint(side: Side, stream: Mapping[str, int],
     and items; fewer events), computed in the side's venv. The generator has moved between modules
     over time, so it is found by its function's name. None when the side has no generator that can
     be called this way."""
-    found = subprocess.run(["git", "-C", str(side.root), "grep", "-l", "def generate_events", "--", "*.py"],
+    found = subprocess.run(["git", "-C", str(side.root), "grep", "-l", "-E", r"^def generate_events\(", "--", "*.py"],
                            capture_output=True, text=True)
     paths = [p for p in found.stdout.split() if not p.startswith("tests/")]
     if found.returncode != 0 or not paths:
