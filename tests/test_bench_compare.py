@@ -100,6 +100,7 @@ def test_compare_builds_ref_in_a_worktree_and_alternates_abba(repo: Path, tmp_pa
     assert saved["ref"] == result.ref and len(saved["runs"]["this"]) == 2
     md = (tmp_path / "out" / "compare.md").read_text()
     assert "| job p2 events/s | 1,400 | 750 | 0.54 (worse) |" in md
+    assert "medians over 2 REF and 2 of this tree's run(s)" in md
     assert not result.same_stream and "generators make different streams" in md, "neither tree has a generator"
 
 

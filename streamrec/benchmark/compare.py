@@ -249,8 +249,8 @@ class Comparison:
 
 def markdown(c: Comparison) -> str:
     lines = [f"# bench --compare: this tree ({c.this[:12]}) against {c.ref[:12]}", "",
-             f"Flags on both sides: `{' '.join(c.argv)}`; runs alternated ABBA, medians over "
-             f"{len(c.runs['this'])} run(s) per side.", ""]
+             f"Flags on both sides: `{' '.join(c.argv)}`; runs alternated ABBA; medians over "
+             f"{len(c.runs['ref'])} REF and {len(c.runs['this'])} of this tree's run(s).", ""]
     if not c.same_stream:
         lines += ["**The two commits' generators make different streams** (or one could not be run): "
                   "each side benched its own stream of the same size and seed.", ""]
