@@ -41,15 +41,30 @@ def make_config(artifact: Path, **sections: dict[str, Any]) -> Config:
     return load_config(environ={}, overrides=overrides)
 
 
-def one_by_one(rec: Recommender, events: Sequence[Event], since_ms: int = 0) -> list[dict[str, Any]]:
-    """The job's RecommendFunction without Flink: one event, one model call (no lateness here)."""
+def job_logic(rec: Recommender, events: Sequence[Event],
+              since_ms: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The job's keyed function without Flink (jobs/functions.py ``_recommend``; no lateness here):
+    per event, apply, score against the last list, then rank one event per model call and remember
+    the new list. Returns (lists, feedback records)."""
     states: dict[str, UserState] = {}
-    out = []
+    lists, feedback = [], []
     for ev in events:
         st = states.setdefault(str(ev.user_id), UserState())
-        if rec.apply(st, ev) and ev.ts >= since_ms:
-            out += rec.recommend([rec.request(st, ev)])
-    return out
+        if not rec.apply(st, ev):
+            continue
+        fb = feedback_for(st, ev, since_ms)
+        if fb is not None:
+            feedback.append(msgpack.unpackb(encode_feedback_record(fb)[1], raw=False))
+        if ev.ts >= since_ms:
+            record = rec.recommend([rec.request(st, ev)])[0]
+            remember(st, record)
+            lists.append(record)
+    return lists, feedback
+
+
+def one_by_one(rec: Recommender, events: Sequence[Event], since_ms: int = 0) -> list[dict[str, Any]]:
+    """The job's lists (:func:`job_logic`)."""
+    return job_logic(rec, events, since_ms)[0]
 
 
 def by_user_seq(records: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -155,30 +170,13 @@ def test_poll_boundaries_do_not_change_the_lists(fixture_artifact, on_repeat):
     assert_same_lists(got, ref, rtol=0)
 
 
-def job_feedback(rec: Recommender, events: Sequence[Event], since_ms: int = 0) -> list[dict[str, Any]]:
-    """The feedback records of the job's keyed function (jobs/functions.py ``_recommend``): per event,
-    apply, score against the last list, then rank and remember the new list."""
-    states: dict[str, UserState] = {}
-    out = []
-    for ev in events:
-        st = states.setdefault(str(ev.user_id), UserState())
-        if not rec.apply(st, ev):
-            continue
-        fb = feedback_for(st, ev, since_ms)
-        if fb is not None:
-            out.append(msgpack.unpackb(encode_feedback_record(fb)[1], raw=False))
-        if ev.ts >= since_ms:
-            remember(st, rec.recommend([rec.request(st, ev)])[0])
-    return out
-
-
 @pytest.mark.parametrize("on_repeat", ["flush", "copy"])
 def test_peer_feedback_is_the_jobs_whatever_the_polls(fixture_artifact, on_repeat):
     """The peer does the job's feedback work: the same records, scored against the same lists, in
     either repeat mode (in "copy" a repeat's record waits for the pending list) and across polls."""
     events = generated_log(300, seed=5)
     since = sorted(e.ts for e in events)[len(events) // 4]
-    want = job_feedback(build_recommender(make_config(fixture_artifact)), events, since)
+    want = job_logic(build_recommender(make_config(fixture_artifact)), events, since)[1]
     batcher = Batcher(build_recommender(make_config(fixture_artifact)), since_ms=since, on_repeat=on_repeat)
     got = []
     for poll in chunks(events, [1, 37, 120, 5]):
@@ -333,7 +331,7 @@ def test_peer_end_to_end_same_lists_as_the_job_logic(kafka_broker, peer_config, 
 
     # The job's feedback work: one record per accepted event after the shopper's first list.
     feedback = [r.value for r in consume(kafka_broker.bootstrap, k.feedback_topic, timeout_s=2)]
-    want = job_feedback(build_recommender(peer_config), events)
+    want = job_logic(build_recommender(peer_config), events)[1]
     assert stats.feedback == len(feedback) == len(want) > 0
     assert sorted(map(str, feedback)) == sorted(map(str, want))
 

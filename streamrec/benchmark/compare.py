@@ -55,6 +55,8 @@ LATENCY_QUANTILES = (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"))
 # The generator's arguments that shape the bench stream: (keyword, bench flag's destination, the
 # bench's default).
 STREAM_SETTINGS = (("seed", "seed", 11), ("n_users", "users", 100_000), ("n_items", "items", 50_000))
+# A ratio this far from 1 is marked better or worse in the table.
+MARKED_CHANGE = 0.05
 # Events each side's generator makes for the same-stream check.
 FINGERPRINT_EVENTS = 5000
 
@@ -259,15 +261,14 @@ def markdown(c: Comparison) -> str:
     for row in c.rows:
         ratio = row["ratio"]
         mark = ""
-        if ratio is not None:
-            better = ratio > 1 if row["higher_is_better"] else ratio < 1
-            mark = " (better)" if better and abs(ratio - 1) >= 0.05 else (
-                " (worse)" if not better and abs(ratio - 1) >= 0.05 else "")
+        if ratio is not None and abs(ratio - 1) >= MARKED_CHANGE:
+            mark = " (better)" if (ratio > 1) == row["higher_is_better"] else " (worse)"
         lines.append(f"| {row['figure']} | {_fmt(row['ref_median'])} | {_fmt(row['this_median'])} | "
                      f"{'' if ratio is None else f'{ratio:.2f}'}{mark} | "
                      f"{', '.join(_fmt(v) for v in row['ref_runs'])} | "
                      f"{', '.join(_fmt(v) for v in row['this_runs'])} |")
-    lines += ["", "A ratio within 5% of 1 is left unmarked: on a shared machine that is inside a run's spread."]
+    lines += ["", f"A ratio within {MARKED_CHANGE:.0%} of 1 is left unmarked: on a shared machine that is inside "
+              "a run's spread."]
     return "\n".join(lines) + "\n"
 
 

@@ -238,12 +238,12 @@ class Batcher:
         records = self.recommender.recommend(self._pending)
         self.batches += 1
         self.rows_scored += sum(len(r.candidates.items) for r in self._pending)
-        for req, record in zip(self._pending, records, strict=True):
-            remember(req.state, record)  # the list the shopper's next event is scored on
+        # Each shopper's newest list is the one their next event is scored on. Only the newest state
+        # object of a shopper is written ("copy" mode may hold older ones, or one taken before its list).
         newest = {str(r["user_id"]): r for r in records}
         for key, state in self._pending_users.items():
             if key in newest:
-                remember(state, newest[key])  # a copy taken before the list existed
+                remember(state, newest[key])
             self._write(key, state)
         for index, event in self._deferred_feedback:
             scored_on = UserState()
@@ -316,7 +316,6 @@ def _open_consumer(config: Config) -> Any:
 
     k = config.kafka
     security = python_client_options(k)
-    topics = (k.input_topic, k.catalog_topic)
     with connect_errors(k.bootstrap_servers, security):
         consumer = KafkaConsumer(
             **security,
@@ -342,7 +341,8 @@ def _open_consumer(config: Config) -> Any:
             raise RuntimeError(f"input topic {k.input_topic!r} not found on {k.bootstrap_servers}")
         tps = [TopicPartition(k.input_topic, p) for p in sorted(parts)]
         # The catalog, read whole like the job's broadcast input, when the topic exists.
-        catalog = [TopicPartition(k.catalog_topic, p) for p in sorted(consumer.partitions_for_topic(topics[1]) or ())]
+        catalog_parts = consumer.partitions_for_topic(k.catalog_topic) or ()
+        catalog = [TopicPartition(k.catalog_topic, p) for p in sorted(catalog_parts)]
         consumer.assign(tps + catalog)
         if catalog:
             consumer.seek_to_beginning(*catalog)
