@@ -214,7 +214,7 @@ def test_peer_applies_catalog_records_as_the_job_does(fixture_artifact):
     stats = PeerStats()
     records = [msg(0, encode_catalog_item(gone)), msg(1, b"\xc1"), msg(2, encode_catalog_item(stale))]
     futures = apply_catalog(rec, records, Producer(), "dlq", stats)
-    assert stats.catalog_applied == 1 and futures == ["future"]
+    assert stats.catalog_applied == 1 and stats.catalog_dead_lettered == 1 and futures == ["future"]
     assert [t for t, _, _ in sent] == ["dlq"] and msgpack.unpackb(sent[0][2], raw=False)["offset"] == 1
     after = Batcher(rec).process(events).records
     assert len(after) == len(before) and all(shown not in r["items"] for r in after)

@@ -286,6 +286,8 @@ class PeerStats:
     """Feedback records produced."""
     catalog_applied: int = 0
     """Catalog records that changed the catalog (stale ones are read and dropped, as in the job)."""
+    catalog_dead_lettered: int = 0
+    """Catalog records that could not be read: dead-lettered and skipped (the job's ``catalog_dead_lettered``)."""
     ranker: dict[str, float] = field(default_factory=dict)
     """``OnnxRanker.stats.summary()`` at the end."""
     provider: str = "none"
@@ -368,6 +370,7 @@ def apply_catalog(recommender: Recommender, messages: Iterable[Any], prod: Any, 
         if isinstance(item, DecodeError):
             key, value = dead_letter_record(item, msg.topic, msg.partition, msg.offset, msg.timestamp)
             futures.append(prod.send(dlq_topic, key=key.encode(), value=value))
+            stats.catalog_dead_lettered += 1
         elif catalog.apply(item):
             stats.catalog_applied += 1
     return futures
