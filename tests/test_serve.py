@@ -282,7 +282,7 @@ def test_serve_process_reads_committed_lists_streams_changes_and_sends_page_even
     tx.abort_transaction()  # read_committed: never shown
 
     serve = ServeProcess(kafka_broker.bootstrap, in_topic, out_topic, tmp_path / "serve.sqlite",
-                         tmp_path / "serve.log")
+                         tmp_path / "serve.log", settings={"serve": {"accept_events": True}})
     serve.start()
     base = serve.base
     try:
