@@ -8,6 +8,7 @@ from starlette.testclient import TestClient
 
 from streamrec.serve.access import Access, ApiToken, load_api_token
 from streamrec.serve.app import ServeContext, build_app
+from streamrec.serve.server import build_context
 from tests.serve_fixtures import StubFollower, open_access, output_value, put_list
 from udfs.config import ConfigError, load_config
 
@@ -137,3 +138,15 @@ def test_allow_lists_come_comma_separated_from_the_environment():
     access = Access.from_config(cfg)
     assert access.allowed_hosts == ("shop.internal", "localhost")
     assert access.allowed_origins == ("https://shop.example",)
+
+
+def test_the_service_takes_its_access_settings_from_the_config(tmp_path, monkeypatch):
+    env = {"STREAMREC_SERVE_STORE_PATH": str(tmp_path / "v.sqlite"), "STREAMREC_SERVE_ACCEPT_EVENTS": "true",
+           "STREAMREC_SERVE_ALLOWED_HOSTS": "shop.internal", "STREAMREC_SERVE_API_TOKEN_ENV": "TOK", "TOK": TOKEN}
+    monkeypatch.setenv("TOK", TOKEN)  # the service reads the token from its own environment
+    ctx, sender = build_context(load_config(environ=env))
+    access = ctx.access
+    ctx.store.close()
+    sender.close()
+    assert access.accept_events and not access.list_users and access.allowed_hosts == ("shop.internal",)
+    assert access.token is not None and access.token.matches(f"Bearer {TOKEN}")
