@@ -13,7 +13,7 @@ import pytest
 from jobs.layout import cache_dir, required_jars
 from streamrec.local.kafka import LocalKafka, kafka_classpath
 
-pytest_plugins = ["tests.job_fixtures", "tests.store_fixtures"]
+pytest_plugins = ["tests.job_fixtures", "tests.store_fixtures", "tests.serve_fixtures"]
 
 
 # =============================================================================================

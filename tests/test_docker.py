@@ -129,7 +129,7 @@ def test_streamrec_settings_in_compose_and_kubernetes_are_real_config_keys():
         ours = {k: v for k, v in env.items() if k.startswith("STREAMREC_")}
         assert set(ours) <= known, set(ours) - known
         from udfs.config import load_config
-        load_config(environ=ours)  # the values pass the config's own validation
+        load_config(environ=env)  # the values pass the config's own validation (with the variables they name)
     defaults = Config()
     # the artifact mount holds the config's default artifact path, under the image's WORKDIR
     assert env_of(c["serve"])["STREAMREC_RANKING_ARTIFACT_DIR"] == f"{APP}/{defaults.ranking.artifact_dir}"

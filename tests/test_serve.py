@@ -3,58 +3,30 @@ follower against the real broker: rebuild from the topic, resume after a restart
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import msgpack
 import pytest
 from kafka import KafkaProducer
 from starlette.testclient import TestClient
 
+from streamrec.local.kafka import free_ports
 from streamrec.local.serve import ServeProcess, get_json
-from streamrec.serve.app import Catalog, ServeContext, build_app
-from streamrec.serve.follower import Follower
+from streamrec.serve.app import MAX_EVENT_BODY, ServeContext, build_app
+from streamrec.serve.follower import CatalogFollower, Follower
 from streamrec.serve.store import RedisStore, SqliteStore, Store
-from tests.serve_fixtures import output_value
+from tests.serve_fixtures import StubFollower, open_access, output_value, put_list
 from tests.store_fixtures import StoreFactory
 from udfs.catalog import CatalogItem, encode_catalog_item
 from udfs.events import decode_event
 from udfs.reasons import render_reason
 from udfs.records import decode_output_record
-
-
-class _Follower:
-    """Stands in for the Kafka follower in the in-process tests."""
-
-    def __init__(self, ready: bool = True) -> None:
-        self.ready = threading.Event()
-        if ready:
-            self.ready.set()
-        self.records = self.bad_records = self.lag = 0
-        self.last_error = None
-
-    def alive(self) -> bool:
-        return True
-
-
-@pytest.fixture
-def served(make_store: StoreFactory):
-    """The app in process over a store of each backend (SQLite, Redis)."""
-    store = make_store("s", "recs")
-    sent: list = []
-
-    def send(event):
-        sent.append(event)
-        return {"partition": 0, "offset": len(sent) - 1}
-
-    ctx = ServeContext(store=store, follower=_Follower(), send_event=send, input_topic="events",  # type: ignore[arg-type]
-                       trending_size=3, catalog=Catalog(item_category={11: 4}))
-    with TestClient(build_app(ctx), raise_server_exceptions=False) as client:
-        yield client, store, ctx, sent
 
 
 @contextmanager
@@ -69,14 +41,10 @@ def following(store: Store, bootstrap: str, topic: str) -> Iterator[Follower]:
         f.stop()
 
 
-def _put(store: Store, value: bytes, offset: int) -> None:
-    store.write([(decode_output_record(value), 0, offset)], {0: offset + 1})
-
-
 def test_lookup_returns_the_latest_list_with_reasons_version_arm_and_age(served):
     client, store, _, _ = served
-    _put(store, output_value(42, 1, [7, 8]), 0)
-    _put(store, output_value(42, 2, [11, "x-9", 8], arm="b", model_version="m-2"), 1)
+    put_list(store, output_value(42, 1, [7, 8]), 0)
+    put_list(store, output_value(42, 2, [11, "x-9", 8], arm="b", model_version="m-2"), 1)
     r = client.get("/v1/users/42/recommendations")
     assert r.status_code == 200
     body = r.json()
@@ -93,8 +61,8 @@ def test_lookup_returns_the_latest_list_with_reasons_version_arm_and_age(served)
 
 def test_unknown_shopper_gets_the_trending_list_marked_as_such(served):
     client, store, _, _ = served
-    _put(store, output_value(1, 1, [7, 8, 9]), 0)
-    _put(store, output_value(2, 1, [8, 9, 10]), 1)
+    put_list(store, output_value(1, 1, [7, 8, 9]), 0)
+    put_list(store, output_value(2, 1, [8, 9, 10]), 1)
     body = client.get("/v1/users/unknown-shopper/recommendations").json()
     assert body["known"] is False and body["trending"] is True and body["age_ms"] is None
     # counted over the stored lists, an item placed for "trending" twice (output_value: all but the first):
@@ -129,28 +97,30 @@ def test_posted_event_is_validated_then_sent_with_the_catalog_category(served):
     assert abs(ev.ts - time.time() * 1000) < 60_000
     bad = [(b"{", "not JSON"), (b"[1]", "JSON object"), (json.dumps({"user_id": 1, "item_id": 2}), "missing field"),
            (json.dumps({"user_id": 1, "item_id": 2, "behavior": "steal"}), "behavior must be one of"),
-           (json.dumps({"user_id": True, "item_id": 2, "behavior": "pv"}), "invalid user_id: bad_type"),
-           (b"x" * 5000, "body over")]
+           (json.dumps({"user_id": True, "item_id": 2, "behavior": "pv"}), "invalid user_id: bad_type")]
     for body, why in bad:
-        r = client.post("/v1/events", content=body)
+        r = client.post("/v1/events", content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 400 and why in r.json()["error"], (body, r.text)
+    r = client.post("/v1/events", content=b"x" * 5000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "body over" in r.json()["error"]
     assert len(sent) == 1
 
 
-def test_a_failing_broker_is_a_503_with_the_reason(served):
+def test_a_failing_broker_is_a_503_naming_the_error_but_not_the_brokers(served):
     client, _, ctx, _ = served
 
     def down(event):
-        raise ConnectionError("broker unreachable")
+        raise ConnectionError("broker kafka-7.internal:9093 unreachable as user 'alice'")
 
     ctx.send_event = down
     r = client.post("/v1/events", json={"user_id": 1, "item_id": 2, "behavior": "pv"})
-    assert r.status_code == 503 and "broker unreachable" in r.json()["error"]
+    assert r.status_code == 503 and "ConnectionError" in r.json()["error"]
+    assert "kafka-7" not in r.text and "alice" not in r.text
 
 
 def test_health_and_metrics(served, tmp_path):
     client, store, ctx, _ = served
-    _put(store, output_value(42, 1, [7]), 0)
+    put_list(store, output_value(42, 1, [7]), 0)
     client.get("/v1/users/42/recommendations")
     client.get("/v1/users/a%01/recommendations")
     assert client.get("/healthz").json()["status"] == "ok"
@@ -183,7 +153,7 @@ def test_store_write_is_all_or_nothing(make_store: StoreFactory):
     """A batch with a list that cannot be stored leaves neither its other lists nor the positions behind,
     so a restart reads the batch again rather than skipping it."""
     store = make_store("s", "a")
-    _put(store, output_value(1, 1, [2]), 0)
+    put_list(store, output_value(1, 1, [2]), 0)
     good = decode_output_record(output_value(2, 1, [3]))
     bad = good._replace(user_id=3, items=[object()])  # not JSON-encodable: fails mid-batch
     with pytest.raises(TypeError):
@@ -220,7 +190,7 @@ def test_catalog_records_a_later_updated_at_wins_whatever_the_order(make_store: 
     assert store.items([7])[7] == _cat(7, 300, "Kettle 2", 25.0, stock=0)
     assert store.catalog_positions() == {0: 6} and store.item_count() == 2
     # lists and items are separate views: another catalog topic empties the items only
-    _put(store, output_value(1, 1, [7]), 0)
+    put_list(store, output_value(1, 1, [7]), 0)
     store.close()
     again = make_store("s", "recs")
     assert again.catalog_positions() == {0: 6} and again.item_count() == 2  # no catalog topic named: kept
@@ -234,10 +204,10 @@ def test_catalog_records_a_later_updated_at_wins_whatever_the_order(make_store: 
 
 def test_lookup_adds_title_brand_and_price_where_the_catalog_has_them(served):
     client, store, ctx, _ = served
-    ctx.catalog_follower = _Follower()
+    ctx.catalog_follower = StubFollower()
     store.write_items([_cat(11, 1, "Blue kettle", 29.5, "Acme", category=9), _cat(5, 1, "Teapot"),
                        _cat(8, 1, None, 3.0)], {0: 3})
-    _put(store, output_value(42, 1, [11, "x-9", 8]), 0)
+    put_list(store, output_value(42, 1, [11, "x-9", 8]), 0)
     items = client.get("/v1/users/42/recommendations").json()["items"]
     assert {k: items[0][k] for k in ("title", "brand", "price")} == {"title": "Blue kettle", "brand": "Acme",
                                                                      "price": 29.5}
@@ -312,7 +282,7 @@ def test_serve_process_reads_committed_lists_streams_changes_and_sends_page_even
     tx.abort_transaction()  # read_committed: never shown
 
     serve = ServeProcess(kafka_broker.bootstrap, in_topic, out_topic, tmp_path / "serve.sqlite",
-                         tmp_path / "serve.log")
+                         tmp_path / "serve.log", settings={"serve": {"accept_events": True}})
     serve.start()
     base = serve.base
     try:
@@ -518,3 +488,160 @@ def test_serve_process_on_redis_keeps_its_view_across_a_restart(kafka_broker, un
     finally:
         serve.stop()
         prod.close()
+
+
+# --- hardening: followers never stop on one record; 503s and 4xx, never 500s ---------------------
+
+
+class _Msg(NamedTuple):
+    """A polled Kafka record as the followers read it."""
+
+    value: bytes | None
+    partition: int
+    offset: int
+    key: bytes | None = None
+
+
+def test_the_lists_follower_counts_and_skips_unreadable_records_and_moves_on(make_store: StoreFactory):
+    store = make_store("s", "recs")
+    f = Follower(store, "127.0.0.1:1", "recs")
+    bad = [None, output_value(2, 1, [7], scores=["x"]), output_value(3, 1, [7], scores=[None]),
+           output_value(4, 1, [7], trigger="pv"), output_value(5, 1, [7], trigger=5),
+           output_value(6, 1, [[1, 2]]), output_value(7, 1, [{"a": 1}])]
+    values = [*bad, output_value(1, 1, [7, 8])]
+    f._store_batch([_Msg(v, 0, i) for i, v in enumerate(values)], {0: len(values)})
+    assert (f.bad_records, f.records) == (len(bad), 1)
+    # the batch's positions are stored: nothing is read again
+    assert store.positions() == {0: len(values)} and store.count() == 1 and store.get("1") is not None
+
+
+def test_a_catalog_tombstone_is_a_counted_skip_not_a_batch_retried_forever(make_store: StoreFactory):
+    store = make_store("s", "recs")
+    f = CatalogFollower(store, "127.0.0.1:1", "catalog")
+    msgs = [_Msg(encode_catalog_item(_cat(7, 1, "Kettle")), 0, 0, b"7"), _Msg(None, 0, 1, b"7"),
+            _Msg(encode_catalog_item(_cat(8, 1, "Mug")), 0, 2, b"8")]
+    f._store_batch(msgs, {0: 3})
+    assert (f.bad_records, f.records) == (1, 2)
+    assert store.catalog_positions() == {0: 3} and store.items([7])[7].title == "Kettle"
+
+
+def test_livez_and_readyz_are_apart_and_readiness_names_each_follower(served):
+    client, _, ctx, _ = served
+    ctx.follower = StubFollower(ready=False)
+    ctx.catalog_follower = StubFollower(ready=False, topic="catalog")
+    assert client.get("/livez").status_code == 200
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    followers = r.json()["followers"]
+    assert followers["lists"]["topic"] == "recs" and followers["lists"]["state"] == "catching_up"
+    assert followers["catalog"]["topic"] == "catalog" and followers["catalog"]["state"] == "catching_up"
+    ctx.follower.ready.set()  # the catalog's follower does not hold readiness back
+    assert client.get("/readyz").status_code == 200
+    ctx.follower.last_error = "NoBrokersAvailable"
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["followers"]["lists"]["state"] == "reconnecting"
+    assert client.get("/livez").status_code == 200  # the process is alive: a restart would not help
+
+
+def test_with_the_redis_store_down_every_route_is_a_503_with_retry_after():
+    closed = free_ports(1)[0]
+    store = RedisStore(f"redis://127.0.0.1:{closed}/0", "recs")
+    ctx = ServeContext(store=store, follower=StubFollower(), send_event=lambda e: {}, input_topic="events",  # type: ignore[arg-type]
+                       access=open_access())
+    with TestClient(build_app(ctx), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        for path in ("/v1/users/42/recommendations", "/v1/users/42/recommendations/stream", "/v1/users",
+                     "/healthz", "/readyz", "/metrics"):
+            r = client.get(path)
+            assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, (path, r.status_code, r.text)
+            assert str(closed) not in r.text
+        assert client.get("/livez").status_code == 200
+
+
+class _LoopWatch:
+    """A store that notes each call made on a thread running an event loop (a request would wait on it)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.on_loop: list[str] = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self._store, name)
+
+        def call(*args, **kwargs):
+            try:
+                asyncio.get_running_loop()
+                self.on_loop.append(name)
+            except RuntimeError:
+                pass
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_store_calls_run_off_the_event_loop(served):
+    client, store, ctx, _ = served
+    put_list(store, output_value(42, 1, [7]), 0)
+    ctx.store = watch = _LoopWatch(store)  # type: ignore[assignment]
+    ctx.catalog_follower = StubFollower(topic="catalog")
+    for path in ("/v1/users/42/recommendations", "/v1/users/7/recommendations", "/v1/users", "/healthz", "/metrics"):
+        assert client.get(path).status_code == 200, path
+    with client.stream("GET", "/v1/users/42/recommendations/stream") as s:
+        assert next(s.iter_lines()).startswith("event: list")
+    assert watch.on_loop == []
+    assert client.get("/readyz").status_code == 200 and watch.on_loop == []
+
+
+def test_a_nan_score_or_an_unhashable_item_in_a_stored_list_never_reaches_a_response(served):
+    client, store, _, _ = served
+    put_list(store, output_value(1, 1, [7, 8], scores=[float("nan"), 0.5]), 0)
+    # a list stored by an older version, which let an unhashable item through
+    older = decode_output_record(output_value(2, 1, [7, 9]))._replace(items=[[1, 2], 9])
+    store.write([(older, 0, 1)], {0: 2})
+    first = client.get("/v1/users/1/recommendations")
+    assert first.status_code == 200
+    assert [(i["item_id"], i["score"]) for i in first.json()["items"]] == [(7, None), (8, 0.5)]
+    second = client.get("/v1/users/2/recommendations")
+    assert second.status_code == 200 and [i["item_id"] for i in second.json()["items"]] == [9]
+    trending = client.get("/v1/users/someone-new/recommendations")
+    assert trending.status_code == 200 and [1, 2] not in [i["item_id"] for i in trending.json()["items"]]
+
+
+def _asgi_post(app, headers: list[tuple[bytes, bytes]], chunks: Iterator[bytes]) -> tuple[int, int]:
+    """POST /v1/events straight to the ASGI app, the body from ``chunks``: (status, chunks read)."""
+    read = 0
+    status: list[int] = []
+
+    async def receive():
+        nonlocal read
+        chunk = next(chunks, None)
+        read += 1
+        return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/events", "raw_path": b"/v1/events", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), *headers],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080)}
+    asyncio.run(app(scope, receive, send))
+    return status[0], read
+
+
+def test_a_body_over_the_limit_is_a_413_declared_or_chunked_and_never_read_whole(served):
+    client, _, ctx, sent = served
+    app = build_app(ctx)
+    # a declared length over the limit: answered before a byte of the body is read
+    assert _asgi_post(app, [(b"content-length", b"1000000000")], iter([b"x" * 1024] * 1000)) == (413, 0)
+    # chunked: reading stops once the limit is passed
+    status, read = _asgi_post(app, [(b"transfer-encoding", b"chunked")], iter([b"x" * 1024] * 1000))
+    assert status == 413 and read <= MAX_EVENT_BODY // 1024 + 2
+    assert sent == []
+
+
+def test_deeply_nested_json_is_a_400(served):
+    client, _, _, sent = served
+    r = client.post("/v1/events", content=b"[" * 4000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "nested" in r.json()["error"]
+    assert sent == []

@@ -84,7 +84,7 @@ def test_click_on_the_page_produces_an_event_and_the_new_list_arrives(kafka_brok
             stock=None, title=f"Product {item}", updated_at=1_700_000_000_000))) for item, category in known.items()])
     serve = ServeProcess(kafka_broker.bootstrap, topics["input_topic"], topics["output_topic"],
                          tmp_path / "serve.sqlite", tmp_path / "serve.log", artifact=fixture_artifact,
-                         settings={"kafka": {"catalog_topic": catalog_topic}})
+                         settings={"kafka": {"catalog_topic": catalog_topic}, "serve": {"accept_events": True}})
     serve.start()
     try:
         _wait(lambda: get_json(f"{serve.base}/healthz")[1]["catalog"]["items"] == len(known), 60, "the catalog")

@@ -7,6 +7,7 @@ fail at start with the dotted key in the message, never mid-stream.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -294,6 +295,56 @@ class ServeConfig(_Section):
     """Length of the trending list an unknown shopper gets."""
     trending_window: int = Field(1000, ge=10, le=1_000_000)
     """The trending list counts the items of this many most recent lists."""
+    api_token_file: str = ""
+    """File holding the bearer token every request must send (Authorization: Bearer TOKEN; at least 16 bytes,
+    trailing whitespace ignored); required when bind_address is beyond loopback. Never put the token itself in
+    the config."""
+    api_token_env: str = ""
+    """Name of an environment variable holding the bearer token (instead of api_token_file)."""
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    """Host header names (without the port) the service answers; any other is a 400, so a page of another site
+    cannot reach it by DNS rebinding. "*" allows any. In the environment: comma-separated."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins (scheme://host[:port]) besides the service's own from which a browser may POST; a write from any
+    other Origin is a 403. In the environment: comma-separated."""
+    accept_events: bool = False
+    """Accept POST /v1/events (the page's view, cart and buy buttons write to the input topic); off: 403."""
+    list_users: bool = False
+    """Answer GET /v1/users (the page's shopper picker: who got a list last); off: 403."""
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """From the environment or a flag a list comes as one comma-separated string."""
+        if isinstance(value, str):
+            return tuple(v.strip().lower() for v in value.split(",") if v.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _access(self, info: ValidationInfo) -> ServeConfig:
+        """Fail at start, naming the key: where the token lives is checked here, the token when serve starts."""
+        if self.api_token_file and self.api_token_env:
+            raise ValueError("serve.api_token_file and serve.api_token_env are both set: name one source of the token")
+        if self.api_token_file and not Path(self.api_token_file).is_file():
+            raise ValueError(f"serve.api_token_file: file not found: {self.api_token_file}")
+        if self.api_token_env:
+            context = info.context if isinstance(info.context, Mapping) else {}
+            if self.api_token_env not in context.get("environ", os.environ):
+                raise ValueError(f"serve.api_token_env: environment variable {self.api_token_env!r} is not set")
+        if not is_loopback(self.bind_address) and not (self.api_token_file or self.api_token_env):
+            raise ValueError(f"serve.bind_address {self.bind_address} is beyond loopback: set serve.api_token_file "
+                             "or serve.api_token_env (every request then needs the token)")
+        return self
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a bind address is reachable from this machine only."""
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve beyond loopback
 
 
 class ArmConfig(_Section):

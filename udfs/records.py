@@ -62,11 +62,14 @@ def encode_output_record(record: dict[str, Any]) -> bytes:
     return msgpack.packb(record, use_bin_type=True)
 
 
-def decode_output_record(raw: bytes) -> OutputRecord:
+def decode_output_record(raw: bytes | None) -> OutputRecord:
     """Read one ``recommendations`` value; :class:`OutputRecordError` says what is wrong with it.
 
     Unknown extra fields are ignored (a later writer may add some), a missing one or an
-    unknown version is an error."""
+    unknown version is an error. Never raises anything else: a follower skips what this rejects and
+    moves on, so one odd record cannot stop it."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise OutputRecordError(f"no_value: {type(raw).__name__} instead of bytes (a tombstone?)")
     if len(raw) > MAX_OUTPUT_BYTES:
         raise OutputRecordError(f"too_large: {len(raw)} bytes > {MAX_OUTPUT_BYTES}")
     try:
@@ -89,6 +92,12 @@ def decode_output_record(raw: bytes) -> OutputRecord:
         raise OutputRecordError("bad_type: reasons must be a list, one per item")
     if not isinstance(obj["generated_at"], int) or not isinstance(obj["seq"], int):
         raise OutputRecordError("bad_type: seq and generated_at must be integers")
+    if not all(isinstance(i, (int, str)) and not isinstance(i, bool) for i in items):
+        raise OutputRecordError("bad_type: items must be ids (int or str)")
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):
+        raise OutputRecordError("bad_type: scores must be numbers")
+    if obj["trigger"] is not None and not isinstance(obj["trigger"], dict):
+        raise OutputRecordError(f"bad_type: trigger must be a map or null, got {type(obj['trigger']).__name__}")
     arm = obj.get("arm")
     return OutputRecord(version, obj["user_id"], obj["seq"], items, [float(s) for s in scores],
                         [r if isinstance(r, dict) else {} for r in reasons], dict(obj["trigger"] or {}),

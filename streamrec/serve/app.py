@@ -11,11 +11,16 @@ Routes:
 - ``GET /v1/users/{user_id}/recommendations/stream``: the same body as server-sent events, sent
   now and whenever the shopper's list changes (the live page).
 - ``POST /v1/events``: ``{"user_id", "item_id", "behavior", ["category_id"]}`` -> one behavior
-  event into the input topic, stamped now (the page's view/cart/buy buttons).
-- ``GET /v1/users``: shoppers whose lists changed last (the page's picker).
-- ``GET /healthz`` (503 until the view is rebuilt, or when the follower is down; the catalog's
-  follower is reported, but a missing catalog topic does not make the service unhealthy), ``GET /metrics``.
+  event into the input topic, stamped now (the page's view/cart/buy buttons); only with
+  ``serve.accept_events``, a JSON content type and a body of at most :data:`MAX_EVENT_BODY` bytes.
+- ``GET /v1/users``: shoppers whose lists changed last (the page's picker); only with ``serve.list_users``.
+- ``GET /livez`` (200 while the process answers), ``GET /readyz`` (503 until the lists' view is rebuilt,
+  or while its follower has lost the broker; names each follower and its state; the catalog's does not
+  hold readiness back), ``GET /healthz`` (as before: readiness with counts), ``GET /metrics``.
 - ``GET /``: the live storefront page.
+
+Who may call them is :mod:`streamrec.serve.access`. Store calls run in the thread pool, never on the
+event loop; a store that cannot be reached is a 503 with ``Retry-After`` on every route that reads it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -32,14 +38,17 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from streamrec.serve.access import Access, AccessGuard
 from streamrec.serve.follower import Follower
 from streamrec.serve.metrics import ServeMetrics
-from streamrec.serve.store import Store
+from streamrec.serve.store import Store, StoreUnavailable
 from udfs.catalog import CatalogItem
+from udfs.config import ServeConfig
 from udfs.events import BEHAVIORS, Event, Id, InvalidId, canonical_id
 from udfs.reasons import render_reason
 from udfs.records import OutputRecord
@@ -49,10 +58,24 @@ log = logging.getLogger(__name__)
 SSE_HEARTBEAT_S = 15.0
 TRENDING_REFRESH_S = 1.0
 MAX_EVENT_BODY = 4096
+STORE_RETRY_AFTER_S = 5
+"""What a 503 for an unreachable store tells the client to wait (Retry-After)."""
 
 
-class BadRequest(ValueError):
+class ClientError(ValueError):
+    """A request the service refuses: answered ``status`` with this message."""
+
+    status = 400
+
+
+class BadRequest(ClientError):
     """A client mistake: answered 400 with this message."""
+
+
+class Refused(ClientError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -84,6 +107,8 @@ class ServeContext:
     """The output topic's key of a shopper id: ``str`` or, with privacy.pseudonymize, the pseudonym."""
     catalog_follower: Follower | None = None
     """Follows the catalog topic into the store's item records (None: titles and prices are not shown)."""
+    access: Access = field(default_factory=lambda: Access.from_config(ServeConfig()))
+    """Who may call what (the defaults: loopback hosts, no token, no writes, no shopper listing)."""
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     subscribers: dict[str, set[asyncio.Queue[None]]] = field(default_factory=dict)
     loop: asyncio.AbstractEventLoop | None = None
@@ -134,13 +159,23 @@ def parse_id(raw: str, name: str) -> Id:
         raise BadRequest(f"invalid {name}: {exc.reason}") from None
 
 
+def _listable(item: Any) -> bool:
+    """An id a response can carry (a list stored by an older version may hold anything)."""
+    return isinstance(item, (int, str)) and not isinstance(item, bool)
+
+
+def _score(score: Any) -> float | None:
+    """A finite score, else null: JSON has no NaN, and one odd score must not fail the response."""
+    return float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
+
+
 def _item(catalog: Catalog, records: dict[Id, CatalogItem], item: Id, score: float | None,
           reason: dict[str, Any]) -> dict[str, Any]:
     def item_name(i: Id) -> str:
         title = records[i].title if i in records else None
         return title or f"item {i}"
 
-    out: dict[str, Any] = {"item_id": item, "score": score, "reason": reason,
+    out: dict[str, Any] = {"item_id": item, "score": _score(score), "reason": reason,
                            "because": render_reason(reason, item_name, catalog.category_name)}
     if item in catalog.item_category:
         out["category_id"] = catalog.item_category[item]
@@ -163,27 +198,75 @@ def _catalog_records(ctx: ServeContext, items: list[Id], reasons: list[dict[str,
 
 
 def lookup(ctx: ServeContext, user: Id) -> dict[str, Any]:
-    """The response body for one shopper."""
+    """The response body for one shopper (blocking: store reads). Items that are not ids are left out."""
     stored = ctx.store.get(ctx.key_of(user))
     now = int(time.time() * 1000)
     if stored is None:
-        trending = ctx.trending()
+        trending = [i for i in ctx.trending() if _listable(i)]
         records = _catalog_records(ctx, trending, [])
         return {"user_id": user, "known": False, "trending": True, "model_version": None, "provider": None,
                 "arm": None, "fallback": None, "seq": None, "generated_at": None, "age_ms": None, "trigger": None,
                 "items": [_item(ctx.catalog, records, i, None, {"code": "trending"}) for i in trending]}
     rec: OutputRecord = stored.record
-    reasons = rec.reasons or [{}] * len(rec.items)
-    records = _catalog_records(ctx, rec.items, reasons)
+    listed = [(i, s, r) for i, s, r in zip(rec.items, rec.scores, rec.reasons or [{}] * len(rec.items))
+              if _listable(i)]
+    records = _catalog_records(ctx, [i for i, _, _ in listed], [r for _, _, r in listed])
     return {"user_id": user, "known": True, "trending": False, "model_version": rec.model_version,
             "provider": rec.provider, "arm": rec.arm, "fallback": rec.fallback, "seq": rec.seq,
             "generated_at": rec.generated_at, "age_ms": max(0, now - rec.generated_at), "trigger": rec.trigger,
             "schema_version": rec.schema_version,
-            "items": [_item(ctx.catalog, records, i, s, r) for i, s, r in zip(rec.items, rec.scores, reasons)]}
+            "items": [_item(ctx.catalog, records, i, s, r) for i, s, r in listed]}
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _follower_status(f: Follower) -> dict[str, Any]:
+    return {"topic": f.topic, "state": f.state(), "catch_up_remaining": f.lag, "records_consumed": f.records,
+            "bad_records": f.bad_records}
+
+
+def readiness(ctx: ServeContext) -> tuple[bool, dict[str, Any]]:
+    """Whether lookups answer from a rebuilt view, and each follower's state (no store reads)."""
+    followers = {"lists": _follower_status(ctx.follower)}
+    if ctx.catalog_follower is not None:
+        followers["catalog"] = _follower_status(ctx.catalog_follower)
+    ready = followers["lists"]["state"] == "ready"
+    return ready, {"status": "ready" if ready else "not_ready", "followers": followers}
+
+
+def health(ctx: ServeContext) -> tuple[bool, dict[str, Any]]:
+    """``/healthz``'s body, as before ``/readyz`` (blocking: store counts)."""
+    f = ctx.follower
+    ok = f.ready.is_set() and f.alive() and f.last_error is None
+    status = "ok" if ok else ("catching_up" if f.alive() and not f.ready.is_set() else "degraded")
+    body: dict[str, Any] = {
+            "status": status, "ready": f.ready.is_set(), "follower_alive": f.alive(), "last_error": f.last_error,
+            "catch_up_remaining": f.lag, "shoppers": ctx.store.count(), "lists_consumed": f.records}
+    c = ctx.catalog_follower
+    if c is not None:
+        body["catalog"] = {"ready": c.ready.is_set(), "follower_alive": c.alive(), "last_error": c.last_error,
+                           "items": ctx.store.item_count(), "records_consumed": c.records,
+                           "bad_records": c.bad_records}
+    return ok, body
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to be over ``limit``: by its declared
+    Content-Length before a byte is read, or while reading a chunked one."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("Content-Length is not a number")
+        if int(declared) > limit:
+            raise Refused(413, f"body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Refused(413, f"body over {limit} bytes")
+    return bytes(body)
 
 
 def build_app(ctx: ServeContext) -> Starlette:
@@ -196,7 +279,7 @@ def build_app(ctx: ServeContext) -> Starlette:
         except BadRequest as exc:
             metrics.request("recommendations", 400)
             return _error(400, str(exc))
-        body = lookup(ctx, user)
+        body = await run_in_threadpool(lookup, ctx, user)
         response = JSONResponse(body)
         metrics.lookup(time.perf_counter() - start)
         metrics.request("recommendations", 200)
@@ -208,21 +291,26 @@ def build_app(ctx: ServeContext) -> Starlette:
         except BadRequest as exc:
             metrics.request("stream", 400)
             return _error(400, str(exc))
-        metrics.request("stream", 200)
         key = ctx.key_of(user)
         queue: asyncio.Queue[None] = asyncio.Queue()
+        first = await run_in_threadpool(lookup, ctx, user)  # before the 200: a store that is down is a 503
+        metrics.request("stream", 200)
 
         async def events() -> AsyncIterator[str]:
             ctx.subscribers.setdefault(key, set()).add(queue)
             try:
-                yield f"event: list\ndata: {json.dumps(lookup(ctx, user))}\n\n"
+                yield f"event: list\ndata: {json.dumps(first, allow_nan=False)}\n\n"
                 while True:
                     try:
                         await asyncio.wait_for(queue.get(), SSE_HEARTBEAT_S)
                     except asyncio.TimeoutError:
                         yield ": heartbeat\n\n"
                         continue
-                    yield f"event: list\ndata: {json.dumps(lookup(ctx, user))}\n\n"
+                    try:
+                        body = await run_in_threadpool(lookup, ctx, user)
+                    except StoreUnavailable:
+                        return  # the page's EventSource reconnects, and gets the 503 until the store is back
+                    yield f"event: list\ndata: {json.dumps(body, allow_nan=False)}\n\n"
             finally:
                 subs = ctx.subscribers.get(key)
                 if subs is not None:
@@ -235,20 +323,30 @@ def build_app(ctx: ServeContext) -> Starlette:
 
     async def send_event(request: Request) -> Response:
         try:
-            event = _event_from_body(await request.body(), ctx.catalog)
-        except BadRequest as exc:
-            metrics.request("events", 400)
-            return _error(400, str(exc))
+            if not ctx.access.accept_events:
+                raise Refused(403, "sending events is off (serve.accept_events)")
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type != "application/json":
+                raise Refused(415, "the body must be sent as Content-Type: application/json")
+            event = _event_from_body(await read_body(request, MAX_EVENT_BODY), ctx.catalog)
+        except ClientError as exc:
+            metrics.request("events", exc.status)
+            return _error(exc.status, str(exc))
         try:
             where = await run_in_threadpool(ctx.send_event, event)
         except Exception as exc:  # the broker is down: the page says so, the service stays up
+            # the detail (it may name the brokers or the SASL user) goes to the log, not to the client
+            log.warning("could not send an event to %s: %s: %s", ctx.input_topic, type(exc).__name__, exc)
             metrics.request("events", 503)
-            return _error(503, f"could not send the event to {ctx.input_topic}: {type(exc).__name__}: {exc}")
+            return _error(503, f"could not send the event to the input topic ({type(exc).__name__})")
         metrics.event_sent(event.behavior)
         metrics.request("events", 202)
         return JSONResponse({"event": event.to_wire(), "topic": ctx.input_topic, **where}, status_code=202)
 
     async def users(request: Request) -> Response:
+        if not ctx.access.list_users:
+            metrics.request("users", 403)
+            return _error(403, "listing shoppers is off (serve.list_users)")
         try:
             limit = int(request.query_params.get("limit", "20"))
             if not 1 <= limit <= 1000:
@@ -256,32 +354,37 @@ def build_app(ctx: ServeContext) -> Starlette:
         except ValueError:
             metrics.request("users", 400)
             return _error(400, "limit must be an integer in 1..1000")
+        found = await run_in_threadpool(ctx.store.recent_users, limit)
         metrics.request("users", 200)
-        return JSONResponse({"users": ctx.store.recent_users(limit)})
+        return JSONResponse({"users": [u for u in found if _listable(u)]})
+
+    async def livez(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        ready, body = readiness(ctx)
+        body["shoppers"] = await run_in_threadpool(ctx.store.count)  # the store answers, or this is a 503
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def healthz(request: Request) -> Response:
-        f = ctx.follower
-        ok = f.ready.is_set() and f.alive() and f.last_error is None
-        status = "ok" if ok else ("catching_up" if f.alive() and not f.ready.is_set() else "degraded")
-        body: dict[str, Any] = {
-                "status": status, "ready": f.ready.is_set(), "follower_alive": f.alive(), "last_error": f.last_error,
-                "catch_up_remaining": f.lag, "shoppers": ctx.store.count(), "lists_consumed": f.records}
-        c = ctx.catalog_follower
-        if c is not None:
-            body["catalog"] = {"ready": c.ready.is_set(), "follower_alive": c.alive(), "last_error": c.last_error,
-                               "items": ctx.store.item_count(), "records_consumed": c.records,
-                               "bad_records": c.bad_records}
+        ok, body = await run_in_threadpool(health, ctx)
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_text(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        text = await run_in_threadpool(metrics.render)  # some gauges read the store
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def page(request: Request) -> Response:
         html = resources.files("streamrec.serve").joinpath("static/index.html").read_text()
         return HTMLResponse(html)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _error(404, f"no route {request.method} {request.url.path}")
+        return _error(404, "no such route")  # the path is not echoed: it may hold a shopper's id
+
+    async def store_down(request: Request, exc: Exception) -> Response:
+        log.warning("store unavailable on %s: %s", request.url.path, exc)
+        return _error(503, "the service's store is unavailable; retry later",
+                      headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
 
     async def internal(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path, exc_info=exc)
@@ -310,20 +413,23 @@ def build_app(ctx: ServeContext) -> Starlette:
         Route("/v1/users/{user_id}/recommendations/stream", stream),
         Route("/v1/users", users),
         Route("/v1/events", send_event, methods=["POST"]),
+        Route("/livez", livez),
+        Route("/readyz", readyz),
         Route("/healthz", healthz),
         Route("/metrics", metrics_text),
         Route("/", page),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 500: internal})
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AccessGuard, access=ctx.access)],
+                     exception_handlers={404: not_found, 500: internal, StoreUnavailable: store_down})
 
 
 def _event_from_body(body: bytes, catalog: Catalog) -> Event:
-    if len(body) > MAX_EVENT_BODY:
-        raise BadRequest(f"body over {MAX_EVENT_BODY} bytes")
     try:
         obj = json.loads(body)
     except ValueError as exc:
         raise BadRequest(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
     if not isinstance(obj, dict):
         raise BadRequest("body must be a JSON object {user_id, item_id, behavior[, category_id]}")
     for name in ("user_id", "item_id", "behavior"):

@@ -64,10 +64,20 @@ class Follower:
         while not self.stopped.is_set():
             try:
                 self._follow()
-            except Exception as exc:  # the broker went away: say so, wait, resume from the store
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("following %s failed (%s); retrying in 2 s", self.topic, self.last_error)
+            except Exception as exc:  # the broker (or the store) went away: say so, wait, resume from the store
+                # the health body shows the type only: the message may name the brokers or the SASL user
+                self.last_error = type(exc).__name__
+                log.warning("following %s failed (%s: %s); retrying in 2 s", self.topic, self.last_error, exc)
                 self.stopped.wait(2.0)
+
+    def state(self) -> str:
+        """``ready``, ``catching_up`` (rebuilding the view), ``reconnecting`` (lost the broker or the store,
+        retrying) or ``stopped`` (the thread ended)."""
+        if not self.alive():
+            return "stopped"
+        if self.last_error is not None:
+            return "reconnecting"
+        return "ready" if self.ready.is_set() else "catching_up"
 
     def _consumer(self) -> Any:
         from kafka import KafkaConsumer
@@ -156,6 +166,10 @@ class CatalogFollower(Follower):
     def _store_batch(self, msgs: list[Any], positions: dict[int, int]) -> None:
         items: list[CatalogItem] = []
         for msg in msgs:
+            if msg.value is None:  # a tombstone: the job dead-letters it, so the item keeps its last record
+                self.bad_records += 1
+                log.warning("skipping catalog tombstone %s:%d:%d", self.topic, msg.partition, msg.offset)
+                continue
             item = decode_catalog_item(msg.value)
             if isinstance(item, DecodeError):
                 self.bad_records += 1

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.kafka_io import event_record, producer
+from streamrec.serve.access import Access
 from streamrec.serve.app import Catalog, ServeContext, build_app
 from streamrec.serve.follower import CatalogFollower, Follower
 from streamrec.serve.store import RedisStore, SqliteStore, Store
@@ -64,6 +65,7 @@ def open_store(cfg: Config, store_path: str | None = None) -> Store:
 
 def build_context(cfg: Config, store_path: str | None = None) -> tuple[ServeContext, EventSender]:
     security = python_client_options(cfg.kafka)
+    access = Access.from_config(cfg.serve)  # the token is read (and checked) before anything starts
     store = open_store(cfg, store_path)
     sender = EventSender(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, security)
     key_of: Any = str
@@ -79,7 +81,7 @@ def build_context(cfg: Config, store_path: str | None = None) -> tuple[ServeCont
     ctx = ServeContext(store=store, follower=follower, catalog_follower=catalog, send_event=sender,
                        input_topic=cfg.kafka.input_topic,
                        trending_size=cfg.serve.trending_size, trending_window=cfg.serve.trending_window,
-                       catalog=load_catalog(cfg.ranking.artifact_dir), key_of=key_of)
+                       catalog=load_catalog(cfg.ranking.artifact_dir), key_of=key_of, access=access)
     follower.on_lists = ctx.lists_changed
     catalog.on_lists = ctx.catalog_changed
     return ctx, sender

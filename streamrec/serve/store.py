@@ -18,15 +18,16 @@ a record replaces an item's stored one only when its ``updated_at`` is later.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from udfs.catalog import CatalogItem, catalog_key
 from udfs.events import Id
@@ -57,6 +58,18 @@ CREATE TABLE IF NOT EXISTS catalog_positions (
   next_offset INTEGER NOT NULL
 );
 """
+
+
+REDIS_TIMEOUT_S = 2.0
+"""Connect and socket timeout of the Redis client: a Redis that is down or stuck fails a request fast
+(a 503) instead of holding it."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached now (Redis down or stuck): the routes answer 503 with Retry-After."""
 
 
 @dataclass(frozen=True)
@@ -262,6 +275,22 @@ class SqliteStore:
             self._local.con = None
 
 
+def _reachable(method: Callable[Concatenate[RedisStore, P], R]) -> Callable[Concatenate[RedisStore, P], R]:
+    """Checks the view's topics on the first call that reaches Redis, and turns a Redis that cannot be
+    reached into :class:`StoreUnavailable` (the message names no address)."""
+
+    @functools.wraps(method)
+    def call(self: RedisStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            if not self._checked:
+                self._check_topics()
+            return method(self, *args, **kwargs)
+        except self._down as exc:
+            raise StoreUnavailable(f"the Redis store is unreachable ({type(exc).__name__})") from exc
+
+    return call
+
+
 class RedisStore:
     """The view of ``topic`` in Redis at ``url``, under keys ``{prefix}:*``; a view of another topic
     there is deleted first.
@@ -274,9 +303,12 @@ class RedisStore:
     because the catalog follower is the one writer of ``items``.
     Whether the view survives a Redis restart is the server's persistence setting (AOF or RDB);
     one that comes back empty is rebuilt from the topic like a deleted SQLite file.
+    Nothing is sent to Redis before the first call, so the service starts (and answers 503) while
+    Redis is down.
     """
 
-    def __init__(self, url: str, topic: str, prefix: str = "streamrec:serve", catalog_topic: str = "") -> None:
+    def __init__(self, url: str, topic: str, prefix: str = "streamrec:serve", catalog_topic: str = "",
+                 timeout_s: float = REDIS_TIMEOUT_S) -> None:
         try:
             import redis  # lazy: the serve extra's Redis client, needed only with serve.store = "redis"
         except ImportError as exc:
@@ -286,20 +318,30 @@ class RedisStore:
         self.topic = topic
         self.catalog_topic = catalog_topic
         self.prefix = prefix
-        self._r: Any = redis.Redis.from_url(url, decode_responses=True)
+        self._r: Any = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=timeout_s,
+                                            socket_timeout=timeout_s)
+        self._down: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+        self._checked = False
         self._lists, self._recent = f"{prefix}:lists", f"{prefix}:recent"
         self._seq, self._positions = f"{prefix}:seq", f"{prefix}:positions"
         self._items, self._catalog_positions = f"{prefix}:items", f"{prefix}:catalog_positions"
-        for meta, value, keys in ((f"{prefix}:topic", topic, (self._lists, self._recent, self._seq, self._positions)),
-                                  (f"{prefix}:catalog_topic", catalog_topic, (self._items, self._catalog_positions))):
+
+    def _check_topics(self) -> None:
+        """A view of another topic is deleted, once, before the first read or write."""
+        p = self.prefix
+        for meta, value, keys in ((f"{p}:topic", self.topic, (self._lists, self._recent, self._seq, self._positions)),
+                                  (f"{p}:catalog_topic", self.catalog_topic, (self._items, self._catalog_positions))):
             stored = self._r.get(meta)
             if stored is not None and stored != value:
                 self._r.delete(*keys)  # the view of another topic
             self._r.set(meta, value)
+        self._checked = True
 
+    @_reachable
     def positions(self) -> dict[int, int]:
         return {int(p): int(o) for p, o in self._r.hgetall(self._positions).items()}
 
+    @_reachable
     def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int]) -> int:
         """One MULTI/EXEC: the lists (a later offset first in ``recent``) and the positions reached."""
         rows = sorted(records, key=lambda rpo: rpo[2])
@@ -315,6 +357,7 @@ class RedisStore:
         pipe.execute()
         return len(rows)
 
+    @_reachable
     def get(self, user_key: str) -> Stored | None:
         raw = self._r.hget(self._lists, user_key)
         if raw is None:
@@ -322,6 +365,7 @@ class RedisStore:
         row = json.loads(raw)
         return Stored(OutputRecord(**json.loads(row["b"])), row["p"], row["o"])
 
+    @_reachable
     def count(self) -> int:
         return int(self._r.hlen(self._lists))
 
@@ -331,15 +375,19 @@ class RedisStore:
             return []
         return [json.loads(raw)["b"] for raw in self._r.hmget(self._lists, keys) if raw is not None]
 
+    @_reachable
     def recent_users(self, limit: int) -> list[Any]:
         return [json.loads(b)["user_id"] for b in self._recent_bodies(limit)]
 
+    @_reachable
     def trending(self, size: int, window: int) -> list[Any]:
         return count_trending(self._recent_bodies(window), size)
 
+    @_reachable
     def catalog_positions(self) -> dict[int, int]:
         return {int(p): int(o) for p, o in self._r.hgetall(self._catalog_positions).items()}
 
+    @_reachable
     def write_items(self, items: Iterable[CatalogItem], positions: dict[int, int]) -> int:
         latest = latest_per_item(items)
         keys = list(latest)
@@ -354,6 +402,7 @@ class RedisStore:
         pipe.execute()
         return len(taken)
 
+    @_reachable
     def items(self, ids: Iterable[Id]) -> dict[Id, CatalogItem]:
         keys = {catalog_key(i): i for i in ids}
         if not keys:
@@ -361,6 +410,7 @@ class RedisStore:
         bodies = self._r.hmget(self._items, list(keys))
         return {i: item_from_json(b) for i, b in zip(keys.values(), bodies) if b is not None}
 
+    @_reachable
     def item_count(self) -> int:
         return int(self._r.hlen(self._items))
 
