@@ -141,7 +141,7 @@ def test_ports_agree_between_compose_prometheus_kubernetes_and_the_config():
     serve_env = env_of(c["serve"])
     port = int(serve_env["STREAMREC_SERVE_PORT"])
     assert port == Config().serve.port
-    assert f"{port}:{port}" in c["serve"]["ports"]
+    assert f"127.0.0.1:{port}:{port}" in c["serve"]["ports"]
     props = yaml.safe_load(env_of(c["jobmanager"])["FLINK_PROPERTIES"])
     assert props["metrics.reporter.prom.factory.class"] == PROMETHEUS_FACTORY
     prom_port = int(props["metrics.reporter.prom.port"])
@@ -159,7 +159,7 @@ def test_ports_agree_between_compose_prometheus_kubernetes_and_the_config():
     ports = spec["podTemplate"]["spec"]["containers"][0]["ports"]
     assert {"name": "metrics", "containerPort": prom_port} in ports
     datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
-    prom_host_port = c["prometheus"]["ports"][0].split(":")[1]
+    prom_host_port = c["prometheus"]["ports"][0].split(":")[-1]
     assert datasource["datasources"][0]["url"] == f"http://prometheus:{prom_host_port}"
 
 
@@ -201,3 +201,61 @@ def test_grafana_provisioning_and_dashboard_metrics_exist():
     assert not unknown, unknown
     assert job_metrics <= queried | {f"flink_taskmanager_job_task_operator_{m}" for m in
                                      ("ranker_rows", "ranker_micros")}, job_metrics - queried
+
+
+def test_compose_publishes_every_port_on_loopback_only():
+    """Flink's REST API runs any job it is sent and has no login: nothing may reach it, or any other
+    service, from beyond the host unless a person opens it on purpose."""
+    published = {name: s["ports"] for name, s in compose()["services"].items() if s.get("ports")}
+    assert {"jobmanager", "serve", "prometheus", "grafana"} <= set(published)
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:") and str(port).count(":") == 2, (name, port)
+
+
+def test_flink_in_compose_takes_no_jar_through_the_web_routes():
+    props = yaml.safe_load(env_of(compose()["services"]["jobmanager"])["FLINK_PROPERTIES"])
+    assert props["web.submit.enable"] is False
+
+
+def test_grafana_wants_a_login_and_a_password_from_outside_the_file():
+    env = env_of(compose()["services"]["grafana"])
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    # compose refuses to start when the variable is unset (${VAR:?message}): no default password
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", env["GF_SECURITY_ADMIN_PASSWORD"])
+
+
+def test_no_container_runs_as_root():
+    """The Flink image's entrypoint drops root to its flink user; a service with another entrypoint
+    must name a user, and the GPU image (no Flink entrypoint) must set one."""
+    services = compose()["services"]
+    for name, service in services.items():
+        if service.get("image", "").startswith("streamrec:") and "entrypoint" in service:
+            assert service.get("user") not in (None, "root", "0"), name
+    assert "entrypoint" in services["serve"]  # the case above is not empty
+    gpu = (DOCKER / "Dockerfile.gpu").read_text()
+    users = re.findall(r"^USER (\S+)$", gpu, re.M)
+    assert users and users[-1] not in ("root", "0")
+    cpu = (DOCKER / "Dockerfile").read_text()
+    assert not re.search(r"chown -R \S+ /opt/streamrec(\s|$)", cpu), "code must stay read-only to the runtime user"
+
+
+def test_kubernetes_pods_run_as_non_root_with_read_only_artifacts():
+    spec = deployment()["spec"]["podTemplate"]["spec"]
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0
+    container = spec["containers"][0]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    artifacts = mounts["artifacts"]["mountPath"]
+    assert mounts["artifacts"]["readOnly"] is True
+    assert env["STREAMREC_RANKING_ARTIFACT_DIR"].startswith(artifacts + "/")
+    assert env["STREAMREC_RANKING_REGISTRY_DIR"].startswith(artifacts + "/")
+    state = mounts["state"]["mountPath"]
+    flink = deployment()["spec"]["flinkConfiguration"]
+    for key in ("execution.checkpointing.dir", "execution.checkpointing.savepoint-dir", "high-availability.storageDir"):
+        assert flink[key].startswith(f"file://{state}/"), key
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in spec["volumes"]}
+    assert claims["artifacts"]["readOnly"] is True and claims["artifacts"]["claimName"] != claims["state"]["claimName"]
