@@ -21,7 +21,8 @@ from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, St
 
 from jobs.flink_metrics import MODEL_INFO, MODEL_INFO_LABELS, InfoMetric, java_histogram_factory
 from udfs.batching import PreparedRequest, decode_request, encode_request, shard_of
-from udfs.catalog import Catalog, catalog_key, decode_catalog_item
+from udfs.catalog import COUNTS as CATALOG_COUNTS
+from udfs.catalog import Catalog, CatalogFull, CatalogItem, catalog_key, decode_catalog_item
 from udfs.config import Config
 from udfs.control import ControlRecordError, decode_control
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
@@ -58,7 +59,7 @@ FEEDBACK_TAG = OutputTag("feedback", KEYED_BYTES_TYPE)
 HISTOGRAMS = ("event_to_list_ms", "model_call_us", "rows_per_call")
 COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_duplicate", "recommendations_emitted",
             "ranking_fallbacks", "ranker_rows", "ranker_micros", "states_trimmed", "catalog_applied",
-            "catalog_stale", "catalog_dead_lettered", "model_swaps", "model_swaps_refused")
+            "catalog_stale", "catalog_dead_lettered", *CATALOG_COUNTS, "model_swaps", "model_swaps_refused")
 # A million catalog records are a million long-lived tuples: each full cyclic-GC pass would walk
 # them all (as the artifact's tables, see freeze_loaded_objects), so they leave the GC's view in steps.
 GC_FREEZE_EVERY = 50_000
@@ -366,10 +367,18 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
             return
         self._restored = True
         catalog = self._catalog()
+        refused = 0
         for _, blob in ctx.get_broadcast_state(CATALOG_STATE).items():
             item = decode_catalog_item(blob)
             if not isinstance(item, DecodeError):  # only valid records were ever stored
-                catalog.apply(item)
+                try:
+                    catalog.apply(item)
+                except CatalogFull:  # catalog.max_items lowered since the checkpoint
+                    refused += 1
+        self._count_catalog()
+        if refused:
+            log.error("streamrec catalog restore: %d items over catalog.max_items (%d) left out", refused,
+                      catalog.limits.max_items)
         if len(catalog):
             gc.freeze()
             log.warning("streamrec catalog restored: %d items", len(catalog))
@@ -396,21 +405,34 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
             yield from self._announcement(value, ctx)
             return
         raw = as_bytes(value[4])
-        item = decode_catalog_item(raw)
-        if isinstance(item, DecodeError):
-            # Every instance sees the record; one dead letter is enough.
-            if self.subtask == 0:
-                self.metrics.inc("catalog_dead_lettered")
-                yield DLQ_TAG, dead_letter(item, value[0], value[1], value[2], value[3])
-            return
+        item = decode_catalog_item(raw, max_event_ts(self.max_future_skew_ms))
+        error = self._apply_catalog(item, raw, ctx) if isinstance(item, CatalogItem) else item
+        self._count_catalog()
+        if error is not None and self.subtask == 0:  # every instance sees the record; one dead letter
+            self.metrics.inc("catalog_dead_lettered")
+            yield DLQ_TAG, dead_letter(error, value[0], value[1], value[2], value[3])
+
+    def _apply_catalog(self, item: CatalogItem, raw: bytes, ctx: KeyedBroadcastProcessFunction.Context
+                       ) -> DecodeError | None:
+        """Into the mirror and, when taken, the broadcast state; a record refused at
+        ``catalog.max_items`` comes back as a dead letter."""
         catalog = self._catalog()
-        if catalog.apply(item):
+        try:
+            taken = catalog.apply(item)
+        except CatalogFull as exc:
+            return DecodeError(exc.reason, raw)
+        if taken:
             ctx.get_broadcast_state(CATALOG_STATE).put(catalog_key(item.item_id), raw)
             self.metrics.inc("catalog_applied")
             if len(catalog) % GC_FREEZE_EVERY == 0:
                 gc.freeze()
         else:
             self.metrics.inc("catalog_stale")
+        return None
+
+    def _count_catalog(self) -> None:
+        for name, n in self._catalog().take_counts().items():
+            self.metrics.inc(name, n)
 
     def _announcement(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Any:
         """A model announcement: start loading it (the swap happens between two later events); an

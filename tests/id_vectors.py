@@ -30,3 +30,20 @@ def _load() -> list[IdVector]:
 ID_VECTORS: list[IdVector] = _load()
 ACCEPTED = [v for v in ID_VECTORS if v.reject is None]
 REJECTED = [v for v in ID_VECTORS if v.reject is not None]
+
+
+TAIL = bytes.fromhex("a7757365725f696401a76974656d5f696402ab63617465676f72795f696403a86265686176696f72a27076"
+                     "a27473cf0000018bcfe56800")
+"""user_id 1, item_id 2, category_id 3, behavior pv, ts 1700000000000: the last five entries of each event vector."""
+
+
+class EventVector(NamedTuple):
+    raw: bytes
+    reject: str | None  # Python's dead-letter reason code, or None when accepted
+    note: str
+
+
+EVENT_VECTORS: list[EventVector] = [
+    EventVector(b"".join(bytes.fromhex(part) * n for part, n in v["hex"]) + TAIL, v["reject"], v["note"])
+    for v in json.loads(PATH.read_text())["events"]
+]

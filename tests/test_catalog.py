@@ -1,6 +1,8 @@
 """The catalog in the stream: record decoding, later updated_at wins, the stock/deleted rule,
 and new items reaching cold-start candidates through content similarity."""
 
+import tracemalloc
+
 import msgpack
 import pytest
 
@@ -9,14 +11,15 @@ from streamrec.generator import generate_events
 from udfs.candidates import SRC_NEW, CandidateTables, generate_candidates
 from udfs.catalog import (
     Catalog,
+    CatalogFull,
     CatalogItem,
     catalog_item_from_map,
     decode_catalog_item,
     encode_catalog_item,
     title_words,
 )
-from udfs.config import load_config
-from udfs.events import DecodeError, Event, InvalidId
+from udfs.config import CatalogConfig, load_config
+from udfs.events import DecodeError, Event, InvalidId, max_event_ts
 from udfs.reasons import list_reasons
 from udfs.runtime import build_recommender
 from udfs.state import StateLimits, UserState, update_state
@@ -77,6 +80,22 @@ def test_bad_records_are_values_with_a_dead_letter_reason(raw, reason):
     assert isinstance(out, DecodeError)
     assert out.reason.startswith(reason), out.reason
     assert out.raw == raw
+
+
+@pytest.mark.parametrize("raw", [None, b""])
+def test_a_tombstone_is_a_dead_letter_whether_read_as_null_or_as_the_jobs_empty_bytes(raw):
+    """The job reads a null value as empty bytes (RawRecordDeserializer, ``as_bytes``) and no key, so
+    it cannot delete by key; the peer and the lookup service read None: one reason for both."""
+    out = decode_catalog_item(raw)
+    assert isinstance(out, DecodeError)
+    assert out.reason.startswith("tombstone:") and out.raw == b""
+
+
+def test_an_updated_at_past_now_plus_the_skew_is_a_future_timestamp_dead_letter():
+    max_ts = max_event_ts(300_000)
+    far = decode_catalog_item(packed(item_id=1, category_id=1, updated_at=9_999_999_999_999), max_ts)
+    assert isinstance(far, DecodeError) and far.reason.startswith("future_timestamp:"), far
+    assert decode_catalog_item(packed(item_id=1, category_id=1, updated_at=max_ts), max_ts) == item(1, at=max_ts)
 
 
 def test_publishing_validates_with_the_same_rule():
@@ -244,3 +263,82 @@ def test_new_items_survive_the_cut_at_n_for_a_shopper_with_many_candidates():
     c = generate_candidates(st, tables, n=20, new_items=[("NEW", 1, 0.5), ("NEW2", 1, 0.4)])
     assert len(c.items) == 20
     assert {"NEW", "NEW2"} <= set(c.items)
+
+
+# --- bounds: every instance holds the whole catalog ---------------------------------------------------
+
+def new_words_title(n: int) -> str:
+    """A 511-character title of 128 three-letter words no other title has (as a shop's SKU codes)."""
+    first = 128 * n
+    return " ".join(chr(0x4E00 + w % 20000) + chr(0x4E00 + w // 20000) + "x" for w in range(first, first + 128))
+
+
+def test_new_title_words_cost_bounded_memory_and_their_keys_go_when_items_are_deleted_or_touched():
+    """2,000 records of new items with 128 new title words each: the index keeps at most
+    catalog.max_title_words of each, and no key outlives the items that put it there."""
+    cat = Catalog()
+    records = [decode_catalog_item(encode_catalog_item(item(f"n{n}", n % 7, brand=f"b{n}", title=new_words_title(n))))
+               for n in range(2000)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for rec in records:
+        cat.apply(rec)
+    per_record = (tracemalloc.get_traced_memory()[0] - before) / len(records)
+    tracemalloc.stop()
+    # The record (about 2 KiB as Python objects) and its 34 keys (category, brand, 32 words) at under
+    # 0.5 KiB each: 20 KiB, where the unbounded index took ~120 KiB.
+    assert per_record < 20 * 1024, per_record
+    assert cat.index_keys() <= 7 + 2000 * (1 + CatalogConfig().max_title_words)
+    assert cat.take_counts()["catalog_title_words_dropped"] == 2000 * (128 - CatalogConfig().max_title_words)
+    for n, rec in enumerate(records):
+        if n % 2:
+            cat.apply(rec._replace(deleted=True, updated_at=T0 + 1))
+        else:
+            cat.touched(rec.item_id)
+    assert cat.index_keys() == 0
+
+
+def test_a_changed_title_releases_its_old_words():
+    cat = Catalog(known={"A"})
+    cat.apply(item("A", 1, title="alpha gamma"))
+    cat.apply(item("NEW", 9, title="alpha beta"))
+    cat.apply(item("NEW", 9, title="delta", at=T0 + 1))
+    assert cat.new_item_candidates(shopper(("A", 1)), 5) == []
+    assert cat.index_keys() == 2  # category 9 and "delta"
+
+
+def test_only_the_first_title_words_up_to_the_cap_find_an_item():
+    cat = Catalog(known={"A", "B"}, limits=CatalogConfig(max_title_words=2))
+    cat.apply(item("A", 1, title="alpha"))
+    cat.apply(item("B", 1, title="gamma"))
+    cat.apply(item("NEW", 9, title="alpha beta gamma delta"))
+    assert [i for i, _, _ in cat.new_item_candidates(shopper(("A", 1)), 5)] == ["NEW"]
+    assert cat.new_item_candidates(shopper(("B", 1)), 5) == []
+    assert cat.take_counts() == {"catalog_title_words_dropped": 2}
+
+
+def test_at_max_index_keys_the_key_least_recently_added_to_is_evicted_and_counted():
+    cat = Catalog(known={"A"}, limits=CatalogConfig(max_index_keys=2))
+    cat.apply(item("A", 1, title="alpha"))
+    cat.apply(item("N1", 5))  # ("c", 5)
+    cat.apply(item("N2", 6))  # ("c", 6)
+    cat.apply(item("N3", 5, at=T0))  # ("c", 5) again: now the most recently added to
+    cat.apply(item("N4", 7))  # evicts ("c", 6)
+    assert cat.index_keys() == 2
+    assert cat.take_counts() == {"catalog_index_evicted": 1}
+    st = UserState()
+    for k, c in enumerate((5, 6, 7)):
+        update_state(st, Event(1, f"x{c}", c, "pv", T0 + k), StateLimits())
+    assert {i for i, _, _ in cat.new_item_candidates(st, 9)} == {"N1", "N3", "N4"}
+
+
+def test_at_max_items_a_record_for_another_item_is_refused_and_held_items_still_update():
+    cat = Catalog(limits=CatalogConfig(max_items=2))
+    cat.apply(item(1))
+    cat.apply(item(2))
+    with pytest.raises(CatalogFull) as info:
+        cat.apply(item(3))
+    assert info.value.reason.startswith("catalog_full:")
+    assert cat.apply(item(1, deleted=True, at=T0 + 1))
+    assert 3 not in cat.items and cat.unavailable == {1}
+    assert cat.take_counts() == {"catalog_refused": 1}

@@ -16,7 +16,7 @@ from streamrec.cli import main as cli
 from streamrec.kafka_io import consume, produce, replay
 from tests.job_fixtures import generated_log
 from udfs.artifact import load_artifact
-from udfs.catalog import CatalogItem
+from udfs.catalog import CatalogItem, encode_catalog_item
 from udfs.config import TOPIC_FIELDS
 from udfs.events import Event
 from udfs.reasons import REASON_CODES
@@ -72,7 +72,12 @@ def test_catalog_rules_hold_in_the_running_job(kafka_broker, unique_topic, kafka
     write_catalog_jsonl(records, shelf)
     assert cli(["catalog", "publish", "--file", str(shelf), "--topic", topics["catalog_topic"],
                 "--bootstrap-servers", bootstrap]) == 0
+    # A restock dated far in the future (it would win over every later record) and a tombstone (the
+    # job reads no key for it) are dead letters too, and the item stays out of stock.
+    future = records[0]._replace(stock=5, updated_at=9_999_999_999_999)
     prod = KafkaProducer(bootstrap_servers=bootstrap)
+    prod.send(topics["catalog_topic"], key=str(future.item_id).encode(), value=encode_catalog_item(future))
+    prod.send(topics["catalog_topic"], key=str(popular[1]).encode(), value=None)
     prod.send(topics["catalog_topic"], key=b"1", value=BAD_RECORD)
     prod.flush()
     prod.close()
@@ -80,11 +85,11 @@ def test_catalog_rules_hold_in_the_running_job(kafka_broker, unique_topic, kafka
     # and it must come within the rule's minute.
     dlq: list = []
     deadline = time.monotonic() + 60
-    while not dlq and time.monotonic() < deadline:
+    while len(dlq) < 3 and time.monotonic() < deadline:
         dlq = list(consume(bootstrap, topics["dlq_topic"], timeout_s=3))
-    assert len(dlq) == 1
-    assert dlq[0].value["raw"] == BAD_RECORD and dlq[0].value["topic"] == topics["catalog_topic"]
-    assert dlq[0].value["reason"].startswith("bad_type:updated_at")
+    assert [d.value["reason"].split(":")[0] for d in dlq] == ["future_timestamp", "tombstone", "bad_type"]
+    assert dlq[2].value["raw"] == BAD_RECORD and dlq[2].value["topic"] == topics["catalog_topic"]
+    assert dlq[2].value["reason"].startswith("bad_type:updated_at")
 
     # After it: the rest of the log, and a shopper with no history touching the new item's category.
     last_ts = max(e.ts for e in events)

@@ -50,6 +50,9 @@ def test_env_value_is_validated_and_coerced():
         ({"STREAMREC_JOB_PARALLELISM": "0"}, "job.parallelism"),
         ({"STREAMREC_JOB_EXECUTION_MODE": "fast"}, "job.execution_mode"),
         ({"STREAMREC_RANKING_PROVIDER": "tpu"}, "ranking.provider"),
+        ({"STREAMREC_CATALOG_MAX_ITEMS": "0"}, "catalog.max_items"),
+        ({"STREAMREC_CATALOG_MAX_TITLE_WORDS": "-1"}, "catalog.max_title_words"),
+        ({"STREAMREC_CATALOG_MAX_INDEX_KEYS": "many"}, "catalog.max_index_keys"),
     ],
 )
 def test_bad_values_fail_naming_the_key(env, key):

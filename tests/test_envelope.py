@@ -15,7 +15,7 @@ import time
 import msgpack
 import pytest
 
-from tests.id_vectors import ACCEPTED, ID_VECTORS, REJECTED
+from tests.id_vectors import ACCEPTED, EVENT_VECTORS, ID_VECTORS, REJECTED
 from tests.job_fixtures import generated_log
 from tests.poison import EXTRA_KINDS, KINDS, poison_records
 from udfs.config import load_config
@@ -208,3 +208,13 @@ def test_the_jvm_reads_the_key_as_python_does_and_names_the_source_not_the_key(e
     message = str(err.value.java_exception.getMessage())
     assert f"privacy.key_file ({path})" in message and "12 bytes, at least 32" in message
     assert "short-secret" not in message
+
+
+@pytest.mark.parametrize("vector", EVENT_VECTORS, ids=[v.note for v in EVENT_VECTORS])
+def test_event_byte_vectors_get_a_time_exactly_when_python_accepts_them(peek, vector):
+    accepted = isinstance(_decode(vector.raw), Event)
+    assert accepted == (vector.reject is None)
+    key, ts = peek(vector.raw)
+    assert ts == (GOOD["ts"] if accepted else NO_TIME)
+    if accepted:
+        assert key == "1"

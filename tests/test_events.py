@@ -5,7 +5,7 @@ import time
 import msgpack
 import pytest
 
-from tests.id_vectors import ACCEPTED, REJECTED
+from tests.id_vectors import ACCEPTED, EVENT_VECTORS, REJECTED
 from udfs.config import Config
 from udfs.events import (
     MAX_EVENT_BYTES,
@@ -144,3 +144,12 @@ def test_a_decimal_string_and_its_int_are_one_shopper():
     as_int = decode_event(pack({**GOOD, "user_id": 42}))
     as_str = decode_event(pack({**GOOD, "user_id": "42"}))
     assert as_int == as_str and encode_event(as_str) == pack({**GOOD, "user_id": 42})
+
+
+@pytest.mark.parametrize("vector", EVENT_VECTORS, ids=[v.note for v in EVENT_VECTORS])
+def test_event_byte_vectors_shared_with_the_envelope(vector):
+    out = decode_event(vector.raw)
+    if vector.reject is None:
+        assert out == Event(1, 2, 3, "pv", 1_700_000_000_000)
+    else:
+        assert isinstance(out, DecodeError) and out.reason.startswith(vector.reject), out

@@ -23,7 +23,7 @@ from tests.job_fixtures import generated_log
 from tests.test_job_kafka import POISON
 from udfs.catalog import CatalogItem, encode_catalog_item
 from udfs.config import Config, PrivacyConfig, load_config
-from udfs.events import Event
+from udfs.events import Event, max_event_ts
 from udfs.feedback import feedback_for, remember
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
@@ -192,6 +192,22 @@ def test_peer_feedback_is_the_jobs_whatever_the_polls(fixture_artifact, on_repea
     assert last and last[0] >= 1, "the stored state keeps the shopper's last list"
 
 
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    def send(self, topic: str, key: bytes, value: bytes) -> str:
+        self.sent.append((topic, key, value))
+        return "future"
+
+    def reasons(self) -> list[str]:
+        return [msgpack.unpackb(value, raw=False)["reason"].split(":")[0] for _, _, value in self.sent]
+
+
+def catalog_msg(offset: int, value: bytes | None) -> SimpleNamespace:
+    return SimpleNamespace(topic="cat", partition=0, offset=offset, timestamp=1, value=value)
+
+
 def test_peer_applies_catalog_records_as_the_job_does(fixture_artifact):
     """A deleted item leaves every later list; an unreadable catalog record is a dead letter; a stale
     record (older updated_at) changes nothing."""
@@ -201,23 +217,36 @@ def test_peer_applies_catalog_records_as_the_job_does(fixture_artifact):
     shown = Counter(i for r in before for i in r["items"]).most_common(1)[0][0]
     gone = CatalogItem(shown, rec.artifact.tables.item_category.get(shown, 0), None, None, None, None, 2_000, True)
     stale = gone._replace(deleted=False, updated_at=1_000)
-    sent: list[tuple[str, bytes, bytes]] = []
-
-    class Producer:
-        def send(self, topic: str, key: bytes, value: bytes) -> str:
-            sent.append((topic, key, value))
-            return "future"
-
-    def msg(offset: int, value: bytes | None) -> SimpleNamespace:
-        return SimpleNamespace(topic="cat", partition=0, offset=offset, timestamp=1, value=value)
-
-    stats = PeerStats()
-    records = [msg(0, encode_catalog_item(gone)), msg(1, b"\xc1"), msg(2, encode_catalog_item(stale))]
-    futures = apply_catalog(rec, records, Producer(), "dlq", stats)
+    stats, producer = PeerStats(), FakeProducer()
+    records = [catalog_msg(0, encode_catalog_item(gone)), catalog_msg(1, b"\xc1"),
+               catalog_msg(2, encode_catalog_item(stale))]
+    futures = apply_catalog(rec, records, producer, "dlq", stats, None)
     assert stats.catalog_applied == 1 and stats.catalog_dead_lettered == 1 and futures == ["future"]
-    assert [t for t, _, _ in sent] == ["dlq"] and msgpack.unpackb(sent[0][2], raw=False)["offset"] == 1
+    assert [t for t, _, _ in producer.sent] == ["dlq"]
+    assert msgpack.unpackb(producer.sent[0][2], raw=False)["offset"] == 1
     after = Batcher(rec).process(events).records
     assert len(after) == len(before) and all(shown not in r["items"] for r in after)
+
+
+def test_a_future_updated_at_cannot_keep_an_item_sellable_and_tombstones_and_a_full_catalog_are_dead_letters(
+        fixture_artifact):
+    """A record at updated_at 9,999,999,999,999 would win over every later one, the delete at now
+    included; it is refused as the job refuses it. A tombstone (value None), and a new item past
+    catalog.max_items, are dead letters too, with their reasons."""
+    rec = build_recommender(make_config(fixture_artifact, catalog={"max_items": 2}), catalog=True)
+    now = max_event_ts(0)
+    frozen = CatalogItem("sku-1", 1, None, None, 5, None, 9_999_999_999_999)
+    records = [catalog_msg(0, encode_catalog_item(frozen)),
+               catalog_msg(1, encode_catalog_item(frozen._replace(updated_at=now - 1))),
+               catalog_msg(2, encode_catalog_item(frozen._replace(updated_at=now, deleted=True))),
+               catalog_msg(3, None),
+               catalog_msg(4, encode_catalog_item(frozen._replace(item_id="sku-2", updated_at=now))),
+               catalog_msg(5, encode_catalog_item(frozen._replace(item_id="sku-3", updated_at=now)))]
+    stats, producer = PeerStats(), FakeProducer()
+    apply_catalog(rec, records, producer, "dlq", stats, max_event_ts(300_000))
+    assert rec.catalog is not None and "sku-1" in rec.catalog.unavailable
+    assert producer.reasons() == ["future_timestamp", "tombstone", "catalog_full"]
+    assert stats.catalog_applied == 3 and stats.catalog_dead_lettered == 3
 
 
 @pytest.mark.parametrize("on_repeat", ["flush", "copy"])

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections import deque
+from collections import Counter, OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import msgpack
 
+from udfs.config import CatalogConfig
 from udfs.events import MAX_TS_MS, DecodeError, Id, InvalidId, canonical_id
 from udfs.state import UserState
 
@@ -34,6 +35,13 @@ PROFILE_ITEMS = 10
 PROFILE_CATEGORIES = 3
 """The shopper's top categories (by affinity) whose new items are candidates, as for popular ones."""
 _WORD = re.compile(r"[^\W_]{3,}")
+TOMBSTONE = "tombstone"
+"""The reason code of a null (or empty) value: the job reads no key with a record, so it cannot delete by key."""
+
+
+class CatalogFull(InvalidId):
+    """A record for an item the catalog does not hold yet, once it holds ``catalog.max_items``: refused
+    (the caller dead-letters it), since dropping a held item could make a deleted one sellable again."""
 
 
 class CatalogItem(NamedTuple):
@@ -130,8 +138,16 @@ def catalog_item_from_map(obj: Any) -> CatalogItem:
     )
 
 
-def decode_catalog_item(raw: bytes) -> CatalogItem | DecodeError:
-    """Decode one catalog record; reasons start with the events' codes (README "Catalog")."""
+def decode_catalog_item(raw: bytes | None, max_ts_ms: int | None = None) -> CatalogItem | DecodeError:
+    """Decode one catalog record; reasons start with the events' codes (README "Catalog").
+
+    ``max_ts_ms``: the latest ``updated_at`` accepted (:func:`~udfs.events.max_event_ts`, as for
+    events' ``ts``): a later one would win over every real update, a delete included, so it is a
+    ``future_timestamp`` dead letter. A null value (a Kafka tombstone) reaches the job as empty
+    bytes, with no key, so null and empty are one :data:`TOMBSTONE` dead letter wherever read."""
+    if not raw:
+        return DecodeError(f"{TOMBSTONE}: null or empty value; a record is never deleted by key, "
+                           "publish deleted: true to delist an item", b"")
     if len(raw) > MAX_CATALOG_BYTES:
         return DecodeError(f"too_large: {len(raw)} bytes > {MAX_CATALOG_BYTES}", raw)
     try:
@@ -140,14 +156,30 @@ def decode_catalog_item(raw: bytes) -> CatalogItem | DecodeError:
     except Exception as exc:  # msgpack raises many types; all mean "not our format"
         return DecodeError(f"not_msgpack: {type(exc).__name__}: {str(exc)[:120]}", raw)
     try:
-        return catalog_item_from_map(obj)
+        item = catalog_item_from_map(obj)
     except InvalidId as exc:
         return DecodeError(exc.reason, raw)
+    if max_ts_ms is not None and item.updated_at > max_ts_ms:
+        return DecodeError(f"future_timestamp: updated_at {item.updated_at} is {item.updated_at - max_ts_ms} ms "
+                           "beyond now + job.max_future_skew_ms", raw)
+    return item
 
 
 def title_words(title: str | None) -> frozenset[str]:
     """Lower-cased words of three or more letters or digits: what content similarity compares."""
-    return frozenset(w.lower() for w in _WORD.findall(title)) if title else frozenset()
+    return frozenset(ordered_title_words(title))
+
+
+def ordered_title_words(title: str | None) -> list[str]:
+    """:func:`title_words` in title order, each once: which ones a cap keeps is then the title's first."""
+    return list(dict.fromkeys(w.lower() for w in _WORD.findall(title))) if title else []
+
+
+DEFAULT_LIMITS = CatalogConfig()
+IndexKey = tuple[str, Any]
+"""A key of the new-item index: ``("c", category)``, ``("b", brand)`` or ``("w", title word)``."""
+COUNTS = ("catalog_refused", "catalog_title_words_dropped", "catalog_index_evicted")
+"""What the caps did, by the job's counter names (:meth:`Catalog.take_counts`)."""
 
 
 class Catalog:
@@ -156,32 +188,52 @@ class Catalog:
     ``known``: items that already have behavior (the artifact's popularity table); an item
     the catalog adds that is not among them is *new* until a shopper touches it
     (:meth:`touched`). New items are indexed by category, brand and title word, the most
-    recent :data:`NEW_PER_KEY` per key; entries are checked against the current record when
-    read, so an update never has to find and remove old index entries.
+    recent :data:`NEW_PER_KEY` per key. Every instance holds the whole catalog, so ``limits``
+    (the ``catalog`` config section) bound it: at ``max_items`` a new item's record is refused
+    (:class:`CatalogFull`), past ``max_title_words`` an item's further title words are not indexed, and at
+    ``max_index_keys`` the key least recently added to is evicted. An item leaves the index
+    (and a key with no item left goes) when it is updated, touched or becomes unavailable.
     """
 
-    def __init__(self, known: Collection[Id] = ()) -> None:
+    def __init__(self, known: Collection[Id] = (), limits: CatalogConfig = DEFAULT_LIMITS) -> None:
         self.items: dict[Id, CatalogItem] = {}
         self.unavailable: set[Id] = set()
+        self.limits = limits
+        self.counts: Counter[str] = Counter()
+        """What the caps did since :meth:`take_counts` (names in :data:`COUNTS`)."""
         self._known = known
         self._new: set[Id] = set()
         self._words: dict[Id, frozenset[str]] = {}
         """Title words of indexed new items, computed once (similarity reads them per event)."""
-        self._by_category: dict[Id, deque[Id]] = {}
-        self._by_brand: dict[str, deque[Id]] = {}
-        self._by_word: dict[str, deque[Id]] = {}
+        self._indexed: dict[Id, tuple[IndexKey, ...]] = {}
+        """The keys each indexed item was added under, so they can be released."""
+        self._index: OrderedDict[IndexKey, list[Id]] = OrderedDict()
+        """Key -> newest items first; in order of the last addition, so the first is the one evicted."""
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def index_keys(self) -> int:
+        return len(self._index)
+
+    def take_counts(self) -> Counter[str]:
+        """The counts since the last call, reset (the job adds them to its counters)."""
+        counts, self.counts = self.counts, Counter()
+        return counts
 
     def apply(self, item: CatalogItem) -> bool:
         """Take a record unless the item's current one is as recent or later; True when taken.
 
         A later ``updated_at`` wins whatever the order records arrive in (a compacted topic
-        read from several partitions, a replay); a tie keeps the first seen."""
+        read from several partitions, a replay); a tie keeps the first seen. Raises
+        :class:`CatalogFull` for a new item at ``max_items``."""
         current = self.items.get(item.item_id)
         if current is not None and current.updated_at >= item.updated_at:
             return False
+        if current is None and len(self.items) >= self.limits.max_items:
+            self.counts["catalog_refused"] += 1
+            raise CatalogFull(f"catalog_full: {len(self.items)} items held, catalog.max_items; "
+                              "a record for another item is refused")
         self.items[item.item_id] = item
         if item.available:
             self.unavailable.discard(item.item_id)
@@ -189,32 +241,56 @@ class Catalog:
             self.unavailable.add(item.item_id)
         if current is None and item.item_id not in self._known:
             self._new.add(item.item_id)
+        self._unindex(item.item_id)
         if item.item_id in self._new and item.available:
-            self._index(item)
+            self._add_to_index(item)
         return True
 
     def touched(self, item_id: Id) -> None:
         """A shopper acted on the item: it has behavior now and leaves the new-item candidates."""
         if item_id in self._new:
             self._new.discard(item_id)
-            self._words.pop(item_id, None)
+            self._unindex(item_id)
 
     def is_new(self, item_id: Id) -> bool:
         return item_id in self._new
 
-    def _index(self, item: CatalogItem) -> None:
-        keys: list[tuple[dict[Any, deque[Id]], Any]] = [(self._by_category, item.category_id)]
+    def _add_to_index(self, item: CatalogItem) -> None:
+        words = ordered_title_words(item.title)
+        cap = self.limits.max_title_words
+        if len(words) > cap:
+            self.counts["catalog_title_words_dropped"] += len(words) - cap
+            words = words[:cap]
+        keys: list[IndexKey] = [("c", item.category_id)]
         if item.brand:
-            keys.append((self._by_brand, item.brand))
-        words = self._words[item.item_id] = title_words(item.title)
-        keys.extend((self._by_word, w) for w in words)
-        for index, key in keys:
-            entries = index.get(key)
+            keys.append(("b", item.brand))
+        keys.extend(("w", w) for w in words)
+        self._words[item.item_id] = frozenset(words)
+        self._indexed[item.item_id] = tuple(keys)
+        for key in keys:
+            entries = self._index.get(key)
             if entries is None:
-                entries = index[key] = deque(maxlen=NEW_PER_KEY)
-            if item.item_id in entries:
-                entries.remove(item.item_id)
-            entries.appendleft(item.item_id)
+                if len(self._index) >= self.limits.max_index_keys:
+                    self._index.popitem(last=False)
+                    self.counts["catalog_index_evicted"] += 1
+                entries = self._index[key] = []
+            else:
+                self._index.move_to_end(key)
+            entries.insert(0, item.item_id)
+            del entries[NEW_PER_KEY:]
+
+    def _unindex(self, item_id: Id) -> None:
+        """Take the item out of every key it was added under; a key left empty goes."""
+        self._words.pop(item_id, None)
+        for key in self._indexed.pop(item_id, ()):
+            entries = self._index.get(key)
+            if entries is not None and item_id in entries:
+                entries.remove(item_id)
+                if not entries:
+                    del self._index[key]
+
+    def _lookup(self, key: IndexKey) -> list[Id]:
+        return self._index.get(key, [])
 
     def _live_new(self, item_id: Id) -> CatalogItem | None:
         item = self.items.get(item_id)
@@ -249,11 +325,11 @@ class Catalog:
                 break
         pool: dict[Id, None] = {}
         for cat in sorted(cat_share, key=lambda c: -cat_share[c])[:PROFILE_CATEGORIES]:
-            pool.update(dict.fromkeys(self._by_category.get(cat, ())))
+            pool.update(dict.fromkeys(self._lookup(("c", cat))))
         for brand in brands:
-            pool.update(dict.fromkeys(self._by_brand.get(brand, ())))
+            pool.update(dict.fromkeys(self._lookup(("b", brand))))
         for word in words:
-            pool.update(dict.fromkeys(self._by_word.get(word, ())))
+            pool.update(dict.fromkeys(self._lookup(("w", word))))
         scored: list[tuple[Id, Id, float]] = []
         for item_id in pool:
             item = self._live_new(item_id)
@@ -269,8 +345,9 @@ class Catalog:
         return scored[:limit]
 
 
-def load_catalog(items: Iterable[CatalogItem], known: Collection[Id] = ()) -> Catalog:
-    catalog = Catalog(known)
+def load_catalog(items: Iterable[CatalogItem], known: Collection[Id] = (),
+                 limits: CatalogConfig = DEFAULT_LIMITS) -> Catalog:
+    catalog = Catalog(known, limits)
     for item in items:
         catalog.apply(item)
     return catalog

@@ -144,6 +144,20 @@ class StateConfig(_Section):
     """Processing-time TTL of a user's state: idle users cost nothing."""
 
 
+class CatalogConfig(_Section):
+    """Every instance of the job holds the whole catalog: these bound it (sized for a million items)."""
+
+    max_items: int = Field(2_000_000, ge=1)
+    """Items each instance holds (deleted ones too: they must stay blocked); at it, a record for another item is
+    a dead letter (catalog_full) and counted (catalog_refused)."""
+    max_title_words: int = Field(32, ge=0, le=256)
+    """Title words of a new item indexed for similarity (its first ones); the rest are counted
+    (catalog_title_words_dropped)."""
+    max_index_keys: int = Field(1_000_000, ge=1)
+    """Categories, brands and title words in the new-item index; at it, the key least recently added to is evicted
+    (catalog_index_evicted)."""
+
+
 class JobConfig(_Section):
     parallelism: int = Field(1, ge=1, le=256)
     """Flink parallelism of the job."""
@@ -395,6 +409,7 @@ class MetricsConfig(_Section):
 class Config(_Section):
     kafka: KafkaConfig = KafkaConfig()
     state: StateConfig = StateConfig()
+    catalog: CatalogConfig = CatalogConfig()
     job: JobConfig = JobConfig()
     ranking: RankingConfig = RankingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
@@ -430,6 +445,7 @@ class ConfigError(ValueError):
 SECTIONS: dict[str, type[_Section]] = {
     "kafka": KafkaConfig,
     "state": StateConfig,
+    "catalog": CatalogConfig,
     "job": JobConfig,
     "ranking": RankingConfig,
     "privacy": PrivacyConfig,

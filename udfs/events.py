@@ -164,7 +164,14 @@ def decode_event(raw: bytes, max_ts_ms: int | None = None,
             max_array_len=1024,
             max_map_len=64,
             max_ext_len=0,
+            ext_hook=_no_ext,
         )
     except Exception as exc:  # msgpack raises many types; all mean "not our format"
         return DecodeError(f"not_msgpack: {type(exc).__name__}: {str(exc)[:120]}", raw)
     return _validate(obj, raw, max_ts_ms, pseudonym)
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    """``max_ext_len=0`` still lets a zero-length ext through; an ext of any length is not an event
+    (EventEnvelope.java refuses them all, so the two agree on the key)."""
+    raise ValueError(f"ext type {code} is not an event")

@@ -49,7 +49,7 @@ def build_recommender(config: Config, catalog: bool = False, with_ranker: bool =
     ranker = make_ranker(config, artifact) if with_ranker else None
     trending = TrendingCounter(half_life_ms=r.trending_half_life_s * 1000) if r.trending_half_life_s else None
     return recommender_of(config, artifact, ranker, trending,
-                          Catalog(known=artifact.tables.popularity) if catalog else None)
+                          Catalog(artifact.tables.popularity, config.catalog) if catalog else None)
 
 
 def make_ranker(config: Config, artifact: Artifact) -> OnnxRanker:

@@ -64,7 +64,7 @@ from typing import Any, Literal
 
 from streamrec.kafka_io import connect_errors
 from streamrec.kafka_io import producer as make_producer
-from udfs.catalog import decode_catalog_item
+from udfs.catalog import CatalogFull, decode_catalog_item
 from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.features import UserRequest
@@ -359,20 +359,25 @@ def _open_consumer(config: Config) -> Any:
 
 
 def apply_catalog(recommender: Recommender, messages: Iterable[Any], prod: Any, dlq_topic: str,
-                   stats: PeerStats) -> list[Any]:
+                  stats: PeerStats, max_ts_ms: int | None) -> list[Any]:
     """Catalog records into the recommender's catalog, as the job's broadcast side applies them;
-    an unreadable one is a dead letter. Returns the dead letters' send futures."""
+    an unreadable one, one with ``updated_at`` past ``max_ts_ms``, a tombstone, or one refused at
+    ``catalog.max_items`` is a dead letter. Returns the dead letters' send futures."""
     catalog = recommender.catalog
     assert catalog is not None
     futures = []
     for msg in messages:
-        item = decode_catalog_item(msg.value if msg.value is not None else b"")
-        if isinstance(item, DecodeError):
-            key, value = dead_letter_record(item, msg.topic, msg.partition, msg.offset, msg.timestamp)
-            futures.append(prod.send(dlq_topic, key=key.encode(), value=value))
-            stats.catalog_dead_lettered += 1
-        elif catalog.apply(item):
-            stats.catalog_applied += 1
+        raw = msg.value if msg.value is not None else b""
+        item = decode_catalog_item(raw, max_ts_ms)
+        if not isinstance(item, DecodeError):
+            try:
+                stats.catalog_applied += catalog.apply(item)
+                continue
+            except CatalogFull as exc:
+                item = DecodeError(exc.reason, raw)
+        key, value = dead_letter_record(item, msg.topic, msg.partition, msg.offset, msg.timestamp)
+        futures.append(prod.send(dlq_topic, key=key.encode(), value=value))
+        stats.catalog_dead_lettered += 1
     return futures
 
 
@@ -443,7 +448,7 @@ def run_peer(
             max_ts = max_event_ts(config.job.max_future_skew_ms)  # once per poll, like the job's per event
             for tp, messages in polled.items():
                 if tp.topic == k.catalog_topic:
-                    futures += apply_catalog(recommender, messages, prod, dlq_topic, stats)
+                    futures += apply_catalog(recommender, messages, prod, dlq_topic, stats, max_ts)
                     continue
                 for msg in messages:
                     consumed += 1

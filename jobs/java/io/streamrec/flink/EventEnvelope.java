@@ -46,6 +46,8 @@ public class EventEnvelope extends RichMapFunction<Row, Row> implements ResultTy
     static final int MAX_EVENT_BYTES = 64 * 1024;
     static final int MAX_MAP_LEN = 64;
     static final int MAX_ARRAY_LEN = 1024;
+    /** Python's unpacker holds at most this many nested containers, the event's map included. */
+    static final int MAX_DEPTH = 1024;
     static final int MAX_STR_ID_LEN = 128;
     static final Set<String> BEHAVIORS = Set.of("pv", "cart", "fav", "buy");
     static final BigInteger MAX_TS_MS = BigInteger.valueOf(10_000_000_000_000L);
@@ -178,7 +180,11 @@ public class EventEnvelope extends RichMapFunction<Row, Row> implements ResultTy
                 return Peeked.NOTHING;
             }
             for (int i = 0; i < entries; i++) {
-                if (in.getNextFormat().getValueType() != ValueType.STRING) {
+                ValueType keyType = in.getNextFormat().getValueType();
+                if (keyType == ValueType.MAP || keyType == ValueType.ARRAY) {
+                    throw new IOException("a map or array as a map key"); // unhashable in Python
+                }
+                if (keyType != ValueType.STRING) {
                     skipChecked(in, 2);
                     continue;
                 }
@@ -266,26 +272,41 @@ public class EventEnvelope extends RichMapFunction<Row, Row> implements ResultTy
         return ts.signum() >= 0 && ts.compareTo(MAX_TS_MS) < 0 ? ts.longValue() : null;
     }
 
-    /** Skips values under Python's unpack limits; throws where Python's unpackb would. */
+    /**
+     * Skips values inside the event's map under Python's unpack limits; throws where Python's
+     * unpackb would: too long, nested past {@link #MAX_DEPTH}, a map or array as a map key, an ext.
+     */
     private static void skipChecked(MessageUnpacker in, int values) throws IOException {
-        long pending = values;
-        while (pending-- > 0) {
+        // Per container opened below the event's map: values left, and whether it is a map.
+        long[] left = new long[MAX_DEPTH];
+        boolean[] map = new boolean[MAX_DEPTH];
+        int top = 0;
+        left[0] = values;
+        while (top >= 0) {
+            if (left[top] == 0) {
+                top--;
+                continue;
+            }
+            boolean key = map[top] && left[top] % 2 == 0;
+            left[top]--;
             ValueType type = in.getNextFormat().getValueType();
+            if (key && (type == ValueType.MAP || type == ValueType.ARRAY)) {
+                throw new IOException("a map or array as a map key");
+            }
             switch (type) {
-                case MAP: {
-                    int n = in.unpackMapHeader();
-                    if (n > MAX_MAP_LEN) {
-                        throw new IOException("map too long");
-                    }
-                    pending += 2L * n;
-                    break;
-                }
+                case MAP:
                 case ARRAY: {
-                    int n = in.unpackArrayHeader();
-                    if (n > MAX_ARRAY_LEN) {
-                        throw new IOException("array too long");
+                    boolean isMap = type == ValueType.MAP;
+                    int n = isMap ? in.unpackMapHeader() : in.unpackArrayHeader();
+                    if (n > (isMap ? MAX_MAP_LEN : MAX_ARRAY_LEN)) {
+                        throw new IOException(isMap ? "map too long" : "array too long");
                     }
-                    pending += n;
+                    if (top + 2 > MAX_DEPTH) { // the event's map and top + 1 containers below it
+                        throw new IOException("nested too deep");
+                    }
+                    top++;
+                    left[top] = isMap ? 2L * n : n;
+                    map[top] = isMap;
                     break;
                 }
                 case EXTENSION:
