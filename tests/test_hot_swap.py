@@ -129,7 +129,9 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     assert "refused model fixture-v3" in log and "sha256" in log.lower()
 
     # Resumed from the checkpoint: the config still names the old artifact, lists come from v2.
-    job = kafka_jobs(topics, **{env_var("job", "resume_from"): "latest"})
+    # The registry is still the config's: a model comes from there only.
+    job = kafka_jobs(topics, **{env_var("job", "resume_from"): "latest",
+                                env_var("ranking", "registry_dir"): str(registry)})
     replay(third[150:], bootstrap, topics["input_topic"])
     want = len(_distinct(events[:900]))
     out = read_lists(bootstrap, topics["output_topic"], want, job)
