@@ -13,7 +13,6 @@ import gc
 import logging
 from typing import Any
 
-import msgpack
 from pyflink.common import Row, Time
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
@@ -28,7 +27,7 @@ from udfs.control import ControlRecordError, decode_control
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.feedback import FEEDBACK_COUNTERS, FeedbackCounters, feedback_for, remember
 from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, BatchedCounters, SampledHistograms
-from udfs.models import ModelSet, SwapOutcome
+from udfs.models import KeptAnnouncements, ModelSet, SwapOutcome
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
 from udfs.records import dead_letter_record, encode_feedback_record, encode_output_record, late_event_record
@@ -65,10 +64,9 @@ COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_du
 GC_FREEZE_EVERY = 50_000
 # Every parallel instance holds the whole catalog: item key -> the record's msgpack bytes, as read.
 CATALOG_STATE = MapStateDescriptor("catalog", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
-# Model announcements by target ("" for the live model, else the arm's name): the newest few control
-# records as read, newest last. A restore installs the newest one that loads (udfs/models.py).
+# Model announcements by target ("" for the live model, else the arm's name): the ones that loaded and
+# the one loading (udfs.models.KeptAnnouncements). A restore installs the newest one that loads.
 MODEL_STATE = MapStateDescriptor("models", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
-KEPT_ANNOUNCEMENTS = 8
 BATCH_COUNTERS = ("recommendations_emitted", "ranking_fallbacks", "ranker_rows", "ranker_micros", "ranker_calls")
 # An event-time timer here fires only on the watermark that ends a bounded input:
 # processing-time timers still pending then are dropped, not fired (FLINK-14231).
@@ -149,8 +147,11 @@ class _Recommending:
         self.recommender = build_recommender(cfg, catalog=self.joins_catalog, with_ranker=not self.shard_keys)
         warn_if_catalog_features_unfed(self.recommender)
         # Batched, the ranking stage holds the model: no arms (the config refuses them), no swaps.
-        self.models = ModelSet(self.recommender, ConfigModels(cfg), () if self.shard_keys else cfg.ab.arms,
-                               cfg.ab.salt, cfg.ranking.registry_dir)
+        self.models = ModelSet(self.recommender, ConfigModels(cfg), registry_dir=cfg.ranking.registry_dir,
+                               load_timeout_s=cfg.ranking.model_load_timeout_s,
+                               arms=() if self.shard_keys else cfg.ab.arms, salt=cfg.ab.salt)
+        # What became of announcements since MODEL_STATE was last written (only the broadcast side may).
+        self._unsaved: list[SwapOutcome] = []
         freeze_loaded_objects()
         ttl = (
             StateTtlConfig.new_builder(Time.seconds(cfg.state.ttl_s))
@@ -230,6 +231,7 @@ class _Recommending:
         leave at once (swaps are rare, and a dashboard should not wait for the next flush interval)."""
         if not outcomes:
             return
+        self._unsaved.extend(outcomes)
         for outcome in outcomes:
             r = outcome.record
             if outcome.refused is None:
@@ -383,17 +385,34 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
             gc.freeze()
             log.warning("streamrec catalog restored: %d items", len(catalog))
         if not self.shard_keys:
-            for _, blob in ctx.get_broadcast_state(MODEL_STATE).items():
-                self._restore_model(msgpack.unpackb(blob))
+            for target, blob in ctx.get_broadcast_state(MODEL_STATE).items():
+                self._restore_model(target, KeptAnnouncements.from_bytes(blob))
 
-    def _restore_model(self, announcements: list[bytes]) -> None:
-        """Install the newest of a target's announcements that loads: the model live at the checkpoint
-        (a refused one never served, so the one before it did)."""
-        for raw in reversed(announcements):
-            outcome = self.models.load_now(decode_control(raw))
-            self._report([outcome])
-            if outcome.refused is None:
-                return
+    def _restore_model(self, target: str, kept: KeptAnnouncements) -> None:
+        """Install the newest of a target's kept announcements that loads in time: the model live at the
+        checkpoint; one that fails or hangs is logged and counted, and the one before it tried."""
+        candidates = kept.candidates()
+        outcomes = self.models.restore(candidates)
+        self._report(outcomes)
+        if not candidates or (len(outcomes) == 1 and outcomes[0].refused is None):
+            return
+        what = f"arm {target}" if target else "live lists"
+        if outcomes and outcomes[-1].refused is None:
+            log.error("streamrec restored %s with model %s, older than the checkpoint's newest", what,
+                      outcomes[-1].record.model_version)
+        else:
+            log.error("streamrec restored %s with the config's model (ranking.artifact_dir): no kept model "
+                      "loaded within ranking.model_load_timeout_s", what)
+
+    def _save_outcomes(self, ctx: KeyedBroadcastProcessFunction.Context) -> None:
+        """Write what became of announcements into MODEL_STATE: a model that loaded becomes a restore candidate."""
+        state = ctx.get_broadcast_state(MODEL_STATE)
+        for outcome in self._unsaved:
+            target = outcome.record.arm or ""
+            kept = KeptAnnouncements.from_bytes(state.get(target) if state.contains(target) else None)
+            kept.settle(outcome)
+            state.put(target, kept.to_bytes())
+        self._unsaved.clear()
 
     def process_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Any:
         self._restore(ctx)
@@ -401,6 +420,8 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
 
     def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Any:
         self._restore(ctx)
+        self._report(self.models.poll())
+        self._save_outcomes(ctx)
         if value[0] == self.control_topic:
             yield from self._announcement(value, ctx)
             return
@@ -456,8 +477,9 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
             return
         state = ctx.get_broadcast_state(MODEL_STATE)
         target = record.arm or ""
-        kept = msgpack.unpackb(state.get(target)) if state.contains(target) else []
-        state.put(target, msgpack.packb([*kept, raw][-KEPT_ANNOUNCEMENTS:]))
+        kept = KeptAnnouncements.from_bytes(state.get(target) if state.contains(target) else None)
+        kept.announced(record)
+        state.put(target, kept.to_bytes())
 
 
 class RankBatchFunction(KeyedProcessFunction):

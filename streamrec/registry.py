@@ -10,7 +10,11 @@ this module is the only writer. What it guarantees:
 * a version is never replaced: publishing the same ``model_version`` again with the same files
   is a no-op, with other files it is refused (a running job may be loading that folder);
 * ``history.jsonl`` records an announcement only after it went out on the control topic, so
-  the registry's live version is the one the job was told about.
+  the registry's live version is the one the job was told about;
+* an announcement names the version's folder and the sha256 of its manifest: the job installs
+  that folder of its own registry, with that very manifest, and nothing else;
+* the registry and its version folders are writable by their owner only (the job refuses a
+  model from a folder others could write).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.kafka_io import produce
-from udfs.artifact import MANIFEST_FILE, ArtifactError, Manifest, verify_manifest
+from udfs.artifact import MANIFEST_FILE, ArtifactError, Manifest, manifest_sha256, verify_manifest
 from udfs.config import ConfigError, KafkaConfig
 from udfs.control import CONTROL_KEY, ControlRecord
 from udfs.kafka_security import python_client_options
@@ -92,7 +96,7 @@ def publish(registry_dir: str | Path, artifact_dir: str | Path, *, force: bool =
     dest = version_dir(root, version)
     if dest.exists():
         return _existing(root, version, manifest)
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{version}-", dir=root))
     try:
         # Only what the manifest lists, and the manifest: the registry holds what was verified.
@@ -174,16 +178,22 @@ def rollback_target(registry_dir: str | Path) -> str:
     return stack[-2]
 
 
+def _announcement(registry_dir: str | Path, version: str, at: int) -> ControlRecord:
+    """The control record of an intact version: its folder, resolved, and its manifest's sha256."""
+    path, _ = verified_version(registry_dir, version)
+    return ControlRecord(ACTIVATE, version, str(path.resolve()), at, manifest_sha256=manifest_sha256(path))
+
+
 def rollback(registry_dir: str | Path, send: Any = None) -> str:
     """Announce the version live before the current one and record it; returns that version.
 
     ``send``: called with the :class:`ControlRecord` before the history is written (the Kafka
     announcement, :func:`send_control`); None records it without telling a job."""
     target = rollback_target(registry_dir)
-    path, _ = verified_version(registry_dir, target)
     entry_at = now_ms()
+    record = _announcement(registry_dir, target, entry_at)
     if send is not None:
-        send(ControlRecord(ACTIVATE, target, str(path.resolve()), entry_at))
+        send(record)
     announce(registry_dir, target, ROLLBACK, entry_at)
     return target
 
@@ -191,10 +201,10 @@ def rollback(registry_dir: str | Path, send: Any = None) -> str:
 def activate(registry_dir: str | Path, version: str, send: Any = None) -> Announcement:
     """Announce ``version`` (already in the registry) live: control record first, then history.
     ``send`` None records it live without telling a job (a registry without a broker, tests)."""
-    path, _ = verified_version(registry_dir, version)
     at = now_ms()
+    record = _announcement(registry_dir, version, at)
     if send is not None:
-        send(ControlRecord(ACTIVATE, version, str(path.resolve()), at))
+        send(record)
     return announce(registry_dir, version, ACTIVATE, at)
 
 

@@ -5,7 +5,6 @@ checkpoint serves the version that was live then, not the one its config names."
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ from streamrec.local.procs import stop_group
 from tests.job_fixtures import covisit_artifact, generated_log, read_lists
 from tests.scenario import report
 from tests.test_prometheus_metrics import _samples, _scrape
+from udfs.artifact import manifest_sha256
 from udfs.config import TOPIC_FIELDS, env_var
 from udfs.control import CONTROL_KEY, ControlRecord
 
@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
 def _announce(bootstrap: str, topic: str, version: str, path: Path) -> int:
     at = int(time.time() * 1000)
-    produce(bootstrap, topic, [(CONTROL_KEY.encode(), ControlRecord("activate", version, str(path), at).to_bytes())])
+    record = ControlRecord("activate", version, str(path), at, manifest_sha256=manifest_sha256(path))
+    produce(bootstrap, topic, [(CONTROL_KEY.encode(), record.to_bytes())])
     return at
 
 
@@ -95,13 +96,14 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     report("hot swap mid-stream", lists=len(out), missing_or_repeated=0, first_new_list_after_announcement_ms=swap_ms,
            timeline=_timeline(out, announced_at))
 
-    # A corrupt version: refused, and v2 keeps serving.
-    bad = Path(shutil.copytree(v2, tmp_path / "bad"))
-    model = bad / "model.onnx"
+    # A version damaged in the registry after it was published: refused, and v2 keeps serving.
+    v3 = covisit_artifact(tmp_path / "v3", "fixture-v3")
+    assert cli(["model", "publish", "--artifact", str(v3), "--no-announce", *registry_flags]) == 0
+    model = registry / "fixture-v3" / "model.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
-    _announce(bootstrap, topics["control_topic"], "fixture-v2", bad)
+    _announce(bootstrap, topics["control_topic"], "fixture-v3", registry / "fixture-v3")
     time.sleep(5)  # a refusal must not wait for events to happen
     replay(third[:150], bootstrap, topics["input_topic"])
     want = len(_distinct(first + second + third[:150]))
@@ -124,10 +126,12 @@ def test_swap_mid_stream_then_a_corrupt_artifact_then_a_restore(kafka_broker, un
     time.sleep(4)  # checkpoints (every 2 s) after the swap
     stop_group(job)
     log = "".join(f.read_text(errors="replace") for f in flink_logs.glob("*.log"))
-    assert "refused model fixture-v2" in log and "sha256" in log.lower()
+    assert "refused model fixture-v3" in log and "sha256" in log.lower()
 
     # Resumed from the checkpoint: the config still names the old artifact, lists come from v2.
-    job = kafka_jobs(topics, **{env_var("job", "resume_from"): "latest"})
+    # The registry is still the config's: a model comes from there only.
+    job = kafka_jobs(topics, **{env_var("job", "resume_from"): "latest",
+                                env_var("ranking", "registry_dir"): str(registry)})
     replay(third[150:], bootstrap, topics["input_topic"])
     want = len(_distinct(events[:900]))
     out = read_lists(bootstrap, topics["output_topic"], want, job)

@@ -13,7 +13,7 @@ from streamrec.cli import main
 from streamrec.kafka_io import read_topic
 from tests.job_fixtures import generated_log
 from tests.onnx_fixtures import covisit_scorer
-from udfs.artifact import MODEL_FILE, add_manifest_fields, verify_manifest, write_artifact
+from udfs.artifact import MODEL_FILE, add_manifest_fields, sha256_file, verify_manifest, write_artifact
 from udfs.candidates import build_tables
 from udfs.control import CONTROL_KEY, decode_control
 from udfs.features import Vocab
@@ -99,6 +99,8 @@ def test_history_and_rollback_walk_back(tmp_path: Path) -> None:
         ("b", "rollback"), ("a", "rollback")]
     assert [r.model_version for r in sent] == ["b", "a"]
     assert all(r.action == "activate" and Path(r.path) == (reg / r.model_version).resolve() for r in sent)
+    # Each names the manifest it announces: the job installs that one only (tests/test_models.py).
+    assert [r.manifest_sha256 for r in sent] == [sha256_file(reg / v / "manifest.json") for v in ("b", "a")]
     assert [json.loads(line)["model_version"] for line in (reg / HISTORY_FILE).read_text().splitlines()] == [
         a.model_version for a in history(reg)]
 

@@ -112,6 +112,8 @@ class Artifact:
     model_bytes: bytes = field(repr=False)
     """``model.onnx`` as read and hashed by :func:`load_artifact`: give these to the session,
     not :attr:`model_path`, whose content may have changed since."""
+    manifest_sha256: str = ""
+    """sha256 of ``manifest.json`` as read: the bytes the files were verified against."""
 
     @property
     def model_path(self) -> Path:
@@ -216,16 +218,28 @@ def add_manifest_fields(path: str | Path, fields: dict[str, Any]) -> Manifest:
 
 def read_manifest(path: str | Path) -> Manifest:
     """Parse the manifest alone, without checking files (a model directory being benchmarked)."""
-    mpath = Path(path) / MANIFEST_FILE
+    return _read_manifest(Path(path))[0]
+
+
+def manifest_sha256(path: str | Path) -> str:
+    """sha256 of an artifact's ``manifest.json``: what a model announcement names, so the job
+    installs the very manifest that was published (README 'Model registry and retraining')."""
+    return _read_manifest(Path(path))[1]
+
+
+def _read_manifest(path: Path) -> tuple[Manifest, str]:
+    """The manifest and the sha256 of the bytes it was parsed from (read once)."""
+    mpath = path / MANIFEST_FILE
     if not mpath.is_file():
         raise ArtifactError(f"{mpath} is missing: not a complete model artifact")
+    raw = mpath.read_bytes()
     try:
-        data = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{mpath} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ArtifactError(f"{mpath} is not a JSON object")
-    return Manifest(data)
+    return Manifest(data), hashlib.sha256(raw).hexdigest()
 
 
 def check_manifest(manifest: Manifest, mpath: Path) -> None:
@@ -312,15 +326,19 @@ def _verified_files(path: Path, manifest: Manifest, keep: tuple[str, ...]) -> di
     return kept
 
 
-def _checked(path: Path, keep: tuple[str, ...]) -> tuple[Manifest, dict[str, bytes]]:
+def _checked(path: Path, keep: tuple[str, ...],
+             expected_sha256: str | None = None) -> tuple[Manifest, dict[str, bytes], str]:
     if not path.is_dir():
         raise ArtifactError(
             f"model artifact directory {path} does not exist; train one with "
             f"`streamrec train --events FILE --out {path}` or set ranking.artifact_dir"
         )
-    manifest = read_manifest(path)
+    manifest, digest = _read_manifest(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ArtifactError(f"{path / MANIFEST_FILE} has sha256 {digest[:12]}..., the announcement says "
+                            f"{expected_sha256[:12]}... (replaced since it was published)")
     check_manifest(manifest, path / MANIFEST_FILE)
-    return manifest, _verified_files(path, manifest, keep)
+    return manifest, _verified_files(path, manifest, keep), digest
 
 
 def verify_manifest(path: str | Path) -> Manifest:
@@ -328,13 +346,14 @@ def verify_manifest(path: str | Path) -> Manifest:
     return _checked(Path(path), ())[0]
 
 
-def load_artifact(path: str | Path) -> Artifact:
-    """Verify the artifact and load it from the bytes that were hashed (each file read once)."""
+def load_artifact(path: str | Path, manifest_sha256: str | None = None) -> Artifact:
+    """Verify the artifact and load it from the bytes that were hashed (each file read once).
+    ``manifest_sha256``: the manifest must be these very bytes (a model announcement's)."""
     p = Path(path)
-    manifest, data = _checked(p, LOADED_FILES)
+    manifest, data, digest = _checked(p, LOADED_FILES, manifest_sha256)
     try:
         vocab = Vocab.from_bytes(data[VOCAB_FILE])
         tables = CandidateTables.from_bytes(data[TABLES_FILE])
     except Exception as exc:
         raise ArtifactError(f"artifact {p}: cannot read tables: {exc}") from exc
-    return Artifact(p, manifest, vocab, tables, data[MODEL_FILE])
+    return Artifact(p, manifest, vocab, tables, data[MODEL_FILE], digest)

@@ -218,6 +218,10 @@ class RankingConfig(_Section):
     registry_dir: str = "artifacts/registry"
     """Model registry: one folder per model_version, each a verified artifact (`streamrec model publish`);
     the job loads announced and A/B versions from it."""
+    model_load_timeout_s: float = Field(60, gt=0, le=3600)
+    """Longest one model load may take (verify, open the session, warm up): a slower announced version is
+    refused; after a restore each kept version gets this long, newest first, before the next is tried and,
+    when none loads, artifact_dir serves."""
     top_k: int = Field(20, ge=1, le=1000)
     """Length of each emitted recommendation list."""
     n_candidates: int = Field(100, ge=1, le=5000)

@@ -12,6 +12,8 @@ from typing import Any
 
 import msgpack
 
+from udfs.artifact import SHA256_HEX
+
 CONTROL_VERSION = 1
 ACTIONS = ("activate",)
 # The topic's key: one key, so a compacted control topic keeps the last announcement.
@@ -27,18 +29,25 @@ class ControlRecord:
     """``activate``: rank with ``model_version``, an artifact folder at ``path``, from now on.
 
     ``arm`` names the A/B arm the announcement is for; ``None`` is the live model (every arm
-    whose ``model_version`` is ``live``, and every list when no experiment runs)."""
+    whose ``model_version`` is ``live``, and every list when no experiment runs).
+
+    ``manifest_sha256``: the sha256 of the version's ``manifest.json`` as published; the job
+    installs that manifest only. ``None`` in records written before it existed (an added field,
+    so the layout keeps its version: older jobs ignore it)."""
 
     action: str
     model_version: str
     path: str
     announced_at: int
     arm: str | None = None
+    manifest_sha256: str | None = None
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb({"control_version": CONTROL_VERSION, "action": self.action,
-                              "model_version": self.model_version, "path": self.path,
-                              "announced_at": self.announced_at, "arm": self.arm}, use_bin_type=True)
+        obj = {"control_version": CONTROL_VERSION, "action": self.action, "model_version": self.model_version,
+               "path": self.path, "announced_at": self.announced_at, "arm": self.arm}
+        if self.manifest_sha256 is not None:
+            obj["manifest_sha256"] = self.manifest_sha256
+        return msgpack.packb(obj, use_bin_type=True)
 
 
 def decode_control(raw: bytes) -> ControlRecord:
@@ -61,4 +70,7 @@ def decode_control(raw: bytes) -> ControlRecord:
     arm = obj.get("arm")
     if arm is not None and not isinstance(arm, str):
         raise ControlRecordError("bad_field: arm must be a string or null")
-    return ControlRecord(obj["action"], obj["model_version"], obj["path"], obj["announced_at"], arm)
+    digest = obj.get("manifest_sha256")
+    if digest is not None and not (isinstance(digest, str) and SHA256_HEX.fullmatch(digest)):
+        raise ControlRecordError("bad_field: manifest_sha256 must be 64 lowercase hex digits")
+    return ControlRecord(obj["action"], obj["model_version"], obj["path"], obj["announced_at"], arm, digest)

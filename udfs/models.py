@@ -7,6 +7,13 @@ the load finishes is the first one ranked by the new model, so a swap falls betw
 events and never drops or repeats a list. A version that fails any step is refused, and the
 model it was meant to replace keeps serving.
 
+A model comes from the registry only: an announcement is installed from its version's own
+folder under ``ranking.registry_dir`` and only with the manifest it names by sha256
+(:func:`udfs.registry.announced_dir`). Every load has ``ranking.model_load_timeout_s``: one
+that hangs is refused like one that fails. After a restore, :meth:`ModelSet.restore` installs
+the newest of a target's :class:`KeptAnnouncements` that loads in that time, and the
+config's model keeps serving when none does: a bad artifact never fails the restore.
+
 Free of Flink: the keyed function calls :meth:`ModelSet.announce` for a control record and
 :meth:`ModelSet.poll` before each event.
 """
@@ -15,22 +22,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
+import msgpack
+
 from udfs.ab import assign_arm
 from udfs.artifact import Artifact
-from udfs.control import ControlRecord
+from udfs.control import ControlRecord, decode_control
 from udfs.events import Event
 from udfs.ranker import OnnxRanker
 from udfs.recommend import Recommender
-from udfs.registry import LIVE, verified_version
+from udfs.registry import LIVE, RegistryError, announced_dir, verified_version
 from udfs.state import UserState
 
 log = logging.getLogger(__name__)
+
+# Announcements that loaded, kept per target for a restore: the live one and those before it.
+KEPT_ANNOUNCEMENTS = 8
 
 
 class ModelRefused(RuntimeError):
@@ -40,7 +55,7 @@ class ModelRefused(RuntimeError):
 class ModelLoader(Protocol):
     """Builds models with the job's ranking settings (``udfs.runtime.ConfigModels``)."""
 
-    def load(self, path: str) -> tuple[Artifact, OnnxRanker]: ...
+    def load(self, path: str, manifest_sha256: str | None) -> tuple[Artifact, OnnxRanker]: ...
 
     def recommender(self, artifact: Artifact, ranker: OnnxRanker | None,
                     like: Recommender | None) -> Recommender: ...
@@ -88,13 +103,35 @@ def warm_up(recommender: Recommender) -> None:
         raise ModelRefused(f"warm-up list fell back: {record['fallback']}")
 
 
-class ModelSet:
-    """The live recommender, the arms' pinned ones, and at most one load in flight per target."""
+def _in_thread(work: Callable[[], _Ready]) -> Future[_Ready]:
+    """Run ``work`` on a daemon thread of its own: a load that hangs (a stalled file system, a
+    session that never opens) holds only that thread, never a later load or the interpreter's exit."""
+    future: Future[_Ready] = Future()
 
-    def __init__(self, live: Recommender, loader: ModelLoader, arms: Sequence[ArmSpec] = (), salt: str = "",
-                 registry_dir: str | Path = "") -> None:
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # handed to whoever reads the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="streamrec-model-load", daemon=True).start()
+    return future
+
+
+class ModelSet:
+    """The live recommender, the arms' pinned ones, and at most one load in flight per target.
+
+    ``registry_dir``: where every model but the config's comes from; ``load_timeout_s``: the
+    longest one load may take (``ranking.model_load_timeout_s``)."""
+
+    def __init__(self, live: Recommender, loader: ModelLoader, *, registry_dir: str | Path, load_timeout_s: float,
+                 arms: Sequence[ArmSpec] = (), salt: str = "") -> None:
         self.live = live
         self.loader = loader
+        self.registry_dir = registry_dir
+        self.load_timeout_s = load_timeout_s
         self.arms = tuple(arms)
         self.salt = salt
         self.pinned: dict[str, Recommender] = {}
@@ -103,8 +140,7 @@ class ModelSet:
                 path, _ = verified_version(registry_dir, arm.model_version)
                 self.pinned[arm.name] = self._install(self._load(ControlRecord(
                     "activate", arm.model_version, str(path), 0, arm.name)))
-        self._pending: dict[str | None, tuple[ControlRecord, Future[_Ready]]] = {}
-        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[str | None, tuple[ControlRecord, Future[_Ready], float]] = {}
 
     def all(self) -> list[Recommender]:
         """Every recommender in use (for metrics): the live one first."""
@@ -120,11 +156,15 @@ class ModelSet:
     def _load(self, record: ControlRecord) -> _Ready:
         """Verify, load and warm up (any thread); raises :class:`ModelRefused`."""
         try:
-            artifact, ranker = self.loader.load(record.path)
+            folder = announced_dir(self.registry_dir, record.model_version, record.path)
+        except RegistryError as exc:
+            raise ModelRefused(str(exc)) from exc
+        try:
+            artifact, ranker = self.loader.load(str(folder), record.manifest_sha256)
         except Exception as exc:  # verification, tables, onnxruntime: all mean "cannot serve"
             raise ModelRefused(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
         if artifact.model_version != record.model_version:
-            raise ModelRefused(f"{record.path} holds model_version {artifact.model_version!r}, "
+            raise ModelRefused(f"{folder} holds model_version {artifact.model_version!r}, "
                                f"not the announced {record.model_version!r}")
         try:
             warm_up(self.loader.recommender(artifact, ranker, None))
@@ -148,38 +188,63 @@ class ModelSet:
             raise ModelRefused(f"arm {record.arm!r} is not in ab.arms {[a.name for a in self.arms]}")
         return record.arm
 
+    def _too_slow(self) -> str:
+        return f"not loaded within ranking.model_load_timeout_s ({self.load_timeout_s:g} s)"
+
     def announce(self, record: ControlRecord) -> SwapOutcome | None:
         """Start loading ``record``'s model in the background; a later announcement for the same
-        target replaces one still loading. Refused at once (returned) when it names an unknown arm."""
+        target replaces one still loading. Refused at once (returned) when it names an unknown arm
+        or no manifest sha256 (an announcement written before announcements carried one)."""
         try:
             target = self._target(record)
         except ModelRefused as exc:
             return SwapOutcome(record, str(exc))
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model-load")
+        if record.manifest_sha256 is None:
+            return SwapOutcome(record, "the announcement names no manifest_sha256 (written by an older "
+                                       f"`streamrec model`): announce it again (`streamrec model activate "
+                                       f"--version {record.model_version}`)")
         old = self._pending.pop(target, None)
         if old is not None:
             old[1].cancel()
-        self._pending[target] = (record, self._pool.submit(self._load, record))
+        self._pending[target] = (record, _in_thread(partial(self._load, record)), time.monotonic())
         return None
 
-    def load_now(self, record: ControlRecord) -> SwapOutcome:
-        """Load and install on this thread (after a restore: the first list must come from the model
-        that was live at the checkpoint)."""
-        try:
-            target = self._target(record)
-            self._swap(target, self._load(record))
-            return SwapOutcome(record)
-        except ModelRefused as exc:
-            return SwapOutcome(record, str(exc))
+    def restore(self, candidates: Sequence[ControlRecord]) -> list[SwapOutcome]:
+        """After a restore, on this thread: install the first of one target's ``candidates`` (newest
+        first) that loads, each given ``load_timeout_s``; what was tried, in order. When none loads,
+        the model serving now (the config's) keeps serving: a restore never fails on a model, and
+        takes at most ``len(candidates) * load_timeout_s``. Announcements written before they
+        carried a manifest sha256 are accepted here (they were checked when they were announced,
+        and a checkpoint is the job's own)."""
+        out = []
+        for record in candidates:
+            try:
+                target = self._target(record)
+                future = _in_thread(partial(self._load, record))
+                try:
+                    ready = future.result(timeout=self.load_timeout_s)
+                except TimeoutError:
+                    raise ModelRefused(self._too_slow()) from None
+                self._swap(target, ready)
+                out.append(SwapOutcome(record))
+                return out
+            except ModelRefused as exc:
+                out.append(SwapOutcome(record, str(exc)))
+        return out
 
     def poll(self) -> list[SwapOutcome]:
-        """Install every finished load (between two events); the outcomes, in no particular order."""
+        """Install every finished load (between two events), and refuse every load that has taken
+        longer than ``load_timeout_s``; the outcomes, in no particular order."""
         if not self._pending:
             return []
         out = []
-        for target, (record, future) in list(self._pending.items()):
+        now = time.monotonic()
+        for target, (record, future, started) in list(self._pending.items()):
             if not future.done():
+                if now - started > self.load_timeout_s:
+                    del self._pending[target]
+                    future.cancel()
+                    out.append(SwapOutcome(record, self._too_slow()))
                 continue
             del self._pending[target]
             if future.cancelled():
@@ -195,7 +260,7 @@ class ModelSet:
 
     def wait(self, timeout_s: float | None = None) -> list[SwapOutcome]:
         """Block until every load in flight is done, then :meth:`poll` (bounded runs and tests)."""
-        for _, future in list(self._pending.values()):
+        for _, future, _ in list(self._pending.values()):
             with contextlib.suppress(CancelledError):  # cancelled: poll skips it
                 future.exception(timeout=timeout_s)
         return self.poll()
@@ -213,5 +278,53 @@ class ModelSet:
                         new.artifact.model_version)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop waiting for loads in flight (their threads are daemons and end on their own)."""
+        for _, future, _ in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+
+
+@dataclass
+class KeptAnnouncements:
+    """One target's announcements kept in the job's checkpointed state, the candidates of a restore.
+
+    ``kept``: announcements that loaded, in the order they went live, newest last, at most
+    :data:`KEPT_ANNOUNCEMENTS`; an announcement that was refused never enters it, so no run of
+    refusals pushes the live model out. ``pending``: the announcement still loading, if any: Flink
+    lets the job write this state only when a broadcast record arrives, not when the background load
+    ends, so the newest announcement waits here until its outcome is written; a restore tries it
+    first (it may have gone live before the checkpoint) and falls back to ``kept``."""
+
+    kept: list[bytes] = field(default_factory=list)
+    pending: bytes | None = None
+
+    @classmethod
+    def from_bytes(cls, blob: bytes | None) -> KeptAnnouncements:
+        """Read the state's value; a list is the layout before ``pending`` (every announcement, kept
+        as it arrived): read as kept, each still tried under the load timeout."""
+        if blob is None:
+            return cls()
+        obj = msgpack.unpackb(blob)
+        if isinstance(obj, list):
+            return cls([bytes(r) for r in obj])
+        return cls([bytes(r) for r in obj["kept"]], obj["pending"])
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb({"kept": self.kept, "pending": self.pending}, use_bin_type=True)
+
+    def announced(self, record: ControlRecord) -> None:
+        """An announcement whose load started: it replaces one still pending (whose load it cancels)."""
+        self.pending = record.to_bytes()
+
+    def settle(self, outcome: SwapOutcome) -> None:
+        """Record what became of an announcement: installed ones join ``kept`` as the newest."""
+        raw = outcome.record.to_bytes()
+        if self.pending == raw:
+            self.pending = None
+        if outcome.refused is None:
+            self.kept = [*(r for r in self.kept if r != raw), raw][-KEPT_ANNOUNCEMENTS:]
+
+    def candidates(self) -> list[ControlRecord]:
+        """What a restore tries, newest first: the pending announcement, then the kept ones."""
+        raws = [*([self.pending] if self.pending is not None else []), *reversed(self.kept)]
+        return [decode_control(r) for r in raws]

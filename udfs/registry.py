@@ -13,6 +13,7 @@ reads: it resolves a version to its folder and verifies it before loading.
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,30 @@ def verified_version(registry_dir: str | Path, model_version: str) -> tuple[Path
     if manifest.model_version != model_version:
         raise RegistryError(f"{path}: manifest says model_version {manifest.model_version!r}")
     return path, manifest
+
+
+def announced_dir(registry_dir: str | Path, model_version: str, path: str) -> Path:
+    """The folder a model announcement may load: its version's own folder directly under the
+    registry, resolved. An announcement is a message anyone who can write the control topic can
+    send, so its ``path`` is only checked, never trusted: it must resolve to that folder (symlinks
+    followed), the folder must not itself lead elsewhere, and neither it nor the registry may be
+    writable by group or others (a model there could be replaced by someone else)."""
+    root = Path(registry_dir).resolve()
+    own = version_dir(root, model_version)
+    if not own.is_dir():
+        raise RegistryError(f"model version {model_version!r} is not in the registry {root} (ranking.registry_dir)")
+    folder = own.resolve()
+    if folder != own:
+        raise RegistryError(f"{own} leads to {folder}: a version's folder must be its own, in the registry {root}")
+    if Path(path).resolve() != folder:
+        raise RegistryError(f"the announcement names {path}, not model version {model_version!r}'s folder {folder} "
+                            "in ranking.registry_dir: a model is installed from the registry only")
+    for p in (root, folder):
+        mode = p.stat().st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise RegistryError(f"{p} is writable by group or others (mode {stat.filemode(mode)}): "
+                                f"a model there could be replaced; `chmod go-w {p}`")
+    return folder
 
 
 def history(registry_dir: str | Path) -> list[Announcement]:

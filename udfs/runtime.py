@@ -74,8 +74,8 @@ class ConfigModels:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def load(self, path: str) -> tuple[Artifact, OnnxRanker]:
-        artifact = load_artifact(path)
+    def load(self, path: str, manifest_sha256: str | None) -> tuple[Artifact, OnnxRanker]:
+        artifact = load_artifact(path, manifest_sha256)
         return artifact, make_ranker(self.config, artifact)
 
     def recommender(self, artifact: Artifact, ranker: OnnxRanker | None, like: Recommender | None) -> Recommender:
