@@ -24,6 +24,7 @@ from streamrec.serve.store import RedisStore, SqliteStore, Store
 from tests.serve_fixtures import StubFollower, open_access, output_value, put_list
 from tests.store_fixtures import StoreFactory
 from udfs.catalog import CatalogItem, encode_catalog_item
+from udfs.config import Config
 from udfs.events import decode_event
 from udfs.reasons import render_reason
 from udfs.records import decode_output_record
@@ -517,12 +518,28 @@ def test_the_lists_follower_counts_and_skips_unreadable_records_and_moves_on(mak
 
 def test_a_catalog_tombstone_is_a_counted_skip_not_a_batch_retried_forever(make_store: StoreFactory):
     store = make_store("s", "recs")
-    f = CatalogFollower(store, "127.0.0.1:1", "catalog")
+    f = CatalogFollower(store, "127.0.0.1:1", "catalog", max_future_skew_ms=Config().job.max_future_skew_ms)
     msgs = [_Msg(encode_catalog_item(_cat(7, 1, "Kettle")), 0, 0, b"7"), _Msg(None, 0, 1, b"7"),
             _Msg(encode_catalog_item(_cat(8, 1, "Mug")), 0, 2, b"8")]
     f._store_batch(msgs, {0: 3})
     assert (f.bad_records, f.records) == (1, 2)
     assert store.catalog_positions() == {0: 3} and store.items([7])[7].title == "Kettle"
+
+
+def test_a_catalog_record_beyond_now_plus_the_skew_is_skipped_as_the_job_dead_letters_it(make_store: StoreFactory):
+    """A record far in the future would win over every later one in serve (a later updated_at wins) while
+    the job refuses it: the two would disagree on the item forever."""
+    skew = Config().job.max_future_skew_ms
+    store = make_store("s", "recs")
+    f = CatalogFollower(store, "127.0.0.1:1", "catalog", max_future_skew_ms=skew)
+    now = int(time.time() * 1000)
+    far = _cat(7, now + 10 * skew + 3_600_000, "Frozen kettle")
+    msgs = [_Msg(encode_catalog_item(_cat(7, now - 1000, "Kettle")), 0, 0, b"7"),
+            _Msg(encode_catalog_item(far), 0, 1, b"7"),
+            _Msg(encode_catalog_item(_cat(7, now, "Kettle, new")), 0, 2, b"7")]
+    f._store_batch(msgs, {0: 3})
+    assert (f.bad_records, f.records) == (1, 2)
+    assert store.items([7])[7].title == "Kettle, new"
 
 
 def test_livez_and_readyz_are_apart_and_readiness_names_each_follower(served):

@@ -23,7 +23,7 @@ from typing import Any
 from streamrec.kafka_io import connect_errors
 from streamrec.serve.store import Store
 from udfs.catalog import CatalogItem, decode_catalog_item
-from udfs.events import DecodeError
+from udfs.events import DecodeError, max_event_ts
 from udfs.kafka_security import merged
 from udfs.records import OutputRecord, OutputRecordError, decode_output_record
 
@@ -154,8 +154,15 @@ class Follower:
 
 class CatalogFollower(Follower):
     """Follows the compacted catalog topic into the store's item records; a later ``updated_at`` wins
-    (the store applies the job's rule), records the job would dead-letter are skipped and counted.
-    ``on_lists`` is called with no keys after a batch that changed item records."""
+    (the store applies the job's rule), records the job would dead-letter are skipped and counted,
+    among them an ``updated_at`` beyond now + ``max_future_skew_ms`` (``job.max_future_skew_ms``, the
+    job's bound: a record far in the future would otherwise win over every later one here while the
+    job ignores it). ``on_lists`` is called with no keys after a batch that changed item records."""
+
+    def __init__(self, store: Store, bootstrap: str, topic: str, *, max_future_skew_ms: int,
+                 **kwargs: Any) -> None:
+        super().__init__(store, bootstrap, topic, **kwargs)
+        self.max_future_skew_ms = max_future_skew_ms
 
     def _stored_positions(self) -> dict[int, int]:
         return self.store.catalog_positions()
@@ -170,7 +177,7 @@ class CatalogFollower(Follower):
                 self.bad_records += 1
                 log.warning("skipping catalog tombstone %s:%d:%d", self.topic, msg.partition, msg.offset)
                 continue
-            item = decode_catalog_item(msg.value)
+            item = decode_catalog_item(msg.value, max_event_ts(self.max_future_skew_ms))
             if isinstance(item, DecodeError):
                 self.bad_records += 1
                 log.warning("skipping catalog record %s:%d:%d: %s", self.topic, msg.partition, msg.offset,

@@ -77,7 +77,7 @@ def build_context(cfg: Config, store_path: str | None = None) -> tuple[ServeCont
 
     follower = Follower(store, cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, security=security)
     catalog = CatalogFollower(store, cfg.kafka.bootstrap_servers, cfg.kafka.catalog_topic, security=security,
-                              poll_ms=500)
+                              poll_ms=500, max_future_skew_ms=cfg.job.max_future_skew_ms)
     ctx = ServeContext(store=store, follower=follower, catalog_follower=catalog, send_event=sender,
                        input_topic=cfg.kafka.input_topic,
                        trending_size=cfg.serve.trending_size, trending_window=cfg.serve.trending_window,
