@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from udfs.config import ConfigError, load_config
@@ -20,6 +21,16 @@ def test_cap_skips_over_cap_items_and_keeps_order():
     # cap 1, k=4: 0 (a), 3 (b), 5 (c), then one skipped row fills the tail: row 1
     assert cap_per_category(range(6), cats, 1, 4) == [0, 3, 5, 1]
     assert cap_per_category([5, 4, 3], cats, OFF, 2) == [5, 4]
+
+
+def test_a_ranked_array_gives_the_list_of_its_python_order():
+    """The job passes np.argsort's array; rows come back as plain ints, as for a list."""
+    cats = ["a", "a", "a", "b", "a", "c"]
+    order = np.argsort(-np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0]), kind="stable")
+    for cap, k in ((2, 4), (1, 4), (OFF, 3)):
+        got = cap_per_category(order, cats, cap, k)
+        assert got == cap_per_category(order.tolist(), cats, cap, k)
+        assert all(type(i) is int for i in got)
 
 
 def test_capped_lists_have_the_prefix_property():

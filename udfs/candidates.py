@@ -169,22 +169,31 @@ def covisit_neighbourhood(
 
     Tracked in the same pass (one comparison per table entry), so reasons cost no second
     walk; on a tie the more recent source keeps it. Scores are summed exactly as before."""
-    cov: dict[Id, float] = defaultdict(float)
+    # The hot loop of every event (~500 table entries): plain dicts and local names, and a
+    # neighbour's first term stored as is (0.0 + term is term), so sums match a defaultdict's.
+    cov: dict[Id, float] = {}
     best: dict[Id, float] = {}
     because: dict[Id, Id] = {}
     sources: list[Id] = []
+    seen: set[Id] = set()
+    table = tables.covisit
+    cov_get, best_get = cov.get, best.get
     for row in reversed(state.seq):
-        if row[1] not in sources:
-            sources.append(row[1])
-            w = BEHAVIOR_WEIGHT[row[3]] * COVISIT_RECENCY_DECAY ** (len(sources) - 1)
-            for other, s in tables.covisit.get(row[1], ()):
-                term = w * s
-                cov[other] += term
-                if term > best.get(other, 0.0):
-                    best[other] = term
-                    because[other] = row[1]
-            if len(sources) >= COVISIT_SOURCE_ITEMS:
-                break
+        source = row[1]
+        if source in seen:
+            continue
+        seen.add(source)
+        sources.append(source)
+        w = BEHAVIOR_WEIGHT[row[3]] * COVISIT_RECENCY_DECAY ** (len(sources) - 1)
+        for other, s in table.get(source, ()):
+            term = w * s
+            prev = cov_get(other)
+            cov[other] = term if prev is None else prev + term
+            if term > best_get(other, 0.0):
+                best[other] = term
+                because[other] = source
+        if len(sources) >= COVISIT_SOURCE_ITEMS:
+            break
     return cov, sources, because
 
 
@@ -209,10 +218,11 @@ def generate_candidates(
 
     cov, sources, because = covisit_neighbourhood(state, tables)
     # nlargest is sorted(..., reverse=True)[:k]: stable, so ties keep insertion order.
+    item_category, log1p = tables.item_category, math.log1p
+    # The first source: each item once, into an empty list, so rows are written directly.
     for item in heapq.nlargest(max(1, n // 2), cov, key=cov.__getitem__):
         if item not in bought and item not in blocked:
-            cat = tables.item_category.get(item, seen_cat.get(item, -1))
-            _add(out, item, cat, SRC_COVISIT, math.log1p(cov[item]))
+            out[item] = [item_category.get(item, seen_cat.get(item, -1)), SRC_COVISIT, log1p(cov[item])]
 
     for item in sources[: max(1, n // 5)]:
         if item not in bought and item not in blocked:

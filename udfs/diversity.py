@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from itertools import islice
 
+import numpy as np
+
 from udfs.events import Id
 
 OFF = 0
@@ -25,18 +27,23 @@ def cap_per_category(order: Iterable[int], categories: Sequence[Id], cap: int, k
     slots, skipped rows fill the tail in their original order, so a list is never
     shortened. ``cap`` = ``OFF`` returns ``order[:k]`` unchanged.
     """
+    # A ranked numpy array becomes Python ints once: iterating it yields numpy scalars, each
+    # converted again on every use (a third of this function's time per event).
+    rows = order.tolist() if isinstance(order, np.ndarray) else order
     if cap == OFF:
-        return [int(i) for i in islice(order, k)]
+        return [int(i) for i in islice(rows, k)]
     taken: list[int] = []
     skipped: list[int] = []
     per: dict[Id, int] = {}
-    for i in order:
+    for i in rows:
         if len(taken) == k:
             break
-        c = categories[int(i)]
-        if per.get(c, 0) < cap:
-            per[c] = per.get(c, 0) + 1
-            taken.append(int(i))
+        i = int(i)
+        c = categories[i]
+        seen = per.get(c, 0)
+        if seen < cap:
+            per[c] = seen + 1
+            taken.append(i)
         else:
-            skipped.append(int(i))
+            skipped.append(i)
     return taken + skipped[: k - len(taken)]
