@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from streamrec.benchmark.bench import busiest_threads, cpu_budget, markdown, thread_cpu_seconds
+from streamrec.benchmark.bench import busiest_threads, cpu_budget, markdown, output_backlog, thread_cpu_seconds
 from streamrec.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
 
 
@@ -108,3 +108,17 @@ def test_the_markdown_report_lists_each_phases_busiest_threads():
                           "busiest_threads": {"taskmanager0": {"recommend -> (M": 0.998, "C2 CompilerThre": 0.14}}}}
     line = next(x for x in markdown(results).splitlines() if x.startswith("- job_p1 taskmanager0"))
     assert line == "- job_p1 taskmanager0: recommend -> (M 1.00, C2 CompilerThre 0.14"
+
+
+def test_lists_made_faster_than_they_reach_the_topic_are_reported():
+    """The topic's growth is what the bench counts; lists the job made beyond it show where it stalled."""
+    assert output_backlog(38_791.0, 16_275) == {"lists_made_at_end": 38_791, "lists_not_on_topic_at_end": 22_516}
+    assert output_backlog(30_000.0, 31_000)["lists_not_on_topic_at_end"] == 0  # the counter lags: no backlog
+    assert output_backlog(0.0, 31_000)["lists_not_on_topic_at_end"] is None  # no counter read
+    row = {"events_per_s": 181.0, "window_s": 31.0, "cpu_s": {}, "peak_rss_mb": {}, "outputs_at_end": 16_275,
+           **output_backlog(38_791.0, 16_275)}
+    text = markdown({"machine": {"cpus": 2, "platform": "linux"}, "job_p2": row,
+                     "job_p1": {**row, **output_backlog(30_000.0, 31_000)}})
+    lines = [x for x in text.splitlines() if "made but not on the topic" in x]
+    assert lines == ["- job_p2: 22516 lists made but not on the topic at the window's end (38791 made, "
+                     "16275 on the topic)"]
