@@ -40,9 +40,9 @@ def _run(seed: int, values: dict[str, float]) -> dict:
 
 
 def test_summary_by_hand() -> None:
-    raw = {"runs": [_run(0, {"model": 0.30, "covisit": 0.25, "recent": 0.10}),
-                    _run(1, {"model": 0.20, "covisit": 0.25, "recent": 0.10}),
-                    _run(2, {"model": 0.31, "covisit": 0.25, "recent": 0.10})]}
+    base = {"online:covisit": 0.25, "online:recent": 0.10, "covisit": 0.40}  # a frozen re-ranker is no rival
+    raw = {"runs": [_run(0, {"model": 0.30, **base}), _run(1, {"model": 0.20, **base}),
+                    _run(2, {"model": 0.31, **base})]}
     s = summarize(raw)
     model = s["rankers"]["model"]["ndcg@10"]
     assert model["mean"] == pytest.approx(0.27)
@@ -50,14 +50,25 @@ def test_summary_by_hand() -> None:
     assert (model["min"], model["max"], model["n"]) == (0.20, 0.31, 3)
     assert s["rankers"]["covisit"]["ndcg@10"]["std"] == 0.0
     win = s["wins"]["ndcg@10"]
-    assert (win["best_baseline"], win["win"]) == ("covisit", True)
+    assert (win["best_baseline"], win["win"], win["verdict"]) == ("online:covisit", True, "win")
     assert win["ratio"] == pytest.approx(0.27 / 0.25)
 
 
 def test_a_tie_is_not_a_win() -> None:
-    s = summarize({"runs": [_run(0, {"model": 0.2, "trending": 0.2})]})
+    s = summarize({"runs": [_run(0, {"model": 0.2, "online:trending": 0.2})]})
     assert s["wins"]["novel_hr@10"]["win"] is False
-    assert s["wins"]["novel_hr@10"]["best_baseline"] == "trending"
+    assert s["wins"]["novel_hr@10"]["best_baseline"] == "online:trending"
+
+
+def test_the_paired_interval_decides_the_verdict() -> None:
+    """A higher mean inside the interval of the difference is a tie; the verdict comes from ``paired``."""
+    paired = {"online:recent": {"ndcg@10": {"diff": 0.01, "ci": (-0.02, 0.04), "verdict": "tie"}}}
+    s = summarize({"runs": [_run(0, {"model": 0.21, "online:recent": 0.20})], "paired": paired})
+    w = s["wins"]["ndcg@10"]
+    assert (w["verdict"], w["win"], w["diff_ci"]) == ("tie", False, (-0.02, 0.04))
+    table = format_matrix({"logs": {"x": {"summary": s}}, "seeds": [0], "model_source": "replay"})
+    assert "tie 0.2100 vs 0.2000 (online:recent, difference -0.0200 to +0.0400)" in table
+    assert "wins 1 of 2 (log, metric) cells, ties 1, loses 0" in table  # novel_hr@10: no interval, means decide
 
 
 def test_median_split() -> None:

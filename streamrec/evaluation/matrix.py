@@ -46,6 +46,7 @@ from typing import Any
 
 from jobs.layout import PROJECT_ROOT
 from streamrec.evaluation.evaluate import json_safe
+from streamrec.evaluation.online_baselines import NAMES as ONLINE_NAMES
 from streamrec.evaluation.prequential import prequential
 from udfs.diversity import OFF
 from udfs.events import Event
@@ -55,7 +56,9 @@ log = logging.getLogger(__name__)
 
 METRICS = ("ndcg@10", "hr@10", "novel_hr@10", "coverage@10")
 WIN_METRICS = ("ndcg@10", "novel_hr@10")
-RANKERS = ("trending", "recent", "covisit", "covisit+recent", "generator", "model")
+# Re-rankers of the job's own candidates with the artifact's frozen tables: diagnostics only.
+FROZEN = ("trending", "recent", "covisit", "covisit+recent", "generator")
+RANKERS = (*FROZEN, *ONLINE_NAMES, "model")
 LOG_FORMAT = "userbehavior"
 JSON_FILE = "matrix.json"
 PNG_FILE = "matrix.png"
@@ -123,7 +126,7 @@ def run_log(dev: DevLog, seeds: Sequence[int], work: Path, *, trainer: Trainer =
     # The diversity cap off: every ranker's list is its own order (the cap is a product choice
     # measured by --diversity-sweep, not part of the ranking compared here).
     res = prequential(events, arts[0], since_ms=until, provider=provider, workdir=work, use_job=use_job,
-                      others=arts[1:], max_per_category=OFF, replay_model="direct")
+                      others=arts[1:], max_per_category=OFF, replay_model="direct", online=True)
     score_s = round(time.perf_counter() - t, 2)
     common = {k: res[k] for k in ("requests", "novel_requests", "candidate_recall", "novel_candidate_recall")}
     baselines = {r: m for r, m in res["rankers"].items() if r != "model"}
@@ -139,7 +142,8 @@ def run_log(dev: DevLog, seeds: Sequence[int], work: Path, *, trainer: Trainer =
     scoring = {k: res.get(k) for k in ("consistency", "direct_consistency", "seconds_replay", "seconds_job",
                                        "job_counts")}
     return {"name": dev.name, "path": str(dev.path), "events": len(events), "until_ms": until,
-            "users": len({e.user_id for e in events}), "runs": runs, "scoring": {**scoring, "seconds": score_s},
+            "users": len({e.user_id for e in events}), "runs": runs, "paired": res.get("paired", {}),
+            "scoring": {**scoring, "seconds": score_s},
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -152,14 +156,21 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 
 def summarize(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Per ranker and metric: mean and spread over the log's seeds; wins on :data:`WIN_METRICS`."""
+    """Per ranker and metric: mean and spread over the log's seeds; per metric of :data:`WIN_METRICS`,
+    the model against the best baseline that learns online (the frozen re-rankers are diagnostics):
+    ``verdict`` win, tie or loss by the paired shopper-bootstrap interval of the difference
+    (``raw["paired"]``; without it, by the means alone), ``win`` only for a win."""
     runs = raw["runs"]
-    table = {r: {m: spread([run["rankers"][r][m] for run in runs]) for m in METRICS} for r in RANKERS}
+    table = {r: {m: spread([run["rankers"].get(r, {}).get(m, math.nan) for run in runs]) for m in METRICS}
+             for r in RANKERS}
     wins: dict[str, Any] = {}
     for m in WIN_METRICS:
-        best = max((r for r in RANKERS if r != "model"), key=lambda r: table[r][m]["mean"])
+        best = max(ONLINE_NAMES, key=lambda r: _or_low(table[r][m]["mean"]))
         model, base = table["model"][m]["mean"], table[best][m]["mean"]
-        wins[m] = {"best_baseline": best, "baseline": base, "model": model, "win": bool(model > base),
+        paired = (raw.get("paired") or {}).get(best, {}).get(m)
+        verdict = paired["verdict"] if paired else ("win" if model > base else "loss")
+        wins[m] = {"best_baseline": best, "baseline": base, "model": model, "verdict": verdict,
+                   "win": verdict == "win", "diff_ci": paired["ci"] if paired else None,
                    "ratio": model / base if base > 0 else math.inf}
     extra = {k: spread([run[k] for run in runs]) for k in
              ("candidate_recall", "novel_candidate_recall", "seconds_train")}
@@ -169,6 +180,11 @@ def summarize(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {"rankers": table, "wins": wins, "requests": runs[0]["requests"] if runs else 0,
             "novel_requests": runs[0]["novel_requests"] if runs else 0,
             "novel_hr_new_items_only": new_only.get("novel_hr@10"), **extra}
+
+
+def _or_low(value: float) -> float:
+    """A mean to rank by, NaN (no figure) last."""
+    return value if math.isfinite(value) else -math.inf
 
 
 def log_in_subprocess(dev: DevLog, data_dir: str | Path, seeds: Sequence[int], out: Path, *, use_job: bool,
@@ -268,6 +284,14 @@ def _cell(s: Mapping[str, Any]) -> str:
     return f"{mean:.4f} ± {std:.4f}" if std else f"{mean:.4f}"
 
 
+_VERDICT = {"win": "**WIN**", "tie": "tie", "loss": "loss", "n/a": "n/a"}
+
+
+def _verdict(w: Mapping[str, Any]) -> str:
+    """A cell's verdict; reports written before verdicts had only ``win``."""
+    return str(w.get("verdict") or ("win" if w["win"] else "loss"))
+
+
 def format_matrix(report: Mapping[str, Any]) -> str:
     """One Markdown table (log x ranker rows, metric columns, mean ± sample std over seeds), the
     model's row marked per win metric (WIN / loss against the best baseline), and a wins summary."""
@@ -280,7 +304,7 @@ def format_matrix(report: Mapping[str, Any]) -> str:
             for m in METRICS:
                 c = _cell(s["rankers"][r][m])
                 if r == "model" and m in s["wins"]:
-                    c += " **WIN**" if s["wins"][m]["win"] else " loss"
+                    c += " " + _VERDICT[_verdict(s["wins"][m])]
                 cells.append(c)
             lines.append(f"| {name} | {r} | " + " | ".join(cells) + " |")
     lines += ["", "| log | requests (novel) | candidate recall (novel) | " +
@@ -292,16 +316,20 @@ def format_matrix(report: Mapping[str, Any]) -> str:
         cells = []
         for m in WIN_METRICS:
             w = s["wins"][m]
-            cells.append(f"{'WIN' if w['win'] else 'loss'} {w['model']:.4f} vs {w['baseline']:.4f} "
-                         f"({w['best_baseline']})")
+            ci = w.get("diff_ci")
+            interval = f", difference {ci[0]:+.4f} to {ci[1]:+.4f}" if ci else ""
+            cells.append(f"{_VERDICT[_verdict(w)]} {w['model']:.4f} vs {w['baseline']:.4f} "
+                         f"({w['best_baseline']}{interval})")
         bound = s.get("novel_hr_new_items_only")
         lines.append(f"| {name} | {s['requests']} ({s['novel_requests']}) | "
                      f"{s['candidate_recall']['mean']:.4f} ({s['novel_candidate_recall']['mean']:.4f}) | "
                      + " | ".join(cells) + f" | {'-' if bound is None else f'{bound:.4f}'} |")
-    n_win = sum(w["win"] for e in report["logs"].values() for w in e["summary"]["wins"].values())
-    n_all = sum(len(e["summary"]["wins"]) for e in report["logs"].values())
-    lines += ["", f"model wins {n_win} of {n_all} (log, metric) cells; seeds {report['seeds']}, model lists "
-              f"from the {report['model_source']}; {report.get('seconds_total', 0):.0f} s in all"]
+    verdicts = [_verdict(w) for e in report["logs"].values() for w in e["summary"]["wins"].values()]
+    lines += ["", f"model wins {verdicts.count('win')} of {len(verdicts)} (log, metric) cells, ties "
+              f"{verdicts.count('tie')}, loses {verdicts.count('loss')}, against the best baseline that learns "
+              f"online (95% paired shopper-bootstrap interval of the difference; a tie holds 0); seeds "
+              f"{report['seeds']}, model lists from the {report['model_source']}; "
+              f"{report.get('seconds_total', 0):.0f} s in all"]
     return "\n".join(lines)
 
 

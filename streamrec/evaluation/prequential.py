@@ -70,6 +70,8 @@ from jobs.entry import Endpoint, run_job
 from model_export.dataset import ExampleSet, snapshot
 from model_export.evaluate import BASELINES, rank_lists
 from model_export.onnx_io import onnx_session
+from streamrec.evaluation.online_baselines import online_lists
+from streamrec.evaluation.paired import compare
 from udfs.artifact import verify_manifest
 from udfs.config import load_config
 from udfs.events import Event, Id
@@ -393,6 +395,15 @@ def list_context(events: Sequence[Event], since_ms: int, lists: Mapping[ListKey,
     )
 
 
+def online_rankers(events: Sequence[Event], model: Mapping[ListKey, EmittedList], top_k: int
+                   ) -> dict[str, dict[ListKey, EmittedList]]:
+    """The online baselines' lists at the model's moments: after each event the model listed."""
+    at = {(lst.trigger[0], lst.trigger[1], lst.trigger[2], lst.user_id): lst.seq for lst in model.values()}
+    made = online_lists(events, at, top_k)
+    return {name: {key: EmittedList(key[0], key[1], model[key].trigger, items) for key, items in lists.items()}
+            for name, lists in made.items()}
+
+
 def _score(lists: Mapping[ListKey, EmittedList], tested: Sequence[Pair], ctx: ListContext,
            k: int) -> dict[str, float]:
     """Rank metrics of the true next item, then the whole-list ones, over the tested lists."""
@@ -417,6 +428,7 @@ def prequential(
     max_per_category: int | None = None,
     baselines: Iterable[str] = tuple(BASELINES),
     replay_model: str = "recommend",
+    online: bool = False,
 ) -> dict[str, Any]:
     """Run the protocol of the module doc; returns metrics per ranker (``model`` from the job
     when ``use_job``, else from the replay) plus candidate recall and a job/replay consistency check.
@@ -432,7 +444,13 @@ def prequential(
     ``replay_model="direct"``: the replay's ``model`` lists are this artifact's model alone
     re-ranking the candidates (as ``others`` are), not ``Recommender.recommend``; with the
     diversity cap off they are the job's lists, which ``consistency`` then checks. It saves a
-    second feature build and model pass over every request."""
+    second feature build and model pass over every request.
+
+    ``online``: also the baselines that learn online from the same stream and make their own
+    lists (:mod:`streamrec.evaluation.online_baselines`), as ``online:*`` rankers, and in
+    ``result["paired"]`` per online baseline the model's difference to it on the same tested
+    events (the mean over this artifact and ``others``), with a shopper-bootstrap interval
+    (:mod:`streamrec.evaluation.paired`)."""
     if replay_model not in ("recommend", "direct"):
         raise ValueError(f"replay_model must be 'recommend' or 'direct', not {replay_model!r}")
     evs = sort_log(events)
@@ -509,6 +527,14 @@ def prequential(
         result["model_new_items_only"] = _score(replay.lists[NEW_ONLY], tested, ctx, k)
     result["others"] = {str(other): _score(replay.lists[f"{OTHER}{i}"], tested, ctx, k)
                         for i, other in enumerate(others)}
+    if online:
+        models = [job_lists if job_lists is not None else replay.lists["model"],
+                  *(replay.lists[f"{OTHER}{i}"] for i in range(len(others)))]
+        result["paired"] = {}
+        for name, lists in online_rankers(evs, replay.lists["model"], int(config.ranking.top_k)).items():
+            result["rankers"][name] = _score(lists, tested, ctx, k)
+            result["paired"][name] = compare([{key: lst.items for key, lst in m.items()} for m in models],
+                                             {key: lst.items for key, lst in lists.items()}, tested, k)
     result["top_k"] = int(config.ranking.top_k)
     if not full:  # AUC of a truncated list is not the AUC over the candidates
         for m in [*result["rankers"].values(), result["replay_model"]]:

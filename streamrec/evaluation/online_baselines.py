@@ -1,0 +1,162 @@
+"""Baselines that learn online from the same stream: what any shop can write in an afternoon.
+
+The matrix's other baselines re-rank the job's candidates with the artifact's tables, frozen at
+training time, so they share the job's blind spots. These count as the stream goes, over every
+event of the sorted log (the training half warms them up, as it builds the job's state), and
+make their own lists from everything they have counted, not from the job's candidates:
+
+- ``online:trending``: the items with the highest time-decayed counts (half-life derived from
+  the log by :func:`udfs.timescales.derive_popularity_half_life_ms`, as the job's tables are);
+- ``online:recent``: the shopper's last distinct items, most recent first;
+- ``online:covisit``: co-visitation counted online: each pair of a shopper's events at most
+  :data:`PAIR_WINDOW` events apart counts once both ways; a list scores the neighbours of the
+  shopper's last three distinct items, weighted :data:`LAST_ITEM_WEIGHTS`, each item's
+  :data:`NEIGHBOURS` strongest neighbours only; trending fills the rest;
+- ``online:covisit+recent``: the shopper's recent items first, at most half the list, then
+  ``online:covisit``'s order.
+
+Lists are made at the job's moments (after each held-out event the job lists, in the same
+``(shopper, seq)`` keys), after the event is counted: test-then-train, so the list that
+event ``i`` leads to is tested on event ``i + 1`` and never saw it. The rules are the ones
+``../shared/data/README.md`` reports figures for.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from udfs.events import Event, Id
+from udfs.timescales import derive_popularity_half_life_ms
+
+ONLINE_PREFIX = "online:"
+NAMES = ("online:trending", "online:recent", "online:covisit", "online:covisit+recent")
+PAIR_WINDOW = 5
+"""A shopper's two events count as a pair when at most this many events apart."""
+LAST_ITEM_WEIGHTS = (1.0, 0.6, 0.4)
+"""Weights of the shopper's last, second-last and third-last distinct items in a covisit list."""
+NEIGHBOURS = 50
+"""Strongest neighbours of each item a covisit list draws on."""
+TRENDING_REFRESH = 64
+"""Events between two rebuilds of the trending top list (a list is k items; the counts change slowly)."""
+
+
+@dataclass
+class _Shopper:
+    recent: deque[Id] = field(default_factory=lambda: deque(maxlen=PAIR_WINDOW))
+    """The items of the last :data:`PAIR_WINDOW` events, oldest first (for pairs)."""
+    distinct: list[Id] = field(default_factory=list)
+    """Distinct items, most recent first (for ``recent`` and the covisit query)."""
+
+
+class OnlineBaselines:
+    """Counts from every event it is given; :meth:`lists` ranks from the counts so far."""
+
+    def __init__(self, half_life_ms: int, k: int) -> None:
+        if half_life_ms <= 0 or k <= 0:
+            raise ValueError(f"half_life_ms and k must be positive, not {half_life_ms} and {k}")
+        self.half_life_ms = half_life_ms
+        self.k = k
+        self.co: dict[Id, dict[Id, float]] = defaultdict(dict)
+        self.popularity: dict[Id, float] = {}
+        self.ref_ts: int | None = None
+        self.shoppers: dict[Id, _Shopper] = {}
+        self._top: list[Id] = []
+        self._since_top = TRENDING_REFRESH
+
+    def update(self, e: Event) -> None:
+        """Count one event: its pairs with the shopper's last events, its item's decayed count."""
+        shopper = self.shoppers.get(e.user_id)
+        if shopper is None:
+            shopper = self.shoppers[e.user_id] = _Shopper()
+        item = e.item_id
+        for other in set(shopper.recent):
+            if other != item:
+                row, back = self.co[item], self.co[other]
+                row[other] = row.get(other, 0.0) + 1.0
+                back[item] = back.get(item, 0.0) + 1.0
+        shopper.recent.append(item)
+        if item in shopper.distinct:
+            shopper.distinct.remove(item)
+        shopper.distinct.insert(0, item)
+        del shopper.distinct[max(self.k, len(LAST_ITEM_WEIGHTS)):]
+        if self.ref_ts is None:
+            self.ref_ts = e.ts
+        # Decayed counts valued at ref_ts: an event counts 2 ** ((ts - ref_ts) / half-life), so later
+        # events weigh more without rescaling every count (a rescale keeps the numbers bounded).
+        if e.ts - self.ref_ts > 32 * self.half_life_ms:
+            factor = 2.0 ** (-(e.ts - self.ref_ts) / self.half_life_ms)
+            self.popularity = {i: s * factor for i, s in self.popularity.items() if s * factor > 1e-9}
+            self.ref_ts = e.ts
+        self.popularity[item] = self.popularity.get(item, 0.0) + 2.0 ** ((e.ts - self.ref_ts) / self.half_life_ms)
+        self._since_top += 1
+
+    def trending(self) -> list[Id]:
+        if self._since_top >= TRENDING_REFRESH:
+            self._top = heapq.nlargest(self.k, self.popularity, key=self.popularity.__getitem__)
+            self._since_top = 0
+        return self._top
+
+    def covisit_order(self, user: Id) -> list[Id]:
+        """Neighbours of the shopper's last distinct items by weighted count, best first (ties: first seen)."""
+        shopper = self.shoppers.get(user)
+        scores: dict[Id, float] = {}
+        for weight, item in zip(LAST_ITEM_WEIGHTS, shopper.distinct if shopper else (), strict=False):
+            row = self.co.get(item)
+            if not row:
+                continue
+            strongest = heapq.nlargest(NEIGHBOURS, row.items(), key=lambda kv: kv[1]) if len(row) > NEIGHBOURS \
+                else row.items()
+            for other, count in strongest:
+                scores[other] = scores.get(other, 0.0) + weight * count
+        return heapq.nlargest(self.k, scores, key=scores.__getitem__)
+
+    def lists(self, user: Id) -> dict[str, list[Id]]:
+        """Each baseline's top-k list for ``user`` now."""
+        k = self.k
+        shopper = self.shoppers.get(user)
+        recent = list(shopper.distinct[:k]) if shopper else []
+        trending = self.trending()
+        covisit = _filled(self.covisit_order(user), trending, k)
+        half = _filled(recent[: k // 2], covisit, k)
+        return {"online:trending": list(trending), "online:recent": recent, "online:covisit": covisit,
+                "online:covisit+recent": half}
+
+
+def _filled(head: Iterable[Id], rest: Iterable[Id], k: int) -> list[Id]:
+    """``head``, then ``rest`` without repeats, cut at ``k``."""
+    out: dict[Id, None] = {}
+    for item in head:
+        if len(out) >= k:
+            break
+        out[item] = None
+    for item in rest:
+        if len(out) >= k:
+            break
+        out.setdefault(item, None)
+    return list(out)
+
+
+def online_lists(events: Iterable[Event], list_at: Mapping[tuple[Id, str, int, Id], int], k: int
+                 ) -> dict[str, dict[tuple[Id, int], list[Id]]]:
+    """Every baseline's list per ``(shopper, seq)``, made right after the event that
+    ``list_at`` maps to that seq (keyed ``(item, behavior, ts, shopper)``: the job's held-out
+    lists, whose triggers these are). ``events``: the whole log, sorted by time."""
+    evs = list(events)
+    baselines = OnlineBaselines(derive_popularity_half_life_ms(evs), k)
+    out: dict[str, dict[tuple[Id, int], list[Id]]] = {name: {} for name in NAMES}
+    seen: set[tuple[Id, Id, str, int]] = set()
+    for e in evs:
+        key = (e.user_id, e.item_id, e.behavior, e.ts)
+        if key in seen:  # a redelivery, which the job drops too
+            continue
+        seen.add(key)
+        baselines.update(e)
+        seq = list_at.get((e.item_id, e.behavior, e.ts, e.user_id))
+        if seq is None:
+            continue
+        for name, items in baselines.lists(e.user_id).items():
+            out[name][(e.user_id, seq)] = items
+    return out
