@@ -574,6 +574,23 @@ def test_with_the_redis_store_down_every_route_is_a_503_with_retry_after():
         assert client.get("/livez").status_code == 200
 
 
+
+def test_an_sqlite_file_that_cannot_be_opened_is_a_503_too(tmp_path):
+    """The SQLite store's counterpart of a Redis that is down: each request thread opens its own
+    connection, and a file that cannot be opened then is a 503 with Retry-After, not a 500."""
+    path = tmp_path / "view.sqlite"
+    store = SqliteStore(path, "recs")  # the schema, written on this (the test's) thread's connection
+    for leftover in tmp_path.glob("view.sqlite*"):
+        leftover.unlink()
+    path.mkdir()  # what is at the path now cannot be opened as a database by a request's thread
+    ctx = ServeContext(store=store, follower=StubFollower(), send_event=lambda e: {},  # type: ignore[arg-type]
+                       input_topic="events", access=open_access())
+    with TestClient(build_app(ctx), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        for route in ("/v1/users/42/recommendations", "/healthz", "/readyz"):
+            r = client.get(route)
+            assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, (route, r.status_code, r.text)
+        assert client.get("/livez").status_code == 200
+
 class _LoopWatch:
     """A store that notes each call made on a thread running an event loop (a request would wait on it)."""
 

@@ -162,6 +162,21 @@ def count_trending(bodies: Iterable[str], size: int) -> list[Any]:
     return [ids[k] for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
 
 
+def _sqlite_available(method: Callable[Concatenate[SqliteStore, P], R]) -> Callable[Concatenate[SqliteStore, P], R]:
+    """An SQLite file that cannot be used now (locked past the busy timeout, an I/O error, a full disk,
+    a file that cannot be opened) is :class:`StoreUnavailable`, a 503, as a Redis that is down; other
+    SQLite errors are bugs and stay errors."""
+
+    @functools.wraps(method)
+    def call(self: SqliteStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the SQLite store cannot be used now ({exc})") from exc
+
+    return call
+
+
 class SqliteStore:
     """SQLite file at ``path`` holding the view of ``topic``; a store of another topic is emptied."""
 
@@ -193,10 +208,12 @@ class SqliteStore:
             self._local.con = con
         return con
 
+    @_sqlite_available
     def positions(self) -> dict[int, int]:
         """Next offset to read, by partition."""
         return dict(self._con().execute("SELECT partition, next_offset FROM positions").fetchall())
 
+    @_sqlite_available
     def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int]) -> int:
         """Store ``(record, partition, offset)`` (a later offset replaces a shopper's list) and the
         positions reached, in one transaction; the number of lists written."""
@@ -213,6 +230,7 @@ class SqliteStore:
             raise
         return len(rows)
 
+    @_sqlite_available
     def get(self, user_key: str) -> Stored | None:
         row = self._con().execute("SELECT body, partition, offset FROM lists WHERE user_key=?",
                                   (user_key,)).fetchone()
@@ -220,23 +238,28 @@ class SqliteStore:
             return None
         return Stored(OutputRecord(**json.loads(row[0])), row[1], row[2])
 
+    @_sqlite_available
     def count(self) -> int:
         return int(self._con().execute("SELECT count(*) FROM lists").fetchone()[0])
 
+    @_sqlite_available
     def recent_users(self, limit: int) -> list[Any]:
         """The shoppers whose lists changed last, newest first (the page's picker)."""
         rows = self._con().execute("SELECT body FROM lists ORDER BY stored_at DESC, offset DESC LIMIT ?",
                                    (limit,)).fetchall()
         return [json.loads(b)["user_id"] for (b,) in rows]
 
+    @_sqlite_available
     def trending(self, size: int, window: int) -> list[Any]:
         rows = self._con().execute("SELECT body FROM lists ORDER BY stored_at DESC, offset DESC LIMIT ?",
                                    (window,)).fetchall()
         return count_trending((body for (body,) in rows), size)
 
+    @_sqlite_available
     def catalog_positions(self) -> dict[int, int]:
         return dict(self._con().execute("SELECT partition, next_offset FROM catalog_positions").fetchall())
 
+    @_sqlite_available
     def write_items(self, items: Iterable[CatalogItem], positions: dict[int, int]) -> int:
         latest = latest_per_item(items)
         con = self._con()
@@ -256,6 +279,7 @@ class SqliteStore:
             raise
         return taken
 
+    @_sqlite_available
     def items(self, ids: Iterable[Id]) -> dict[Id, CatalogItem]:
         keys = {catalog_key(i): i for i in ids}
         if not keys:
@@ -265,6 +289,7 @@ class SqliteStore:
                                    list(keys)).fetchall()
         return {keys[k]: item_from_json(body) for k, body in rows}
 
+    @_sqlite_available
     def item_count(self) -> int:
         return int(self._con().execute("SELECT count(*) FROM items").fetchone()[0])
 
