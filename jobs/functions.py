@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from pyflink.common import Row, Time
@@ -23,7 +24,7 @@ from udfs.batching import PreparedRequest, decode_request, encode_request, shard
 from udfs.catalog import COUNTS as CATALOG_COUNTS
 from udfs.catalog import Catalog, CatalogFull, CatalogItem, catalog_key, decode_catalog_item
 from udfs.config import Config
-from udfs.control import ControlRecordError, decode_control
+from udfs.control import ControlRecord, ControlRecordError, decode_control
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.feedback import FEEDBACK_COUNTERS, FeedbackCounters, feedback_for, remember
 from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, BatchedCounters, SampledHistograms
@@ -58,7 +59,8 @@ FEEDBACK_TAG = OutputTag("feedback", KEYED_BYTES_TYPE)
 HISTOGRAMS = ("event_to_list_ms", "model_call_us", "rows_per_call")
 COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_duplicate", "recommendations_emitted",
             "ranking_fallbacks", "ranker_rows", "ranker_micros", "states_trimmed", "catalog_applied",
-            "catalog_stale", "catalog_dead_lettered", *CATALOG_COUNTS, "model_swaps", "model_swaps_refused")
+            "catalog_stale", "catalog_dead_lettered", *CATALOG_COUNTS, "model_swaps", "model_swaps_refused",
+            "model_restore_fallbacks")
 # A million catalog records are a million long-lived tuples: each full cyclic-GC pass would walk
 # them all (as the artifact's tables, see freeze_loaded_objects), so they leave the GC's view in steps.
 GC_FREEZE_EVERY = 50_000
@@ -74,6 +76,18 @@ END_OF_INPUT = 2**63 - 1
 # Counters and histograms pending in Python reach Flink this long after the first event that left
 # them pending, whether or not more events come.
 QUIET_FLUSH_MS = 2000
+
+
+OLDER_MODEL, CONFIG_MODEL = "older_model", "config_model"
+
+
+def restore_fallback(candidates: Sequence[ControlRecord], outcomes: Sequence[SwapOutcome]) -> str | None:
+    """Whether a restore fell back from the model live at the checkpoint (the first candidate): to an
+    older kept one (:data:`OLDER_MODEL`) or to the config's (:data:`CONFIG_MODEL`); None when the
+    first loaded or there was nothing to restore."""
+    if not candidates or (outcomes and outcomes[0].refused is None):
+        return None
+    return OLDER_MODEL if outcomes and outcomes[-1].refused is None else CONFIG_MODEL
 
 
 def dead_letter(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
@@ -394,10 +408,13 @@ class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
         candidates = kept.candidates()
         outcomes = self.models.restore(candidates)
         self._report(outcomes)
-        if not candidates or (len(outcomes) == 1 and outcomes[0].refused is None):
+        fallback = restore_fallback(candidates, outcomes)
+        if fallback is None:
             return
+        self.metrics.inc("model_restore_fallbacks")
+        self.metrics.flush()
         what = f"arm {target}" if target else "live lists"
-        if outcomes and outcomes[-1].refused is None:
+        if fallback == OLDER_MODEL:
             log.error("streamrec restored %s with model %s, older than the checkpoint's newest", what,
                       outcomes[-1].record.model_version)
         else:

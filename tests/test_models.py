@@ -12,6 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from jobs.functions import CONFIG_MODEL, OLDER_MODEL, restore_fallback
 from tests.job_fixtures import covisit_artifact, generated_log
 from udfs.ab import assign_arm, unit_hash
 from udfs.artifact import add_manifest_fields, manifest_sha256
@@ -287,20 +288,26 @@ def test_a_restore_falls_back_past_a_model_that_hangs_or_fails_within_the_timeou
     models = ModelSet(build_recommender(cfg), loader, registry_dir=cfg.ranking.registry_dir, load_timeout_s=1)
     config_model = models.live
     start = time.monotonic()
-    outcomes = models.restore([_announce(own, "v2"), _announce(own, "v1")])
+    candidates = [_announce(own, "v2"), _announce(own, "v1")]
+    outcomes = models.restore(candidates)
     assert time.monotonic() - start < 5
     assert [(o.record.model_version, o.refused) for o in outcomes] == [
         ("v2", "not loaded within ranking.model_load_timeout_s (1 s)"), ("v1", None)]
+    assert restore_fallback(candidates, outcomes) == OLDER_MODEL  # counted as model_restore_fallbacks
+    assert restore_fallback(candidates, outcomes[1:]) is None  # the newest loaded: no fallback
+    assert restore_fallback([], []) is None
     assert models.live is not config_model and models.live.artifact.model_version == "v1"
     # Every candidate fails or hangs: the config's model keeps serving, and the restore still ends in time.
     config_model = build_recommender(cfg)
     (own["v1"] / "vocab.msgpack").write_bytes(b"damaged")
     models = ModelSet(config_model, loader, registry_dir=cfg.ranking.registry_dir, load_timeout_s=1)
     start = time.monotonic()
-    outcomes = models.restore([_announce(own, "v2"), _announce(own, "v1")])
+    candidates = [_announce(own, "v2"), _announce(own, "v1")]
+    outcomes = models.restore(candidates)
     assert time.monotonic() - start < 2 + 3
     assert [(o.record.model_version, "sha256" in (o.refused or "")) for o in outcomes] == [
         ("v2", False), ("v1", True)]
+    assert restore_fallback(candidates, outcomes) == CONFIG_MODEL
     assert models.live is config_model
     loader.release.set()
 
