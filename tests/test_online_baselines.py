@@ -58,6 +58,19 @@ def test_the_last_items_weigh_one_point_six_point_four() -> None:
     assert [i for i in order if str(i).startswith("n")] == ["n3", "n1", "n2"]
 
 
+def test_vsknn_votes_with_the_sessions_that_share_the_shoppers_items() -> None:
+    b = OnlineBaselines(half_life_ms=HOUR, k=4)
+    for user, items in ((1, "AB"), (2, "AB"), (3, "XAE"), (4, "CD"), (5, "CD"), (6, "CD")):
+        for t, item in enumerate(items):
+            b.update(ev(user, item, 10 * user + t))
+    b.update(ev(9, "A", 100))
+    order = b.vsknn_order(9)
+    # Sessions 1-3 hold A; B is in two of them, E and X in one: D (three sessions, none with A) never.
+    assert order[:2] == ["A", "B"] and set(order[2:]) == {"E", "X"}
+    b.update(ev(9, "X", 101))  # X is now the latest item: weight 1, A 1/2; only session 3 holds X
+    assert b.vsknn_order(9)[0] in {"X", "A"} and "D" not in b.vsknn_order(9)
+    assert b.lists(9)["online:vsknn"][:len(b.vsknn_order(9))] == b.vsknn_order(9)
+
 def test_trending_weighs_later_events_more() -> None:
     b = OnlineBaselines(half_life_ms=HOUR, k=2)
     for t in range(3):
@@ -76,6 +89,8 @@ def test_lists_are_made_after_their_event_and_keyed_like_the_jobs() -> None:
     assert out["online:recent"][(1, 1)] == ["A"]  # the redelivery of A changed nothing
     assert out["online:recent"][(1, 2)] == ["C", "A"]
     assert out["online:covisit"][(1, 2)][0] != "C"  # C has no pair yet: it is not its own neighbour
+    with pytest.raises(ValueError, match="unknown online baselines"):
+        online_lists(log, at, 3, names=("online:nope",))
 
 
 def test_paired_verdicts() -> None:
@@ -134,7 +149,7 @@ def test_recent_matches_the_data_readmes_figure(name: str) -> None:
             seq[e.user_id] += 1
             at[(e.item_id, e.behavior, e.ts, e.user_id)] = seq[e.user_id]
         touched[e.user_id].add(e.item_id)
-    recent = online_lists(events, at, 10)["online:recent"]
+    recent = online_lists(events, at, 10, names=("online:recent",))["online:recent"]
     ndcg = np.mean([1 / math.log2(recent[t.list_key].index(t.target) + 2) if t.target in recent[t.list_key] else 0.0
                     for t in tested])
     assert ndcg == pytest.approx(REFERENCE[name], abs=0.0015)

@@ -13,7 +13,13 @@ make their own lists from everything they have counted, not from the job's candi
   shopper's last three distinct items, weighted :data:`LAST_ITEM_WEIGHTS`, each item's
   :data:`NEIGHBOURS` strongest neighbours only; trending fills the rest;
 - ``online:covisit+recent``: the shopper's recent items first, at most half the list, then
-  ``online:covisit``'s order.
+  ``online:covisit``'s order;
+- ``online:vsknn``: V-SKNN (Ludewig & Jannach, "Evaluation of session-based recommendation
+  algorithms", 2018), with its defaults: of the :data:`VSKNN_SAMPLE` most recent other sessions
+  that share an item with the shopper's, the :data:`VSKNN_K` most similar (the shopper's items
+  weighted linearly by position, 1 for the latest) vote for their items with their similarity.
+  A shopper's session is their last :data:`SESSION_ITEMS` distinct items (these logs mark no
+  session ends); trending fills the rest.
 
 Lists are made at the job's moments (after each held-out event the job lists, in the same
 ``(shopper, seq)`` keys), after the event is counted: test-then-train, so the list that
@@ -25,20 +31,28 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from udfs.events import Event, Id
 from udfs.timescales import derive_popularity_half_life_ms
 
 ONLINE_PREFIX = "online:"
-NAMES = ("online:trending", "online:recent", "online:covisit", "online:covisit+recent")
+NAMES = ("online:trending", "online:recent", "online:covisit", "online:covisit+recent", "online:vsknn")
 PAIR_WINDOW = 5
 """A shopper's two events count as a pair when at most this many events apart."""
 LAST_ITEM_WEIGHTS = (1.0, 0.6, 0.4)
 """Weights of the shopper's last, second-last and third-last distinct items in a covisit list."""
 NEIGHBOURS = 50
 """Strongest neighbours of each item a covisit list draws on."""
+VSKNN_K = 100
+"""Neighbour sessions that vote (the paper's default)."""
+VSKNN_SAMPLE = 500
+"""Most recent sessions sharing an item with the shopper's that are compared (the paper's default)."""
+SESSION_ITEMS = 20
+"""A shopper's session for V-SKNN: their last distinct items."""
+ITEM_SESSIONS = 100
+"""Most recent sessions kept per item in the item -> sessions index (bounds the work per list)."""
 TRENDING_REFRESH = 64
 """Events between two rebuilds of the trending top list (a list is k items; the counts change slowly)."""
 
@@ -65,6 +79,10 @@ class OnlineBaselines:
         self.shoppers: dict[Id, _Shopper] = {}
         self._top: list[Id] = []
         self._since_top = TRENDING_REFRESH
+        self.item_sessions: dict[Id, dict[Id, None]] = defaultdict(dict)
+        """Per item, the shoppers whose session holds it, least recently active first."""
+        self.last_active: dict[Id, int] = {}
+        self._clock = 0
 
     def update(self, e: Event) -> None:
         """Count one event: its pairs with the shopper's last events, its item's decayed count."""
@@ -81,7 +99,16 @@ class OnlineBaselines:
         if item in shopper.distinct:
             shopper.distinct.remove(item)
         shopper.distinct.insert(0, item)
-        del shopper.distinct[max(self.k, len(LAST_ITEM_WEIGHTS)):]
+        for gone in shopper.distinct[max(self.k, len(LAST_ITEM_WEIGHTS), SESSION_ITEMS):]:
+            self.item_sessions[gone].pop(e.user_id, None)
+        del shopper.distinct[max(self.k, len(LAST_ITEM_WEIGHTS), SESSION_ITEMS):]
+        self._clock += 1
+        self.last_active[e.user_id] = self._clock
+        sessions = self.item_sessions[item]
+        sessions.pop(e.user_id, None)
+        sessions[e.user_id] = None
+        if len(sessions) > ITEM_SESSIONS:
+            del sessions[next(iter(sessions))]
         if self.ref_ts is None:
             self.ref_ts = e.ts
         # Decayed counts valued at ref_ts: an event counts 2 ** ((ts - ref_ts) / half-life), so later
@@ -113,16 +140,43 @@ class OnlineBaselines:
                 scores[other] = scores.get(other, 0.0) + weight * count
         return heapq.nlargest(self.k, scores, key=scores.__getitem__)
 
-    def lists(self, user: Id) -> dict[str, list[Id]]:
-        """Each baseline's top-k list for ``user`` now."""
+    def vsknn_order(self, user: Id) -> list[Id]:
+        """V-SKNN's items for ``user``'s session, best first."""
+        shopper = self.shoppers.get(user)
+        if shopper is None:
+            return []
+        session = shopper.distinct[:SESSION_ITEMS]
+        n = len(session)
+        weight = {item: (n - pos) / n for pos, item in enumerate(session)}  # the latest item 1, linear down
+        # Similarity through the index: each shared item adds its weight (the sessions' dot product).
+        sim: dict[Id, float] = {}
+        for item in session:
+            w = weight[item]
+            for other in self.item_sessions.get(item, ()):
+                sim[other] = sim.get(other, 0.0) + w
+        sim.pop(user, None)
+        sample = heapq.nlargest(VSKNN_SAMPLE, sim, key=self.last_active.__getitem__)
+        # The most similar of the sample; ties: the more recently active session first.
+        nearest = heapq.nlargest(VSKNN_K, sample, key=lambda u: (sim[u], self.last_active[u]))
+        scores: dict[Id, float] = {}
+        for other in nearest:
+            for item in self.shoppers[other].distinct[:SESSION_ITEMS]:
+                scores[item] = scores.get(item, 0.0) + sim[other]
+        return heapq.nlargest(self.k, scores, key=scores.__getitem__)
+
+    def lists(self, user: Id, names: Collection[str] = NAMES) -> dict[str, list[Id]]:
+        """The top-k list of each baseline in ``names`` for ``user`` now."""
         k = self.k
         shopper = self.shoppers.get(user)
         recent = list(shopper.distinct[:k]) if shopper else []
         trending = self.trending()
-        covisit = _filled(self.covisit_order(user), trending, k)
-        half = _filled(recent[: k // 2], covisit, k)
-        return {"online:trending": list(trending), "online:recent": recent, "online:covisit": covisit,
-                "online:covisit+recent": half}
+        out: dict[str, list[Id]] = {"online:trending": list(trending), "online:recent": recent}
+        if "online:covisit" in names or "online:covisit+recent" in names:
+            out["online:covisit"] = _filled(self.covisit_order(user), trending, k)
+            out["online:covisit+recent"] = _filled(recent[: k // 2], out["online:covisit"], k)
+        if "online:vsknn" in names:
+            out["online:vsknn"] = _filled(self.vsknn_order(user), trending, k)
+        return {name: out[name] for name in names}
 
 
 def _filled(head: Iterable[Id], rest: Iterable[Id], k: int) -> list[Id]:
@@ -139,14 +193,17 @@ def _filled(head: Iterable[Id], rest: Iterable[Id], k: int) -> list[Id]:
     return list(out)
 
 
-def online_lists(events: Iterable[Event], list_at: Mapping[tuple[Id, str, int, Id], int], k: int
-                 ) -> dict[str, dict[tuple[Id, int], list[Id]]]:
+def online_lists(events: Iterable[Event], list_at: Mapping[tuple[Id, str, int, Id], int], k: int,
+                 names: Collection[str] = NAMES) -> dict[str, dict[tuple[Id, int], list[Id]]]:
     """Every baseline's list per ``(shopper, seq)``, made right after the event that
     ``list_at`` maps to that seq (keyed ``(item, behavior, ts, shopper)``: the job's held-out
     lists, whose triggers these are). ``events``: the whole log, sorted by time."""
     evs = list(events)
     baselines = OnlineBaselines(derive_popularity_half_life_ms(evs), k)
-    out: dict[str, dict[tuple[Id, int], list[Id]]] = {name: {} for name in NAMES}
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown:
+        raise ValueError(f"unknown online baselines {unknown}; known: {list(NAMES)}")
+    out: dict[str, dict[tuple[Id, int], list[Id]]] = {name: {} for name in names}
     seen: set[tuple[Id, Id, str, int]] = set()
     for e in evs:
         key = (e.user_id, e.item_id, e.behavior, e.ts)
@@ -157,6 +214,6 @@ def online_lists(events: Iterable[Event], list_at: Mapping[tuple[Id, str, int, I
         seq = list_at.get((e.item_id, e.behavior, e.ts, e.user_id))
         if seq is None:
             continue
-        for name, items in baselines.lists(e.user_id).items():
+        for name, items in baselines.lists(e.user_id, names).items():
             out[name][(e.user_id, seq)] = items
     return out
