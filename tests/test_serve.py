@@ -223,6 +223,43 @@ def test_lookup_adds_title_brand_and_price_where_the_catalog_has_them(served):
     assert health["catalog"]["items"] == 3 and health["catalog"]["ready"] is True
 
 
+
+def test_an_item_the_catalog_now_says_cannot_be_sold_never_leaves_the_api(served):
+    """The stored list is as old as the shopper's last event; the catalog's later word wins at read time."""
+    client, store, ctx, _ = served
+    ctx.catalog_follower = StubFollower()
+    put_list(store, output_value(42, 1, [11, 12, 13, 14]), 0)
+    store.write_items([_cat(11, 1, "Kettle", stock=0), _cat(12, 1, "Mug", deleted=True), _cat(13, 1, "Cup", stock=3)],
+                      {0: 3})
+    body = client.get("/v1/users/42/recommendations").json()
+    assert [i["item_id"] for i in body["items"]] == [13, 14]  # 14: no record, sellable
+    assert body["filtered"] == {"unavailable": 2, "excluded": 0, "other_category": 0} and body["total"] == 2
+    store.write_items([_cat(11, 2, "Kettle", stock=5)], {0: 4})  # back in stock: back in the list
+    assert [i["item_id"] for i in client.get("/v1/users/42/recommendations").json()["items"]] == [11, 13, 14]
+    trending = client.get("/v1/users/someone-new/recommendations").json()
+    assert 12 not in [i["item_id"] for i in trending["items"]] and trending["filtered"]["unavailable"] == 1
+
+
+def test_lookup_takes_n_offset_exclude_and_category(served):
+    client, store, ctx, _ = served
+    ctx.catalog_follower = StubFollower()
+    put_list(store, output_value(42, 1, [1, 2, 3, 4, 5, 6]), 0)
+    store.write_items([_cat(i, 1, f"item {i}", category=7 if i % 2 else 8) for i in range(1, 7)], {0: 6})
+    get = lambda q: client.get(f"/v1/users/42/recommendations?{q}")  # noqa: E731
+    ids = lambda r: [i["item_id"] for i in r.json()["items"]]  # noqa: E731
+    assert ids(get("n=2")) == [1, 2] and ids(get("n=2&offset=2")) == [3, 4] and ids(get("offset=5")) == [6]
+    r = get("exclude=2,5&n=3")
+    assert ids(r) == [1, 3, 4] and r.json()["filtered"]["excluded"] == 2 and r.json()["total"] == 4
+    # the category of an item: the model artifact's first (output_value's items have category 4), then the catalog's
+    ctx.catalog.item_category.clear()
+    r = get("category=7")
+    assert ids(r) == [1, 3, 5] and r.json()["filtered"]["other_category"] == 3
+    for bad, name in (("n=0", "n must"), ("n=abc", "n must"), ("n=1001", "n must"), ("offset=-1", "offset must"),
+                      ("exclude=" + ",".join(map(str, range(201))), "exclude takes"),
+                      ("category=" + "x" * 300, "invalid category")):
+        r = get(bad)
+        assert r.status_code == 400 and name in r.json()["error"], (bad, r.text)
+
 # --- against the real broker ------------------------------------------------------------------
 
 

@@ -8,6 +8,9 @@ Routes:
   list, marked ``"trending": true``. Items the catalog topic has a record of carry its ``title``,
   ``brand`` and ``price`` (and reasons name them by title). An id that breaks the id rule is a
   400 with the reason.
+  Read time: an item the followed catalog says cannot be sold is left out; ``exclude``
+  (comma-separated item ids), ``category``, ``offset`` and ``n`` filter and page the rest, and
+  ``total``, ``offset`` and ``filtered`` say what each step took out (:mod:`streamrec.serve.listing`).
 - ``GET /v1/users/{user_id}/recommendations/stream``: the same body as server-sent events, sent
   now and whenever the shopper's list changes (the live page).
 - ``POST /v1/events``: ``{"user_id", "item_id", "behavior", ["category_id"]}`` -> one behavior
@@ -45,6 +48,7 @@ from starlette.routing import Route
 
 from streamrec.serve.access import Access, AccessGuard
 from streamrec.serve.follower import Follower
+from streamrec.serve.listing import EVERYTHING, ListQuery, ListQueryError, parse_list_query, shown
 from streamrec.serve.metrics import ServeMetrics
 from streamrec.serve.store import Store, StoreUnavailable
 from udfs.catalog import CatalogItem
@@ -197,25 +201,29 @@ def _catalog_records(ctx: ServeContext, items: list[Id], reasons: list[dict[str,
     return ctx.store.items([*items, *named])
 
 
-def lookup(ctx: ServeContext, user: Id) -> dict[str, Any]:
-    """The response body for one shopper (blocking: store reads). Items that are not ids are left out."""
+def lookup(ctx: ServeContext, user: Id, query: ListQuery = EVERYTHING) -> dict[str, Any]:
+    """The response body for one shopper (blocking: store reads). Items that are not ids are left out;
+    the followed catalog's rule, ``query``'s filters and page apply at read time
+    (:mod:`streamrec.serve.listing`)."""
     stored = ctx.store.get(ctx.key_of(user))
     now = int(time.time() * 1000)
     if stored is None:
         trending = [i for i in ctx.trending() if _listable(i)]
         records = _catalog_records(ctx, trending, [])
+        items, counts = shown([_item(ctx.catalog, records, i, None, {"code": "trending"}) for i in trending],
+                              records, query)
         return {"user_id": user, "known": False, "trending": True, "model_version": None, "provider": None,
                 "arm": None, "fallback": None, "seq": None, "generated_at": None, "age_ms": None, "trigger": None,
-                "items": [_item(ctx.catalog, records, i, None, {"code": "trending"}) for i in trending]}
+                "items": items, **counts}
     rec: OutputRecord = stored.record
     listed = [(i, s, r) for i, s, r in zip(rec.items, rec.scores, rec.reasons or [{}] * len(rec.items))
               if _listable(i)]
     records = _catalog_records(ctx, [i for i, _, _ in listed], [r for _, _, r in listed])
+    items, counts = shown([_item(ctx.catalog, records, i, s, r) for i, s, r in listed], records, query)
     return {"user_id": user, "known": True, "trending": False, "model_version": rec.model_version,
             "provider": rec.provider, "arm": rec.arm, "fallback": rec.fallback, "seq": rec.seq,
             "generated_at": rec.generated_at, "age_ms": max(0, now - rec.generated_at), "trigger": rec.trigger,
-            "schema_version": rec.schema_version,
-            "items": [_item(ctx.catalog, records, i, s, r) for i, s, r in listed]}
+            "schema_version": rec.schema_version, "items": items, **counts}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -276,10 +284,11 @@ def build_app(ctx: ServeContext) -> Starlette:
         start = time.perf_counter()
         try:
             user = parse_id(request.path_params["user_id"], "user_id")
-        except BadRequest as exc:
+            query = parse_list_query(request.query_params)
+        except (BadRequest, ListQueryError) as exc:
             metrics.request("recommendations", 400)
             return _error(400, str(exc))
-        body = await run_in_threadpool(lookup, ctx, user)
+        body = await run_in_threadpool(lookup, ctx, user, query)
         response = JSONResponse(body)
         metrics.lookup(time.perf_counter() - start)
         metrics.request("recommendations", 200)
