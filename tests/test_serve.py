@@ -260,6 +260,38 @@ def test_lookup_takes_n_offset_exclude_and_category(served):
         r = get(bad)
         assert r.status_code == 400 and name in r.json()["error"], (bad, r.text)
 
+
+def test_a_lookup_revalidates_with_its_etag_and_changes_with_the_list(served):
+    client, store, ctx, _ = served
+    put_list(store, output_value(42, 1, [1, 2]), 0)
+    first = client.get("/v1/users/42/recommendations")
+    assert first.headers["cache-control"] == "private, no-cache" and first.headers["etag"].startswith('W/"')
+    time.sleep(0.01)  # age_ms moves: the validator does not
+    again = client.get("/v1/users/42/recommendations", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == first.headers["etag"]
+    other_page = client.get("/v1/users/42/recommendations?n=1", headers={"If-None-Match": first.headers["etag"]})
+    assert other_page.status_code == 200  # another answer, another validator
+    put_list(store, output_value(42, 2, [2, 1]), 1)
+    changed = client.get("/v1/users/42/recommendations", headers={"If-None-Match": first.headers["etag"]})
+    assert changed.status_code == 200 and changed.headers["etag"] != first.headers["etag"]
+
+
+def test_a_batch_lookup_answers_each_shopper_in_order_and_is_bounded(served):
+    client, store, ctx, _ = served
+    put_list(store, output_value(42, 1, [1, 2, 3]), 0)
+    put_list(store, output_value(7, 1, [4, 5]), 1)
+    r = client.get("/v1/recommendations?users=7,someone-new,42&n=1")
+    assert r.status_code == 200
+    bodies = r.json()["users"]
+    assert [(b["user_id"], b["known"]) for b in bodies] == [(7, True), ("someone-new", False), (42, True)]
+    assert [i["item_id"] for i in bodies[0]["items"]] == [4] and len(bodies[1]["items"]) <= 1  # n=1 for each
+    single = client.get("/v1/users/42/recommendations?n=1").json()
+    assert {k: v for k, v in bodies[2].items() if k != "age_ms"} == {k: v for k, v in single.items() if k != "age_ms"}
+    for query, message in (("", "at least one"), ("users=" + ",".join(map(str, range(101))), "at most 100"),
+                           ("users=1&n=0", "n must")):
+        bad = client.get(f"/v1/recommendations?{query}")
+        assert bad.status_code == 400 and message in bad.json()["error"], (query, bad.text)
+
 # --- against the real broker ------------------------------------------------------------------
 
 

@@ -11,6 +11,10 @@ Routes:
   Read time: an item the followed catalog says cannot be sold is left out; ``exclude``
   (comma-separated item ids), ``category``, ``offset`` and ``n`` filter and page the rest, and
   ``total``, ``offset`` and ``filtered`` say what each step took out (:mod:`streamrec.serve.listing`).
+  A weak ``ETag`` (all but ``age_ms``) and ``Cache-Control: private, no-cache``: ``If-None-Match``
+  gets a 304 while the answer is unchanged.
+- ``GET /v1/recommendations?users=ID,ID,...``: the same answer for up to 100 shoppers at once, in
+  order, with the same parameters.
 - ``GET /v1/users/{user_id}/recommendations/stream``: the same body as server-sent events, sent
   now and whenever the shopper's list changes (the live page).
 - ``POST /v1/events``: ``{"user_id", "item_id", "behavior", ["category_id"]}`` -> one behavior
@@ -48,7 +52,17 @@ from starlette.routing import Route
 
 from streamrec.serve.access import Access, AccessGuard
 from streamrec.serve.follower import Follower
-from streamrec.serve.listing import EVERYTHING, ListQuery, ListQueryError, parse_list_query, shown
+from streamrec.serve.listing import (
+    CACHE_CONTROL,
+    EVERYTHING,
+    ListQuery,
+    ListQueryError,
+    etag_matches,
+    list_etag,
+    parse_list_query,
+    parse_users,
+    shown,
+)
 from streamrec.serve.metrics import ServeMetrics
 from streamrec.serve.store import Store, StoreUnavailable
 from udfs.catalog import CatalogItem
@@ -289,10 +303,25 @@ def build_app(ctx: ServeContext) -> Starlette:
             metrics.request("recommendations", 400)
             return _error(400, str(exc))
         body = await run_in_threadpool(lookup, ctx, user, query)
-        response = JSONResponse(body)
+        etag = list_etag(body)
+        headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
         metrics.lookup(time.perf_counter() - start)
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            metrics.request("recommendations", 304)
+            return Response(status_code=304, headers=headers)
         metrics.request("recommendations", 200)
-        return response
+        return JSONResponse(body, headers=headers)
+
+    async def batch(request: Request) -> Response:
+        try:
+            users = [parse_id(u, "user_id") for u in parse_users(request.query_params.get("users"))]
+            query = parse_list_query(request.query_params)
+        except (BadRequest, ListQueryError) as exc:
+            metrics.request("batch", 400)
+            return _error(400, str(exc))
+        bodies = await run_in_threadpool(lambda: [lookup(ctx, u, query) for u in users])
+        metrics.request("batch", 200)
+        return JSONResponse({"users": bodies}, headers={"Cache-Control": CACHE_CONTROL})
 
     async def stream(request: Request) -> Response:
         try:
@@ -420,6 +449,7 @@ def build_app(ctx: ServeContext) -> Starlette:
     routes = [
         Route("/v1/users/{user_id}/recommendations", recommendations),
         Route("/v1/users/{user_id}/recommendations/stream", stream),
+        Route("/v1/recommendations", batch),
         Route("/v1/users", users),
         Route("/v1/events", send_event, methods=["POST"]),
         Route("/livez", livez),

@@ -10,6 +10,8 @@ took out, so a storefront can tell a short list from an empty catalog.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,11 @@ MAX_N = 1000
 """Largest page (``n``) a lookup returns."""
 MAX_EXCLUDE = 200
 """Most ids ``exclude`` takes: a cart, not a catalog."""
+MAX_BATCH = 100
+"""Most shoppers one batch lookup takes."""
+CACHE_CONTROL = "private, no-cache"
+"""A shopper's list: a browser may keep it, a shared cache may not, and each use revalidates (a
+304 when the ``ETag`` still matches)."""
 
 
 class ListQueryError(ValueError):
@@ -85,3 +92,29 @@ def shown(items: Sequence[dict[str, Any]], records: Mapping[Id, CatalogItem], qu
         "filtered": {"unavailable": len(items) - len(sellable), "excluded": len(sellable) - len(wanted),
                      "other_category": len(wanted) - len(in_category)},
     }
+
+
+def list_etag(body: Mapping[str, Any]) -> str:
+    """A weak validator of a lookup's answer: everything in it but ``age_ms``, which grows by the
+    millisecond while the list stays the same (a 304 leaves the client its earlier age)."""
+    stable = {k: v for k, v in body.items() if k != "age_ms"}
+    digest = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return f'W/"{digest}"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (or is ``*``); weak comparison."""
+    if not if_none_match:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
+
+
+def parse_users(raw: str | None) -> list[str]:
+    """The ``users`` of a batch lookup, comma-separated, in order, at most :data:`MAX_BATCH`."""
+    users = [u.strip() for u in (raw or "").split(",") if u.strip()]
+    if not users:
+        raise ListQueryError("users must name at least one shopper id (users=ID,ID,...)")
+    if len(users) > MAX_BATCH:
+        raise ListQueryError(f"users takes at most {MAX_BATCH} shopper ids, not {len(users)}")
+    return users
