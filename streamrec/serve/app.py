@@ -24,7 +24,8 @@ Routes:
 - ``GET /livez`` (200 while the process answers), ``GET /readyz`` (503 until the lists' view is rebuilt,
   or while its follower has lost the broker; names each follower and its state; the catalog's does not
   hold readiness back), ``GET /healthz`` (as before: readiness with counts), ``GET /metrics``.
-- ``GET /``: the live storefront page.
+- ``GET /``: the live storefront page; ``GET /openapi.json`` and ``GET /docs``: the OpenAPI 3
+  document of these routes, from their docstrings (:mod:`streamrec.serve.openapi`).
 
 Who may call them is :mod:`streamrec.serve.access`. Store calls run in the thread pool, never on the
 event loop; a store that cannot be reached is a 503 with ``Retry-After`` on every route that reads it.
@@ -64,6 +65,7 @@ from streamrec.serve.listing import (
     shown,
 )
 from streamrec.serve.metrics import ServeMetrics
+from streamrec.serve.openapi import docs_page, openapi_json
 from streamrec.serve.store import Store, StoreUnavailable
 from udfs.catalog import CatalogItem
 from udfs.config import ServeConfig
@@ -295,6 +297,24 @@ def build_app(ctx: ServeContext) -> Starlette:
     metrics = ctx.metrics
 
     async def recommendations(request: Request) -> Response:
+        """
+        ---
+        summary: A shopper's latest list
+        description: The followed catalog's rule at read time, then exclude, category and the page.
+        parameters:
+          - $ref: '#/components/parameters/user_id'
+          - $ref: '#/components/parameters/n'
+          - $ref: '#/components/parameters/offset'
+          - $ref: '#/components/parameters/exclude'
+          - $ref: '#/components/parameters/category'
+        responses:
+          200:
+            description: The list (a shopper without one gets the trending list, known false).
+            content: {application/json: {schema: {$ref: '#/components/schemas/Lookup'}}}
+          304: {description: Unchanged since the ETag in If-None-Match.}
+          400: {$ref: '#/components/responses/BadRequest'}
+          503: {description: The store cannot be reached; Retry-After says when to try again.}
+        """
         start = time.perf_counter()
         try:
             user = parse_id(request.path_params["user_id"], "user_id")
@@ -313,6 +333,22 @@ def build_app(ctx: ServeContext) -> Starlette:
         return JSONResponse(body, headers=headers)
 
     async def batch(request: Request) -> Response:
+        """
+        ---
+        summary: Many shoppers' lists in one call
+        parameters:
+          - $ref: '#/components/parameters/users'
+          - $ref: '#/components/parameters/n'
+          - $ref: '#/components/parameters/offset'
+          - $ref: '#/components/parameters/exclude'
+          - $ref: '#/components/parameters/category'
+        responses:
+          200:
+            description: One answer per shopper, in the order asked.
+            content: {application/json: {schema: {$ref: '#/components/schemas/Batch'}}}
+          400: {$ref: '#/components/responses/BadRequest'}
+          503: {description: The store cannot be reached.}
+        """
         try:
             users = [parse_id(u, "user_id") for u in parse_users(request.query_params.get("users"))]
             query = parse_list_query(request.query_params)
@@ -324,6 +360,15 @@ def build_app(ctx: ServeContext) -> Starlette:
         return JSONResponse({"users": bodies}, headers={"Cache-Control": CACHE_CONTROL})
 
     async def stream(request: Request) -> Response:
+        """
+        ---
+        summary: A shopper's list as server-sent events, now and on every change
+        parameters: [{$ref: '#/components/parameters/user_id'}]
+        responses:
+          200: {description: 'text/event-stream: "list" events with the lookup body, heartbeats between.'}
+          400: {description: A bad id.}
+          503: {description: The store cannot be reached.}
+        """
         try:
             user = parse_id(request.path_params["user_id"], "user_id")
         except BadRequest as exc:
@@ -360,6 +405,22 @@ def build_app(ctx: ServeContext) -> Starlette:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def send_event(request: Request) -> Response:
+        """
+        ---
+        summary: One behavior event into the input topic (only with serve.accept_events)
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/Event'}
+        responses:
+          202: {description: Sent; the topic, partition and offset.}
+          400: {description: A bad body, named.}
+          403: {description: Events are off, or the Origin is not allowed.}
+          413: {description: The body is too large.}
+          415: {description: Not sent as application/json.}
+          503: {description: The broker cannot be reached.}
+        """
         try:
             if not ctx.access.accept_events:
                 raise Refused(403, "sending events is off (serve.accept_events)")
@@ -382,6 +443,16 @@ def build_app(ctx: ServeContext) -> Starlette:
         return JSONResponse({"event": event.to_wire(), "topic": ctx.input_topic, **where}, status_code=202)
 
     async def users(request: Request) -> Response:
+        """
+        ---
+        summary: Shoppers whose lists changed last (only with serve.list_users)
+        parameters:
+          - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 20}}
+        responses:
+          200: {description: The shopper ids, newest first.}
+          400: {description: A bad limit.}
+          403: {description: Listing shoppers is off.}
+        """
         if not ctx.access.list_users:
             metrics.request("users", 403)
             return _error(403, "listing shoppers is off (serve.list_users)")
@@ -397,18 +468,38 @@ def build_app(ctx: ServeContext) -> Starlette:
         return JSONResponse({"users": [u for u in found if _listable(u)]})
 
     async def livez(request: Request) -> Response:
+        """
+        ---
+        summary: Liveness (200 while the process answers)
+        responses: {200: {description: Alive.}}
+        """
         return JSONResponse({"status": "alive"})
 
     async def readyz(request: Request) -> Response:
+        """
+        ---
+        summary: Readiness (200 once the lists' view is rebuilt), each follower's state
+        responses: {200: {description: Ready.}, 503: {description: Catching up, reconnecting, or the store is down.}}
+        """
         ready, body = readiness(ctx)
         body["shoppers"] = await run_in_threadpool(ctx.store.count)  # the store answers, or this is a 503
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def healthz(request: Request) -> Response:
+        """
+        ---
+        summary: Health with counts (kept for compatibility)
+        responses: {200: {description: ok.}, 503: {description: Catching up or degraded.}}
+        """
         ok, body = await run_in_threadpool(health, ctx)
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_text(request: Request) -> Response:
+        """
+        ---
+        summary: Prometheus metrics
+        responses: {200: {description: The text exposition format.}}
+        """
         text = await run_in_threadpool(metrics.render)  # some gauges read the store
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
@@ -456,7 +547,9 @@ def build_app(ctx: ServeContext) -> Starlette:
         Route("/readyz", readyz),
         Route("/healthz", healthz),
         Route("/metrics", metrics_text),
-        Route("/", page),
+        Route("/openapi.json", openapi_json, include_in_schema=False),
+        Route("/docs", docs_page, include_in_schema=False),
+        Route("/", page, include_in_schema=False),
     ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AccessGuard, access=ctx.access)],
                      exception_handlers={404: not_found, 500: internal, StoreUnavailable: store_down})
