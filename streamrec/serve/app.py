@@ -39,8 +39,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -53,9 +53,11 @@ from starlette.routing import Route
 
 from streamrec.serve.access import Access, AccessGuard
 from streamrec.serve.follower import Follower
+from streamrec.serve.guest import MAX_SESSION_EVENTS, GuestRanker
 from streamrec.serve.listing import (
     CACHE_CONTROL,
     EVERYTHING,
+    MAX_N,
     ListQuery,
     ListQueryError,
     etag_matches,
@@ -78,6 +80,11 @@ log = logging.getLogger(__name__)
 SSE_HEARTBEAT_S = 15.0
 TRENDING_REFRESH_S = 1.0
 MAX_EVENT_BODY = 4096
+MAX_SESSION_BODY = 16384
+SIMILAR_N = 10
+"""Neighbours a similar-items answer gives without ``n``."""
+GUEST = "guest"
+"""The user id of a posted session's events (no shopper's state is read or written)."""
 STORE_RETRY_AFTER_S = 5
 """What a 503 for an unreachable store tells the client to wait (Retry-After)."""
 
@@ -130,6 +137,8 @@ class ServeContext:
     access: Access = field(default_factory=lambda: Access.from_config(ServeConfig()))
     """Who may call what (the defaults: loopback hosts, no token, no writes, no shopper listing)."""
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
+    guest: GuestRanker | None = None
+    """The job's recommender over the configured artifact: guest sessions and similar items (None: no artifact)."""
     subscribers: dict[str, set[asyncio.Queue[None]]] = field(default_factory=dict)
     loop: asyncio.AbstractEventLoop | None = None
     _trending: list[Id] | None = None
@@ -217,6 +226,34 @@ def _catalog_records(ctx: ServeContext, items: list[Id], reasons: list[dict[str,
     return ctx.store.items([*items, *named])
 
 
+def _shown_list(ctx: ServeContext, items: Sequence[Any], scores: Sequence[Any], reasons: Sequence[Any] | None,
+                query: ListQuery) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A ranked list's response items (ids only, with the catalog's records) after the read-time rules."""
+    listed = [(i, s, r) for i, s, r in zip(items, scores, reasons or [{}] * len(items)) if _listable(i)]
+    records = _catalog_records(ctx, [i for i, _, _ in listed], [r for _, _, r in listed])
+    return shown([_item(ctx.catalog, records, i, s, r) for i, s, r in listed], records, query)
+
+
+def session_answer(ctx: ServeContext, guest: GuestRanker, events: Sequence[Event], query: ListQuery) -> dict[str, Any]:
+    """A guest session's list (blocking: a model call and store reads), shaped as a lookup's."""
+    record = guest.session_list(events)
+    items, counts = _shown_list(ctx, record["items"], record["scores"], record["reasons"], query)
+    return {"user_id": None, "known": False, "trending": False, "session": True,
+            "model_version": record["model_version"], "provider": record["provider"], "fallback": record["fallback"],
+            "items": items, **counts}
+
+
+def similar_answer(ctx: ServeContext, guest: GuestRanker, item: Id, query: ListQuery) -> dict[str, Any]:
+    """An item's neighbours (blocking: store reads); ``known`` False for an item the artifact never saw."""
+    neighbours = guest.similar(item, MAX_N)
+    pairs = neighbours or []
+    reasons = [{"code": "covisit", "because": item}] * len(pairs)
+    items, counts = _shown_list(ctx, [i for i, _ in pairs], [s for _, s in pairs], reasons,
+                                query if query.n is not None else replace(query, n=SIMILAR_N))
+    return {"item_id": item, "known": neighbours is not None,
+            "model_version": guest.recommender.artifact.model_version, "items": items, **counts}
+
+
 def lookup(ctx: ServeContext, user: Id, query: ListQuery = EVERYTHING) -> dict[str, Any]:
     """The response body for one shopper (blocking: store reads). Items that are not ids are left out;
     the followed catalog's rule, ``query``'s filters and page apply at read time
@@ -232,10 +269,7 @@ def lookup(ctx: ServeContext, user: Id, query: ListQuery = EVERYTHING) -> dict[s
                 "arm": None, "fallback": None, "seq": None, "generated_at": None, "age_ms": None, "trigger": None,
                 "items": items, **counts}
     rec: OutputRecord = stored.record
-    listed = [(i, s, r) for i, s, r in zip(rec.items, rec.scores, rec.reasons or [{}] * len(rec.items))
-              if _listable(i)]
-    records = _catalog_records(ctx, [i for i, _, _ in listed], [r for _, _, r in listed])
-    items, counts = shown([_item(ctx.catalog, records, i, s, r) for i, s, r in listed], records, query)
+    items, counts = _shown_list(ctx, rec.items, rec.scores, rec.reasons, query)
     return {"user_id": user, "known": True, "trending": False, "model_version": rec.model_version,
             "provider": rec.provider, "arm": rec.arm, "fallback": rec.fallback, "seq": rec.seq,
             "generated_at": rec.generated_at, "age_ms": max(0, now - rec.generated_at), "trigger": rec.trigger,
@@ -359,6 +393,69 @@ def build_app(ctx: ServeContext) -> Starlette:
         metrics.request("batch", 200)
         return JSONResponse({"users": bodies}, headers={"Cache-Control": CACHE_CONTROL})
 
+    async def session(request: Request) -> Response:
+        """
+        ---
+        summary: A list for a guest from the items of their session
+        description: The job's candidates, features and model over the configured artifact; the catalog's
+          rule, filters and page as for a lookup.
+        parameters:
+          - $ref: '#/components/parameters/n'
+          - $ref: '#/components/parameters/offset'
+          - $ref: '#/components/parameters/exclude'
+          - $ref: '#/components/parameters/category'
+        requestBody:
+          required: true
+          content: {application/json: {schema: {$ref: '#/components/schemas/Session'}}}
+        responses:
+          200:
+            description: The list, shaped as a lookup's (session true).
+            content: {application/json: {schema: {$ref: '#/components/schemas/Lookup'}}}
+          400: {$ref: '#/components/responses/BadRequest'}
+          404: {description: No model artifact is configured.}
+          413: {description: The body is too large.}
+          415: {description: Not sent as application/json.}
+        """
+        try:
+            guest = _guest(ctx)
+            _json_content(request)
+            events = _session_from_body(await read_body(request, MAX_SESSION_BODY), guest.item_category)
+            query = parse_list_query(request.query_params)
+        except (ClientError, ListQueryError) as exc:
+            status = exc.status if isinstance(exc, ClientError) else 400
+            metrics.request("sessions", status)
+            return _error(status, str(exc))
+        body = await run_in_threadpool(session_answer, ctx, guest, events, query)
+        metrics.request("sessions", 200)
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def similar(request: Request) -> Response:
+        """
+        ---
+        summary: An item's most similar items (co-visitation neighbours the job ranks with)
+        parameters:
+          - {name: item_id, in: path, required: true, schema: {type: string}}
+          - $ref: '#/components/parameters/n'
+          - $ref: '#/components/parameters/offset'
+          - $ref: '#/components/parameters/exclude'
+          - $ref: '#/components/parameters/category'
+        responses:
+          200: {description: 'The neighbours, best first (known false: an item the model never saw).'}
+          400: {$ref: '#/components/responses/BadRequest'}
+          404: {description: No model artifact is configured.}
+        """
+        try:
+            guest = _guest(ctx)
+            item = parse_id(request.path_params["item_id"], "item_id")
+            query = parse_list_query(request.query_params)
+        except (ClientError, ListQueryError) as exc:
+            status = exc.status if isinstance(exc, ClientError) else 400
+            metrics.request("similar", status)
+            return _error(status, str(exc))
+        body = await run_in_threadpool(similar_answer, ctx, guest, item, query)
+        metrics.request("similar", 200)
+        return JSONResponse(body, headers={"Cache-Control": "public, max-age=60"})
+
     async def stream(request: Request) -> Response:
         """
         ---
@@ -424,9 +521,7 @@ def build_app(ctx: ServeContext) -> Starlette:
         try:
             if not ctx.access.accept_events:
                 raise Refused(403, "sending events is off (serve.accept_events)")
-            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if content_type != "application/json":
-                raise Refused(415, "the body must be sent as Content-Type: application/json")
+            _json_content(request)
             event = _event_from_body(await read_body(request, MAX_EVENT_BODY), ctx.catalog)
         except ClientError as exc:
             metrics.request("events", exc.status)
@@ -543,6 +638,8 @@ def build_app(ctx: ServeContext) -> Starlette:
         Route("/v1/recommendations", batch),
         Route("/v1/users", users),
         Route("/v1/events", send_event, methods=["POST"]),
+        Route("/v1/sessions/recommendations", session, methods=["POST"]),
+        Route("/v1/items/{item_id}/similar", similar),
         Route("/livez", livez),
         Route("/readyz", readyz),
         Route("/healthz", healthz),
@@ -575,6 +672,49 @@ def _event_from_body(body: bytes, catalog: Catalog) -> Event:
     if behavior not in BEHAVIORS:
         raise BadRequest(f"behavior must be one of {', '.join(BEHAVIORS)}, got {str(behavior)[:32]!r}")
     return Event(user, item, category, behavior, int(time.time() * 1000))
+
+
+def _guest(ctx: ServeContext) -> GuestRanker:
+    if ctx.guest is None:
+        raise Refused(404, "no model artifact here (ranking.artifact_dir): no guest lists or similar items")
+    return ctx.guest
+
+
+def _json_content(request: Request) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise Refused(415, "the body must be sent as Content-Type: application/json")
+
+
+def _session_from_body(body: bytes, item_category: Mapping[Id, Id]) -> list[Event]:
+    """``{"events": [{"item_id", "behavior"[, "category_id"][, "ts"]}, ...]}``: a guest's session, in order
+    (without ``ts``, stamped now)."""
+    try:
+        obj = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
+    events = obj.get("events") if isinstance(obj, dict) else None
+    if not isinstance(events, list) or not events:
+        raise BadRequest('body must be {"events": [{"item_id", "behavior"[, "category_id"][, "ts"]}, ...]}')
+    if len(events) > MAX_SESSION_EVENTS:
+        raise BadRequest(f"events takes at most {MAX_SESSION_EVENTS}, not {len(events)}")
+    now = int(time.time() * 1000)
+    out = []
+    for i, e in enumerate(events):
+        if not isinstance(e, dict) or "item_id" not in e or "behavior" not in e:
+            raise BadRequest(f"events[{i}] must be an object with item_id and behavior")
+        item = _body_id(e["item_id"], f"events[{i}].item_id")
+        category = _body_id(e["category_id"], f"events[{i}].category_id") if "category_id" in e \
+            else item_category.get(item, 0)
+        if e["behavior"] not in BEHAVIORS:
+            raise BadRequest(f"events[{i}].behavior must be one of {', '.join(BEHAVIORS)}")
+        ts = e.get("ts", now)
+        if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= now + 60_000:
+            raise BadRequest(f"events[{i}].ts must be epoch milliseconds, not after now")
+        out.append(Event(GUEST, item, category, e["behavior"], ts))
+    return out
 
 
 def _body_id(value: Any, name: str) -> Id:

@@ -18,6 +18,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute
 from starlette.schemas import SchemaGenerator
 
+from streamrec.serve.guest import MAX_SESSION_EVENTS
 from streamrec.serve.listing import MAX_BATCH, MAX_EXCLUDE, MAX_N
 from udfs.events import BEHAVIORS
 
@@ -49,6 +50,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Event": {"type": "object", "required": ["user_id", "item_id", "behavior"],
               "properties": {"user_id": {}, "item_id": {}, "category_id": {},
                              "behavior": {"type": "string", "enum": list(BEHAVIORS)}}},
+    "Session": {"type": "object", "required": ["events"], "properties": {"events": {
+        "type": "array", "maxItems": MAX_SESSION_EVENTS, "items": {
+            "type": "object", "required": ["item_id", "behavior"],
+            "properties": {"item_id": {}, "category_id": {}, "ts": {"type": "integer"},
+                           "behavior": {"type": "string", "enum": list(BEHAVIORS)}}}}}},
     "Batch": {"type": "object", "properties": {"users": {"type": "array",
                                                          "items": {"$ref": "#/components/schemas/Lookup"}}}},
     "Lookup": {

@@ -10,6 +10,7 @@ from streamrec.kafka_io import event_record, producer
 from streamrec.serve.access import Access
 from streamrec.serve.app import Catalog, ServeContext, build_app
 from streamrec.serve.follower import CatalogFollower, Follower
+from streamrec.serve.guest import GuestRanker
 from streamrec.serve.store import RedisStore, SqliteStore, Store
 from udfs.artifact import ArtifactError, load_artifact
 from udfs.config import Config
@@ -81,7 +82,8 @@ def build_context(cfg: Config, store_path: str | None = None) -> tuple[ServeCont
     ctx = ServeContext(store=store, follower=follower, catalog_follower=catalog, send_event=sender,
                        input_topic=cfg.kafka.input_topic,
                        trending_size=cfg.serve.trending_size, trending_window=cfg.serve.trending_window,
-                       catalog=load_catalog(cfg.ranking.artifact_dir), key_of=key_of, access=access)
+                       catalog=load_catalog(cfg.ranking.artifact_dir), key_of=key_of, access=access,
+                       guest=GuestRanker.from_config(cfg))
     follower.on_lists = ctx.lists_changed
     catalog.on_lists = ctx.catalog_changed
     return ctx, sender
