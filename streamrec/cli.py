@@ -16,6 +16,7 @@ from pathlib import Path
 
 from jobs.entry import add_run_arguments, run_from_args
 from streamrec import progress, registry
+from streamrec.about import package_version
 from streamrec.benchmark.bench import Bench, BenchSettings, markdown
 from streamrec.benchmark.compare import CompareError, compare
 from streamrec.benchmark.compare import markdown as compare_markdown
@@ -501,6 +502,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamrec", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"streamrec {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("kafka", help="the local Kafka broker (KRaft, loopback)")

@@ -10,7 +10,6 @@ document as a page (no script from elsewhere: the service may run where the inte
 from __future__ import annotations
 
 import html
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from starlette.requests import Request
@@ -18,16 +17,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute
 from starlette.schemas import SchemaGenerator
 
+from streamrec.about import package_version
 from streamrec.serve.guest import MAX_SESSION_EVENTS
 from streamrec.serve.listing import MAX_BATCH, MAX_EXCLUDE, MAX_N
 from udfs.events import BEHAVIORS
-
-
-def _version() -> str:
-    try:
-        return version("streamrec")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "0"
 
 
 def _query(name: str, description: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
@@ -85,7 +78,7 @@ RESPONSES: dict[str, dict[str, Any]] = {
 def generator() -> SchemaGenerator:
     return SchemaGenerator({
         "openapi": "3.0.3",
-        "info": {"title": "streamrec serve", "version": _version(),
+        "info": {"title": "streamrec serve", "version": package_version(),
                  "description": "Per-shopper recommendation lists from the job's output topic."},
         "components": {"parameters": PARAMETERS, "schemas": SCHEMAS, "responses": RESPONSES,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
