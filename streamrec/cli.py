@@ -65,9 +65,10 @@ from udfs.privacy import load_key
 def add_log_flags(p: argparse.ArgumentParser, env: str, default: str = "userbehavior") -> None:
     """--format and the generic CSV layout flags of a command that reads a behavior log."""
     add_flag(p, "--format", f"{ENV_PREFIX}{env}_FORMAT", "userbehavior (the Taobao CSV: user,item,category,"
-             "behavior,ts in s, no header), csv (any CSV: see --columns), generated (msgpack) or auto (msgpack "
-             "by suffix, else CSV)", default=default, choices=list(FORMATS))
-    add_flag(p, "--columns", f"{ENV_PREFIX}{env}_COLUMNS", "with --format csv: the file's columns in order "
+             "behavior,ts in s, no header), csv (any CSV: see --columns), parquet or arrow (a table, Taobao column "
+             "order or --columns), generated (msgpack) or auto (by suffix: msgpack, .parquet, .arrow/.feather; "
+             "else CSV)", default=default, choices=list(FORMATS))
+    add_flag(p, "--columns", f"{ENV_PREFIX}{env}_COLUMNS", "with --format csv, parquet or arrow: the file's columns in order "
              "(user,item,category,behavior,ts; - skips one) or FIELD=NAME|POSITION entries "
              "(user=session,item=item_id,ts=time); category and behavior are optional (0, pv)")
     add_flag(p, "--ts-unit", f"{ENV_PREFIX}{env}_TS_UNIT", "with --format csv: timestamp unit",

@@ -11,7 +11,7 @@ import gzip
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from pathlib import Path
 from typing import IO
@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5
 MSGPACK_SUFFIXES = (".msgpack", ".mpk")
-FORMATS = ("auto", "userbehavior", "csv", "generated")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
+FORMATS = ("auto", "userbehavior", "csv", "generated", "parquet", "arrow")
 LOG_FIELDS = ("user", "item", "category", "behavior", "ts")
 REQUIRED_FIELDS = ("user", "item", "ts")
 TS_UNITS = {"s": 1000, "ms": 1}
@@ -291,6 +293,11 @@ def load_csv(path: str | Path, layout: CsvLayout, *, sort: bool = False, drop_st
                     res.malformed_examples.append((line_no, ev))
                 continue
             parsed.append((line_no, ev))
+    return _kept(res, parsed, sort=sort, drop_stray=drop_stray)
+
+
+def _kept(res: LoadResult, parsed: list[tuple[int, Event]], *, sort: bool, drop_stray: bool) -> LoadResult:
+    """``res`` with the parsed rows, less the stray timestamps (:func:`stray_bounds`), sorted if asked."""
     bounds = stray_bounds([e.ts for _, e in parsed]) if drop_stray else None
     res.bounds_ms = bounds
     events = res.events
@@ -308,6 +315,56 @@ def load_csv(path: str | Path, layout: CsvLayout, *, sort: bool = False, drop_st
     if sort:
         events.sort(key=attrgetter("ts"))
     return res
+
+
+def load_table(path: str | Path, layout: CsvLayout, fmt: str, *, sort: bool = False,
+               drop_stray: bool = True) -> LoadResult:
+    """A Parquet file or an Arrow IPC (Feather) file, laid out as ``layout`` (columns by name or
+    position, as a CSV's header), through pyarrow; every row goes through the CSV loader's row rules
+    (ids, behaviors, timestamps), so a table and its CSV twin load the same events. A timestamp
+    column of Arrow's timestamp type is read as epoch milliseconds, whatever ``--ts-unit`` says.
+
+    pyarrow is imported here, for these formats only (Flink's install brings it)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path) if fmt == "parquet" else ipc.open_file(str(path)).read_all()
+    names = table.column_names
+    parser = _RowParser(replace(layout, header=True), names)
+    ts_col = parser.pos["ts"]
+    if ts_col < len(names) and pa.types.is_timestamp(table.schema.field(ts_col).type):
+        table = table.set_column(ts_col, names[ts_col], table.column(ts_col).cast(pa.timestamp("ms")).cast(pa.int64()))
+        parser.scale = TS_UNITS["ms"]
+    if parser.width > len(names):
+        raise ValueError(f"{path}: the layout needs {parser.width} columns, the table has {len(names)} ({names})")
+    wanted = sorted(set(parser.pos.values()))
+    columns = {i: [_cell(v) for v in table.column(i).to_pylist()] for i in wanted}
+    res = LoadResult()
+    parsed: list[tuple[int, Event]] = []
+    blank = [""] * parser.width
+    for row in range(table.num_rows):
+        parts = list(blank)
+        for i in wanted:
+            parts[i] = columns[i][row]
+        res.rows += 1
+        ev = parser.parse(parts)
+        if isinstance(ev, str):
+            res.malformed += 1
+            if len(res.malformed_examples) < MAX_EXAMPLES:
+                res.malformed_examples.append((row + 1, ev))
+            continue
+        parsed.append((row + 1, ev))
+    return _kept(res, parsed, sort=sort, drop_stray=drop_stray)
+
+
+def _cell(value: object) -> str:
+    """A table value as the CSV text it would be: a whole float (an id column with nulls in it) as an integer."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _chain(first: tuple[int, list[str]], rest: Iterator[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
@@ -370,8 +427,9 @@ def read_events_msgpack(path: str | Path) -> list[Event]:
 def load_events(path: str | Path, fmt: str = "auto", *, sort: bool = False,
                 layout: CsvLayout | None = None) -> list[Event]:
     """A behavior log as events: ``userbehavior`` (the Taobao CSV), ``csv`` (any CSV,
-    laid out as ``layout``), ``generated`` (a msgpack replay file) or ``auto`` (msgpack
-    by suffix, else ``layout`` or the Taobao CSV).
+    laid out as ``layout``), ``parquet`` or ``arrow`` (a table, laid out as ``layout`` or in the
+    Taobao column order), ``generated`` (a msgpack replay file) or ``auto`` (by suffix: msgpack,
+    Parquet, Arrow IPC; else ``layout`` or the Taobao CSV).
 
     ``sort`` orders stably by event time (the published CSV is grouped by user).
     What the CSV loader skipped is logged, and a log with no event left is an
@@ -382,8 +440,8 @@ def load_events(path: str | Path, fmt: str = "auto", *, sort: bool = False,
         raise ValueError(f"unknown log format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt == "csv" and layout is None:
         raise ValueError("--format csv needs --columns (e.g. --columns user,item,category,behavior,ts)")
-    if fmt != "csv" and fmt != "auto" and layout is not None and layout != USERBEHAVIOR:
-        raise ValueError(f"--columns/--ts-unit/--behaviors apply to --format csv, not {fmt}")
+    if fmt not in ("csv", "auto", "parquet", "arrow") and layout is not None and layout != USERBEHAVIOR:
+        raise ValueError(f"--columns/--ts-unit/--behaviors apply to --format csv, parquet and arrow, not {fmt}")
     if not p.is_file():
         raise FileNotFoundError(f"events file not found: {p}")
     if fmt == "generated" or (fmt == "auto" and layout is None and p.suffix in MSGPACK_SUFFIXES):
@@ -391,6 +449,12 @@ def load_events(path: str | Path, fmt: str = "auto", *, sort: bool = False,
         if sort:
             events.sort(key=attrgetter("ts"))
         return events
+    table_fmt = fmt if fmt in ("parquet", "arrow") else "parquet" if fmt == "auto" and p.suffix in PARQUET_SUFFIXES \
+        else "arrow" if fmt == "auto" and p.suffix in ARROW_SUFFIXES else None
+    if table_fmt is not None:
+        result = load_table(p, layout or USERBEHAVIOR, table_fmt, sort=sort)
+        report_load(p, result)
+        return result.events
     result = load_csv(p, layout if fmt in ("csv", "auto") and layout is not None else USERBEHAVIOR, sort=sort)
     report_load(p, result)
     return result.events
