@@ -18,11 +18,17 @@ Each log runs in its own process (one bounded job per PyFlink gateway), ``worker
 of them at once, largest first: a log's run keeps about one core busy, so two at
 once on 2 cores bring the five shared logs from about 40 to 25 minutes.
 
+Two kinds of baselines: the online ones (:mod:`streamrec.evaluation.online_baselines`: counters
+and V-SKNN that learn from every event of the stream and make their own lists) are the ones
+the model must beat; the frozen ones (:data:`FROZEN`: the job's candidates re-ranked by rules
+over the artifact's tables) are diagnostics.
+
 The report gives, per log x ranker x metric, the mean and spread (sample
-standard deviation, min and max) over seeds, and per log whether the model's
-mean beats the best baseline's mean on each metric of :data:`WIN_METRICS`.
-Baselines do not depend on the seed (the candidates and tables come from the
-log alone), so their spread is zero unless the training part changes.
+standard deviation, min and max) over seeds, and per log and metric of
+:data:`WIN_METRICS` a verdict against the best online baseline: win, tie or loss by the 95%
+paired shopper-bootstrap interval of the difference (:mod:`streamrec.evaluation.paired`; the
+model's per-event gain averaged over seeds). Baselines do not depend on the seed, so their
+spread is zero.
 
 ``streamrec evaluate --matrix`` and ``make eval-matrix`` call :func:`run_matrix`.
 """
