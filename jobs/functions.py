@@ -3,7 +3,8 @@
 Element shapes between operators:
 - raw input: Row(topic, partition, offset, timestamp, value: bytes)
 - keyed input (EventEnvelope.java): Row(topic, partition, offset, timestamp, event_ts, value),
-  keyed by the user id as a string (its pseudonym with ``privacy.pseudonymize``)
+  keyed by the user id as a string (its pseudonym with ``privacy.pseudonymize``); with online item
+  knowledge (jobs/items.py) one more field, ``row``: the touched item's fresh co-visitation row
 - outputs (recommendations, dead letters, late events, feedback): Row(key: str, value: bytes)
 """
 
@@ -14,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
 from pyflink.common import Row, Time
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
@@ -44,6 +46,12 @@ RAW_TYPE = Types.ROW_NAMED(
 ENVELOPE_TYPE = Types.ROW_NAMED(
     ["topic", "partition", "offset", "timestamp", "event_ts", "value"],
     [Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
+# The keyed input with online item knowledge: the envelope and the touched item's row (msgpack, b"" for none).
+FRESH_ENVELOPE_TYPE = Types.ROW_NAMED(
+    ["topic", "partition", "offset", "timestamp", "event_ts", "value", "row"],
+    [Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()),
+     Types.PRIMITIVE_ARRAY(Types.BYTE())],
 )
 KEYED_BYTES_TYPE = Types.ROW_NAMED(["key", "value"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 # A scoring request on its way to the batched ranking stage: the shopper, its candidate rows, the
@@ -90,6 +98,26 @@ def restore_fallback(candidates: Sequence[ControlRecord], outcomes: Sequence[Swa
     return OLDER_MODEL if outcomes and outcomes[-1].refused is None else CONFIG_MODEL
 
 
+def value_state_with_ttl(name: str, ttl_s: int) -> ValueStateDescriptor:
+    """A bytes value per key that expires ``ttl_s`` after its last write (processing time)."""
+    ttl = (
+        StateTtlConfig.new_builder(Time.seconds(ttl_s))
+        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+        # PyFlink's default background cleanup builds a RocksDB strategy whose
+        # java.time.Duration needs a py4j gateway, which a TaskManager's thread-mode
+        # worker does not have (FileNotFoundError at open() on a real cluster).
+        # The same cleanup, spelled out without a Duration:
+        .disable_cleanup_in_background()
+        .cleanup_incrementally(10, False)
+        .cleanup_full_snapshot()
+        .build()
+    )
+    desc = ValueStateDescriptor(name, Types.PICKLED_BYTE_ARRAY())
+    desc.enable_time_to_live(ttl)
+    return desc
+
+
 def dead_letter(error: DecodeError, topic: str | None, partition: int | None, offset: int | None,
                 timestamp: int | None, redact: bool = False) -> Row:
     return Row(*dead_letter_record(error, topic, partition, offset, timestamp, redact))
@@ -115,6 +143,15 @@ def flush_ranker_metrics(recommender: Recommender, metrics: BatchedCounters, see
         seen = (rows, micros)
     metrics.flush()
     return seen
+
+
+def fresh_row(value: Row) -> list[Any] | None:
+    """The touched item's fresh co-visitation row riding with the event (FRESH_ENVELOPE_TYPE); None
+    without online item knowledge, or for an event whose item row could not be read."""
+    if len(value) < 7:
+        return None
+    blob = as_bytes(value[6])
+    return msgpack.unpackb(blob, raw=False) if blob else None
 
 
 def as_bytes(value: Any) -> bytes:
@@ -167,22 +204,7 @@ class _Recommending:
         # What became of announcements since MODEL_STATE was last written (only the broadcast side may).
         self._unsaved: list[SwapOutcome] = []
         freeze_loaded_objects()
-        ttl = (
-            StateTtlConfig.new_builder(Time.seconds(cfg.state.ttl_s))
-            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-            # PyFlink's default background cleanup builds a RocksDB strategy whose
-            # java.time.Duration needs a py4j gateway, which a TaskManager's thread-mode
-            # worker does not have (FileNotFoundError at open() on a real cluster).
-            # The same cleanup, spelled out without a Duration:
-            .disable_cleanup_in_background()
-            .cleanup_incrementally(10, False)
-            .cleanup_full_snapshot()
-            .build()
-        )
-        desc = ValueStateDescriptor("user-state", Types.PICKLED_BYTE_ARRAY())
-        desc.enable_time_to_live(ttl)
-        self.state = runtime_context.get_state(desc)
+        self.state = runtime_context.get_state(value_state_with_ttl("user-state", cfg.state.ttl_s))
         # ranker_rows / ranker_micros: rows the model scored and time inside it, for
         # in-job vs model-alone throughput.
         group = runtime_context.get_metrics_group()
@@ -205,6 +227,7 @@ class _Recommending:
             self.pseudonym = key.pseudonym
             log.warning("streamrec pseudonymous user ids: key %s from %s", key.key_id, key.source)
         self.redact_dead_letters = cfg.privacy.redact_dead_letters
+        self.kept_rows = cfg.items.kept_rows
         self.subtask = subtask_index(runtime_context)
         self.feedback = FeedbackCounters(lambda version, arm: BatchedCounters(
             group.add_group("model_version", version).add_group("arm", arm).counter, FEEDBACK_COUNTERS))
@@ -292,7 +315,7 @@ class _Recommending:
             return
         state = UserState.from_bytes(self.state.value())
         recommender, arm = self.models.for_key(key)
-        if not recommender.apply(state, event):
+        if not recommender.apply(state, event, fresh_row(value), self.kept_rows):
             self.metrics.inc("events_duplicate")
             return
         if not self.shard_keys:

@@ -68,9 +68,10 @@ def add_log_flags(p: argparse.ArgumentParser, env: str, default: str = "userbeha
              "behavior,ts in s, no header), csv (any CSV: see --columns), parquet or arrow (a table, Taobao column "
              "order or --columns), generated (msgpack) or auto (by suffix: msgpack, .parquet, .arrow/.feather; "
              "else CSV)", default=default, choices=list(FORMATS))
-    add_flag(p, "--columns", f"{ENV_PREFIX}{env}_COLUMNS", "with --format csv, parquet or arrow: the file's columns in order "
-             "(user,item,category,behavior,ts; - skips one) or FIELD=NAME|POSITION entries "
-             "(user=session,item=item_id,ts=time); category and behavior are optional (0, pv)")
+    add_flag(p, "--columns", f"{ENV_PREFIX}{env}_COLUMNS",
+             "with --format csv, parquet or arrow: the file's columns in order (user,item,category,behavior,ts; "
+             "- skips one) or FIELD=NAME|POSITION entries (user=session,item=item_id,ts=time); "
+             "category and behavior are optional (0, pv)")
     add_flag(p, "--ts-unit", f"{ENV_PREFIX}{env}_TS_UNIT", "with --format csv: timestamp unit",
              default="s", choices=list(TS_UNITS))
     add_flag(p, "--behaviors", f"{ENV_PREFIX}{env}_BEHAVIORS", "with --format csv: the log's behavior names "

@@ -239,7 +239,7 @@ def test_version_1_bytes_upgrade_with_every_field_kept():
     assert update_state(st, Event(1, 12, 3, "cart", T0 + 2000), W_LIMITS)
     assert st.window_counts()["10m"] == [0, 1, 0, 0] and st.counts == [1, 1, 0, 1]
     data = st.to_bytes()
-    assert msgpack.unpackb(data, strict_map_key=False)[0] == STATE_VERSION == 3
+    assert msgpack.unpackb(data, strict_map_key=False)[0] == STATE_VERSION == 4
     assert UserState.from_bytes(data) == st
 
 
@@ -256,7 +256,27 @@ def test_version_2_bytes_upgrade_with_no_last_list():
     assert UserState.from_bytes(back.to_bytes()) == back
 
 
-@pytest.mark.parametrize("version", [0, 4, 99, "2"])
+def test_version_3_bytes_upgrade_with_no_fresh_rows():
+    """A state saved before fresh item rows were kept: everything stays, the artifact's rows serve."""
+    st = fold([ev(i, 100 + i, beh="cart") for i in range(4)], W_LIMITS)
+    st.last_list = [5, "m1", None, [7, 8]]
+    v3 = msgpack.packb([3, st.seq, st.counts, st.affinity, st.ref_ts, st.bought, st.emitted, st.max_ts,
+                        st.windows, st.last_list], use_bin_type=True)
+    back = UserState.from_bytes(v3)
+    assert back == st and back.rows == {}
+    back.rows = {103: [[7, 1.5]]}
+    assert UserState.from_bytes(back.to_bytes()) == back
+
+
+def test_fresh_rows_go_first_when_the_state_is_over_its_bound() -> None:
+    st = fold([ev(i, 100 + i) for i in range(3)], W_LIMITS)
+    st.rows = {102: [[f"{n:0100d}", 1.0] for n in range(60)]}
+    blob, trimmed = st.to_bounded_bytes(4096)
+    assert trimmed and len(blob) <= 4096
+    assert st.rows == {} and len(st.seq) == 3
+
+
+@pytest.mark.parametrize("version", [0, 5, 99, "2"])
 def test_unknown_state_version_raises(version):
     data = msgpack.packb([version, [], [0, 0, 0, 0], {}, 0, [], 0, 0, [[], [], []]])
     with pytest.raises(ValueError, match="unsupported user state version"):

@@ -93,6 +93,12 @@ class Manifest(dict[str, Any]):
         return int(self.train_span["until_ms"])
 
     @property
+    def covisit_window_ms(self) -> int | None:
+        """The co-visitation time window the tables were counted with (None in artifacts older than it)."""
+        value = self.training_config.get("covisit_window_ms")
+        return None if value is None else int(value)
+
+    @property
     def n_candidates(self) -> int:
         return int(self.training_config.get("n_candidates", DEFAULT_N_CANDIDATES))
 

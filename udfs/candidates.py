@@ -167,6 +167,9 @@ def covisit_neighbourhood(
 ) -> tuple[dict[Id, float], list[Id], dict[Id, Id]]:
     """:func:`covisit_scores`, plus per neighbour the source item whose term was largest.
 
+    A source item with a fresh row in the shopper's state (``state.rows``) uses it, else the
+    artifact's row.
+
     Tracked in the same pass (one comparison per table entry), so reasons cost no second
     walk; on a tie the more recent source keeps it. Scores are summed exactly as before."""
     # The hot loop of every event (~500 table entries): plain dicts and local names, and a
@@ -177,6 +180,8 @@ def covisit_neighbourhood(
     sources: list[Id] = []
     seen: set[Id] = set()
     table = tables.covisit
+    # Rows the stream kept learning (udfs/item_knowledge.py) stand in for the artifact's.
+    fresh = state.rows
     cov_get, best_get = cov.get, best.get
     for row in reversed(state.seq):
         source = row[1]
@@ -185,7 +190,8 @@ def covisit_neighbourhood(
         seen.add(source)
         sources.append(source)
         w = BEHAVIOR_WEIGHT[row[3]] * COVISIT_RECENCY_DECAY ** (len(sources) - 1)
-        for other, s in table.get(source, ()):
+        entries = fresh.get(source) if fresh else None
+        for other, s in entries if entries is not None else table.get(source, ()):
             term = w * s
             prev = cov_get(other)
             cov[other] = term if prev is None else prev + term

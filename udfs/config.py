@@ -158,6 +158,34 @@ class CatalogConfig(_Section):
     (catalog_index_evicted)."""
 
 
+class ItemsConfig(_Section):
+    """Item knowledge that learns from the stream (udfs/item_knowledge.py): every event's co-visitation
+    pairs update per-item rows in keyed, checkpointed state, seeded from the artifact's table."""
+
+    online: bool = True
+    """Rows learn from every event (two keyed steps before the recommend function); false: the artifact's
+    table as trained, frozen."""
+    window: int = Field(5, ge=1, le=50)
+    """A shopper's earlier events a new one pairs with (within the artifact's co-visitation window in time)."""
+    max_entries: int = Field(100, ge=1, le=10_000)
+    """Neighbours one item's row keeps; past it the weakest gives its place (Space-Saving)."""
+    emit: int = Field(50, ge=1, le=1000)
+    """Strongest neighbours of the touched item sent on with each event."""
+    kept_rows: int = Field(3, ge=1, le=50)
+    """Fresh rows a shopper keeps in state, for their most recent distinct items (older items use the
+    artifact's rows)."""
+    half_life_s: int = Field(0, ge=0)
+    """Time decay of the rows' counts (0: none, as the artifact's table counts)."""
+    ttl_s: int = Field(30 * 86400, ge=60)
+    """Processing-time TTL of an item's row: items nobody touches cost nothing."""
+
+    @model_validator(mode="after")
+    def _emit_fits(self) -> ItemsConfig:
+        if self.emit > self.max_entries:
+            raise ValueError(f"items.emit ({self.emit}) must not exceed items.max_entries ({self.max_entries})")
+        return self
+
+
 class JobConfig(_Section):
     parallelism: int = Field(1, ge=1, le=256)
     """Flink parallelism of the job."""
@@ -416,6 +444,7 @@ class Config(_Section):
     catalog: CatalogConfig = CatalogConfig()
     job: JobConfig = JobConfig()
     ranking: RankingConfig = RankingConfig()
+    items: ItemsConfig = ItemsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     serve: ServeConfig = ServeConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -452,6 +481,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "catalog": CatalogConfig,
     "job": JobConfig,
     "ranking": RankingConfig,
+    "items": ItemsConfig,
     "privacy": PrivacyConfig,
     "serve": ServeConfig,
     "metrics": MetricsConfig,

@@ -20,6 +20,7 @@ from udfs.catalog import Catalog, CatalogItem
 from udfs.diversity import OFF, cap_per_category
 from udfs.events import Event, Id
 from udfs.features import UserRequest, build_batch
+from udfs.item_knowledge import Entry, keep_row
 from udfs.ranker import OnnxRanker, ProviderChoice, check_scores
 from udfs.reasons import list_reasons
 from udfs.records import SCHEMA_VERSION
@@ -116,10 +117,16 @@ class Recommender:
             return None
         return self.catalog.items
 
-    def apply(self, state: UserState, event: Event) -> bool:
-        """Update state; False for a duplicate event (nothing to emit)."""
+    def apply(self, state: UserState, event: Event, row: list[Entry] | None = None, kept_rows: int = 0) -> bool:
+        """Update state; False for a duplicate event (nothing to emit).
+
+        ``row``: the touched item's co-visitation row as the stream left it (udfs/item_knowledge.py),
+        kept with the shopper's rows of their last ``kept_rows`` items; None without online item
+        knowledge."""
         self.counters.events += 1
         if update_state(state, event, self.limits):
+            if row is not None:
+                keep_row(state, event.item_id, row, kept_rows)
             if self.catalog is not None:
                 self.catalog.touched(event.item_id)
             if self.trending is not None:

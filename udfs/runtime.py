@@ -8,6 +8,7 @@ import logging
 from udfs.artifact import Artifact, load_artifact
 from udfs.catalog import Catalog
 from udfs.config import Config
+from udfs.item_knowledge import ItemKnowledge, ItemKnowledgeParams
 from udfs.ranker import OnnxRanker
 from udfs.recommend import Recommender
 from udfs.state import StateLimits
@@ -38,6 +39,24 @@ def state_settings(limits: StateLimits) -> dict[str, int]:
         "max_bought": limits.max_bought,
         "max_bytes": limits.max_bytes,
     }
+
+
+def item_params(config: Config, artifact: Artifact) -> ItemKnowledgeParams:
+    """How item rows learn: the config's bounds, the time window the artifact's table was counted with
+    (an artifact older than that field: the shopper's sequence window)."""
+    i = config.items
+    window_ms = artifact.manifest.covisit_window_ms
+    return ItemKnowledgeParams(window_ms=window_ms if window_ms is not None else config.state.seq_window_s * 1000,
+                               window=i.window, max_entries=i.max_entries, emit=i.emit,
+                               half_life_ms=i.half_life_s * 1000, kept_rows=i.kept_rows)
+
+
+def item_knowledge(config: Config, artifact: Artifact) -> ItemKnowledge | None:
+    """The in-process item knowledge (peer, replays) the job's keyed steps keep; None when
+    ``items.online`` is off."""
+    if not config.items.online:
+        return None
+    return ItemKnowledge(artifact.tables.covisit, item_params(config, artifact))
 
 
 def build_recommender(config: Config, catalog: bool = False, with_ranker: bool = True) -> Recommender:

@@ -39,7 +39,7 @@ import msgpack
 
 from udfs.events import BEHAVIOR_INDEX, Event, Id
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 _REC = 5  # ints per bucket record in a window list: bucket, pv, cart, fav, buy
 # (label, window length ms, bucket size ms) of the windowed behavior counts.
 WINDOWS: tuple[tuple[str, int, int], ...] = (
@@ -85,12 +85,16 @@ class UserState:
     last_list: list[Any] = field(default_factory=list)
     """The list last emitted for this shopper, ``[seq, model_version, arm, items]`` (empty before the
     first): what the next event is scored against (udfs/feedback.py). Ids only, at most ``top_k``."""
+    rows: dict[Id, list[Any]] = field(default_factory=dict)
+    """Fresh co-visitation rows of the shopper's last few items, as the stream left them when each
+    was touched (udfs/item_knowledge.py): item -> ``[[neighbour, score], ...]``; they stand in for
+    the artifact's rows of those items. Empty without online item knowledge."""
 
     def to_bytes(self) -> bytes:
         # New fields go at the end of the list; from_bytes upgrades older layouts.
         return msgpack.packb(
             [STATE_VERSION, self.seq, self.counts, self.affinity, self.ref_ts, self.bought,
-             self.emitted, self.max_ts, self.windows, self.last_list],
+             self.emitted, self.max_ts, self.windows, self.last_list, self.rows],
             use_bin_type=True,
         )
 
@@ -101,10 +105,15 @@ class UserState:
         makes a full state ~30 KB instead of ~1.5 KB. Over the limit, the oldest quarter of
         the sequence, the bought items and the weakest categories go in turn until it fits;
         counts, windows, the list number and the last list (``top_k`` ids) always stay, so ``seq``
-        never repeats and the next event is still scored against the list it followed.
+        never repeats and the next event is still scored against the list it followed. The fresh
+        item rows go first: the artifact's rows stand in for them.
         """
         blob = self.to_bytes()
         trimmed = False
+        if len(blob) > max_bytes and self.rows:
+            trimmed = True
+            self.rows = {}
+            blob = self.to_bytes()
         while len(blob) > max_bytes and (len(self.seq) > 1 or self.bought or len(self.affinity) > 1):
             trimmed = True
             if len(self.seq) > 1:
@@ -124,6 +133,10 @@ class UserState:
         values = msgpack.unpackb(data, raw=False, strict_map_key=False)
         version = values[0]
         if version == STATE_VERSION:
+            seq, counts, affinity, ref_ts, bought, emitted, max_ts, windows, last_list, rows = values[1:11]
+            return cls(seq, counts, affinity, ref_ts, bought, emitted, max_ts, windows, last_list, rows)
+        if version == 3:
+            # Written before fresh item rows were kept: the artifact's rows serve until the next events.
             seq, counts, affinity, ref_ts, bought, emitted, max_ts, windows, last_list = values[1:10]
             return cls(seq, counts, affinity, ref_ts, bought, emitted, max_ts, windows, last_list)
         if version == 2:

@@ -69,11 +69,12 @@ from udfs.config import Config
 from udfs.events import DecodeError, Event, decode_event, max_event_ts
 from udfs.features import UserRequest
 from udfs.feedback import feedback_for, remember
+from udfs.item_knowledge import ItemKnowledge
 from udfs.kafka_security import python_client_options
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
 from udfs.records import dead_letter_record, encode_feedback_record, encode_output_record, late_event_record
-from udfs.runtime import build_recommender, freeze_loaded_objects
+from udfs.runtime import build_recommender, freeze_loaded_objects, item_knowledge
 from udfs.state import UserState
 from udfs.topics import ensure_topic
 
@@ -117,10 +118,16 @@ class Batcher:
         ttl_s: float = 14 * 86400,
         clock: Callable[[], float] = time.monotonic,
         on_repeat: OnRepeat = "flush",
+        items: ItemKnowledge | None = None,
+        kept_rows: int = 0,
     ) -> None:
         if on_repeat not in ("flush", "copy"):
             raise ValueError(f"on_repeat must be 'flush' or 'copy', not {on_repeat!r}")
         self.recommender = recommender
+        # Online item knowledge, as the job's keyed steps keep it (they see every decoded event,
+        # late ones too, before the recommend function).
+        self.items = items
+        self.kept_rows = kept_rows
         self.on_repeat = on_repeat
         self.out_of_orderness_ms = out_of_orderness_ms
         self.lateness = allowed_lateness_ms
@@ -152,7 +159,8 @@ class Batcher:
     def from_config(cls, recommender: Recommender, config: Config, **kw: Any) -> Batcher:
         j = config.job
         return cls(recommender, out_of_orderness_ms=j.out_of_orderness_ms, allowed_lateness_ms=j.allowed_lateness_ms,
-                   since_ms=j.since_ms, ttl_s=config.state.ttl_s, **kw)
+                   since_ms=j.since_ms, ttl_s=config.state.ttl_s,
+                   items=item_knowledge(config, recommender.artifact), kept_rows=config.items.kept_rows, **kw)
 
     @property
     def watermark(self) -> int:
@@ -183,6 +191,7 @@ class Batcher:
             watermark = self.watermark
             if self.max_ts is None or event.ts > self.max_ts:
                 self.max_ts = event.ts
+            row = self.items.observe(str(event.user_id), event) if self.items is not None else None
             if event.ts < watermark - self.lateness:
                 self.late += 1
                 out.late.append(late_event_record(event, watermark, self.lateness))
@@ -200,7 +209,7 @@ class Batcher:
             else:
                 stored = self.states.get(key)
                 state = UserState.from_bytes(stored[0] if stored else None)
-            if not self.recommender.apply(state, event):
+            if not self.recommender.apply(state, event, row, self.kept_rows):
                 self.duplicates += 1
                 continue
             if pending is not None and event.ts >= self.since_ms:

@@ -80,7 +80,7 @@ from udfs.feedback import OnlineFigures
 from udfs.logs import write_events_msgpack
 from udfs.ranking_metrics import K, list_quality, metrics_from_ranks
 from udfs.records import FeedbackRecord, decode_feedback_record
-from udfs.runtime import build_recommender, state_settings
+from udfs.runtime import build_recommender, item_knowledge, state_settings
 from udfs.state import UserState
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,7 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
     over every request); ``lists["model"]`` is then empty and a caller uses a scorer's lists."""
     t0 = time.perf_counter()
     rec = build_recommender(config)
+    knowledge, kept_rows = item_knowledge(config, rec.artifact), config.items.kept_rows
     top_k = int(config.ranking.top_k)
     since = int(config.job.since_ms)
     states: dict[Id, UserState] = {}
@@ -272,7 +273,8 @@ def replay_lists(events: Sequence[Event], config: Any, *, baselines: Iterable[st
         state = states.get(e.user_id)
         if state is None:
             state = states[e.user_id] = UserState()
-        if not rec.apply(state, e):
+        row = knowledge.observe(e.user_id, e) if knowledge is not None else None
+        if not rec.apply(state, e, row, kept_rows):
             continue
         if e.ts < since:
             continue
