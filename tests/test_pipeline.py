@@ -19,7 +19,7 @@ from udfs.config import load_config
 from udfs.events import Event
 from udfs.reasons import REASON_CODES
 from udfs.records import SCHEMA_VERSION
-from udfs.runtime import build_recommender
+from udfs.runtime import build_recommender, item_knowledge
 from udfs.state import UserState
 
 pytestmark = pytest.mark.flink
@@ -39,11 +39,13 @@ def run_bounded(cfg, rows):
 def reference(cfg, events):
     """The pure-Python path over the same events, user by user in arrival order."""
     rec = build_recommender(cfg)
+    knowledge = item_knowledge(cfg, rec.artifact)
     states: dict = defaultdict(UserState)
     out = []
     for e in events:
         st = states[e.user_id]
-        if rec.apply(st, e) and e.ts >= cfg.job.since_ms:
+        row = knowledge.observe(str(e.user_id), e) if knowledge is not None else None
+        if rec.apply(st, e, row, cfg.items.kept_rows) and e.ts >= cfg.job.since_ms:
             out.extend(rec.recommend([rec.request(st, e)]))
     return out
 
@@ -103,6 +105,37 @@ def test_covisited_item_leads_and_bought_items_never_return(cfg, fixture_artifac
     assert best_neighbour not in last["items"]
 
 
+def test_a_pair_first_seen_in_the_stream_reaches_the_next_list(cfg, fixture_artifact):
+    """Two items never co-visited in training; shoppers touch both in the stream; the next shopper who
+    touches one gets the other, with reason covisit naming the first, on that very event. Without
+    online item knowledge (the artifact's table alone) it does not."""
+    from udfs.artifact import load_artifact
+
+    tables = load_artifact(fixture_artifact).tables
+    anchor = min(tables.covisit, key=lambda i: tables.covisit[i][0][1])
+    # a partner no other source would offer: not trending, not among its category's top items
+    elsewhere = set(tables.trending).union(*tables.category_top.values())
+    partner = next(i for i in tables.item_category if i != anchor and i not in elsewhere
+                   and i not in dict(tables.covisit[anchor]) and anchor not in dict(tables.covisit.get(i, ())))
+    cat_a, cat_p = tables.item_category[anchor], tables.item_category[partner]
+    t = T_START + 10_000_000
+    events = []
+    for n in range(5):
+        events += [Event(f"s{n}", anchor, cat_a, "pv", t + 1000 * n),
+                   Event(f"s{n}", partner, cat_p, "cart", t + 1000 * n + 1)]
+    events.append(Event("newcomer", anchor, cat_a, "pv", t + 60_000))
+
+    def newcomer_list(online: bool) -> dict:
+        c = cfg.model_copy(update={"items": cfg.items.model_copy(update={"online": online})})
+        out = run_bounded(c, event_rows(events, "t"))["recommendations"]
+        return next(r for r in out if r["user_id"] == "newcomer")
+
+    listed = newcomer_list(online=True)
+    assert partner in listed["items"]
+    assert listed["reasons"][listed["items"].index(partner)] == {"code": "covisit", "because": anchor}
+    assert partner not in newcomer_list(online=False)["items"]
+
+
 def test_since_builds_state_but_emits_only_later_events(cfg):
     events = generated_log(300, seed=5)
     cut = events[len(events) // 2].ts
@@ -126,16 +159,17 @@ def _with_ranking(cfg, **ranking):
 def test_out_of_order_within_bounds_gives_the_sorted_streams_final_lists(cfg):
     """Disorder within the configured bounds changes nothing a user ends up with.
 
-    In-stream trending is off here: its top list is refreshed at event-time points
-    that depend on arrival order across users (its own tests cover it). Per-user
-    state must not depend on order, so a final probe event per user, identical in
-    both runs, must get an identical list.
+    In-stream trending and online item knowledge are off here: trending's top list is refreshed
+    at event-time points, and item rows learn pairs, in arrival order across users (their own
+    tests cover them). Per-user state must not depend on order, so a final probe event per
+    user, identical in both runs, must get an identical list.
     """
     import random
 
     disorder_ms = 50_000
     ordered_cfg = _with_ranking(_with_job(cfg, out_of_orderness_ms=disorder_ms, allowed_lateness_ms=disorder_ms),
                                 trending_half_life_s=0)
+    ordered_cfg = ordered_cfg.model_copy(update={"items": ordered_cfg.items.model_copy(update={"online": False})})
     events = sorted(generated_log(1500, seed=41), key=lambda e: e.ts)
     rng = random.Random(7)
     # every event at most disorder_ms behind the newest one seen so far
