@@ -25,10 +25,11 @@ from udfs.catalog import CatalogItem, encode_catalog_item
 from udfs.config import Config, PrivacyConfig, load_config
 from udfs.events import Event, max_event_ts
 from udfs.feedback import feedback_for, remember
+from udfs.item_knowledge import ItemKnowledge
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
 from udfs.records import encode_feedback_record
-from udfs.runtime import build_recommender
+from udfs.runtime import build_recommender, item_knowledge
 from udfs.state import UserState
 
 H = 3_600_000
@@ -41,16 +42,19 @@ def make_config(artifact: Path, **sections: dict[str, Any]) -> Config:
     return load_config(environ={}, overrides=overrides)
 
 
-def job_logic(rec: Recommender, events: Sequence[Event],
-              since_ms: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def job_logic(rec: Recommender, events: Sequence[Event], since_ms: int = 0,
+              items: ItemKnowledge | None = None,
+              kept_rows: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The job's keyed function without Flink (jobs/functions.py ``_recommend``; no lateness here):
-    per event, apply, score against the last list, then rank one event per model call and remember
-    the new list. Returns (lists, feedback records)."""
+    per event, learn the item row (the job's keyed item steps, when ``items`` is given), apply,
+    score against the last list, then rank one event per model call and remember the new list.
+    Returns (lists, feedback records)."""
     states: dict[str, UserState] = {}
     lists, feedback = [], []
     for ev in events:
         st = states.setdefault(str(ev.user_id), UserState())
-        if not rec.apply(st, ev):
+        row = items.observe(str(ev.user_id), ev) if items is not None else None
+        if not rec.apply(st, ev, row, kept_rows):
             continue
         fb = feedback_for(st, ev, since_ms)
         if fb is not None:
@@ -63,8 +67,14 @@ def job_logic(rec: Recommender, events: Sequence[Event],
 
 
 def one_by_one(rec: Recommender, events: Sequence[Event], since_ms: int = 0) -> list[dict[str, Any]]:
-    """The job's lists (:func:`job_logic`)."""
+    """The job's lists (:func:`job_logic`) with item knowledge frozen (the Batchers here are built without it)."""
     return job_logic(rec, events, since_ms)[0]
+
+
+def as_configured(config: Config, events: Sequence[Event]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`job_logic` as ``config`` sets the job up, item knowledge included (what :func:`run_peer` builds)."""
+    rec = build_recommender(config)
+    return job_logic(rec, events, items=item_knowledge(config, rec.artifact), kept_rows=config.items.kept_rows)
 
 
 def by_user_seq(records: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -168,6 +178,24 @@ def test_poll_boundaries_do_not_change_the_lists(fixture_artifact, on_repeat):
     if on_repeat == "copy":
         assert batcher.batches == len(polls)
     assert_same_lists(got, ref, rtol=0)
+
+
+@pytest.mark.parametrize("on_repeat", ["flush", "copy"])
+def test_online_item_rows_across_polls_give_the_jobs_lists(fixture_artifact, on_repeat):
+    """With item rows learning from every event (the default), batching and poll boundaries still
+    change nothing, and the rows do reach the lists: they differ from the frozen table's."""
+    cfg = make_config(fixture_artifact)
+    events = generated_log(300, seed=5)
+    want = as_configured(cfg, events)[0]
+    rec = build_recommender(cfg)
+    batcher = Batcher(rec, on_repeat=on_repeat, items=item_knowledge(cfg, rec.artifact),
+                      kept_rows=cfg.items.kept_rows)
+    got: list[dict[str, Any]] = []
+    for poll in chunks(events, [1, 37, 120, 5]):
+        got += batcher.process(poll).records
+    assert_same_lists(got, want, rtol=0)
+    frozen = one_by_one(build_recommender(cfg), events)
+    assert any(a["items"] != b["items"] for a, b in zip(want, frozen, strict=True))
 
 
 @pytest.mark.parametrize("on_repeat", ["flush", "copy"])
@@ -356,11 +384,12 @@ def test_peer_end_to_end_same_lists_as_the_job_logic(kafka_broker, peer_config, 
     for v in records:
         seqs.setdefault(str(v["user_id"]), []).append(v["seq"])
     assert all(s == list(range(1, len(s) + 1)) for s in seqs.values())
-    assert_same_lists(records, one_by_one(build_recommender(peer_config), events), rtol=0)
+    assert peer_config.items.online, "the default config learns item rows online: the peer must too"
+    want_lists, want = as_configured(peer_config, events)
+    assert_same_lists(records, want_lists, rtol=0)
 
     # The job's feedback work: one record per accepted event after the shopper's first list.
     feedback = [r.value for r in consume(kafka_broker.bootstrap, k.feedback_topic, timeout_s=2)]
-    want = job_logic(build_recommender(peer_config), events)[1]
     assert stats.feedback == len(feedback) == len(want) > 0
     assert sorted(map(str, feedback)) == sorted(map(str, want))
 

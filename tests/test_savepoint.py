@@ -42,7 +42,7 @@ from tests.state_versions import state_version, to_v1_bytes
 from udfs.config import Config, env_var, load_config
 from udfs.events import Event
 from udfs.feedback import remember
-from udfs.runtime import build_recommender
+from udfs.runtime import build_recommender, item_knowledge
 from udfs.state import UserState
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kafka]
@@ -70,21 +70,29 @@ def trigger(r: ConsumedRecord) -> Key:
 
 
 class Replay:
-    """The job's per-event work (``Recommender.apply``/``request``/``recommend``) over a log,
-    with users' state kept in a dict; ``restart`` passes every state through its stored bytes,
-    as a savepoint and restore do (``encode`` rewrites them, e.g. to the v1 layout)."""
+    """The job's per-event work (item rows, ``Recommender.apply``/``request``/``recommend``) over a
+    log, with users' state kept in a dict; ``restart`` passes every state through its stored bytes,
+    as a savepoint and restore do (``encode`` rewrites them, e.g. to the v1 layout). The item rows
+    are keyed state of their own operators: a savepoint keeps them as they are, so they live on."""
 
     def __init__(self, config: Config) -> None:
         self.rec = build_recommender(config)
+        self.items = item_knowledge(config, self.rec.artifact)
+        self.kept_rows = config.items.kept_rows
         self.states: dict[Any, UserState] = {}
 
-    def feed(self, events: Iterable[Event]) -> dict[Key, dict]:
+    def feed(self, events: Iterable[Event], encode: Callable[[bytes], bytes] | None = None) -> dict[Key, dict]:
+        """``encode``: the job stores each user's state through it after every event (an old job's
+        layout, which keeps less: the v1 layout has no item rows, so none carry to the next event)."""
         out = {}
         for e in events:
             st = self.states.setdefault(e.user_id, UserState())
-            if self.rec.apply(st, e):
+            row = self.items.observe(str(e.user_id), e) if self.items is not None else None
+            if self.rec.apply(st, e, row, self.kept_rows):
                 out[key_of(e)] = record = self.rec.recommend([self.rec.request(st, e)])[0]
                 remember(st, record)  # the list the job keeps for online feedback
+            if encode is not None:
+                self.states[e.user_id] = UserState.from_bytes(encode(st.to_bytes()))
         return out
 
     def restart(self, encode: Callable[[bytes], bytes] | None = None) -> None:
@@ -306,7 +314,7 @@ def test_restart_after_upgrade_to_a_new_state_field_keeps_every_users_state(kafk
     events = generated_log(800, seed=51)
     pre, post = events[:400], events[400:]
     replayed = Replay(config)
-    expected = replayed.feed(pre)
+    expected = replayed.feed(pre, to_v1_bytes)  # the old job writes v1 state after every event
     n_pre = len(expected)
     replayed.restart(to_v1_bytes)  # the old job's savepoint: v1 state, no windows
     expected_post = replayed.feed(post)

@@ -111,11 +111,12 @@ def artifact_until_ms(artifact_dir: str | Path) -> int:
 
 
 def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu", top_k: int | None = K,
-               max_per_category: int | None = None) -> Any:
+               max_per_category: int | None = None, online_items: bool = True) -> Any:
     """The job's config for a prequential run: the artifact's state limits and candidate
     count, lists of ``top_k`` (None: all candidates), the diversity cap ``max_per_category``
     (``ranking.max_per_category``, None: its default; the job and the replay both apply it), emission from
-    ``since_ms``, no checkpoints.
+    ``since_ms``, no checkpoints. ``online_items`` is ``items.online``: off, the co-visitation rows stay
+    the artifact's (what the offline evaluation of the training half scores).
 
     The environment and config files are ignored (``environ={}``) so a run is reproducible."""
     manifest = verify_manifest(artifact_dir)
@@ -130,6 +131,7 @@ def job_config(artifact_dir: str | Path, since_ms: int, *, provider: str = "cpu"
                     "trending_half_life_s": 0},
         "job": {"since_ms": int(since_ms), "checkpoint_interval_ms": 0, "parallelism": 1},
         "state": state,
+        "items": {"online": bool(online_items)},
     }
     if max_per_category is not None:
         overrides["ranking"]["max_per_category"] = int(max_per_category)
@@ -431,6 +433,7 @@ def prequential(
     baselines: Iterable[str] = tuple(BASELINES),
     replay_model: str = "recommend",
     online: bool = False,
+    online_items: bool = True,
 ) -> dict[str, Any]:
     """Run the protocol of the module doc; returns metrics per ranker (``model`` from the job
     when ``use_job``, else from the replay) plus candidate recall and a job/replay consistency check.
@@ -452,12 +455,16 @@ def prequential(
     lists (:mod:`streamrec.evaluation.online_baselines`), as ``online:*`` rankers, and in
     ``result["paired"]`` per online baseline the model's difference to it on the same tested
     events (the mean over this artifact and ``others``), with a shopper-bootstrap interval
-    (:mod:`streamrec.evaluation.paired`)."""
+    (:mod:`streamrec.evaluation.paired`).
+
+    ``online_items``: the job's item rows learn from the stream (``items.online``, the default); off,
+    the candidates come from the artifact's frozen tables, as in the offline evaluation."""
     if replay_model not in ("recommend", "direct"):
         raise ValueError(f"replay_model must be 'recommend' or 'direct', not {replay_model!r}")
     evs = sort_log(events)
     since = artifact_until_ms(artifact_dir) if since_ms is None else int(since_ms)
-    config = job_config(artifact_dir, since, provider=provider, top_k=top_k, max_per_category=max_per_category)
+    config = job_config(artifact_dir, since, provider=provider, top_k=top_k, max_per_category=max_per_category,
+                        online_items=online_items)
     scorers = {DIRECT: onnx_session(Path(artifact_dir) / MODEL_FILE)}
     for i, other in enumerate(others):
         check_same_serving(artifact_dir, other)
