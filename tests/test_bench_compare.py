@@ -104,6 +104,17 @@ def test_compare_builds_ref_in_a_worktree_and_alternates_abba(repo: Path, tmp_pa
     assert not result.same_stream and "generators make different streams" in md, "neither tree has a generator"
 
 
+def test_a_relative_out_holds_both_sides_results(repo: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """REF's bench runs in its worktree: a relative --out (the Makefile's) must still land here."""
+    monkeypatch.chdir(tmp_path)
+    result = cmp.compare(repo, "HEAD~1", {"phases": "job"}, Path("rel-out"), repeats=1)
+    assert (tmp_path / "rel-out" / "01-ref" / "results.json").is_file()
+    assert (tmp_path / "rel-out" / "02-this" / "results.json").is_file()
+    assert not (cmp.worktree_dir(repo, result.ref) / "rel-out").exists()
+    assert _order(repo)[0][-1] == str(tmp_path / "rel-out" / "01-ref")
+
+
 def test_a_second_compare_reuses_the_built_tree(repo: Path, tmp_path: Path) -> None:
     first = cmp.compare(repo, "HEAD~1", {"phases": "job"}, tmp_path / "a", repeats=1)
     marker = cmp.worktree_dir(repo, first.ref) / "kept.txt"

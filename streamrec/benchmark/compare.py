@@ -280,9 +280,13 @@ def _fmt(v: float | None) -> str:
 
 def compare(repo: Path, ref: str, values: Mapping[str, Any], out: Path, repeats: int,
             runner: Callable[..., Any] = subprocess.run) -> Comparison:
-    """Build REF, run both benches alternated, write compare.json and compare.md under ``out``."""
+    """Build REF, run both benches alternated, write compare.json and compare.md under ``out``.
+
+    ``out`` is made absolute first: REF's bench runs in its own worktree, where a relative path
+    would put its results (and its artifact) under that tree instead of here."""
     if repeats < 1:
         raise CompareError(f"--compare-repeats must be at least 1, got {repeats}")
+    out = Path(out).resolve()
     commit = resolve(repo, ref)
     sides = [prepare_ref(repo, commit, runner), this_side(repo)]
     argv = bench_argv(values)
