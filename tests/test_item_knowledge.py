@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from streamrec.benchmark.item_state import measure
+from tests.job_fixtures import generated_log
 from udfs.candidates import SRC_COVISIT, CandidateTables, build_tables, generate_candidates
 from udfs.events import Event
 from udfs.item_knowledge import (
@@ -120,3 +122,15 @@ def test_a_pair_first_seen_in_the_stream_reaches_the_next_shoppers_candidates() 
     assert list_reasons(cands, [b]) == [{"code": "covisit", "because": "A"}]
     # the artifact's frozen table alone would not have it
     assert "B" not in generate_candidates(UserState(seq=st.seq, affinity=st.affinity), tables, n=10).items
+
+
+def test_state_cost_report_counts_every_shopper_and_item(fixture_artifact) -> None:
+    """streamrec.benchmark.item_state: one state per shopper, one row per touched item, rows bounded,
+    and the kept fresh rows are what makes a shopper's value larger."""
+    events = generated_log(600, seed=3)
+    report = measure(events, fixture_artifact)
+    assert report["shopper_state_bytes"]["count"] == len({str(e.user_id) for e in events})
+    assert report["item_row_bytes"]["count"] == len({e.item_id for e in events})
+    assert 0 < report["item_row_entries"]["max"] <= report["max_entries"]
+    with_rows, without = report["shopper_state_bytes"], report["shopper_state_bytes_without_rows"]
+    assert with_rows["mean"] > without["mean"] > 0 and with_rows["total_mb"] > without["total_mb"]
