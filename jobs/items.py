@@ -47,6 +47,9 @@ ITEM_MESSAGE_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(), Types.LONG(), _BYTES, _BYTES],
 )
 ITEM_KEYED_TYPE = Types.ROW([Types.STRING(), ITEM_MESSAGE_TYPE])
+# The envelope fields of a pair message (topic, partition, offset, timestamp, event_ts, value): empty,
+# so up to ``items.window`` records per event do not each carry the raw event across two boundaries.
+_NO_ENVELOPE = ("", 0, 0, 0, 0, b"")
 USER_KEYED_FRESH_TYPE = Types.ROW([Types.STRING(), FRESH_ENVELOPE_TYPE])
 
 
@@ -80,8 +83,8 @@ class PairFunction(KeyedProcessFunction):
         recent: list[list[Any]] = msgpack.unpackb(blob, raw=False) if blob else []
         item, weight = event.item_id, behavior_weight(event.behavior)
         earlier = earlier_items(recent, item, event.ts, params.window_ms)
-        for other in earlier:
-            yield Row(str(other), Row("", *envelope, msgpack.packb([other, [[item, weight]], event.ts])))
+        for other in earlier:  # a pair update needs no envelope: item-rows sends nothing on for it
+            yield Row(str(other), Row("", *_NO_ENVELOPE, msgpack.packb([other, [[item, weight]], event.ts])))
         back = [[other, BACKWARD_SHARE * weight] for other in earlier]
         yield Row(str(item), Row(user, *envelope, msgpack.packb([item, back, event.ts])))
         remember(recent, item, event.ts, params.window)
