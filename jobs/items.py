@@ -3,42 +3,36 @@
 A co-visitation row must see every shopper's events, so it lives in state keyed by item; a shopper's
 list needs the rows of the shopper's items, so the event reaches the recommend function, keyed by
 shopper again, with the touched item's row. Thread mode has no cycles and no async I/O, so the three
-steps are keyed operators chained by key (udfs/item_knowledge.py has the logic, and its
-``ItemKnowledge`` the same steps in one process):
+steps are keyed operators chained by key:
 
-    keyed by shopper: PairFunction (the shopper's last items)  --pairs, keyed by item-->
-    keyed by item: ItemRowFunction (each item's row)  --the event and the touched item's row, keyed by shopper-->
+    keyed by shopper: ItemPairs (the shopper's last items)  --pairs, keyed by item-->
+    keyed by item: ItemRows (each item's row)  --the event and the touched item's row, keyed by shopper-->
     the recommend function (jobs/functions.py)
 
-Element shapes: PairFunction sends ``Row(item key, ITEM_MESSAGE_TYPE)``: an event message (``user`` set)
+Both item steps run in the JVM (``jobs/java/io/streamrec/flink/ItemPairs.java``, ``ItemRows.java``):
+as Python functions they added six Python records per event and took the GIL from the recommend
+function, a third of the job's throughput. ``udfs/item_knowledge.py`` holds the same logic in Python
+(the peer and the replays run it) and is the reference the Java steps are tested against
+(``ItemKnowledgeRun.java``, tests/test_item_knowledge_jvm.py).
+
+Element shapes: ItemPairs sends ``Row(item key, ITEM_MESSAGE_TYPE)``: an event message (``user`` set)
 carries the envelope and the pairs for the touched item's row; a pair message (``user`` empty) the
-pairs for an earlier item's row. ItemRowFunction sends ``Row(user key, FRESH_ENVELOPE_TYPE)``.
+pairs for an earlier item's row. ItemRows sends ``Row(user key, FRESH_ENVELOPE_TYPE)``.
 A record that does not decode passes both steps untouched, keyed by its shopper, and becomes a
 dead letter in the recommend function, as without these steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-import msgpack
-from pyflink.common import Row
 from pyflink.common.typeinfo import Types
-from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream import DataStream, KeyedStream
+from pyflink.java_gateway import get_gateway
 
-from jobs.functions import FRESH_ENVELOPE_TYPE, as_bytes, value_state_with_ttl
-from udfs.artifact import load_artifact
+from jobs.functions import FRESH_ENVELOPE_TYPE
+from udfs.artifact import TABLES_FILE, verify_manifest
 from udfs.config import Config
-from udfs.events import DecodeError, decode_event, max_event_ts
-from udfs.item_knowledge import (
-    BACKWARD_SHARE,
-    ItemRow,
-    apply_pairs,
-    behavior_weight,
-    earlier_items,
-    remember,
-)
+from udfs.events import BEHAVIORS
+from udfs.item_knowledge import BACKWARD_SHARE, behavior_weight
 from udfs.runtime import item_params
 
 _BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
@@ -47,75 +41,39 @@ ITEM_MESSAGE_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(), Types.LONG(), _BYTES, _BYTES],
 )
 ITEM_KEYED_TYPE = Types.ROW([Types.STRING(), ITEM_MESSAGE_TYPE])
-# The envelope fields of a pair message (topic, partition, offset, timestamp, event_ts, value): empty,
-# so up to ``items.window`` records per event do not each carry the raw event across two boundaries.
-_NO_ENVELOPE = ("", 0, 0, 0, 0, b"")
 USER_KEYED_FRESH_TYPE = Types.ROW([Types.STRING(), FRESH_ENVELOPE_TYPE])
+_KEY_TYPE = Types.ROW([Types.STRING()])
 
 
-def current_key(ctx: Any) -> str:
-    key = ctx.get_current_key()
-    return str(key[0] if isinstance(key, Row) else key)
+def item_steps(config: Config) -> tuple[object, object]:
+    """The two Java functions, configured: the config's bounds and the verified artifact's time
+    window and table (each worker reads the table at open() and checks it against the manifest)."""
+    path = config.ranking.artifact_dir
+    manifest = verify_manifest(path)
+    params = item_params(config, manifest)
+    gateway = get_gateway()
+    behaviors = gateway.new_array(gateway.jvm.String, len(BEHAVIORS))
+    weights = gateway.new_array(gateway.jvm.double, len(BEHAVIORS))
+    for i, behavior in enumerate(BEHAVIORS):
+        behaviors[i] = behavior
+        weights[i] = behavior_weight(behavior)
+    flink = gateway.jvm.io.streamrec.flink
+    pairs = flink.ItemPairs(params.window_ms, params.window, BACKWARD_SHARE, behaviors, weights,
+                            config.state.ttl_s * 1000)
+    rows = flink.ItemRows(f"{path}/{TABLES_FILE}", manifest["files"][TABLES_FILE], params.max_entries,
+                          params.emit, params.half_life_ms, config.items.ttl_s * 1000)
+    return pairs, rows
 
 
-class PairFunction(KeyedProcessFunction):
-    """Keyed by shopper: pairs a new event with the shopper's last ``items.window`` items."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        cfg = self.config
-        self.params = item_params(cfg, load_artifact(cfg.ranking.artifact_dir))
-        self.max_future_skew_ms = cfg.job.max_future_skew_ms
-        self.state = runtime_context.get_state(value_state_with_ttl("recent-items", cfg.state.ttl_s))
-
-    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
-        user = current_key(ctx)
-        raw = as_bytes(value[5])
-        envelope = (value[0], value[1], value[2], value[3], value[4], raw)
-        event = decode_event(raw, max_event_ts(self.max_future_skew_ms))
-        if isinstance(event, DecodeError):
-            yield Row(user, Row(user, *envelope, b""))
-            return
-        params = self.params
-        blob = self.state.value()
-        recent: list[list[Any]] = msgpack.unpackb(blob, raw=False) if blob else []
-        item, weight = event.item_id, behavior_weight(event.behavior)
-        earlier = earlier_items(recent, item, event.ts, params.window_ms)
-        for other in earlier:  # a pair update needs no envelope: item-rows sends nothing on for it
-            yield Row(str(other), Row("", *_NO_ENVELOPE, msgpack.packb([other, [[item, weight]], event.ts])))
-        back = [[other, BACKWARD_SHARE * weight] for other in earlier]
-        yield Row(str(item), Row(user, *envelope, msgpack.packb([item, back, event.ts])))
-        remember(recent, item, event.ts, params.window)
-        self.state.update(msgpack.packb(recent))
-
-
-class ItemRowFunction(KeyedProcessFunction):
-    """Keyed by item: the item's row, seeded from the artifact's on first touch; an event goes on to
-    its shopper with the touched item's row, fresh."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        cfg = self.config
-        artifact = load_artifact(cfg.ranking.artifact_dir)
-        self.seed = artifact.tables.covisit
-        self.params = item_params(cfg, artifact)
-        self.state = runtime_context.get_state(value_state_with_ttl("item-row", cfg.items.ttl_s))
-
-    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
-        user, envelope, pairs_blob = value[0], tuple(value[1:7]), as_bytes(value[7])
-        if not pairs_blob:  # a record that did not decode: on to the dead letters
-            yield Row(user, Row(*envelope, b""))
-            return
-        item, pairs, ts = msgpack.unpackb(pairs_blob, raw=False)
-        params = self.params
-        blob = self.state.value()
-        row = ItemRow.from_bytes(blob) if blob else ItemRow.seeded(self.seed.get(item, ()), ts, params.max_entries)
-        apply_pairs(row, pairs, ts, params)
-        self.state.update(row.to_bytes())
-        if user:
-            yield Row(user, Row(*envelope, msgpack.packb(row.top(params.emit, params))))
-
+def learn_items(keyed: KeyedStream, config: Config) -> KeyedStream:
+    """The shoppers' events pair up by shopper, the pairs update the rows keyed by item, and each event
+    comes back keyed by its shopper with its item's fresh row; all of it in the JVM."""
+    jvm = get_gateway().jvm
+    key_type = _KEY_TYPE.get_java_type_info()
+    pair_step, row_step = item_steps(config)
+    pairs = (keyed._j_data_stream.process(pair_step, ITEM_KEYED_TYPE.get_java_type_info())
+             .name("item-pairs").uid("item-pairs"))
+    rows = (pairs.keyBy(jvm.KeyByKeySelector(), key_type)
+            .process(row_step, USER_KEYED_FRESH_TYPE.get_java_type_info())
+            .name("item-rows").uid("item-rows"))
+    return KeyedStream(rows.keyBy(jvm.KeyByKeySelector(), key_type), FRESH_ENVELOPE_TYPE, DataStream(rows))

@@ -27,7 +27,6 @@ from jobs.functions import (
     DLQ_TAG,
     ENVELOPE_TYPE,
     FEEDBACK_TAG,
-    FRESH_ENVELOPE_TYPE,
     KEYED_BYTES_TYPE,
     LATE_TAG,
     MODEL_STATE,
@@ -37,7 +36,7 @@ from jobs.functions import (
     RankBatchFunction,
     RecommendFunction,
 )
-from jobs.items import ITEM_KEYED_TYPE, ITEM_MESSAGE_TYPE, USER_KEYED_FRESH_TYPE, ItemRowFunction, PairFunction
+from jobs.items import learn_items
 from jobs.layout import PROJECT_ROOT, PROMETHEUS_FACTORY, cache_dir, prometheus_jar, required_jars
 from udfs.config import Config
 
@@ -266,19 +265,6 @@ def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Sour
                               stage.get_side_output(FEEDBACK_TAG))
     sink.attach(outputs, config)
     return outputs
-
-
-def learn_items(keyed: KeyedStream, config: Config) -> KeyedStream:
-    """Online item knowledge (jobs/items.py): the shoppers' events pair up by shopper, the pairs update
-    the rows keyed by item, and each event comes back keyed by its shopper with its item's fresh row.
-    Both shuffles key in the JVM, as :func:`key_by_user` does."""
-    jvm = get_gateway().jvm
-    key_type = Types.ROW([Types.STRING()]).get_java_type_info()
-    pairs = keyed.process(PairFunction(config), output_type=ITEM_KEYED_TYPE).name("item-pairs").uid("item-pairs")
-    by_item = KeyedStream(pairs._j_data_stream.keyBy(jvm.KeyByKeySelector(), key_type), ITEM_MESSAGE_TYPE, pairs)
-    rows = (by_item.process(ItemRowFunction(config), output_type=USER_KEYED_FRESH_TYPE)
-            .name("item-rows").uid("item-rows"))
-    return KeyedStream(rows._j_data_stream.keyBy(jvm.KeyByKeySelector(), key_type), FRESH_ENVELOPE_TYPE, rows)
 
 
 def shard_keys(env: StreamExecutionEnvironment, config: Config) -> list[str]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgpack
 
+from udfs.config import ItemsConfig
 from udfs.events import BEHAVIOR_INDEX, Event, Id
 from udfs.state import BEHAVIOR_WEIGHT, UserState
 
@@ -57,6 +58,12 @@ class ItemKnowledgeParams:
     """Time decay of the counts (0: none, as the artifact's table)."""
     kept_rows: int = 3
     """Fresh rows a shopper keeps, for their most recent distinct items."""
+
+    @classmethod
+    def configured(cls, items: ItemsConfig, window_ms: int) -> ItemKnowledgeParams:
+        """The ``[items]`` section's bounds (training uses its defaults) over a log's time window."""
+        return cls(window_ms=window_ms, window=items.window, max_entries=items.max_entries, emit=items.emit,
+                   half_life_ms=items.half_life_s * 1000, kept_rows=items.kept_rows)
 
 
 def behavior_weight(behavior: str) -> float:
@@ -136,7 +143,7 @@ class ItemRow:
         """The ``n`` strongest neighbours, best first, valued at the row's latest update."""
         factor = 2.0 ** (-(self.last_ts - self.base_ts) / params.half_life_ms) if params.half_life_ms else 1.0
         best = heapq.nlargest(n, self.scores.items(), key=itemgetter(1))
-        return [[other, round(score * factor, 4)] for other, score in best]
+        return [[other, score * factor] for other, score in best]
 
     def to_bytes(self) -> bytes:
         return msgpack.packb([self.base_ts, self.last_ts, list(self.scores), list(self.scores.values())],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 
-from udfs.artifact import Artifact, load_artifact
+from udfs.artifact import Artifact, Manifest, load_artifact
 from udfs.catalog import Catalog
 from udfs.config import Config
 from udfs.item_knowledge import ItemKnowledge, ItemKnowledgeParams
@@ -41,14 +41,12 @@ def state_settings(limits: StateLimits) -> dict[str, int]:
     }
 
 
-def item_params(config: Config, artifact: Artifact) -> ItemKnowledgeParams:
+def item_params(config: Config, manifest: Manifest) -> ItemKnowledgeParams:
     """How item rows learn: the config's bounds, the time window the artifact's table was counted with
     (an artifact older than that field: the shopper's sequence window)."""
-    i = config.items
-    window_ms = artifact.manifest.covisit_window_ms
-    return ItemKnowledgeParams(window_ms=window_ms if window_ms is not None else config.state.seq_window_s * 1000,
-                               window=i.window, max_entries=i.max_entries, emit=i.emit,
-                               half_life_ms=i.half_life_s * 1000, kept_rows=i.kept_rows)
+    window_ms = manifest.covisit_window_ms
+    return ItemKnowledgeParams.configured(
+        config.items, window_ms if window_ms is not None else config.state.seq_window_s * 1000)
 
 
 def item_knowledge(config: Config, artifact: Artifact) -> ItemKnowledge | None:
@@ -56,7 +54,7 @@ def item_knowledge(config: Config, artifact: Artifact) -> ItemKnowledge | None:
     ``items.online`` is off."""
     if not config.items.online:
         return None
-    return ItemKnowledge(artifact.tables.covisit, item_params(config, artifact))
+    return ItemKnowledge(artifact.tables.covisit, item_params(config, artifact.manifest))
 
 
 def build_recommender(config: Config, catalog: bool = False, with_ranker: bool = True) -> Recommender:
