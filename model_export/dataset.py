@@ -1,7 +1,9 @@
 """Training and evaluation examples, replayed exactly as the stream sees them.
 
-Events are replayed per user in event-time order through :func:`update_state`
-with the job's :class:`StateLimits`. After each accepted event ``e_t`` (the
+Events are replayed in event-time order through the job's item-knowledge updater
+(``udfs/item_knowledge.py``: every event counts its co-visitation pairs first, as the
+job's item steps do) and, per user, :func:`update_state` with the job's
+:class:`StateLimits`. After each accepted event ``e_t`` (the
 state includes it) whose user has a next accepted event ``e_{t+1}``, the
 candidates the job would generate at that moment form one *request*; the
 candidate equal to ``e_{t+1}.item_id`` is the positive.
@@ -22,7 +24,7 @@ across the boundary, as it does in the stream.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,8 +32,10 @@ import numpy as np
 
 from udfs.candidates import Candidates, CandidateTables, build_tables, generate_candidates
 from udfs.catalog import CatalogItem
+from udfs.config import ItemsConfig
 from udfs.events import Event, Id
 from udfs.features import INPUT_NAMES, UserRequest, Vocab, build_batch
+from udfs.item_knowledge import ItemKnowledge, ItemKnowledgeParams, keep_row
 from udfs.state import StateLimits, UserState, update_state
 from udfs.timescales import derive_covisit_window_ms, derive_popularity_half_life_ms, derive_table_period
 
@@ -122,6 +126,8 @@ def sort_events(events: Iterable[Event]) -> list[Event]:
     return sorted(events, key=lambda e: e.ts)
 
 
+# The job's [items] defaults: what training replays with unless told otherwise.
+DEFAULT_ITEMS = ItemsConfig()
 HELD_OUT_SHARE = (0.1, 0.5)  # the default split holds out between 10% and 50% of the events
 
 
@@ -156,37 +162,49 @@ def build_vocab(events: Iterable[Event], min_count: int = 2) -> Vocab:
     return Vocab.build(items, cats, min_count=min_count)
 
 
+@dataclass
+class _Shopper:
+    state: UserState = field(default_factory=UserState)
+    touched: set[Id] = field(default_factory=set)
+    pending: _Pending | None = None
+
+
 def replay_requests(
     events: Sequence[Event],
     tables: CandidateTables | Callable[[int], CandidateTables | None],
     limits: StateLimits,
     n_candidates: int,
+    items: ItemKnowledge | None = None,
 ) -> Iterable[tuple[_Pending, Event]]:
-    """Yield ``(request, next_event)`` for every accepted event with a successor.
+    """Yield ``(request, next_event)`` for every accepted event with a successor, in event-time order
+    (input order breaks ties).
 
-    ``tables`` may be a function of the trigger time (None: make no request)."""
+    ``tables`` may be a function of the trigger time (None: make no request). ``items``: item rows
+    that learn from every event before it (the job's ``items.online``): each event first updates
+    them, as the job's item steps do (a redelivery too), then the shopper keeps the touched item's
+    fresh row, so a request's candidates see the rows as the stream left them, never the next event."""
     choose = tables if callable(tables) else (lambda ts: tables)
-    by_user: dict[Id, list[Event]] = defaultdict(list)
-    for e in events:
-        by_user[e.user_id].append(e)
-    for user_events in by_user.values():
-        user_events.sort(key=lambda e: e.ts)  # stable: input order breaks ties
-        state = UserState()
-        touched: set[Id] = set()
-        pending: _Pending | None = None
-        for e in user_events:
-            if not update_state(state, e, limits):
-                continue  # a redelivery: the job emits nothing and it is no "next event"
-            if pending is not None:
-                pending.touched = e.item_id in touched
-                yield pending, e
-            touched.add(e.item_id)
-            t = choose(e.ts)
-            if t is None:
-                pending = None
-                continue
-            cands = generate_candidates(state, t, n_candidates)
-            pending = _Pending(snapshot(state), cands, e, False, t)
+    shoppers: dict[Id, _Shopper] = {}
+    for e in sorted(events, key=lambda e: e.ts):
+        row = items.observe(e.user_id, e) if items is not None else None
+        shopper = shoppers.get(e.user_id)
+        if shopper is None:
+            shopper = shoppers[e.user_id] = _Shopper()
+        state = shopper.state
+        if not update_state(state, e, limits):
+            continue  # a redelivery: the job emits nothing and it is no "next event"
+        if row is not None and items is not None:
+            keep_row(state, e.item_id, row, items.params.kept_rows)
+        if shopper.pending is not None:
+            shopper.pending.touched = e.item_id in shopper.touched
+            yield shopper.pending, e
+        shopper.touched.add(e.item_id)
+        t = choose(e.ts)
+        if t is None:
+            shopper.pending = None
+            continue
+        cands = generate_candidates(state, t, n_candidates)
+        shopper.pending = _Pending(snapshot(state), cands, e, False, t)
 
 
 def _to_example_set(
@@ -318,6 +336,7 @@ def build_training_data(
     validation_share: float = 0.0,
     max_eval_requests: int | None = None,
     attributes: Mapping[Id, CatalogItem] | None = None,
+    online_items: ItemsConfig | None = DEFAULT_ITEMS,
 ) -> TrainingData:
     """Tables, vocabulary, training and evaluation examples (see module doc).
 
@@ -346,6 +365,12 @@ def build_training_data(
 
     ``attributes``: the catalog's records by item, for the brand and price features
     (``udfs.features.CATALOG_FEATURES``); without it they are 0.
+
+    ``online_items``: the job's item rows that learn from the stream (``[items]``, its defaults unless
+    given; None: off, every row from the point-in-time tables). The replay runs the job's updater over
+    the whole log from empty rows, each event counted before its own request and never before the
+    request that predicts it, so the rows of a shopper's last items at training time are what the job
+    would have had (the job starts from the artifact's table, the same counts, and goes on from there).
     """
     from tqdm import tqdm
 
@@ -398,7 +423,9 @@ def build_training_data(
     late: dict[int, _Collector] = {}
     served: dict[int, _Collector] = {}
     evaluation = _Collector()
-    it = replay_requests(evs, choose, limits, n_candidates)
+    knowledge = (ItemKnowledge({}, ItemKnowledgeParams.configured(online_items, scales["window_ms"]))
+                 if online_items is not None else None)
+    it = replay_requests(evs, choose, limits, n_candidates, knowledge)
     if progress:
         it = tqdm(it, desc="replay", unit="req", mininterval=1.0)
     for p, nxt in it:

@@ -7,9 +7,10 @@ import random
 
 import pytest
 
+from model_export.dataset import replay_requests
 from streamrec.benchmark.item_state import measure
 from tests.job_fixtures import generated_log
-from udfs.candidates import SRC_COVISIT, CandidateTables, build_tables, generate_candidates
+from udfs.candidates import SRC_COVISIT, Candidates, CandidateTables, build_tables, generate_candidates
 from udfs.events import Event
 from udfs.item_knowledge import (
     ItemKnowledge,
@@ -134,3 +135,23 @@ def test_state_cost_report_counts_every_shopper_and_item(fixture_artifact) -> No
     assert 0 < report["item_row_entries"]["max"] <= report["max_entries"]
     with_rows, without = report["shopper_state_bytes"], report["shopper_state_bytes_without_rows"]
     assert with_rows["mean"] > without["mean"] > 0 and with_rows["total_mb"] > without["total_mb"]
+
+
+def test_training_replays_requests_with_the_rows_the_stream_had_then() -> None:
+    """Training runs the job's updater in event order: a request sees every pair counted before it
+    (here, three shoppers' A -> B, after the table was built) and never its own next event's."""
+    tables = CandidateTables(covisit={"A": [("X", 1.0)], "X": [("A", 1.0)]}, trending=["T1", "T2"],
+                             item_category={"A": 1, "B": 1, "X": 1, "T1": 2, "T2": 2})
+    events = [Event(f"s{n}", item, 1, "pv", T0 + 10 * n + k) for n in range(3) for k, item in enumerate("AB")]
+    events += [Event("late", "A", 1, "pv", T0 + 100), Event("late", "C", 1, "pv", T0 + 101)]
+
+    def requests(items: ItemKnowledge | None) -> dict[tuple[str, int], Candidates]:
+        return {(p.trigger.user_id, p.trigger.ts): p.candidates
+                for p, _ in replay_requests(events, tables, StateLimits(), 10, items)}
+
+    online = requests(ItemKnowledge({}, ItemKnowledgeParams(window_ms=HOUR)))
+    late = online[("late", T0 + 100)]
+    assert "B" in late.items and late.sources[late.items.index("B")] & SRC_COVISIT
+    assert "B" not in requests(None)[("late", T0 + 100)].items  # the frozen table alone
+    assert "B" not in online[("s0", T0)].items  # s0's own A -> B is its label, not yet counted
+    assert "B" in online[("s1", T0 + 10)].items  # s0's pair was
