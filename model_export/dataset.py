@@ -175,6 +175,7 @@ def replay_requests(
     limits: StateLimits,
     n_candidates: int,
     items: ItemKnowledge | None = None,
+    items_until: int | None = None,
 ) -> Iterable[tuple[_Pending, Event]]:
     """Yield ``(request, next_event)`` for every accepted event with a successor, in event-time order
     (input order breaks ties).
@@ -182,11 +183,14 @@ def replay_requests(
     ``tables`` may be a function of the trigger time (None: make no request). ``items``: item rows
     that learn from every event before it (the job's ``items.online``): each event first updates
     them, as the job's item steps do (a redelivery too), then the shopper keeps the touched item's
-    fresh row, so a request's candidates see the rows as the stream left them, never the next event."""
+    fresh row, so a request's candidates see the rows as the stream left them, never the next event.
+    From ``items_until`` on, the rows stop learning and requests use ``tables`` alone (held-out
+    requests scored offline, as the artifact ships them)."""
     choose = tables if callable(tables) else (lambda ts: tables)
     shoppers: dict[Id, _Shopper] = {}
     for e in sorted(events, key=lambda e: e.ts):
-        row = items.observe(e.user_id, e) if items is not None else None
+        learning = items is not None and (items_until is None or e.ts < items_until)
+        row = items.observe(e.user_id, e) if learning and items is not None else None
         shopper = shoppers.get(e.user_id)
         if shopper is None:
             shopper = shoppers[e.user_id] = _Shopper()
@@ -195,6 +199,8 @@ def replay_requests(
             continue  # a redelivery: the job emits nothing and it is no "next event"
         if row is not None and items is not None:
             keep_row(state, e.item_id, row, items.params.kept_rows)
+        elif state.rows:
+            state.rows.clear()  # past items_until: the artifact's rows
         if shopper.pending is not None:
             shopper.pending.touched = e.item_id in shopper.touched
             yield shopper.pending, e
@@ -368,9 +374,11 @@ def build_training_data(
 
     ``online_items``: the job's item rows that learn from the stream (``[items]``, its defaults unless
     given; None: off, every row from the point-in-time tables). The replay runs the job's updater over
-    the whole log from empty rows, each event counted before its own request and never before the
+    the training part from empty rows, each event counted before its own request and never before the
     request that predicts it, so the rows of a shopper's last items at training time are what the job
     would have had (the job starts from the artifact's table, the same counts, and goes on from there).
+    Evaluation requests use the artifact's tables alone, as the offline protocol and
+    :func:`held_out_requests` do; ``streamrec evaluate --protocol prequential`` scores the rows learning.
     """
     from tqdm import tqdm
 
@@ -425,7 +433,7 @@ def build_training_data(
     evaluation = _Collector()
     knowledge = (ItemKnowledge({}, ItemKnowledgeParams.configured(online_items, scales["window_ms"]))
                  if online_items is not None else None)
-    it = replay_requests(evs, choose, limits, n_candidates, knowledge)
+    it = replay_requests(evs, choose, limits, n_candidates, knowledge, items_until=until)
     if progress:
         it = tqdm(it, desc="replay", unit="req", mininterval=1.0)
     for p, nxt in it:
