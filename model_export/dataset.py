@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from udfs.candidates import Candidates, CandidateTables, build_tables, generate_candidates
+from udfs.candidates import Candidates, CandidateTables, bought_items_recur, build_tables, generate_candidates
 from udfs.catalog import CatalogItem
 from udfs.config import ItemsConfig
 from udfs.events import Event, Id
@@ -108,6 +108,7 @@ class TrainingData:
     until_ms: int
     table_period_ms: int | None
     covisit_window_ms: int
+    exclude_bought: bool
     popularity_half_life_ms: int
     train_events: int
     train_users: int
@@ -176,6 +177,7 @@ def replay_requests(
     n_candidates: int,
     items: ItemKnowledge | None = None,
     items_until: int | None = None,
+    exclude_bought: bool = True,
 ) -> Iterable[tuple[_Pending, Event]]:
     """Yield ``(request, next_event)`` for every accepted event with a successor, in event-time order
     (input order breaks ties).
@@ -209,7 +211,7 @@ def replay_requests(
         if t is None:
             shopper.pending = None
             continue
-        cands = generate_candidates(state, t, n_candidates)
+        cands = generate_candidates(state, t, n_candidates, exclude_bought=exclude_bought)
         shopper.pending = _Pending(snapshot(state), cands, e, False, t)
 
 
@@ -433,7 +435,9 @@ def build_training_data(
     evaluation = _Collector()
     knowledge = (ItemKnowledge({}, ItemKnowledgeParams.configured(online_items, scales["window_ms"]))
                  if online_items is not None else None)
-    it = replay_requests(evs, choose, limits, n_candidates, knowledge, items_until=until)
+    exclude_bought = not bought_items_recur(train_events)
+    it = replay_requests(evs, choose, limits, n_candidates, knowledge, items_until=until,
+                         exclude_bought=exclude_bought)
     if progress:
         it = tqdm(it, desc="replay", unit="req", mininterval=1.0)
     for p, nxt in it:
@@ -498,6 +502,7 @@ def build_training_data(
         until_ms=until,
         table_period_ms=period,
         covisit_window_ms=scales["window_ms"],
+        exclude_bought=exclude_bought,
         popularity_half_life_ms=scales["popularity_half_life_ms"],
         train_events=len(train_events),
         train_users=len({e.user_id for e in train_events}),
@@ -517,6 +522,7 @@ def held_out_requests(
     n_candidates: int,
     seq_len: int,
     attributes: Mapping[Id, CatalogItem] | None = None,
+    exclude_bought: bool = True,
 ) -> ExampleSet:
     """The held-out requests of ``events`` (trigger at/after ``until_ms``) as a given artifact
     would serve them: its vocabulary, its candidate tables and state limits, every candidate,
@@ -527,7 +533,7 @@ def held_out_requests(
     evs = sort_events(events)
     choose: Callable[[int], CandidateTables | None] = lambda ts: tables if ts >= until_ms else None  # noqa: E731
     out = _Collector()
-    for p, nxt in replay_requests(evs, choose, limits, n_candidates):
+    for p, nxt in replay_requests(evs, choose, limits, n_candidates, exclude_bought=exclude_bought):
         if p.trigger.ts < until_ms:
             continue
         labels = [1.0 if item == nxt.item_id else 0.0 for item in p.candidates.items]

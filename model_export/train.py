@@ -387,6 +387,7 @@ def train_model(
                 "popularity_negatives": popularity_negatives, "force_positive": force_positive,
                 "table_period_ms": data.table_period_ms,
                 "covisit_window_ms": data.covisit_window_ms,
+                "exclude_bought": data.exclude_bought,
                 "popularity_half_life_ms": data.popularity_half_life_ms,
                 "table_period_requested": table_period_ms,
                 "loss": loss, "novel_weight": novel_weight, "novel_share": novel_share,

@@ -242,7 +242,7 @@ def held_out_batches(artifact_dir: str | Path, events: Iterable[Any], n_requests
     limits, n_cand, until = art.manifest.state_limits, art.manifest.n_candidates, art.manifest.until_ms
     reqs: list[UserRequest] = []
     for pending, _ in replay_requests(sort_events(events), lambda ts: art.tables if ts >= until else None,
-                                      limits, n_cand):
+                                      limits, n_cand, exclude_bought=art.manifest.exclude_bought):
         if len(pending.candidates.items) == 0:
             continue
         reqs.append(UserRequest(pending.state, pending.candidates, pending.trigger))

@@ -97,7 +97,8 @@ def score(events: Sequence[Event], until_ms: int, artifact_dir: str | Path, *, c
                          "give the catalog with --catalog, or its scores would be those of a model without them")
     es = held_out_requests(events, until_ms, vocab=art.vocab, tables=art.tables, limits=m.state_limits,
                            n_candidates=m.n_candidates, seq_len=art.seq_len,
-                           attributes=attributes if m.catalog_features else None)
+                           attributes=attributes if m.catalog_features else None,
+                           exclude_bought=m.exclude_bought)
     session = onnx_session(art.model_path, threads=threads)
     result = evaluate(es, {"model": predict_onnx(session, es)}, catalog_size=catalog_size)
     return result

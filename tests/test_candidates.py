@@ -1,6 +1,13 @@
-"""Candidate generation: co-visitation learned from sequences, no bought items, cold start."""
+"""Candidate generation: co-visitation learned from sequences, bought items as the log says, cold start."""
 
-from udfs.candidates import SRC_COVISIT, SRC_RECENT, SRC_TRENDING, build_tables, generate_candidates
+from udfs.candidates import (
+    SRC_COVISIT,
+    SRC_RECENT,
+    SRC_TRENDING,
+    bought_items_recur,
+    build_tables,
+    generate_candidates,
+)
 from udfs.events import Event
 from udfs.state import StateLimits, UserState, update_state
 
@@ -39,6 +46,28 @@ def test_candidates_follow_covisit_and_exclude_bought():
     assert 13 not in c.items  # bought
     assert 10 in c.items and c.sources[c.items.index(10)] & SRC_RECENT
     assert len(c.items) == len(set(c.items)) <= 10
+    kept = generate_candidates(st, tables, n=10, exclude_bought=False)
+    assert 13 in kept.items and kept.sources[kept.items.index(13)] & SRC_RECENT
+
+
+def shop(rebuy: bool) -> list[Event]:
+    """Shoppers who view three items, buy one, view the others again, and then buy the same item
+    again (consumables) or view a fourth (durable goods)."""
+    log: list[Event] = []
+    for user in range(20):
+        items = [100 + user, 200 + user, 300 + user]
+        log += seq(user, items, start=user * 100)
+        log += seq(user, [items[0]], start=user * 100 + 10, beh="buy")
+        log += seq(user, items[1:], start=user * 100 + 20)
+        log += seq(user, [items[0] if rebuy else 400 + user], start=user * 100 + 30, beh="buy" if rebuy else "pv")
+    return sorted(log, key=lambda e: e.ts)
+
+
+def test_the_log_decides_whether_bought_items_stay_candidates():
+    assert bought_items_recur(shop(rebuy=True))
+    assert not bought_items_recur(shop(rebuy=False))
+    # one behavior only, nothing touched twice (reviews): nothing to gain from bought items
+    assert not bought_items_recur([e for u in range(5) for e in seq(u, [u * 10 + i for i in range(4)], beh="buy")])
 
 
 def test_cold_start_falls_back_to_trending():

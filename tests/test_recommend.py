@@ -156,3 +156,16 @@ def test_non_finite_scores_cost_only_their_own_users_list(fixture_artifact):
     for i in (0, 2):
         assert out[i]["fallback"] is None and out[i]["items"] == want[i]["items"]
     assert rec.counters.bad_model_outputs == 1
+
+
+@pytest.mark.parametrize(("setting", "artifact_rule", "listed"), [
+    ("auto", True, False), ("auto", False, True), ("exclude", False, False), ("keep", True, True)])
+def test_bought_items_follow_the_artifacts_log_unless_the_config_says(fixture_artifact, setting, artifact_rule,
+                                                                     listed):
+    rec = recommender(fixture_artifact, bought_items=setting)
+    rec.artifact.manifest["config"] = {**rec.artifact.manifest.training_config, "exclude_bought": artifact_rule}
+    item = first_item(rec)
+    st = UserState()
+    ev = Event(7, item, rec.artifact.tables.item_category[item], "buy", 1_700_000_000_000)
+    assert rec.apply(st, ev)
+    assert (item in rec.request(st, ev).candidates.items) is listed

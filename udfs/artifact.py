@@ -99,6 +99,12 @@ class Manifest(dict[str, Any]):
         return None if value is None else int(value)
 
     @property
+    def exclude_bought(self) -> bool:
+        """Whether candidates leave out what the shopper bought: derived from the training log
+        (``udfs.candidates.bought_items_recur``); artifacts older than the field always did."""
+        return bool(self.training_config.get("exclude_bought", True))
+
+    @property
     def n_candidates(self) -> int:
         return int(self.training_config.get("n_candidates", DEFAULT_N_CANDIDATES))
 

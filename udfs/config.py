@@ -267,6 +267,10 @@ class RankingConfig(_Section):
     new_item_slots: int = Field(1, ge=0, le=10)
     """List slots kept, before the fresh-hit slots, for new catalog items with no behavior yet that are like what
     the shopper touched (the model cannot rank them yet; 0 = none; needs the catalog join)."""
+    bought_items: Literal["auto", "exclude", "keep"] = "auto"
+    """Items a shopper bought as candidates for their lists: auto follows the model artifact, whose training
+    log decided it (excluded unless shoppers there came back to bought items at least as often as to items
+    they only touched); exclude or keep overrule it (a shop's policy)."""
     max_per_category: int = Field(5, ge=0, le=1000)
     """Diversity: at most this many items of one category in a list, best first; over-cap items fill the
     tail only when too few categories remain (0 = off: lists in score order; a cap >= top_k never applies).

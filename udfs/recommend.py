@@ -90,8 +90,11 @@ class Recommender:
         max_per_category: int = OFF,
         catalog: Catalog | None = None,
         new_item_slots: int = 0,
+        exclude_bought: bool | None = None,
     ) -> None:
         self.artifact = artifact
+        # None: as the artifact's training log says (read per request, so a swapped artifact's own rule holds).
+        self.exclude_bought = exclude_bought
         self.catalog = catalog
         self.new_item_slots = new_item_slots if catalog is not None else 0
         self.trending = trending
@@ -143,6 +146,8 @@ class Recommender:
             "blocked": catalog.unavailable,
             "new_items": catalog.new_item_candidates(state, max(self.new_item_slots, self.n_candidates // 10)),
         }
+        rules["exclude_bought"] = (self.artifact.manifest.exclude_bought if self.exclude_bought is None
+                                   else self.exclude_bought)
         if self.trending is None:
             cands = generate_candidates(state, self.artifact.tables, self.n_candidates, **rules)
             return UserRequest(state, cands, event)

@@ -82,7 +82,8 @@ def recommender_of(config: Config, artifact: Artifact, ranker: OnnxRanker | None
     r = config.ranking
     return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
                        trending=trending, fresh_hit_slots=r.fresh_hit_slots, max_per_category=r.max_per_category,
-                       catalog=catalog, new_item_slots=r.new_item_slots)
+                       catalog=catalog, new_item_slots=r.new_item_slots,
+                       exclude_bought=None if r.bought_items == "auto" else r.bought_items == "exclude")
 
 
 class ConfigModels:
