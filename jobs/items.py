@@ -24,15 +24,17 @@ dead letter in the recommend function, as without these steps.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import DataStream, KeyedStream
 from pyflink.java_gateway import get_gateway
 
 from jobs.functions import FRESH_ENVELOPE_TYPE
-from udfs.artifact import TABLES_FILE, verify_manifest
+from udfs.artifact import TABLES_FILE, read_manifest
 from udfs.config import Config
 from udfs.events import BEHAVIORS
-from udfs.item_knowledge import BACKWARD_SHARE, behavior_weight
+from udfs.item_knowledge import BACKWARD_SHARE, ItemKnowledgeParams, behavior_weight
 from udfs.runtime import item_params
 
 _BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
@@ -45,12 +47,20 @@ USER_KEYED_FRESH_TYPE = Types.ROW([Types.STRING(), FRESH_ENVELOPE_TYPE])
 _KEY_TYPE = Types.ROW([Types.STRING()])
 
 
-def item_steps(config: Config) -> tuple[object, object]:
-    """The two Java functions, configured: the config's bounds and the verified artifact's time
-    window and table (each worker reads the table at open() and checks it against the manifest)."""
+def item_steps(config: Config) -> tuple[Any, Any]:
+    """The two Java functions, configured: the config's bounds and the artifact's time window and
+    table (each worker reads the table at open() and checks it against the manifest's sha256; the
+    client verified the whole artifact before building the graph, jobs/entry.absolute_artifact)."""
     path = config.ranking.artifact_dir
-    manifest = verify_manifest(path)
-    params = item_params(config, manifest)
+    manifest = read_manifest(path)
+    return java_item_steps(item_params(config, manifest), f"{path}/{TABLES_FILE}", manifest["files"][TABLES_FILE],
+                           window_ttl_ms=config.state.ttl_s * 1000, row_ttl_ms=config.items.ttl_s * 1000)
+
+
+def java_item_steps(params: ItemKnowledgeParams, tables_path: str, tables_sha256: str, *,
+                    window_ttl_ms: int, row_ttl_ms: int) -> tuple[Any, Any]:
+    """``ItemPairs`` and ``ItemRows`` with ``params`` and the Python reference's behavior weights and
+    backward share, so the job and the parity test build them alike."""
     gateway = get_gateway()
     behaviors = gateway.new_array(gateway.jvm.String, len(BEHAVIORS))
     weights = gateway.new_array(gateway.jvm.double, len(BEHAVIORS))
@@ -58,10 +68,9 @@ def item_steps(config: Config) -> tuple[object, object]:
         behaviors[i] = behavior
         weights[i] = behavior_weight(behavior)
     flink = gateway.jvm.io.streamrec.flink
-    pairs = flink.ItemPairs(params.window_ms, params.window, BACKWARD_SHARE, behaviors, weights,
-                            config.state.ttl_s * 1000)
-    rows = flink.ItemRows(f"{path}/{TABLES_FILE}", manifest["files"][TABLES_FILE], params.max_entries,
-                          params.emit, params.half_life_ms, config.items.ttl_s * 1000)
+    pairs = flink.ItemPairs(params.window_ms, params.window, BACKWARD_SHARE, behaviors, weights, window_ttl_ms)
+    rows = flink.ItemRows(tables_path, tables_sha256, params.max_entries, params.emit, params.half_life_ms,
+                          row_ttl_ms)
     return pairs, rows
 
 

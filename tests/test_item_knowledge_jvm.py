@@ -16,8 +16,8 @@ import pytest
 
 from udfs.candidates import build_tables
 from udfs.config import load_config
-from udfs.events import BEHAVIORS, DecodeError, Event, decode_event, encode_event
-from udfs.item_knowledge import BACKWARD_SHARE, ItemKnowledge, ItemKnowledgeParams, behavior_weight
+from udfs.events import DecodeError, Event, decode_event, encode_event
+from udfs.item_knowledge import ItemKnowledge, ItemKnowledgeParams
 
 pytestmark = pytest.mark.flink
 
@@ -53,16 +53,12 @@ def raw_log(seed: int, n: int, ts_of) -> list[bytes]:
 
 
 def java_run(jvm, params: ItemKnowledgeParams, tables: bytes):
-    behaviors = jvm.new_array(jvm.jvm.String, len(BEHAVIORS))
-    weights = jvm.new_array(jvm.jvm.double, len(BEHAVIORS))
-    for i, b in enumerate(BEHAVIORS):
-        behaviors[i] = b
-        weights[i] = behavior_weight(b)
-    flink = jvm.jvm.io.streamrec.flink
+    """The job's two steps, built as the job builds them; the table handed over instead of read."""
+    from jobs.items import java_item_steps
+
     sha = hashlib.sha256(tables).hexdigest()
-    pairs = flink.ItemPairs(params.window_ms, params.window, BACKWARD_SHARE, behaviors, weights, 86_400_000)
-    rows = flink.ItemRows("unused", sha, params.max_entries, params.emit, params.half_life_ms, 86_400_000)
-    return flink.ItemKnowledgeRun(pairs, rows, tables, sha)
+    pairs, rows = java_item_steps(params, "unused", sha, window_ttl_ms=86_400_000, row_ttl_ms=86_400_000)
+    return jvm.jvm.io.streamrec.flink.ItemKnowledgeRun(pairs, rows, tables, sha)
 
 
 def compare(jvm, raw: list[bytes], params: ItemKnowledgeParams, seed_events: list[Event]) -> int:
