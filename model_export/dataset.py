@@ -37,7 +37,12 @@ from udfs.events import Event, Id
 from udfs.features import INPUT_NAMES, UserRequest, Vocab, build_batch
 from udfs.item_knowledge import ItemKnowledge, ItemKnowledgeParams, keep_row
 from udfs.state import StateLimits, UserState, update_state
-from udfs.timescales import derive_covisit_window_ms, derive_popularity_half_life_ms, derive_table_period
+from udfs.timescales import (
+    derive_covisit_window_ms,
+    derive_popularity_half_life_ms,
+    derive_seq_window_ms,
+    derive_table_period,
+)
 
 
 @dataclass
@@ -109,6 +114,7 @@ class TrainingData:
     table_period_ms: int | None
     covisit_window_ms: int
     exclude_bought: bool
+    limits: StateLimits  # the shoppers' state limits the examples were built with (the job's)
     popularity_half_life_ms: int
     train_events: int
     train_users: int
@@ -374,6 +380,10 @@ def build_training_data(
     ``attributes``: the catalog's records by item, for the brand and price features
     (``udfs.features.CATALOG_FEATURES``); without it they are 0.
 
+    ``limits``: the shoppers' state limits; by default :class:`StateLimits` with ``max_seq_len``
+    ``seq_len`` and the sequence window derived from the training part
+    (:func:`udfs.timescales.derive_seq_window_ms`); ``TrainingData.limits`` says which.
+
     ``online_items``: the job's item rows that learn from the stream (``[items]``, its defaults unless
     given; None: off, every row from the point-in-time tables). The replay runs the job's updater over
     the training part from empty rows, each event counted before its own request and never before the
@@ -384,7 +394,6 @@ def build_training_data(
     """
     from tqdm import tqdm
 
-    limits = limits or StateLimits()
     evs = sort_events(events)
     if not evs:
         raise ValueError("no events to train on: the log is empty after loading")
@@ -393,6 +402,8 @@ def build_training_data(
     if not train_events:
         raise ValueError(f"no events before the split until_ms={until} (the log starts at {evs[0].ts} ms): "
                          "move the split later with --until (Unix seconds)")
+    limits = limits or StateLimits(max_seq_len=seq_len,
+                                   seq_window_ms=derive_seq_window_ms([e.ts for e in train_events]))
     scales = {"window_ms": derive_covisit_window_ms(train_events),
               "popularity_half_life_ms": derive_popularity_half_life_ms(train_events)}
     tables = build_tables(train_events, **scales)
@@ -503,6 +514,7 @@ def build_training_data(
         table_period_ms=period,
         covisit_window_ms=scales["window_ms"],
         exclude_bought=exclude_bought,
+        limits=limits,
         popularity_half_life_ms=scales["popularity_half_life_ms"],
         train_events=len(train_events),
         train_users=len({e.user_id for e in train_events}),

@@ -271,9 +271,11 @@ def train_model(
 ) -> Path:
     """Build examples, train, export ONNX, check parity, evaluate and write the artifact.
 
-    ``limits`` must equal the job's state limits (``udfs.runtime.state_limits``);
-    the default is :class:`StateLimits()`, the job's default config, with
-    ``max_seq_len`` equal to ``seq_len``. ``device``: ``auto`` trains on CUDA when
+    ``limits``: the shoppers' state limits (``udfs.runtime.state_limits``); by default the
+    job's defaults with ``max_seq_len`` equal to ``seq_len`` and the sequence window derived
+    from the training part (:func:`udfs.timescales.derive_seq_window_ms`). The manifest
+    records them; a job whose ``state.seq_window_s`` is ``auto`` keeps its artifact's window.
+    ``device``: ``auto`` trains on CUDA when
     torch sees a GPU, else on the CPU; ``cuda`` without one raises ValueError
     (:func:`resolve_device`). ``table_period_ms="auto"`` derives the point-in-time
     table period from the log (:func:`udfs.timescales.derive_table_period`); the
@@ -296,7 +298,6 @@ def train_model(
     t0 = time.time()
     torch.set_num_threads(max(1, threads))
     _seed_everything(seed)
-    limits = limits or StateLimits(max_seq_len=seq_len)
     attributes = load_catalog(catalog).items if catalog else None
     data = build_training_data(
         events, until_ms=until_ms, limits=limits, n_candidates=n_candidates, seq_len=seq_len,
@@ -394,7 +395,7 @@ def train_model(
                 "novel_weight_used": novel_request_weight(tr.novel, novel_share)
                 if novel_weight is None else novel_weight,
                 "optimizer": "adam", "dim": dim, "hidden": list(hidden),
-                "state_limits": asdict(limits), "vocab_min_count": 2,
+                "state_limits": asdict(data.limits), "vocab_min_count": 2,
                 "validation_share": validation_share, "novelty_boost": float(tuning["boost"]),
                 "prior_weight": float(tuning["prior_weight"]), "prior_mix": float(tuning["prior_mix"]),
             },

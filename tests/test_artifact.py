@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import asdict
 
 import pytest
 
@@ -11,13 +12,13 @@ from jobs.layout import required_jars
 from tests.job_fixtures import generated_log
 from tests.onnx_fixtures import covisit_scorer
 from udfs import artifact as artifact_module
-from udfs.artifact import REQUIRED_FIELDS, ArtifactError, load_artifact, verify_manifest, write_artifact
+from udfs.artifact import REQUIRED_FIELDS, ArtifactError, Manifest, load_artifact, verify_manifest, write_artifact
 from udfs.candidates import build_tables
 from udfs.config import load_config
 from udfs.events import Event
 from udfs.features import Vocab
-from udfs.runtime import build_recommender
-from udfs.state import UserState
+from udfs.runtime import build_recommender, state_limits
+from udfs.state import StateLimits, UserState
 
 
 @pytest.fixture
@@ -230,3 +231,13 @@ def test_missing_connector_jars_say_how_to_fetch(monkeypatch, tmp_path):
     monkeypatch.setenv("STREAMREC_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="make deps"):
         required_jars()
+
+
+@pytest.mark.parametrize(("setting", "expected_ms"), [("auto", 40 * 86_400_000), (3600, 3_600_000)])
+def test_the_state_window_follows_the_artifact_unless_configured(setting, expected_ms):
+    """``state.seq_window_s = "auto"`` (the default) keeps the window the artifact's training log
+    derived; a number is the operator's own."""
+    manifest = Manifest({"seq_len": 8, "config": {"state_limits": asdict(StateLimits(
+        max_seq_len=8, seq_window_ms=40 * 86_400_000))}})
+    limits = state_limits(load_config(None, {"state": {"seq_window_s": setting}}), manifest)
+    assert limits.seq_window_ms == expected_ms

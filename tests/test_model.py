@@ -20,6 +20,7 @@ from model_export.train import train_model  # noqa: E402
 from udfs.artifact import load_artifact  # noqa: E402
 from udfs.events import Event  # noqa: E402
 from udfs.features import DENSE_FEATURES, INPUT_NAMES  # noqa: E402
+from udfs.state import StateLimits  # noqa: E402
 
 torch.set_num_threads(1)
 SEQ_LEN = 8
@@ -282,3 +283,37 @@ def test_table_period_and_split_follow_the_log() -> None:
     grow = [Event(1, 1, 1, "pv", int(t)) for t in (np.linspace(0, 1, 5000) ** 0.2 * 1e9)]
     until = default_until(grow)
     assert 0.1 <= sum(e.ts >= until for e in grow) / len(grow) <= 0.5
+
+
+def _returning_shoppers(gap_ms: int) -> list[Event]:
+    """Shoppers who touch a few items, come back ``gap_ms`` later and touch the first one again."""
+    log = []
+    for u in range(40):
+        start = u * 60_000
+        items = [f"i{(u + k) % 12}" for k in range(3)]
+        log += [Event(u, item, "c", "pv", start + k * 60_000) for k, item in enumerate(items)]
+        log.append(Event(u, items[-1], "c", "cart", start + gap_ms))
+        log.append(Event(u, items[0], "c", "pv", start + gap_ms + 60_000))
+    return log
+
+
+def _touched_positives(es) -> np.ndarray:
+    """Per request: whether its next item is a candidate the shopper's state still holds (in_history)."""
+    dense = es.arrays["dense"][:, DENSE_FEATURES.index("in_history")]
+    hit = (es.labels > 0.5) & (dense > 0)
+    return np.array([hit[es.offsets[i]:es.offsets[i + 1]].any() for i in range(len(es))])
+
+
+def test_state_keeps_repeats_as_old_as_the_training_log_shows() -> None:
+    """Shoppers come back after 30 days to an item they touched: the derived window (the training
+    span) keeps it in their state, a touched candidate; a fixed one-week window had forgotten it."""
+    log = _returning_shoppers(30 * 86_400_000)
+    until = min(e.ts for e in log if e.behavior == "cart" and e.user_id >= 20)  # half the shoppers return in training
+    kw = dict(until_ms=until, n_candidates=20, seq_len=SEQ_LEN, table_period_ms=None, seed=0)
+    derived = build_training_data(log, **kw)
+    assert derived.limits.seq_window_ms == max(e.ts for e in log if e.ts < until) - min(e.ts for e in log)
+    assert derived.limits.max_seq_len == SEQ_LEN
+    repeats = ~derived.eval.novel
+    assert repeats.sum() == 20 and _touched_positives(derived.eval)[repeats].all()
+    week = build_training_data(log, limits=StateLimits(max_seq_len=SEQ_LEN, seq_window_ms=7 * 86_400_000), **kw)
+    assert not _touched_positives(week.eval).any()

@@ -10,8 +10,10 @@ from udfs.events import Event
 from udfs.timescales import (
     COVISIT_GAP_QUANTILE,
     HALF_LIFE_PERIODS,
+    MIN_SEQ_WINDOW_MS,
     derive_covisit_window_ms,
     derive_popularity_half_life_ms,
+    derive_seq_window_ms,
     derive_table_period,
     shopper_gaps_ms,
 )
@@ -60,3 +62,17 @@ def test_a_day_granular_log_co_visits_across_days(step: int) -> None:
 def test_explicit_scales_override_the_derived_ones() -> None:
     log = [e for u in range(10) for e in walk(u, ["a", "b"], u * 7, DAY)]
     assert "a" not in build_tables(log, window_ms=3_600_000).covisit
+
+
+@pytest.mark.parametrize("span", [90 * 60_000, 9 * DAY, 120 * DAY, 3000 * DAY])
+def test_seq_window_is_the_span_of_the_training_log(span: int) -> None:
+    """A log of minutes keeps minutes, one of years keeps years: never a fixed week."""
+    rng = np.random.default_rng(0)
+    ts = np.sort(rng.integers(0, span, size=500))
+    ts[0], ts[-1] = 0, span
+    assert derive_seq_window_ms(ts + 1_500_000_000_000) == span
+
+
+def test_seq_window_has_a_floor() -> None:
+    assert derive_seq_window_ms([5, 5, 6]) == MIN_SEQ_WINDOW_MS
+    assert derive_seq_window_ms([]) == MIN_SEQ_WINDOW_MS

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -130,8 +130,9 @@ class KafkaConfig(_Section):
 class StateConfig(_Section):
     max_seq_len: int = Field(50, ge=1, le=1000)
     """Most recent events kept per user (the model's sequence length)."""
-    seq_window_s: int = Field(7 * 86400, ge=60)
-    """Events older than this (event time) leave the recent sequence."""
+    seq_window_s: Annotated[int, Field(ge=60)] | Literal["auto"] = "auto"
+    """Events older than this (event time, seconds) leave the recent sequence; auto keeps the model artifact's
+    window, the span of its training log (the model has seen no older history)."""
     max_categories: int = Field(20, ge=1, le=1000)
     """Category-affinity entries kept per user (lowest evicted)."""
     category_half_life_s: int = Field(86400, ge=1)

@@ -17,11 +17,14 @@ from udfs.trending import TrendingCounter
 log = logging.getLogger(__name__)
 
 
-def state_limits(config: Config) -> StateLimits:
+def state_limits(config: Config, manifest: Manifest) -> StateLimits:
+    """The shoppers' state limits: the config's, the sequence window the artifact's where the config
+    says ``auto`` (the window its training log derived)."""
     s = config.state
+    window_ms = manifest.state_limits.seq_window_ms if s.seq_window_s == "auto" else s.seq_window_s * 1000
     return StateLimits(
         max_seq_len=s.max_seq_len,
-        seq_window_ms=s.seq_window_s * 1000,
+        seq_window_ms=window_ms,
         max_categories=s.max_categories,
         category_half_life_ms=s.category_half_life_s * 1000,
         max_bought=s.max_bought,
@@ -46,7 +49,7 @@ def item_params(config: Config, manifest: Manifest) -> ItemKnowledgeParams:
     (an artifact older than that field: the shopper's sequence window)."""
     window_ms = manifest.covisit_window_ms
     return ItemKnowledgeParams.configured(
-        config.items, window_ms if window_ms is not None else config.state.seq_window_s * 1000)
+        config.items, window_ms if window_ms is not None else state_limits(config, manifest).seq_window_ms)
 
 
 def item_knowledge(config: Config, artifact: Artifact) -> ItemKnowledge | None:
@@ -80,9 +83,9 @@ def recommender_of(config: Config, artifact: Artifact, ranker: OnnxRanker | None
     """A recommender over ``artifact`` with the config's ranking settings; ``trending`` and ``catalog``
     are stream state, shared by every model one instance ranks with."""
     r = config.ranking
-    return Recommender(artifact, ranker, state_limits(config), top_k=r.top_k, n_candidates=r.n_candidates,
-                       trending=trending, fresh_hit_slots=r.fresh_hit_slots, max_per_category=r.max_per_category,
-                       catalog=catalog, new_item_slots=r.new_item_slots,
+    return Recommender(artifact, ranker, state_limits(config, artifact.manifest), top_k=r.top_k,
+                       n_candidates=r.n_candidates, trending=trending, fresh_hit_slots=r.fresh_hit_slots,
+                       max_per_category=r.max_per_category, catalog=catalog, new_item_slots=r.new_item_slots,
                        exclude_bought=None if r.bought_items == "auto" else r.bought_items == "exclude")
 
 

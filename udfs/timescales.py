@@ -8,7 +8,8 @@ from the events themselves:
 * :func:`derive_covisit_window_ms`: how close two events of one shopper must be to
   count as co-visited (a quantile of the log's own gaps between a shopper's events);
 * :func:`derive_popularity_half_life_ms`: how fast popularity decays, so that
-  "trending" means recent at the log's pace.
+  "trending" means recent at the log's pace;
+* :func:`derive_seq_window_ms`: how old an event a shopper's state still keeps.
 
 Core code (no torch, no Flink): the training side derives them once per
 training part and records them in the artifact's manifest.
@@ -33,6 +34,8 @@ DAY_MS = 86400 * _S
 COVISIT_GAP_QUANTILE = 0.85
 # Popularity halves every this many table periods (on the Taobao sample: two days).
 HALF_LIFE_PERIODS = 4
+# The shortest sequence window (the config's floor for ``state.seq_window_s``).
+MIN_SEQ_WINDOW_MS = 60 * _S
 
 
 def derive_table_period(train_ts: Sequence[int] | np.ndarray) -> int:
@@ -89,3 +92,18 @@ def derive_covisit_window_ms(events: Iterable[Event]) -> int:
 def derive_popularity_half_life_ms(events: Iterable[Event]) -> int:
     """Popularity's half-life: :data:`HALF_LIFE_PERIODS` table periods of these events."""
     return HALF_LIFE_PERIODS * derive_table_period([e.ts for e in events])
+
+
+def derive_seq_window_ms(train_ts: Sequence[int] | np.ndarray) -> int:
+    """How long a shopper's events stay in their state: the training part's span, at least
+    :data:`MIN_SEQ_WINDOW_MS`.
+
+    The model has seen histories as old as its training log and no older, and the item count
+    (``state.max_seq_len``) bounds the state whatever the window. A fixed window is a calendar
+    constant: a week holds a Taobao shopper's repeats, while on a four-month log of daily
+    visits 38% of the held-out repeats come back after more than a week, and a one-week state
+    has forgotten the item by then (recent items then lose to a plain online "recent" list)."""
+    ts = np.asarray(train_ts, dtype=np.int64)
+    if not len(ts):
+        return MIN_SEQ_WINDOW_MS
+    return max(MIN_SEQ_WINDOW_MS, int(ts.max() - ts.min()))

@@ -312,7 +312,8 @@ def measure_window(
 def model_ceiling(artifact_dir: Path, events: Sequence[Any], cfg: Config, seconds: float) -> dict[str, Any]:
     """onnxruntime alone on the job's own batches (one user's candidates per call, as in the job)."""
     art = load_artifact(artifact_dir)
-    rec = Recommender(art, None, state_limits(cfg), top_k=cfg.ranking.top_k, n_candidates=cfg.ranking.n_candidates)
+    rec = Recommender(art, None, state_limits(cfg, art.manifest), top_k=cfg.ranking.top_k,
+                      n_candidates=cfg.ranking.n_candidates)
     states: dict[Any, UserState] = {}
     batches = []
     for e in events:

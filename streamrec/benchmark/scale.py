@@ -37,6 +37,7 @@ from streamrec.kafka_io import produce
 from streamrec.local.flink_cluster import StandaloneCluster
 from streamrec.local.kafka import LocalKafka
 from streamrec.local.procs import job_env
+from udfs.artifact import read_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.events import Event, encode_event
 from udfs.runtime import state_limits
@@ -510,7 +511,8 @@ class ScaleBench:
         distinct = len({e.user_id for e in events})
         log.info("workload: %d events, %d shoppers in %.1fs", len(events), distinct, time.perf_counter() - t)
         t = time.perf_counter()
-        sizes, self.expected_lists = replay_state_bytes(events, state_limits(self.cfg), self.cfg.job.since_ms)
+        limits = state_limits(self.cfg, read_manifest(self.artifact))
+        sizes, self.expected_lists = replay_state_bytes(events, limits, self.cfg.job.since_ms)
         replay_s = time.perf_counter() - t
         self.results["workload"] = {
             "events": len(events), "shoppers": distinct, "shoppers_requested": s.shoppers, "items": s.items,
