@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -577,7 +578,15 @@ def test_the_lists_follower_counts_and_skips_unreadable_records_and_moves_on(mak
     f = Follower(store, "127.0.0.1:1", "recs")
     bad = [None, output_value(2, 1, [7], scores=["x"]), output_value(3, 1, [7], scores=[None]),
            output_value(4, 1, [7], trigger="pv"), output_value(5, 1, [7], trigger=5),
-           output_value(6, 1, [[1, 2]]), output_value(7, 1, [{"a": 1}])]
+           output_value(6, 1, [[1, 2]]), output_value(7, 1, [{"a": 1}]),
+           # parts a lookup passes on as they are: bytes or NaN there would fail the batch's write or the
+           # shopper's every lookup (a 500)
+           output_value(b"\x01", 1, [7]), output_value(9, 1, [7], trigger={"x": b"\x01"}),
+           output_value(10, 1, [7], trigger={"x": math.nan}), output_value(11, 1, [7], fallback=math.nan),
+           output_value(12, 1, [7], fallback=b"cold"), output_value(13, 1, [7], reasons=[{"code": "covisit",
+                                                                                          "because": [1, 2]}]),
+           output_value(14, 1, [7], reasons=[{"code": "x", "detail": math.inf}]),
+           output_value(15, 1, [7], trigger={1: "pv"})]
     values = [*bad, output_value(1, 1, [7, 8])]
     f._store_batch([_Msg(v, 0, i) for i, v in enumerate(values)], {0: len(values)})
     assert (f.bad_records, f.records) == (len(bad), 1)
@@ -659,6 +668,23 @@ def test_an_sqlite_file_that_cannot_be_opened_is_a_503_too(tmp_path):
             r = client.get(route)
             assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, (route, r.status_code, r.text)
         assert client.get("/livez").status_code == 200
+
+
+def test_an_sqlite_file_overwritten_with_garbage_is_a_503_not_a_500(tmp_path):
+    """A file that is no longer a database (a restore gone wrong, a full disk's torn write) is the
+    operator's to fix, as a locked one is: a 503 with Retry-After, never a 500."""
+    path = tmp_path / "view.sqlite"
+    store = SqliteStore(path, "recs")
+    for leftover in tmp_path.glob("view.sqlite*"):
+        leftover.unlink()
+    path.write_bytes(b"not a database, " * 512)
+    ctx = ServeContext(store=store, follower=StubFollower(), send_event=lambda e: {},  # type: ignore[arg-type]
+                       input_topic="events", access=open_access())
+    with TestClient(build_app(ctx), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        for route in ("/v1/users/42/recommendations", "/readyz"):
+            r = client.get(route)
+            assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, (route, r.status_code, r.text)
+
 
 class _LoopWatch:
     """A store that notes each call made on a thread running an event loop (a request would wait on it)."""

@@ -6,6 +6,7 @@ Free of pyflink so the plain-Python peer and tests can import it.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any, NamedTuple
 
 import msgpack
@@ -33,6 +34,8 @@ ADDED_OUTPUT_FIELDS = ("arm",)
 READABLE_VERSIONS = (1, 2)
 # Largest output record a reader decodes (a list of 1,000 long string ids with reasons fits).
 MAX_OUTPUT_BYTES = 1024 * 1024
+# How deep the parts of a list that a lookup passes on as they are (trigger, reasons) may nest.
+MAX_PLAIN_DEPTH = 8
 
 
 class OutputRecordError(ValueError):
@@ -55,6 +58,43 @@ class OutputRecord(NamedTuple):
     fallback: str | None
     generated_at: int
     arm: str | None = None
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _plain(value: Any, depth: int = MAX_PLAIN_DEPTH) -> bool:
+    """JSON data a response can carry as it is: no bytes, no NaN or infinity, string keys, bounded nesting.
+    A follower stores what the decoder accepts and a lookup answers with it, so a value JSON cannot
+    hold would fail every later lookup of that shopper (or every write of the follower's batch)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if depth <= 0:
+        return False
+    if isinstance(value, list):
+        return all(_plain(v, depth - 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth - 1) for k, v in value.items())
+    return False
+
+
+def _check_parts(obj: dict[str, Any], reasons: list[Any]) -> None:
+    """The fields a lookup passes on: ids where ids belong, plain JSON data elsewhere."""
+    if not _is_id(obj["user_id"]):
+        raise OutputRecordError(f"bad_type: user_id must be an id (int or str), got {type(obj['user_id']).__name__}")
+    if obj["trigger"] is not None and not isinstance(obj["trigger"], dict):
+        raise OutputRecordError(f"bad_type: trigger must be a map or null, got {type(obj['trigger']).__name__}")
+    if not _plain(obj["trigger"]):
+        raise OutputRecordError("bad_value: trigger holds bytes, NaN, a non-string key or deep nesting")
+    if not all(_plain(r) for r in reasons):
+        raise OutputRecordError("bad_value: a reason holds bytes, NaN, a non-string key or deep nesting")
+    if not all(not isinstance(r, dict) or "because" not in r or _is_id(r["because"]) for r in reasons):
+        raise OutputRecordError("bad_type: a reason's because must be an item id")
+    if obj["fallback"] is not None and not isinstance(obj["fallback"], str):
+        raise OutputRecordError(f"bad_type: fallback must be a string or null, got {type(obj['fallback']).__name__}")
 
 
 def encode_output_record(record: dict[str, Any]) -> bytes:
@@ -92,12 +132,11 @@ def decode_output_record(raw: bytes | None) -> OutputRecord:
         raise OutputRecordError("bad_type: reasons must be a list, one per item")
     if not isinstance(obj["generated_at"], int) or not isinstance(obj["seq"], int):
         raise OutputRecordError("bad_type: seq and generated_at must be integers")
-    if not all(isinstance(i, (int, str)) and not isinstance(i, bool) for i in items):
+    if not all(_is_id(i) for i in items):
         raise OutputRecordError("bad_type: items must be ids (int or str)")
     if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):
         raise OutputRecordError("bad_type: scores must be numbers")
-    if obj["trigger"] is not None and not isinstance(obj["trigger"], dict):
-        raise OutputRecordError(f"bad_type: trigger must be a map or null, got {type(obj['trigger']).__name__}")
+    _check_parts(obj, reasons)
     arm = obj.get("arm")
     return OutputRecord(version, obj["user_id"], obj["seq"], items, [float(s) for s in scores],
                         [r if isinstance(r, dict) else {} for r in reasons], dict(obj["trigger"] or {}),

@@ -164,14 +164,16 @@ def count_trending(bodies: Iterable[str], size: int) -> list[Any]:
 
 def _sqlite_available(method: Callable[Concatenate[SqliteStore, P], R]) -> Callable[Concatenate[SqliteStore, P], R]:
     """An SQLite file that cannot be used now (locked past the busy timeout, an I/O error, a full disk,
-    a file that cannot be opened) is :class:`StoreUnavailable`, a 503, as a Redis that is down; other
-    SQLite errors are bugs and stay errors."""
+    a file that cannot be opened, a file that is not or no longer a database) is :class:`StoreUnavailable`,
+    a 503, as a Redis that is down; other SQLite errors (integrity, programming) are bugs and stay errors."""
 
     @functools.wraps(method)
     def call(self: SqliteStore, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
+            if not isinstance(exc, sqlite3.OperationalError) and type(exc) is not sqlite3.DatabaseError:
+                raise
             raise StoreUnavailable(f"the SQLite store cannot be used now ({exc})") from exc
 
     return call
