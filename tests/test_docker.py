@@ -213,6 +213,23 @@ def test_compose_publishes_every_port_on_loopback_only():
             assert str(port).startswith("127.0.0.1:") and str(port).count(":") == 2, (name, port)
 
 
+def test_kubernetes_lets_only_the_operator_reach_the_rest_port():
+    """Flink's REST API runs any job POSTed to /jobs whatever web.submit.enable says (that switch only
+    removes the jar routes), and has no authentication: in a cluster only the operator may reach it."""
+    docs = [d for d in yaml.safe_load_all((DOCKER / "k8s" / "flink-deployment.yaml").read_text()) if d]
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app": deployment()["metadata"]["name"]}
+    assert policy["policyTypes"] == ["Ingress"]
+    rest_port = 8081
+    for rule in policy["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        peers = [peer.get("podSelector", {}).get("matchLabels") for peer in rule.get("from", [])]
+        if not ports or rest_port in ports:  # a rule that opens the REST port names its peers, and only these
+            assert peers and all(p in ({"app": "streamrec"}, {"app.kubernetes.io/name": "flink-kubernetes-operator"})
+                                 for p in peers), rule
+    assert deployment()["spec"]["flinkConfiguration"]["web.submit.enable"] == "false"
+
+
 def test_flink_in_compose_takes_no_jar_through_the_web_routes():
     props = yaml.safe_load(env_of(compose()["services"]["jobmanager"])["FLINK_PROPERTIES"])
     assert props["web.submit.enable"] is False
