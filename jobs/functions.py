@@ -22,18 +22,24 @@ from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFuncti
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
 from jobs.flink_metrics import MODEL_INFO, MODEL_INFO_LABELS, InfoMetric, java_histogram_factory
-from udfs.batching import PreparedRequest, decode_request, encode_request, shard_of
+from udfs.batching import PreparedRequest, decode_request, encode_erasure, encode_request, erased_key, shard_of
 from udfs.catalog import COUNTS as CATALOG_COUNTS
 from udfs.catalog import Catalog, CatalogFull, CatalogItem, catalog_key, decode_catalog_item
 from udfs.config import Config
 from udfs.control import ControlRecord, ControlRecordError, decode_control
-from udfs.events import DecodeError, Event, decode_event, max_event_ts
+from udfs.events import DecodeError, Erase, Event, decode_input, max_event_ts
 from udfs.feedback import FEEDBACK_COUNTERS, FeedbackCounters, feedback_for, remember
 from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, BatchedCounters, SampledHistograms
 from udfs.models import KeptAnnouncements, ModelSet, SwapOutcome
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
-from udfs.records import dead_letter_record, encode_feedback_record, encode_output_record, late_event_record
+from udfs.records import (
+    ERASED_LIST,
+    dead_letter_record,
+    encode_feedback_record,
+    encode_output_record,
+    late_event_record,
+)
 from udfs.runtime import ConfigModels, build_recommender, freeze_loaded_objects, warn_if_catalog_features_unfed
 from udfs.state import UserState
 
@@ -68,7 +74,7 @@ HISTOGRAMS = ("event_to_list_ms", "model_call_us", "rows_per_call")
 COUNTERS = ("events_accepted", "events_dead_lettered", "events_late", "events_duplicate", "recommendations_emitted",
             "ranking_fallbacks", "ranker_rows", "ranker_micros", "states_trimmed", "catalog_applied",
             "catalog_stale", "catalog_dead_lettered", *CATALOG_COUNTS, "model_swaps", "model_swaps_refused",
-            "model_restore_fallbacks")
+            "model_restore_fallbacks", "shoppers_erased")
 # A million catalog records are a million long-lived tuples: each full cyclic-GC pass would walk
 # them all (as the artifact's tables, see freeze_loaded_objects), so they leave the GC's view in steps.
 GC_FREEZE_EVERY = 50_000
@@ -294,7 +300,7 @@ class _Recommending:
         self._report(self.models.poll())
         raw = as_bytes(value[5])
         # A ts beyond now + skew is a dead letter here and got no event time in the envelope.
-        result = decode_event(raw, max_event_ts(self.max_future_skew_ms), self.pseudonym)
+        result = decode_input(raw, max_event_ts(self.max_future_skew_ms), self.pseudonym)
         key = ctx.get_current_key()
         if isinstance(key, Row):
             key = key[0]
@@ -305,6 +311,9 @@ class _Recommending:
                 f"key_mismatch: envelope key {key!r} != user_id", raw)
             self.metrics.inc("events_dead_lettered")
             yield DLQ_TAG, dead_letter(error, value[0], value[1], value[2], value[3], self.redact_dead_letters)
+            return
+        if isinstance(result, Erase):
+            yield from self._erase(key)
             return
         self.metrics.inc("events_accepted")
         event = result
@@ -341,6 +350,16 @@ class _Recommending:
         if trimmed:
             self.metrics.inc("states_trimmed")
         self.state.update(blob)
+
+    def _erase(self, key: str) -> Any:
+        """Forget the shopper: their state goes (the item step already cleared their item window), and
+        their list leaves the lists topic as a tombstone, after any list of theirs still being ranked."""
+        self.state.clear()
+        self.metrics.inc("shoppers_erased")
+        if self.shard_keys:
+            yield Row(self.shard_keys[shard_of(key, len(self.shard_keys))], Row(key, 0, encode_erasure(key)))
+        else:
+            yield Row(key, ERASED_LIST)
 
     def _feedback(self, state: UserState, event: Event) -> Any:
         """The event scored against the shopper's last list (udfs/feedback.py), before its own replaces it."""
@@ -583,11 +602,17 @@ class RankBatchFunction(KeyedProcessFunction):
         self.pending.clear()
         if not items:
             return
-        requests = [decode_request(payload) for _, payload in items]
-        records = self.recommender.rank(requests)
-        ROWS_PER_CALL.record(self.metrics, sum(r.rows for r in requests))
-        self.metrics.inc("ranker_calls")
-        for (arrived, _), record in zip(items, records, strict=True):
+        erased = [erased_key(payload) for _, payload in items]
+        requests = [decode_request(payload) for (_, payload), key in zip(items, erased, strict=True) if key is None]
+        records = iter(self.recommender.rank(requests) if requests else ())
+        if requests:
+            ROWS_PER_CALL.record(self.metrics, sum(r.rows for r in requests))
+            self.metrics.inc("ranker_calls")
+        for (arrived, _), key in zip(items, erased, strict=True):
+            if key is not None:  # an erased shopper: the tombstone after their lists buffered before it
+                yield Row(key, ERASED_LIST)
+                continue
+            record = next(records)
             BATCH_WAIT_MS.record(self.metrics, max(0, now - arrived))
             if record["fallback"]:
                 self.metrics.inc("ranking_fallbacks")

@@ -33,7 +33,7 @@ from model_export.onnx_io import onnx_session, predict_onnx
 from streamrec import registry as writer
 from udfs.artifact import add_manifest_fields, load_artifact
 from udfs.catalog import CatalogItem, load_catalog
-from udfs.events import DecodeError, Event, Id, decode_event
+from udfs.events import DecodeError, Erase, Event, Id, decode_input
 from udfs.logs import stray_bounds
 from udfs.registry import live_version, verified_version
 
@@ -71,18 +71,24 @@ def drop_stray(events: Sequence[Event]) -> tuple[list[Event], int]:
 
 def decode_records(values: Iterable[bytes]) -> tuple[list[Event], int, list[str]]:
     """Events from raw input-topic values; undecodable ones are counted (and the first reasons
-    kept), as the job sends them to its dead-letter topic."""
+    kept), as the job sends them to its dead-letter topic. An erase request drops the shopper's
+    events before it, so a model is never trained on an erased shopper's history."""
     events: list[Event] = []
+    erased_at: dict[Id, int] = {}  # shopper -> how many events were read before their last erase request
     bad = 0
     reasons: list[str] = []
     for raw in values:
-        ev = decode_event(raw)
+        ev = decode_input(raw)
         if isinstance(ev, DecodeError):
             bad += 1
             if len(reasons) < 5:
                 reasons.append(ev.reason)
+        elif isinstance(ev, Erase):
+            erased_at[ev.user_id] = len(events)
         else:
             events.append(ev)
+    if erased_at:
+        events = [e for i, e in enumerate(events) if i >= erased_at.get(e.user_id, 0)]
     return events, bad, reasons
 
 

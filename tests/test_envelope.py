@@ -19,7 +19,17 @@ from tests.id_vectors import ACCEPTED, EVENT_VECTORS, ID_VECTORS, REJECTED
 from tests.job_fixtures import generated_log
 from tests.poison import EXTRA_KINDS, KINDS, poison_records
 from udfs.config import load_config
-from udfs.events import MAX_TS_MS, DecodeError, Event, decode_event, encode_event, max_event_ts
+from udfs.events import (
+    MAX_TS_MS,
+    DecodeError,
+    Erase,
+    Event,
+    decode_event,
+    decode_input,
+    encode_erase,
+    encode_event,
+    max_event_ts,
+)
 from udfs.privacy import pseudonym
 
 pytestmark = pytest.mark.flink
@@ -218,3 +228,24 @@ def test_event_byte_vectors_get_a_time_exactly_when_python_accepts_them(peek, ve
     assert ts == (GOOD["ts"] if accepted else NO_TIME)
     if accepted:
         assert key == "1"
+
+
+ERASE_LIKE = [
+    {"user_id": 42, "erase": True}, {"user_id": "shopper-9", "erase": True}, {"erase": True, "user_id": "42"},
+    {"user_id": 42, "erase": False}, {"user_id": 42, "erase": 1}, {"user_id": 42, "erase": True, "ts": 5},
+    {"user_id": "", "erase": True}, {"user_id": 2**64 - 1, "erase": True}, {"user_id": [1], "erase": True},
+    {"erase": True}, {**GOOD, "erase": True}, GOOD, [42, True], {"user_id": "a\x00", "erase": True},
+]
+
+
+@pytest.mark.parametrize("obj", ERASE_LIKE, ids=range(len(ERASE_LIKE)))
+def test_the_jvm_takes_a_record_for_an_erase_request_exactly_when_python_does(envelope, peek, obj):
+    """The item step clears a shopper's window on what EventEnvelope.isErase accepts; the keyed function
+    drops their state on what decode_input accepts: the two must be the same records, keyed alike and
+    with no event time (an erase request moves no watermark)."""
+    raw = msgpack.packb(obj, use_bin_type=True)
+    python = decode_input(raw, max_event_ts(SKEW_MS))
+    assert envelope.isErase(raw) == isinstance(python, Erase)
+    if isinstance(python, Erase):
+        assert peek(raw) == (str(python.user_id), NO_TIME)
+    assert envelope.isErase(encode_erase("shopper-9"))  # what `streamrec forget` writes

@@ -12,10 +12,13 @@ from udfs.events import (
     MAX_TS_MS,
     REASON_CODES,
     DecodeError,
+    Erase,
     Event,
     InvalidId,
     canonical_id,
     decode_event,
+    decode_input,
+    encode_erase,
     encode_event,
     max_event_ts,
 )
@@ -73,11 +76,41 @@ def test_bad_input_is_a_value_with_reason(raw, reason):
 def test_every_reason_is_a_listed_code():
     raws = [b"", pack([1]), pack({}), pack({**GOOD, "ts": "x"}), pack({**GOOD, "user_id": "a\x00"}),
             pack({**GOOD, "behavior": "like"}), pack({**GOOD, "ts": -1}), pack({**GOOD, "pad": "x" * MAX_EVENT_BYTES}),
-            pack({**GOOD, "ts": MAX_TS_MS - 1})]
-    codes = [decode_event(r, max_ts_ms=GOOD["ts"]).reason.split(":")[0] for r in raws]
+            pack({**GOOD, "ts": MAX_TS_MS - 1}), pack({"user_id": 1, "erase": 1})]
+    results = [decode_input(r, max_ts_ms=GOOD["ts"]) for r in raws]
+    codes = [r.reason.split(":")[0] for r in results if isinstance(r, DecodeError)]
     assert codes == ["not_msgpack", "not_a_map", "missing_field", "bad_type", "bad_id", "unknown_behavior",
-                     "out_of_range", "too_large", "future_timestamp"]
+                     "out_of_range", "too_large", "future_timestamp", "bad_erase"]
     assert set(codes) == set(REASON_CODES)
+
+
+# --------------------------------------------------------------------------- erase requests
+
+
+def test_an_erase_request_names_the_canonical_shopper_and_is_no_event():
+    for user in (42, "42", "shopper-7", " 42"):
+        raw = encode_erase(user)
+        assert decode_input(raw) == Erase(canonical_id(user))
+        # readers that know events only (decode_event) keep calling it a record without an item
+        assert decode_event(raw).reason == "missing_field:item_id"
+    assert decode_input(encode_erase("7"), pseudonym=lambda u: f"p-{u}") == Erase("p-7")
+    assert decode_input(pack(GOOD)) == decode_event(pack(GOOD))
+
+
+@pytest.mark.parametrize("obj", [
+    {"user_id": 1, "erase": False}, {"user_id": 1, "erase": 1}, {"user_id": 1, "erase": "true"},
+    {"user_id": 1, "erase": True, "ts": 5}, {**GOOD, "erase": True}, {"erase": True},
+    {"user_id": 1, "erase": None},
+])
+def test_a_malformed_erase_request_is_a_bad_erase_dead_letter_not_an_event(obj):
+    result = decode_input(pack(obj))
+    assert isinstance(result, DecodeError) and result.reason.startswith("bad_erase"), result
+
+
+@pytest.mark.parametrize("user", [True, 2**64 - 1, "", "a\x00b", [1]])
+def test_an_erase_request_with_a_bad_id_names_the_id_rule(user):
+    result = decode_input(pack({"user_id": user, "erase": True}))
+    assert isinstance(result, DecodeError) and result.reason.split(":")[0] in ("bad_type", "out_of_range", "bad_id")
 
 
 # --------------------------------------------------------------------------- event time bound

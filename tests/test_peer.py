@@ -23,7 +23,7 @@ from tests.job_fixtures import generated_log
 from tests.test_job_kafka import POISON
 from udfs.catalog import CatalogItem, encode_catalog_item
 from udfs.config import Config, PrivacyConfig, load_config
-from udfs.events import Event, max_event_ts
+from udfs.events import Erase, Event, max_event_ts
 from udfs.feedback import feedback_for, remember
 from udfs.item_knowledge import ItemKnowledge
 from udfs.privacy import load_key
@@ -106,6 +106,26 @@ def chunks(events: Sequence[Event], sizes: Sequence[int]) -> list[list[Event]]:
 # ---------------------------------------------------------------------------------------------
 # Batcher, no Kafka
 # ---------------------------------------------------------------------------------------------
+
+
+def test_an_erase_request_in_a_poll_tombstones_after_the_shoppers_pending_list(fixture_artifact):
+    """As the job: the shopper's list buffered before the request leaves first, then the tombstone, then
+    lists built from nothing before it (seq 1 again, no item window: equal to a shopper never seen)."""
+    cfg = make_config(fixture_artifact, ranking={"top_k": 5})
+    rec = build_recommender(cfg)
+    items = list(rec.artifact.tables.covisit)[:4]
+    cat = rec.artifact.tables.item_category
+    t = 1_700_000_000_000
+    before = [Event(1, items[0], cat[items[0]], "pv", t), Event(2, items[1], cat[items[1]], "pv", t + 1000)]
+    after = [Event(1, items[2], cat[items[2]], "cart", t + 2000), Event(2, items[3], cat[items[3]], "pv", t + 3000)]
+    batcher = Batcher.from_config(rec, cfg)
+    out = batcher.process([*before, Erase(1), *after])
+    assert [(k, None if v is None else msgpack.unpackb(v)["seq"]) for k, v in out.lists()] == \
+        [("1", 1), ("2", 1), ("1", None), ("1", 1), ("2", 2)]
+    assert batcher.erased == 1 and "1" in batcher.states
+    fresh = Batcher.from_config(build_recommender(cfg), cfg).process([after[0]]).records[0]
+    assert (out.records[2]["items"], out.records[2]["scores"]) == (fresh["items"], fresh["scores"])
+    assert batcher.items is not None and [e[0] for e in batcher.items.recent["1"]] == [items[2]]
 
 
 def test_repeated_user_flushes_the_pending_batch_first(fixture_artifact):

@@ -16,7 +16,7 @@ from jobs.io import CollectionSource, CollectSink, event_rows
 from jobs.pipeline import build_pipeline, create_environment
 from tests.job_fixtures import T_START, generated_log
 from udfs.config import load_config
-from udfs.events import Event
+from udfs.events import Erase, Event, encode_erase, encode_event
 from udfs.reasons import REASON_CODES
 from udfs.records import SCHEMA_VERSION
 from udfs.runtime import build_recommender, item_knowledge
@@ -37,12 +37,17 @@ def run_bounded(cfg, rows):
 
 
 def reference(cfg, events):
-    """The pure-Python path over the same events, user by user in arrival order."""
+    """The pure-Python path over the same events (and erase requests), user by user in arrival order."""
     rec = build_recommender(cfg)
     knowledge = item_knowledge(cfg, rec.artifact)
     states: dict = defaultdict(UserState)
     out = []
     for e in events:
+        if isinstance(e, Erase):
+            states.pop(e.user_id, None)
+            if knowledge is not None:
+                knowledge.forget(str(e.user_id))
+            continue
         st = states[e.user_id]
         row = knowledge.observe(str(e.user_id), e) if knowledge is not None else None
         if rec.apply(st, e, row, cfg.items.kept_rows) and e.ts >= cfg.job.since_ms:
@@ -267,3 +272,45 @@ def test_batched_ranking_gives_the_unbatched_lists_in_each_shoppers_order(cfg, p
         assert (rec["items"], rec["reasons"], rec["trigger"]) == (want["items"], want["reasons"], want["trigger"]), key
         np.testing.assert_allclose(rec["scores"], want["scores"], rtol=1e-6)
         assert rec["fallback"] is None and rec["provider"] == "cpu"
+
+
+def _lists_by_shopper(cfg, rows):
+    """Each shopper's lists topic records in emission order, as (seq, items); None for a tombstone."""
+    env = create_environment(cfg)
+    sink = CollectSink()
+    build_pipeline(env, cfg, CollectionSource(rows), sink)
+    got = defaultdict(list)
+    for key, value in sink.run()["recommendations"]:
+        rec = json.loads(value)
+        got[key].append(None if rec is None else (rec["seq"], rec["items"]))
+    return got
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_an_erase_request_drops_the_shopper_and_tombstones_their_list_in_order(cfg, batching):
+    """Halfway through a shopper's events comes `{"user_id": ..., "erase": true}`: their lists so far, then
+    a tombstone (an empty value: the Kafka sink's null), then lists that start again at seq 1, built from
+    nothing before the request: as the reference that drops their state and item window. Every other
+    shopper's lists stay the reference's. Batched, the tombstone leaves the ranking stage's buffer after the
+    shopper's buffered lists, not before."""
+    run_cfg = _with_ranking(cfg, batching=True, batch_rows=500, batch_timeout_ms=600_000) if batching else cfg
+    events = generated_log(1200, seed=21)
+    victim = max({e.user_id for e in events}, key=lambda u: sum(e.user_id == u for e in events))
+    theirs = [i for i, e in enumerate(events) if e.user_id == victim]
+    cut = theirs[len(theirs) // 2]  # the request goes in before this event of theirs
+    stream = [*events[:cut], Erase(victim), *events[cut:]]
+    rows = event_rows(events[:cut], "t") + [Row("t", 0, cut, 0, encode_erase(victim))] + [
+        Row("t", 0, cut + 1 + i, e.ts, encode_event(e)) for i, e in enumerate(events[cut:])]
+    got = _lists_by_shopper(run_cfg, rows)
+
+    expected = defaultdict(list)
+    before = sum(1 for i in theirs if i < cut)
+    for r in reference(run_cfg, stream):
+        expected[str(r["user_id"])].append((r["seq"], r["items"]))
+    expected[str(victim)].insert(before, None)
+    assert got == expected
+    mine = got[str(victim)]
+    assert mine[before] is None and [m[0] for m in mine[before + 1:]] == list(range(1, len(theirs) - before + 1))
+    # the reference without the request differs after it: the test can tell a forgotten shopper from one kept
+    kept = [(r["seq"], r["items"]) for r in reference(run_cfg, events) if r["user_id"] == victim]
+    assert kept[before:] != mine[before + 1:]

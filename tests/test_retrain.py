@@ -18,7 +18,7 @@ from streamrec.cli import main
 from streamrec.generator import generate_events
 from streamrec.retrain import KEEP_LIVE, METRIC, PUBLISH, decode_records, drop_stray, retrain, window
 from udfs.artifact import read_manifest, verify_manifest
-from udfs.events import Event, encode_event
+from udfs.events import Event, encode_erase, encode_event
 from udfs.logs import write_events_msgpack
 from udfs.registry import history, live_version, versions
 
@@ -41,6 +41,17 @@ def test_window_counts_back_from_the_newest_event(log: list[Event]) -> None:
     assert win[-1].ts == log[-1].ts and win[0].ts >= log[-1].ts - 4 * HOUR
     with pytest.raises(ValueError, match="--hours must be positive"):
         window(log, 0)
+
+
+def test_an_erased_shoppers_events_before_the_request_never_reach_training(log: list[Event]) -> None:
+    part = log[:200]
+    shopper = part[0].user_id
+    cut = max(i for i, e in enumerate(part) if e.user_id == shopper) // 2 + 1
+    raw = [encode_event(e) for e in part[:cut]] + [encode_erase(str(shopper))] + [encode_event(e) for e in part[cut:]]
+    events, bad, _ = decode_records(raw)
+    assert bad == 0
+    assert events == [e for i, e in enumerate(part) if e.user_id != shopper or i >= cut]
+    assert any(e.user_id == shopper for e in part[:cut]) and any(e.user_id == shopper for e in events)
 
 
 def test_bad_topic_records_are_counted_and_stray_times_dropped(log: list[Event]) -> None:

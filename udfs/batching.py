@@ -108,6 +108,20 @@ def decode_request(data: bytes) -> PreparedRequest:
     return PreparedRequest(seq, Event(*trig), cands, frozenset(fresh), features, error)
 
 
+def encode_erasure(key: str) -> bytes:
+    """A shard buffer's entry for an erased shopper: their lists still buffered leave before the
+    tombstone, in order (a one-entry map, where a request is an array)."""
+    return msgpack.packb({"erase": key}, use_bin_type=True)
+
+
+def erased_key(payload: bytes) -> str | None:
+    """The shopper an :func:`encode_erasure` entry names; None for a scoring request."""
+    if payload[:1] != b"\x81":
+        return None
+    key = msgpack.unpackb(payload, raw=False)["erase"]
+    return str(key)
+
+
 def shard_of(key: str, shards: int) -> int:
     """The batching shard of a shopper key: stable across processes and restarts (unlike ``hash``),
     so a shopper's requests always meet in the same buffer, in order."""

@@ -32,7 +32,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # What decode_event's reasons start with (README, "Dead letters"; the job adds key_mismatch).
 REASON_CODES: tuple[str, ...] = (
     "too_large", "not_msgpack", "not_a_map", "missing_field", "bad_type", "bad_id", "unknown_behavior",
-    "out_of_range", "future_timestamp",
+    "out_of_range", "future_timestamp", "bad_erase",
 )
 
 Id = int | str
@@ -58,6 +58,16 @@ class Event(NamedTuple):
         }
 
 
+class Erase(NamedTuple):
+    """A request to forget a shopper (``{"user_id": ..., "erase": true}`` on the input topic): the job
+    drops the shopper's state and sends a tombstone for their list (README "Erasing a shopper")."""
+
+    user_id: Id
+
+
+ERASE_FIELDS = frozenset(("user_id", "erase"))
+
+
 class DecodeError(NamedTuple):
     """A record that failed decoding; ``raw`` is kept byte-for-byte."""
 
@@ -67,6 +77,11 @@ class DecodeError(NamedTuple):
 
 def encode_event(event: Event) -> bytes:
     return msgpack.packb(event.to_wire(), use_bin_type=True)
+
+
+def encode_erase(user_id: Id) -> bytes:
+    """The input-topic record that erases ``user_id`` (keyed by ``str(user_id)``, as an event is)."""
+    return msgpack.packb({"user_id": user_id, "erase": True}, use_bin_type=True)
 
 
 class InvalidId(ValueError):
@@ -151,11 +166,46 @@ def decode_event(raw: bytes, max_ts_ms: int | None = None,
     later ``ts`` is a ``future_timestamp`` dead letter. ``None``: no bound.
     ``pseudonym``: replaces the user id of a valid event (``privacy.pseudonymize``,
     :mod:`udfs.privacy`), here where it is first read, so no later stage sees the raw id.
+    An erase request is not an event here (``missing_field``): readers of the input topic
+    that honour erasure call :func:`decode_input`.
     """
+    obj = _unpack(raw)
+    return obj if isinstance(obj, DecodeError) else _validate(obj, raw, max_ts_ms, pseudonym)
+
+
+def decode_input(raw: bytes, max_ts_ms: int | None = None,
+                 pseudonym: Callable[[Id], str] | None = None) -> Event | Erase | DecodeError:
+    """An input-topic record: an event (:func:`decode_event`), or an erase request, a map of exactly
+    ``user_id`` and ``erase: true`` (anything else with an ``erase`` key is a ``bad_erase`` dead
+    letter, so a mistyped request is seen rather than taken for an event). The pseudonym applies as
+    to events, so the request reaches the state the shopper's events built."""
+    obj = _unpack(raw)
+    if isinstance(obj, DecodeError):
+        return obj
+    if isinstance(obj, dict) and "erase" in obj:
+        return _validate_erase(obj, raw, pseudonym)
+    return _validate(obj, raw, max_ts_ms, pseudonym)
+
+
+def _validate_erase(obj: dict[Any, Any], raw: bytes, pseudonym: Callable[[Id], str] | None) -> Erase | DecodeError:
+    if obj.keys() != ERASE_FIELDS:
+        fields = sorted(map(str, obj.keys()))[:8]
+        return DecodeError(f"bad_erase: an erase request holds user_id and erase only, got {fields}", raw)
+    if obj["erase"] is not True:
+        return DecodeError(f"bad_erase: erase must be true, got {obj['erase']!r:.32}", raw)
+    try:
+        user = canonical_id(obj["user_id"], "user_id")
+    except InvalidId as exc:
+        return DecodeError(exc.reason, raw)
+    return Erase(user if pseudonym is None else pseudonym(user))
+
+
+def _unpack(raw: bytes) -> Any:
+    """The record's msgpack object, or a :class:`DecodeError`; limits stop hostile headers before allocation."""
     if len(raw) > MAX_EVENT_BYTES:
         return DecodeError(f"too_large: {len(raw)} bytes > {MAX_EVENT_BYTES}", raw)
     try:
-        obj = msgpack.unpackb(
+        return msgpack.unpackb(
             raw,
             raw=False,
             strict_map_key=False,
@@ -168,7 +218,6 @@ def decode_event(raw: bytes, max_ts_ms: int | None = None,
         )
     except Exception as exc:  # msgpack raises many types; all mean "not our format"
         return DecodeError(f"not_msgpack: {type(exc).__name__}: {str(exc)[:120]}", raw)
-    return _validate(obj, raw, max_ts_ms, pseudonym)
 
 
 def _no_ext(code: int, data: bytes) -> Any:

@@ -192,6 +192,11 @@ class ItemKnowledge:
             row = self.rows[item] = ItemRow.seeded(self.seed.get(item, ()), ts, self.params.max_entries)
         return row
 
+    def forget(self, user: Id) -> None:
+        """An erased shopper: their window goes, as the job's item step clears it (ItemPairs.java).
+        The rows keep what the shopper's events added: counts over every shopper, no one's history."""
+        self.recent.pop(user, None)
+
     def observe(self, user: Id, event: Event) -> list[Entry]:
         """Count the event's pairs; the touched item's row, fresh, as the job sends it on."""
         params = self.params

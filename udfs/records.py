@@ -97,6 +97,12 @@ def _check_parts(obj: dict[str, Any], reasons: list[Any]) -> None:
         raise OutputRecordError(f"bad_type: fallback must be a string or null, got {type(obj['fallback']).__name__}")
 
 
+# The lists topic's value for an erased shopper: the job emits it (an empty value) and the sink
+# writes it as Kafka's tombstone, a null value (KeyedBytesSerializer.java), which compaction and the
+# serve followers take as "delete this shopper's list" (README "Erasing a shopper").
+ERASED_LIST = b""
+
+
 def encode_output_record(record: dict[str, Any]) -> bytes:
     """The ``recommendations`` topic's value for ``udfs.recommend.output_record``'s map."""
     return msgpack.packb(record, use_bin_type=True)

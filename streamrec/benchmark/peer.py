@@ -7,8 +7,9 @@ same onnxruntime model, and a Kafka producer. It does the work of
 code (:class:`udfs.recommend.Recommender`), and writes the same records to the
 same topics:
 
-- each input record is decoded with :func:`udfs.events.decode_event`, with the
-  job's bound on event time (wall-clock now + ``job.max_future_skew_ms``); a bad
+- each input record is decoded with :func:`udfs.events.decode_input` (an erase request
+  drops the shopper and sends a tombstone, as the job does), with the job's bound
+  on event time (wall-clock now + ``job.max_future_skew_ms``); a bad
   one becomes a dead letter (same msgpack layout and key as the job's);
 - per user, state is one msgpack value (``UserState.to_bytes``/``from_bytes`` per
   event, what Flink's state serialization costs), dropped after ``state.ttl_s`` of
@@ -58,7 +59,7 @@ import resource
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,7 +67,7 @@ from streamrec.kafka_io import connect_errors
 from streamrec.kafka_io import producer as make_producer
 from udfs.catalog import CatalogFull, decode_catalog_item
 from udfs.config import Config
-from udfs.events import DecodeError, Event, decode_event, max_event_ts
+from udfs.events import DecodeError, Erase, Event, decode_input, max_event_ts
 from udfs.features import UserRequest
 from udfs.feedback import feedback_for, remember
 from udfs.item_knowledge import ItemKnowledge
@@ -95,6 +96,21 @@ class PollOutput:
     """Late-topic ``(key, msgpack value)`` pairs."""
     feedback: list[tuple[str, bytes]] = field(default_factory=list)
     """Feedback-topic ``(key, msgpack value)`` pairs (udfs/feedback.py), as the job emits them."""
+    erased: list[tuple[int, str]] = field(default_factory=list)
+    """Erased shoppers: ``(position in records, key)``, the tombstone goes before that record."""
+
+    def lists(self) -> Iterator[tuple[str, bytes | None]]:
+        """The lists topic's ``(key, value)`` records in emission order; None: a tombstone."""
+        erased = iter(self.erased)
+        pending = next(erased, None)
+        for i, record in enumerate(self.records):
+            while pending is not None and pending[0] <= i:
+                yield pending[1], None
+                pending = next(erased, None)
+            yield str(record["user_id"]), encode_output_record(record)
+        while pending is not None:
+            yield pending[1], None
+            pending = next(erased, None)
 
 
 class Batcher:
@@ -145,6 +161,7 @@ class Batcher:
         self.rows_scored = 0
         self.expired = 0
         self.feedback = 0
+        self.erased = 0
         self._pending: list[UserRequest] = []
         # Per user with an unscored request: the latest state object (written at the flush)
         # and how many increments of `emitted` scoring still owes it (0 or 1).
@@ -182,11 +199,14 @@ class Batcher:
         self.expired += n
         return n
 
-    def process(self, events: Iterable[Event]) -> PollOutput:
-        """Apply one poll's events in order; returns its outputs (all requests scored)."""
+    def process(self, events: Iterable[Event | Erase]) -> PollOutput:
+        """Apply one poll's events and erase requests in order; returns its outputs (all requests scored)."""
         self.expire()
         out = PollOutput()
         for event in events:
+            if isinstance(event, Erase):
+                self._erase(str(event.user_id), out)
+                continue
             self.events += 1
             watermark = self.watermark
             if self.max_ts is None or event.ts > self.max_ts:
@@ -229,6 +249,15 @@ class Batcher:
                 self._write(key, state)
         self._flush(out)
         return out
+
+    def _erase(self, key: str, out: PollOutput) -> None:
+        """As the job: the shopper's lists so far go out, then their state, item window and list go."""
+        self._flush(out)
+        self.states.pop(key, None)
+        if self.items is not None:
+            self.items.forget(key)
+        out.erased.append((len(out.records), key))
+        self.erased += 1
 
     def _feedback(self, state: UserState, event: Event, out: PollOutput) -> None:
         fb = feedback_for(state, event, self.since_ms)
@@ -453,7 +482,7 @@ def run_peer(
             last_record_at = time.monotonic()
             stats.polls += 1
             futures = []
-            events: list[Event] = []
+            events: list[Event | Erase] = []
             max_ts = max_event_ts(config.job.max_future_skew_ms)  # once per poll, like the job's per event
             for tp, messages in polled.items():
                 if tp.topic == k.catalog_topic:
@@ -461,7 +490,7 @@ def run_peer(
                     continue
                 for msg in messages:
                     consumed += 1
-                    result = decode_event(msg.value if msg.value is not None else b"", max_ts, pseudonym)
+                    result = decode_input(msg.value if msg.value is not None else b"", max_ts, pseudonym)
                     if isinstance(result, DecodeError):
                         stats.bad += 1
                         key, value = dead_letter_record(result, msg.topic, msg.partition, msg.offset, msg.timestamp,
@@ -474,9 +503,8 @@ def run_peer(
                 futures.append(prod.send(late_topic, key=key.encode(), value=value))
             for key, value in out.feedback:
                 futures.append(prod.send(feedback_topic, key=key.encode(), value=value))
-            for record in out.records:
-                futures.append(prod.send(out_topic, key=str(record["user_id"]).encode(),
-                                         value=encode_output_record(record)))
+            for key, listed in out.lists():
+                futures.append(prod.send(out_topic, key=key.encode(), value=listed))
             prod.flush()
             for f in futures:
                 if f.failed():

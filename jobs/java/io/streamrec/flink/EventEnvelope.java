@@ -207,6 +207,40 @@ public class EventEnvelope extends RichMapFunction<Row, Row> implements ResultTy
         }
     }
 
+    /**
+     * Whether {@code value} is an erase request as udfs/events.py decode_input reads one: a map of
+     * exactly {@code user_id} (a valid id) and {@code erase: true}. The envelope keys it by the
+     * shopper with {@link #NO_TIME} (it is no event); the item step forgets the shopper's window on it.
+     */
+    public static boolean isErase(byte[] value) {
+        if (value == null || value.length > MAX_EVENT_BYTES) {
+            return false;
+        }
+        try (MessageUnpacker in = LIMITS.newUnpacker(value)) {
+            if (!in.hasNext() || in.getNextFormat().getValueType() != ValueType.MAP || in.unpackMapHeader() != 2) {
+                return false;
+            }
+            boolean user = false;
+            boolean erase = false;
+            for (int i = 0; i < 2; i++) {
+                if (in.getNextFormat().getValueType() != ValueType.STRING) {
+                    return false;
+                }
+                String name = in.unpackString();
+                if (name.equals("user_id")) {
+                    user = readId(in) != null;
+                } else if (name.equals("erase") && in.getNextFormat().getValueType() == ValueType.BOOLEAN) {
+                    erase = in.unpackBoolean();
+                } else {
+                    return false;
+                }
+            }
+            return user && erase && !in.hasNext();
+        } catch (Exception e) {
+            return false;
+        }
+    }
+
     /** What the envelope read: the key, and the event time or {@link #NO_TIME}. */
     public static final class Peeked {
         static final Peeked NOTHING = new Peeked(UNKEYED, NO_TIME);

@@ -33,7 +33,8 @@ import org.msgpack.value.ValueType;
  * pairs {@code [item, [[earlier, weight * backwardShare], ...], ts]}), and one pair message to each
  * earlier item's row (user empty, no envelope, pairs {@code [earlier, [[item, weight]], ts]}). A record
  * the envelope found invalid (event_ts {@link EventEnvelope#NO_TIME}) or whose item cannot be read
- * goes on keyed by its shopper with empty pairs: the recommend function makes it a dead letter.
+ * goes on keyed by its shopper with empty pairs: the recommend function makes it a dead letter. An
+ * erase request ({@link EventEnvelope#isErase}) goes on the same way, after the shopper's window is cleared.
  */
 public class ItemPairs extends KeyedProcessFunction<Row, Row, Row> {
     static final byte[] NONE = new byte[0];
@@ -87,7 +88,11 @@ public class ItemPairs extends KeyedProcessFunction<Row, Row, Row> {
 
     @Override
     public void processElement(Row value, Context ctx, Collector<Row> out) throws Exception {
-        byte[] next = step((String) value.getField(0), (Row) value.getField(1), recent.value(), out);
+        Row envelope = (Row) value.getField(1);
+        if ((Long) envelope.getField(4) == EventEnvelope.NO_TIME && EventEnvelope.isErase((byte[]) envelope.getField(5))) {
+            recent.clear(); // an erased shopper's next event pairs with nothing before it (README "Erasing a shopper")
+        }
+        byte[] next = step((String) value.getField(0), envelope, recent.value(), out);
         if (next != null) {
             recent.update(next);
         }

@@ -8,7 +8,8 @@ import org.apache.flink.kafka.shaded.org.apache.kafka.clients.producer.ProducerR
 /**
  * Writes Row(key: String, value: byte[]) to one topic: the key as UTF-8, the value as is.
  * The record timestamp is left to the producer (send time), which is what
- * event-to-recommendation latency is measured against.
+ * event-to-recommendation latency is measured against. An empty value is written as null, Kafka's
+ * tombstone: the job's list for an erased shopper (udfs/records.py ERASED_LIST).
  */
 public class KeyedBytesSerializer implements KafkaRecordSerializationSchema<Row> {
     private final String topic;
@@ -21,6 +22,7 @@ public class KeyedBytesSerializer implements KafkaRecordSerializationSchema<Row>
     public ProducerRecord<byte[], byte[]> serialize(Row element, KafkaSinkContext context, Long timestamp) {
         Object key = element.getField(0);
         byte[] keyBytes = key == null ? null : key.toString().getBytes(StandardCharsets.UTF_8);
-        return new ProducerRecord<>(topic, null, null, keyBytes, (byte[]) element.getField(1));
+        byte[] value = (byte[]) element.getField(1);
+        return new ProducerRecord<>(topic, null, null, keyBytes, value == null || value.length == 0 ? null : value);
     }
 }
