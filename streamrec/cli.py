@@ -49,12 +49,13 @@ from streamrec.evaluation.matrix import PNG_FILE as MATRIX_PNG
 from streamrec.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
 from streamrec.feedback_view import decoded, show
 from streamrec.generator import generate_events
-from streamrec.kafka_io import consume, produce, read_topic, replay
+from streamrec.kafka_io import consume, erase_record, produce, read_topic, replay
 from streamrec.local import kafka as kafka_local
 from streamrec.retrain import decode_records, drop_stray, format_report, retrain
 from udfs.artifact import verify_manifest
 from udfs.catalog import CatalogItem
 from udfs.config import ENV_PREFIX, ConfigError
+from udfs.events import InvalidId, canonical_id
 from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.kafka_security import python_client_options
 from udfs.logs import FORMATS, TS_UNITS, CsvLayout, load_events, write_events_msgpack, write_userbehavior_csv
@@ -149,8 +150,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
     topic = args.topic or cfg.kafka.output_topic
     max_n = int(args.max) if args.max else None
     for rec in consume(cfg.kafka.bootstrap_servers, topic, max_records=max_n, timeout_s=float(args.timeout),
-                       security=python_client_options(cfg.kafka)):
+                       security=python_client_options(cfg.kafka), tombstones=True):
         value = rec.value
+        if rec.tombstone:  # the shopper under this key was erased
+            value = {"tombstone": (rec.key or b"").decode("utf-8", "replace")}
         if isinstance(value, dict) and isinstance(value.get("raw"), bytes):
             value = {**value, "raw": value["raw"].hex()}
         print(json.dumps(value, default=str), flush=True)
@@ -226,6 +229,21 @@ def cmd_pseudonym(args: argparse.Namespace) -> int:
     key = load_key(config_from_args(args).privacy)
     for user_id in args.ids:
         print(key.pseudonym(user_id))
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Erase shoppers: one erase request per id on the input topic, which the job turns into dropped
+    state and a tombstone for the shopper's list (README "Erasing a shopper")."""
+    cfg = config_from_args(args)
+    try:
+        users = [canonical_id(raw, "user_id") for raw in args.ids]
+    except InvalidId as exc:
+        raise ConfigError(f"ID: {exc.reason}") from exc
+    topic = args.topic or cfg.kafka.input_topic
+    stats = produce(cfg.kafka.bootstrap_servers, topic, [erase_record(u) for u in users],
+                    security=python_client_options(cfg.kafka))
+    print(json.dumps({"erase_requests": stats.sent, "topic": topic, "user_ids": users}))
     return 0
 
 
@@ -577,6 +595,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+", metavar="ID", help="user ids as the shop knows them ('42' and 42 are one)")
     add_config_flags(p, ["--key-file", "--key-env"])
     p.set_defaults(func=cmd_pseudonym)
+
+    p = sub.add_parser("forget", help="erase shoppers: their state, item window and stored list (a request on "
+                       "the input topic)")
+    p.add_argument("ids", nargs="+", metavar="ID", help="user ids as the shop knows them ('42' and 42 are one); "
+                   "with privacy.pseudonymize the job maps them as it maps events")
+    add_flag(p, "--topic", f"{ENV_PREFIX}FORGET_TOPIC", "topic (default: kafka.input_topic)")
+    add_config_flags(p, ["--bootstrap-servers"])
+    p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("train", help="train, evaluate and export the ranking model")
     add_flag(p, "--events", f"{ENV_PREFIX}TRAIN_EVENTS", "events file", required=False)

@@ -20,7 +20,7 @@ import msgpack
 from kafka.errors import KafkaError, SaslAuthenticationFailedError
 
 from streamrec.progress import Progress
-from udfs.events import Event, encode_event
+from udfs.events import Event, Id, encode_erase, encode_event
 from udfs.kafka_security import KafkaCredentialsError, merged
 
 
@@ -92,6 +92,11 @@ def event_record(ev: Event) -> tuple[bytes, bytes]:
     return str(ev.user_id).encode(), encode_event(ev)
 
 
+def erase_record(user_id: Id) -> tuple[bytes, bytes]:
+    """The input topic's erase request for a shopper (``user_id`` canonical), keyed as their events."""
+    return str(user_id).encode(), encode_erase(user_id)
+
+
 def replay(
     events: Iterable[Event | bytes],
     bootstrap: str,
@@ -117,6 +122,8 @@ class ConsumedRecord:
     timestamp: int
     partition: int
     offset: int
+    tombstone: bool = False
+    """A null value (``value`` is empty): on the lists topic, the list of an erased shopper."""
 
 
 def consume(
@@ -128,8 +135,10 @@ def consume(
     from_beginning: bool = True,
     group_id: str | None = None,
     security: Mapping[str, Any] | None = None,
+    tombstones: bool = False,
 ) -> Iterator[ConsumedRecord]:
-    """Yield decoded records until ``max_records`` or ``timeout_s`` without new ones.
+    """Yield decoded records until ``max_records`` or ``timeout_s`` without new ones; tombstones (null
+    values: erased shoppers) only with ``tombstones``, marked so.
 
     read_committed: with an exactly-once job, only committed lists are seen.
     """
@@ -144,8 +153,13 @@ def consume(
     n = 0
     try:
         for msg in cons:
-            value = msgpack.unpackb(msg.value, raw=False, strict_map_key=False)
-            yield ConsumedRecord(msg.key, value, msg.timestamp, msg.partition, msg.offset)
+            if msg.value is None:  # a tombstone (an erased shopper's list, udfs.records.ERASED_LIST)
+                if not tombstones:
+                    continue
+                yield ConsumedRecord(msg.key, {}, msg.timestamp, msg.partition, msg.offset, tombstone=True)
+            else:
+                value = msgpack.unpackb(msg.value, raw=False, strict_map_key=False)
+                yield ConsumedRecord(msg.key, value, msg.timestamp, msg.partition, msg.offset)
             n += 1
             if max_records is not None and n >= max_records:
                 return

@@ -9,6 +9,7 @@ scan is shown to find what it looks for.
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from kafka import KafkaConsumer
 
 from streamrec.kafka_io import consume, replay
 from streamrec.local.procs import stop_group
+from streamrec.serve.follower import Follower
+from streamrec.serve.store import SqliteStore
 from tests.job_fixtures import generated_log
 from udfs.config import env_var
 
@@ -115,3 +118,64 @@ def test_pseudonymous_job_writes_no_raw_user_id(kafka_broker, unique_topic, kafk
     assert late[0].key.decode() == late[0].value["event"]["user_id"] == alias[_raw_id("late")]
     assert sorted(d.value["reason"] for d in dead) == ["not_msgpack", "out_of_range:user_id", "unknown_behavior"]
     assert all(d.value["raw"] == b"" and d.value["raw_redacted"] for d in dead)
+
+
+def _lists_topic(bootstrap: str, topic: str, want: int, job: subprocess.Popen, log: Path,
+                 timeout_s: float = 180) -> list:
+    """The lists topic from its start, tombstones included, read again until ``want`` records are there."""
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < want and time.monotonic() < deadline and job.poll() is None:
+        out = list(consume(bootstrap, topic, timeout_s=4, tombstones=True))
+    assert job.poll() is None, "job died:\n" + log.read_text()[-3000:]
+    assert len(out) == want, f"{topic}: {len(out)} of {want}"
+    return out
+
+
+def test_streamrec_forget_erases_a_pseudonymous_shopper_from_the_job_and_the_serve_view(
+        kafka_broker, unique_topic, kafka_jobs, tmp_path):
+    """The storefront runs `streamrec forget RAW_ID`: the job (pseudonymizing) drops the shopper's state and
+    writes a tombstone under their pseudonym after their lists; the serve view deletes their list; their
+    next event starts a new history (seq 1). Nobody else's list changes."""
+    topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic")}
+    key_file = tmp_path / "pseudonym.key"
+    key_file.write_text(secrets.token_hex(32) + "\n")
+    job = kafka_jobs(topics, **{env_var("privacy", "pseudonymize"): "true",
+                                env_var("privacy", "key_file"): str(key_file)})
+    log = tmp_path / "job0.log"
+    bootstrap = kafka_broker.bootstrap
+    events = [e._replace(user_id=_raw_id(e.user_id)) for e in generated_log(150, seed=12)]
+    accepted = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})
+    replay(events, bootstrap, topics["input_topic"])
+    _lists_topic(bootstrap, topics["output_topic"], accepted, job, log)
+
+    victim = events[0].user_id
+    alias = _pseudonyms(key_file, [victim])[victim]
+    done = subprocess.run([sys.executable, "-m", "streamrec.cli", "forget", "--bootstrap-servers", bootstrap,
+                           "--topic", topics["input_topic"], victim], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout)["erase_requests"] == 1
+    lists = _lists_topic(bootstrap, topics["output_topic"], accepted + 1, job, log)
+    last = lists[-1]
+    assert last.tombstone and last.key.decode() == alias
+    assert sum(r.tombstone for r in lists) == 1
+
+    store = SqliteStore(tmp_path / "view.sqlite", topics["output_topic"])
+    follower = Follower(store, bootstrap, topics["output_topic"])
+    follower.start()
+    try:
+        assert follower.ready.wait(60), follower.last_error
+        shoppers = {r.key.decode() for r in lists}
+        assert store.get(alias) is None and store.count() == len(shoppers) - 1 and follower.erased == 1
+        assert all(store.get(s) is not None for s in shoppers - {alias})
+
+        again = events[-1]._replace(user_id=victim, ts=max(e.ts for e in events) + 1000)
+        replay([again], bootstrap, topics["input_topic"])
+        fresh = _lists_topic(bootstrap, topics["output_topic"], accepted + 2, job, log)[-1]
+        assert fresh.key.decode() == alias and fresh.value["seq"] == 1
+        deadline = time.monotonic() + 30
+        while store.get(alias) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stored = store.get(alias)
+        assert stored is not None and stored.record.seq == 1
+    finally:
+        follower.stop()

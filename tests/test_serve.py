@@ -594,6 +594,26 @@ def test_the_lists_follower_counts_and_skips_unreadable_records_and_moves_on(mak
     assert store.positions() == {0: len(values)} and store.count() == 1 and store.get("1") is not None
 
 
+def test_a_lists_tombstone_erases_the_shoppers_list_and_a_later_list_comes_back(make_store: StoreFactory):
+    """The job's list for an erased shopper is a tombstone (null value, the shopper's key): the view drops
+    their list, in the store's one transaction; within a batch each shopper's last record decides."""
+    store = make_store("s", "recs")
+    put_list(store, output_value(1, 4, [7]), 0)
+    put_list(store, output_value(2, 9, [8]), 1)
+    put_list(store, output_value(3, 2, [9]), 2)
+    f = Follower(store, "127.0.0.1:1", "recs")
+    msgs = [_Msg(None, 0, 3, b"1"),  # erased
+            _Msg(output_value(2, 10, [8, 6]), 0, 4), _Msg(None, 0, 5, b"2"),  # a list, then erased
+            _Msg(None, 0, 6, b"3"), _Msg(output_value(3, 1, [5]), 0, 7),  # erased, then a new first list
+            _Msg(None, 0, 8, b"404")]  # a shopper the view never held
+    f._store_batch(msgs, {0: 9})
+    assert (store.get("1"), store.get("2"), store.get("404")) == (None, None, None)
+    again = store.get("3")
+    assert again is not None and (again.record.seq, again.record.items, again.offset) == (1, [5], 7)
+    assert (f.erased, f.bad_records, store.count(), store.positions()) == (3, 0, 1, {0: 9})
+    assert "1" not in map(str, store.recent_users(10)) and "2" not in map(str, store.recent_users(10))
+
+
 def test_a_catalog_tombstone_is_a_counted_skip_not_a_batch_retried_forever(make_store: StoreFactory):
     store = make_store("s", "recs")
     f = CatalogFollower(store, "127.0.0.1:1", "catalog", max_future_skew_ms=Config().job.max_future_skew_ms)

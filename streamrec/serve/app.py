@@ -282,7 +282,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 def _follower_status(f: Follower) -> dict[str, Any]:
     return {"topic": f.topic, "state": f.state(), "catch_up_remaining": f.lag, "records_consumed": f.records,
-            "bad_records": f.bad_records}
+            "bad_records": f.bad_records, "erased": f.erased}
 
 
 def readiness(ctx: ServeContext) -> tuple[bool, dict[str, Any]]:
@@ -625,6 +625,8 @@ def build_app(ctx: ServeContext) -> Starlette:
                   lambda: f.records)
     metrics.gauge("streamrec_serve_bad_records_total", "Records of the topic that are not readable output records.",
                   lambda: f.bad_records)
+    metrics.gauge("streamrec_serve_erased_total", "Shoppers' lists deleted by a tombstone on the topic (erasure).",
+                  lambda: f.erased)
     metrics.gauge("streamrec_serve_ready", "1 once the view is rebuilt from the topic.", lambda: f.ready.is_set())
     metrics.gauge("streamrec_serve_catch_up_remaining", "Records left to read before the view is rebuilt.",
                   lambda: f.lag)

@@ -45,6 +45,7 @@ class Follower:
         self.stopped = threading.Event()
         self.records = 0
         self.bad_records = 0
+        self.erased = 0
         self.last_error: str | None = None
         self.last_record_at: float | None = None
         self.lag = 0
@@ -138,18 +139,29 @@ class Follower:
 
     def _store_batch(self, msgs: list[Any], positions: dict[int, int]) -> None:
         """Decode a polled batch and store it with the positions reached (also when all were unreadable,
-        so they are not read again)."""
-        decoded: list[tuple[OutputRecord, int, int]] = []
+        so they are not read again). A tombstone (null value) erases its key's list; within the batch
+        each shopper's last record decides (one shopper's records share a partition, in order)."""
+        latest: dict[str, tuple[OutputRecord, int, int] | None] = {}
+        read = 0
         for msg in msgs:
+            if msg.value is None and msg.key is not None:  # an erased shopper (udfs.records.ERASED_LIST)
+                latest[msg.key.decode("utf-8", "replace")] = None
+                continue
             try:
-                decoded.append((decode_output_record(msg.value), msg.partition, msg.offset))
+                record = decode_output_record(msg.value)
             except OutputRecordError as exc:
                 self.bad_records += 1
                 log.warning("skipping %s:%d:%d: %s", self.topic, msg.partition, msg.offset, exc)
-        self.store.write(decoded, positions)
-        self.records += len(decoded)
-        if self.on_lists and decoded:
-            self.on_lists(sorted({str(r.user_id) for r, _, _ in decoded}))
+                continue
+            latest[str(record.user_id)] = (record, msg.partition, msg.offset)
+            read += 1
+        lists = [entry for entry in latest.values() if entry is not None]
+        erased = [key for key, entry in latest.items() if entry is None]
+        self.store.write(lists, positions, erased)
+        self.records += read
+        self.erased += len(erased)
+        if self.on_lists and latest:
+            self.on_lists(sorted(latest))
 
 
 class CatalogFollower(Follower):

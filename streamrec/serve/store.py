@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
@@ -113,8 +113,10 @@ class Store(Protocol):
         """Next offset to read, by partition (empty: rebuild from the topic's start)."""
         ...
 
-    def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int]) -> int:
-        """Store ``(record, partition, offset)`` and the positions reached, atomically; the lists written."""
+    def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int],
+              erased: Collection[str] = ()) -> int:
+        """Store ``(record, partition, offset)``, delete the lists of the ``erased`` shopper keys, and store
+        the positions reached, atomically; the lists written. A key is in one of the two at most."""
         ...
 
     def get(self, user_key: str) -> Stored | None: ...
@@ -216,15 +218,18 @@ class SqliteStore:
         return dict(self._con().execute("SELECT partition, next_offset FROM positions").fetchall())
 
     @_sqlite_available
-    def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int]) -> int:
-        """Store ``(record, partition, offset)`` (a later offset replaces a shopper's list) and the
-        positions reached, in one transaction; the number of lists written."""
+    def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int],
+              erased: Collection[str] = ()) -> int:
+        """Store ``(record, partition, offset)`` (a later offset replaces a shopper's list), delete the
+        ``erased`` shoppers' lists, and store the positions reached, in one transaction; the number of
+        lists written."""
         now = int(time.time() * 1000)
         rows = [(str(r.user_id), record_json(r), r.generated_at, now, p, o) for r, p, o in records]
         con = self._con()
         con.execute("BEGIN IMMEDIATE")
         try:
             con.executemany("INSERT OR REPLACE INTO lists VALUES (?, ?, ?, ?, ?, ?)", rows)
+            con.executemany("DELETE FROM lists WHERE user_key=?", [(key,) for key in erased])
             con.executemany("INSERT OR REPLACE INTO positions VALUES (?, ?)", positions.items())
             con.execute("COMMIT")
         except BaseException:
@@ -369,11 +374,16 @@ class RedisStore:
         return {int(p): int(o) for p, o in self._r.hgetall(self._positions).items()}
 
     @_reachable
-    def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int]) -> int:
-        """One MULTI/EXEC: the lists (a later offset first in ``recent``) and the positions reached."""
+    def write(self, records: Iterable[tuple[OutputRecord, int, int]], positions: dict[int, int],
+              erased: Collection[str] = ()) -> int:
+        """One MULTI/EXEC: the lists (a later offset first in ``recent``), the ``erased`` shoppers' lists
+        deleted, and the positions reached."""
         rows = sorted(records, key=lambda rpo: rpo[2])
         first = int(self._r.incrby(self._seq, len(rows))) - len(rows) + 1 if rows else 0
         pipe = self._r.pipeline(transaction=True)
+        if erased:
+            pipe.hdel(self._lists, *erased)
+            pipe.zrem(self._recent, *erased)
         if rows:
             pipe.hset(self._lists, mapping={
                 str(r.user_id): json.dumps({"b": record_json(r), "p": p, "o": o}, separators=(",", ":"))
