@@ -359,6 +359,7 @@ class _Recommending:
         if self.shard_keys:
             yield Row(self.shard_keys[shard_of(key, len(self.shard_keys))], Row(key, 0, encode_erasure(key)))
         else:
+            yield FEEDBACK_TAG, Row(key, ERASED_LIST)  # readers of the feedback topic drop what came before
             yield Row(key, ERASED_LIST)
 
     def _feedback(self, state: UserState, event: Event) -> Any:

@@ -30,7 +30,7 @@ from jobs.pipeline import PipelineOutputs, source_watermarks
 from udfs.config import Config, ConfigError
 from udfs.events import Event, encode_event
 from udfs.kafka_security import java_client_properties, python_client_options
-from udfs.records import ERASED_LIST
+from udfs.records import ERASED_LIST, TOMBSTONE_FIELD
 from udfs.topics import COMPACTED, ensure_topic
 
 # Values travel back to the client as JSON text: a Java byte[] crosses py4j byte by
@@ -228,7 +228,7 @@ class CollectionSource:
 
 
 def _tag(kind: str) -> Any:
-    return lambda r: Row(kind, r[0], json.dumps(to_json(kind, as_bytes(r[1])), separators=(",", ":")))
+    return lambda r: Row(kind, r[0], json.dumps(to_json(kind, as_bytes(r[1]), r[0]), separators=(",", ":")))
 
 
 @dataclass
@@ -255,11 +255,11 @@ class CollectSink:
         return self.results
 
 
-def to_json(kind: str, value: bytes) -> dict[str, Any] | None:
-    """Output values as JSON objects; raw bytes of dead letters as base64; None for an erased
-    shopper's list (``udfs.records.ERASED_LIST``, a tombstone on Kafka)."""
+def to_json(kind: str, value: bytes, key: str) -> dict[str, Any]:
+    """Output values as JSON objects; raw bytes of dead letters as base64; an erased shopper's
+    tombstone (``udfs.records.ERASED_LIST``, a null value on Kafka) as ``{"tombstone": key}``."""
     if value == ERASED_LIST:
-        return None
+        return {TOMBSTONE_FIELD: key}
     obj = msgpack.unpackb(value, raw=False, strict_map_key=False)
     if kind == "dead_letters":
         obj["raw_b64"] = base64.b64encode(obj.pop("raw")).decode()

@@ -47,7 +47,7 @@ from streamrec.evaluation.matrix import (
 from streamrec.evaluation.matrix import JSON_FILE as MATRIX_JSON
 from streamrec.evaluation.matrix import PNG_FILE as MATRIX_PNG
 from streamrec.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
-from streamrec.feedback_view import decoded, show
+from streamrec.feedback_view import decoded, show, without_erased
 from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, erase_record, produce, read_topic, replay
 from streamrec.local import kafka as kafka_local
@@ -60,6 +60,7 @@ from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, co
 from udfs.kafka_security import python_client_options
 from udfs.logs import FORMATS, TS_UNITS, CsvLayout, load_events, write_events_msgpack, write_userbehavior_csv
 from udfs.privacy import load_key
+from udfs.records import TOMBSTONE_FIELD
 
 # --- logs --------------------------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
                        security=python_client_options(cfg.kafka), tombstones=True):
         value = rec.value
         if rec.tombstone:  # the shopper under this key was erased
-            value = {"tombstone": (rec.key or b"").decode("utf-8", "replace")}
+            value = {TOMBSTONE_FIELD: (rec.key or b"").decode("utf-8", "replace")}
         if isinstance(value, dict) and isinstance(value.get("raw"), bytes):
             value = {**value, "raw": value["raw"].hex()}
         print(json.dumps(value, default=str), flush=True)
@@ -169,8 +170,8 @@ def _feedback_values(args: argparse.Namespace, follow: bool = False) -> Iterator
     cfg = config_from_args(args)
     timeout = 10 ** 9 if follow else float(args.timeout)
     for rec in consume(cfg.kafka.bootstrap_servers, cfg.kafka.feedback_topic, timeout_s=timeout,
-                       security=python_client_options(cfg.kafka)):
-        yield rec.value
+                       security=python_client_options(cfg.kafka), tombstones=True):
+        yield {TOMBSTONE_FIELD: (rec.key or b"").decode("utf-8", "replace")} if rec.tombstone else rec.value
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
@@ -185,7 +186,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 def cmd_ab(args: argparse.Namespace) -> int:
     """Per-arm online figures with shopper-bootstrap intervals, a plot and a JSON."""
     skipped: list[str] = []
-    records = list(decoded(_feedback_values(args), skipped))
+    records = list(decoded(without_erased(_feedback_values(args)), skipped))
     if not records:
         raise ConfigError("no feedback records read" + (f" ({len(skipped)} unreadable)" if skipped else ""))
     report = ab.ab_report(records, control=args.control or None, resamples=int(args.resamples))

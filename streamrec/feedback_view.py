@@ -17,7 +17,7 @@ from typing import TextIO
 
 from udfs.feedback import NO_ARM, OnlineFigures, ndcg_at
 from udfs.ranking_metrics import K
-from udfs.records import FeedbackRecord, OutputRecordError, decode_feedback_record
+from udfs.records import FeedbackRecord, OutputRecordError, decode_feedback_record, tombstone_key
 
 Label = tuple[str, str]  # (model version, arm)
 
@@ -68,12 +68,31 @@ class RollingFeedback:
 
 
 def decoded(values: Iterable[object], skipped: list[str]) -> Iterator[FeedbackRecord]:
-    """Feedback records from topic values (maps) or raw bytes; what cannot be read is noted in ``skipped``."""
+    """Feedback records from topic values (maps) or raw bytes; what cannot be read is noted in ``skipped``;
+    tombstones (``{"tombstone": KEY}``: an erased shopper) are passed over."""
     for value in values:
+        if tombstone_key(value) is not None:
+            continue
         try:
             yield decode_feedback_record(value)  # type: ignore[arg-type]
         except OutputRecordError as exc:
             skipped.append(str(exc))
+
+
+def without_erased(values: Iterable[object]) -> list[object]:
+    """The values with every erased shopper's records before their tombstone left out (and the tombstones):
+    a report over the whole topic (``streamrec ab report``) keeps nothing of a shopper who asked to be
+    forgotten, although the topic holds their records until its retention removes them."""
+    kept = list(values)
+    erased_at = {key: i for i, v in enumerate(kept) if (key := tombstone_key(v)) is not None}
+    if not erased_at:
+        return kept
+    return [v for i, v in enumerate(kept) if tombstone_key(v) is None and i > erased_at.get(_user_key(v), -1)]
+
+
+def _user_key(value: object) -> str:
+    """The shopper key of a feedback map ("" for anything else: no tombstone names it)."""
+    return str(value["user_id"]) if isinstance(value, dict) and "user_id" in value else ""
 
 
 def show(records: Iterable[FeedbackRecord], window: int, out: TextIO, *, follow: bool = False,

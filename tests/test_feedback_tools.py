@@ -10,7 +10,7 @@ import pytest
 
 from streamrec.cli import main
 from streamrec.evaluation.ab_report import ab_report, bootstrap_ratios, percentile_interval, write_report
-from streamrec.feedback_view import RollingFeedback
+from streamrec.feedback_view import RollingFeedback, without_erased
 from udfs.records import FeedbackRecord
 
 T0 = 1_700_000_000_000
@@ -98,3 +98,21 @@ def test_commands_read_a_bounded_runs_feedback_file(tmp_path, capsys):
     assert main(["ab", "report", "--file", str(path), "--out", str(tmp_path / "ab"), "--resamples", "50"]) == 0
     out, _ = capsys.readouterr()
     assert "a: 10 records, 10 shoppers (m1)" in out and (tmp_path / "ab" / "ab_report.png").exists()
+
+
+def test_an_ab_report_keeps_nothing_of_an_erased_shopper_before_their_tombstone(tmp_path, capsys):
+    """The job writes a tombstone for an erased shopper to the feedback topic too (the file sink as
+    {"tombstone": KEY}); the report over the whole topic leaves out their records before it, keeps what
+    they did after it, and the rolling view passes over the tombstone without calling it unreadable."""
+    path = tmp_path / "out.jsonl.feedback.jsonl"
+    before = [fb(u, 0, arm=arm) for arm in ("a", "b") for u in range(6)]
+    after = [fb(3, -1, arm="a")]
+    lines = [*(r.to_map() for r in before), {"tombstone": "3"}, *(r.to_map() for r in after)]
+    path.write_text("".join(json.dumps(v) + "\n" for v in lines))
+    assert without_erased(lines) == [r.to_map() for r in before if r.user_id != 3] + [after[0].to_map()]
+    assert main(["ab", "report", "--file", str(path), "--out", str(tmp_path / "ab"), "--resamples", "50"]) == 0
+    out, _ = capsys.readouterr()
+    assert "a: 6 records, 6 shoppers (m1)" in out and "b: 5 records, 5 shoppers (m1)" in out
+    assert main(["feedback", "--file", str(path), "--window", "100"]) == 0
+    out, err = capsys.readouterr()
+    assert "last 13 of 13" in out and "skipped" not in err

@@ -122,7 +122,7 @@ def test_an_erase_request_in_a_poll_tombstones_after_the_shoppers_pending_list(f
     out = batcher.process([*before, Erase(1), *after])
     assert [(k, None if v is None else msgpack.unpackb(v)["seq"]) for k, v in out.lists()] == \
         [("1", 1), ("2", 1), ("1", None), ("1", 1), ("2", 2)]
-    assert batcher.erased == 1 and "1" in batcher.states
+    assert batcher.erased == 1 and "1" in batcher.states and ("1", None) in out.feedback
     fresh = Batcher.from_config(build_recommender(cfg), cfg).process([after[0]]).records[0]
     assert (out.records[2]["items"], out.records[2]["scores"]) == (fresh["items"], fresh["scores"])
     assert batcher.items is not None and [e[0] for e in batcher.items.recent["1"]] == [items[2]]

@@ -101,6 +101,16 @@ def _check_parts(obj: dict[str, Any], reasons: list[Any]) -> None:
 # writes it as Kafka's tombstone, a null value (KeyedBytesSerializer.java), which compaction and the
 # serve followers take as "delete this shopper's list" (README "Erasing a shopper").
 ERASED_LIST = b""
+# How a tombstone reads where a record is a map (the file sink's JSON lines, `streamrec consume`):
+# {"tombstone": KEY}, the key of the erased shopper.
+TOMBSTONE_FIELD = "tombstone"
+
+
+def tombstone_key(value: object) -> str | None:
+    """The erased shopper's key if ``value`` is a tombstone's map, else None."""
+    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get(TOMBSTONE_FIELD), str):
+        return value[TOMBSTONE_FIELD]
+    return None
 
 
 def encode_output_record(record: dict[str, Any]) -> bytes:

@@ -94,8 +94,9 @@ class PollOutput:
     """Recommendation records (the job's output map); key = ``str(record["user_id"])``."""
     late: list[tuple[str, bytes]] = field(default_factory=list)
     """Late-topic ``(key, msgpack value)`` pairs."""
-    feedback: list[tuple[str, bytes]] = field(default_factory=list)
-    """Feedback-topic ``(key, msgpack value)`` pairs (udfs/feedback.py), as the job emits them."""
+    feedback: list[tuple[str, bytes | None]] = field(default_factory=list)
+    """Feedback-topic ``(key, msgpack value)`` pairs (udfs/feedback.py), as the job emits them; None: an
+    erased shopper's tombstone."""
     erased: list[tuple[int, str]] = field(default_factory=list)
     """Erased shoppers: ``(position in records, key)``, the tombstone goes before that record."""
 
@@ -257,6 +258,7 @@ class Batcher:
         if self.items is not None:
             self.items.forget(key)
         out.erased.append((len(out.records), key))
+        out.feedback.append((key, None))
         self.erased += 1
 
     def _feedback(self, state: UserState, event: Event, out: PollOutput) -> None:
@@ -501,8 +503,8 @@ def run_peer(
             out = batcher.process(events)
             for key, value in out.late:
                 futures.append(prod.send(late_topic, key=key.encode(), value=value))
-            for key, value in out.feedback:
-                futures.append(prod.send(feedback_topic, key=key.encode(), value=value))
+            for key, scored in out.feedback:
+                futures.append(prod.send(feedback_topic, key=key.encode(), value=scored))
             for key, listed in out.lists():
                 futures.append(prod.send(out_topic, key=key.encode(), value=listed))
             prod.flush()
