@@ -150,3 +150,60 @@ def test_the_service_takes_its_access_settings_from_the_config(tmp_path, monkeyp
     sender.close()
     assert access.accept_events and not access.list_users and access.allowed_hosts == ("shop.internal",)
     assert access.token is not None and access.token.matches(f"Bearer {TOKEN}")
+
+
+def _erasing(ctx: ServeContext) -> list:
+    erased: list = []
+
+    def send_erase(user):
+        erased.append(user)
+        return {"partition": 0, "offset": len(erased) - 1}
+
+    ctx.send_erase = send_erase
+    return erased
+
+
+def test_erasing_a_shopper_needs_the_token_even_on_loopback(served):
+    _, store, ctx, _ = served
+    erased = _erasing(ctx)
+    put_list(store, output_value(42, 1, [7]), 0)
+    client = TestClient(build_app(ctx), base_url="http://127.0.0.1")  # the demo's access: no token
+    r = client.delete("/v1/users/42")
+    assert r.status_code == 403 and "serve.api_token_file" in r.json()["error"] and erased == []
+    assert store.get("42") is not None
+    ctx.access = open_access(token=ApiToken(TOKEN.encode(), "test"))
+    client = TestClient(build_app(ctx), base_url="http://127.0.0.1")
+    assert client.delete("/v1/users/42").status_code == 401 and erased == []
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.delete("/v1/users/42", headers={**auth, "Origin": "http://evil.example"})
+    assert r.status_code == 403 and erased == []  # a page elsewhere holding the token still cannot
+    assert client.delete("/v1/users/a%00b", headers=auth).status_code == 400 and erased == []
+
+
+def test_an_erased_shopper_leaves_the_view_at_once_and_the_request_reaches_the_topic(served):
+    _, store, ctx, _ = served
+    erased = _erasing(ctx)
+    for offset, user in enumerate((42, 43)):
+        put_list(store, output_value(user, 1, [7]), offset)
+    ctx.access = open_access(token=ApiToken(TOKEN.encode(), "test"))
+    client = TestClient(build_app(ctx), base_url="http://127.0.0.1")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.delete("/v1/users/42", headers=auth)
+    assert r.status_code == 202 and r.json() == {"user_id": 42, "topic": "events", "partition": 0, "offset": 0}
+    assert erased == [42] and store.get("42") is None and store.get("43") is not None
+    assert client.get("/v1/users/42/recommendations", headers=auth).json()["known"] is False
+    assert client.delete("/v1/users/42", headers=auth).status_code == 202 and erased == [42, 42]  # idempotent
+
+
+def test_a_broker_that_is_down_erases_nothing_and_says_so(served):
+    _, store, ctx, _ = served
+    put_list(store, output_value(42, 1, [7]), 0)
+
+    def down(user):
+        raise ConnectionError("no broker at 10.0.0.7:9092")
+
+    ctx.send_erase = down
+    ctx.access = open_access(token=ApiToken(TOKEN.encode(), "test"))
+    client = TestClient(build_app(ctx), base_url="http://127.0.0.1", raise_server_exceptions=False)
+    r = client.delete("/v1/users/42", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 503 and "10.0.0.7" not in r.text and store.get("42") is not None

@@ -20,6 +20,8 @@ Routes:
 - ``POST /v1/events``: ``{"user_id", "item_id", "behavior", ["category_id"]}`` -> one behavior
   event into the input topic, stamped now (the page's view/cart/buy buttons); only with
   ``serve.accept_events``, a JSON content type and a body of at most :data:`MAX_EVENT_BODY` bytes.
+- ``DELETE /v1/users/{user_id}``: erase the shopper (an erase request into the input topic, their list out
+  of the view at once); only behind the API token.
 - ``GET /v1/users``: shoppers whose lists changed last (the page's picker); only with ``serve.list_users``.
 - ``GET /livez`` (200 while the process answers), ``GET /readyz`` (503 until the lists' view is rebuilt,
   or while its follower has lost the broker; names each follower and its state; the catalog's does not
@@ -127,6 +129,8 @@ class ServeContext:
     send_event: Callable[[Event], dict[str, Any]]
     """Produces one event to the input topic and returns its coordinates (blocking)."""
     input_topic: str
+    send_erase: Callable[[Id], dict[str, Any]] | None = None
+    """Produces one erase request to the input topic and returns its coordinates (blocking); None: none."""
     trending_size: int = 20
     trending_window: int = 1000
     catalog: Catalog = field(default_factory=Catalog)
@@ -537,6 +541,43 @@ def build_app(ctx: ServeContext) -> Starlette:
         metrics.request("events", 202)
         return JSONResponse({"event": event.to_wire(), "topic": ctx.input_topic, **where}, status_code=202)
 
+    async def erase(request: Request) -> Response:
+        """
+        ---
+        summary: Erase a shopper (only behind the API token)
+        description: One erase request into the input topic (the job drops the shopper's state and
+          writes a tombstone for their list); their list leaves this view at once. The token is required
+          even on loopback, so no page can erase a shopper for a visitor.
+        parameters:
+          - $ref: '#/components/parameters/user_id'
+        responses:
+          202: {description: 'The request is on the input topic (topic, partition, offset); the view has no list.'}
+          400: {$ref: '#/components/responses/BadRequest'}
+          401: {description: No or a wrong API token.}
+          403: {description: No API token is configured (serve.api_token_file or serve.api_token_env).}
+          503: {description: The broker cannot be reached (nothing was erased), or the view's store cannot
+            (the request is sent; the job's tombstone removes the list when the store is back).}
+        """
+        if ctx.access.token is None or ctx.send_erase is None:
+            metrics.request("erase", 403)
+            return _error(403, "erasing a shopper needs the API token (serve.api_token_file or serve.api_token_env)")
+        try:
+            user = parse_id(request.path_params["user_id"], "user_id")
+        except BadRequest as exc:
+            metrics.request("erase", 400)
+            return _error(400, str(exc))
+        try:
+            where = await run_in_threadpool(ctx.send_erase, user)
+        except Exception as exc:  # the broker is down: nothing was erased, say so
+            log.warning("could not send an erase request to %s: %s: %s", ctx.input_topic, type(exc).__name__, exc)
+            metrics.request("erase", 503)
+            return _error(503, f"could not send the erase request to the input topic ({type(exc).__name__})")
+        key = ctx.key_of(user)
+        await run_in_threadpool(ctx.store.write, [], {}, [key])  # a store that is down: the handler's 503
+        ctx.lists_changed([key])
+        metrics.request("erase", 202)
+        return JSONResponse({"user_id": user, "topic": ctx.input_topic, **where}, status_code=202)
+
     async def users(request: Request) -> Response:
         """
         ---
@@ -639,6 +680,7 @@ def build_app(ctx: ServeContext) -> Starlette:
         Route("/v1/users/{user_id}/recommendations/stream", stream),
         Route("/v1/recommendations", batch),
         Route("/v1/users", users),
+        Route("/v1/users/{user_id}", erase, methods=["DELETE"]),
         Route("/v1/events", send_event, methods=["POST"]),
         Route("/v1/sessions/recommendations", session, methods=["POST"]),
         Route("/v1/items/{item_id}/similar", similar),

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from streamrec.kafka_io import event_record, producer
+from streamrec.kafka_io import erase_record, event_record, producer
 from streamrec.serve.access import Access
 from streamrec.serve.app import Catalog, ServeContext, build_app
 from streamrec.serve.follower import CatalogFollower, Follower
@@ -44,11 +44,17 @@ class EventSender:
         self._producer: Any = None
 
     def __call__(self, event: Event) -> dict[str, Any]:
+        return self._send(*event_record(event))
+
+    def _send(self, key: bytes, value: bytes) -> dict[str, Any]:
         if self._producer is None:
             self._producer = producer(self.bootstrap, self.security, linger_ms=0)
-        key, value = event_record(event)
         meta = self._producer.send(self.topic, key=key, value=value).get(timeout=10)
         return {"partition": meta.partition, "offset": meta.offset}
+
+    def erase(self, user: Id) -> dict[str, Any]:
+        """An erase request for ``user`` (``streamrec forget``'s record), sent as an event is."""
+        return self._send(*erase_record(user))
 
     def close(self) -> None:
         if self._producer is not None:
@@ -80,6 +86,7 @@ def build_context(cfg: Config, store_path: str | None = None) -> tuple[ServeCont
     catalog = CatalogFollower(store, cfg.kafka.bootstrap_servers, cfg.kafka.catalog_topic, security=security,
                               poll_ms=500, max_future_skew_ms=cfg.job.max_future_skew_ms)
     ctx = ServeContext(store=store, follower=follower, catalog_follower=catalog, send_event=sender,
+                       send_erase=sender.erase,
                        input_topic=cfg.kafka.input_topic,
                        trending_size=cfg.serve.trending_size, trending_window=cfg.serve.trending_window,
                        catalog=load_catalog(cfg.ranking.artifact_dir), key_of=key_of, access=access,
