@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from streamrec.cli import main as cli_main
-from streamrec.kafka_io import consume, replay
+from streamrec.kafka_io import consume, produce, replay
 from streamrec.local.kafka import LocalKafka
+from streamrec.serve.follower import Follower
+from streamrec.serve.store import SqliteStore
 from tests.conftest import SASL_PASSWORD, SASL_USER
+from tests.serve_fixtures import output_value
 from udfs.config import KafkaConfig, env_var, load_config
 from udfs.events import Event
 from udfs.kafka_security import KafkaCredentialsError, python_client_options
@@ -108,3 +111,29 @@ def test_transaction_timeout_check_reads_the_broker_through_sasl(sasl_kafka_brok
 
     k = sasl_kafka_config(sasl_kafka_broker, tmp_path)
     assert broker_transaction_max_ms(k.bootstrap_servers, security=python_client_options(k)) == 900_000
+
+
+def test_the_serve_view_rebuilds_through_sasl_with_librdkafka(sasl_kafka_broker: LocalKafka, tmp_path: Path) -> None:
+    """The serve follower's consumer (confluent-kafka) takes the same kafka.* settings as kafka-python's
+    clients (udfs.kafka_security.librdkafka_options); a wrong password leaves it reconnecting, not serving."""
+    topic = f"sasl-view-{next(_n)}"
+    sasl_kafka_broker.create_topics([topic])
+    k = sasl_kafka_config(sasl_kafka_broker, tmp_path)
+    security = python_client_options(k)
+    produce(k.bootstrap_servers, topic, [(str(u).encode(), output_value(u, 1, [u + 100])) for u in range(20)],
+            security=security)
+    store = SqliteStore(tmp_path / "view.sqlite", topic)
+    follower = Follower(store, k.bootstrap_servers, topic, security=security)
+    follower.start()
+    try:
+        assert follower.ready.wait(60), follower.last_error
+        assert store.count() == 20 and store.get("7").record.items == [107]
+    finally:
+        follower.stop()
+    wrong = python_client_options(sasl_kafka_config(sasl_kafka_broker, tmp_path, password="not-the-password"))
+    denied = Follower(SqliteStore(tmp_path / "denied.sqlite", topic), k.bootstrap_servers, topic, security=wrong)
+    denied.start()
+    try:
+        assert not denied.ready.wait(15) and denied.state() == "reconnecting"
+    finally:
+        denied.stop()

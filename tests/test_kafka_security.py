@@ -13,6 +13,7 @@ from udfs.kafka_security import (
     ClientProperties,
     Secret,
     java_client_properties,
+    librdkafka_options,
     python_client_options,
     sasl_password,
 )
@@ -158,3 +159,18 @@ def test_jobs_on_the_local_plaintext_broker_drop_secured_settings_from_the_envir
     assert load_config(environ=secured).kafka.security_protocol == "SASL_PLAINTEXT"
     overridden = {**secured, **config_env({"kafka": LOCAL_BROKER_SECURITY})}
     assert python_client_options(load_config(environ=overridden).kafka) == {"security_protocol": "PLAINTEXT"}
+
+
+def test_librdkafka_gets_the_same_settings_under_its_names_and_masks_the_password(password_file: Path,
+                                                                                  tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    k = sasl_config(password_file, "SCRAM-SHA-512", "SASL_SSL", ssl_cafile=str(ca)).kafka
+    rd = librdkafka_options(python_client_options(k))
+    assert rd == {"security.protocol": "sasl_ssl", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alice",
+                  "sasl.password": PASSWORD, "ssl.ca.location": str(ca)}
+    assert PASSWORD not in repr(rd)
+    assert librdkafka_options(None) == {} and librdkafka_options(python_client_options(Config().kafka)) == {
+        "security.protocol": "plaintext"}
+    with pytest.raises(ValueError, match="no librdkafka setting"):
+        librdkafka_options({"api_version": (2, 0)})

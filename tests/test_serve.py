@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -149,6 +150,28 @@ def test_store_of_another_topic_starts_empty(make_store: StoreFactory):
     other = make_store("s", "b")
     assert other.positions() == {} and other.get("1") is None and other.count() == 0
     assert other.recent_users(10) == [] and other.trending(5, 100) == []
+
+
+@pytest.mark.parametrize("mark", ["json-0", None])
+def test_a_sqlite_store_of_an_older_list_format_is_rebuilt_from_the_topic(tmp_path, mark):
+    """Lists are stored as msgpack; a file written as JSON before (marked so, or unmarked as the first
+    versions left it) must not be read as msgpack: its lists and positions go, the follower rebuilds."""
+    path = tmp_path / "view.sqlite"
+    store = SqliteStore(path, "recs", "catalog")
+    store.write([(decode_output_record(output_value(1, 1, [2])), 0, 0)], {0: 1})
+    store.write_items([_cat(7, 1, "Kettle")], {0: 1})
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE lists SET body = ?", ('{"user_id": 1}',))
+        if mark is None:
+            con.execute("DELETE FROM meta WHERE key = 'lists_format'")
+        else:
+            con.execute("UPDATE meta SET value = ? WHERE key = 'lists_format'", (mark,))
+    store.close()
+    again = SqliteStore(path, "recs", "catalog")
+    assert (again.count(), again.positions(), again.get("1")) == (0, {}, None)
+    assert again.item_count() == 1 and again.catalog_positions() == {0: 1}  # the catalog's view is not lists
+    again.write([(decode_output_record(output_value(1, 2, [3])), 0, 5)], {0: 6})
+    assert again.get("1").record.items == [3] and again.trending(5, 10) == [3] and again.recent_users(5) == [1]
 
 
 def test_store_write_is_all_or_nothing(make_store: StoreFactory):

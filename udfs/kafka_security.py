@@ -28,7 +28,7 @@ LOGIN_MODULES = {
 }
 MASK = "**********"
 # Keys whose values are secret, in the Java and the kafka-python spellings.
-SECRET_KEYS = frozenset({"sasl.jaas.config", "ssl.keystore.key", "sasl_plain_password"})
+SECRET_KEYS = frozenset({"sasl.jaas.config", "ssl.keystore.key", "sasl_plain_password", "sasl.password"})
 
 
 class KafkaCredentialsError(ConfigError):
@@ -146,6 +146,24 @@ def python_client_options(k: KafkaConfig, environ: Mapping[str, str] | None = No
             if value:
                 opts[name] = value
     return opts
+
+
+# kafka-python's option names (python_client_options) as librdkafka names the same settings.
+_LIBRDKAFKA_NAMES = {"security_protocol": "security.protocol", "sasl_mechanism": "sasl.mechanism",
+                     "sasl_plain_username": "sasl.username", "sasl_plain_password": "sasl.password",
+                     "ssl_cafile": "ssl.ca.location", "ssl_certfile": "ssl.certificate.location",
+                     "ssl_keyfile": "ssl.key.location"}
+
+
+def librdkafka_options(python_options: Mapping[str, Any] | None) -> ClientProperties:
+    """:func:`python_client_options` for a librdkafka client (confluent-kafka: the serve view's consumer),
+    so both kinds of client are configured from the one ``kafka.*`` section."""
+    out = ClientProperties()
+    for name, value in (python_options or {}).items():
+        if name not in _LIBRDKAFKA_NAMES:
+            raise ValueError(f"no librdkafka setting for the client option {name!r}")
+        out[_LIBRDKAFKA_NAMES[name]] = value.lower() if name == "security_protocol" else value
+    return out
 
 
 def describe(k: KafkaConfig) -> str:

@@ -18,16 +18,39 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from streamrec.kafka_io import connect_errors
+from streamrec.kafka_io import fast_consumer
 from streamrec.serve.store import Store
 from udfs.catalog import CatalogItem, decode_catalog_item
 from udfs.events import DecodeError, max_event_ts
-from udfs.kafka_security import merged
 from udfs.records import OutputRecord, OutputRecordError, decode_output_record
 
 log = logging.getLogger(__name__)
+
+# Records taken per poll: one store transaction each, so a rebuild writes in large batches.
+POLL_RECORDS = 5000
+
+
+class Polled(NamedTuple):
+    """One record as the followers read it (librdkafka's message, its parts taken once)."""
+
+    value: bytes | None
+    partition: int
+    offset: int
+    key: bytes | None = None
+
+
+def _failed(message: Any) -> bool:
+    """Raise a message's error unless it only says a partition's end was reached."""
+    error = message.error()
+    if error is None:
+        return False
+    from confluent_kafka import KafkaError, KafkaException  # lazy: the serve extra's client
+
+    if error.code() == KafkaError._PARTITION_EOF:
+        return True
+    raise KafkaException(error)
 
 
 class Follower:
@@ -81,45 +104,47 @@ class Follower:
         return "ready" if self.ready.is_set() else "catching_up"
 
     def _consumer(self) -> Any:
-        from kafka import KafkaConsumer
+        # librdkafka's consumer does not create a topic it waits for (allow.auto.create.topics is off): a
+        # broker that auto-creates topics would make the catalog an uncompacted one
+        return fast_consumer(self.bootstrap, self.security, **{
+            "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+            "allow.auto.create.topics": False, "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024})
 
-        opts = {"bootstrap_servers": self.bootstrap, "group_id": None, "enable_auto_commit": False,
-                "isolation_level": "read_committed", "auto_offset_reset": "earliest",
-                "max_poll_records": 2000,
-                # waiting for a topic must not create it: a broker that auto-creates topics would make the
-                # catalog an uncompacted one, keeping every record instead of each item's latest
-                "allow_auto_create_topics": False}
-        with connect_errors(self.bootstrap, self.security):
-            return KafkaConsumer(**merged(opts, self.security))
+    def _partitions(self, consumer: Any) -> list[int]:
+        """The topic's partitions, waiting (and saying so) until it exists; empty once stopped."""
+        while not self.stopped.is_set():
+            meta = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                return sorted(meta.partitions)
+            self.last_error = f"topic {self.topic!r} not found yet"
+            self.stopped.wait(1.0)
+        return []
 
     def _follow(self) -> None:
-        from kafka import TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition  # lazy: the serve extra's client
 
         consumer = self._consumer()
         try:
-            parts: set[int] | None = None
-            while not parts and not self.stopped.is_set():
-                parts = consumer.partitions_for_topic(self.topic)
-                if not parts:
-                    self.last_error = f"topic {self.topic!r} not found yet"
-                    self.stopped.wait(1.0)
-            if self.stopped.is_set() or not parts:
+            parts = self._partitions(consumer)
+            if not parts:
                 return
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
             stored = self._stored_positions()
-            for tp in tps:
-                if tp.partition in stored:
-                    consumer.seek(tp, stored[tp.partition])
-                else:
-                    consumer.seek_to_beginning(tp)
-            ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+            consumer.assign([TopicPartition(self.topic, p, stored.get(p, OFFSET_BEGINNING)) for p in parts])
+            # with read_committed the high offset librdkafka gives is the last stable one
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] for p in parts}
+            starts = {p: stored.get(p, consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[0])
+                      for p in parts}
             self.last_error = None
             while not self.stopped.is_set():
-                batch = consumer.poll(timeout_ms=self.poll_ms)
-                positions = {tp.partition: consumer.position(tp) for tp in tps}
+                batch = [Polled(m.value(), m.partition(), m.offset(), m.key())
+                         for m in consumer.consume(POLL_RECORDS, self.poll_ms / 1000) if not _failed(m)]
+                # the fetch position, past transaction markers too (a list's offset + 1 may not reach the end)
+                read = {tp.partition: tp.offset for tp in consumer.position(
+                    [TopicPartition(self.topic, p) for p in parts]) if tp.offset >= 0}
+                positions = {p: read.get(p, starts[p]) for p in parts}
                 if batch:
-                    self._store_batch([msg for msgs in batch.values() for msg in msgs], positions)
+                    self._store_batch(batch, positions)
                     self.last_record_at = time.time()
                 if not self.ready.is_set():
                     self.lag = sum(max(0, end - positions[p]) for p, end in ends.items())
