@@ -508,7 +508,9 @@ SERVE_EXTRA = ("starlette", "uvicorn", "redis")
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     settings = ServeBenchSettings(Path(args.out), rate=float(args.rate), duration_s=float(args.duration),
-                                  shoppers=int(args.shoppers), connections=int(args.connections))
+                                  shoppers=int(args.shoppers), connections=int(args.connections),
+                                  routes=tuple(r.strip() for r in args.routes.split(",") if r.strip()),
+                                  guest_rate=float(args.guest_rate))
     print(serve_markdown(run_serve_bench(settings)))
     print(f"results: {settings.out_dir / 'serve_latency.json'}")
     return 0
@@ -786,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "--output-topic", "--artifact", "--key-file", "--key-env"])
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("bench-serve", help="lookup latency of streamrec serve at a fixed request rate (open loop)")
+    p = sub.add_parser("bench-serve", help="latency of streamrec serve's routes at fixed request rates (open loop), "
+                       "and its view's rebuild")
     add_flag(p, "--out", f"{ENV_PREFIX}BENCH_SERVE_OUT", "results folder", default="bench-results/serve")
     add_flag(p, "--rate", f"{ENV_PREFIX}BENCH_SERVE_RATE", "lookups per second", default="1000")
     add_flag(p, "--duration", f"{ENV_PREFIX}BENCH_SERVE_DURATION", "timed seconds (after 5 s of warm-up)",
@@ -794,6 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--shoppers", f"{ENV_PREFIX}BENCH_SERVE_SHOPPERS", "lists in the topic", default="100000")
     add_flag(p, "--connections", f"{ENV_PREFIX}BENCH_SERVE_CONNECTIONS", "keep-alive client connections",
              default="64")
+    add_flag(p, "--routes", f"{ENV_PREFIX}BENCH_SERVE_ROUTES", "routes to time, in order",
+             default="lookup,batch,similar,guest")
+    add_flag(p, "--guest-rate", f"{ENV_PREFIX}BENCH_SERVE_GUEST_RATE", "guest lists per second", default="100")
     p.set_defaults(func=cmd_bench_serve)
 
     p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")

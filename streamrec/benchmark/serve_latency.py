@@ -1,11 +1,18 @@
-"""Lookup latency of `streamrec serve` under an open-loop load.
+"""Latency of `streamrec serve`'s routes under an open-loop load, and how fast it rebuilds its view.
 
 A local broker gets ``shoppers`` lists (top 20 with reasons, in the output layout of
-:mod:`udfs.records`) in a fresh topic; a real `streamrec serve` process rebuilds its
-view from that topic (timed: start to a 200 from /healthz); then this process sends
-``GET /v1/users/{id}/recommendations`` at a fixed ``rate`` for ``duration_s`` over
-``connections`` keep-alive connections, a share of them for shoppers it has never
-seen (the trending answer).
+:mod:`udfs.records`) in a fresh topic; a real `streamrec serve` process, over the bench model
+(:func:`streamrec.benchmark.bench.ensure_artifact`, trained once), rebuilds its view from that
+topic (timed: start to a 200 from /healthz); then this process sends each route in turn at a fixed
+rate for ``duration_s`` over ``connections`` keep-alive connections:
+
+- ``lookup``: ``GET /v1/users/{id}/recommendations``, a share of them for shoppers it has never
+  seen (the trending answer);
+- ``batch``: ``GET /v1/recommendations?users=`` with ``batch_users`` shoppers, at ``rate / batch_users``
+  (the same shoppers a second as the lookups);
+- ``similar``: ``GET /v1/items/{id}/similar`` for items of the model's catalog;
+- ``guest``: ``POST /v1/sessions/recommendations`` with a session of ``guest_events`` items: the
+  job's candidates and model per request, so at its own (lower) ``guest_rate``.
 
 Open loop: request *i* is due at ``start + i / rate`` whatever happened before it,
 and its latency runs from when it was due to its last response byte, so time spent
@@ -29,9 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from streamrec.benchmark.bench import ensure_artifact
 from streamrec.kafka_io import produce
 from streamrec.local.kafka import LocalKafka
 from streamrec.local.serve import ServeProcess, get_json
+from udfs.artifact import load_artifact
 from udfs.records import SCHEMA_VERSION, encode_output_record
 
 RESULTS_JSON = "serve_latency.json"
@@ -53,6 +62,18 @@ class ServeBenchSettings:
     """Share of requests for shoppers without a list."""
     connections: int = 64
     seed: int = 0
+    routes: tuple[str, ...] = ("lookup", "batch", "similar", "guest")
+    guest_rate: float = 100.0
+    """Guest lists per second (each one ranks candidates with the model)."""
+    batch_users: int = 10
+    guest_events: int = 5
+    artifact: Path | None = None
+    """The bench model (trained there if missing); default: ``out_dir``/artifact."""
+
+
+ROUTES = ("lookup", "batch", "similar", "guest")
+# The bench model's log (ensure_artifact): its catalog is the similar and guest requests' items.
+MODEL_ITEMS, MODEL_CATEGORIES, MODEL_EVENTS, MODEL_SEED = 5_000, 100, 20_000, 3
 
 
 def bench_lists(n: int, seed: int, top_k: int = 20, n_items: int = 50_000) -> list[tuple[bytes, bytes]]:
@@ -76,11 +97,22 @@ def bench_lists(n: int, seed: int, top_k: int = 20, n_items: int = 50_000) -> li
     return records
 
 
-async def _load(host: str, port: int, paths: list[str], rate: float, connections: int
+def http_get(path: str, host: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def http_post_json(path: str, host: str, body: Any) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+async def _load(host: str, port: int, requests: list[bytes], rate: float, connections: int
                 ) -> tuple[np.ndarray, dict[int, int], float]:
-    """Send ``paths[i]`` at ``start + i / rate``; per-request latency (s), statuses, wall seconds."""
+    """Send ``requests[i]`` (raw HTTP/1.1) at ``start + i / rate``; per-request latency (s), statuses,
+    wall seconds."""
     loop = asyncio.get_running_loop()
-    n = len(paths)
+    n = len(requests)
     lat = np.full(n, np.nan)
     statuses: dict[int, int] = {}
     queue: asyncio.Queue[int | None] = asyncio.Queue()
@@ -90,7 +122,7 @@ async def _load(host: str, port: int, paths: list[str], rate: float, connections
         reader, writer = await asyncio.open_connection(host, port)
         try:
             while (i := await queue.get()) is not None:
-                writer.write(f"GET {paths[i]} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+                writer.write(requests[i])
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
                 for line in head.split(b"\r\n")[1:]:
@@ -117,15 +149,69 @@ async def _load(host: str, port: int, paths: list[str], rate: float, connections
     return lat, statuses, time.perf_counter() - t0 - 0.5
 
 
-def _paths(s: ServeBenchSettings, n: int, rng: random.Random) -> list[str]:
-    def user() -> str:
+class RequestMaker:
+    """The requests of each route, drawn from the shoppers in the topic and the model's items."""
+
+    def __init__(self, s: ServeBenchSettings, host: str, items: list[Any], rng: random.Random) -> None:
+        self.s, self.host, self.items, self.rng = s, host, items, rng
+
+    def shopper(self) -> str:
+        s, rng = self.s, self.rng
         return f"new-{rng.randrange(10**9)}" if rng.random() < s.unknown_share else str(rng.randrange(s.shoppers))
 
-    return [f"/v1/users/{user()}/recommendations" for _ in range(n)]
+    def make(self, route: str, n: int) -> list[bytes]:
+        rng, host = self.rng, self.host
+        if route == "lookup":
+            return [http_get(f"/v1/users/{self.shopper()}/recommendations", host) for _ in range(n)]
+        if route == "batch":
+            return [http_get("/v1/recommendations?users=" + ",".join(self.shopper() for _ in range(self.s.batch_users)),
+                             host) for _ in range(n)]
+        if route == "similar":
+            return [http_get(f"/v1/items/{rng.choice(self.items)}/similar?n=10", host) for _ in range(n)]
+        if route == "guest":
+            return [http_post_json("/v1/sessions/recommendations", host, {"events": [
+                {"item_id": item, "behavior": "pv"} for item in rng.sample(self.items, self.s.guest_events)]})
+                for _ in range(n)]
+        raise ValueError(f"unknown route {route!r}; routes: {', '.join(ROUTES)}")
+
+
+def route_rate(s: ServeBenchSettings, route: str) -> float:
+    """Requests per second of a route: ``rate`` shoppers or items a second (a batch names ``batch_users``
+    shoppers), guests at ``guest_rate``."""
+    if route == "guest":
+        return s.guest_rate
+    return s.rate / s.batch_users if route == "batch" else s.rate
+
+
+def _run_route(serve: ServeProcess, maker: RequestMaker, route: str, rate: float) -> dict[str, Any]:
+    """Warm up, then the timed part of one route; its latency figures and the server's CPU."""
+    s = maker.s
+    asyncio.run(_load("127.0.0.1", serve.port, maker.make(route, int(rate * s.warmup_s)), rate, s.connections))
+    cpu_before = _cpu_seconds(serve.pid)
+    lat, statuses, wall = asyncio.run(_load("127.0.0.1", serve.port, maker.make(route, int(rate * s.duration_s)),
+                                            rate, s.connections))
+    server_cpu = _cpu_seconds(serve.pid) - cpu_before
+    if set(statuses) != {200}:  # latencies of refusals or errors say nothing about the route
+        raise RuntimeError(f"{route}: answered {statuses}, not all 200")
+    ms = lat[~np.isnan(lat)] * 1000
+    return {"rate": rate, "requests": int(len(lat)), "answered": int(len(ms)),
+            "statuses": {str(k): v for k, v in statuses.items()}, "achieved_rate": round(len(ms) / wall, 1),
+            "server_cpu": {"seconds": round(server_cpu, 2), "cores": round(server_cpu / wall, 3),
+                           "ms_per_request": round(1000 * server_cpu / max(1, len(ms)), 4)},
+            "latency_ms": {**{q: round(float(np.percentile(ms, p)), 3) for q, p in
+                              (("p50", 50), ("p90", 90), ("p99", 99), ("p999", 99.9))},
+                           "max": round(float(ms.max()), 3)}}
 
 
 def run_serve_bench(s: ServeBenchSettings) -> dict[str, Any]:
+    unknown = set(s.routes) - set(ROUTES)
+    if unknown:
+        raise ValueError(f"unknown routes {sorted(unknown)}; routes: {', '.join(ROUTES)}")
     s.out_dir.mkdir(parents=True, exist_ok=True)
+    artifact = s.artifact or s.out_dir / "artifact"
+    model_version = ensure_artifact(artifact, train_events=MODEL_EVENTS, items=MODEL_ITEMS,
+                                    categories=MODEL_CATEGORIES, seed=MODEL_SEED)
+    items = sorted(load_artifact(artifact).tables.covisit, key=str)
     rng = random.Random(s.seed)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
@@ -135,39 +221,31 @@ def run_serve_bench(s: ServeBenchSettings) -> dict[str, Any]:
             topic, events = "bench-recommendations", "bench-events"
             broker.create_topics([topic, events], partitions=2)
             produced = produce(broker.bootstrap, topic, bench_lists(s.shoppers, s.seed))
-            serve = ServeProcess(broker.bootstrap, events, topic, work / "serve.sqlite", work / "serve.log")
-            rebuild_s = serve.start(timeout_s=600)
+            serve = ServeProcess(broker.bootstrap, events, topic, work / "serve.sqlite", work / "serve.log",
+                                 artifact=artifact)
+            rebuild_s = serve.start(timeout_s=3600)
             try:
                 _, health = get_json(serve.base + "/healthz")
                 if health["shoppers"] != s.shoppers:
                     raise RuntimeError(f"serve holds {health['shoppers']} lists, {s.shoppers} were produced")
-                asyncio.run(_load("127.0.0.1", serve.port, _paths(s, int(s.rate * s.warmup_s), rng), s.rate,
-                                  s.connections))
-                cpu_before = _cpu_seconds(serve.pid)
-                lat, statuses, wall = asyncio.run(_load("127.0.0.1", serve.port,
-                                                        _paths(s, int(s.rate * s.duration_s), rng), s.rate,
-                                                        s.connections))
-                server_cpu = _cpu_seconds(serve.pid) - cpu_before
+                # the service's own Host: any other is refused (serve.allowed_hosts)
+                maker = RequestMaker(s, f"127.0.0.1:{serve.port}", items, rng)
+                routes = {r: _run_route(serve, maker, r, route_rate(s, r)) for r in s.routes}
             finally:
                 serve.stop()
         finally:
             broker.stop()
-    ms = lat[~np.isnan(lat)] * 1000
     result = {
-        "settings": {**asdict(s), "out_dir": str(s.out_dir)},
-        "requests": int(len(lat)), "answered": int(len(ms)), "statuses": {str(k): v for k, v in statuses.items()},
-        "achieved_rate": round(len(ms) / wall, 1),
-        "server_cpu": {"seconds": round(server_cpu, 2), "cores": round(server_cpu / wall, 3),
-                       "ms_per_request": round(1000 * server_cpu / max(1, len(ms)), 4)},
-        "latency_ms": {q: round(float(np.percentile(ms, p)), 3) for q, p in
-                       (("p50", 50), ("p90", 90), ("p99", 99), ("p999", 99.9))} | {"max": round(float(ms.max()), 3)},
+        "settings": {**asdict(s), "out_dir": str(s.out_dir), "artifact": str(artifact)},
+        "model_version": model_version, "routes": routes,
         "rebuild": {"lists": s.shoppers, "seconds": round(rebuild_s, 2),
                     "lists_per_s": round(s.shoppers / rebuild_s, 1), "produce_s": round(produced.seconds, 2)},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                     "python": platform.python_version(),
-                    "versions": {p: _version(p) for p in ("starlette", "uvicorn", "httptools", "uvloop")}},
+                    "versions": {p: _version(p) for p in ("starlette", "uvicorn", "httptools", "uvloop",
+                                                          "confluent-kafka")}},
     }
-    (s.out_dir / RESULTS_JSON).write_text(json.dumps(result, indent=2) + "\n")
+    (s.out_dir / RESULTS_JSON).write_text(json.dumps(result, indent=2, default=str) + "\n")
     (s.out_dir / RESULTS_MD).write_text(markdown(result))
     return result
 
@@ -186,13 +264,17 @@ def _version(package: str) -> str | None:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lat, st = r["latency_ms"], r["settings"]
-    return (f"| rate (req/s) | achieved | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | statuses |\n"
-            f"|---|---|---|---|---|---|---|---|---|\n"
-            f"| {st['rate']:.0f} | {r['achieved_rate']:.0f} | {r['requests']} | {lat['p50']} | {lat['p90']} | "
-            f"{lat['p99']} | {lat['p999']} | {lat['max']} | {r['statuses']} |\n\n"
+    st = r["settings"]
+    rows = ["| route | rate (req/s) | achieved | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
+            "server cores | server ms/request |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for route, f in r["routes"].items():
+        lat = f["latency_ms"]
+        rows.append(f"| {route} | {f['rate']:.0f} | {f['achieved_rate']:.0f} | {f['requests']} | {lat['p50']} | "
+                    f"{lat['p90']} | {lat['p99']} | {lat['p999']} | {lat['max']} | {f['server_cpu']['cores']} | "
+                    f"{f['server_cpu']['ms_per_request']} |")
+    return ("\n".join(rows) + "\n\n"
             f"View rebuilt from the topic: {r['rebuild']['lists']} lists in {r['rebuild']['seconds']} s "
-            f"({r['rebuild']['lists_per_s']} lists/s, start to healthy). {st['unknown_share']:.0%} of requests for "
-            f"unknown shoppers; {st['connections']} keep-alive connections; {r['machine']['cpus']} CPUs, load "
-            f"{r['machine']['loadavg_before'][0]:.1f} before. Server CPU: {r['server_cpu']['cores']} cores "
-            f"({r['server_cpu']['ms_per_request']} ms per request).\n")
+            f"({r['rebuild']['lists_per_s']} lists/s, start to healthy). {st['unknown_share']:.0%} of lookups for "
+            f"unknown shoppers; batch: {st['batch_users']} shoppers; guest: sessions of {st['guest_events']} items; "
+            f"model {r['model_version']}; {st['connections']} keep-alive connections; {r['machine']['cpus']} CPUs, "
+            f"load {r['machine']['loadavg_before'][0]:.1f} before.\n")
