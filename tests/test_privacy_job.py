@@ -36,6 +36,14 @@ def _raw_id(n: object) -> str:
     return f"raw-shopper-{n}-q7x"
 
 
+def _replay_raw_shoppers(bootstrap: str, topic: str) -> tuple[list, int]:
+    """The generated log under distinctive raw ids, sent to ``topic``; the events and how many the job
+    accepts (duplicates are not)."""
+    events = [e._replace(user_id=_raw_id(e.user_id)) for e in generated_log(150, seed=12)]
+    replay(events, bootstrap, topic)
+    return events, len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})
+
+
 def _all_bytes(bootstrap: str, topic: str) -> list[bytes]:
     """Every key and value of a topic, as written."""
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
@@ -76,9 +84,7 @@ def test_pseudonymous_job_writes_no_raw_user_id(kafka_broker, unique_topic, kafk
     log = tmp_path / "job0.log"
     bootstrap = kafka_broker.bootstrap
 
-    events = [e._replace(user_id=_raw_id(e.user_id)) for e in generated_log(150, seed=12)]
-    accepted = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})
-    replay(events, bootstrap, topics["input_topic"])
+    events, accepted = _replay_raw_shoppers(bootstrap, topics["input_topic"])
     lists = _wait_for(bootstrap, topics["output_topic"], accepted, job, log)
 
     time.sleep(2)  # the watermark passes the stream's end, so the stale event below is late
@@ -144,9 +150,7 @@ def test_streamrec_forget_erases_a_pseudonymous_shopper_from_the_job_and_the_ser
                                 env_var("privacy", "key_file"): str(key_file)})
     log = tmp_path / "job0.log"
     bootstrap = kafka_broker.bootstrap
-    events = [e._replace(user_id=_raw_id(e.user_id)) for e in generated_log(150, seed=12)]
-    accepted = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})
-    replay(events, bootstrap, topics["input_topic"])
+    events, accepted = _replay_raw_shoppers(bootstrap, topics["input_topic"])
     _lists_topic(bootstrap, topics["output_topic"], accepted, job, log)
 
     victim = events[0].user_id
@@ -194,9 +198,7 @@ def test_nothing_of_an_erased_shopper_stays_in_checkpointed_state_and_a_restore_
     job = kafka_jobs(topics, **settings)
     log = tmp_path / "job0.log"
     bootstrap = kafka_broker.bootstrap
-    events = [e._replace(user_id=_raw_id(e.user_id)) for e in generated_log(150, seed=12)]
-    accepted = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})
-    replay(events, bootstrap, topics["input_topic"])
+    events, accepted = _replay_raw_shoppers(bootstrap, topics["input_topic"])
     lists = _lists_topic(bootstrap, topics["output_topic"], accepted, job, log)
     victim, other = events[0].user_id, next(e.user_id for e in events if e.user_id != events[0].user_id)
     others_seq = max(r.value["seq"] for r in lists if r.key.decode() == other)
