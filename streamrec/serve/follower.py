@@ -131,10 +131,10 @@ class Follower:
                 return
             stored = self._stored_positions()
             consumer.assign([TopicPartition(self.topic, p, stored.get(p, OFFSET_BEGINNING)) for p in parts])
-            # with read_committed the high offset librdkafka gives is the last stable one
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] for p in parts}
-            starts = {p: stored.get(p, consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[0])
-                      for p in parts}
+            # (low, high) per partition; with read_committed the high offset is the last stable one
+            marks = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10) for p in parts}
+            ends = {p: high for p, (_, high) in marks.items()}
+            starts = {p: stored.get(p, low) for p, (low, _) in marks.items()}
             self.last_error = None
             while not self.stopped.is_set():
                 batch = [Polled(m.value(), m.partition(), m.offset(), m.key())
