@@ -20,8 +20,10 @@ from starlette.testclient import TestClient
 
 from streamrec.local.kafka import free_ports
 from streamrec.local.serve import ServeProcess, get_json
+from streamrec.serve import follower as follower_module
 from streamrec.serve.app import MAX_EVENT_BODY, ServeContext, build_app
 from streamrec.serve.follower import CatalogFollower, Follower
+from streamrec.serve.lists_decoder import decode_list
 from streamrec.serve.store import RedisStore, SqliteStore, Store
 from tests.serve_fixtures import StubFollower, open_access, output_value, put_list
 from tests.store_fixtures import StoreFactory
@@ -635,6 +637,24 @@ def test_a_lists_tombstone_erases_the_shoppers_list_and_a_later_list_comes_back(
     assert again is not None and (again.record.seq, again.record.items, again.offset) == (1, [5], 7)
     assert (f.erased, f.bad_records, store.count(), store.positions()) == (3, 0, 1, {0: 9})
     assert "1" not in map(str, store.recent_users(10)) and "2" not in map(str, store.recent_users(10))
+
+
+def test_within_a_batch_the_lists_follower_decodes_only_each_shoppers_last_readable_list(
+        make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch):
+    """The topic holds a list per event: a rebuild checks the last one per shopper and batch, and when that
+    one is unreadable the one before it stands, as if the batch had been read in order."""
+    decoded: list[bytes] = []
+    monkeypatch.setattr(follower_module, "decode_list", lambda raw: decoded.append(raw) or decode_list(raw))
+    store = make_store("s", "recs")
+    f = Follower(store, "127.0.0.1:1", "recs")
+    msgs = [_Msg(output_value(1, 1, [7]), 0, 0, b"1"), _Msg(output_value(2, 1, [8]), 0, 1, b"2"),
+            _Msg(output_value(1, 2, [9]), 0, 2, b"1"), _Msg(output_value(2, 2, [6]), 0, 3, b"2"),
+            _Msg(output_value(2, 3, [5], scores=["x"]), 0, 4, b"2")]
+    f._store_batch(msgs, {0: 5})
+    one, two = store.get("1"), store.get("2")
+    assert one is not None and (one.record.seq, one.record.items, one.offset) == (2, [9], 2)
+    assert two is not None and (two.record.seq, two.record.items, two.offset) == (2, [6], 3)
+    assert (f.records, f.bad_records, len(decoded)) == (4, 1, 3)
 
 
 def test_a_catalog_tombstone_is_a_counted_skip_not_a_batch_retried_forever(make_store: StoreFactory):

@@ -21,10 +21,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from streamrec.kafka_io import fast_consumer
+from streamrec.serve.lists_decoder import decode_list
 from streamrec.serve.store import Store
 from udfs.catalog import CatalogItem, decode_catalog_item
 from udfs.events import DecodeError, max_event_ts
-from udfs.records import OutputRecord, OutputRecordError, decode_output_record
+from udfs.records import OutputRecord, OutputRecordError
 
 log = logging.getLogger(__name__)
 
@@ -164,22 +165,28 @@ class Follower:
 
     def _store_batch(self, msgs: list[Any], positions: dict[int, int]) -> None:
         """Decode a polled batch and store it with the positions reached (also when all were unreadable,
-        so they are not read again). A tombstone (null value) erases its key's list; within the batch
-        each shopper's last record decides (one shopper's records share a partition, in order)."""
+        so they are not read again). A tombstone (null value) erases its key's list. Within the batch each
+        shopper's last readable record decides (one shopper's records share a partition, in order), so
+        the batch is read from its end and a record that a later one of its key replaces is not decoded:
+        a topic holds one list per event, a rebuild decodes about one per shopper and batch."""
         latest: dict[str, tuple[OutputRecord, int, int] | None] = {}
         read = 0
-        for msg in msgs:
-            if msg.value is None and msg.key is not None:  # an erased shopper (udfs.records.ERASED_LIST)
-                latest[msg.key.decode("utf-8", "replace")] = None
+        for msg in reversed(msgs):
+            key = None if msg.key is None else msg.key.decode("utf-8", "replace")
+            if key is not None and key in latest:  # replaced later in the batch: consumed, not checked
+                read += msg.value is not None
+                continue
+            if msg.value is None and key is not None:  # an erased shopper (udfs.records.ERASED_LIST)
+                latest[key] = None
                 continue
             try:
-                record = decode_output_record(msg.value)
+                record = decode_list(msg.value)
             except OutputRecordError as exc:
                 self.bad_records += 1
                 log.warning("skipping %s:%d:%d: %s", self.topic, msg.partition, msg.offset, exc)
                 continue
-            latest[str(record.user_id)] = (record, msg.partition, msg.offset)
             read += 1
+            latest.setdefault(str(record.user_id), (record, msg.partition, msg.offset))
         lists = [entry for entry in latest.values() if entry is not None]
         erased = [key for key, entry in latest.items() if entry is None]
         self.store.write(lists, positions, erased)
