@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import sqlite3
 import sys
 import time
@@ -714,6 +715,24 @@ def test_with_the_redis_store_down_every_route_is_a_503_with_retry_after():
             assert str(closed) not in r.text
         assert client.get("/livez").status_code == 200
 
+
+
+def test_a_stuck_redis_is_a_503_within_the_client_timeout_not_a_held_request():
+    """A Redis that takes the connection and never answers (stopped, swapping, a full network buffer): the
+    request ends with the client's socket timeout as a 503, it does not wait with the client."""
+    with socket.socket() as stuck:
+        stuck.bind(("127.0.0.1", 0))
+        stuck.listen(16)  # the kernel completes the handshake; nothing ever reads or answers
+        port = stuck.getsockname()[1]
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", "recs", timeout_s=0.3)
+        ctx = ServeContext(store=store, follower=StubFollower(), send_event=lambda e: {},  # type: ignore[arg-type]
+                           input_topic="events", access=open_access())
+        with TestClient(build_app(ctx), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+            for path in ("/v1/users/42/recommendations", "/readyz"):
+                t0 = time.monotonic()
+                r = client.get(path)
+                assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, (path, r.status_code, r.text)
+                assert time.monotonic() - t0 < 3.0 and str(port) not in r.text
 
 
 def test_an_sqlite_file_that_cannot_be_opened_is_a_503_too(tmp_path):
