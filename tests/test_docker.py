@@ -257,7 +257,7 @@ def test_no_container_runs_as_root():
     assert not re.search(r"chown -R \S+ /opt/streamrec(\s|$)", cpu), "code must stay read-only to the runtime user"
 
 
-def test_kubernetes_pods_run_as_non_root_with_read_only_artifacts():
+def test_kubernetes_pods_run_as_non_root_with_read_only_artifacts_and_registry_on_their_own_volumes():
     spec = deployment()["spec"]["podTemplate"]["spec"]
     pod = spec["securityContext"]
     assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0
@@ -269,10 +269,17 @@ def test_kubernetes_pods_run_as_non_root_with_read_only_artifacts():
     artifacts = mounts["artifacts"]["mountPath"]
     assert mounts["artifacts"]["readOnly"] is True
     assert env["STREAMREC_RANKING_ARTIFACT_DIR"].startswith(artifacts + "/")
-    assert env["STREAMREC_RANKING_REGISTRY_DIR"].startswith(artifacts + "/")
+    registry = mounts["registry"]["mountPath"]
+    assert mounts["registry"]["readOnly"] is True
+    assert env["STREAMREC_RANKING_REGISTRY_DIR"] == registry or env["STREAMREC_RANKING_REGISTRY_DIR"].startswith(
+        registry + "/")
     state = mounts["state"]["mountPath"]
     flink = deployment()["spec"]["flinkConfiguration"]
     for key in ("execution.checkpointing.dir", "execution.checkpointing.savepoint-dir", "high-availability.storageDir"):
         assert flink[key].startswith(f"file://{state}/"), key
     claims = {v["name"]: v["persistentVolumeClaim"] for v in spec["volumes"]}
-    assert claims["artifacts"]["readOnly"] is True and claims["artifacts"]["claimName"] != claims["state"]["claimName"]
+    assert claims["artifacts"]["readOnly"] is True and claims["registry"]["readOnly"] is True
+    assert len({claims[v]["claimName"] for v in ("artifacts", "registry", "state")}) == 3
+    docs = yaml.safe_load_all((DOCKER / "k8s" / "flink-deployment.yaml").read_text())
+    declared = {d["metadata"]["name"] for d in docs if d and d["kind"] == "PersistentVolumeClaim"}
+    assert {c["claimName"] for c in claims.values()} <= declared
