@@ -702,19 +702,25 @@ def test_livez_and_readyz_are_apart_and_readiness_names_each_follower(served):
     assert client.get("/livez").status_code == 200  # the process is alive: a restart would not help
 
 
+@contextmanager
+def _client_over(store: Store) -> Iterator[TestClient]:
+    """The app over ``store`` alone (no broker, open access), answering errors as a client would see them."""
+    ctx = ServeContext(store=store, follower=StubFollower(), send_event=lambda e: {},  # type: ignore[arg-type]
+                       input_topic="events", access=open_access())
+    with TestClient(build_app(ctx), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        yield client
+
+
 def test_with_the_redis_store_down_every_route_is_a_503_with_retry_after():
     closed = free_ports(1)[0]
     store = RedisStore(f"redis://127.0.0.1:{closed}/0", "recs")
-    ctx = ServeContext(store=store, follower=StubFollower(), send_event=lambda e: {}, input_topic="events",  # type: ignore[arg-type]
-                       access=open_access())
-    with TestClient(build_app(ctx), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+    with _client_over(store) as client:
         for path in ("/v1/users/42/recommendations", "/v1/users/42/recommendations/stream", "/v1/users",
                      "/healthz", "/readyz", "/metrics"):
             r = client.get(path)
             assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, (path, r.status_code, r.text)
             assert str(closed) not in r.text
         assert client.get("/livez").status_code == 200
-
 
 
 def test_a_stuck_redis_is_a_503_within_the_client_timeout_not_a_held_request():
@@ -725,9 +731,7 @@ def test_a_stuck_redis_is_a_503_within_the_client_timeout_not_a_held_request():
         stuck.listen(16)  # the kernel completes the handshake; nothing ever reads or answers
         port = stuck.getsockname()[1]
         store = RedisStore(f"redis://127.0.0.1:{port}/0", "recs", timeout_s=0.3)
-        ctx = ServeContext(store=store, follower=StubFollower(), send_event=lambda e: {},  # type: ignore[arg-type]
-                           input_topic="events", access=open_access())
-        with TestClient(build_app(ctx), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        with _client_over(store) as client:
             for path in ("/v1/users/42/recommendations", "/readyz"):
                 t0 = time.monotonic()
                 r = client.get(path)
@@ -743,9 +747,7 @@ def test_an_sqlite_file_that_cannot_be_opened_is_a_503_too(tmp_path):
     for leftover in tmp_path.glob("view.sqlite*"):
         leftover.unlink()
     path.mkdir()  # what is at the path now cannot be opened as a database by a request's thread
-    ctx = ServeContext(store=store, follower=StubFollower(), send_event=lambda e: {},  # type: ignore[arg-type]
-                       input_topic="events", access=open_access())
-    with TestClient(build_app(ctx), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+    with _client_over(store) as client:
         for route in ("/v1/users/42/recommendations", "/healthz", "/readyz"):
             r = client.get(route)
             assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, (route, r.status_code, r.text)
@@ -760,9 +762,7 @@ def test_an_sqlite_file_overwritten_with_garbage_is_a_503_not_a_500(tmp_path):
     for leftover in tmp_path.glob("view.sqlite*"):
         leftover.unlink()
     path.write_bytes(b"not a database, " * 512)
-    ctx = ServeContext(store=store, follower=StubFollower(), send_event=lambda e: {},  # type: ignore[arg-type]
-                       input_topic="events", access=open_access())
-    with TestClient(build_app(ctx), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+    with _client_over(store) as client:
         for route in ("/v1/users/42/recommendations", "/readyz"):
             r = client.get(route)
             assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, (route, r.status_code, r.text)
