@@ -38,6 +38,7 @@ from jobs.functions import (
 )
 from jobs.items import learn_items
 from jobs.layout import PROJECT_ROOT, PROMETHEUS_FACTORY, cache_dir, prometheus_jar, required_jars
+from jobs.rest_tls import ensure_rest_tls, flink_rest_settings, submitted_by_flink_client
 from udfs.config import Config
 
 
@@ -104,6 +105,8 @@ def flink_settings(config: Config) -> dict[str, str]:
     }
     if job.rest_port:
         settings["rest.port"] = str(job.rest_port)
+    if job.rest_auth == "mtls" and not submitted_by_flink_client():
+        settings.update(flink_rest_settings(ensure_rest_tls(job.rest_tls_dir or None)))
     settings.update(metrics_settings(config))
     if config.ranking.batching:
         # PyFlink's chaining of consecutive Python operators fails job submission when the

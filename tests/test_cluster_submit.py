@@ -34,7 +34,7 @@ def test_submit_see_output_cancel(kafka_broker, unique_topic, fixture_artifact, 
         unique = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})
         assert len(out) == unique
         assert {r.value["model_version"] for r in out} == {"fixture-covisit"}
-        cluster.flink("cancel", "-m", cluster.address, job_id)
+        cluster.flink("cancel", "-m", cluster.jobmanager, job_id)
         deadline = time.monotonic() + 60
         while cluster.job_state(job_id) != "CANCELED" and time.monotonic() < deadline:
             time.sleep(1)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from jobs.rest_tls import ensure_rest_tls, rest_get
 from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, replay
 from streamrec.local.kafka import free_ports
@@ -52,8 +53,8 @@ def store_log() -> list[Event]:
 
 
 def rest(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-        return json.loads(r.read())
+    """The local run's REST API, over the mutual TLS it takes by default (job.rest_auth)."""
+    return rest_get(f"127.0.0.1:{port}", path, ensure_rest_tls())
 
 
 def running_job_id(port: int, timeout_s: float = 120) -> str:

@@ -239,6 +239,12 @@ class JobConfig(_Section):
     """Address a local run's REST API and blob server bind to; job submission over REST is off."""
     rest_port: int = Field(0, ge=0, le=65535)
     """REST port of a local run, for checkpoint and restart metrics (0: any free port)."""
+    rest_auth: Literal["mtls", "none"] = "mtls"
+    """A local run's REST API: `mtls` takes only clients that present the run's own certificate (from
+    rest_tls_dir), so nobody else on the machine submits a job to it; `none` is open to every local user.
+    A job submitted with `flink run` leaves this to its cluster."""
+    rest_tls_dir: str = ""
+    """Folder of the local REST certificate (made on first use, owner-only); empty: <cache>/rest-tls."""
 
 
 class RankingConfig(_Section):

@@ -562,7 +562,7 @@ class Bench:
 
     def _cancel(self, cluster: Any, job_id: str) -> None:
         try:
-            cluster.flink("cancel", "-m", cluster.address, job_id, timeout=120)
+            cluster.flink("cancel", "-m", cluster.jobmanager, job_id, timeout=120)
         except RuntimeError as exc:
             log.warning("cancel failed: %s", exc)
         deadline = time.monotonic() + 60

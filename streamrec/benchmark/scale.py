@@ -702,6 +702,6 @@ def _restarts(cluster: StandaloneCluster, job_id: str) -> int | None:
 
 def _cancel(cluster: StandaloneCluster, job_id: str) -> None:
     try:
-        cluster.flink("cancel", "-m", cluster.address, job_id, timeout=120)
+        cluster.flink("cancel", "-m", cluster.jobmanager, job_id, timeout=120)
     except RuntimeError as exc:
         log.warning("cancel failed: %s", exc)

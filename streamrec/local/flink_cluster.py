@@ -7,19 +7,19 @@ one CPython, so two subtasks in one TaskManager share a GIL.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pyflink
 import yaml
 
 from jobs.pipeline import worker_pythonpath
+from jobs.rest_tls import RestTls, ensure_rest_tls, flink_rest_settings, rest_get
 from streamrec.local.kafka import free_ports
 
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
@@ -34,10 +34,19 @@ class StandaloneCluster:
         self.slots = slots
         self.taskmanagers = taskmanagers
         self.tm_memory = tm_memory
+        # Its REST API takes only clients with the local certificate (jobs/rest_tls.py);
+        # `flink run` and `flink stop` find it in the cluster's conf.
+        self.tls: RestTls = ensure_rest_tls()
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.rest_port}"
+
+    @property
+    def jobmanager(self) -> str:
+        """What ``flink ... -m`` takes: a bare host:port makes the client speak plain HTTP, which
+        the cluster's TLS endpoint only answers with a redirect."""
+        return f"https://{self.address}"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -53,6 +62,8 @@ class StandaloneCluster:
         conf["taskmanager"].update({"bind-host": "127.0.0.1", "host": "127.0.0.1", "numberOfTaskSlots": self.slots,
                                     "memory": {"process": {"size": self.tm_memory}}})
         conf["rest"] = {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": self.rest_port}
+        conf.update(flink_rest_settings(self.tls))  # flat keys: Flink reads them beside the nested ones
+        conf.setdefault("web", {})["submit"] = {"enable": False}
         # Own PID files: with the default (/tmp, shared by every cluster of this user),
         # stop-cluster.sh of one cluster also stops the TaskManagers of any other.
         conf.setdefault("env", {}).setdefault("pid", {})["dir"] = str(self.work_dir / "pid")
@@ -76,9 +87,8 @@ class StandaloneCluster:
             time.sleep(1)
         raise RuntimeError(f"Flink cluster not ready after {timeout}s; logs in {self.log_dir}")
 
-    def rest(self, path: str) -> dict:
-        with urllib.request.urlopen(f"http://{self.address}{path}", timeout=5) as r:
-            return json.loads(r.read())
+    def rest(self, path: str) -> Any:
+        return rest_get(self.address, path, self.tls, timeout=5)
 
     def flink(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
         full_env = {**self.env(), **(env or {})}
@@ -97,7 +107,7 @@ class StandaloneCluster:
         leaves savepoint state behind is an error, not something to skip silently.
         """
         restore = ["-s", savepoint] if savepoint else []
-        out = self.flink("run", "-m", self.address, "-d", *restore, "-py", script, "-pyclientexec", python,
+        out = self.flink("run", "-m", self.jobmanager, "-d", *restore, "-py", script, "-pyclientexec", python,
                          "-pyexec", python, *job_args, env=env)
         match = re.search(r"JobID ([0-9a-f]{32})", out)
         if not match:
@@ -120,7 +130,7 @@ class StandaloneCluster:
         No ``--drain``: the job is meant to go on from the savepoint, and draining would fire
         MAX_WATERMARK through it first. Returns the savepoint's path (a ``file:`` URI).
         """
-        out = self.flink("stop", "-m", self.address, "--savepointPath", str(target_dir), job_id, timeout=timeout)
+        out = self.flink("stop", "-m", self.jobmanager, "--savepointPath", str(target_dir), job_id, timeout=timeout)
         match = re.search(r"Savepoint completed\. Path: (\S+)", out)
         if not match:
             raise RuntimeError(f"no savepoint path in flink stop output:\n{out[-3000:]}")
