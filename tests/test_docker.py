@@ -257,6 +257,19 @@ def test_no_container_runs_as_root():
     assert not re.search(r"chown -R \S+ /opt/streamrec(\s|$)", cpu), "code must stay read-only to the runtime user"
 
 
+def test_compose_mounts_the_registry_read_only_apart_from_the_artifact_for_every_flink_container():
+    c = compose()["services"]
+    for name in ("jobmanager", "taskmanager", "submit", "taskmanager-gpu"):
+        volumes = c[name]["volumes"]
+        env = c[name]["environment"]
+        registry = next(v for v in volumes if v.split(":")[1] == env["STREAMREC_RANKING_REGISTRY_DIR"])
+        artifacts = next(v for v in volumes if env["STREAMREC_RANKING_ARTIFACT_DIR"].startswith(v.split(":")[1] + "/"))
+        assert registry.endswith(":ro") and artifacts.endswith(":ro"), name
+        assert registry.split(":")[0] != artifacts.split(":")[0], f"{name}: the registry inside the artifact's mount"
+        # The registry is not inside the artifact's mount either (a path below it would be read-only with it).
+        assert not env["STREAMREC_RANKING_REGISTRY_DIR"].startswith(artifacts.split(":")[1] + "/"), name
+
+
 def test_kubernetes_pods_run_as_non_root_with_read_only_artifacts_and_registry_on_their_own_volumes():
     spec = deployment()["spec"]["podTemplate"]["spec"]
     pod = spec["securityContext"]
