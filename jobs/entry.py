@@ -31,7 +31,8 @@ from jobs.io import (
 from jobs.pipeline import build_pipeline, create_environment
 from udfs.artifact import verify_manifest
 from udfs.config import ENV_PREFIX, Config, ConfigError
-from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
+from udfs.errors import InputError, reported
+from udfs.flags import CONFIG_FLAGS, REPORTED_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.logs import load_events
 from udfs.privacy import load_key
 from udfs.registry import LIVE, RegistryError, verified_version
@@ -52,7 +53,7 @@ class Endpoint:
             return cls("kafka")
         if spec.startswith("file:") and len(spec) > 5:
             return cls("file", Path(spec[5:]))
-        raise ValueError(f"{flag} must be 'kafka' or 'file:PATH', got {spec!r}")
+        raise InputError(f"{flag} must be 'kafka' or 'file:PATH', got {spec!r}")
 
 
 def absolute_artifact(config: Config) -> Config:
@@ -165,6 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         return run_from_args(args)
-    except USER_ERRORS as exc:
+    except REPORTED_ERRORS as exc:
         print(f"streamrec job: {exc}", file=sys.stderr)
-        return 2
+        return reported(exc) or 1

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.layout import cache_dir
+from udfs.errors import StreamrecError
 
 CERT = "rest-cert.pem"
 KEY = "rest-key.pem"
@@ -40,7 +41,7 @@ FILES = (CERT, KEY, KEYSTORE, TRUSTSTORE, PASSWORD)
 DAYS = 3650
 
 
-class RestTlsError(RuntimeError):
+class RestTlsError(StreamrecError, RuntimeError):
     """The certificate could not be made (a tool missing or failing): the message says which."""
 
 

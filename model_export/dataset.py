@@ -33,6 +33,7 @@ import numpy as np
 from udfs.candidates import Candidates, CandidateTables, bought_items_recur, build_tables, generate_candidates
 from udfs.catalog import CatalogItem
 from udfs.config import ItemsConfig
+from udfs.errors import InputError
 from udfs.events import Event, Id
 from udfs.features import INPUT_NAMES, UserRequest, Vocab, build_batch
 from udfs.item_knowledge import ItemKnowledge, ItemKnowledgeParams, keep_row
@@ -396,11 +397,11 @@ def build_training_data(
 
     evs = sort_events(events)
     if not evs:
-        raise ValueError("no events to train on: the log is empty after loading")
+        raise InputError("no events to train on: the log is empty after loading")
     until = default_until(evs) if until_ms is None else int(until_ms)
     train_events = [e for e in evs if e.ts < until]
     if not train_events:
-        raise ValueError(f"no events before the split until_ms={until} (the log starts at {evs[0].ts} ms): "
+        raise InputError(f"no events before the split until_ms={until} (the log starts at {evs[0].ts} ms): "
                          "move the split later with --until (Unix seconds)")
     limits = limits or StateLimits(max_seq_len=seq_len,
                                    seq_window_ms=derive_seq_window_ms([e.ts for e in train_events]))
@@ -413,7 +414,7 @@ def build_training_data(
     if table_period_ms == "auto":
         period: int | None = derive_table_period([e.ts for e in train_events])
     elif isinstance(table_period_ms, str):
-        raise ValueError(f"table_period_ms must be a number of ms, None or 'auto', not {table_period_ms!r}")
+        raise InputError(f"table_period_ms must be a number of ms, None or 'auto', not {table_period_ms!r}")
     else:
         period = int(table_period_ms) if table_period_ms else None
     # Point-in-time tables: a request at ts gets the tables of the events before the
@@ -436,7 +437,7 @@ def build_training_data(
         return t
 
     if not 0.0 <= validation_share < 1.0:
-        raise ValueError(f"validation_share must be in [0, 1), not {validation_share}")
+        raise InputError(f"validation_share must be in [0, 1), not {validation_share}")
     val_until = (train_events[min(len(train_events) - 1, int(len(train_events) * (1.0 - validation_share)))].ts
                  if validation_share > 0 else until)
     samplers: dict[int, _PopularitySampler] = {}

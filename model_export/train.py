@@ -37,6 +37,7 @@ from model_export.tuning import choose_blend
 from model_export.variants import REL_TOL, order_changed
 from udfs.artifact import write_artifact
 from udfs.catalog import CatalogItem, load_catalog
+from udfs.errors import InputError
 from udfs.events import Event, Id
 from udfs.features import INPUT_NAMES
 from udfs.logs import load_events
@@ -57,9 +58,9 @@ def resolve_device(mode: str, cuda_available: bool) -> str:
     GPU is an error rather than a silent CPU run.
     """
     if mode not in DEVICE_MODES:
-        raise ValueError(f"--device must be one of {', '.join(DEVICE_MODES)}, not {mode!r}")
+        raise InputError(f"--device must be one of {', '.join(DEVICE_MODES)}, not {mode!r}")
     if mode == "cuda" and not cuda_available:
-        raise ValueError("--device cuda (STREAMREC_TRAIN_DEVICE) was asked for but torch sees no CUDA GPU "
+        raise InputError("--device cuda (STREAMREC_TRAIN_DEVICE) was asked for but torch sees no CUDA GPU "
                          "(torch.cuda.is_available() is False); use --device auto or --device cpu")
     if mode == "cpu":
         return "cpu"
@@ -309,7 +310,7 @@ def train_model(
     early, ev = data.train, data.eval
     tr = concat_sets([early, data.validation_train]) if len(data.validation_train) else early
     if len(tr) == 0:
-        raise ValueError(no_examples_message(data, table_period_ms))
+        raise InputError(no_examples_message(data, table_period_ms))
     if len(ev) == 0:
         log.warning("no held-out requests: no user has two events at or after the split (%s); the metrics "
                     "are empty. Move the split earlier with --until (Unix seconds)", _when(data.until_ms))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from udfs.catalog import CatalogItem, catalog_item_from_map, catalog_key, encode_catalog_item
+from udfs.errors import InputError
 from udfs.events import Event, Id, InvalidId
 
 BRANDS = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Tyrell", "Soylent", "Wonka")
@@ -45,7 +46,7 @@ def _csv_value(name: str, text: str) -> Any:
     if name == "deleted":
         lowered = text.strip().lower()
         if lowered not in ("true", "false", "1", "0"):
-            raise ValueError(f"bad_type:deleted: {text[:16]!r} is not true/false/1/0")
+            raise InputError(f"bad_type:deleted: {text[:16]!r} is not true/false/1/0")
         return lowered in ("true", "1")
     return text  # ids stay text: canonical_id makes "42" the integer 42, as the job does
 

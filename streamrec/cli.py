@@ -55,8 +55,9 @@ from streamrec.retrain import decode_records, drop_stray, format_report, retrain
 from udfs.artifact import verify_manifest
 from udfs.catalog import CatalogItem
 from udfs.config import ENV_PREFIX, ConfigError
+from udfs.errors import InputError, reported
 from udfs.events import InvalidId, canonical_id
-from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
+from udfs.flags import CONFIG_FLAGS, REPORTED_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.kafka_security import python_client_options
 from udfs.logs import FORMATS, TS_UNITS, CsvLayout, load_events, write_events_msgpack, write_userbehavior_csv
 from udfs.privacy import load_key
@@ -259,7 +260,7 @@ def training_catalog(path: Path) -> list[CatalogItem]:
     if read.rejected:
         print(f"streamrec train: {len(read.rejected)} catalog record(s) skipped", file=sys.stderr)
     if not read.items:
-        raise ValueError(f"--catalog {path}: no valid catalog record")
+        raise InputError(f"--catalog {path}: no valid catalog record")
     return read.items
 
 
@@ -827,9 +828,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _require(args, *REQUIRED.get(args.command, ()))
         return int(args.func(args) or 0)
-    except USER_ERRORS as exc:
+    except REPORTED_ERRORS as exc:
         print(f"streamrec {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return reported(exc) or 1
     except KeyboardInterrupt:
         return 130
 

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
+from udfs.errors import InputError
 from udfs.feedback import NO_ARM, OnlineFigures, ndcg_at
 from udfs.ranking_metrics import K
 from udfs.records import FeedbackRecord, OutputRecordError, decode_feedback_record, tombstone_key
@@ -27,7 +28,7 @@ class RollingFeedback:
 
     def __init__(self, window: int, k: int = K) -> None:
         if window < 1:
-            raise ValueError(f"--window must be at least 1, got {window}")
+            raise InputError(f"--window must be at least 1, got {window}")
         self.window = window
         self.k = k
         self._records: deque[tuple[Label, bool, float]] = deque()

@@ -9,6 +9,7 @@ import bisect
 
 import numpy as np
 
+from udfs.errors import InputError
 from udfs.events import BEHAVIORS, Event
 
 # The default start of a generated log: 2017-11-25 00:00 UTC+8, like the Taobao sample.
@@ -136,13 +137,13 @@ def generate_events(
     only the sequential session walk is Python.
     """
     if n_events < 0:
-        raise ValueError("n_events must be >= 0")
+        raise InputError("n_events must be >= 0")
     if not 1 <= n_users < ITEM_ID_BASE - USER_ID_BASE:
-        raise ValueError(f"n_users must be in 1..{ITEM_ID_BASE - USER_ID_BASE - 1}")
+        raise InputError(f"n_users must be in 1..{ITEM_ID_BASE - USER_ID_BASE - 1}")
     if not 1 <= n_categories <= n_items <= CATEGORY_ID_BASE - ITEM_ID_BASE:
-        raise ValueError("need 1 <= n_categories <= n_items <= 8,000,000")
+        raise InputError("need 1 <= n_categories <= n_items <= 8,000,000")
     if duration_s < 1:
-        raise ValueError("duration_s must be >= 1")
+        raise InputError("duration_s must be >= 1")
     if n_events == 0:
         return []
     rng = np.random.default_rng(seed)

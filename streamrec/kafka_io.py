@@ -20,6 +20,7 @@ import msgpack
 from kafka.errors import KafkaError, SaslAuthenticationFailedError
 
 from streamrec.progress import Progress
+from udfs.errors import InputError
 from udfs.events import Event, Id, encode_erase, encode_event
 from udfs.kafka_security import KafkaCredentialsError, librdkafka_options, merged
 
@@ -202,7 +203,7 @@ def read_topic(
     try:
         parts = cons.partitions_for_topic(topic)
         if not parts:
-            raise ValueError(f"topic {topic!r} does not exist at {bootstrap}")
+            raise InputError(f"topic {topic!r} does not exist at {bootstrap}")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         cons.assign(tps)
         cons.seek_to_beginning(*tps)

@@ -33,6 +33,7 @@ from model_export.onnx_io import onnx_session, predict_onnx
 from streamrec import registry as writer
 from udfs.artifact import add_manifest_fields, load_artifact
 from udfs.catalog import CatalogItem, load_catalog
+from udfs.errors import InputError
 from udfs.events import DecodeError, Erase, Event, Id, decode_input
 from udfs.logs import stray_bounds
 from udfs.registry import live_version, verified_version
@@ -49,10 +50,10 @@ METRIC, PUBLISH, KEEP_LIVE = writer.RETRAIN_METRIC, writer.RETRAIN_PUBLISH, writ
 def window(events: Sequence[Event], hours: float) -> list[Event]:
     """Events of the last ``hours`` before the newest one (inclusive), in event-time order."""
     if hours <= 0:
-        raise ValueError(f"--hours must be positive, not {hours}")
+        raise InputError(f"--hours must be positive, not {hours}")
     evs = sort_events(events)
     if not evs:
-        raise ValueError("no events to retrain on")
+        raise InputError("no events to retrain on")
     since = evs[-1].ts - int(hours * HOUR_MS)
     return [e for e in evs if e.ts >= since]
 
@@ -99,7 +100,7 @@ def score(events: Sequence[Event], until_ms: int, artifact_dir: str | Path, *, c
     art = load_artifact(artifact_dir)
     m = art.manifest
     if m.catalog_features and attributes is None:
-        raise ValueError(f"{artifact_dir} ({m.model_version}) was trained with catalog features: "
+        raise InputError(f"{artifact_dir} ({m.model_version}) was trained with catalog features: "
                          "give the catalog with --catalog, or its scores would be those of a model without them")
     es = held_out_requests(events, until_ms, vocab=art.vocab, tables=art.tables, limits=m.state_limits,
                            n_candidates=m.n_candidates, seq_len=art.seq_len,
@@ -158,7 +159,7 @@ def retrain(
     new = load_artifact(out).manifest
     new_scores = _summary(score(win, until, out, catalog_size=catalog_size, attributes=attributes))
     if not new_scores["requests"]:
-        raise ValueError(f"the held-out slice of the last {hours} h has no request (no shopper with two events "
+        raise InputError(f"the held-out slice of the last {hours} h has no request (no shopper with two events "
                          "after the split): retrain over more hours")
 
     live = live_version(registry_dir)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from udfs.candidates import CandidateTables
+from udfs.errors import UserError
 from udfs.features import DENSE_FEATURES, INPUT_NAMES, Vocab
 from udfs.state import StateLimits
 
@@ -43,7 +44,7 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(UserError, RuntimeError):
     """The artifact is missing, corrupt or incompatible with this code."""
 
 

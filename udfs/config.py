@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from udfs.errors import UserError
+
 ENV_PREFIX = "STREAMREC_"
 # The job's topics, by config field: one list for the job, the local broker and the tools.
 TOPIC_FIELDS = ("input_topic", "output_topic", "dlq_topic", "late_topic", "catalog_topic", "feedback_topic",
@@ -482,7 +484,7 @@ class Config(_Section):
         return self
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Invalid configuration; the message names the offending key."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 
 from udfs.artifact import SHA256_HEX
+from udfs.errors import InputError
 
 CONTROL_VERSION = 1
 ACTIONS = ("activate",)
@@ -20,7 +21,7 @@ ACTIONS = ("activate",)
 CONTROL_KEY = "model"
 
 
-class ControlRecordError(ValueError):
+class ControlRecordError(InputError):
     """Bytes that are not a control record this code can read; the message is the reason."""
 
 

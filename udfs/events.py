@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from udfs.errors import InputError
+
 BEHAVIORS: tuple[str, ...] = ("pv", "cart", "fav", "buy")
 BEHAVIOR_INDEX: dict[str, int] = {b: i for i, b in enumerate(BEHAVIORS)}
 
@@ -84,7 +86,7 @@ def encode_erase(user_id: Id) -> bytes:
     return msgpack.packb({"user_id": user_id, "erase": True}, use_bin_type=True)
 
 
-class InvalidId(ValueError):
+class InvalidId(InputError):
     """An id that breaks the id rule; ``reason`` is a dead-letter reason."""
 
     def __init__(self, reason: str) -> None:

@@ -13,9 +13,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from udfs.artifact import ArtifactError
-from udfs.config import ENV_PREFIX, SECTIONS, Config, ConfigError, env_var, field_doc, load_config
-from udfs.registry import RegistryError
+from udfs.config import ENV_PREFIX, SECTIONS, Config, env_var, field_doc, load_config
+from udfs.errors import StreamrecError
 
 # Flags that map onto config fields: flag -> (section, field).
 CONFIG_FLAGS: dict[str, tuple[str, str]] = {
@@ -43,10 +42,8 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--bind-address": ("serve", "bind_address"),
 }
 
-# What a user can cause and fix (bad flags, config, paths, artifacts): a message and
-# exit status 2, not a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, ArtifactError, ValueError,
-                                            RegistryError)
+# What a command reports as a message, not a traceback (udfs/errors.py: reported() gives the status).
+REPORTED_ERRORS: tuple[type[Exception], ...] = (StreamrecError, FileNotFoundError)
 
 
 def add_flag(p: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:

@@ -18,6 +18,7 @@ from typing import IO
 
 import msgpack
 
+from udfs.errors import InputError
 from udfs.events import BEHAVIORS, FIELDS, INT64_MAX, MAX_STR_ID_LEN, MAX_TS_MS, Event, Id, encode_event
 
 log = logging.getLogger(__name__)
@@ -66,20 +67,20 @@ class CsvLayout:
         fields = [f for f, _ in self.columns]
         unknown = [f for f in fields if f not in LOG_FIELDS]
         if unknown:
-            raise ValueError(f"--columns: unknown field {unknown[0]!r}; fields are {', '.join(LOG_FIELDS)}")
+            raise InputError(f"--columns: unknown field {unknown[0]!r}; fields are {', '.join(LOG_FIELDS)}")
         dup = {f for f in fields if fields.count(f) > 1}
         if dup:
-            raise ValueError(f"--columns: field {sorted(dup)[0]!r} given twice")
+            raise InputError(f"--columns: field {sorted(dup)[0]!r} given twice")
         missing = [f for f in REQUIRED_FIELDS if f not in fields]
         if missing:
-            raise ValueError(f"--columns: no column for {', '.join(missing)} (required: user, item, ts)")
+            raise InputError(f"--columns: no column for {', '.join(missing)} (required: user, item, ts)")
         if self.ts_unit not in TS_UNITS:
-            raise ValueError(f"--ts-unit must be one of {', '.join(TS_UNITS)}, not {self.ts_unit!r}")
+            raise InputError(f"--ts-unit must be one of {', '.join(TS_UNITS)}, not {self.ts_unit!r}")
         bad = [ours for _, ours in self.behaviors if ours not in BEHAVIORS]
         if bad:
-            raise ValueError(f"--behaviors: {bad[0]!r} is not one of {', '.join(BEHAVIORS)}")
+            raise InputError(f"--behaviors: {bad[0]!r} is not one of {', '.join(BEHAVIORS)}")
         if self.header is False and any(isinstance(c, str) for _, c in self.columns):
-            raise ValueError("--columns names a column but the file has no header line; use positions")
+            raise InputError("--columns names a column but the file has no header line; use positions")
 
     @classmethod
     def parse(cls, columns: str, ts_unit: str = "s", behaviors: str = "") -> CsvLayout:
@@ -100,7 +101,7 @@ class CsvLayout:
             if not entry:
                 continue
             if "=" not in entry:
-                raise ValueError(f"--behaviors: expected NAME=OURS (OURS one of {', '.join(BEHAVIORS)}), "
+                raise InputError(f"--behaviors: expected NAME=OURS (OURS one of {', '.join(BEHAVIORS)}), "
                                  f"got {entry!r}")
             name, ours = (x.strip() for x in entry.split("=", 1))
             pairs.append((name, ours))
@@ -189,10 +190,10 @@ class _RowParser:
         for f, ref in layout.columns:
             if isinstance(ref, str):
                 if header is None:
-                    raise ValueError(f"column {ref!r} (--columns {f}={ref}) needs a header line; use positions")
+                    raise InputError(f"column {ref!r} (--columns {f}={ref}) needs a header line; use positions")
                 names = [h.strip() for h in header]
                 if ref not in names:
-                    raise ValueError(f"no column named {ref!r} in the header ({', '.join(names)[:200]})")
+                    raise InputError(f"no column named {ref!r} in the header ({', '.join(names)[:200]})")
                 pos[f] = names.index(ref)
             else:
                 pos[f] = ref
@@ -337,7 +338,7 @@ def load_table(path: str | Path, layout: CsvLayout, fmt: str, *, sort: bool = Fa
         table = table.set_column(ts_col, names[ts_col], table.column(ts_col).cast(pa.timestamp("ms")).cast(pa.int64()))
         parser.scale = TS_UNITS["ms"]
     if parser.width > len(names):
-        raise ValueError(f"{path}: the layout needs {parser.width} columns, the table has {len(names)} ({names})")
+        raise InputError(f"{path}: the layout needs {parser.width} columns, the table has {len(names)} ({names})")
     wanted = sorted(set(parser.pos.values()))
     columns = {i: [_cell(v) for v in table.column(i).to_pylist()] for i in wanted}
     res = LoadResult()
@@ -411,7 +412,7 @@ def iter_events_msgpack(path: str | Path) -> Iterator[Event]:
     with open(path, "rb") as f:
         for i, obj in enumerate(msgpack.Unpacker(f, raw=False, strict_map_key=False)):
             if not isinstance(obj, dict) or any(k not in obj for k in FIELDS):
-                raise ValueError(f"{path}: record {i} is not an event map: {obj!r:.100}")
+                raise InputError(f"{path}: record {i} is not an event map: {obj!r:.100}")
             yield Event(*(obj[k] for k in FIELDS))
 
 
@@ -437,11 +438,11 @@ def load_events(path: str | Path, fmt: str = "auto", *, sort: bool = False,
     """
     p = Path(path)
     if fmt not in FORMATS:
-        raise ValueError(f"unknown log format {fmt!r}; known: {', '.join(FORMATS)}")
+        raise InputError(f"unknown log format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt == "csv" and layout is None:
-        raise ValueError("--format csv needs --columns (e.g. --columns user,item,category,behavior,ts)")
+        raise InputError("--format csv needs --columns (e.g. --columns user,item,category,behavior,ts)")
     if fmt not in ("csv", "auto", "parquet", "arrow") and layout is not None and layout != USERBEHAVIOR:
-        raise ValueError(f"--columns/--ts-unit/--behaviors apply to --format csv, parquet and arrow, not {fmt}")
+        raise InputError(f"--columns/--ts-unit/--behaviors apply to --format csv, parquet and arrow, not {fmt}")
     if not p.is_file():
         raise FileNotFoundError(f"events file not found: {p}")
     if fmt == "generated" or (fmt == "auto" and layout is None and p.suffix in MSGPACK_SUFFIXES):
@@ -469,6 +470,6 @@ def report_load(path: Path, result: LoadResult) -> None:
                     len(result), result.malformed, result.malformed_examples[:3], result.out_of_span, lo, hi,
                     result.out_of_span_examples[:3])
     if not len(result):
-        raise ValueError(f"{path}: no events left after loading ({result.rows} rows, {result.malformed} "
+        raise InputError(f"{path}: no events left after loading ({result.rows} rows, {result.malformed} "
                          f"malformed, first: {result.malformed_examples[:3]}); check --format/--columns/"
                          "--ts-unit/--behaviors")

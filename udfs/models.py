@@ -36,6 +36,7 @@ import msgpack
 from udfs.ab import assign_arm
 from udfs.artifact import Artifact
 from udfs.control import ControlRecord, decode_control
+from udfs.errors import StreamrecError
 from udfs.events import Event
 from udfs.ranker import OnnxRanker
 from udfs.recommend import Recommender
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 KEPT_ANNOUNCEMENTS = 8
 
 
-class ModelRefused(RuntimeError):
+class ModelRefused(StreamrecError, RuntimeError):
     """An announced model that cannot serve; the message says why."""
 
 

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from udfs.errors import InputError
 from udfs.events import DecodeError, Event
 from udfs.privacy import redact_reason
 
@@ -38,7 +39,7 @@ MAX_OUTPUT_BYTES = 1024 * 1024
 MAX_PLAIN_DEPTH = 8
 
 
-class OutputRecordError(ValueError):
+class OutputRecordError(InputError):
     """Bytes that are not an output record this code can read."""
 
 

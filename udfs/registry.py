@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from udfs.artifact import ArtifactError, Manifest, name_problem, verify_manifest
+from udfs.errors import UserError
 
 HISTORY_FILE = "history.jsonl"
 # The A/B arm version that follows the announced live model.
 LIVE = "live"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError, RuntimeError):
     """A registry, or a version in it, that cannot be used; the message says which and why."""
 
 

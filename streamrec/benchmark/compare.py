@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from udfs.config import ENV_PREFIX
+from udfs.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ MARKED_CHANGE = 0.05
 FINGERPRINT_EVENTS = 5000
 
 
-class CompareError(RuntimeError):
+class CompareError(UserError, RuntimeError):
     """REF cannot be resolved or built; the message says which step failed and where its log is."""
 
 

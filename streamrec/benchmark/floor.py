@@ -28,9 +28,10 @@ from pyflink.datastream import RuntimeContext
 from jobs.entry import Endpoint, run_job
 from jobs.functions import CatalogRecommendFunction
 from udfs.config import Config
+from udfs.errors import reported
 from udfs.events import Event
 from udfs.features import UserRequest, build_batch
-from udfs.flags import CONFIG_FLAGS, USER_ERRORS, add_config_flags, config_from_args, setup_logging
+from udfs.flags import CONFIG_FLAGS, REPORTED_ERRORS, add_config_flags, config_from_args, setup_logging
 from udfs.recommend import Recommender
 from udfs.state import UserState
 
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run_job(cfg, Endpoint("kafka"), Endpoint("kafka"), ReplayingFunction(cfg, args.floor == "model"))
-    except USER_ERRORS as exc:
+    except REPORTED_ERRORS as exc:
         print(f"floor: {exc}", file=sys.stderr)
-        return 2
+        return reported(exc) or 1
     return 0

@@ -39,6 +39,7 @@ from streamrec.local.kafka import LocalKafka
 from streamrec.local.procs import job_env
 from udfs.artifact import read_manifest
 from udfs.config import TOPIC_FIELDS, Config
+from udfs.errors import InputError
 from udfs.events import Event, encode_event
 from udfs.runtime import state_limits
 from udfs.state import StateLimits, UserState, update_state
@@ -96,7 +97,7 @@ def shape_shoppers(events: Sequence[Event], shoppers: int) -> list[Event]:
     uniq, first, inverse, counts = np.unique(users, return_index=True, return_inverse=True, return_counts=True)
     n_base = len(uniq)
     if not n_base <= shoppers <= n:
-        raise ValueError(f"shoppers must be between the log's distinct users ({n_base:,}) and its events ({n:,}); "
+        raise InputError(f"shoppers must be between the log's distinct users ({n_base:,}) and its events ({n:,}); "
                          f"got {shoppers:,}")
     spare = counts - 1
     extra_total = shoppers - n_base

@@ -41,6 +41,7 @@ from streamrec.kafka_io import produce
 from streamrec.local.kafka import LocalKafka
 from streamrec.local.serve import ServeProcess, get_json
 from udfs.artifact import load_artifact
+from udfs.errors import InputError
 from udfs.records import SCHEMA_VERSION, encode_output_record
 
 RESULTS_JSON = "serve_latency.json"
@@ -172,7 +173,7 @@ class RequestMaker:
             return [http_post_json("/v1/sessions/recommendations", host, {"events": [
                 {"item_id": item, "behavior": "pv"} for item in rng.sample(self.items, self.s.guest_events)]})
                 for _ in range(n)]
-        raise ValueError(f"unknown route {route!r}; routes: {', '.join(ROUTES)}")
+        raise InputError(f"unknown route {route!r}; routes: {', '.join(ROUTES)}")
 
 
 def route_rate(s: ServeBenchSettings, route: str) -> float:
@@ -206,7 +207,7 @@ def _run_route(serve: ServeProcess, maker: RequestMaker, route: str, rate: float
 def run_serve_bench(s: ServeBenchSettings) -> dict[str, Any]:
     unknown = set(s.routes) - set(ROUTES)
     if unknown:
-        raise ValueError(f"unknown routes {sorted(unknown)}; routes: {', '.join(ROUTES)}")
+        raise InputError(f"unknown routes {sorted(unknown)}; routes: {', '.join(ROUTES)}")
     s.out_dir.mkdir(parents=True, exist_ok=True)
     artifact = s.artifact or s.out_dir / "artifact"
     model_version = ensure_artifact(artifact, train_events=MODEL_EVENTS, items=MODEL_ITEMS,

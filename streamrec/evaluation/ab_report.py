@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from udfs.errors import InputError
 from udfs.feedback import NO_ARM, ndcg_at
 from udfs.ranking_metrics import K
 from udfs.records import FeedbackRecord
@@ -117,7 +118,7 @@ def ab_report(records: Iterable[FeedbackRecord], *, control: str | None = None, 
     if control is None:
         control = "control" if "control" in arms else (next(iter(arms)) if arms else None)
     elif control not in arms:
-        raise ValueError(f"control arm {control!r} has no feedback records (arms: {', '.join(arms) or 'none'})")
+        raise InputError(f"control arm {control!r} has no feedback records (arms: {', '.join(arms) or 'none'})")
     out["control"] = control
     if control is not None:
         base = out["arms"][control]

@@ -21,6 +21,7 @@ from typing import Any
 from streamrec.evaluation.evaluate import json_safe
 from streamrec.evaluation.prequential import prequential
 from udfs.artifact import verify_manifest
+from udfs.errors import InputError
 from udfs.events import Event
 from udfs.ranking_metrics import K
 
@@ -39,9 +40,9 @@ def parse_caps(text: str) -> tuple[int, ...]:
     try:
         caps = tuple(int(c) for c in text.split(",") if c.strip())
     except ValueError:
-        raise ValueError(f"--diversity-sweep: comma-separated whole numbers, got {text!r}") from None
+        raise InputError(f"--diversity-sweep: comma-separated whole numbers, got {text!r}") from None
     if not caps or any(c < 0 for c in caps):
-        raise ValueError(f"--diversity-sweep: caps must be >= 0 (0 = off), got {text!r}")
+        raise InputError(f"--diversity-sweep: caps must be >= 0 (0 = off), got {text!r}")
     return caps
 
 

@@ -30,6 +30,7 @@ from model_export.evaluate import evaluate as evaluate_offline
 from model_export.onnx_io import onnx_session, predict_onnx
 from streamrec.evaluation.prequential import prequential
 from udfs.artifact import load_artifact, verify_manifest
+from udfs.errors import InputError
 from udfs.events import Event
 from udfs.logs import CsvLayout, load_events
 
@@ -88,7 +89,7 @@ def evaluate(
     job's diversity cap in the prequential protocol (None: the config default)."""
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
-        raise ValueError(f"protocols must be among {PROTOCOLS}, got {list(protocols)}")
+        raise InputError(f"protocols must be among {PROTOCOLS}, got {list(protocols)}")
     t0 = time.perf_counter()
     manifest = verify_manifest(artifact_dir)
     events = load_events(events_path, fmt, sort=True, layout=layout)

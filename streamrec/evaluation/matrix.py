@@ -55,6 +55,7 @@ from streamrec.evaluation.evaluate import json_safe
 from streamrec.evaluation.online_baselines import NAMES as ONLINE_NAMES
 from streamrec.evaluation.prequential import prequential
 from udfs.diversity import OFF
+from udfs.errors import InputError
 from udfs.events import Event
 from udfs.logs import load_events
 
@@ -99,7 +100,7 @@ def median_until(events: Sequence[Event]) -> int:
     """The split: the time of the median event of the time-sorted log. Events at that
     time or later are held out, so at most half the log trains."""
     if len(events) < 2:
-        raise ValueError(f"a log of {len(events)} events cannot be split")
+        raise InputError(f"a log of {len(events)} events cannot be split")
     return int(events[len(events) // 2].ts)
 
 
@@ -243,7 +244,7 @@ def run_matrix(data_dir: str | Path, out_dir: str | Path, *, seeds: Sequence[int
     process (:func:`log_in_subprocess`; ``trainer`` is then the default one), ``workers`` of
     them at once, the largest logs first, each training on ``cores // workers`` threads."""
     if workers < 1:
-        raise ValueError(f"--workers must be at least 1, not {workers}")
+        raise InputError(f"--workers must be at least 1, not {workers}")
     t0 = time.perf_counter()
     out = Path(out_dir)
     work = out / "work"
@@ -252,7 +253,7 @@ def run_matrix(data_dir: str | Path, out_dir: str | Path, *, seeds: Sequence[int
     if logs:
         unknown = sorted(set(logs) - {d.name for d in devs})
         if unknown:
-            raise ValueError(f"--logs: {unknown} not under {data_dir} (have {[d.name for d in devs]})")
+            raise InputError(f"--logs: {unknown} not under {data_dir} (have {[d.name for d in devs]})")
         devs = [d for d in devs if d.name in set(logs)]
     report: dict[str, Any] = {"data_dir": str(Path(data_dir).resolve()), "seeds": list(seeds),
                               "model_source": "job" if use_job else "replay", "split": "median event",

@@ -34,6 +34,7 @@ from collections import defaultdict, deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from udfs.errors import InputError
 from udfs.events import Event, Id
 from udfs.timescales import derive_popularity_half_life_ms
 
@@ -202,7 +203,7 @@ def online_lists(events: Iterable[Event], list_at: Mapping[tuple[Id, str, int, I
     baselines = OnlineBaselines(derive_popularity_half_life_ms(evs), k)
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
-        raise ValueError(f"unknown online baselines {unknown}; known: {list(NAMES)}")
+        raise InputError(f"unknown online baselines {unknown}; known: {list(NAMES)}")
     out: dict[str, dict[tuple[Id, int], list[Id]]] = {name: {} for name in names}
     seen: set[tuple[Id, Id, str, int]] = set()
     for e in evs:

@@ -74,6 +74,7 @@ from streamrec.evaluation.online_baselines import online_lists
 from streamrec.evaluation.paired import compare
 from udfs.artifact import verify_manifest
 from udfs.config import load_config
+from udfs.errors import InputError
 from udfs.events import Event, Id
 from udfs.features import DENSE_FEATURES, UserRequest, build_batch
 from udfs.feedback import OnlineFigures
@@ -353,7 +354,7 @@ def check_same_serving(a: str | Path, b: str | Path) -> None:
     if ma.state_limits != mb.state_limits:
         diffs.append("state limits")
     if diffs:
-        raise ValueError(f"artifacts {a} and {b} differ in {', '.join(diffs)}: score them on separate replays")
+        raise InputError(f"artifacts {a} and {b} differ in {', '.join(diffs)}: score them on separate replays")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from jobs.layout import FETCH_HINT, cache_dir
+from udfs.errors import InputError, StreamrecError
 
 DEFAULT_PORT = 39092
 DEFAULT_CONTROLLER_PORT = 39093
@@ -55,7 +56,7 @@ logger.config.level = warn
 """
 
 
-class KafkaStartError(RuntimeError):
+class KafkaStartError(StreamrecError, RuntimeError):
     """The broker did not come up; the message carries the tail of its log."""
 
 
@@ -227,7 +228,7 @@ class LocalKafka:
     ) -> None:
         for user, password in (sasl_users or {}).items():
             if not user or any(c in f"{user}{password}" for c in '"\\\n\r;= '):
-                raise ValueError("sasl_users: names and passwords must be non-empty and free of quotes, "
+                raise InputError("sasl_users: names and passwords must be non-empty and free of quotes, "
                                  "backslashes, line breaks, ';', '=' and spaces")
         self.data_dir = Path(data_dir).resolve()
         self.log_file = Path(log_file).resolve() if log_file else self.data_dir / "broker.log"
@@ -251,7 +252,7 @@ class LocalKafka:
     def sasl_bootstrap(self) -> str:
         """Address of the SASL_PLAINTEXT (PLAIN) listener; only with ``sasl_users``."""
         if not self.sasl_users:
-            raise ValueError("this broker has no SASL listener (pass sasl_users)")
+            raise InputError("this broker has no SASL listener (pass sasl_users)")
         return f"127.0.0.1:{self.sasl_port}"
 
     @property

@@ -73,6 +73,7 @@ from streamrec.serve.openapi import docs_page, openapi_json
 from streamrec.serve.store import Store, StoreUnavailable
 from udfs.catalog import CatalogItem
 from udfs.config import ServeConfig
+from udfs.errors import InputError
 from udfs.events import BEHAVIORS, Event, Id, InvalidId, canonical_id
 from udfs.reasons import render_reason
 from udfs.records import OutputRecord
@@ -91,7 +92,7 @@ STORE_RETRY_AFTER_S = 5
 """What a 503 for an unreachable store tells the client to wait (Retry-After)."""
 
 
-class ClientError(ValueError):
+class ClientError(InputError):
     """A request the service refuses: answered ``status`` with this message."""
 
     status = 400

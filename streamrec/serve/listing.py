@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from udfs.catalog import CatalogItem
+from udfs.errors import InputError
 from udfs.events import Id, InvalidId, canonical_id
 
 MAX_N = 1000
@@ -30,7 +31,7 @@ CACHE_CONTROL = "private, no-cache"
 304 when the ``ETag`` still matches)."""
 
 
-class ListQueryError(ValueError):
+class ListQueryError(InputError):
     """A lookup parameter that cannot be used; the message names it."""
 
 

@@ -33,6 +33,7 @@ import msgpack
 import msgspec
 
 from udfs.catalog import CatalogItem, catalog_key
+from udfs.errors import StreamrecError
 from udfs.events import Id
 from udfs.records import OutputRecord
 
@@ -71,7 +72,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(StreamrecError, RuntimeError):
     """The store cannot be reached now (Redis down or stuck): the routes answer 503 with Retry-After."""
 
 
