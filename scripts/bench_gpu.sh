@@ -61,5 +61,5 @@ echo "bench-gpu: job done at $((SECONDS - START)) s"
 echo "bench-gpu: model alone done at $((SECONDS - START)) s"
 
 # 3. Side by side, with the provider each ran on.
-"$PY" -m streamrec.benchmark.gpu --job "$OUT/job/results.json" --model "$OUT/model/model_bench.json" --out "$OUT"
+"$PY" -m streamrec.lab.benchmark.gpu --job "$OUT/job/results.json" --model "$OUT/model/model_bench.json" --out "$OUT"
 echo "bench-gpu: $((SECONDS - START)) s in all; $OUT/summary.md"

@@ -17,15 +17,6 @@ from pathlib import Path
 from jobs.entry import add_run_arguments, run_from_args
 from streamrec import progress, registry
 from streamrec.about import package_version
-from streamrec.benchmark.bench import Bench, BenchSettings, markdown
-from streamrec.benchmark.compare import CompareError, compare
-from streamrec.benchmark.compare import markdown as compare_markdown
-from streamrec.benchmark.model import main as bench_model_main
-from streamrec.benchmark.peer import run_peer
-from streamrec.benchmark.scale import ScaleBench, ScaleSettings
-from streamrec.benchmark.scale import markdown as scale_markdown
-from streamrec.benchmark.serve_latency import ServeBenchSettings, run_serve_bench
-from streamrec.benchmark.serve_latency import markdown as serve_markdown
 from streamrec.catalog_files import (
     catalog_for_events,
     catalog_path,
@@ -33,24 +24,40 @@ from streamrec.catalog_files import (
     read_catalog_file,
     write_catalog_jsonl,
 )
-from streamrec.demo import run_demo
-from streamrec.evaluation import ab_report as ab
-from streamrec.evaluation.diversity_sweep import DEFAULT_CAPS, SWEEP_JSON, SWEEP_PNG, format_sweep, parse_caps, sweep
-from streamrec.evaluation.evaluate import evaluate, format_table
-from streamrec.evaluation.matrix import (
+from streamrec.feedback_view import decoded, show, without_erased
+from streamrec.kafka_io import consume, erase_record, produce, read_topic, replay
+from streamrec.lab.benchmark.bench import Bench, BenchSettings, markdown
+from streamrec.lab.benchmark.compare import CompareError, compare
+from streamrec.lab.benchmark.compare import markdown as compare_markdown
+from streamrec.lab.benchmark.model import main as bench_model_main
+from streamrec.lab.benchmark.peer import run_peer
+from streamrec.lab.benchmark.scale import ScaleBench, ScaleSettings
+from streamrec.lab.benchmark.scale import markdown as scale_markdown
+from streamrec.lab.benchmark.serve_latency import ServeBenchSettings, run_serve_bench
+from streamrec.lab.benchmark.serve_latency import markdown as serve_markdown
+from streamrec.lab.demo import run_demo
+from streamrec.lab.evaluation import ab_report as ab
+from streamrec.lab.evaluation.diversity_sweep import (
+    DEFAULT_CAPS,
+    SWEEP_JSON,
+    SWEEP_PNG,
+    format_sweep,
+    parse_caps,
+    sweep,
+)
+from streamrec.lab.evaluation.evaluate import evaluate, format_table
+from streamrec.lab.evaluation.matrix import (
     DEFAULT_DATA_DIR,
     TRAIN_THREADS,
     default_workers,
     format_matrix,
     run_matrix,
 )
-from streamrec.evaluation.matrix import JSON_FILE as MATRIX_JSON
-from streamrec.evaluation.matrix import PNG_FILE as MATRIX_PNG
-from streamrec.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
-from streamrec.feedback_view import decoded, show, without_erased
-from streamrec.generator import generate_events
-from streamrec.kafka_io import consume, erase_record, produce, read_topic, replay
-from streamrec.local import kafka as kafka_local
+from streamrec.lab.evaluation.matrix import JSON_FILE as MATRIX_JSON
+from streamrec.lab.evaluation.matrix import PNG_FILE as MATRIX_PNG
+from streamrec.lab.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
+from streamrec.lab.generator import generate_events
+from streamrec.lab.local import kafka as kafka_local
 from streamrec.retrain import decode_records, drop_stray, format_report, retrain
 from udfs.artifact import verify_manifest
 from udfs.catalog import CatalogItem
@@ -479,7 +486,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:
-    """This tree's bench beside REF's (streamrec/benchmark/compare.py)."""
+    """This tree's bench beside REF's (streamrec/lab/benchmark/compare.py)."""
     repo = Path(__file__).resolve().parents[1]
     try:
         result = compare(repo, args.compare, vars(args), Path(args.out), int(args.compare_repeats))

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from jobs.layout import cache_dir, required_jars
-from streamrec.local.kafka import LocalKafka, kafka_classpath
+from streamrec.lab.local.kafka import LocalKafka, kafka_classpath
 
 pytest_plugins = ["tests.job_fixtures", "tests.store_fixtures", "tests.serve_fixtures"]
 
 
 # =============================================================================================
-# Local Kafka broker (streamrec.local.kafka)
+# Local Kafka broker (streamrec.lab.local.kafka)
 #
 # One real KRaft broker per test session on free loopback ports. Without the fetched jars the
 # tests that need them are skipped locally, but fail under CI so a broken setup cannot pass.

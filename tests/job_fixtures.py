@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.generator import generate_events
 from streamrec.kafka_io import consume
-from streamrec.local.procs import job_env as _job_env
-from streamrec.local.procs import stop_group
+from streamrec.lab.generator import generate_events
+from streamrec.lab.local.procs import job_env as _job_env
+from streamrec.lab.local.procs import stop_group
 from tests.onnx_fixtures import covisit_scorer
 from udfs.artifact import write_artifact
 from udfs.candidates import build_tables

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamrec.local.kafka import free_ports
+from streamrec.lab.local.kafka import free_ports
 from streamrec.serve.store import RedisStore, SqliteStore, Store
 from tests.conftest import _missing
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from streamrec.kafka_io import replay
-from streamrec.local.procs import stop_group
+from streamrec.lab.local.procs import stop_group
 from tests.job_fixtures import covisit_artifact, generated_log, read_lists
 from udfs.ab import assign_arm
 from udfs.config import TOPIC_FIELDS, env_var, load_config

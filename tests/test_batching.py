@@ -16,9 +16,9 @@ import pytest
 from pyflink.common import Row
 
 from jobs.functions import END_OF_INPUT, RankBatchFunction
-from streamrec.benchmark.bench import batching_paced_rate, batching_summary, markdown, rows_per_call
-from streamrec.benchmark.gpu import markdown as gpu_markdown
-from streamrec.benchmark.gpu import summarize
+from streamrec.lab.benchmark.bench import batching_paced_rate, batching_summary, markdown, rows_per_call
+from streamrec.lab.benchmark.gpu import markdown as gpu_markdown
+from streamrec.lab.benchmark.gpu import summarize
 from tests.job_fixtures import generated_log
 from udfs.batching import decode_request, encode_request, merge_features, shard_of
 from udfs.config import load_config

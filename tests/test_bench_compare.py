@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.benchmark import compare as cmp
 from streamrec.cli import build_parser
+from streamrec.lab.benchmark import compare as cmp
 
 # The stand-in bench: reads --out, writes the rates its tree holds, and logs which tree ran and
 # whether it inherited the compare switch.

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.benchmark.scale import (
+from streamrec.cli import build_parser
+from streamrec.lab.benchmark.scale import (
     bytes_summary,
     checkpoint_summary,
     failures_summary,
@@ -21,8 +22,7 @@ from streamrec.benchmark.scale import (
     split_failed,
     targets,
 )
-from streamrec.cli import build_parser
-from streamrec.generator import USER_ID_BASE, generate_events
+from streamrec.lab.generator import USER_ID_BASE, generate_events
 from udfs.events import Event
 from udfs.state import StateLimits, UserState, update_state
 

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from streamrec.benchmark.serve_latency import RESULTS_JSON, ROUTES, ServeBenchSettings, markdown, run_serve_bench
+from streamrec.lab.benchmark.serve_latency import RESULTS_JSON, ROUTES, ServeBenchSettings, markdown, run_serve_bench
 
 pytestmark = pytest.mark.kafka
 

@@ -7,7 +7,7 @@ import msgpack
 import pytest
 
 from streamrec.catalog_files import catalog_for_events, catalog_records, read_catalog_file, write_catalog_jsonl
-from streamrec.generator import generate_events
+from streamrec.lab.generator import generate_events
 from udfs.candidates import SRC_NEW, CandidateTables, generate_candidates
 from udfs.catalog import (
     Catalog,

@@ -10,7 +10,7 @@ import pytest
 
 from model_export.train import train_model
 from streamrec.catalog_files import catalog_for_events
-from streamrec.generator import generate_events
+from streamrec.lab.generator import generate_events
 from udfs.artifact import load_artifact
 from udfs.candidates import Candidates, CandidateTables
 from udfs.catalog import CatalogItem

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from streamrec.generator import START_TS_MS, generate_events
+from streamrec.lab.generator import START_TS_MS, generate_events
 from udfs.logs import write_userbehavior_csv
 from udfs.records import ADDED_OUTPUT_FIELDS, OUTPUT_FIELDS
 

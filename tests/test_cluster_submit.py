@@ -9,7 +9,7 @@ import pytest
 
 from jobs.layout import JOB_SCRIPT
 from streamrec.kafka_io import consume, replay
-from streamrec.local.flink_cluster import StandaloneCluster
+from streamrec.lab.local.flink_cluster import StandaloneCluster
 from tests.job_fixtures import generated_log, job_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kafka]

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from streamrec.generator import FUNNEL, P_ACTION_UNSEEN, SESSION_GAP_S, ZIPF_EXPONENT, generate_events
+from streamrec.lab.generator import FUNNEL, P_ACTION_UNSEEN, SESSION_GAP_S, ZIPF_EXPONENT, generate_events
 from udfs.events import BEHAVIORS, Event, decode_event, encode_event
 from udfs.logs import (
     MAX_EXAMPLES,

@@ -8,7 +8,7 @@ import pytest
 from jobs.entry import absolute_artifact
 from jobs.io import CollectionSource, CollectSink, event_rows
 from jobs.pipeline import build_pipeline, create_environment
-from streamrec.evaluation.prequential import prequential
+from streamrec.lab.evaluation.prequential import prequential
 from tests.job_fixtures import generated_log
 from udfs.config import load_config
 

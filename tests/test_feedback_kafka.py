@@ -13,7 +13,7 @@ import pytest
 
 from streamrec.cli import main as cli
 from streamrec.kafka_io import consume, replay
-from streamrec.local.kafka import free_ports
+from streamrec.lab.local.kafka import free_ports
 from tests.job_fixtures import generated_log
 from udfs.config import TOPIC_FIELDS, env_var
 from udfs.events import Event

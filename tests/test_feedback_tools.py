@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from streamrec.cli import main
-from streamrec.evaluation.ab_report import ab_report, bootstrap_ratios, percentile_interval, write_report
 from streamrec.feedback_view import RollingFeedback, without_erased
+from streamrec.lab.evaluation.ab_report import ab_report, bootstrap_ratios, percentile_interval, write_report
 from udfs.records import FeedbackRecord
 
 T0 = 1_700_000_000_000

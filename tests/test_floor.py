@@ -1,7 +1,7 @@
 """The bench's floor phase: a replayed list keeps a real list's shape and model call; the summary's shares."""
 
-from streamrec.benchmark.bench import floor_summary, floor_table
-from streamrec.benchmark.floor import ReplayingRecommender
+from streamrec.lab.benchmark.bench import floor_summary, floor_table
+from streamrec.lab.benchmark.floor import ReplayingRecommender
 from udfs.config import load_config
 from udfs.events import Event
 from udfs.runtime import build_recommender

@@ -15,8 +15,8 @@ import pytest
 from jobs.flink_metrics import info_metric_name
 from streamrec.cli import main as cli
 from streamrec.kafka_io import produce, replay
-from streamrec.local.kafka import free_ports
-from streamrec.local.procs import stop_group
+from streamrec.lab.local.kafka import free_ports
+from streamrec.lab.local.procs import stop_group
 from tests.job_fixtures import covisit_artifact, generated_log, read_lists
 from tests.scenario import report
 from tests.test_prometheus_metrics import _samples, _scrape

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from model_export.dataset import replay_requests
-from streamrec.benchmark.item_state import measure
+from streamrec.lab.benchmark.item_state import measure
 from tests.job_fixtures import generated_log
 from udfs.candidates import SRC_COVISIT, Candidates, CandidateTables, build_tables, generate_candidates
 from udfs.events import Event
@@ -126,7 +126,7 @@ def test_a_pair_first_seen_in_the_stream_reaches_the_next_shoppers_candidates() 
 
 
 def test_state_cost_report_counts_every_shopper_and_item(fixture_artifact) -> None:
-    """streamrec.benchmark.item_state: one state per shopper, one row per touched item, rows bounded,
+    """streamrec.lab.benchmark.item_state: one state per shopper, one row per touched item, rows bounded,
     and the kept fresh rows are what makes a shopper's value larger."""
     events = generated_log(600, seed=3)
     report = measure(events, fixture_artifact)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from streamrec.kafka_io import consume, replay
-from streamrec.local.procs import stop_group
+from streamrec.lab.local.procs import stop_group
 from tests.conftest import SASL_PASSWORD, SASL_USER
 from tests.job_fixtures import generated_log, job_env
 from udfs.config import env_var

@@ -12,8 +12,8 @@ import pytest
 
 from jobs.layout import required_jars
 from streamrec.kafka_io import consume, replay
-from streamrec.local import kafka as kafka_local
-from streamrec.local.kafka import LocalKafka, kafka_classpath
+from streamrec.lab.local import kafka as kafka_local
+from streamrec.lab.local.kafka import LocalKafka, kafka_classpath
 from udfs.events import Event
 
 pytestmark = pytest.mark.timeout(300)

@@ -12,7 +12,7 @@ import pytest
 
 from streamrec.cli import main as cli_main
 from streamrec.kafka_io import consume, produce, replay
-from streamrec.local.kafka import LocalKafka
+from streamrec.lab.local.kafka import LocalKafka
 from streamrec.serve.follower import Follower
 from streamrec.serve.store import SqliteStore
 from tests.conftest import SASL_PASSWORD, SASL_USER

@@ -152,7 +152,7 @@ def test_secret_still_works_as_the_string_the_clients_need() -> None:
 
 
 def test_jobs_on_the_local_plaintext_broker_drop_secured_settings_from_the_environment(password_file: Path) -> None:
-    from streamrec.local.procs import LOCAL_BROKER_SECURITY  # tools layer: only this test needs it
+    from streamrec.lab.local.procs import LOCAL_BROKER_SECURITY  # tools layer: only this test needs it
 
     secured = kafka_env(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="alice",
                         sasl_password_file=str(password_file))

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from streamrec.benchmark.bench import busiest_threads, cpu_budget, markdown, output_backlog, thread_cpu_seconds
-from streamrec.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
+from streamrec.lab.benchmark.bench import busiest_threads, cpu_budget, markdown, output_backlog, thread_cpu_seconds
+from streamrec.lab.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
 
 
 def _out(user, item, ts, out_ts):

@@ -19,6 +19,10 @@ CORE_FORBIDDEN = ("pyflink", "torch")
 # Project imports inside a function need a reason on the same line: "# lazy: ..."
 LAZY_MARK = "# lazy:"
 MAX_LAZY = 6  # 6th: streamrec serve's web stack (the [serve] extra)
+# Inside the tools layer, the lab (benchmarks, evaluation, generator, demo, local launchers) is not the
+# product: only the lab itself and the CLI, its way in, import it.
+LAB = "streamrec.lab"
+LAB_DOORS = ("streamrec.cli",)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,35 @@ def upward(imp: Import) -> bool:
 def test_no_import_goes_up_or_sideways() -> None:
     bad = [f"{i.module} -> {i.target}" for i in project_imports() if upward(i)]
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
+
+
+def into_the_lab(imp: Import) -> bool:
+    """An import of the lab by a module that is neither the lab nor one of its doors."""
+    inside = imp.module == LAB or imp.module.startswith(LAB + ".")
+    door = any(imp.module == d or imp.module.startswith(d + ".") for d in LAB_DOORS)
+    return (imp.target == LAB or imp.target.startswith(LAB + ".")) and not inside and not door
+
+
+def test_the_product_never_imports_the_lab() -> None:
+    lab = [i for i in project_imports() if i.module.startswith(LAB + ".")]
+    assert len(lab) > 50, "the lab was not found where this test looks for it"
+    bad = [f"{i.module} -> {i.target}" for i in project_imports() if into_the_lab(i)]
+    assert not bad, "the product imports the lab:\n" + "\n".join(bad)
+
+
+def test_the_lab_rule_sees_a_planted_import_from_the_product(tmp_path: Path) -> None:
+    serve = tmp_path / "streamrec" / "serve"
+    serve.mkdir(parents=True)
+    (serve / "__init__.py").write_text("")
+    (serve / "x.py").write_text("from streamrec.lab.benchmark import bench\nfrom ..lab import generator\n")
+    lab = tmp_path / "streamrec" / "lab"
+    lab.mkdir()
+    (lab / "__init__.py").write_text("")
+    (lab / "y.py").write_text("from streamrec.lab.local import kafka\n")
+    planted = imports_of(serve / "x.py", tmp_path)
+    assert [i.target for i in planted] == ["streamrec.lab.benchmark", "streamrec.lab"]
+    assert all(into_the_lab(i) for i in planted)
+    assert not any(into_the_lab(i) for i in imports_of(lab / "y.py", tmp_path))
 
 
 def test_core_imports_neither_flink_nor_torch() -> None:

@@ -9,8 +9,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from streamrec.evaluation.matrix import DEFAULT_DATA_DIR
-from streamrec.generator import START_TS_MS, generate_events
+from streamrec.lab.evaluation.matrix import DEFAULT_DATA_DIR
+from streamrec.lab.generator import START_TS_MS, generate_events
 from udfs.logs import CsvLayout, load_events, write_userbehavior_csv
 
 

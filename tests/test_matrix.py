@@ -1,4 +1,4 @@
-"""The development matrix (streamrec/evaluation/matrix.py): split, aggregation over seeds, wins, files."""
+"""The development matrix (streamrec/lab/evaluation/matrix.py): split, aggregation over seeds, wins, files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.evaluation.matrix import (
+from streamrec.lab.evaluation.matrix import (
     JSON_FILE,
     METRICS,
     PNG_FILE,
@@ -21,8 +21,8 @@ from streamrec.evaluation.matrix import (
     summarize,
     threads_per_log,
 )
-from streamrec.evaluation.prequential import prequential
-from streamrec.generator import START_TS_MS, generate_events
+from streamrec.lab.evaluation.prequential import prequential
+from streamrec.lab.generator import START_TS_MS, generate_events
 from tests.onnx_fixtures import covisit_scorer
 from udfs.artifact import write_artifact
 from udfs.candidates import build_tables
@@ -144,7 +144,7 @@ def test_matrix_names_unknown_logs(tmp_path: Path) -> None:
 
 
 def test_other_seeds_must_share_the_serving_files(tmp_path: Path) -> None:
-    from streamrec.evaluation.prequential import check_same_serving
+    from streamrec.lab.evaluation.prequential import check_same_serving
 
     ev = sorted(generate_events(800, n_users=20, n_items=100, n_categories=5, seed=4, start_ts_ms=START_TS_MS,
                                 duration_s=86400), key=lambda e: e.ts)

@@ -249,7 +249,7 @@ def test_covisit_rank_share_and_recent_category_features() -> None:
 def test_train_on_logs_of_any_span(tmp_path, n_events, duration_s, users, expected_period) -> None:
     """The split and the point-in-time table period come from the log, so a log of hours
     and one of months both give training and held-out requests."""
-    from streamrec.generator import generate_events
+    from streamrec.lab.generator import generate_events
 
     events = generate_events(n_events, n_users=users, n_items=300, n_categories=10, seed=2,
                              start_ts_ms=1_400_000_000_000, duration_s=duration_s)

@@ -1,5 +1,5 @@
-"""Baselines that learn online (streamrec/evaluation/online_baselines.py) and the paired comparison
-(streamrec/evaluation/paired.py)."""
+"""Baselines that learn online (streamrec/lab/evaluation/online_baselines.py) and the paired comparison
+(streamrec/lab/evaluation/paired.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.evaluation.matrix import DEFAULT_DATA_DIR, median_until
-from streamrec.evaluation.online_baselines import NAMES, OnlineBaselines, online_lists
-from streamrec.evaluation.paired import compare, paired_difference
-from streamrec.evaluation.prequential import Pair
+from streamrec.lab.evaluation.matrix import DEFAULT_DATA_DIR, median_until
+from streamrec.lab.evaluation.online_baselines import NAMES, OnlineBaselines, online_lists
+from streamrec.lab.evaluation.paired import compare, paired_difference
+from streamrec.lab.evaluation.prequential import Pair
 from udfs.events import Event, Id
 from udfs.logs import load_events
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from streamrec.benchmark.peer import Batcher, PeerStats, apply_catalog, run_peer
 from streamrec.kafka_io import consume, replay
+from streamrec.lab.benchmark.peer import Batcher, PeerStats, apply_catalog, run_peer
 from tests.job_fixtures import generated_log
 from tests.test_job_kafka import POISON
 from udfs.catalog import CatalogItem, encode_catalog_item

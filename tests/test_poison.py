@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 import msgpack
 import pytest
 
-from streamrec.local.procs import stop_group
+from streamrec.lab.local.procs import stop_group
 from tests.job_fixtures import generated_log, job_env
 from tests.poison import (
     EXTRA_KINDS,

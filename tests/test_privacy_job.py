@@ -21,7 +21,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from streamrec.kafka_io import consume, replay
-from streamrec.local.procs import stop_group
+from streamrec.lab.local.procs import stop_group
 from streamrec.serve.follower import Follower
 from streamrec.serve.store import SqliteStore
 from tests.job_fixtures import generated_log

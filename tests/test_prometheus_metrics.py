@@ -13,7 +13,7 @@ from jobs.flink_metrics import info_metric_name
 from jobs.functions import COUNTERS, HISTOGRAMS
 from jobs.pipeline import metrics_settings
 from streamrec.kafka_io import replay
-from streamrec.local.kafka import free_ports
+from streamrec.lab.local.kafka import free_ports
 from tests.job_fixtures import generated_log
 from udfs.config import env_var, load_config
 

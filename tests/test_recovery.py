@@ -13,7 +13,7 @@ import pytest
 
 from jobs.layout import JOB_SCRIPT, PROJECT_ROOT
 from streamrec.kafka_io import consume, replay
-from streamrec.local.procs import stop_group
+from streamrec.lab.local.procs import stop_group
 from tests.job_fixtures import generated_log, job_env
 from tests.scenario import PeakRss, group_rss_kb, marked_rss_kb, report
 from udfs.config import env_var
@@ -109,7 +109,7 @@ def _seq_and_completeness(out: list, distinct: set) -> int:
 @pytest.mark.cluster
 def test_taskmanager_killed_mid_stream_restarts_from_checkpoint(kafka_broker, unique_topic, fixture_artifact,
                                                                  tmp_path):
-    from streamrec.local.flink_cluster import StandaloneCluster
+    from streamrec.lab.local.flink_cluster import StandaloneCluster
 
     topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}
     events = generated_log(400, seed=33)
@@ -151,7 +151,7 @@ def test_taskmanager_killed_mid_stream_restarts_from_checkpoint(kafka_broker, un
 
 
 def test_broker_down_for_30s_then_back(kafka_jars, fixture_artifact, tmp_path):
-    from streamrec.local.kafka import LocalKafka
+    from streamrec.lab.local.kafka import LocalKafka
 
     broker = LocalKafka(tmp_path / "kafka").start()
     topics = {f: f"outage-{f.split('_')[0]}" for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}

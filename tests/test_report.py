@@ -1,4 +1,4 @@
-"""Evaluation report and the prequential protocol (streamrec/evaluation/evaluate.py, prequential.py)."""
+"""Evaluation report and the prequential protocol (streamrec/lab/evaluation/evaluate.py, prequential.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.evaluation.diversity_sweep import SWEEP_JSON, SWEEP_PNG, format_sweep, sweep
-from streamrec.evaluation.evaluate import evaluate, format_table, offline
-from streamrec.evaluation.prequential import (
+from streamrec.lab.evaluation.diversity_sweep import SWEEP_JSON, SWEEP_PNG, format_sweep, sweep
+from streamrec.lab.evaluation.evaluate import evaluate, format_table, offline
+from streamrec.lab.evaluation.prequential import (
     EmittedList,
     ListKey,
     held_out_pairs,
@@ -19,7 +19,7 @@ from streamrec.evaluation.prequential import (
     prequential,
     read_lists,
 )
-from streamrec.generator import START_TS_MS, generate_events
+from streamrec.lab.generator import START_TS_MS, generate_events
 from udfs.events import Event
 from udfs.logs import write_userbehavior_csv
 

@@ -20,7 +20,7 @@ import pytest
 
 from jobs.pipeline import flink_settings
 from jobs.rest_tls import CERT, FILES, KEY, RestTls, client_context, ensure_rest_tls, flink_rest_settings, rest_get
-from streamrec.local.kafka import free_ports
+from streamrec.lab.local.kafka import free_ports
 from udfs.config import TOPIC_FIELDS, Config, env_var
 
 SSL_KEYS = ("security.ssl.rest.enabled", "security.ssl.rest.authentication-enabled")

@@ -15,7 +15,7 @@ from model_export.dataset import default_until
 from model_export.train import train_model
 from streamrec import registry as writer
 from streamrec.cli import main
-from streamrec.generator import generate_events
+from streamrec.lab.generator import generate_events
 from streamrec.retrain import KEEP_LIVE, METRIC, PUBLISH, decode_records, drop_stray, retrain, window
 from udfs.artifact import read_manifest, verify_manifest
 from udfs.events import Event, encode_erase, encode_event

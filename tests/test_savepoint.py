@@ -35,7 +35,7 @@ import pytest
 
 from jobs.layout import JOB_SCRIPT, PROJECT_ROOT
 from streamrec.kafka_io import ConsumedRecord, consume, replay
-from streamrec.local.flink_cluster import StandaloneCluster
+from streamrec.lab.local.flink_cluster import StandaloneCluster
 from tests.job_fixtures import generated_log, job_env
 from tests.scenario import PeakRss, marked_rss_kb, report
 from tests.state_versions import state_version, to_v1_bytes

@@ -19,8 +19,8 @@ import pytest
 from kafka import KafkaProducer
 from starlette.testclient import TestClient
 
-from streamrec.local.kafka import free_ports
-from streamrec.local.serve import ServeProcess, get_json
+from streamrec.lab.local.kafka import free_ports
+from streamrec.lab.local.serve import ServeProcess, get_json
 from streamrec.serve import follower as follower_module
 from streamrec.serve.app import MAX_EVENT_BODY, ServeContext, build_app
 from streamrec.serve.follower import CatalogFollower, Follower

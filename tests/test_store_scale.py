@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from jobs.rest_tls import ensure_rest_tls, rest_get
-from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, replay
-from streamrec.local.kafka import free_ports
-from streamrec.local.procs import stop_group
+from streamrec.lab.generator import generate_events
+from streamrec.lab.local.kafka import free_ports
+from streamrec.lab.local.procs import stop_group
 from tests.job_fixtures import T_START, job_env, launch_job
 from udfs.config import TOPIC_FIELDS
 from udfs.events import Event

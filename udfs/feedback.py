@@ -2,7 +2,7 @@
 
 The job keeps each shopper's last emitted list in their state (``UserState.last_list``: its
 seq, model version, arm and item ids) and, for every event, reports the item's rank in it. The
-rule is the prequential protocol's (streamrec/evaluation/prequential.py), so that on a replay
+rule is the prequential protocol's (streamrec/lab/evaluation/prequential.py), so that on a replay
 the job's online HR@10 *is* the prequential hr@10 of the same events, not an estimate of it:
 
 - only accepted, non-duplicate events are scored (a redelivery is not a new action, and the

@@ -4,7 +4,7 @@ import json
 import sys
 import time
 
-from streamrec.evaluation.ab_report import ab_report
+from streamrec.lab.evaluation.ab_report import ab_report
 from udfs.ab import assign_arm
 from udfs.config import ArmConfig
 from udfs.records import decode_feedback_record

@@ -15,7 +15,7 @@ echo "# $(date -u +%FT%TZ), $(nproc) cores shared with two other sessions; broke
 run env PYTHONPATH=. .venv/bin/python docs/bench/retrain/day_before.py $DATA $WORK/taobao_day_before.csv 24
 run $S retrain --events $WORK/taobao_day_before.csv --hours 48 --registry $REG --out $WORK/art-day-before \
     --bootstrap-servers $B --device cpu --no-progress --json-out $OUT/taobao_day_before.json
-run .venv/bin/python -c "from streamrec.local.kafka import create_topics; print(create_topics('$B', ['behavior-events']))"
+run .venv/bin/python -c "from streamrec.lab.local.kafka import create_topics; print(create_topics('$B', ['behavior-events']))"
 run $S replay --events $DATA --topic behavior-events --bootstrap-servers $B --no-progress
 run $S retrain --from-topic behavior-events --hours 48 --registry $REG --out $WORK/art-today \
     --bootstrap-servers $B --device cpu --no-progress --json-out $OUT/taobao.json

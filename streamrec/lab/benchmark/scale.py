@@ -31,12 +31,12 @@ import msgpack
 import numpy as np
 
 from jobs.layout import JOB_SCRIPT
-from streamrec.benchmark.bench import TERMINAL, TopicCounter, ensure_artifact, machine_info, rss_mb
-from streamrec.generator import USER_ID_BASE, generate_events
 from streamrec.kafka_io import produce
-from streamrec.local.flink_cluster import StandaloneCluster
-from streamrec.local.kafka import LocalKafka
-from streamrec.local.procs import job_env
+from streamrec.lab.benchmark.bench import TERMINAL, TopicCounter, ensure_artifact, machine_info, rss_mb
+from streamrec.lab.generator import USER_ID_BASE, generate_events
+from streamrec.lab.local.flink_cluster import StandaloneCluster
+from streamrec.lab.local.kafka import LocalKafka
+from streamrec.lab.local.procs import job_env
 from udfs.artifact import read_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.errors import InputError

@@ -7,7 +7,7 @@ code's own evaluation. The report gives NDCG@10, HR@10 and novel-item HR@10 per 
 (mean and sample std over seeds) and the per-seed differences, so a change smaller than
 the seeds' spread reads as none.
 
-    python -m streamrec.evaluation.catalog_features --events LOG --catalog CATALOG --out DIR
+    python -m streamrec.lab.evaluation.catalog_features --events LOG --catalog CATALOG --out DIR
 
 ``streamrec generate --out LOG`` writes a log and its catalog (``NAME.catalog.jsonl``
 beside ``NAME.msgpack``). Writes ``catalog_features.json`` and ``catalog_features.md`` in ``--out``.

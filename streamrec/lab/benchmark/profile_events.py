@@ -1,6 +1,6 @@
 """Where an event's CPU goes outside Flink: both stages' Python work, in one process, under cProfile.
 
-    python -m streamrec.benchmark.profile_events --artifact DIR [--events N] [--per-call K] [--top T]
+    python -m streamrec.lab.benchmark.profile_events --artifact DIR [--events N] [--per-call K] [--top T]
 
 Replays a generated stream (the bench's catalog sizes) through what the job's Python does
 per event with batching on: state decode and update, candidates, features and the scoring
@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from streamrec.generator import generate_events
+from streamrec.lab.generator import generate_events
 from udfs.batching import decode_request, encode_request
 from udfs.config import load_config
 from udfs.events import Event

@@ -70,8 +70,8 @@ from jobs.entry import Endpoint, run_job
 from model_export.dataset import ExampleSet, snapshot
 from model_export.evaluate import BASELINES, rank_lists
 from model_export.onnx_io import onnx_session
-from streamrec.evaluation.online_baselines import online_lists
-from streamrec.evaluation.paired import compare
+from streamrec.lab.evaluation.online_baselines import online_lists
+from streamrec.lab.evaluation.paired import compare
 from udfs.artifact import verify_manifest
 from udfs.config import load_config
 from udfs.errors import InputError
@@ -453,10 +453,10 @@ def prequential(
     second feature build and model pass over every request.
 
     ``online``: also the baselines that learn online from the same stream and make their own
-    lists (:mod:`streamrec.evaluation.online_baselines`), as ``online:*`` rankers, and in
+    lists (:mod:`streamrec.lab.evaluation.online_baselines`), as ``online:*`` rankers, and in
     ``result["paired"]`` per online baseline the model's difference to it on the same tested
     events (the mean over this artifact and ``others``), with a shopper-bootstrap interval
-    (:mod:`streamrec.evaluation.paired`).
+    (:mod:`streamrec.lab.evaluation.paired`).
 
     ``online_items``: the job's item rows learn from the stream (``items.online``, the default); off,
     the candidates come from the artifact's frozen tables, as in the offline evaluation."""

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from streamrec.local.kafka import free_ports
-from streamrec.local.procs import LOCAL_BROKER_SECURITY, stop_group
+from streamrec.lab.local.kafka import free_ports
+from streamrec.lab.local.procs import LOCAL_BROKER_SECURITY, stop_group
 from udfs.config import config_env
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from udfs.config import config_env
 
-# The local broker (streamrec.local.kafka) the demo and the bench start is plaintext: a job they run
+# The local broker (streamrec.lab.local.kafka) the demo and the bench start is plaintext: a job they run
 # must not inherit secured-broker settings from the caller's environment or config file.
 LOCAL_BROKER_SECURITY: dict[str, str] = {
     "security_protocol": "PLAINTEXT", "sasl_mechanism": "", "sasl_username": "", "sasl_password_file": "",

@@ -2,7 +2,7 @@
 
 A local broker gets ``shoppers`` lists (top 20 with reasons, in the output layout of
 :mod:`udfs.records`) in a fresh topic; a real `streamrec serve` process, over the bench model
-(:func:`streamrec.benchmark.bench.ensure_artifact`, trained once), rebuilds its view from that
+(:func:`streamrec.lab.benchmark.bench.ensure_artifact`, trained once), rebuilds its view from that
 topic (timed: start to a 200 from /healthz); then this process sends each route in turn at a fixed
 rate for ``duration_s`` over ``connections`` keep-alive connections:
 
@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from streamrec.benchmark.bench import ensure_artifact
 from streamrec.kafka_io import produce
-from streamrec.local.kafka import LocalKafka
-from streamrec.local.serve import ServeProcess, get_json
+from streamrec.lab.benchmark.bench import ensure_artifact
+from streamrec.lab.local.kafka import LocalKafka
+from streamrec.lab.local.serve import ServeProcess, get_json
 from udfs.artifact import load_artifact
 from udfs.errors import InputError
 from udfs.records import SCHEMA_VERSION, encode_output_record

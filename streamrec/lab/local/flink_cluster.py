@@ -20,7 +20,7 @@ import yaml
 
 from jobs.pipeline import worker_pythonpath
 from jobs.rest_tls import RestTls, ensure_rest_tls, flink_rest_settings, rest_get
-from streamrec.local.kafka import free_ports
+from streamrec.lab.local.kafka import free_ports
 
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
 

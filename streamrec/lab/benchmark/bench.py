@@ -6,7 +6,7 @@ One run, one seeded stream (pre-loaded into Kafka once), one model artifact:
 2. Kafka alone: producing the stream and consuming it back (kafka-python);
 3. the PyFlink job, Kafka in -> Kafka out, on a standalone cluster of separate
    TaskManager processes, at each parallelism;
-4. the peer (:mod:`streamrec.benchmark.peer`), one Python process doing the same work;
+4. the peer (:mod:`streamrec.lab.benchmark.peer`), one Python process doing the same work;
 5. the job's event-to-recommendation latency at fractions of its measured maximum.
 
 Throughput is the output topic's growth over a fixed window after a warm-up, so
@@ -33,13 +33,13 @@ import msgpack
 import numpy as np
 
 from jobs.layout import JOB_SCRIPT
-from streamrec.benchmark.floor import FLOOR_MODES
-from streamrec.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize_pairs, trigger_key
-from streamrec.generator import generate_events
 from streamrec.kafka_io import connect_errors, consume, produce
-from streamrec.local.flink_cluster import StandaloneCluster
-from streamrec.local.kafka import LocalKafka
-from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
+from streamrec.lab.benchmark.floor import FLOOR_MODES
+from streamrec.lab.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize_pairs, trigger_key
+from streamrec.lab.generator import generate_events
+from streamrec.lab.local.flink_cluster import StandaloneCluster
+from streamrec.lab.local.kafka import LocalKafka
+from streamrec.lab.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from streamrec.progress import Progress
 from udfs.artifact import MANIFEST_FILE, load_artifact, verify_manifest
 from udfs.config import TOPIC_FIELDS, Config
@@ -53,7 +53,7 @@ from udfs.state import UserState
 
 log = logging.getLogger(__name__)
 
-# The floor phase's job script (streamrec/benchmark/floor.py).
+# The floor phase's job script (streamrec/lab/benchmark/floor.py).
 FLOOR_SCRIPT = Path(__file__).with_name("floor_job.py")
 TERMINAL = ("FAILED", "CANCELED", "CANCELLING", "FINISHED", "SUSPENDED")
 # Threads per process in a window's CPU breakdown (results.json ``busiest_threads``).
@@ -532,7 +532,7 @@ class Bench:
 
     def _floor(self, broker: Any, parallelism: int) -> dict[str, Any]:
         """The job beside itself with its lists replayed, with and without the model call
-        (:mod:`streamrec.benchmark.floor`), alternated, every run on a fresh cluster."""
+        (:mod:`streamrec.lab.benchmark.floor`), alternated, every run on a fresh cluster."""
         runs: dict[str | None, list[dict[str, Any]]] = {None: [], **{mode: [] for mode in FLOOR_MODES}}
         # The model alone before every repeat as well: one 10 s figure on a shared machine has varied by
         # half between runs, and every share below divides by it.
@@ -572,7 +572,7 @@ class Bench:
     def _job(self, cluster: Any, broker: Any, parallelism: int, batching: bool = False,
              floor: str | None = None) -> dict[str, Any]:
         """One throughput run; ``floor`` (a :data:`FLOOR_MODES` entry) submits the job with its lists
-        replayed (:mod:`streamrec.benchmark.floor`) instead."""
+        replayed (:mod:`streamrec.lab.benchmark.floor`) instead."""
         tag = f"job-p{parallelism}{'-batched' if batching else ''}{f'-floor-{floor}' if floor else ''}"
         topics = {**self._topics(tag), "input_topic": self.input["input_topic"]}
         self._create(broker, {k: v for k, v in topics.items() if k != "input_topic"})

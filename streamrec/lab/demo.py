@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamrec.benchmark.latency import summarize, trigger_key
 from streamrec.catalog_files import catalog_for_events, catalog_records
-from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, produce, replay
-from streamrec.local import kafka as kafka_local
-from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
+from streamrec.lab.benchmark.latency import summarize, trigger_key
+from streamrec.lab.generator import generate_events
+from streamrec.lab.local import kafka as kafka_local
+from streamrec.lab.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import MANIFEST_FILE, ArtifactError, verify_manifest
 from udfs.config import Config
 from udfs.feedback import OnlineFigures

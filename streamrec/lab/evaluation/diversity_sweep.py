@@ -1,6 +1,6 @@
 """Accuracy against diversity over the range of ``ranking.max_per_category``.
 
-For each cap, the prequential replay (:func:`streamrec.evaluation.prequential.prequential`,
+For each cap, the prequential replay (:func:`streamrec.lab.evaluation.prequential.prequential`,
 ``use_job=False``: the job's own :class:`udfs.recommend.Recommender`, so the cap is
 applied exactly as the job applies it) serves the held-out lists and scores the
 ``model`` lists on every metric. Baselines are skipped: the cap re-ranks only what
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamrec.evaluation.evaluate import json_safe
-from streamrec.evaluation.prequential import prequential
+from streamrec.lab.evaluation.evaluate import json_safe
+from streamrec.lab.evaluation.prequential import prequential
 from udfs.artifact import verify_manifest
 from udfs.errors import InputError
 from udfs.events import Event

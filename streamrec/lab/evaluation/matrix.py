@@ -6,7 +6,7 @@ For each log (every ``*.csv`` under the data folder, in the Taobao layout
 1. split at the median event (the time of event ``n // 2`` of the sorted log);
 2. per seed, train on the first half with the defaults of
    :func:`model_export.train.train_model` (the same code and settings for every log);
-3. score the second half prequentially (:func:`streamrec.evaluation.prequential.prequential`),
+3. score the second half prequentially (:func:`streamrec.lab.evaluation.prequential.prequential`),
    once for all seeds: the first seed's ``model`` lists come from the bounded job
    (``use_job``; the pure-Python replay's lists must equal them, ``scoring.consistency``
    in the report), the other seeds' models re-rank the same replayed candidates, and the
@@ -18,7 +18,7 @@ Each log runs in its own process (one bounded job per PyFlink gateway), ``worker
 of them at once, largest first: a log's run keeps about one core busy, so two at
 once on 2 cores bring the five shared logs from about 40 to 25 minutes.
 
-Two kinds of baselines: the online ones (:mod:`streamrec.evaluation.online_baselines`: counters
+Two kinds of baselines: the online ones (:mod:`streamrec.lab.evaluation.online_baselines`: counters
 and V-SKNN that learn from every event of the stream and make their own lists) are the ones
 the model must beat; the frozen ones (:data:`FROZEN`: the job's candidates re-ranked by rules
 over the artifact's tables) are diagnostics.
@@ -26,7 +26,7 @@ over the artifact's tables) are diagnostics.
 The report gives, per log x ranker x metric, the mean and spread (sample
 standard deviation, min and max) over seeds, and per log and metric of
 :data:`WIN_METRICS` a verdict against the best online baseline: win, tie or loss by the 95%
-paired shopper-bootstrap interval of the difference (:mod:`streamrec.evaluation.paired`; the
+paired shopper-bootstrap interval of the difference (:mod:`streamrec.lab.evaluation.paired`; the
 model's per-event gain averaged over seeds). Baselines do not depend on the seed, so their
 spread is zero.
 
@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from jobs.layout import PROJECT_ROOT
-from streamrec.evaluation.evaluate import json_safe
-from streamrec.evaluation.online_baselines import NAMES as ONLINE_NAMES
-from streamrec.evaluation.prequential import prequential
+from streamrec.lab.evaluation.evaluate import json_safe
+from streamrec.lab.evaluation.online_baselines import NAMES as ONLINE_NAMES
+from streamrec.lab.evaluation.prequential import prequential
 from udfs.diversity import OFF
 from udfs.errors import InputError
 from udfs.events import Event
@@ -118,7 +118,7 @@ def run_log(dev: DevLog, seeds: Sequence[int], work: Path, *, trainer: Trainer =
 
     The first seed's lists come from the bounded job (``use_job``; the replay's must equal
     them); the other seeds' models re-rank the same candidates in the replay (their
-    vocabulary and tables are the first's, :func:`~streamrec.evaluation.prequential.check_same_serving`).
+    vocabulary and tables are the first's, :func:`~streamrec.lab.evaluation.prequential.check_same_serving`).
     The baselines do not depend on the seed and are scored once."""
     t0 = time.perf_counter()
     events = load_events(dev.path, LOG_FORMAT, sort=True)

@@ -2,7 +2,7 @@
 
 Both rank the same held-out events, so the comparison is paired: per event, the model's
 gain minus the baseline's. The interval is the A/B report's cluster bootstrap over shoppers
-(:mod:`streamrec.evaluation.ab_report`): a shopper's events are not independent draws, so
+(:mod:`streamrec.lab.evaluation.ab_report`): a shopper's events are not independent draws, so
 whole shoppers are resampled. A difference whose interval holds 0 is a tie, not a win.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamrec.evaluation.ab_report import LEVEL, bootstrap_ratios, percentile_interval
+from streamrec.lab.evaluation.ab_report import LEVEL, bootstrap_ratios, percentile_interval
 from udfs.events import Id
 
 RESAMPLES = 1000

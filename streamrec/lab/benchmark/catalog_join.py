@@ -1,6 +1,6 @@
 """The catalog join's two designs, measured: memory and events/s at 100,000 and 1,000,000 items.
 
-``python -m streamrec.benchmark.catalog_join [--out docs/bench/catalog] [--items 100000,1000000]``
+``python -m streamrec.lab.benchmark.catalog_join [--out docs/bench/catalog] [--items 100000,1000000]``
 writes ``catalog_join.json`` and ``catalog_join.md``. What each design costs, per parallel
 instance of the keyed function:
 
@@ -47,12 +47,12 @@ from typing import Any
 
 import msgpack
 
-from streamrec.benchmark.bench import TopicCounter, ensure_artifact, rss_mb
 from streamrec.catalog_files import catalog_records
-from streamrec.generator import generate_events
 from streamrec.kafka_io import consume, event_record, produce
-from streamrec.local.kafka import LocalKafka
-from streamrec.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
+from streamrec.lab.benchmark.bench import TopicCounter, ensure_artifact, rss_mb
+from streamrec.lab.generator import generate_events
+from streamrec.lab.local.kafka import LocalKafka
+from streamrec.lab.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
 from udfs.artifact import Artifact, Manifest
 from udfs.candidates import build_tables
 from udfs.catalog import Catalog, CatalogItem, catalog_key, decode_catalog_item, encode_catalog_item

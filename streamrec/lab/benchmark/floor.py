@@ -103,7 +103,7 @@ class ReplayingFunction(CatalogRecommendFunction):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`flink run -py streamrec/benchmark/floor_job.py --floor model|none [config flags]`."""
+    """`flink run -py streamrec/lab/benchmark/floor_job.py --floor model|none [config flags]`."""
     parser = argparse.ArgumentParser(prog="floor", description="the streamrec job, its lists replayed")
     parser.add_argument("--floor", choices=FLOOR_MODES, required=True,
                         help="model: each replay still calls the model; none: no model call")

@@ -1,4 +1,4 @@
-"""What online item knowledge costs in state: ``python -m streamrec.benchmark.item_state ARTIFACT [LOG]``.
+"""What online item knowledge costs in state: ``python -m streamrec.lab.benchmark.item_state ARTIFACT [LOG]``.
 
 Replays a log (default: the bench's generated stream) through the job's per-event work in one
 process (:class:`~udfs.item_knowledge.ItemKnowledge`, ``Recommender.apply``) with the default
@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from streamrec.generator import generate_events
+from streamrec.lab.generator import generate_events
 from udfs.config import load_config
 from udfs.events import Event
 from udfs.logs import load_events

@@ -8,7 +8,7 @@ Protocols:
   :func:`model_export.evaluate.evaluate` on the held-out requests, the model
   scored by the artifact's ONNX file);
 * ``prequential``: the same log through the streaming job (see
-  :mod:`streamrec.evaluation.prequential`), baselines on the same candidates from the
+  :mod:`streamrec.lab.evaluation.prequential`), baselines on the same candidates from the
   job's pure-Python replay.
 
 ``streamrec evaluate --events FILE --artifact DIR --out DIR [--protocol ...]``
@@ -28,7 +28,7 @@ from typing import Any
 from model_export.dataset import build_training_data
 from model_export.evaluate import evaluate as evaluate_offline
 from model_export.onnx_io import onnx_session, predict_onnx
-from streamrec.evaluation.prequential import prequential
+from streamrec.lab.evaluation.prequential import prequential
 from udfs.artifact import load_artifact, verify_manifest
 from udfs.errors import InputError
 from udfs.events import Event
