@@ -1,0 +1,23 @@
+"""The demo: broker, model, job and replay, recommendations on screen."""
+
+from __future__ import annotations
+
+import argparse
+
+from streamrec.lab.demo import run_demo
+from udfs.config import ENV_PREFIX
+from udfs.flags import add_config_flags, add_flag, config_from_args
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(config_from_args(args), events=int(args.events), rate=float(args.rate))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the demo command."""
+    p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")
+    add_flag(p, "--events", f"{ENV_PREFIX}DEMO_EVENTS", "events to replay", default="1500")
+    add_flag(p, "--rate", f"{ENV_PREFIX}DEMO_RATE",
+             "replay rate, events/s (below the job's capacity, so latency is not queueing)", default="60")
+    add_config_flags(p, ["--artifact", "--provider"])
+    p.set_defaults(func=cmd_demo)
