@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError
 from pyflink.common import Duration, Row, WatermarkStrategy
 from pyflink.common.typeinfo import Types
@@ -29,6 +29,7 @@ from jobs.functions import RAW_TYPE, as_bytes
 from jobs.pipeline import PipelineOutputs, source_watermarks
 from udfs.config import Config, ConfigError
 from udfs.events import Event, encode_event
+from udfs.kafka_clients import KafkaClients
 from udfs.kafka_security import java_client_properties, python_client_options
 from udfs.records import ERASED_LIST, TOMBSTONE_FIELD
 from udfs.topics import COMPACTED, ensure_topic
@@ -178,8 +179,7 @@ def broker_transaction_max_ms(bootstrap: str, timeout_s: float = 10.0,
     ``security``: kafka-python options (:func:`udfs.kafka_security.python_client_options`).
     """
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
-                                 **(security or {}))
+        admin = KafkaClients(bootstrap, security or {}).admin(request_timeout_ms=int(timeout_s * 1000))
     except KafkaError as exc:
         log.warning("cannot reach %s to check transaction.max.timeout.ms: %s", bootstrap, exc)
         return None

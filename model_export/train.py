@@ -35,7 +35,7 @@ from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig, export_onnx
 from model_export.onnx_io import onnx_session, onnx_signature, predict_onnx
 from model_export.tuning import choose_blend
 from model_export.variants import REL_TOL, order_changed
-from udfs.artifact import write_artifact
+from udfs.artifact import MODEL_FILE, write_artifact
 from udfs.catalog import CatalogItem, load_catalog
 from udfs.errors import InputError
 from udfs.events import Event, Id
@@ -345,7 +345,7 @@ def train_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", seq_len=seq_len, opset=OPSET)
+        onnx_path = export_onnx(model, Path(tmp) / MODEL_FILE, seq_len=seq_len, opset=OPSET)
         ckpt = Path(tmp) / CHECKPOINT_FILE
         torch.save(model.state_dict(), ckpt)
         session = onnx_session(onnx_path, threads=max(1, threads))

@@ -39,13 +39,13 @@ import numpy as np
 
 from model_export.dataset import replay_requests, sort_events
 from model_export.onnx_io import onnx_session
-from udfs.artifact import load_artifact
+from udfs.artifact import MODEL_FILE, load_artifact
 from udfs.features import DENSE_FEATURES, INPUT_NAMES, N_BEHAVIORS, N_GAP_BUCKETS, UserRequest, build_batch
 from udfs.logs import load_events
 
 log = logging.getLogger(__name__)
 
-FP32_FILE = "model.onnx"
+FP32_FILE = MODEL_FILE
 VARIANT_FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 REL_TOL = 1e-5  # reference ties: score gap <= REL_TOL * max(1, max |score|) in the request
 MAX_DIFF_FRACTION = 0.05  # usable: max |variant - ref| <= MAX_DIFF_FRACTION * std(ref scores)

@@ -9,20 +9,17 @@ job's, so the difference between the two is event-to-recommendation latency.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from kafka.errors import KafkaError, SaslAuthenticationFailedError
 
 from streamrec.progress import Progress
 from udfs.errors import InputError
 from udfs.events import Event, Id, encode_erase, encode_event
-from udfs.kafka_security import KafkaCredentialsError, librdkafka_options, merged
+from udfs.kafka_clients import KafkaClients
 
 
 @dataclass
@@ -33,30 +30,6 @@ class ReplayStats:
     @property
     def rate(self) -> float:
         return self.sent / self.seconds if self.seconds else 0.0
-
-
-def producer(bootstrap: str, security: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
-    """A kafka-python producer; ``security``: :func:`udfs.kafka_security.python_client_options`."""
-    from kafka import KafkaProducer
-
-    opts: dict[str, Any] = {"bootstrap_servers": bootstrap, "linger_ms": 5, "acks": "all",
-                            "batch_size": 256 * 1024}
-    opts.update(overrides)
-    with connect_errors(bootstrap, security):
-        return KafkaProducer(**merged(opts, security))
-
-
-def fast_consumer(bootstrap: str, security: Mapping[str, Any] | None = None, **settings: Any) -> Any:
-    """A librdkafka consumer (confluent-kafka, with the ``serve`` extra) for reading a topic in bulk: on the
-    local broker it read 800-byte lists at 136,000/s where kafka-python's consumer read 5,900/s, which made
-    rebuilding a serve view take hours at a shop's size. Partitions are assigned, never subscribed, so
-    ``group.id`` (librdkafka wants one) joins no group and commits nothing. ``settings``: librdkafka's names."""
-    from confluent_kafka import Consumer  # lazy: the serve extra's client
-
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "group.id": "streamrec-serve", "enable.auto.commit": False,
-                            **settings}
-    conf.update(librdkafka_options(security))
-    return Consumer(conf)
 
 
 PACE_TICK_S = 0.01
@@ -76,7 +49,7 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
     the same 2 cores as the job it feeds. A record's Kafka timestamp is its send
     time, so latency is still measured from when it was really sent.
     """
-    prod = producer(bootstrap, security)
+    prod = KafkaClients(bootstrap, security or {}).producer()
     stats = ReplayStats()
     if total is None and isinstance(records, Sized):
         total = len(records)
@@ -156,14 +129,10 @@ def consume(
 
     read_committed: with an exactly-once job, only committed lists are seen.
     """
-    from kafka import KafkaConsumer
-
-    opts = {"bootstrap_servers": bootstrap, "group_id": group_id,
-            "auto_offset_reset": "earliest" if from_beginning else "latest",
-            "enable_auto_commit": group_id is not None, "isolation_level": "read_committed",
-            "consumer_timeout_ms": int(timeout_s * 1000)}
-    with connect_errors(bootstrap, security):
-        cons = KafkaConsumer(topic, **merged(opts, security))
+    cons = KafkaClients(bootstrap, security or {}).consumer(
+        topic, group_id=group_id, auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=group_id is not None, isolation_level="read_committed",
+        consumer_timeout_ms=int(timeout_s * 1000))
     n = 0
     try:
         for msg in cons:
@@ -194,12 +163,10 @@ def read_topic(
     read_committed, no consumer group (nothing is committed). A topic that does not exist is a
     ValueError naming it; no progress for ``idle_timeout_s`` is a TimeoutError (the end offsets
     were announced, so the records should be there)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    opts = {"bootstrap_servers": bootstrap, "group_id": None, "enable_auto_commit": False,
-            "isolation_level": "read_committed", "auto_offset_reset": "earliest"}
-    with connect_errors(bootstrap, security):
-        cons = KafkaConsumer(**merged(opts, security))
+    cons = KafkaClients(bootstrap, security or {}).consumer(
+        group_id=None, enable_auto_commit=False, isolation_level="read_committed", auto_offset_reset="earliest")
     try:
         parts = cons.partitions_for_topic(topic)
         if not parts:
@@ -222,61 +189,3 @@ def read_topic(
         return values
     finally:
         cons.close()
-
-
-class _AuthFailures(logging.Filter):
-    """Notes how far kafka-python's bootstrap got, from what it logs: it retries a refused login
-    like a network error until its bootstrap timeout, then raises only "Unable to bootstrap"."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.refused: list[BaseException] = []
-        self.authenticating = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("kafka.net.sasl."):
-            self.authenticating = True  # the listener answered and took the mechanism
-        args = record.args if isinstance(record.args, tuple) else ()
-        self.refused.extend(a for a in args if isinstance(a, SaslAuthenticationFailedError))
-        return True
-
-
-# The SASL mechanisms warn (once per login) when they send credentials without TLS.
-_NET_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.net.sasl.plain", "kafka.net.sasl.scram")
-
-
-@contextlib.contextmanager
-def connect_errors(bootstrap: str, security: Mapping[str, Any] | None) -> Iterator[None]:
-    """A client that could not bootstrap from a SASL listener raises :class:`KafkaCredentialsError`
-    saying who tried and where the password came from (never the password).
-
-    The broker may close the connection before kafka-python reads its "Invalid username or
-    password" answer; a connection closed after the login was sent counts as refused too. Only
-    when neither was seen (or with TLS, where the mechanisms log nothing) does the message leave
-    open whether the broker is down.
-    """
-    opts = security or {}
-    if not str(opts.get("security_protocol", "")).startswith("SASL_"):
-        yield
-        return
-    watcher = _AuthFailures()
-    loggers = [logging.getLogger(name) for name in _NET_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(watcher)
-    try:
-        yield
-    except KafkaError as exc:
-        who = f"{opts['security_protocol']} {opts.get('sasl_mechanism')} as {opts.get('sasl_plain_username')!r}"
-        if watcher.refused:
-            why = f"the broker refused the credentials ({watcher.refused[-1]})"
-        elif watcher.authenticating:
-            why = "the broker closed the connection after the login was sent: the credentials were refused"
-        else:
-            why = f"{exc}: the broker is down or refused the credentials (its log says which)"
-        raise KafkaCredentialsError(
-            f"cannot connect to Kafka at {bootstrap} with {who}: {why}; check kafka.bootstrap_servers, "
-            "kafka.sasl_username and the password (kafka.sasl_password_file or kafka.sasl_password_env)"
-        ) from exc
-    finally:
-        for logger in loggers:
-            logger.removeFilter(watcher)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from streamrec.cli import build_parser
-from udfs.flags import config_from_args
 from udfs.config import SECTIONS, Config, ConfigError, env_var, load_config, sample_toml
+from udfs.flags import config_from_args
 
 SAMPLE = Path(__file__).resolve().parent.parent / "config" / "streamrec.toml"
 

@@ -30,6 +30,7 @@ from tests.poison import (
 )
 from tests.scenario import group_rss_kb, report
 from udfs.events import MAX_EVENT_BYTES, DecodeError, Event, decode_event, encode_event
+from udfs.kafka_clients import KafkaClients
 
 # --------------------------------------------------------------------------- generator + decoder (fast)
 
@@ -161,8 +162,6 @@ def _interleave(poison: list[tuple[bytes, str]], good: list[Event]) -> list[Even
 @pytest.mark.flink
 def test_ten_thousand_poison_records_dead_lettered_without_restarts_or_growth(
         kafka_broker, unique_topic, fixture_artifact, tmp_path):
-    from streamrec.kafka_io import producer
-
     topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic", "dlq_topic", "late_topic")}
     # plus one record the broker accepts but whose full dead letter would not fit a produce request
     poison = poison_records(1, seed=1, kinds=EXTRA_KINDS) + poison_records(N_POISON - 1, seed=2024)
@@ -193,7 +192,7 @@ def test_ten_thousand_poison_records_dead_lettered_without_restarts_or_growth(
     reader = OutputReader(kafka_broker.bootstrap, [topics["output_topic"], topics["dlq_topic"], topics["late_topic"]])
     sampler.start()
     reader.start()
-    prod = producer(kafka_broker.bootstrap)
+    prod = KafkaClients(kafka_broker.bootstrap).producer()
     produced: dict[int, tuple[bytes, str, int]] = {}  # offset -> (raw, kind, record timestamp)
     timings: dict[str, float] = {}
     try:

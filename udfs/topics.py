@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from kafka.admin import KafkaAdminClient
-
 from udfs.config import ConfigError, KafkaConfig
-from udfs.kafka_security import python_client_options
+from udfs.kafka_clients import KafkaClients
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +24,7 @@ def ensure_topic(kafka: KafkaConfig, name: str, field: str, configs: Mapping[str
                  timeout_s: float = 10.0) -> None:
     """Create topic ``name`` (``kafka.<field>``, for messages), one partition, with ``configs``, when it
     does not exist. A broker that cannot be reached raises kafka-python's ``KafkaError``."""
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
-                             **python_client_options(kafka))
+    admin = KafkaClients.of(kafka).admin(request_timeout_ms=int(timeout_s * 1000))
     try:
         if name in admin.list_topics():
             return

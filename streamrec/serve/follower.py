@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from streamrec.kafka_io import fast_consumer
 from streamrec.serve.lists_decoder import decode_list
 from streamrec.serve.store import Store
 from udfs.catalog import CatalogItem, decode_catalog_item
 from udfs.events import DecodeError, max_event_ts
+from udfs.kafka_clients import KafkaClients
 from udfs.records import OutputRecord, OutputRecordError
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Follower:
     def _consumer(self) -> Any:
         # librdkafka's consumer does not create a topic it waits for (allow.auto.create.topics is off): a
         # broker that auto-creates topics would make the catalog an uncompacted one
-        return fast_consumer(self.bootstrap, self.security, **{
+        return KafkaClients(self.bootstrap, self.security or {}).fast_consumer(**{
             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
             "allow.auto.create.topics": False, "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024})

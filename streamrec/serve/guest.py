@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from udfs.artifact import ArtifactError, load_artifact
+from udfs.artifact import MANIFEST_FILE, ArtifactError, load_artifact
 from udfs.config import Config
 from udfs.events import Event, Id
 from udfs.recommend import Recommender
@@ -43,7 +43,7 @@ class GuestRanker:
     def from_config(cls, config: Config) -> GuestRanker | None:
         """None when no readable artifact is configured (the routes then say so)."""
         path = config.ranking.artifact_dir
-        if not Path(path, "manifest.json").is_file():
+        if not Path(path, MANIFEST_FILE).is_file():
             return None
         try:
             artifact = load_artifact(path)

@@ -7,15 +7,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from streamrec.kafka_io import erase_record, event_record, producer
+from streamrec.kafka_io import erase_record, event_record
 from streamrec.serve.access import Access
 from streamrec.serve.app import Catalog, ServeContext, build_app
 from streamrec.serve.follower import CatalogFollower, Follower
 from streamrec.serve.guest import GuestRanker
 from streamrec.serve.store import RedisStore, SqliteStore, Store
-from udfs.artifact import ArtifactError, load_artifact
+from udfs.artifact import MANIFEST_FILE, ArtifactError, load_artifact
 from udfs.config import Config
 from udfs.events import Event, Id
+from udfs.kafka_clients import KafkaClients
 from udfs.kafka_security import python_client_options
 from udfs.privacy import load_key
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 def load_catalog(artifact_dir: str) -> Catalog:
     """Item categories from the model artifact when there is one (so a click on a listed item
     sends its category); an empty catalog otherwise."""
-    if not Path(artifact_dir, "manifest.json").is_file():
+    if not Path(artifact_dir, MANIFEST_FILE).is_file():
         log.info("no model artifact at %s: events sent from the page carry category 0", artifact_dir)
         return Catalog()
     try:
@@ -49,7 +50,7 @@ class EventSender:
 
     def _send(self, key: bytes, value: bytes) -> dict[str, Any]:
         if self._producer is None:
-            self._producer = producer(self.bootstrap, self.security, linger_ms=0)
+            self._producer = KafkaClients(self.bootstrap, self.security or {}).producer(linger_ms=0)
         meta = self._producer.send(self.topic, key=key, value=value).get(timeout=10)
         return {"partition": meta.partition, "offset": meta.offset}
 

@@ -33,7 +33,7 @@ import msgpack
 import numpy as np
 
 from jobs.layout import JOB_SCRIPT
-from streamrec.kafka_io import connect_errors, consume, produce
+from streamrec.kafka_io import consume, produce
 from streamrec.lab.benchmark.floor import FLOOR_MODES
 from streamrec.lab.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize_pairs, trigger_key
 from streamrec.lab.generator import generate_events
@@ -45,6 +45,7 @@ from udfs.artifact import MANIFEST_FILE, load_artifact, verify_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.events import encode_event
 from udfs.features import build_batch
+from udfs.kafka_clients import KafkaClients
 from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, bucket_quantile
 from udfs.ranker import OnnxRanker, RankerStats
 from udfs.recommend import Recommender
@@ -190,12 +191,8 @@ class TopicCounter:
     """Records in a topic (sum of end offsets): outputs so far, without reading them."""
 
     def __init__(self, bootstrap: str, topic: str, security: Mapping[str, Any] | None = None) -> None:
-        from kafka import KafkaConsumer
-
         self.topic = topic
-        with connect_errors(bootstrap, security):
-            self._cons = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                       **(security or {}))
+        self._cons = KafkaClients(bootstrap, security or {}).consumer(group_id=None, enable_auto_commit=False)
 
     def __call__(self) -> int:
         from kafka import TopicPartition
@@ -214,13 +211,9 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60
 
     ``security``: kafka-python options (:func:`udfs.kafka_security.python_client_options`).
     """
-    from kafka import KafkaConsumer
-
-    with connect_errors(bootstrap, security):
-        cons = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000),
-                             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
-                             **(security or {}))
+    cons = KafkaClients(bootstrap, security or {}).consumer(
+        topic, auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000),
+        max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
     n = 0
     start = time.perf_counter()
     try:

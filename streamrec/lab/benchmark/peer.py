@@ -63,15 +63,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streamrec.kafka_io import connect_errors
-from streamrec.kafka_io import producer as make_producer
 from udfs.catalog import CatalogFull, decode_catalog_item
 from udfs.config import Config
 from udfs.events import DecodeError, Erase, Event, decode_input, max_event_ts
 from udfs.features import UserRequest
 from udfs.feedback import feedback_for, remember
 from udfs.item_knowledge import ItemKnowledge
-from udfs.kafka_security import python_client_options
+from udfs.kafka_clients import KafkaClients
 from udfs.privacy import load_key
 from udfs.recommend import Recommender
 from udfs.records import dead_letter_record, encode_feedback_record, encode_output_record, late_event_record
@@ -354,25 +352,21 @@ def _open_consumer(config: Config) -> Any:
     ``committed`` resumes from the group's offsets, earliest where there are none.
     Manual assignment: one process owns all partitions, no group rebalance delay.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     k = config.kafka
-    security = python_client_options(k)
-    with connect_errors(k.bootstrap_servers, security):
-        consumer = KafkaConsumer(
-            **security,
-            bootstrap_servers=k.bootstrap_servers,
-            group_id=k.group_id + "-peer",
-            auto_offset_reset=_offset_reset(k.starting_offsets),
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            max_poll_records=MAX_POLL_RECORDS,
-            fetch_min_bytes=1,
-            fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
-            receive_buffer_bytes=4 * 1024 * 1024,
-        )
+    consumer = KafkaClients.of(k).consumer(
+        group_id=k.group_id + "-peer",
+        auto_offset_reset=_offset_reset(k.starting_offsets),
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_poll_records=MAX_POLL_RECORDS,
+        fetch_min_bytes=1,
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+        receive_buffer_bytes=4 * 1024 * 1024,
+    )
     try:
         deadline = time.monotonic() + 30
         parts = consumer.partitions_for_topic(k.input_topic)
@@ -459,10 +453,9 @@ def run_peer(
     redact = config.privacy.redact_dead_letters
     stats = PeerStats(provider=choice.label if choice else "none")
     # As the job's sinks do: a deployment that predates the feedback topic has none.
-    with connect_errors(k.bootstrap_servers, python_client_options(k)):
-        ensure_topic(k, k.feedback_topic, "feedback_topic")
+    ensure_topic(k, k.feedback_topic, "feedback_topic")
     consumer = _open_consumer(config)
-    prod = make_producer(k.bootstrap_servers, python_client_options(k))
+    prod = KafkaClients.of(k).producer()
     dlq_topic, late_topic, out_topic, feedback_topic = k.dlq_topic, k.late_topic, k.output_topic, k.feedback_topic
     first_at: float | None = None
     cpu_at = 0.0

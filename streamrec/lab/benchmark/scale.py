@@ -41,6 +41,7 @@ from udfs.artifact import read_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.errors import InputError
 from udfs.events import Event, encode_event
+from udfs.kafka_clients import KafkaClients
 from udfs.runtime import state_limits
 from udfs.state import StateLimits, UserState, update_state
 
@@ -427,10 +428,10 @@ class _Sampler:
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> int | None:
     """Input records the job's Kafka source has committed (it commits on each completed checkpoint)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     # Never subscribes or polls: reads the group's committed offsets, never joins or commits.
-    cons = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    cons = KafkaClients(bootstrap).consumer(group_id=group, enable_auto_commit=False)
     try:
         parts = cons.partitions_for_topic(topic) or set()
         found = [cons.committed(TopicPartition(topic, p)) for p in parts]
@@ -444,11 +445,9 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> int | None:
 
 def count_lists(bootstrap: str, topic: str, timeout_s: float = 30.0) -> tuple[int, int]:
     """(records, distinct (user, seq)) on the output topic, read to its end."""
-    from kafka import KafkaConsumer
-
-    cons = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-                         consumer_timeout_ms=int(timeout_s * 1000), max_partition_fetch_bytes=8 * 1024 * 1024,
-                         fetch_max_bytes=64 * 1024 * 1024, isolation_level="read_committed")
+    cons = KafkaClients(bootstrap).consumer(
+        topic, auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000),
+        max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024, isolation_level="read_committed")
     seen: set[tuple[Any, int]] = set()
     n = 0
     try:

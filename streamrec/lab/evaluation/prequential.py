@@ -72,7 +72,7 @@ from model_export.evaluate import BASELINES, rank_lists
 from model_export.onnx_io import onnx_session
 from streamrec.lab.evaluation.online_baselines import online_lists
 from streamrec.lab.evaluation.paired import compare
-from udfs.artifact import verify_manifest
+from udfs.artifact import MODEL_FILE, TABLES_FILE, VOCAB_FILE, verify_manifest
 from udfs.config import load_config
 from udfs.errors import InputError
 from udfs.events import Event, Id
@@ -337,9 +337,8 @@ def _score_rows(session: Any, es: ExampleSet, requests_per_call: int) -> np.ndar
 DIRECT, OTHER = "model:direct", "model:other"
 NEW_ONLY = "model:new-items-only"
 IN_HISTORY = DENSE_FEATURES.index("in_history")
-MODEL_FILE = "model.onnx"
 # What must be equal for two artifacts' models to be scored on one replay's candidates.
-SHARED_FILES = ("vocab.msgpack", "tables.msgpack")
+SHARED_FILES = (VOCAB_FILE, TABLES_FILE)
 SHARED_FIELDS = ("seq_len", "dense_features")
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from jobs.layout import FETCH_HINT, cache_dir
 from udfs.errors import InputError, StreamrecError
+from udfs.kafka_clients import KafkaClients
 
 DEFAULT_PORT = 39092
 DEFAULT_CONTROLLER_PORT = 39093
@@ -101,11 +102,9 @@ def _cluster_id() -> str:
 
 
 def _admin(bootstrap: str, timeout_s: float = 10.0) -> Any:
-    from kafka.admin import KafkaAdminClient
-
     ms = int(timeout_s * 1000)
-    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-kafka-local",
-                            request_timeout_ms=ms, bootstrap_timeout_ms=ms)
+    return KafkaClients(bootstrap).admin(client_id="streamrec-kafka-local", request_timeout_ms=ms,
+                                         bootstrap_timeout_ms=ms)
 
 
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1,
