@@ -31,7 +31,7 @@ deps: venv
 	STREAMREC_CACHE=$(CACHE) bash scripts/fetch_deps.sh
 	STREAMREC_CACHE=$(CACHE) PYTHON=$(PY) bash scripts/build_java.sh
 
-# The storefront page's test drives Debian's headless Chromium (tests/test_storefront_browser.py);
+# The storefront page's test drives Debian's headless Chromium (tests/cluster/test_storefront_browser.py);
 # installed here when missing (as root, or through sudo).
 browser:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
@@ -39,7 +39,7 @@ browser:
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; \
 	fi
 
-# The serve view's Redis backend is tested against Debian's redis-server (tests/store_fixtures.py starts one
+# The serve view's Redis backend is tested against Debian's redis-server (tests/support/store_fixtures.py starts one
 # per session on a free loopback port); installed here when missing (as root, or through sudo).
 redis:
 	@if ! command -v redis-server >/dev/null; then \
@@ -50,11 +50,13 @@ redis:
 demo: deps
 	$(VENV)/bin/streamrec demo
 
+# The unit tier first (no broker, no JVM job: ~2 min); the broker, job and cluster tiers only when it passes.
 test: deps browser redis
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=25 tests/unit
+	$(PY) -m pytest -ra --durations=25 tests/integration tests/cluster
 
 test-fast: venv
-	$(PY) -m pytest -ra -m "not kafka and not flink and not cluster"
+	$(PY) -m pytest -ra --durations=25 tests/unit
 
 lint: venv
 	$(VENV)/bin/ruff check .

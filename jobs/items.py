@@ -13,7 +13,7 @@ Both item steps run in the JVM (``jobs/java/io/streamrec/flink/ItemPairs.java``,
 as Python functions they added six Python records per event and took the GIL from the recommend
 function, a third of the job's throughput. ``udfs/item_knowledge.py`` holds the same logic in Python
 (the peer and the replays run it) and is the reference the Java steps are tested against
-(``ItemKnowledgeRun.java``, tests/test_item_knowledge_jvm.py).
+(``ItemKnowledgeRun.java``, tests/integration/test_item_knowledge_jvm.py).
 
 Element shapes: ItemPairs sends ``Row(item key, ITEM_MESSAGE_TYPE)``: an event message (``user`` set)
 carries the envelope and the pairs for the touched item's row; a pair message (``user`` empty) the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import re
@@ -13,7 +14,7 @@ import pytest
 from jobs.layout import cache_dir, required_jars
 from streamrec.lab.local.kafka import LocalKafka, kafka_classpath
 
-pytest_plugins = ["tests.job_fixtures", "tests.store_fixtures", "tests.serve_fixtures"]
+pytest_plugins = ["tests.support.job_fixtures", "tests.support.store_fixtures", "tests.support.serve_fixtures"]
 
 
 # =============================================================================================
@@ -62,6 +63,34 @@ def _checkpoints_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     """Jobs started by a test (in this process or a child that inherits the environment)
     checkpoint into the test's own folder, never into the project's ./checkpoints."""
     monkeypatch.setenv("STREAMREC_JOB_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+
+
+# What a test (or a fixture it uses) calls when it trains a torch model.
+TRAINING_CALLS = ("train_model(", "retrain(")
+
+
+def _trains(item: pytest.Item) -> bool:
+    """Whether the test or one of its fixtures trains a model: read from their source, so a new
+    training test is marked without anyone remembering to."""
+    funcs = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info else ()):
+        funcs += [d.func for d in defs]
+    for fn in funcs:
+        try:
+            source = inspect.getsource(fn) if fn is not None else ""
+        except (OSError, TypeError):
+            continue
+        if any(call in source for call in TRAINING_CALLS):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marker ``train`` on every test that trains a torch model (``-m "not train"`` skips them)."""
+    for item in items:
+        if _trains(item):
+            item.add_marker(pytest.mark.train)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

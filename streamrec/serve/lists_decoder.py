@@ -7,7 +7,7 @@ narrower layout than the reference accepts (this writer's ``SCHEMA_VERSION``, id
 reason and trigger values scalars). What that layout refuses is handed to the
 reference decoder unchanged, so every record gets the reference's verdict and the same decoded
 record: the fast path only ever accepts a subset of what the reference accepts, and
-``tests/test_lists_decoder.py`` checks both on good, odd and broken records.
+``tests/unit/test_lists_decoder.py`` checks both on good, odd and broken records.
 """
 
 from __future__ import annotations

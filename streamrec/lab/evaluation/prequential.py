@@ -49,7 +49,7 @@ the ones the job actually emitted.
 The job also scores each tested event itself, as it would online (:mod:`udfs.feedback`:
 the shopper's last list kept in state); ``online`` in the result is HR@10 and NDCG@10
 from those feedback records, which must equal the ``model`` figures computed here from
-the lists (``tests/test_feedback_job.py`` checks it).
+the lists (``tests/integration/test_feedback_job.py`` checks it).
 """
 
 from __future__ import annotations

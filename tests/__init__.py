@@ -1,0 +1,1 @@
+"""The test suite, in tiers: unit/, integration/, cluster/; shared helpers in support/."""

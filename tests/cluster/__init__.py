@@ -1,0 +1,1 @@
+"""Cluster tier: standalone Flink clusters from their bin/ scripts, TaskManager kills, a real browser."""

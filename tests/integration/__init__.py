@@ -1,0 +1,1 @@
+"""Integration tier: the real local Kafka broker and Flink minicluster jobs."""

@@ -1,0 +1,1 @@
+"""Helpers the tests share: job and store fixtures, fault and savepoint jobs, poison records, vectors."""
