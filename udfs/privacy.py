@@ -6,7 +6,7 @@ for the event), so state, outputs, late events, dead letters and logs only ever 
 the pseudonym. The storefront calls :func:`pseudonym` (or ``streamrec pseudonym ID``)
 with the same key to find a shopper's lists.
 
-The rule, which ``Pseudonyms.java`` implements too (``tests/test_envelope.py`` checks
+The rule, which ``Pseudonyms.java`` implements too (``tests/integration/test_envelope.py`` checks
 both agree): the pseudonym of an id is the lowercase hex of
 ``HMAC-SHA256(key, UTF-8 of str(canonical_id(id)))``, so ``42`` and ``"42"`` get one
 pseudonym. The key is the bytes of the key file, or the UTF-8 bytes of the key

@@ -276,7 +276,7 @@ def gap_bucket(gap_ms: int) -> int:
     floor(log2(1 + gap_ms / 1000)) computed in integers, as the bit length of the whole
     part of 1 + seconds (2**k <= x exactly when 2**k <= floor(x)): several calls per
     candidate row, at half the cost of the float logarithm, with the same buckets
-    (tests/test_state.py compares them)."""
+    (tests/unit/test_state.py compares them)."""
     if gap_ms < 1000:
         return 0
     return min(MAX_GAP_BUCKET, ((int(gap_ms) + 1000) // 1000).bit_length() - 1)
