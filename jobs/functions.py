@@ -29,7 +29,7 @@ from udfs.config import Config
 from udfs.control import ControlRecord, ControlRecordError, decode_control
 from udfs.events import DecodeError, Erase, Event, decode_input, max_event_ts
 from udfs.feedback import FEEDBACK_COUNTERS, FeedbackCounters, feedback_for, remember
-from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, BatchedCounters, SampledHistograms
+from udfs.job_metrics import BATCH_WAIT_MS, ROWS_PER_CALL, BatchedCounters, SampledHistograms
 from udfs.models import KeptAnnouncements, ModelSet, SwapOutcome
 from udfs.privacy import load_key
 from udfs.recommend import Recommender

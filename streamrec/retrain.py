@@ -30,7 +30,7 @@ from typing import Any
 from model_export.dataset import default_until, held_out_requests, sort_events
 from model_export.evaluate import evaluate
 from model_export.onnx_io import onnx_session, predict_onnx
-from streamrec import registry as writer
+from streamrec import registry_writer as writer
 from udfs.artifact import add_manifest_fields, load_artifact
 from udfs.catalog import CatalogItem, load_catalog
 from udfs.errors import InputError
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 HOUR_MS = 3_600_000
 REPORTED = ("hr@10", "ndcg@10", "mrr", "novel_hr@10", "novel_ndcg@10")
 # The deciding metric and the decisions live with the registry's writer, which refuses to publish
-# an artifact a retrain kept back (streamrec.registry.kept_back).
+# an artifact a retrain kept back (streamrec.registry_writer.kept_back).
 METRIC, PUBLISH, KEEP_LIVE = writer.RETRAIN_METRIC, writer.RETRAIN_PUBLISH, writer.KEEP_LIVE
 
 
@@ -143,7 +143,7 @@ def retrain(
 
     ``source``: where the events came from, for the record. ``publish=False``: compare and
     store, change nothing in the registry (``--dry-run``). ``announce``: sends the control
-    record of a published version (:func:`streamrec.registry.control_sender`), after which it
+    record of a published version (:func:`streamrec.registry_writer.control_sender`), after which it
     is recorded live in the registry's history; None publishes the folder only, not live
     (``--no-announce``). Returns the comparison, also stored in the new manifest as ``retrain``."""
     t0 = time.time()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from udfs.events import Event
-from udfs.metrics import BatchedCounters
+from udfs.job_metrics import BatchedCounters
 from udfs.ranking_metrics import K
 from udfs.records import FeedbackRecord
 from udfs.state import UserState

@@ -6,7 +6,7 @@ Layout (README 'Model registry and retraining')::
     <registry_dir>/<model_version>/      the artifact, as `streamrec train` writes it
     <registry_dir>/history.jsonl         one JSON line per announcement: {"model_version", "action", "at"}
 
-The writer (publish, rollback) lives in the tools (:mod:`streamrec.registry`); the job only
+The writer (publish, rollback) lives in the tools (:mod:`streamrec.registry_writer`); the job only
 reads: it resolves a version to its folder and verifies it before loading.
 """
 

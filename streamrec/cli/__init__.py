@@ -9,13 +9,22 @@ import sys
 from collections.abc import Sequence
 
 from streamrec.about import package_version
-from streamrec.cli import bench, data, demo, evaluate, feedback, models, serve
+from streamrec.cli import (
+    bench_commands,
+    data_commands,
+    demo_commands,
+    evaluation_commands,
+    feedback_commands,
+    model_commands,
+    serve_commands,
+)
 from streamrec.cli.common import require
 from udfs.errors import reported
 from udfs.flags import REPORTED_ERRORS, setup_logging
 
 # The command groups, in the order --help lists them.
-GROUPS = (data, feedback, models, evaluate, bench, serve, demo)
+GROUPS = (data_commands, feedback_commands, model_commands, evaluation_commands, bench_commands, serve_commands,
+          demo_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,8 +68,8 @@ from streamrec.serve.listing import (
     parse_users,
     shown,
 )
-from streamrec.serve.metrics import ServeMetrics
 from streamrec.serve.openapi import docs_page, openapi_json
+from streamrec.serve.serve_metrics import ServeMetrics
 from streamrec.serve.store import Store, StoreUnavailable
 from udfs.catalog import CatalogItem
 from udfs.config import ServeConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from streamrec.kafka_io import consume, produce, replay
-from streamrec.lab.local.serve import ServeProcess, get_json
+from streamrec.lab.local.serve_process import ServeProcess, get_json
 from tests.conftest import _missing
 from tests.support.job_fixtures import generated_log
 from udfs.artifact import load_artifact

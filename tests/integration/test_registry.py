@@ -1,4 +1,4 @@
-"""The model registry's writer (streamrec.registry) and `streamrec model`: verified, atomic,
+"""The model registry's writer (streamrec.registry_writer) and `streamrec model`: verified, atomic,
 never-replacing publication; history and rollback order; the control record on a real broker."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec import registry as writer
+from streamrec import registry_writer as writer
 from streamrec.cli import main
 from streamrec.kafka_io import read_topic
 from tests.support.job_fixtures import generated_log

@@ -1,4 +1,4 @@
-"""Evaluation report and the prequential protocol (streamrec/lab/evaluation/evaluate.py, prequential.py)."""
+"""Evaluation report and the prequential protocol (streamrec/lab/evaluation/report.py, prequential.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from streamrec.lab.evaluation.diversity_sweep import SWEEP_JSON, SWEEP_PNG, format_sweep, sweep
-from streamrec.lab.evaluation.evaluate import evaluate, format_table, offline
 from streamrec.lab.evaluation.prequential import (
     EmittedList,
     ListKey,
@@ -19,6 +18,7 @@ from streamrec.lab.evaluation.prequential import (
     prequential,
     read_lists,
 )
+from streamrec.lab.evaluation.report import evaluate, format_table, offline
 from streamrec.lab.generator import START_TS_MS, generate_events
 from udfs.events import Event
 from udfs.logs import write_userbehavior_csv

@@ -13,7 +13,7 @@ import pytest
 
 from model_export.dataset import default_until
 from model_export.train import train_model
-from streamrec import registry as writer
+from streamrec import registry_writer as writer
 from streamrec.cli import main
 from streamrec.lab.generator import generate_events
 from streamrec.retrain import KEEP_LIVE, METRIC, PUBLISH, decode_records, drop_stray, retrain, window
@@ -133,7 +133,7 @@ def test_cli_retrain_from_file(log: list[Event], tmp_path: Path, capsys: pytest.
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI path: events file, registry flag, printed comparison and the JSON copy; --no-announce
     publishes the folder without making it live (no broker needed)."""
-    import streamrec.cli.models as cli
+    import streamrec.cli.model_commands as cli
 
     real = cli.retrain
     monkeypatch.setattr(cli, "retrain", lambda *a, **kw: real(*a, **{**kw, "train_kwargs": {
@@ -157,7 +157,7 @@ def test_cli_retrain_from_file(log: list[Event], tmp_path: Path, capsys: pytest.
 def test_cli_retrain_from_topic(kafka_broker, unique_topic, log: list[Event], tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Read the input topic to its end, skip what is not an event, compare, publish nothing (--dry-run)."""
-    import streamrec.cli.models as cli
+    import streamrec.cli.model_commands as cli
     from streamrec.kafka_io import produce, replay
 
     real = cli.retrain

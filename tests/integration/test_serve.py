@@ -20,7 +20,7 @@ from kafka import KafkaProducer
 from starlette.testclient import TestClient
 
 from streamrec.lab.local.kafka import free_ports
-from streamrec.lab.local.serve import ServeProcess, get_json
+from streamrec.lab.local.serve_process import ServeProcess, get_json
 from streamrec.serve import follower as follower_module
 from streamrec.serve.app import MAX_EVENT_BODY, ServeContext, build_app
 from streamrec.serve.follower import CatalogFollower, Follower

@@ -23,7 +23,7 @@ from tests.support.job_fixtures import generated_log
 from udfs.batching import decode_request, encode_request, merge_features, shard_of
 from udfs.config import load_config
 from udfs.features import build_batch
-from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, bucket_quantile
+from udfs.job_metrics import BATCH_WAIT_MS, ROWS_PER_CALL, bucket_quantile
 from udfs.runtime import build_recommender
 from udfs.state import UserState
 

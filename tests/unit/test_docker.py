@@ -190,7 +190,7 @@ def test_grafana_provisioning_and_dashboard_metrics_exist():
     uid = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
     uid = uid["datasources"][0]["uid"]
     job_metrics = {f"flink_taskmanager_job_task_operator_{m}" for m in (*COUNTERS, *HISTOGRAMS, info_metric_name())}
-    serve_source = (ROOT / "streamrec/serve/app.py").read_text() + (ROOT / "streamrec/serve/metrics.py").read_text()
+    serve_source = "".join((ROOT / "streamrec" / "serve" / f).read_text() for f in ("app.py", "serve_metrics.py"))
     serve_metrics = set(re.findall(r"streamrec_serve_\w+", serve_source))
     queried = set()
     for panel in dashboard["panels"]:

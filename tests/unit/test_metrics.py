@@ -1,6 +1,6 @@
 """Counters batched on the Python side reach Flink's counters with the same totals."""
 
-from udfs.metrics import BatchedCounters
+from udfs.job_metrics import BatchedCounters
 
 
 class FakeCounter:
@@ -46,7 +46,7 @@ class FakeHistogram:
 
 
 def test_histogram_samples_are_bounded_per_flush_and_drawn_from_the_whole_interval():
-    from udfs.metrics import SampledHistograms
+    from udfs.job_metrics import SampledHistograms
 
     made: dict[str, FakeHistogram] = {}
 

@@ -21,7 +21,7 @@ from model_export.variants import (  # noqa: E402
     synthetic_batch,
     top_k_overlap,
 )
-from streamrec.lab.benchmark.model import run  # noqa: E402
+from streamrec.lab.benchmark.inference import run  # noqa: E402
 from udfs.features import INPUT_NAMES  # noqa: E402
 from udfs.ranker import OnnxRanker  # noqa: E402
 

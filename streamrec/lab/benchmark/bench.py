@@ -45,8 +45,8 @@ from udfs.artifact import MANIFEST_FILE, load_artifact, verify_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.events import encode_event
 from udfs.features import build_batch
+from udfs.job_metrics import BATCH_WAIT_MS, ROWS_PER_CALL, bucket_quantile
 from udfs.kafka_clients import KafkaClients
-from udfs.metrics import BATCH_WAIT_MS, ROWS_PER_CALL, bucket_quantile
 from udfs.ranker import OnnxRanker, RankerStats
 from udfs.recommend import Recommender
 from udfs.runtime import state_limits

@@ -39,7 +39,7 @@ import numpy as np
 from streamrec.kafka_io import produce
 from streamrec.lab.benchmark.bench import ensure_artifact
 from streamrec.lab.local.kafka import LocalKafka
-from streamrec.lab.local.serve import ServeProcess, get_json
+from streamrec.lab.local.serve_process import ServeProcess, get_json
 from udfs.artifact import load_artifact
 from udfs.errors import InputError
 from udfs.records import SCHEMA_VERSION, encode_output_record

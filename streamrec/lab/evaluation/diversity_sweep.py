@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamrec.lab.evaluation.evaluate import json_safe
 from streamrec.lab.evaluation.prequential import prequential
+from streamrec.lab.evaluation.report import json_safe
 from udfs.artifact import verify_manifest
 from udfs.errors import InputError
 from udfs.events import Event

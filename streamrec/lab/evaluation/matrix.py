@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from jobs.layout import PROJECT_ROOT
-from streamrec.lab.evaluation.evaluate import json_safe
 from streamrec.lab.evaluation.online_baselines import NAMES as ONLINE_NAMES
 from streamrec.lab.evaluation.prequential import prequential
+from streamrec.lab.evaluation.report import json_safe
 from udfs.diversity import OFF
 from udfs.errors import InputError
 from udfs.events import Event

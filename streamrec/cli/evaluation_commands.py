@@ -21,7 +21,6 @@ from streamrec.lab.evaluation.diversity_sweep import (
     parse_caps,
     sweep,
 )
-from streamrec.lab.evaluation.evaluate import evaluate, format_table
 from streamrec.lab.evaluation.matrix import (
     DEFAULT_DATA_DIR,
     TRAIN_THREADS,
@@ -32,6 +31,7 @@ from streamrec.lab.evaluation.matrix import (
 from streamrec.lab.evaluation.matrix import JSON_FILE as MATRIX_JSON
 from streamrec.lab.evaluation.matrix import PNG_FILE as MATRIX_PNG
 from streamrec.lab.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
+from streamrec.lab.evaluation.report import evaluate, format_table
 from udfs.config import ENV_PREFIX
 from udfs.flags import add_flag
 from udfs.logs import load_events

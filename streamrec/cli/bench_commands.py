@@ -17,7 +17,7 @@ from streamrec.cli.common import (
 from streamrec.lab.benchmark.bench import Bench, BenchSettings, markdown
 from streamrec.lab.benchmark.compare import CompareError, compare
 from streamrec.lab.benchmark.compare import markdown as compare_markdown
-from streamrec.lab.benchmark.model import main as bench_model_main
+from streamrec.lab.benchmark.inference import main as bench_model_main
 from streamrec.lab.benchmark.peer import run_peer
 from streamrec.lab.benchmark.scale import ScaleBench, ScaleSettings
 from streamrec.lab.benchmark.scale import markdown as scale_markdown

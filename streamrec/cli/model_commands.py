@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jobs.entry import add_run_arguments, run_from_args
-from streamrec import registry
+from streamrec import registry_writer as writer
 from streamrec.catalog_files import (
     read_catalog_file,
 )
@@ -70,9 +70,9 @@ def cmd_model(args: argparse.Namespace) -> int:
     """The registry (ranking.registry_dir) and the control topic (kafka.control_topic) of the config."""
     cfg = config_from_args(args)
     root = cfg.ranking.registry_dir
-    send = None if args.no_announce else registry.control_sender(cfg.kafka)
+    send = None if args.no_announce else writer.control_sender(cfg.kafka)
     if args.action == "list":
-        rows = registry.listing(root)
+        rows = writer.listing(root)
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
@@ -92,19 +92,19 @@ def cmd_model(args: argparse.Namespace) -> int:
         return 0
     if args.action == "publish":
         require(args, "artifact")
-        path = registry.publish(root, args.artifact, force=args.force)
+        path = writer.publish(root, args.artifact, force=args.force)
         version = path.name
         if not args.no_announce:  # --no-announce: in the registry, not live
-            registry.activate(root, version, send)
+            writer.activate(root, version, send)
         print(json.dumps({"published": str(path), "model_version": version, "announced": not args.no_announce,
                           "control_topic": None if args.no_announce else cfg.kafka.control_topic}))
         return 0
     if args.action == "activate":
         require(args, "version")
-        registry.activate(root, args.version, send)
+        writer.activate(root, args.version, send)
         print(json.dumps({"live": args.version, "announced": not args.no_announce}))
         return 0
-    version = registry.rollback(root, send)
+    version = writer.rollback(root, send)
     print(json.dumps({"live": version, "action": "rollback", "announced": not args.no_announce}))
     return 0
 
@@ -126,7 +126,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         events = load_events(args.events, fmt, sort=True, layout=layout)
         source = f"file {Path(args.events).resolve()}"
     catalog = training_catalog(Path(args.catalog)) if args.catalog else None
-    announce = None if args.no_announce or args.dry_run else registry.control_sender(cfg.kafka)
+    announce = None if args.no_announce or args.dry_run else writer.control_sender(cfg.kafka)
     report = retrain(events, trainer(), hours=float(args.hours), registry_dir=cfg.ranking.registry_dir,
                      out_dir=args.out, source=source, seed=int(args.seed), catalog=catalog,
                      train_kwargs={"device": args.device, "progress": not args.no_progress},
