@@ -14,7 +14,8 @@ from streamrec import progress
 from streamrec.cli.common import (
     add_no_progress,
 )
-from streamrec.lab.benchmark.bench import Bench, BenchSettings, markdown
+from streamrec.lab.benchmark.bench import Bench, BenchSettings
+from streamrec.lab.benchmark.bench_report import markdown
 from streamrec.lab.benchmark.compare import CompareError, compare
 from streamrec.lab.benchmark.compare import markdown as compare_markdown
 from streamrec.lab.benchmark.inference import main as bench_model_main

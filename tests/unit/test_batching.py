@@ -16,7 +16,8 @@ import pytest
 from pyflink.common import Row
 
 from jobs.functions import END_OF_INPUT, RankBatchFunction
-from streamrec.lab.benchmark.bench import batching_paced_rate, batching_summary, markdown, rows_per_call
+from streamrec.lab.benchmark.bench_report import markdown
+from streamrec.lab.benchmark.bench_summary import batching_paced_rate, batching_summary, rows_per_call
 from streamrec.lab.benchmark.gpu import markdown as gpu_markdown
 from streamrec.lab.benchmark.gpu import summarize
 from tests.support.job_fixtures import generated_log

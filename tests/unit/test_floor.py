@@ -1,6 +1,7 @@
 """The bench's floor phase: a replayed list keeps a real list's shape and model call; the summary's shares."""
 
-from streamrec.lab.benchmark.bench import floor_summary, floor_table
+from streamrec.lab.benchmark.bench_report import floor_table
+from streamrec.lab.benchmark.bench_summary import floor_summary
 from streamrec.lab.benchmark.floor import ReplayingRecommender
 from udfs.config import load_config
 from udfs.events import Event

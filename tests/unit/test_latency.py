@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from streamrec.lab.benchmark.bench import busiest_threads, cpu_budget, markdown, output_backlog, thread_cpu_seconds
+from streamrec.lab.benchmark.bench_report import markdown
+from streamrec.lab.benchmark.bench_summary import cpu_budget, output_backlog
 from streamrec.lab.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
+from streamrec.lab.benchmark.procstats import busiest_threads, thread_cpu_seconds
 
 
 def _out(user, item, ts, out_ts):

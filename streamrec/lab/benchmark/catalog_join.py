@@ -49,7 +49,9 @@ import msgpack
 
 from streamrec.catalog_files import catalog_records
 from streamrec.kafka_io import consume, event_record, produce
-from streamrec.lab.benchmark.bench import TopicCounter, ensure_artifact, rss_mb
+from streamrec.lab.benchmark.bench import ensure_artifact
+from streamrec.lab.benchmark.procstats import rss_mb
+from streamrec.lab.benchmark.topic_counts import TopicCounter
 from streamrec.lab.generator import generate_events
 from streamrec.lab.local.kafka import LocalKafka
 from streamrec.lab.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group

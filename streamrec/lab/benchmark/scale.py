@@ -32,7 +32,9 @@ import numpy as np
 
 from jobs.layout import JOB_SCRIPT
 from streamrec.kafka_io import produce
-from streamrec.lab.benchmark.bench import TERMINAL, TopicCounter, ensure_artifact, machine_info, rss_mb
+from streamrec.lab.benchmark.bench import TERMINAL, ensure_artifact
+from streamrec.lab.benchmark.procstats import machine_info, rss_mb
+from streamrec.lab.benchmark.topic_counts import TopicCounter
 from streamrec.lab.generator import USER_ID_BASE, generate_events
 from streamrec.lab.local.flink_cluster import StandaloneCluster
 from streamrec.lab.local.kafka import LocalKafka
