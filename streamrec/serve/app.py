@@ -39,12 +39,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -53,266 +50,36 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from streamrec.serve.access import Access, AccessGuard
-from streamrec.serve.follower import Follower
-from streamrec.serve.guest import MAX_SESSION_EVENTS, GuestRanker
+from streamrec.serve.access import AccessGuard
+from streamrec.serve.answers import health, listable, lookup, parse_id, readiness, session_answer, similar_answer
+from streamrec.serve.bodies import event_from_body, require_json_content, session_from_body
+from streamrec.serve.context import (
+    MAX_EVENT_BODY,
+    MAX_SESSION_BODY,
+    SSE_HEARTBEAT_S,
+    STORE_RETRY_AFTER_S,
+    BadRequest,
+    ClientError,
+    Refused,
+    ServeContext,
+)
+from streamrec.serve.guest import GuestRanker
 from streamrec.serve.listing import (
     CACHE_CONTROL,
-    EVERYTHING,
-    MAX_N,
-    ListQuery,
     ListQueryError,
     etag_matches,
     list_etag,
     parse_list_query,
     parse_users,
-    shown,
 )
 from streamrec.serve.openapi import docs_page, openapi_json
-from streamrec.serve.serve_metrics import ServeMetrics
-from streamrec.serve.store import Store, StoreUnavailable
-from udfs.catalog import CatalogItem
-from udfs.config import ServeConfig
-from udfs.errors import InputError
-from udfs.events import BEHAVIORS, Event, Id, InvalidId, canonical_id
-from udfs.reasons import render_reason
-from udfs.records import OutputRecord
+from streamrec.serve.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-SSE_HEARTBEAT_S = 15.0
-TRENDING_REFRESH_S = 1.0
-MAX_EVENT_BODY = 4096
-MAX_SESSION_BODY = 16384
-SIMILAR_N = 10
-"""Neighbours a similar-items answer gives without ``n``."""
-GUEST = "guest"
-"""The user id of a posted session's events (no shopper's state is read or written)."""
-STORE_RETRY_AFTER_S = 5
-"""What a 503 for an unreachable store tells the client to wait (Retry-After)."""
-
-
-class ClientError(InputError):
-    """A request the service refuses: answered ``status`` with this message."""
-
-    status = 400
-
-
-class BadRequest(ClientError):
-    """A client mistake: answered 400 with this message."""
-
-
-class Refused(ClientError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class Catalog:
-    """Item categories from the model artifact's tables, when one is configured (what a click on the
-    page sends as the event's category). Titles, brands and prices come from the catalog topic, kept
-    in the store by :class:`streamrec.serve.follower.CatalogFollower`."""
-
-    item_category: dict[Id, Id] = field(default_factory=dict)
-
-    def category_name(self, category: Id) -> str:
-        return f"category {category}"
-
-
-@dataclass
-class ServeContext:
-    """Everything the routes share; built by :func:`streamrec.serve.server.build_context`."""
-
-    store: Store
-    follower: Follower
-    """Follows the recommendations topic; its readiness is the service's."""
-    send_event: Callable[[Event], dict[str, Any]]
-    """Produces one event to the input topic and returns its coordinates (blocking)."""
-    input_topic: str
-    send_erase: Callable[[Id], dict[str, Any]] | None = None
-    """Produces one erase request to the input topic and returns its coordinates (blocking); None: none."""
-    trending_size: int = 20
-    trending_window: int = 1000
-    catalog: Catalog = field(default_factory=Catalog)
-    key_of: Callable[[Id], str] = str
-    """The output topic's key of a shopper id: ``str`` or, with privacy.pseudonymize, the pseudonym."""
-    catalog_follower: Follower | None = None
-    """Follows the catalog topic into the store's item records (None: titles and prices are not shown)."""
-    access: Access = field(default_factory=lambda: Access.from_config(ServeConfig()))
-    """Who may call what (the defaults: loopback hosts, no token, no writes, no shopper listing)."""
-    metrics: ServeMetrics = field(default_factory=ServeMetrics)
-    guest: GuestRanker | None = None
-    """The job's recommender over the configured artifact: guest sessions and similar items (None: no artifact)."""
-    subscribers: dict[str, set[asyncio.Queue[None]]] = field(default_factory=dict)
-    loop: asyncio.AbstractEventLoop | None = None
-    _trending: list[Id] | None = None
-    _trending_at: float = 0.0
-
-    def trending(self) -> list[Id]:
-        """The trending list, as last computed by the follower thread (here only the first time:
-        after a restart with nothing new in the topic)."""
-        if self._trending is None:
-            self._refresh_trending()
-        return self._trending or []
-
-    def _refresh_trending(self) -> None:
-        self._trending = self.store.trending(self.trending_size, self.trending_window)
-        self._trending_at = time.monotonic()
-
-    def lists_changed(self, keys: list[str]) -> None:
-        """Called by the follower thread after storing lists: recount trending (at most every
-        TRENDING_REFRESH_S, off the request path) and wake the streams of these shoppers."""
-        if time.monotonic() - self._trending_at >= TRENDING_REFRESH_S:
-            self._refresh_trending()
-        loop = self.loop
-        if loop is None or not self.subscribers:
-            return
-        loop.call_soon_threadsafe(self._wake, keys)
-
-    def catalog_changed(self, _keys: list[str]) -> None:
-        """Called by the catalog follower after storing newer item records: every open stream sends its
-        list again, so a new title or price reaches the page without a new list."""
-        loop = self.loop
-        if loop is None or not self.subscribers:
-            return
-        loop.call_soon_threadsafe(lambda: self._wake(list(self.subscribers)))
-
-    def _wake(self, keys: list[str]) -> None:
-        for key in keys:
-            for queue in self.subscribers.get(key, ()):
-                if queue.empty():
-                    queue.put_nowait(None)
-
-
-def parse_id(raw: str, name: str) -> Id:
-    """The canonical id (README, the id rule) of a path or body value, or :class:`BadRequest`."""
-    try:
-        return canonical_id(raw, name)
-    except InvalidId as exc:
-        raise BadRequest(f"invalid {name}: {exc.reason}") from None
-
-
-def _listable(item: Any) -> bool:
-    """An id a response can carry (a list stored by an older version may hold anything)."""
-    return isinstance(item, (int, str)) and not isinstance(item, bool)
-
-
-def _score(score: Any) -> float | None:
-    """A finite score, else null: JSON has no NaN, and one odd score must not fail the response."""
-    return float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
-
-
-def _item(catalog: Catalog, records: dict[Id, CatalogItem], item: Id, score: float | None,
-          reason: dict[str, Any]) -> dict[str, Any]:
-    def item_name(i: Id) -> str:
-        title = records[i].title if i in records else None
-        return title or f"item {i}"
-
-    out: dict[str, Any] = {"item_id": item, "score": _score(score), "reason": reason,
-                           "because": render_reason(reason, item_name, catalog.category_name)}
-    if item in catalog.item_category:
-        out["category_id"] = catalog.item_category[item]
-    rec = records.get(item)
-    if rec is not None:
-        for name in ("title", "brand", "price"):
-            value = getattr(rec, name)
-            if value is not None:
-                out[name] = value
-        out.setdefault("category_id", rec.category_id)
-    return out
-
-
-def _catalog_records(ctx: ServeContext, items: list[Id], reasons: list[dict[str, Any]]) -> dict[Id, CatalogItem]:
-    """One store read for the listed items and the items their reasons name ("because you viewed")."""
-    if ctx.catalog_follower is None:
-        return {}
-    named = [r["because"] for r in reasons if r.get("code") == "covisit" and "because" in r]
-    return ctx.store.items([*items, *named])
-
-
-def _shown_list(ctx: ServeContext, items: Sequence[Any], scores: Sequence[Any], reasons: Sequence[Any] | None,
-                query: ListQuery) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A ranked list's response items (ids only, with the catalog's records) after the read-time rules."""
-    listed = [(i, s, r) for i, s, r in zip(items, scores, reasons or [{}] * len(items)) if _listable(i)]
-    records = _catalog_records(ctx, [i for i, _, _ in listed], [r for _, _, r in listed])
-    return shown([_item(ctx.catalog, records, i, s, r) for i, s, r in listed], records, query)
-
-
-def session_answer(ctx: ServeContext, guest: GuestRanker, events: Sequence[Event], query: ListQuery) -> dict[str, Any]:
-    """A guest session's list (blocking: a model call and store reads), shaped as a lookup's."""
-    record = guest.session_list(events)
-    items, counts = _shown_list(ctx, record["items"], record["scores"], record["reasons"], query)
-    return {"user_id": None, "known": False, "trending": False, "session": True,
-            "model_version": record["model_version"], "provider": record["provider"], "fallback": record["fallback"],
-            "items": items, **counts}
-
-
-def similar_answer(ctx: ServeContext, guest: GuestRanker, item: Id, query: ListQuery) -> dict[str, Any]:
-    """An item's neighbours (blocking: store reads); ``known`` False for an item the artifact never saw."""
-    neighbours = guest.similar(item, MAX_N)
-    pairs = neighbours or []
-    reasons = [{"code": "covisit", "because": item}] * len(pairs)
-    items, counts = _shown_list(ctx, [i for i, _ in pairs], [s for _, s in pairs], reasons,
-                                query if query.n is not None else replace(query, n=SIMILAR_N))
-    return {"item_id": item, "known": neighbours is not None,
-            "model_version": guest.recommender.artifact.model_version, "items": items, **counts}
-
-
-def lookup(ctx: ServeContext, user: Id, query: ListQuery = EVERYTHING) -> dict[str, Any]:
-    """The response body for one shopper (blocking: store reads). Items that are not ids are left out;
-    the followed catalog's rule, ``query``'s filters and page apply at read time
-    (:mod:`streamrec.serve.listing`)."""
-    stored = ctx.store.get(ctx.key_of(user))
-    now = int(time.time() * 1000)
-    if stored is None:
-        trending = [i for i in ctx.trending() if _listable(i)]
-        records = _catalog_records(ctx, trending, [])
-        items, counts = shown([_item(ctx.catalog, records, i, None, {"code": "trending"}) for i in trending],
-                              records, query)
-        return {"user_id": user, "known": False, "trending": True, "model_version": None, "provider": None,
-                "arm": None, "fallback": None, "seq": None, "generated_at": None, "age_ms": None, "trigger": None,
-                "items": items, **counts}
-    rec: OutputRecord = stored.record
-    items, counts = _shown_list(ctx, rec.items, rec.scores, rec.reasons, query)
-    return {"user_id": user, "known": True, "trending": False, "model_version": rec.model_version,
-            "provider": rec.provider, "arm": rec.arm, "fallback": rec.fallback, "seq": rec.seq,
-            "generated_at": rec.generated_at, "age_ms": max(0, now - rec.generated_at), "trigger": rec.trigger,
-            "schema_version": rec.schema_version, "items": items, **counts}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _follower_status(f: Follower) -> dict[str, Any]:
-    return {"topic": f.topic, "state": f.state(), "catch_up_remaining": f.lag, "records_consumed": f.records,
-            "bad_records": f.bad_records, "erased": f.erased}
-
-
-def readiness(ctx: ServeContext) -> tuple[bool, dict[str, Any]]:
-    """Whether lookups answer from a rebuilt view, and each follower's state (no store reads)."""
-    followers = {"lists": _follower_status(ctx.follower)}
-    if ctx.catalog_follower is not None:
-        followers["catalog"] = _follower_status(ctx.catalog_follower)
-    ready = followers["lists"]["state"] == "ready"
-    return ready, {"status": "ready" if ready else "not_ready", "followers": followers}
-
-
-def health(ctx: ServeContext) -> tuple[bool, dict[str, Any]]:
-    """``/healthz``'s body, as before ``/readyz`` (blocking: store counts)."""
-    f = ctx.follower
-    ok = f.ready.is_set() and f.alive() and f.last_error is None
-    status = "ok" if ok else ("catching_up" if f.alive() and not f.ready.is_set() else "degraded")
-    body: dict[str, Any] = {
-            "status": status, "ready": f.ready.is_set(), "follower_alive": f.alive(), "last_error": f.last_error,
-            "catch_up_remaining": f.lag, "shoppers": ctx.store.count(), "lists_consumed": f.records}
-    c = ctx.catalog_follower
-    if c is not None:
-        body["catalog"] = {"ready": c.ready.is_set(), "follower_alive": c.alive(), "last_error": c.last_error,
-                           "items": ctx.store.item_count(), "records_consumed": c.records,
-                           "bad_records": c.bad_records}
-    return ok, body
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -423,8 +190,8 @@ def build_app(ctx: ServeContext) -> Starlette:
         """
         try:
             guest = _guest(ctx)
-            _json_content(request)
-            events = _session_from_body(await read_body(request, MAX_SESSION_BODY), guest.item_category)
+            require_json_content(request)
+            events = session_from_body(await read_body(request, MAX_SESSION_BODY), guest.item_category)
             query = parse_list_query(request.query_params)
         except (ClientError, ListQueryError) as exc:
             status = exc.status if isinstance(exc, ClientError) else 400
@@ -526,8 +293,8 @@ def build_app(ctx: ServeContext) -> Starlette:
         try:
             if not ctx.access.accept_events:
                 raise Refused(403, "sending events is off (serve.accept_events)")
-            _json_content(request)
-            event = _event_from_body(await read_body(request, MAX_EVENT_BODY), ctx.catalog)
+            require_json_content(request)
+            event = event_from_body(await read_body(request, MAX_EVENT_BODY), ctx.catalog)
         except ClientError as exc:
             metrics.request("events", exc.status)
             return _error(exc.status, str(exc))
@@ -602,7 +369,7 @@ def build_app(ctx: ServeContext) -> Starlette:
             return _error(400, "limit must be an integer in 1..1000")
         found = await run_in_threadpool(ctx.store.recent_users, limit)
         metrics.request("users", 200)
-        return JSONResponse({"users": [u for u in found if _listable(u)]})
+        return JSONResponse({"users": [u for u in found if listable(u)]})
 
     async def livez(request: Request) -> Response:
         """
@@ -697,73 +464,9 @@ def build_app(ctx: ServeContext) -> Starlette:
                      exception_handlers={404: not_found, 500: internal, StoreUnavailable: store_down})
 
 
-def _event_from_body(body: bytes, catalog: Catalog) -> Event:
-    try:
-        obj = json.loads(body)
-    except ValueError as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("body is nested too deeply") from None
-    if not isinstance(obj, dict):
-        raise BadRequest("body must be a JSON object {user_id, item_id, behavior[, category_id]}")
-    for name in ("user_id", "item_id", "behavior"):
-        if name not in obj:
-            raise BadRequest(f"missing field {name}")
-    user = _body_id(obj["user_id"], "user_id")
-    item = _body_id(obj["item_id"], "item_id")
-    category = _body_id(obj["category_id"], "category_id") if "category_id" in obj \
-        else catalog.item_category.get(item, 0)
-    behavior = obj["behavior"]
-    if behavior not in BEHAVIORS:
-        raise BadRequest(f"behavior must be one of {', '.join(BEHAVIORS)}, got {str(behavior)[:32]!r}")
-    return Event(user, item, category, behavior, int(time.time() * 1000))
-
-
 def _guest(ctx: ServeContext) -> GuestRanker:
     if ctx.guest is None:
         raise Refused(404, "no model artifact here (ranking.artifact_dir): no guest lists or similar items")
     return ctx.guest
 
 
-def _json_content(request: Request) -> None:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise Refused(415, "the body must be sent as Content-Type: application/json")
-
-
-def _session_from_body(body: bytes, item_category: Mapping[Id, Id]) -> list[Event]:
-    """``{"events": [{"item_id", "behavior"[, "category_id"][, "ts"]}, ...]}``: a guest's session, in order
-    (without ``ts``, stamped now)."""
-    try:
-        obj = json.loads(body)
-    except ValueError as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("body is nested too deeply") from None
-    events = obj.get("events") if isinstance(obj, dict) else None
-    if not isinstance(events, list) or not events:
-        raise BadRequest('body must be {"events": [{"item_id", "behavior"[, "category_id"][, "ts"]}, ...]}')
-    if len(events) > MAX_SESSION_EVENTS:
-        raise BadRequest(f"events takes at most {MAX_SESSION_EVENTS}, not {len(events)}")
-    now = int(time.time() * 1000)
-    out = []
-    for i, e in enumerate(events):
-        if not isinstance(e, dict) or "item_id" not in e or "behavior" not in e:
-            raise BadRequest(f"events[{i}] must be an object with item_id and behavior")
-        item = _body_id(e["item_id"], f"events[{i}].item_id")
-        category = _body_id(e["category_id"], f"events[{i}].category_id") if "category_id" in e \
-            else item_category.get(item, 0)
-        if e["behavior"] not in BEHAVIORS:
-            raise BadRequest(f"events[{i}].behavior must be one of {', '.join(BEHAVIORS)}")
-        ts = e.get("ts", now)
-        if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= now + 60_000:
-            raise BadRequest(f"events[{i}].ts must be epoch milliseconds, not after now")
-        out.append(Event(GUEST, item, category, e["behavior"], ts))
-    return out
-
-
-def _body_id(value: Any, name: str) -> Id:
-    try:
-        return canonical_id(value, name)
-    except InvalidId as exc:
-        raise BadRequest(f"invalid {name}: {exc.reason}") from None

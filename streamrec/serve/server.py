@@ -9,7 +9,8 @@ from typing import Any
 
 from streamrec.kafka_io import erase_record, event_record
 from streamrec.serve.access import Access
-from streamrec.serve.app import Catalog, ServeContext, build_app
+from streamrec.serve.app import build_app
+from streamrec.serve.context import Catalog, ServeContext
 from streamrec.serve.follower import CatalogFollower, Follower
 from streamrec.serve.guest import GuestRanker
 from streamrec.serve.store import RedisStore, SqliteStore, Store

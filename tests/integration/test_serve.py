@@ -22,7 +22,8 @@ from starlette.testclient import TestClient
 from streamrec.lab.local.kafka import free_ports
 from streamrec.lab.local.serve_process import ServeProcess, get_json
 from streamrec.serve import follower as follower_module
-from streamrec.serve.app import MAX_EVENT_BODY, ServeContext, build_app
+from streamrec.serve.app import build_app
+from streamrec.serve.context import MAX_EVENT_BODY, ServeContext
 from streamrec.serve.follower import CatalogFollower, Follower
 from streamrec.serve.lists_decoder import decode_list
 from streamrec.serve.store import RedisStore, SqliteStore, Store

@@ -10,7 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from streamrec.serve.access import Access
-from streamrec.serve.app import Catalog, ServeContext, build_app
+from streamrec.serve.app import build_app
+from streamrec.serve.context import Catalog, ServeContext
 from streamrec.serve.follower import Follower
 from streamrec.serve.store import Store
 from tests.support.store_fixtures import StoreFactory

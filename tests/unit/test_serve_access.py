@@ -7,7 +7,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from streamrec.serve.access import Access, ApiToken, load_api_token
-from streamrec.serve.app import ServeContext, build_app
+from streamrec.serve.app import build_app
+from streamrec.serve.context import ServeContext
 from streamrec.serve.server import build_context
 from tests.support.serve_fixtures import StubFollower, open_access, output_value, put_list
 from udfs.config import ConfigError, load_config

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from streamrec.serve.app import ServeContext, build_app
+from streamrec.serve.app import build_app
+from streamrec.serve.context import ServeContext
 from streamrec.serve.guest import GuestRanker
 from tests.support.serve_fixtures import StubFollower, open_access
 from tests.support.store_fixtures import StoreFactory

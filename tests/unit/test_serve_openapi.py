@@ -7,7 +7,8 @@ from typing import Any
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from streamrec.serve.app import ServeContext, build_app
+from streamrec.serve.app import build_app
+from streamrec.serve.context import ServeContext
 from streamrec.serve.listing import MAX_N
 from streamrec.serve.store import SqliteStore
 from tests.support.serve_fixtures import StubFollower, open_access
