@@ -21,7 +21,7 @@ from streamrec.lab.benchmark.compare import markdown as compare_markdown
 from streamrec.lab.benchmark.inference import main as bench_model_main
 from streamrec.lab.benchmark.peer import run_peer
 from streamrec.lab.benchmark.scale import ScaleBench, ScaleSettings
-from streamrec.lab.benchmark.scale import markdown as scale_markdown
+from streamrec.lab.benchmark.scale_report import markdown as scale_markdown
 from streamrec.lab.benchmark.serve_latency import ServeBenchSettings, run_serve_bench
 from streamrec.lab.benchmark.serve_latency import markdown as serve_markdown
 from udfs.config import ENV_PREFIX

@@ -9,19 +9,16 @@ from pathlib import Path
 import pytest
 
 from streamrec.cli import build_parser
-from streamrec.lab.benchmark.scale import (
-    bytes_summary,
+from streamrec.lab.benchmark.scale_report import (
     checkpoint_summary,
     failures_summary,
     markdown,
     merge_history,
-    nearest_rank,
-    replay_state_bytes,
     rss_growth,
-    shape_shoppers,
     split_failed,
     targets,
 )
+from streamrec.lab.benchmark.scale_workload import bytes_summary, nearest_rank, replay_state_bytes, shape_shoppers
 from streamrec.lab.generator import USER_ID_BASE, generate_events
 from udfs.events import Event
 from udfs.state import StateLimits, UserState, update_state
