@@ -13,7 +13,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from udfs.config import ENV_PREFIX, SECTIONS, Config, env_var, field_doc, load_config
+from udfs.config import ENV_PREFIX, SECTIONS, Config, env_var, load_config
+from udfs.config_render import field_doc
 from udfs.errors import StreamrecError
 
 # Flags that map onto config fields: flag -> (section, field).

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from streamrec.cli import build_parser
-from udfs.config import SECTIONS, Config, ConfigError, env_var, load_config, sample_toml
+from udfs.config import SECTIONS, Config, ConfigError, env_var, load_config
+from udfs.config_render import sample_toml
 from udfs.flags import config_from_args
 
 SAMPLE = Path(__file__).resolve().parents[2] / "config" / "streamrec.toml"
@@ -16,7 +17,7 @@ def test_sample_file_equals_defaults():
 
 
 def test_sample_file_is_rendered_from_the_fields():
-    """Regenerate with: python -c "from udfs.config import sample_toml; print(sample_toml(), end='')" """
+    """Regenerate with: python -c "from udfs.config_render import sample_toml; print(sample_toml(), end='')" """
     assert SAMPLE.read_text() == sample_toml()
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from udfs.config import Config, ConfigError, config_env, env_var, load_config
+from udfs.config import Config, ConfigError, env_var, load_config
+from udfs.config_render import config_env
 from udfs.kafka_security import (
     SHADED_PREFIX,
     ClientProperties,

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from udfs.config import config_env
+from udfs.config_render import config_env
 
 # The local broker (streamrec.lab.local.kafka) the demo and the bench start is plaintext: a job they run
 # must not inherit secured-broker settings from the caller's environment or config file.

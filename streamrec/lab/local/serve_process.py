@@ -15,7 +15,7 @@ from typing import Any
 
 from streamrec.lab.local.kafka import free_ports
 from streamrec.lab.local.procs import LOCAL_BROKER_SECURITY, stop_group
-from udfs.config import config_env
+from udfs.config_render import config_env
 
 
 def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
