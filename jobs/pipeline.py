@@ -33,11 +33,11 @@ from jobs.functions import (
     SCORING_TYPE,
     SHARD_KEYED_SCORING_TYPE,
     CatalogRecommendFunction,
-    RankBatchFunction,
     RecommendFunction,
 )
 from jobs.items import learn_items
 from jobs.layout import PROJECT_ROOT, PROMETHEUS_FACTORY, cache_dir, prometheus_jar, required_jars
+from jobs.rank_batches import RankBatchFunction
 from jobs.rest_tls import ensure_rest_tls, flink_rest_settings, submitted_by_flink_client
 from udfs.config import Config
 
@@ -299,7 +299,7 @@ def shard_keys(env: StreamExecutionEnvironment, config: Config) -> list[str]:
 
 def rank_batches(requests: DataStream, config: Config) -> DataStream:
     """The batched ranking stage: scoring requests keyed by shard (in the JVM, like the shoppers),
-    ranked many per model call (:class:`jobs.functions.RankBatchFunction`)."""
+    ranked many per model call (:class:`jobs.rank_batches.RankBatchFunction`)."""
     jvm = get_gateway().jvm
     j_keyed = requests._j_data_stream.keyBy(jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
     return (

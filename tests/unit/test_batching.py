@@ -1,6 +1,6 @@
 """Batched ranking without a cluster: the wire format, the rank step and the buffering stage.
 
-The stage itself (``jobs.functions.RankBatchFunction``) runs here against in-memory stand-ins
+The stage itself (``jobs.rank_batches.RankBatchFunction``) runs here against in-memory stand-ins
 for Flink's keyed state, timers and metric group; tests/integration/test_pipeline.py runs it in Flink.
 """
 
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from pyflink.common import Row
 
-from jobs.functions import END_OF_INPUT, RankBatchFunction
+from jobs.functions import END_OF_INPUT
+from jobs.rank_batches import RankBatchFunction
 from streamrec.lab.benchmark.bench_report import markdown
 from streamrec.lab.benchmark.bench_summary import batching_paced_rate, batching_summary, rows_per_call
 from streamrec.lab.benchmark.gpu import markdown as gpu_markdown
