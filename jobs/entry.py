@@ -32,7 +32,7 @@ from jobs.pipeline import build_pipeline, create_environment
 from udfs.artifact import verify_manifest
 from udfs.config import ENV_PREFIX, Config, ConfigError
 from udfs.errors import InputError, reported
-from udfs.flags import CONFIG_FLAGS, REPORTED_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
+from udfs.flags import JOB_FLAGS, REPORTED_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.logs import load_events
 from udfs.privacy import load_key
 from udfs.registry import LIVE, RegistryError, verified_version
@@ -144,7 +144,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
              default="kafka")
     add_flag(p, "--sink", f"{ENV_PREFIX}RUN_SINK", "kafka or file:PATH (JSON lines)", default="kafka")
     add_flag(p, "--since", f"{ENV_PREFIX}RUN_SINCE", "emit only for events at/after this Unix time (s)")
-    add_config_flags(p, list(CONFIG_FLAGS))
+    add_config_flags(p, list(JOB_FLAGS))
 
 
 def run_from_args(args: argparse.Namespace) -> int:

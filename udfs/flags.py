@@ -42,6 +42,8 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--redis-url": ("serve", "redis_url"),
     "--bind-address": ("serve", "bind_address"),
 }
+# The flags of the job (`streamrec run`, `flink run -py jobs/recommend_job.py`): every config flag but serve's.
+JOB_FLAGS: tuple[str, ...] = tuple(f for f, (section, _) in CONFIG_FLAGS.items() if section != "serve")
 
 # What a command reports as a message, not a traceback (udfs/errors.py: reported() gives the status).
 REPORTED_ERRORS: tuple[type[Exception], ...] = (StreamrecError, FileNotFoundError)
@@ -60,7 +62,8 @@ def add_config_flags(p: argparse.ArgumentParser, flags: Sequence[str]) -> None:
     for flag in flags:
         section, field = CONFIG_FLAGS[flag]
         default = SECTIONS[section].model_fields[field].default
-        p.add_argument(flag, dest=f"cfg__{section}__{field}", default=None,
+        # dest is internal (config_from_args reads it); the metavar is what --help shows.
+        p.add_argument(flag, dest=f"cfg__{section}__{field}", default=None, metavar=field.upper(),
                        help=f"{field_doc(section, field)} (default: {default}) [env: {env_var(section, field)}]")
 
 

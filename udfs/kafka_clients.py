@@ -18,15 +18,26 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
-from kafka.errors import KafkaError, SaslAuthenticationFailedError
+from kafka.errors import KafkaError, KafkaTimeoutError, SaslAuthenticationFailedError
 
 from udfs.config import KafkaConfig
+from udfs.errors import UserError
 from udfs.kafka_security import KafkaCredentialsError, librdkafka_options, merged, python_client_options
 
 # A producer's defaults: batches of up to 256 KiB, flushed within 5 ms, every replica's ack.
 PRODUCER_DEFAULTS: Mapping[str, Any] = {"linger_ms": 5, "acks": "all", "batch_size": 256 * 1024}
 # The bulk reader joins no group (partitions are assigned), but librdkafka wants a group id.
 FAST_CONSUMER_GROUP = "streamrec-serve"
+# How long a kafka-python client tries to reach a broker before it gives up (its own default is 30 s):
+# a wrong address or a stopped broker is then named within seconds, not after half a minute.
+BOOTSTRAP_TIMEOUT_MS = 10_000
+
+
+class KafkaUnreachable(UserError, KafkaError):
+    """No broker answered at the configured address; a KafkaError too, for callers that only warn."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KafkaError's own would prefix the class name
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,8 @@ class KafkaClients:
         return cls(kafka.bootstrap_servers, python_client_options(kafka))
 
     def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        return merged({"bootstrap_servers": self.bootstrap, **options}, self.security)
+        return merged({"bootstrap_servers": self.bootstrap, "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **options},
+                      self.security)
 
     def producer(self, **options: Any) -> Any:
         """A kafka-python producer (:data:`PRODUCER_DEFAULTS`, then ``options``)."""
@@ -96,7 +108,8 @@ _NET_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.net.sasl.pla
 
 @contextlib.contextmanager
 def connect_errors(bootstrap: str, security: Mapping[str, Any] | None) -> Iterator[None]:
-    """A client that could not bootstrap from a SASL listener raises :class:`KafkaCredentialsError`
+    """A client that reached no broker raises :class:`KafkaUnreachable` naming the address and what to
+    check; one that could not bootstrap from a SASL listener raises :class:`KafkaCredentialsError`
     saying who tried and where the password came from (never the password).
 
     The broker may close the connection before kafka-python reads its "Invalid username or
@@ -106,7 +119,13 @@ def connect_errors(bootstrap: str, security: Mapping[str, Any] | None) -> Iterat
     """
     opts = security or {}
     if not str(opts.get("security_protocol", "")).startswith("SASL_"):
-        yield
+        try:
+            yield
+        except KafkaTimeoutError as exc:
+            raise KafkaUnreachable(
+                f"no Kafka broker answered at {bootstrap} ({exc}): check kafka.bootstrap_servers "
+                "(--bootstrap-servers, STREAMREC_KAFKA_BOOTSTRAP_SERVERS), that the broker runs (`streamrec kafka "
+                "status` for the local one) and that this machine reaches it") from exc
         return
     watcher = _AuthFailures()
     loggers = [logging.getLogger(name) for name in _NET_LOGGERS]

@@ -31,7 +31,7 @@ from udfs.config import Config
 from udfs.errors import reported
 from udfs.events import Event
 from udfs.features import UserRequest, build_batch
-from udfs.flags import CONFIG_FLAGS, REPORTED_ERRORS, add_config_flags, config_from_args, setup_logging
+from udfs.flags import JOB_FLAGS, REPORTED_ERRORS, add_config_flags, config_from_args, setup_logging
 from udfs.recommend import Recommender
 from udfs.state import UserState
 
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="floor", description="the streamrec job, its lists replayed")
     parser.add_argument("--floor", choices=FLOOR_MODES, required=True,
                         help="model: each replay still calls the model; none: no model call")
-    add_config_flags(parser, list(CONFIG_FLAGS))
+    add_config_flags(parser, list(JOB_FLAGS))
     args = parser.parse_args(argv)
     setup_logging(False)
     cfg = config_from_args(args)
