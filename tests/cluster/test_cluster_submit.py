@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
 import pytest
+import yaml
 
-from jobs.layout import JOB_SCRIPT
+from jobs.layout import JOB_SCRIPT, PROJECT_ROOT
 from streamrec.kafka_io import consume, replay
 from streamrec.lab.local.flink_cluster import StandaloneCluster
 from tests.support.job_fixtures import generated_log, job_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kafka]
 
+
+def compose_submit_guard() -> str:
+    """What compose's one-shot submit looks for in `flink list -r` before it submits (docker/compose.yaml)."""
+    compose = yaml.safe_load((PROJECT_ROOT / "docker" / "compose.yaml").read_text())
+    script = compose["services"]["submit"]["command"][-1]
+    return re.search(r"flink list -r -m \S+ \| grep -q '([^']+)'", script).group(1)
 
 
 def test_submit_see_output_cancel(kafka_broker, unique_topic, fixture_artifact, tmp_path):
@@ -31,6 +39,8 @@ def test_submit_see_output_cancel(kafka_broker, unique_topic, fixture_artifact, 
             out += list(consume(kafka_broker.bootstrap, topics["output_topic"], timeout_s=5,
                                 group_id="verify-" + topics["output_topic"]))
         assert cluster.job_state(job_id) == "RUNNING"
+        # compose's submit finds this running job by the same listing, so a second `up` submits nothing
+        assert compose_submit_guard() in cluster.flink("list", "-r", "-m", cluster.jobmanager)
         unique = len({(e.user_id, e.item_id, e.behavior, e.ts) for e in events})
         assert len(out) == unique
         assert {r.value["model_version"] for r in out} == {"fixture-covisit"}
@@ -39,5 +49,6 @@ def test_submit_see_output_cancel(kafka_broker, unique_topic, fixture_artifact, 
         while cluster.job_state(job_id) != "CANCELED" and time.monotonic() < deadline:
             time.sleep(1)
         assert cluster.job_state(job_id) == "CANCELED"
+        assert compose_submit_guard() not in cluster.flink("list", "-r", "-m", cluster.jobmanager)
     finally:
         cluster.stop()

@@ -4,8 +4,10 @@ Makefile, udfs/config.py, the job's and the service's metric names)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
+import shlex
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -163,15 +165,54 @@ def test_ports_agree_between_compose_prometheus_kubernetes_and_the_config():
     assert datasource["datasources"][0]["url"] == f"http://prometheus:{prom_host_port}"
 
 
+def submit_words() -> list[str]:
+    """The words of compose's `flink run` (the one-shot submit runs it through sh -c)."""
+    command = compose()["services"]["submit"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    words = shlex.split(command[2])
+    return words[words.index("run") - 1:]
+
+
+def test_a_second_up_never_submits_a_second_job():
+    """The submit runs `flink run` only when `flink list -r` shows no job named job.name
+    (tests/cluster/test_cluster_submit.py checks that listing against a real cluster)."""
+    script = compose()["services"]["submit"]["command"][2]
+    guard = re.search(r"if flink list -r -m (\S+) \| grep -q ': (\S+) \('; then (.*?); else exec flink run", script)
+    assert guard, script
+    assert guard.group(1) == "jobmanager:8081" and guard.group(2) == Config().job.name
+    assert "flink run" not in guard.group(3)
+    assert compose()["services"]["submit"].get("restart") == "no"
+
+
+def test_the_build_context_leaves_out_the_venv_caches_and_state_but_nothing_an_image_copies():
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert {".venv", ".cache", ".git", "artifacts", "checkpoints"} <= set(ignored)
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        for line in re.findall(r"^COPY (?!--from)(.+)$", (DOCKER / name).read_text(), re.M):
+            for src in line.split()[:-1]:
+                assert not any(fnmatch.fnmatch(src.rstrip("/"), pattern) for pattern in ignored), (name, src)
+
+
+def test_the_gpu_image_fails_to_build_unless_its_onnxruntime_has_the_cuda_provider():
+    gpu = (DOCKER / "Dockerfile.gpu").read_text()
+    extras = gpu.index('".[serve,gpu]"')
+    reinstall = gpu.index("--force-reinstall --no-deps -c constraints.txt onnxruntime-gpu")
+    check = gpu.index("'CUDAExecutionProvider' in p")
+    assert extras < reinstall < check, "the GPU build must be installed last and then checked"
+    assert "sys.exit(0 if 'CUDAExecutionProvider' in p else" in gpu
+
+
 def test_topics_and_job_entry_point_are_the_configs():
     c = compose()["services"]
     created = set(re.search(r"for t in ([\w\- \n]+);", " ".join(c["topics"]["command"])).group(1).split())
     assert created == set(Config().kafka.topics().values())
     script = f"{APP}/{JOB_SCRIPT.relative_to(ROOT)}"
-    assert script in c["submit"]["command"]
+    submit = submit_words()
+    assert submit[submit.index("-py") + 1] == script
     args = deployment()["spec"]["job"]["args"]
     assert args[args.index("-py") + 1] == script
-    assert c["submit"]["command"][c["submit"]["command"].index("-pyexec") + 1] == "/opt/venv/bin/python"
+    assert submit[submit.index("-pyexec") + 1] == "/opt/venv/bin/python"
     spec = deployment()["spec"]
     parallelism = {e["name"]: e["value"] for e in spec["podTemplate"]["spec"]["containers"][0]["env"]}
     slots = int(spec["flinkConfiguration"]["taskmanager.numberOfTaskSlots"])
