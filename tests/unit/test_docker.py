@@ -254,6 +254,26 @@ def test_compose_publishes_every_port_on_loopback_only():
             assert str(port).startswith("127.0.0.1:") and str(port).count(":") == 2, (name, port)
 
 
+def test_host_tools_reach_the_compose_broker_at_the_configs_default_address():
+    kafka = compose()["services"]["kafka"]
+    env = kafka["environment"]
+    host, port = Config().kafka.bootstrap_servers.split(":")
+    advertised = dict(reversed(entry.split("://")) for entry in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    name = advertised[f"{host}:{port}"]  # the listener advertised at the config's default address
+    listeners = dict(entry.split("://") for entry in env["KAFKA_LISTENERS"].split(","))
+    assert listeners[name] == f":{port}" and f"{name}:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert f"{host}:{port}:{port}" in kafka["ports"]
+    assert advertised["kafka:9092"] == env["KAFKA_INTER_BROKER_LISTENER_NAME"]  # the containers' own
+
+
+def test_the_long_running_services_have_healthchecks():
+    services = compose()["services"]
+    for name in ("kafka", "jobmanager", "serve"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+    probe = " ".join(services["serve"]["healthcheck"]["test"])
+    assert "/livez" in probe and f":{env_of(services['serve'])['STREAMREC_SERVE_PORT']}/" in probe
+
+
 def test_kubernetes_lets_only_the_operator_reach_the_rest_port():
     """Flink's REST API runs any job POSTed to /jobs whatever web.submit.enable says (that switch only
     removes the jar routes), and has no authentication: in a cluster only the operator may reach it."""
