@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import xml.etree.ElementTree as ET
+from pathlib import PurePosixPath
 
 import pytest
 import tomllib
@@ -17,7 +18,7 @@ import yaml
 from jobs.flink_metrics import info_metric_name
 from jobs.functions import COUNTERS, HISTOGRAMS
 from jobs.layout import JOB_SCRIPT, PROJECT_ROOT, PROMETHEUS_FACTORY
-from udfs.config import SECTIONS, Config, env_var
+from udfs.config import SECTIONS, Config, env_var, load_config
 
 ROOT = PROJECT_ROOT
 DOCKER = ROOT / "docker"
@@ -272,6 +273,52 @@ def test_the_long_running_services_have_healthchecks():
         assert services[name]["healthcheck"]["test"][0] == "CMD", name
     probe = " ".join(services["serve"]["healthcheck"]["test"])
     assert "/livez" in probe and f":{env_of(services['serve'])['STREAMREC_SERVE_PORT']}/" in probe
+
+
+def k8s_serve_docs() -> dict[str, dict]:
+    docs = yaml.safe_load_all((DOCKER / "k8s" / "serve.yaml").read_text())
+    return {d["kind"]: d for d in docs if d}
+
+
+def test_kubernetes_creates_the_configs_topics_with_the_catalog_and_control_compacted():
+    job = k8s_serve_docs()["Job"]["spec"]["template"]["spec"]["containers"][0]
+    script = " ".join(job["args"])
+    created = set(re.search(r"for t in ([\w\- \n]+);", script).group(1).split())
+    assert created == set(Config().kafka.topics().values())
+    compacted = set(re.findall(r"for t in ([\w\- ]+); do\s+\S+kafka-configs\.sh", script)[0].split())
+    kafka = Config().kafka
+    assert compacted == {kafka.catalog_topic, kafka.control_topic}
+    assert "--if-not-exists" in script
+
+
+def test_kubernetes_runs_the_lookup_service_non_root_read_only_with_token_and_probes():
+    docs = k8s_serve_docs()
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    secret = next(e for e in container["env"] if e["name"] == env["STREAMREC_SERVE_API_TOKEN_ENV"])
+    assert secret["valueFrom"]["secretKeyRef"]["key"] == "token"
+    config = load_config(environ={**{k: v for k, v in env.items() if v is not None},
+                                  env["STREAMREC_SERVE_API_TOKEN_ENV"]: "t" * 32})
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert str(PurePosixPath(config.serve.store_path).parent) in mounts and not mounts["/data"].get("readOnly")
+    assert config.ranking.artifact_dir.startswith("/artifacts/") and mounts["/artifacts"]["readOnly"] is True
+    assert "/tmp" in mounts  # the only other place a read-only root lets it write
+    for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+        get = container[probe]["httpGet"]
+        host = next(h["value"] for h in get["httpHeaders"] if h["name"] == "Host")
+        assert get["path"] == path and host in config.serve.allowed_hosts, probe
+    service = docs["Service"]
+    assert service["spec"]["selector"] == docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert service["metadata"]["name"] in config.serve.allowed_hosts
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    docs_all = [d for f in ("flink-deployment.yaml", "serve.yaml")
+                for d in yaml.safe_load_all((DOCKER / "k8s" / f).read_text())]
+    declared = {d["metadata"]["name"] for d in docs_all if d and d["kind"] == "PersistentVolumeClaim"}
+    assert claims <= declared
 
 
 def test_kubernetes_lets_only_the_operator_reach_the_rest_port():
