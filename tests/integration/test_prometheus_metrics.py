@@ -11,6 +11,7 @@ import pytest
 
 from jobs.flink_metrics import info_metric_name
 from jobs.functions import COUNTERS, HISTOGRAMS
+from jobs.layout import PROJECT_ROOT
 from jobs.pipeline import metrics_settings
 from streamrec.kafka_io import replay
 from streamrec.lab.local.kafka import free_ports
@@ -66,6 +67,12 @@ def test_scrape_finds_every_job_metric_during_a_run(kafka_broker, unique_topic, 
             break
         time.sleep(2)
     assert not missing, f"not on /metrics: {missing}\n{text[-3000:]}"
+    # Every job metric the Grafana dashboard queries, Flink's own Kafka source metrics included, is
+    # on a running job's scrape (ranker_* only with ranking.batching, off here).
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+    on_dashboard = {m for m in re.findall(r"flink_\w+", (PROJECT_ROOT / "docker" / "grafana" / "dashboards"
+                                                           / "streamrec.json").read_text())}
+    assert on_dashboard and not on_dashboard - names, sorted(on_dashboard - names)
     for name in HISTOGRAMS:  # summaries with quantiles and a count of sampled values
         assert any('quantile="0.99"' in s for s in _samples(text, name)), name
         assert _counted(text, name + "_count"), name

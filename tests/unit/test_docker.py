@@ -19,6 +19,7 @@ from jobs.flink_metrics import info_metric_name
 from jobs.functions import COUNTERS, HISTOGRAMS
 from jobs.layout import JOB_SCRIPT, PROJECT_ROOT, PROMETHEUS_FACTORY
 from udfs.config import SECTIONS, Config, env_var, load_config
+from udfs.feedback import FEEDBACK_COUNTERS
 
 ROOT = PROJECT_ROOT
 DOCKER = ROOT / "docker"
@@ -221,6 +222,11 @@ def test_topics_and_job_entry_point_are_the_configs():
         == spec["taskManager"]["replicas"] * slots
 
 
+# Flink's Kafka source metrics the dashboard reads for consumer lag (named as the reporter writes them;
+# tests/integration/test_prometheus_metrics.py finds every dashboard metric in a running job's scrape).
+KAFKA_SOURCE_METRICS = ("pendingRecords", "KafkaSourceReader_KafkaConsumer_records_lag_max")
+
+
 def test_grafana_provisioning_and_dashboard_metrics_exist():
     c = compose()["services"]
     provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/streamrec.yaml").read_text())
@@ -229,20 +235,31 @@ def test_grafana_provisioning_and_dashboard_metrics_exist():
     for volume in c["grafana"]["volumes"] + c["prometheus"]["volumes"]:
         assert (DOCKER / volume.split(":")[0]).exists(), volume
     dashboard = json.loads((DOCKER / "grafana/dashboards/streamrec.json").read_text())
-    uid = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
-    uid = uid["datasources"][0]["uid"]
+    # Importable anywhere (the import dialog asks for __inputs) and provisioned here (the variable
+    # resolves to the one Prometheus datasource): no datasource uid is written into the file.
+    assert dashboard["__inputs"] == [{**dashboard["__inputs"][0], "name": "DS_PROMETHEUS", "type": "datasource",
+                                      "pluginId": "prometheus"}]
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "DS_PROMETHEUS")
+    assert variable["type"] == "datasource" and variable["query"] == "prometheus"
+    uid = "${DS_PROMETHEUS}"
     job_metrics = {f"flink_taskmanager_job_task_operator_{m}" for m in (*COUNTERS, *HISTOGRAMS, info_metric_name())}
+    job_metrics |= {f"flink_taskmanager_job_task_operator_model_version_arm_{m}" for m in FEEDBACK_COUNTERS}
+    job_metrics |= {f"flink_taskmanager_job_task_operator_{m}" for m in KAFKA_SOURCE_METRICS}
     serve_source = "".join((ROOT / "streamrec" / "serve" / f).read_text() for f in ("app.py", "serve_metrics.py"))
     serve_metrics = set(re.findall(r"streamrec_serve_\w+", serve_source))
     queried = set()
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == uid
         for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid
             queried |= set(re.findall(r"\b(?:flink|streamrec)_\w+", target["expr"]))
     unknown = {m for m in queried if m not in job_metrics and m.removesuffix("_bucket") not in serve_metrics}
     assert not unknown, unknown
     assert job_metrics <= queried | {f"flink_taskmanager_job_task_operator_{m}" for m in
-                                     ("ranker_rows", "ranker_micros")}, job_metrics - queried
+                                     ("ranker_rows", "ranker_micros", "model_version_arm_feedback_rr_micros")}, \
+        job_metrics - queried
+    titles = " ".join(p["title"] for p in dashboard["panels"])
+    assert "Online HR@10" in titles and "Consumer lag" in titles
 
 
 def test_compose_publishes_every_port_on_loopback_only():
