@@ -10,12 +10,13 @@ from udfs.flags import add_flag
 from udfs.logs import FORMATS, TS_UNITS, CsvLayout
 
 
-def add_log_flags(p: argparse.ArgumentParser, env: str, default: str = "userbehavior") -> None:
-    """--format and the generic CSV layout flags of a command that reads a behavior log."""
+def add_log_flags(p: argparse.ArgumentParser, env: str) -> None:
+    """--format and the generic CSV layout flags of a command that reads a behavior log; every such
+    command defaults to ``auto``, so one file means the same to replay, train, retrain and evaluate."""
     add_flag(p, "--format", f"{ENV_PREFIX}{env}_FORMAT", "userbehavior (the Taobao CSV: user,item,category,"
              "behavior,ts in s, no header), csv (any CSV: see --columns), parquet or arrow (a table, Taobao column "
              "order or --columns), generated (msgpack) or auto (by suffix: msgpack, .parquet, .arrow/.feather; "
-             "else CSV)", default=default, choices=list(FORMATS))
+             "else CSV: the Taobao layout, or --columns)", default="auto", choices=list(FORMATS))
     add_flag(p, "--columns", f"{ENV_PREFIX}{env}_COLUMNS",
              "with --format csv, parquet or arrow: the file's columns in order (user,item,category,behavior,ts; "
              "- skips one) or FIELD=NAME|POSITION entries (user=session,item=item_id,ts=time); "

@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the evaluate command."""
     p = sub.add_parser("evaluate", help="offline and prequential (through the job) evaluation vs baselines")
     add_flag(p, "--events", f"{ENV_PREFIX}EVAL_EVENTS", "the artifact's log", required=False)
-    add_log_flags(p, "EVAL", default="auto")
+    add_log_flags(p, "EVAL")
     add_flag(p, "--artifact", f"{ENV_PREFIX}EVAL_ARTIFACT", "model artifact", default="artifacts/model")
     add_flag(p, "--out", f"{ENV_PREFIX}EVAL_OUT", "report directory", default="eval-results")
     add_flag(p, "--protocol", f"{ENV_PREFIX}EVAL_PROTOCOL", "comma-separated: offline, prequential",

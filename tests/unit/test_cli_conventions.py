@@ -62,3 +62,13 @@ def test_a_command_against_an_unreachable_broker_exits_2_naming_it(monkeypatch, 
     assert main(["consume", "--bootstrap-servers", address, "--timeout", "1"]) == 2
     err = capsys.readouterr().err
     assert f"streamrec consume: no Kafka broker answered at {address}" in err and "Traceback" not in err
+
+
+def test_every_command_that_reads_a_log_reads_it_the_same_way_by_default() -> None:
+    readers = {}
+    for name, p in commands().items():
+        action = next((a for a in p._actions if "--format" in a.option_strings), None)
+        if action is not None and "auto" in (action.choices or ()):
+            readers[name] = action.default
+    assert {"replay", "train", "retrain", "evaluate"} <= set(readers)
+    assert set(readers.values()) == {"auto"}, readers
