@@ -117,9 +117,10 @@ def ensure_rest_tls(directory: str | os.PathLike[str] | None = None) -> RestTls:
         _generate(tmp)
         try:
             tmp.rename(target)
-        except OSError:
+        except OSError as exc:
             if not all((target / name).exists() for name in FILES):
-                raise
+                raise RestTlsError(f"{target} exists but holds no complete certificate ({exc}); remove the "
+                                   "folder and start again, or set job.rest_tls_dir to another") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return RestTls(target)

@@ -19,7 +19,17 @@ from typing import Any
 import pytest
 
 from jobs.pipeline import flink_settings
-from jobs.rest_tls import CERT, FILES, KEY, RestTls, client_context, ensure_rest_tls, flink_rest_settings, rest_get
+from jobs.rest_tls import (
+    CERT,
+    FILES,
+    KEY,
+    RestTls,
+    RestTlsError,
+    client_context,
+    ensure_rest_tls,
+    flink_rest_settings,
+    rest_get,
+)
 from streamrec.lab.local.kafka import free_ports
 from udfs.config import TOPIC_FIELDS, Config, env_var
 
@@ -38,6 +48,14 @@ def test_the_certificate_is_made_once_and_only_its_owner_can_read_it(tmp_path) -
     settings = flink_rest_settings(tls)
     assert settings["security.ssl.rest.authentication-enabled"] == "true"
     assert settings["security.ssl.rest.keystore-password"] == tls.password and len(tls.password) == 32
+
+
+def test_a_folder_with_half_a_certificate_is_named_not_used(tmp_path) -> None:
+    broken = tmp_path / "tls"
+    broken.mkdir()
+    (broken / CERT).write_text("not a certificate")
+    with pytest.raises(RestTlsError, match="holds no complete certificate"):
+        ensure_rest_tls(broken)
 
 
 def _config(tmp_path, **job: Any) -> Config:
