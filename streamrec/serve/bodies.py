@@ -20,13 +20,18 @@ from streamrec.serve.guest import MAX_SESSION_EVENTS
 from udfs.events import BEHAVIORS, Event, Id, InvalidId, canonical_id
 
 
-def event_from_body(body: bytes, catalog: Catalog) -> Event:
+def json_body(body: bytes) -> Any:
+    """The parsed JSON of a request body, or :class:`BadRequest` saying why not."""
     try:
-        obj = json.loads(body)
+        return json.loads(body)
     except ValueError as exc:
         raise BadRequest(f"body is not JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("body is nested too deeply") from None
+
+
+def event_from_body(body: bytes, catalog: Catalog) -> Event:
+    obj = json_body(body)
     if not isinstance(obj, dict):
         raise BadRequest("body must be a JSON object {user_id, item_id, behavior[, category_id]}")
     for name in ("user_id", "item_id", "behavior"):
@@ -51,12 +56,7 @@ def require_json_content(request: Request) -> None:
 def session_from_body(body: bytes, item_category: Mapping[Id, Id]) -> list[Event]:
     """``{"events": [{"item_id", "behavior"[, "category_id"][, "ts"]}, ...]}``: a guest's session, in order
     (without ``ts``, stamped now)."""
-    try:
-        obj = json.loads(body)
-    except ValueError as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("body is nested too deeply") from None
+    obj = json_body(body)
     events = obj.get("events") if isinstance(obj, dict) else None
     if not isinstance(events, list) or not events:
         raise BadRequest('body must be {"events": [{"item_id", "behavior"[, "category_id"][, "ts"]}, ...]}')
