@@ -398,8 +398,8 @@ class RecommendFunction(_Recommending, KeyedProcessFunction):
 
 
 class CatalogRecommendFunction(_Recommending, KeyedBroadcastProcessFunction):
-    """The keyed function joined with the broadcast catalog and model announcements (README
-    "Catalog", "Hot swap and A/B tests").
+    """The keyed function joined with the broadcast catalog and model announcements
+    (docs/contracts.md "Catalog", docs/operations.md "Hot swap and A/B tests").
 
     Every instance sees every catalog record and every announcement (the two topics arrive on one
     broadcast input, told apart by topic). Flink's broadcast state (JVM, checkpointed) keeps each

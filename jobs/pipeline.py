@@ -94,7 +94,7 @@ def flink_settings(config: Config) -> dict[str, str]:
         "execution.checkpointing.tolerable-failed-checkpoints": str(job.tolerable_checkpoint_failures),
         **restart_settings(config),
         # A local run's REST API and blob server listen on loopback, and take no jobs over REST.
-        # (PyFlink's Beam gRPC servers bind every interface whatever the settings: README.)
+        # (PyFlink's Beam gRPC servers bind every interface whatever the settings: docs/operations.md.)
         "rest.bind-address": job.bind_address,
         "rest.address": job.bind_address,
         "jobmanager.bind-host": job.bind_address,
@@ -244,7 +244,7 @@ def build_pipeline(env: StreamExecutionEnvironment, config: Config, source: Sour
     """The job graph; ``recommend`` replaces the keyed function (fault-injection tests).
 
     ``catalog``: the item catalog's raw records, broadcast to every instance of the keyed
-    function and joined there (README "Catalog"). A ``recommend`` that is not a
+    function and joined there (docs/contracts.md "Catalog"). A ``recommend`` that is not a
     :class:`CatalogRecommendFunction` runs without it.
     """
     raw = source.create(env, config)

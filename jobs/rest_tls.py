@@ -11,7 +11,7 @@ certificate and trust anchor at once; the project's own REST readers (tests, ben
 the cluster launcher) and ``flink run`` (through the cluster's conf) present it.
 
 A job submitted with ``flink run`` to a cluster adds none of this: the cluster's own
-configuration decides how its REST API is guarded (README: Security).
+configuration decides how its REST API is guarded (docs/operations.md: Security).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A/B arms by shopper hash: which experiment arm ranks a shopper's lists.
 
 The arm is a pure function of (salt, shopper key): no state, so it is the same on every
-parallel instance, after every restart and in every tool that recomputes it (README
-'Hot swap and A/B tests'). The key is the id the job is keyed by, the pseudonym when
+parallel instance, after every restart and in every tool that recomputes it
+(docs/operations.md 'Hot swap and A/B tests'). The key is the id the job is keyed by, the pseudonym when
 ``privacy.pseudonymize`` is on, so the raw id is never needed.
 """
 

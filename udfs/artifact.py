@@ -236,7 +236,7 @@ def read_manifest(path: str | Path) -> Manifest:
 
 def manifest_sha256(path: str | Path) -> str:
     """sha256 of an artifact's ``manifest.json``: what a model announcement names, so the job
-    installs the very manifest that was published (README 'Model registry and retraining')."""
+    installs the very manifest that was published (docs/operations.md 'Model registry and retraining')."""
     return _read_manifest(Path(path))[1]
 
 

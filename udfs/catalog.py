@@ -139,7 +139,7 @@ def catalog_item_from_map(obj: Any) -> CatalogItem:
 
 
 def decode_catalog_item(raw: bytes | None, max_ts_ms: int | None = None) -> CatalogItem | DecodeError:
-    """Decode one catalog record; reasons start with the events' codes (README "Catalog").
+    """Decode one catalog record; reasons start with the events' codes (docs/contracts.md "Catalog").
 
     ``max_ts_ms``: the latest ``updated_at`` accepted (:func:`~udfs.events.max_event_ts`, as for
     events' ``ts``): a later one would win over every real update, a delete included, so it is a

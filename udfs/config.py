@@ -41,14 +41,14 @@ class KafkaConfig(_Section):
     late_topic: str = "behavior-events-late"
     """Events later than the allowed lateness, with the reason."""
     catalog_topic: str = Field("item-catalog", min_length=1)
-    """Compacted topic of msgpack catalog records keyed by item id (README 'Catalog'); a Kafka-source job joins
-    it: out-of-stock and deleted items leave every list, new items reach similar shoppers."""
+    """Compacted topic of msgpack catalog records keyed by item id (docs/contracts.md 'Catalog'); a Kafka-source
+    job joins it: out-of-stock and deleted items leave every list, new items reach similar shoppers."""
     control_topic: str = Field("model-control", min_length=1)
     """Topic of model announcements (`streamrec model publish`/`rollback`): a running job loads the announced
-    version in the background and swaps to it between two events (README 'Hot swap and A/B tests')."""
+    version in the background and swaps to it between two events (docs/operations.md 'Hot swap and A/B tests')."""
     feedback_topic: str = Field("recommendation-feedback", min_length=1)
     """Topic of online feedback: per accepted event, whether its item was in the shopper's previous list and at
-    which rank, with that list's model version and arm (README 'Online feedback')."""
+    which rank, with that list's model version and arm (docs/operations.md 'Online feedback')."""
     group_id: str = "streamrec-job"
     """Consumer group of the job's Kafka source."""
     starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
@@ -283,10 +283,10 @@ class RankingConfig(_Section):
     max_per_category: int = Field(5, ge=0, le=1000)
     """Diversity: at most this many items of one category in a list, best first; over-cap items fill the
     tail only when too few categories remain (0 = off: lists in score order; a cap >= top_k never applies).
-    The default is measured: README 'Diversity'."""
+    The default is measured: docs/model.md 'Diversity'."""
     batching: bool = False
     """Rank many shoppers' candidates in one model call: a second stage, keyed by a shard of the shopper,
-    buffers scoring requests in checkpointed state and calls the model per batch (README 'Batched ranking')."""
+    buffers scoring requests in checkpointed state and calls the model per batch (docs/design.md 'Batched ranking')."""
     batch_rows: int = Field(4096, ge=1, le=1 << 20)
     """With batching: a buffer is ranked as soon as it holds this many candidate rows."""
     batch_timeout_ms: int = Field(20, ge=1, le=60_000)
@@ -417,7 +417,8 @@ class ArmConfig(_Section):
 
 class AbConfig(_Section):
     arms: tuple[ArmConfig, ...] = ()
-    """Experiment arms (README 'Hot swap and A/B tests'); empty: no experiment, every list ranked by the live model."""
+    """Experiment arms (docs/operations.md 'Hot swap and A/B tests'); empty: no experiment, every list ranked by
+    the live model."""
     salt: str = Field("streamrec-ab", min_length=1)
     """Salt of the shopper hash that assigns arms: a new salt reshuffles shoppers for a new experiment."""
 

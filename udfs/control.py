@@ -1,8 +1,8 @@
 """Model announcements on the control topic: one record layout for the publisher and the job.
 
 ``streamrec model publish`` and ``rollback`` write one record per announcement; the job reads
-them as a broadcast stream and swaps to the announced version (README 'Model registry and hot
-swap'). Free of pyflink and of the registry's writer, so both sides import it.
+them as a broadcast stream and swaps to the announced version (docs/operations.md 'Model registry and
+retraining', 'Hot swap and A/B tests'). Free of pyflink and of the registry's writer, so both sides import it.
 """
 
 from __future__ import annotations

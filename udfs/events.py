@@ -31,7 +31,7 @@ _CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")
 # Unicode category Cc: C0 controls, DEL and C1 controls (a fixed set in every version).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
-# What decode_event's reasons start with (README, "Dead letters"; the job adds key_mismatch).
+# What decode_event's reasons start with (docs/contracts.md, "Dead letters"; the job adds key_mismatch).
 REASON_CODES: tuple[str, ...] = (
     "too_large", "not_msgpack", "not_a_map", "missing_field", "bad_type", "bad_id", "unknown_behavior",
     "out_of_range", "future_timestamp", "bad_erase",
@@ -62,7 +62,7 @@ class Event(NamedTuple):
 
 class Erase(NamedTuple):
     """A request to forget a shopper (``{"user_id": ..., "erase": true}`` on the input topic): the job
-    drops the shopper's state and sends a tombstone for their list (README "Erasing a shopper")."""
+    drops the shopper's state and sends a tombstone for their list (docs/operations.md "Erasing a shopper")."""
 
     user_id: Id
 
@@ -95,7 +95,7 @@ class InvalidId(InputError):
 
 
 def canonical_id(value: Any, name: str = "id") -> Id:
-    """The one value that stands for this id, or :class:`InvalidId` (the README's id rule).
+    """The one value that stands for this id, or :class:`InvalidId` (the id rule, docs/contracts.md).
 
     Integers must fit in int64. Strings are NFC-normalised, then must be 1..128 code
     points with no control character (category Cc); a string that is the canonical

@@ -1,4 +1,4 @@
-"""The models one keyed instance ranks with, and their hot swap (README 'Hot swap and A/B tests').
+"""The models one keyed instance ranks with, and their hot swap (docs/operations.md 'Hot swap and A/B tests').
 
 The live model ranks every list unless an A/B arm pins another registry version; arms whose
 version is ``live`` follow it. An announced version is verified, loaded and warmed up on a

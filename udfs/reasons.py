@@ -3,7 +3,7 @@ generator already knows (its source flags and, for co-visitation, the touched it
 that contributed most), plus the reserved fresh-hit slots.
 
 Reasons are derived, not scored: they explain where an item came from, never why
-the model ordered it. README ("Reasons") documents every code; a test keeps the
+the model ordered it. docs/contracts.md ("Reasons") documents every code; a test keeps the
 two in step.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from udfs.candidates import SRC_CATEGORY, SRC_COVISIT, SRC_NEW, SRC_RECENT, SRC_TRENDING, Candidates
 from udfs.events import Id
 
-# Every code a reason can carry, with its evidence fields and meaning (the README table).
+# Every code a reason can carry, with its evidence fields and meaning (the table in docs/contracts.md).
 REASON_CODES: dict[str, str] = {
     "fresh_hit": "placed in a reserved fresh-hit slot: hot in the stream right now, too new for the model",
     "recent": "the shopper touched this item recently",

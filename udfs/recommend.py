@@ -44,7 +44,7 @@ def output_record(
     fallback: str | None,
     arm: str | None = None,
 ) -> dict[str, Any]:
-    """The versioned output record (README: 'Output records'); ``arm`` is the A/B arm that ranked
+    """The versioned output record (docs/contracts.md: 'Output records'); ``arm`` is the A/B arm that ranked
     it (None without an experiment)."""
     t = req.trigger
     return {

@@ -15,7 +15,7 @@ from udfs.errors import InputError
 from udfs.events import DecodeError, Event
 from udfs.privacy import redact_reason
 
-# Version of the output record (README "Output"): 2 added `reasons`, one per item.
+# Version of the output record (docs/contracts.md "Output"): 2 added `reasons`, one per item.
 # Adding a field keeps the number; removing, renaming or retyping one bumps it.
 SCHEMA_VERSION = 2
 
@@ -26,7 +26,7 @@ SCHEMA_VERSION = 2
 # partition/offset still point at the original.
 MAX_DLQ_RAW_BYTES = 512 * 1024
 
-# The output record's fields (README "Output"), all present in every record of SCHEMA_VERSION.
+# The output record's fields (docs/contracts.md "Output"), all present in every record of SCHEMA_VERSION.
 OUTPUT_FIELDS = ("schema_version", "user_id", "seq", "items", "scores", "reasons", "trigger", "model_version",
                  "provider", "fallback", "generated_at")
 # Fields added within SCHEMA_VERSION: this writer always writes them, a reader takes a record without them.
@@ -113,7 +113,7 @@ def _check_parts(obj: dict[str, Any], reasons: list[Any]) -> None:
 
 # The lists topic's value for an erased shopper: the job emits it (an empty value) and the sink
 # writes it as Kafka's tombstone, a null value (KeyedBytesSerializer.java), which compaction and the
-# serve followers take as "delete this shopper's list" (README "Erasing a shopper").
+# serve followers take as "delete this shopper's list" (docs/operations.md "Erasing a shopper").
 ERASED_LIST = b""
 # How a tombstone reads where a record is a map (the file sink's JSON lines, `streamrec consume`):
 # {"tombstone": KEY}, the key of the erased shopper.
@@ -223,7 +223,7 @@ def late_event_record(event: Event, watermark: int, lateness_ms: int) -> tuple[s
     return str(event.user_id), value
 
 
-# The feedback record (README "Online feedback"), one per accepted, non-duplicate event of a shopper
+# The feedback record (docs/operations.md "Online feedback"), one per accepted, non-duplicate event of a shopper
 # who was shown a list before it; version rules as for the output record.
 FEEDBACK_SCHEMA_VERSION = 1
 FEEDBACK_FIELDS = ("schema_version", "user_id", "item_id", "behavior", "ts", "list_seq", "rank", "k",

@@ -1,7 +1,7 @@
 """The model registry's layout and reads: one folder per ``model_version``, each a complete
 artifact verified by its manifest, and a history of what was announced live.
 
-Layout (README 'Model registry and retraining')::
+Layout (docs/operations.md 'Model registry and retraining')::
 
     <registry_dir>/<model_version>/      the artifact, as `streamrec train` writes it
     <registry_dir>/history.jsonl         one JSON line per announcement: {"model_version", "action", "at"}

@@ -121,7 +121,7 @@ def cmd_pseudonym(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     """Erase shoppers: one erase request per id on the input topic, which the job turns into dropped
-    state and a tombstone for the shopper's list (README "Erasing a shopper")."""
+    state and a tombstone for the shopper's list (docs/operations.md "Erasing a shopper")."""
     cfg = config_from_args(args)
     try:
         users = [canonical_id(raw, "user_id") for raw in args.ids]
@@ -171,7 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("catalog", help="the item catalog topic")
     p.add_argument("action", choices=["publish"])
     add_flag(p, "--file", f"{ENV_PREFIX}CATALOG_FILE", "catalog file: CSV with a header naming the fields, or JSON "
-             "lines (README 'Catalog')", required=False)
+             "lines (docs/contracts.md 'Catalog')", required=False)
     add_flag(p, "--topic", f"{ENV_PREFIX}CATALOG_TOPIC", "topic (default: kafka.catalog_topic)")
     add_config_flags(p, ["--bootstrap-servers"])
     p.set_defaults(func=cmd_catalog)

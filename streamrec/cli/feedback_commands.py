@@ -34,7 +34,7 @@ def _feedback_values(args: argparse.Namespace, follow: bool = False) -> Iterator
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    """Rolling online HR@10 and NDCG@10 per model version and arm (README 'Online feedback')."""
+    """Rolling online HR@10 and NDCG@10 per model version and arm (docs/operations.md 'Online feedback')."""
     skipped: list[str] = []
     show(decoded(_feedback_values(args, args.follow), skipped), int(args.window), sys.stdout, follow=args.follow)
     if skipped:

@@ -73,7 +73,7 @@ def _fmt(rec: dict[str, Any], latency_ms: int | None) -> str:
 
 
 def online_summary(bootstrap: str, topic: str) -> dict[str, Any]:
-    """The job's own feedback (README 'Online feedback'): each event scored against the list its
+    """The job's own feedback (docs/operations.md 'Online feedback'): each event scored against the list its
     shopper was shown before it."""
     records = [decode_feedback_record(r.value) for r in consume(bootstrap, topic, timeout_s=5)]
     figures = OnlineFigures()
@@ -109,7 +109,7 @@ def run_demo(cfg: Config, *, events: int, rate: float) -> int:
                                     "--sink", "kafka"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         evs = demo_events(events)
-        # The shop's catalog of those items, so the job's catalog join has one (README "Catalog").
+        # The shop's catalog of those items, so the job's catalog join has one (docs/contracts.md "Catalog").
         shelf = produce(bootstrap, topics["catalog_topic"],
                         catalog_records(catalog_for_events(evs, DEMO_SEED, 1_700_000_000_000)))
         _say(f"published {shelf.sent:,} catalog records to {topics['catalog_topic']}")

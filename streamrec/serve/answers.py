@@ -30,7 +30,7 @@ from udfs.records import OutputRecord
 
 
 def parse_id(raw: str, name: str) -> Id:
-    """The canonical id (README, the id rule) of a path or body value, or :class:`BadRequest`."""
+    """The canonical id (docs/contracts.md, the id rule) of a path or body value, or :class:`BadRequest`."""
     try:
         return canonical_id(raw, name)
     except InvalidId as exc:

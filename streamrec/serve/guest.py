@@ -8,7 +8,7 @@ service sees no stream): trending candidates are the artifact's, and the catalog
 when the answer is read (:mod:`streamrec.serve.listing`), as for stored lists.
 
 ``similar`` gives an item's co-visitation neighbours from the same artifact: the item knowledge
-the job ranks with today (frozen at training; README "The model").
+the job ranks with today (frozen at training; docs/model.md "The model").
 """
 
 from __future__ import annotations

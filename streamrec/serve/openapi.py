@@ -29,7 +29,7 @@ def _query(name: str, description: str, schema: dict[str, Any], required: bool =
 
 PARAMETERS: dict[str, dict[str, Any]] = {
     "user_id": {"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"},
-                "description": "The shopper's id (the id rule: README 'Input events')."},
+                "description": "The shopper's id (the id rule: docs/contracts.md 'Input events')."},
     "n": _query("n", "Items per page (all by default).", {"type": "integer", "minimum": 1, "maximum": MAX_N}),
     "offset": _query("offset", "Items to skip, after the filters.", {"type": "integer", "minimum": 0, "default": 0}),
     "exclude": _query("exclude", f"Comma-separated item ids to leave out (at most {MAX_EXCLUDE}; e.g. the cart).",
@@ -52,7 +52,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                                                          "items": {"$ref": "#/components/schemas/Lookup"}}}},
     "Lookup": {
         "type": "object",
-        "description": "A shopper's list as the lookup answers it (README 'Lookup service and live page').",
+        "description": "A shopper's list as the lookup answers it (docs/serve.md 'Lookup service and live page').",
         "properties": {
             "user_id": {}, "known": {"type": "boolean"}, "trending": {"type": "boolean"},
             "model_version": {"type": "string", "nullable": True}, "seq": {"type": "integer", "nullable": True},

@@ -13,7 +13,7 @@ and its trigger event, so the output shows whether the restored job had the user
   left it in a second savepoint, and compares it field by field with the offline replay.
 
 Before each resubmission the TaskManagers are replaced by fresh ones: a TaskManager runs one
-thread-mode PyFlink job per lifetime (README; on the same TaskManager the restored job fails
+thread-mode PyFlink job per lifetime (docs/operations.md; on the same TaskManager the restored job fails
 at open() with ``NoSuchFieldException: loadedLibraryNames``, whatever its state).
 
 In-stream trending is switched off (``ranking.trending_half_life_s=0``): its counts live in
@@ -135,7 +135,7 @@ def read_until(bootstrap: str, topic: str, want: int, cluster: StandaloneCluster
 def resume_from_savepoint(cluster: StandaloneCluster, job_id: str, savepoint_dir: Path, env: dict[str, str],
                           send_while_down: Callable[[], None], script: str, job_args: list[str]) -> tuple[str, str]:
     """Stop ``job_id`` with a savepoint, send input while no job runs, and resubmit ``script``
-    from the savepoint on fresh TaskManagers (README: one thread-mode job per TaskManager
+    from the savepoint on fresh TaskManagers (docs/operations.md: one thread-mode job per TaskManager
     lifetime); returns (new job id, savepoint path)."""
     savepoint = cluster.stop_with_savepoint(job_id, savepoint_dir)
     send_while_down()

@@ -4,7 +4,7 @@ new list, `streamrec serve` follows it and pushes it to the page (server-sent ev
 brands and prices come from a catalog topic the service follows.
 
 Saves test-results/storefront.png once the new list is on the page (a test run never
-rewrites tracked files; docs/storefront.png, which the README shows, is a copy of one).
+rewrites tracked files; docs/storefront.png, which docs/serve.md shows, is a copy of one).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""A/B arms on a real broker (README 'Hot swap and A/B tests'): every list carries the arm the salted shopper
-hash gives, ranked by that arm's model version (a pinned registry version, or the live model),
+"""A/B arms on a real broker (docs/operations.md 'Hot swap and A/B tests'): every list carries the arm
+the salted shopper hash gives, ranked by that arm's model version (a pinned registry version, or the live model),
 and a job resumed from its checkpoint keeps every shopper in the same arm."""
 
 from __future__ import annotations

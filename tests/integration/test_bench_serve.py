@@ -1,6 +1,6 @@
 """`streamrec bench-serve` end to end, small: every route answers 200 under its load, and the results say so.
 
-The bench's figures are measured by running it (README "Lookup service and live page"); this keeps its
+The bench's figures are measured by running it (docs/serve.md "Lookup service and live page"); this keeps its
 requests valid against the service as the service changes (a Host header the allow list refuses, a
 body a route no longer takes: the bench raises rather than time refusals)."""
 

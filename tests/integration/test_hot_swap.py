@@ -1,4 +1,4 @@
-"""Hot swap on a real broker (README 'Hot swap and A/B tests'): a version announced on the
+"""Hot swap on a real broker (docs/operations.md 'Hot swap and A/B tests'): a version announced on the
 control topic mid-stream ranks every later list within 30 s, with no list lost or repeated; a
 corrupt artifact is refused while the live model keeps serving; a job resumed from its
 checkpoint serves the version that was live then, not the one its config names."""

@@ -191,7 +191,7 @@ def test_nothing_of_an_erased_shopper_stays_in_checkpointed_state_and_a_restore_
     under the checkpoint folder holds the erased shopper's id (every other shopper's is there: the scan
     finds what it looks for). A job restored from the latest checkpoint gives the erased shopper seq 1 on
     their next event and another shopper the next seq of the history it kept. (RocksDB keeps erased keys
-    in the SST files checkpoints copy until it compacts them: README "Erasing a shopper".)"""
+    in the SST files checkpoints copy until it compacts them: docs/operations.md "Erasing a shopper".)"""
     topics = {f: unique_topic(f.split("_")[0]) for f in ("input_topic", "output_topic")}
     checkpoints = tmp_path / "checkpoints"
     settings = {env_var("job", "checkpoint_dir"): str(checkpoints)}

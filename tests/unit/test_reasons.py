@@ -21,7 +21,7 @@ from udfs.records import SCHEMA_VERSION
 from udfs.runtime import build_recommender
 from udfs.state import StateLimits, UserState, update_state
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
 T0 = 1_700_000_000_000
 
 
@@ -91,11 +91,11 @@ def test_list_reasons_follow_list_order_and_fresh_slots():
         {"code": "category", "category_id": 3}, {"code": "recent"}, {"code": "fresh_hit"}]
 
 
-def test_every_code_is_documented_in_the_readme_and_rendered():
-    text = README.read_text()
+def test_every_code_is_documented_in_the_contracts_and_rendered():
+    text = CONTRACTS.read_text()
     section = text[text.index("### Reasons"):]
     for code in REASON_CODES:
-        assert re.search(rf"\| `{code}` \|", section), f"README Reasons table lacks {code}"
+        assert re.search(rf"\| `{code}` \|", section), f"docs/contracts.md Reasons table lacks {code}"
     sentences = {render_reason({"code": c, "because": 7, "category_id": 3}) for c in REASON_CODES}
     assert len(sentences) == len(REASON_CODES) and "Recommended for you" not in sentences
 

@@ -188,7 +188,7 @@ def format_table(report: dict[str, Any]) -> str:
         if "consistency" in res:
             c = res["consistency"]
             extra = f", job lists identical to replay: {c['identical_lists']}/{c['job_lists']}"
-        if "online" in res:  # the job's own figures, from its feedback records (README "Online feedback")
+        if "online" in res:  # the job's own figures, from its feedback records (docs/operations.md "Online feedback")
             o = res["online"]
             extra += (f", the job's online HR@10 {_fmt(o['hr@10'])} NDCG@10 {_fmt(o['ndcg@10'])} "
                       f"over {o['events']} feedback records")

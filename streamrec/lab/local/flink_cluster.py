@@ -170,7 +170,7 @@ class StandaloneCluster:
 
     def restart_taskmanagers(self, timeout: float = 120) -> None:
         """Replace every TaskManager of this cluster by a fresh one, e.g. before submitting a
-        second PyFlink job: a TaskManager runs one thread-mode job per lifetime (README,
+        second PyFlink job: a TaskManager runs one thread-mode job per lifetime (docs/operations.md,
         "One thread-mode job per TaskManager lifetime"). Waits until the new ones registered."""
         count = len(self.taskmanager_pids()) or self.taskmanagers
         subprocess.run(["bash", str(FLINK_HOME / "bin" / "taskmanager.sh"), "stop-all"], env=self.env(),

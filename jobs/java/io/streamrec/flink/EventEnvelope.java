@@ -33,7 +33,7 @@ import org.msgpack.value.ValueType;
  * whose ts is beyond wall-clock now + {@code job.max_future_skew_ms}: one far-future ts
  * would otherwise move the watermark and make every later event late.
  *
- * <p>The key is the user id by the README's id rule, as Python's {@code
+ * <p>The key is the user id by the id rule (docs/contracts.md), as Python's {@code
  * str(canonical_id(user_id))} spells it: decimal for an int64; for a string, its NFC form
  * (which is already the decimal of the int Python turns a canonical-int string into).
  * With {@code privacy.pseudonymize} the key is that id's pseudonym ({@link Pseudonyms}),

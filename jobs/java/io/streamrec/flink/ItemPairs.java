@@ -90,7 +90,7 @@ public class ItemPairs extends KeyedProcessFunction<Row, Row, Row> {
     public void processElement(Row value, Context ctx, Collector<Row> out) throws Exception {
         Row envelope = (Row) value.getField(1);
         if ((Long) envelope.getField(4) == EventEnvelope.NO_TIME && EventEnvelope.isErase((byte[]) envelope.getField(5))) {
-            recent.clear(); // an erased shopper's next event pairs with nothing before it (README "Erasing a shopper")
+            recent.clear(); // an erased shopper's next event pairs with nothing before it (docs/operations.md "Erasing a shopper")
         }
         byte[] next = step((String) value.getField(0), envelope, recent.value(), out);
         if (next != null) {
