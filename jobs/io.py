@@ -179,7 +179,7 @@ def broker_transaction_max_ms(bootstrap: str, timeout_s: float = 10.0,
     ``security``: kafka-python options (:func:`udfs.kafka_security.python_client_options`).
     """
     try:
-        admin = KafkaClients(bootstrap, security or {}).admin(request_timeout_ms=int(timeout_s * 1000))
+        admin = KafkaClients(bootstrap, security).admin(request_timeout_ms=int(timeout_s * 1000))
     except KafkaError as exc:
         log.warning("cannot reach %s to check transaction.max.timeout.ms: %s", bootstrap, exc)
         return None

@@ -16,6 +16,7 @@ configuration decides how its REST API is guarded (docs/operations.md: Security)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -140,8 +141,10 @@ def flink_rest_settings(tls: RestTls) -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=8)
 def client_context(tls: RestTls) -> ssl.SSLContext:
-    """An SSL context that trusts the local certificate and presents it."""
+    """An SSL context that trusts the local certificate and presents it; made once per certificate
+    (the cluster launcher polls its REST API every half second)."""
     ctx = ssl.create_default_context(cafile=tls.path(CERT))
     ctx.load_cert_chain(tls.path(CERT), tls.path(KEY))
     return ctx

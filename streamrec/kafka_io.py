@@ -49,7 +49,7 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
     the same 2 cores as the job it feeds. A record's Kafka timestamp is its send
     time, so latency is still measured from when it was really sent.
     """
-    prod = KafkaClients(bootstrap, security or {}).producer()
+    prod = KafkaClients(bootstrap, security).producer()
     stats = ReplayStats()
     if total is None and isinstance(records, Sized):
         total = len(records)
@@ -129,7 +129,7 @@ def consume(
 
     read_committed: with an exactly-once job, only committed lists are seen.
     """
-    cons = KafkaClients(bootstrap, security or {}).consumer(
+    cons = KafkaClients(bootstrap, security).consumer(
         topic, group_id=group_id, auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=group_id is not None, isolation_level="read_committed",
         consumer_timeout_ms=int(timeout_s * 1000))
@@ -165,7 +165,7 @@ def read_topic(
     were announced, so the records should be there)."""
     from kafka import TopicPartition
 
-    cons = KafkaClients(bootstrap, security or {}).consumer(
+    cons = KafkaClients(bootstrap, security).consumer(
         group_id=None, enable_auto_commit=False, isolation_level="read_committed", auto_offset_reset="earliest")
     try:
         parts = cons.partitions_for_topic(topic)

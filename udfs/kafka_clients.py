@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -42,10 +42,10 @@ class KafkaUnreachable(UserError, KafkaError):
 
 @dataclass(frozen=True)
 class KafkaClients:
-    """The clients of one cluster: ``bootstrap`` servers, kafka-python ``security`` options."""
+    """The clients of one cluster: ``bootstrap`` servers, kafka-python ``security`` options (None: none)."""
 
     bootstrap: str
-    security: Mapping[str, Any] = field(default_factory=dict)
+    security: Mapping[str, Any] | None = None
 
     @classmethod
     def of(cls, kafka: KafkaConfig) -> KafkaClients:

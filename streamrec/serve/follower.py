@@ -107,7 +107,7 @@ class Follower:
     def _consumer(self) -> Any:
         # librdkafka's consumer does not create a topic it waits for (allow.auto.create.topics is off): a
         # broker that auto-creates topics would make the catalog an uncompacted one
-        return KafkaClients(self.bootstrap, self.security or {}).fast_consumer(**{
+        return KafkaClients(self.bootstrap, self.security).fast_consumer(**{
             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
             "allow.auto.create.topics": False, "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024})

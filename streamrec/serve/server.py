@@ -51,7 +51,7 @@ class EventSender:
 
     def _send(self, key: bytes, value: bytes) -> dict[str, Any]:
         if self._producer is None:
-            self._producer = KafkaClients(self.bootstrap, self.security or {}).producer(linger_ms=0)
+            self._producer = KafkaClients(self.bootstrap, self.security).producer(linger_ms=0)
         meta = self._producer.send(self.topic, key=key, value=value).get(timeout=10)
         return {"partition": meta.partition, "offset": meta.offset}
 

@@ -15,7 +15,7 @@ class TopicCounter:
 
     def __init__(self, bootstrap: str, topic: str, security: Mapping[str, Any] | None = None) -> None:
         self.topic = topic
-        self._cons = KafkaClients(bootstrap, security or {}).consumer(group_id=None, enable_auto_commit=False)
+        self._cons = KafkaClients(bootstrap, security).consumer(group_id=None, enable_auto_commit=False)
 
     def __call__(self) -> int:
         from kafka import TopicPartition
@@ -34,7 +34,7 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60
 
     ``security``: kafka-python options (:func:`udfs.kafka_security.python_client_options`).
     """
-    cons = KafkaClients(bootstrap, security or {}).consumer(
+    cons = KafkaClients(bootstrap, security).consumer(
         topic, auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000),
         max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
     n = 0
