@@ -224,6 +224,8 @@ class _Recommending:
         self._flush_timer = False
         self.lateness = cfg.job.allowed_lateness_ms
         self.max_future_skew_ms = cfg.job.max_future_skew_ms
+        # JSON input is translated in the source; what it could not translate comes as {input_error, raw}.
+        self.translated = cfg.input.format == "json"
         self.since_ms = cfg.job.since_ms
         self.max_state_bytes = cfg.state.max_bytes
         self.pseudonym = None
@@ -300,7 +302,7 @@ class _Recommending:
         self._report(self.models.poll())
         raw = as_bytes(value[5])
         # A ts beyond now + skew is a dead letter here and got no event time in the envelope.
-        result = decode_input(raw, max_event_ts(self.max_future_skew_ms), self.pseudonym)
+        result = decode_input(raw, max_event_ts(self.max_future_skew_ms), self.pseudonym, translated=self.translated)
         key = ctx.get_current_key()
         if isinstance(key, Row):
             key = key[0]

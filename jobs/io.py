@@ -66,8 +66,9 @@ QUIET_FETCH_MIN_BYTES = 1
 
 
 def _raw_kafka_source(config: Config, topics: list[str], group_id: str, starting: Any,
-                      fetch_max_wait_ms: int, fetch_min_bytes: int) -> KafkaSource:
-    """A KafkaSource of raw records with their coordinates (see RawRecordDeserializer.java)."""
+                      fetch_max_wait_ms: int, fetch_min_bytes: int, translator: Any = None) -> KafkaSource:
+    """A KafkaSource of raw records with their coordinates (see RawRecordDeserializer.java);
+    ``translator``: a ``JsonInput`` that turns each value into the canonical event (:func:`json_input`)."""
     k = config.kafka
     builder = (
         KafkaSource.builder()
@@ -83,8 +84,21 @@ def _raw_kafka_source(config: Config, topics: list[str], group_id: str, starting
     for key, value in java_client_properties(k).items():
         builder.set_property(key, str(value))
     # PyFlink only exposes value-only deserializers; ours keeps partition/offset.
-    builder._j_builder.setDeserializer(_jvm().io.streamrec.flink.RawRecordDeserializer())
+    builder._j_builder.setDeserializer(_jvm().io.streamrec.flink.RawRecordDeserializer(translator))
     return builder.build()
+
+
+def json_input(config: Config) -> Any:
+    """The JVM translator of ``input.format = json`` (``JsonInput.java``), or None for msgpack input."""
+    i = config.input
+    if i.format != "json":
+        return None
+    jvm = _jvm()
+    behaviors = jvm.java.util.HashMap()
+    for theirs, ours in i.behavior_map().items():
+        behaviors.put(theirs, ours)
+    return jvm.io.streamrec.flink.JsonInput(i.user_field, i.item_field, i.category_field, i.behavior_field,
+                                            i.ts_field, i.ts_unit, behaviors)
 
 
 @dataclass
@@ -103,7 +117,7 @@ class KafkaEventSource:
             "committed": KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST),
         }[k.starting_offsets]
         source = _raw_kafka_source(config, [k.input_topic], k.group_id, starting, k.source_fetch_max_wait_ms,
-                                   k.source_fetch_min_bytes)
+                                   k.source_fetch_min_bytes, json_input(config))
         return env.from_source(source, source_watermarks(config), "kafka-events").uid("kafka-source")
 
 

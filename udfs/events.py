@@ -37,6 +37,9 @@ REASON_CODES: tuple[str, ...] = (
     "out_of_range", "future_timestamp", "bad_erase",
 )
 
+# The one reason only the JSON source gives (JsonInput.java); its others are the codes above.
+TRANSLATION_REASON_CODES: tuple[str, ...] = ("not_json",)
+
 Id = int | str
 FIELDS = ("user_id", "item_id", "category_id", "behavior", "ts")
 
@@ -68,6 +71,10 @@ class Erase(NamedTuple):
 
 
 ERASE_FIELDS = frozenset(("user_id", "erase"))
+# An input record the job's source could not translate from JSON (JsonInput.java): its map's two keys.
+UNTRANSLATED_FIELDS = frozenset(("input_error", "raw"))
+# Room for that map's keys and reason around a record of up to MAX_EVENT_BYTES.
+UNTRANSLATED_OVERHEAD = 1024
 
 
 class DecodeError(NamedTuple):
@@ -175,13 +182,21 @@ def decode_event(raw: bytes, max_ts_ms: int | None = None,
     return obj if isinstance(obj, DecodeError) else _validate(obj, raw, max_ts_ms, pseudonym)
 
 
-def decode_input(raw: bytes, max_ts_ms: int | None = None,
-                 pseudonym: Callable[[Id], str] | None = None) -> Event | Erase | DecodeError:
+def decode_input(raw: bytes, max_ts_ms: int | None = None, pseudonym: Callable[[Id], str] | None = None, *,
+                 translated: bool = False) -> Event | Erase | DecodeError:
     """An input-topic record: an event (:func:`decode_event`), or an erase request, a map of exactly
     ``user_id`` and ``erase: true`` (anything else with an ``erase`` key is a ``bad_erase`` dead
     letter, so a mistyped request is seen rather than taken for an event). The pseudonym applies as
-    to events, so the request reaches the state the shopper's events built."""
-    obj = _unpack(raw)
+    to events, so the request reaches the state the shopper's events built.
+
+    ``translated``: the source translated the topic's JSON (``input.format = json``), so a record it
+    could not translate arrives as ``{input_error, raw}`` and becomes a dead letter holding the
+    shop's original bytes. Only then: a msgpack producer cannot pose as the translator."""
+    obj = _unpack(raw, MAX_EVENT_BYTES + UNTRANSLATED_OVERHEAD if translated else MAX_EVENT_BYTES)
+    if translated and isinstance(obj, dict) and obj.keys() == UNTRANSLATED_FIELDS:
+        return _untranslated(obj, raw)
+    if len(raw) > MAX_EVENT_BYTES:
+        return DecodeError(f"too_large: {len(raw)} bytes > {MAX_EVENT_BYTES}", raw)
     if isinstance(obj, DecodeError):
         return obj
     if isinstance(obj, dict) and "erase" in obj:
@@ -202,17 +217,24 @@ def _validate_erase(obj: dict[Any, Any], raw: bytes, pseudonym: Callable[[Id], s
     return Erase(user if pseudonym is None else pseudonym(user))
 
 
-def _unpack(raw: bytes) -> Any:
+def _untranslated(obj: dict[Any, Any], raw: bytes) -> DecodeError:
+    reason, original = obj["input_error"], obj["raw"]
+    if not isinstance(reason, str) or not isinstance(original, bytes):  # not the translator's; keep it whole
+        return DecodeError("not_a_map: an untranslated record's input_error and raw are str and bytes", raw)
+    return DecodeError(reason, original)
+
+
+def _unpack(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Any:
     """The record's msgpack object, or a :class:`DecodeError`; limits stop hostile headers before allocation."""
-    if len(raw) > MAX_EVENT_BYTES:
+    if len(raw) > max_bytes:
         return DecodeError(f"too_large: {len(raw)} bytes > {MAX_EVENT_BYTES}", raw)
     try:
         return msgpack.unpackb(
             raw,
             raw=False,
             strict_map_key=False,
-            max_bin_len=MAX_EVENT_BYTES,
-            max_str_len=MAX_EVENT_BYTES,
+            max_bin_len=max_bytes,
+            max_str_len=max_bytes,
             max_array_len=1024,
             max_map_len=64,
             max_ext_len=0,

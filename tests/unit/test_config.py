@@ -92,3 +92,26 @@ def test_cli_flags_become_config():
     args = build_parser().parse_args(["run", "--parallelism", "2", "--top-k", "5", "--provider", "cpu"])
     cfg = config_from_args(args)
     assert (cfg.job.parallelism, cfg.ranking.top_k, cfg.ranking.provider) == (2, 5, "cpu")
+
+
+def test_a_json_input_mapping_reads_into_the_section():
+    cfg = load_config(overrides={"input": {"format": "json", "user_field": "uid", "category_field": "",
+                                           "ts_unit": "iso8601", "behaviors": "view=pv, add_to_cart=cart"}},
+                      environ={})
+    assert (cfg.input.user_field, cfg.input.category_field, cfg.input.ts_unit) == ("uid", "", "iso8601")
+    assert cfg.input.behavior_map() == {"view": "pv", "add_to_cart": "cart"}
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ({"user_field": "uid"}, "input.user_field"),  # a mapping for msgpack input would be silently ignored
+    ({"ts_unit": "s"}, "input.ts_unit"),
+    ({"format": "json", "behaviors": "view=look"}, "input.behaviors"),
+    ({"format": "json", "behaviors": "view"}, "input.behaviors"),
+    ({"format": "json", "item_field": "uid", "user_field": "uid"}, "input"),
+    ({"format": "json", "ts_field": "erase"}, "input"),
+    ({"format": "json", "user_field": ""}, "input.user_field"),
+    ({"format": "avro"}, "input.format"),
+])
+def test_a_bad_input_mapping_fails_at_start_naming_the_key(section, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides={"input": section}, environ={})

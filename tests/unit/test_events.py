@@ -186,3 +186,22 @@ def test_event_byte_vectors_shared_with_the_envelope(vector):
         assert out == Event(1, 2, 3, "pv", 1_700_000_000_000)
     else:
         assert isinstance(out, DecodeError) and out.reason.startswith(vector.reject), out
+
+
+def test_a_record_the_json_source_could_not_translate_is_a_dead_letter_with_the_shops_bytes():
+    """The map JsonInput.java writes for what it cannot translate; its reason and the original bytes."""
+    original = b'{"uid": 1, "sku": '
+    wrapped = msgpack.packb({"input_error": "not_json: unexpected end", "raw": original}, use_bin_type=True)
+    assert decode_input(wrapped, translated=True) == DecodeError("not_json: unexpected end", original)
+    # Not translated: a msgpack producer cannot pose as the translator; it is a map with no event fields.
+    assert decode_input(wrapped).reason.startswith("missing_field:user_id")
+    forged = msgpack.packb({"input_error": 1, "raw": "text"}, use_bin_type=True)
+    assert decode_input(forged, translated=True) == DecodeError(
+        "not_a_map: an untranslated record's input_error and raw are str and bytes", forged)
+
+
+def test_a_translated_event_is_read_as_any_canonical_event():
+    event = Event(7, 8, 9, "buy", 1_700_000_000_000)
+    assert decode_input(encode_event(event), translated=True) == event
+    big = b"{" + b" " * 70_000 + b"}"  # the source passes an oversized record untouched
+    assert decode_input(big, translated=True).reason.startswith("too_large")

@@ -65,6 +65,7 @@ from typing import Any, Literal
 
 from udfs.catalog import CatalogFull, decode_catalog_item
 from udfs.config import Config
+from udfs.errors import UserError
 from udfs.events import DecodeError, Erase, Event, decode_input, max_event_ts
 from udfs.features import UserRequest
 from udfs.feedback import feedback_for, remember
@@ -440,6 +441,9 @@ def run_peer(
     see :class:`Batcher`.
     """
     k = config.kafka
+    if config.input.format != "msgpack":
+        raise UserError(f"the peer reads msgpack events; input.format is {config.input.format} "
+                        "(the job translates JSON in its Kafka source, which the peer does not have)")
     recommender = build_recommender(config, catalog=True)
     freeze_loaded_objects()
     choice = recommender.provider
