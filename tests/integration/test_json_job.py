@@ -6,11 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import msgpack
 import pytest
 from kafka import KafkaProducer
 
+from jobs.io import to_json
 from streamrec.kafka_io import consume, replay
 from tests.support.job_fixtures import generated_log, read_lists
+from tests.support.schemas import validator
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
@@ -76,4 +79,9 @@ def test_a_json_stream_in_the_shops_names_gives_the_lists_of_its_msgpack_twin(ka
     assert without_generated_at(shop_lists) == without_generated_at(twin_lists)
     dead = list(consume(kafka_broker.bootstrap, shop["dlq_topic"], timeout_s=5))
     assert sorted(d.value["raw"] for d in dead) == sorted(POISON)
+    lists, dead_letters = validator("list"), validator("dead_letter")
+    for r in shop_lists:
+        lists.validate(r)
+    for d in dead:
+        dead_letters.validate(to_json("dead_letters", msgpack.packb(d.value, use_bin_type=True), ""))
     assert sorted(d.value["reason"].split(":")[0] for d in dead) == ["not_a_map", "not_json", "unknown_behavior"]
