@@ -30,7 +30,7 @@ from jobs.io import (
 )
 from jobs.pipeline import build_pipeline, create_environment
 from udfs.artifact import verify_manifest
-from udfs.config import ENV_PREFIX, Config, ConfigError
+from udfs.config import Config, ConfigError
 from udfs.errors import InputError, reported
 from udfs.flags import JOB_FLAGS, REPORTED_ERRORS, add_config_flags, add_flag, config_from_args, setup_logging
 from udfs.logs import load_events
@@ -140,10 +140,10 @@ def run_job(config: Config, source: Endpoint, sink: Endpoint,
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `streamrec run` and of `flink run -py jobs/recommend_job.py`."""
-    add_flag(p, "--source", f"{ENV_PREFIX}RUN_SOURCE", "kafka or file:PATH (Taobao CSV or .msgpack)",
+    add_flag(p, "run", "--source", "kafka or file:PATH (Taobao CSV or .msgpack)",
              default="kafka")
-    add_flag(p, "--sink", f"{ENV_PREFIX}RUN_SINK", "kafka or file:PATH (JSON lines)", default="kafka")
-    add_flag(p, "--since", f"{ENV_PREFIX}RUN_SINCE", "emit only for events at/after this Unix time (s)")
+    add_flag(p, "run", "--sink", "kafka or file:PATH (JSON lines)", default="kafka")
+    add_flag(p, "run", "--since", "emit only for events at/after this Unix time (s)")
     add_config_flags(p, list(JOB_FLAGS))
 
 

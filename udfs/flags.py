@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from udfs.config import ENV_PREFIX, SECTIONS, Config, env_var, load_config
@@ -49,16 +50,57 @@ JOB_FLAGS: tuple[str, ...] = tuple(f for f, (section, _) in CONFIG_FLAGS.items()
 REPORTED_ERRORS: tuple[type[Exception], ...] = (StreamrecError, FileNotFoundError)
 
 
-def add_flag(p: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:
-    """A flag whose default comes from ``env``; the env var is named in --help."""
+def command_env(command: str, flag: str) -> str:
+    """The environment variable of a command's own flag, by the one rule every variable follows:
+    ``STREAMREC_<SCOPE>_<NAME>``, the scope a config section and the name its key (``env_var``), or
+    the scope the command (``bench-serve``: ``BENCH_SERVE``) and the name its flag. A test keeps the
+    two kinds from sharing a name."""
+    return f"{ENV_PREFIX}{_upper(command)}_{_upper(flag.lstrip('-'))}"
+
+
+def _upper(name: str) -> str:
+    return name.upper().replace("-", "_").replace(" ", "_")
+
+
+# Scopes renamed to follow the rule: new -> old. A variable under the old scope is still read, with a warning.
+RENAMED_SCOPES: dict[str, str] = {"EVALUATE": "EVAL"}
+
+
+def env_value(env: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """``env``'s value, or that of its name before a scope rename (with a warning naming the new one)."""
+    environ = os.environ if environ is None else environ
+    if env in environ:
+        return environ[env]
+    for new, old in RENAMED_SCOPES.items():
+        prefix = f"{ENV_PREFIX}{new}_"
+        if env.startswith(prefix):
+            before = f"{ENV_PREFIX}{old}_{env[len(prefix):]}"
+            if before in environ:
+                warnings.warn(f"{before} is deprecated and will be removed: set {env}", FutureWarning, stacklevel=2)
+                return environ[before]
+    return None
+
+
+def add_flag(p: argparse._ActionsContainer, command: str, flag: str, help: str, **kw: Any) -> None:
+    """``command``'s flag whose default comes from its variable (:func:`command_env`), named in --help."""
+    env = command_env(command, flag)
     default = kw.pop("default", None)
-    kw["default"] = os.environ.get(env, default)
+    found = env_value(env)
+    kw["default"] = default if found is None else found
     shown = f" (default: {default})" if default is not None else ""
     p.add_argument(flag, help=f"{help}{shown} [env: {env}]", **kw)
 
 
+def add_switch(p: argparse._ActionsContainer, command: str, flag: str, help: str) -> None:
+    """An on/off flag of ``command``; its variable (1, true or yes) is named in --help, as every flag's is."""
+    env = command_env(command, flag)
+    p.add_argument(flag, action="store_true", default=(env_value(env) or "") in ("1", "true", "yes"),
+                   help=f"{help} [env: {env}=1]")
+
+
 def add_config_flags(p: argparse.ArgumentParser, flags: Sequence[str]) -> None:
-    add_flag(p, "--config", f"{ENV_PREFIX}CONFIG", "TOML config file (see config/streamrec.toml)")
+    p.add_argument("--config", default=os.environ.get(f"{ENV_PREFIX}CONFIG"),
+                   help=f"TOML config file (see config/streamrec.toml) [env: {ENV_PREFIX}CONFIG]")
     for flag in flags:
         section, field = CONFIG_FLAGS[flag]
         default = SECTIONS[section].model_fields[field].default

@@ -24,7 +24,6 @@ from streamrec.lab.benchmark.scale import ScaleBench, ScaleSettings
 from streamrec.lab.benchmark.scale_report import markdown as scale_markdown
 from streamrec.lab.benchmark.serve_latency import ServeBenchSettings, run_serve_bench
 from streamrec.lab.benchmark.serve_latency import markdown as serve_markdown
-from udfs.config import ENV_PREFIX
 from udfs.flags import CONFIG_FLAGS, add_config_flags, add_flag, config_from_args
 
 
@@ -110,80 +109,80 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the bench-model, peer, bench, bench-serve commands."""
     p = sub.add_parser("bench-model", help="scored pairs/s and latency: torch vs onnxruntime fp32/fp16/int8")
-    add_flag(p, "--artifact", f"{ENV_PREFIX}BENCH_MODEL_ARTIFACT", "model artifact", default="artifacts/model")
-    add_flag(p, "--out", f"{ENV_PREFIX}BENCH_MODEL_OUT", "results directory", default="bench-results")
-    add_flag(p, "--events", f"{ENV_PREFIX}BENCH_MODEL_EVENTS",
+    add_flag(p, "bench-model", "--artifact", "model artifact", default="artifacts/model")
+    add_flag(p, "bench-model", "--out", "results directory", default="bench-results")
+    add_flag(p, "bench-model", "--events",
              "the artifact's training log, for held-out parity batches")
-    add_flag(p, "--provider", f"{ENV_PREFIX}BENCH_MODEL_PROVIDER", "auto, cuda or cpu", default="auto",
+    add_flag(p, "bench-model", "--provider", "auto, cuda or cpu", default="auto",
              choices=["auto", "cuda", "cpu"])
-    add_flag(p, "--batch-sizes", f"{ENV_PREFIX}BENCH_MODEL_BATCH_SIZES", "comma-separated rows per call",
+    add_flag(p, "bench-model", "--batch-sizes", "comma-separated rows per call",
              default="1,4,16,64,256,1024,4096")
-    add_flag(p, "--repeats", f"{ENV_PREFIX}BENCH_MODEL_REPEATS", "timed calls per cell (fewer for big batches)",
+    add_flag(p, "bench-model", "--repeats", "timed calls per cell (fewer for big batches)",
              default="50")
     p.set_defaults(func=cmd_bench_model)
 
     p = sub.add_parser("peer", help="the plain-Python consumer loop doing the job's work (benchmark peer)")
-    add_flag(p, "--max-events", f"{ENV_PREFIX}PEER_MAX_EVENTS", "stop after this many input records")
-    add_flag(p, "--idle-timeout", f"{ENV_PREFIX}PEER_IDLE_TIMEOUT", "stop after this many idle seconds",
+    add_flag(p, "peer", "--max-events", "stop after this many input records")
+    add_flag(p, "peer", "--idle-timeout", "stop after this many idle seconds",
              default="30")
     add_config_flags(p, [f for f in CONFIG_FLAGS if f != "--resume"])  # the peer keeps no Flink state
     p.set_defaults(func=cmd_peer)
 
     p = sub.add_parser("bench", help="job (p1, p2) vs plain-Python peer vs model and Kafka ceilings, latency")
-    add_flag(p, "--out", f"{ENV_PREFIX}BENCH_OUT", "results directory", default="bench-results")
-    add_flag(p, "--events", f"{ENV_PREFIX}BENCH_EVENTS", "events in the generated stream", default="1000000")
-    add_flag(p, "--users", f"{ENV_PREFIX}BENCH_USERS", "users in the stream", default="100000")
-    add_flag(p, "--items", f"{ENV_PREFIX}BENCH_ITEMS", "items in the catalog", default="50000")
-    add_flag(p, "--seed", f"{ENV_PREFIX}BENCH_SEED", "stream seed", default="11")
-    add_flag(p, "--train-events", f"{ENV_PREFIX}BENCH_TRAIN_EVENTS",
+    add_flag(p, "bench", "--out", "results directory", default="bench-results")
+    add_flag(p, "bench", "--events", "events in the generated stream", default="1000000")
+    add_flag(p, "bench", "--users", "users in the stream", default="100000")
+    add_flag(p, "bench", "--items", "items in the catalog", default="50000")
+    add_flag(p, "bench", "--seed", "stream seed", default="11")
+    add_flag(p, "bench", "--train-events",
              "events of the stream's catalog the bench model is trained on when there is no --artifact",
              default="60000")
-    add_flag(p, "--artifact", f"{ENV_PREFIX}BENCH_ARTIFACT",
+    add_flag(p, "bench", "--artifact",
              "model artifact (default: train one on 60,000 events of the stream's catalog into OUT/artifact)")
-    add_flag(p, "--parallelisms", f"{ENV_PREFIX}BENCH_PARALLELISMS", "job parallelisms, comma-separated",
+    add_flag(p, "bench", "--parallelisms", "job parallelisms, comma-separated",
              default="1,2")
-    add_flag(p, "--warmup-s", f"{ENV_PREFIX}BENCH_WARMUP_S", "seconds after the first output before timing",
+    add_flag(p, "bench", "--warmup-s", "seconds after the first output before timing",
              default="20")
-    add_flag(p, "--window-s", f"{ENV_PREFIX}BENCH_WINDOW_S", "throughput window per phase, seconds", default="90")
-    add_flag(p, "--latency-s", f"{ENV_PREFIX}BENCH_LATENCY_S", "seconds of paced replay per latency point",
+    add_flag(p, "bench", "--window-s", "throughput window per phase, seconds", default="90")
+    add_flag(p, "bench", "--latency-s", "seconds of paced replay per latency point",
              default="45")
-    add_flag(p, "--latency-warmup-s", f"{ENV_PREFIX}BENCH_LATENCY_WARMUP_S",
+    add_flag(p, "bench", "--latency-warmup-s",
              "seconds of paced replay before each latency point's timed part (JIT warm-up)", default="60")
-    add_flag(p, "--latency-repeats", f"{ENV_PREFIX}BENCH_LATENCY_REPEATS",
+    add_flag(p, "bench", "--latency-repeats",
              "independent runs per latency point, each on a fresh cluster; medians are reported", default="3")
-    add_flag(p, "--latency-rates", f"{ENV_PREFIX}BENCH_LATENCY_RATES",
+    add_flag(p, "bench", "--latency-rates",
              "absolute events/s for the latency points (default: 50%% and 90%% of the measured maximum); "
              "the batching phase paces at the first (default: half the unbatched rate)",
              default="")
-    add_flag(p, "--phases", f"{ENV_PREFIX}BENCH_PHASES",
+    add_flag(p, "bench", "--phases",
              "comma-separated: model, kafka, job, peer, latency, batching (job with ranking.batching off and on, "
              "throughput and the tail at half the unbatched rate), floor (the job beside itself with its lists "
              "replayed, with and without the model call: what faster candidate, feature and list code could give); "
              "scale (store scale, its own workload: not a "
              "default, over an hour per backend at full size on 2 cores)",
              default="model,kafka,job,peer,latency,batching,floor")
-    add_flag(p, "--batching-repeats", f"{ENV_PREFIX}BENCH_BATCHING_REPEATS",
+    add_flag(p, "bench", "--batching-repeats",
              "batching and floor: throughput runs per side, alternated; medians are reported", default="1")
-    add_flag(p, "--batching-paced", f"{ENV_PREFIX}BENCH_BATCHING_PACED",
+    add_flag(p, "bench", "--batching-paced",
              "batching: also the paced tail of each side at half the unbatched rate (on/off)", default="on")
-    add_flag(p, "--scale-shoppers", f"{ENV_PREFIX}BENCH_SCALE_SHOPPERS", "scale: distinct shoppers (exact)",
+    add_flag(p, "bench", "--scale-shoppers", "scale: distinct shoppers (exact)",
              default="1000000")
-    add_flag(p, "--scale-events", f"{ENV_PREFIX}BENCH_SCALE_EVENTS", "scale: events through the broker",
+    add_flag(p, "bench", "--scale-events", "scale: events through the broker",
              default="5000000")
-    add_flag(p, "--scale-items", f"{ENV_PREFIX}BENCH_SCALE_ITEMS", "scale: items in the catalog", default="100000")
-    add_flag(p, "--scale-backends", f"{ENV_PREFIX}BENCH_SCALE_BACKENDS", "scale: state backends, comma-separated",
+    add_flag(p, "bench", "--scale-items", "scale: items in the catalog", default="100000")
+    add_flag(p, "bench", "--scale-backends", "scale: state backends, comma-separated",
              default="hashmap,rocksdb")
-    add_flag(p, "--scale-parallelism", f"{ENV_PREFIX}BENCH_SCALE_PARALLELISM",
+    add_flag(p, "bench", "--scale-parallelism",
              "scale: job parallelism (one one-slot TaskManager each)", default="2")
-    add_flag(p, "--scale-checkpoint-interval-ms", f"{ENV_PREFIX}BENCH_SCALE_CHECKPOINT_INTERVAL_MS",
+    add_flag(p, "bench", "--scale-checkpoint-interval-ms",
              "scale: checkpoint interval", default="10000")
-    add_flag(p, "--scale-artifact", f"{ENV_PREFIX}BENCH_SCALE_ARTIFACT",
+    add_flag(p, "bench", "--scale-artifact",
              "scale: model artifact (default: train one on the scale catalog into OUT/scale-artifact)")
-    add_flag(p, "--compare", f"{ENV_PREFIX}BENCH_COMPARE",
+    add_flag(p, "bench", "--compare",
              "instead of one bench: build REF (a commit, branch or tag) in a worktree with its own venv and run "
              "its bench and this tree's alternately with the same flags, then print each figure's ratio "
              "(OUT/compare.json, OUT/compare.md)", metavar="REF")
-    add_flag(p, "--compare-repeats", f"{ENV_PREFIX}BENCH_COMPARE_REPEATS",
+    add_flag(p, "bench", "--compare-repeats",
              "with --compare: bench runs per side, in ABBA order; medians are reported", default="2")
     add_config_flags(p, ["--provider", "--delivery-guarantee"])
     add_no_progress(p)
@@ -191,14 +190,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench-serve", help="latency of streamrec serve's routes at fixed request rates (open loop), "
                        "and its view's rebuild")
-    add_flag(p, "--out", f"{ENV_PREFIX}BENCH_SERVE_OUT", "results folder", default="bench-results/serve")
-    add_flag(p, "--rate", f"{ENV_PREFIX}BENCH_SERVE_RATE", "lookups per second", default="1000")
-    add_flag(p, "--duration", f"{ENV_PREFIX}BENCH_SERVE_DURATION", "timed seconds (after 5 s of warm-up)",
+    add_flag(p, "bench-serve", "--out", "results folder", default="bench-results/serve")
+    add_flag(p, "bench-serve", "--rate", "lookups per second", default="1000")
+    add_flag(p, "bench-serve", "--duration", "timed seconds (after 5 s of warm-up)",
              default="60")
-    add_flag(p, "--shoppers", f"{ENV_PREFIX}BENCH_SERVE_SHOPPERS", "lists in the topic", default="100000")
-    add_flag(p, "--connections", f"{ENV_PREFIX}BENCH_SERVE_CONNECTIONS", "keep-alive client connections",
+    add_flag(p, "bench-serve", "--shoppers", "lists in the topic", default="100000")
+    add_flag(p, "bench-serve", "--connections", "keep-alive client connections",
              default="64")
-    add_flag(p, "--routes", f"{ENV_PREFIX}BENCH_SERVE_ROUTES", "routes to time, in order",
+    add_flag(p, "bench-serve", "--routes", "routes to time, in order",
              default="lookup,batch,similar,guest")
-    add_flag(p, "--guest-rate", f"{ENV_PREFIX}BENCH_SERVE_GUEST_RATE", "guest lists per second", default="100")
+    add_flag(p, "bench-serve", "--guest-rate", "guest lists per second", default="100")
     p.set_defaults(func=cmd_bench_serve)

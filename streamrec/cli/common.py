@@ -10,26 +10,22 @@ from udfs.flags import add_flag
 from udfs.logs import FORMATS, TS_UNITS, CsvLayout
 
 
-def add_log_flags(p: argparse.ArgumentParser, env: str) -> None:
+def add_log_flags(p: argparse.ArgumentParser, command: str) -> None:
     """--format and the generic CSV layout flags of a command that reads a behavior log; every such
     command defaults to ``auto``, so one file means the same to replay, train, retrain and evaluate."""
-    add_flag(p, "--format", f"{ENV_PREFIX}{env}_FORMAT", "userbehavior (the Taobao CSV: user,item,category,"
+    add_flag(p, command, "--format", "userbehavior (the Taobao CSV: user,item,category,"
              "behavior,ts in s, no header), csv (any CSV: see --columns), parquet or arrow (a table, Taobao column "
              "order or --columns), generated (msgpack) or auto (by suffix: msgpack, .parquet, .arrow/.feather; "
              "else CSV: the Taobao layout, or --columns)", default="auto", choices=list(FORMATS))
-    add_flag(p, "--columns", f"{ENV_PREFIX}{env}_COLUMNS",
+    add_flag(p, command, "--columns",
              "with --format csv, parquet or arrow: the file's columns in order (user,item,category,behavior,ts; "
              "- skips one) or FIELD=NAME|POSITION entries (user=session,item=item_id,ts=time); "
              "category and behavior are optional (0, pv)")
-    add_flag(p, "--ts-unit", f"{ENV_PREFIX}{env}_TS_UNIT", "with --format csv: timestamp unit",
+    add_flag(p, command, "--ts-unit", "with --format csv: timestamp unit",
              default="s", choices=list(TS_UNITS))
-    add_flag(p, "--behaviors", f"{ENV_PREFIX}{env}_BEHAVIORS", "with --format csv: the log's behavior names "
+    add_flag(p, command, "--behaviors", "with --format csv: the log's behavior names "
              "mapped to pv/cart/fav/buy (click=pv,order=buy); an unmapped name makes the row malformed",
              default="")
-
-
-def env_on(name: str) -> bool:
-    return os.environ.get(name, "") in ("1", "true", "yes")
 
 
 def add_no_progress(p: argparse.ArgumentParser) -> None:
@@ -37,12 +33,6 @@ def add_no_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true",
                    default=os.environ.get(f"{ENV_PREFIX}NO_PROGRESS", "") in ("1", "true", "yes"),
                    help=f"no progress bars (none are drawn off a terminal) [env: {ENV_PREFIX}NO_PROGRESS=1]")
-
-
-def add_switch(p: argparse.ArgumentParser, flag: str, env: str, help: str) -> None:
-    """An on/off flag whose environment fallback (1, true or yes) is named in --help, as every flag's is."""
-    p.add_argument(flag, action="store_true", default=os.environ.get(env, "") in ("1", "true", "yes"),
-                   help=f"{help} [env: {env}=1]")
 
 
 def log_source(args: argparse.Namespace) -> tuple[str, CsvLayout | None]:

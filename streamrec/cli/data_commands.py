@@ -23,7 +23,7 @@ from streamrec.cli.common import (
 from streamrec.kafka_io import consume, erase_record, produce, replay
 from streamrec.lab.generator import generate_events
 from streamrec.lab.local import kafka as kafka_local
-from udfs.config import ENV_PREFIX, ConfigError
+from udfs.config import ConfigError
 from udfs.events import InvalidId, canonical_id
 from udfs.flags import add_config_flags, add_flag, config_from_args
 from udfs.kafka_security import python_client_options
@@ -142,37 +142,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_kafka)
 
     p = sub.add_parser("replay", help="produce behavior events to Kafka")
-    add_flag(p, "--events", f"{ENV_PREFIX}REPLAY_EVENTS", "events file", required=False)
-    add_log_flags(p, "REPLAY")
-    add_flag(p, "--rate", f"{ENV_PREFIX}REPLAY_RATE", "events per second, 0 = unthrottled", default="0")
-    add_flag(p, "--limit", f"{ENV_PREFIX}REPLAY_LIMIT", "send at most this many events")
-    add_flag(p, "--topic", f"{ENV_PREFIX}REPLAY_TOPIC", "topic (default: kafka.input_topic)")
+    add_flag(p, "replay", "--events", "events file", required=False)
+    add_log_flags(p, "replay")
+    add_flag(p, "replay", "--rate", "events per second, 0 = unthrottled", default="0")
+    add_flag(p, "replay", "--limit", "send at most this many events")
+    add_flag(p, "replay", "--topic", "topic (default: kafka.input_topic)")
     add_config_flags(p, ["--bootstrap-servers"])
     add_no_progress(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("consume", help="print output records as JSON lines")
-    add_flag(p, "--topic", f"{ENV_PREFIX}CONSUME_TOPIC", "topic (default: kafka.output_topic)")
-    add_flag(p, "--max", f"{ENV_PREFIX}CONSUME_MAX", "stop after this many records")
-    add_flag(p, "--timeout", f"{ENV_PREFIX}CONSUME_TIMEOUT", "stop after this many idle seconds", default="10")
+    add_flag(p, "consume", "--topic", "topic (default: kafka.output_topic)")
+    add_flag(p, "consume", "--max", "stop after this many records")
+    add_flag(p, "consume", "--timeout", "stop after this many idle seconds", default="10")
     add_config_flags(p, ["--bootstrap-servers"])
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("generate", help="write a seeded synthetic behavior log")
-    add_flag(p, "--out", f"{ENV_PREFIX}GENERATE_OUT", "output file (.msgpack or .csv)", required=False)
-    add_flag(p, "--n-events", f"{ENV_PREFIX}GENERATE_N_EVENTS", "number of events", default="20000")
-    add_flag(p, "--users", f"{ENV_PREFIX}GENERATE_USERS", "number of users", default="500")
-    add_flag(p, "--items", f"{ENV_PREFIX}GENERATE_ITEMS", "number of items", default="5000")
-    add_flag(p, "--categories", f"{ENV_PREFIX}GENERATE_CATEGORIES", "number of categories", default="100")
-    add_flag(p, "--duration-s", f"{ENV_PREFIX}GENERATE_DURATION_S", "span of the log", default=str(3 * 86400))
-    add_flag(p, "--seed", f"{ENV_PREFIX}GENERATE_SEED", "random seed", default="7")
+    add_flag(p, "generate", "--out", "output file (.msgpack or .csv)", required=False)
+    add_flag(p, "generate", "--n-events", "number of events", default="20000")
+    add_flag(p, "generate", "--users", "number of users", default="500")
+    add_flag(p, "generate", "--items", "number of items", default="5000")
+    add_flag(p, "generate", "--categories", "number of categories", default="100")
+    add_flag(p, "generate", "--duration-s", "span of the log", default=str(3 * 86400))
+    add_flag(p, "generate", "--seed", "random seed", default="7")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("catalog", help="the item catalog topic")
     p.add_argument("action", choices=["publish"])
-    add_flag(p, "--file", f"{ENV_PREFIX}CATALOG_FILE", "catalog file: CSV with a header naming the fields, or JSON "
+    add_flag(p, "catalog", "--file", "catalog file: CSV with a header naming the fields, or JSON "
              "lines (docs/contracts.md 'Catalog')", required=False)
-    add_flag(p, "--topic", f"{ENV_PREFIX}CATALOG_TOPIC", "topic (default: kafka.catalog_topic)")
+    add_flag(p, "catalog", "--topic", "topic (default: kafka.catalog_topic)")
     add_config_flags(p, ["--bootstrap-servers"])
     p.set_defaults(func=cmd_catalog)
 
@@ -185,6 +185,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "the input topic)")
     p.add_argument("ids", nargs="+", metavar="ID", help="user ids as the shop knows them ('42' and 42 are one); "
                    "with privacy.pseudonymize the job maps them as it maps events")
-    add_flag(p, "--topic", f"{ENV_PREFIX}FORGET_TOPIC", "topic (default: kafka.input_topic)")
+    add_flag(p, "forget", "--topic", "topic (default: kafka.input_topic)")
     add_config_flags(p, ["--bootstrap-servers"])
     p.set_defaults(func=cmd_forget)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from streamrec.lab.demo import run_demo
-from udfs.config import ENV_PREFIX
 from udfs.flags import add_config_flags, add_flag, config_from_args
 
 
@@ -16,8 +15,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the demo command."""
     p = sub.add_parser("demo", help="broker + model + job + replay, recommendations on screen")
-    add_flag(p, "--events", f"{ENV_PREFIX}DEMO_EVENTS", "events to replay", default="1500")
-    add_flag(p, "--rate", f"{ENV_PREFIX}DEMO_RATE",
+    add_flag(p, "demo", "--events", "events to replay", default="1500")
+    add_flag(p, "demo", "--rate",
              "replay rate, events/s (below the job's capacity, so latency is not queueing)", default="60")
     add_config_flags(p, ["--artifact", "--provider"])
     p.set_defaults(func=cmd_demo)

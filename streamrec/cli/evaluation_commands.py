@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from streamrec.cli.common import (
@@ -32,8 +31,7 @@ from streamrec.lab.evaluation.matrix import JSON_FILE as MATRIX_JSON
 from streamrec.lab.evaluation.matrix import PNG_FILE as MATRIX_PNG
 from streamrec.lab.evaluation.matrix import TABLE_FILE as MATRIX_TABLE
 from streamrec.lab.evaluation.report import evaluate, format_table
-from udfs.config import ENV_PREFIX
-from udfs.flags import add_flag
+from udfs.flags import add_flag, add_switch
 from udfs.logs import load_events
 
 
@@ -77,37 +75,34 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the evaluate command."""
     p = sub.add_parser("evaluate", help="offline and prequential (through the job) evaluation vs baselines")
-    add_flag(p, "--events", f"{ENV_PREFIX}EVAL_EVENTS", "the artifact's log", required=False)
-    add_log_flags(p, "EVAL")
-    add_flag(p, "--artifact", f"{ENV_PREFIX}EVAL_ARTIFACT", "model artifact", default="artifacts/model")
-    add_flag(p, "--out", f"{ENV_PREFIX}EVAL_OUT", "report directory", default="eval-results")
-    add_flag(p, "--protocol", f"{ENV_PREFIX}EVAL_PROTOCOL", "comma-separated: offline, prequential",
+    add_flag(p, "evaluate", "--events", "the artifact's log", required=False)
+    add_log_flags(p, "evaluate")
+    add_flag(p, "evaluate", "--artifact", "model artifact", default="artifacts/model")
+    add_flag(p, "evaluate", "--out", "report directory", default="eval-results")
+    add_flag(p, "evaluate", "--protocol", "comma-separated: offline, prequential",
              default="offline,prequential")
-    add_flag(p, "--provider", f"{ENV_PREFIX}EVAL_PROVIDER", "onnxruntime provider for the job", default="cpu",
+    add_flag(p, "evaluate", "--provider", "onnxruntime provider for the job", default="cpu",
              choices=["auto", "cuda", "cpu"])
-    p.add_argument("--matrix", action="store_true",
-                   default=os.environ.get(f"{ENV_PREFIX}EVAL_MATRIX", "") in ("1", "true", "yes"),
-                   help="the development matrix: every log under --data, split at its median event, "
-                        f"trained per seed, scored prequentially; --events and --artifact are not used "
-                        f"[env: {ENV_PREFIX}EVAL_MATRIX=1]")
-    add_flag(p, "--data", f"{ENV_PREFIX}EVAL_DATA", "with --matrix: folder of logs (*.csv, Taobao layout)",
+    add_switch(p, "evaluate", "--matrix", "the development matrix: every log under --data, split at its median "
+               "event, trained per seed, scored prequentially; --events and --artifact are not used")
+    add_flag(p, "evaluate", "--data", "with --matrix: folder of logs (*.csv, Taobao layout)",
              default=str(DEFAULT_DATA_DIR))
-    add_flag(p, "--seeds", f"{ENV_PREFIX}EVAL_SEEDS", "with --matrix: comma-separated training seeds",
+    add_flag(p, "evaluate", "--seeds", "with --matrix: comma-separated training seeds",
              default="0,1,2")
-    add_flag(p, "--logs", f"{ENV_PREFIX}EVAL_LOGS", "with --matrix: only these logs (names as in the table, "
+    add_flag(p, "evaluate", "--logs", "with --matrix: only these logs (names as in the table, "
              "e.g. dev/jdata2017_head)")
-    add_flag(p, "--workers", f"{ENV_PREFIX}EVAL_WORKERS", "with --matrix: logs run at once, each in its own "
+    add_flag(p, "evaluate", "--workers", "with --matrix: logs run at once, each in its own "
              "process (default: one per two cores, at least one)")
-    add_flag(p, "--train-threads", f"{ENV_PREFIX}EVAL_TRAIN_THREADS", "with --matrix: torch threads per "
+    add_flag(p, "evaluate", "--train-threads", "with --matrix: torch threads per "
              "training when logs run one at a time (with several at once: cores / workers)",
              default=str(TRAIN_THREADS))
-    add_flag(p, "--model-source", f"{ENV_PREFIX}EVAL_MODEL_SOURCE",
+    add_flag(p, "evaluate", "--model-source",
              "with --matrix: the model's lists from the bounded job or from its pure-Python replay",
              default="job", choices=["job", "replay"])
-    add_flag(p, "--max-per-category", f"{ENV_PREFIX}EVAL_MAX_PER_CATEGORY",
+    add_flag(p, "evaluate", "--max-per-category",
              "the job's diversity cap (ranking.max_per_category) in the prequential protocol; "
              "empty: the config default")
-    add_flag(p, "--diversity-sweep", f"{ENV_PREFIX}EVAL_DIVERSITY_SWEEP",
+    add_flag(p, "evaluate", "--diversity-sweep",
              "instead of the protocols: the model's prequential replay at each ranking.max_per_category in "
              f"CAPS (comma-separated, 0 = off; bare flag: {','.join(map(str, DEFAULT_CAPS))}); writes "
              f"{SWEEP_JSON} and {SWEEP_PNG}", nargs="?", const=",".join(map(str, DEFAULT_CAPS)), metavar="CAPS")

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator
 
-from streamrec.cli.common import (
-    env_on,
-)
 from streamrec.feedback_view import decoded, show, without_erased
 from streamrec.kafka_io import consume
 from streamrec.lab.evaluation import ab_report as ab
-from udfs.config import ENV_PREFIX, ConfigError
-from udfs.flags import add_config_flags, add_flag, config_from_args
+from udfs.config import ConfigError
+from udfs.flags import add_config_flags, add_flag, add_switch, config_from_args
 from udfs.kafka_security import python_client_options
 from udfs.records import TOMBSTONE_FIELD
 
@@ -58,11 +54,10 @@ def cmd_ab(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the feedback, ab commands."""
     p = sub.add_parser("feedback", help="rolling online HR@10 and NDCG@10 per model version and arm")
-    add_flag(p, "--window", f"{ENV_PREFIX}FEEDBACK_WINDOW", "over the last N feedback records", default="10000")
-    p.add_argument("--follow", action="store_true", default=env_on(f"{ENV_PREFIX}FEEDBACK_FOLLOW"),
-                   help=f"keep reading, print the table every 2 s [env: {ENV_PREFIX}FEEDBACK_FOLLOW=1]")
-    add_flag(p, "--file", f"{ENV_PREFIX}FEEDBACK_FILE", "read a bounded run's OUT.feedback.jsonl instead of the topic")
-    add_flag(p, "--timeout", f"{ENV_PREFIX}FEEDBACK_TIMEOUT", "without --follow: stop after this many idle "
+    add_flag(p, "feedback", "--window", "over the last N feedback records", default="10000")
+    add_switch(p, "feedback", "--follow", "keep reading, print the table every 2 s")
+    add_flag(p, "feedback", "--file", "read a bounded run's OUT.feedback.jsonl instead of the topic")
+    add_flag(p, "feedback", "--timeout", "without --follow: stop after this many idle "
              "seconds", default="5")
     add_config_flags(p, ["--bootstrap-servers", "--feedback-topic"])
     p.set_defaults(func=cmd_feedback)
@@ -70,15 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ab", help="A/B experiments: per-arm online figures")
     p.add_argument("action", choices=["report"])
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--from-topic", action="store_true", default=env_on(f"{ENV_PREFIX}AB_FROM_TOPIC"),
-                        help=f"read kafka.feedback_topic (the default) [env: {ENV_PREFIX}AB_FROM_TOPIC=1]")
-    source.add_argument("--file", default=os.environ.get(f"{ENV_PREFIX}AB_FILE"),
-                        help=f"a bounded run's OUT.feedback.jsonl [env: {ENV_PREFIX}AB_FILE]")
-    add_flag(p, "--out", f"{ENV_PREFIX}AB_OUT", "folder for ab_report.json and ab_report.png", default="ab-report")
-    add_flag(p, "--control", f"{ENV_PREFIX}AB_CONTROL", "the arm others are compared with (default: 'control' "
+    add_switch(source, "ab", "--from-topic", "read kafka.feedback_topic (the default)")
+    add_flag(source, "ab", "--file", "a bounded run's OUT.feedback.jsonl")
+    add_flag(p, "ab", "--out", "folder for ab_report.json and ab_report.png", default="ab-report")
+    add_flag(p, "ab", "--control", "the arm others are compared with (default: 'control' "
              "if present, else the first by name)", default="")
-    add_flag(p, "--resamples", f"{ENV_PREFIX}AB_RESAMPLES", "bootstrap resamples", default="2000")
-    add_flag(p, "--timeout", f"{ENV_PREFIX}AB_TIMEOUT", "stop reading the topic after this many idle seconds",
+    add_flag(p, "ab", "--resamples", "bootstrap resamples", default="2000")
+    add_flag(p, "ab", "--timeout", "stop reading the topic after this many idle seconds",
              default="5")
     add_config_flags(p, ["--bootstrap-servers", "--feedback-topic"])
     p.set_defaults(func=cmd_ab)

@@ -16,7 +16,6 @@ from streamrec.catalog_files import (
 from streamrec.cli.common import (
     add_log_flags,
     add_no_progress,
-    add_switch,
     log_source,
     require,
     when_text,
@@ -25,9 +24,9 @@ from streamrec.kafka_io import read_topic
 from streamrec.retrain import decode_records, drop_stray, format_report, retrain
 from udfs.artifact import verify_manifest
 from udfs.catalog import CatalogItem
-from udfs.config import ENV_PREFIX, ConfigError
+from udfs.config import ConfigError
 from udfs.errors import InputError
-from udfs.flags import add_config_flags, add_flag, config_from_args
+from udfs.flags import add_config_flags, add_flag, add_switch, config_from_args
 from udfs.kafka_security import python_client_options
 from udfs.logs import load_events
 
@@ -141,17 +140,17 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the train, model, retrain, run commands."""
     p = sub.add_parser("train", help="train, evaluate and export the ranking model")
-    add_flag(p, "--events", f"{ENV_PREFIX}TRAIN_EVENTS", "events file", required=False)
-    add_log_flags(p, "TRAIN")
-    add_flag(p, "--until", f"{ENV_PREFIX}TRAIN_UNTIL", "train on events before this Unix time (s); "
+    add_flag(p, "train", "--events", "events file", required=False)
+    add_log_flags(p, "train")
+    add_flag(p, "train", "--until", "train on events before this Unix time (s); "
              "later ones are held out for evaluation (default: 80%% of the log's span, moved so that 10-50%% "
              "of the events are held out)")
-    add_flag(p, "--out", f"{ENV_PREFIX}TRAIN_OUT", "artifact directory", default="artifacts/model")
-    add_flag(p, "--seed", f"{ENV_PREFIX}TRAIN_SEED", "random seed", default="0")
-    add_flag(p, "--device", f"{ENV_PREFIX}TRAIN_DEVICE", "torch device for training: auto (CUDA when "
+    add_flag(p, "train", "--out", "artifact directory", default="artifacts/model")
+    add_flag(p, "train", "--seed", "random seed", default="0")
+    add_flag(p, "train", "--device", "torch device for training: auto (CUDA when "
              "torch sees a GPU, else CPU), cpu, or cuda (an error without a GPU)", default="auto",
              choices=["auto", "cpu", "cuda"])
-    add_flag(p, "--catalog", f"{ENV_PREFIX}TRAIN_CATALOG", "the shop's catalog (CSV or JSON lines, as `catalog "
+    add_flag(p, "train", "--catalog", "the shop's catalog (CSV or JSON lines, as `catalog "
              "publish` reads): the model learns brand and price features from it, and the job fills them",
              required=False)
     p.set_defaults(func=cmd_train)
@@ -160,35 +159,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["publish", "list", "rollback", "activate"],
                    help="publish: verify and copy --artifact into the registry and announce it live; list; "
                         "rollback: announce the version live before the current one; activate: announce --version")
-    add_flag(p, "--artifact", f"{ENV_PREFIX}MODEL_ARTIFACT", "publish: the artifact folder", required=False)
-    add_flag(p, "--version", f"{ENV_PREFIX}MODEL_VERSION", "activate: a model_version in the registry",
+    add_flag(p, "model", "--artifact", "publish: the artifact folder", required=False)
+    add_flag(p, "model", "--version", "activate: a model_version in the registry",
              required=False)
-    add_switch(p, "--no-announce", f"{ENV_PREFIX}MODEL_NO_ANNOUNCE", "publish: copy only, not live; "
+    add_switch(p, "model", "--no-announce", "publish: copy only, not live; "
                "rollback/activate: record it live in the registry's history without a control record (no job "
                "is told)")
-    add_switch(p, "--json", f"{ENV_PREFIX}MODEL_JSON", "list: JSON instead of a table")
-    add_switch(p, "--force", f"{ENV_PREFIX}MODEL_FORCE", "publish: even an artifact `streamrec retrain` kept "
+    add_switch(p, "model", "--json", "list: JSON instead of a table")
+    add_switch(p, "model", "--force", "publish: even an artifact `streamrec retrain` kept "
                "back as worse than the live version (refused without it)")
     add_config_flags(p, ["--registry", "--control-topic", "--bootstrap-servers"])
     p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("retrain", help="train on the last hours of the stream, publish if not worse than live")
-    add_flag(p, "--from-topic", f"{ENV_PREFIX}RETRAIN_FROM_TOPIC", "read the events of this topic, from the "
+    add_flag(p, "retrain", "--from-topic", "read the events of this topic, from the "
              "beginning to its end now (e.g. behavior-events)")
-    add_flag(p, "--events", f"{ENV_PREFIX}RETRAIN_EVENTS", "or read them from a log file")
-    add_log_flags(p, "RETRAIN")
-    add_flag(p, "--hours", f"{ENV_PREFIX}RETRAIN_HOURS", "train on the last H hours before the newest event",
+    add_flag(p, "retrain", "--events", "or read them from a log file")
+    add_log_flags(p, "retrain")
+    add_flag(p, "retrain", "--hours", "train on the last H hours before the newest event",
              required=False, default="24")
-    add_flag(p, "--out", f"{ENV_PREFIX}RETRAIN_OUT", "where the new artifact is written (kept when not "
+    add_flag(p, "retrain", "--out", "where the new artifact is written (kept when not "
              "published)", default="artifacts/retrain")
-    add_flag(p, "--seed", f"{ENV_PREFIX}RETRAIN_SEED", "random seed", default="0")
-    add_flag(p, "--device", f"{ENV_PREFIX}RETRAIN_DEVICE", "torch device: auto, cpu or cuda", default="auto",
+    add_flag(p, "retrain", "--seed", "random seed", default="0")
+    add_flag(p, "retrain", "--device", "torch device: auto, cpu or cuda", default="auto",
              choices=["auto", "cpu", "cuda"])
-    add_flag(p, "--catalog", f"{ENV_PREFIX}RETRAIN_CATALOG", "the shop's catalog, as for `streamrec train`")
-    add_flag(p, "--json-out", f"{ENV_PREFIX}RETRAIN_JSON_OUT", "also write the comparison as JSON here")
-    add_switch(p, "--dry-run", f"{ENV_PREFIX}RETRAIN_DRY_RUN", "compare and store the comparison in the new "
+    add_flag(p, "retrain", "--catalog", "the shop's catalog, as for `streamrec train`")
+    add_flag(p, "retrain", "--json-out", "also write the comparison as JSON here")
+    add_switch(p, "retrain", "--dry-run", "compare and store the comparison in the new "
                "manifest; publish nothing")
-    add_switch(p, "--no-announce", f"{ENV_PREFIX}RETRAIN_NO_ANNOUNCE", "publish the folder if not worse, but do "
+    add_switch(p, "retrain", "--no-announce", "publish the folder if not worse, but do "
                "not make it live")
     add_no_progress(p)
     add_config_flags(p, ["--registry", "--control-topic", "--bootstrap-servers"])

@@ -6,13 +6,15 @@ Each rule is checked over every command, so a new one follows it or fails here.
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 
 import pytest
 
 from streamrec.cli import build_parser, main
 from udfs import kafka_clients
-from udfs.flags import CONFIG_FLAGS, JOB_FLAGS
+from udfs.config import SECTIONS, env_var
+from udfs.flags import CONFIG_FLAGS, JOB_FLAGS, RENAMED_SCOPES, command_env, env_value
 from udfs.kafka_clients import KafkaClients, KafkaUnreachable
 
 
@@ -72,3 +74,38 @@ def test_every_command_that_reads_a_log_reads_it_the_same_way_by_default() -> No
             readers[name] = action.default
     assert {"replay", "train", "retrain", "evaluate"} <= set(readers)
     assert set(readers.values()) == {"auto"}, readers
+
+
+GLOBAL_ENV = {"STREAMREC_CONFIG", "STREAMREC_NO_PROGRESS"}
+
+
+def _env_of(action: argparse.Action) -> str | None:
+    found = re.search(r"\[env: (STREAMREC_[A-Z0-9_]+)", action.help or "")
+    return found.group(1) if found else None
+
+
+def test_every_variable_follows_the_one_rule_and_none_is_two_settings() -> None:
+    """STREAMREC_<SCOPE>_<NAME>: a config section and its key, or a command and its flag."""
+    config_vars = {env_var(section, field) for section, model in SECTIONS.items() for field in model.model_fields}
+    command_vars: dict[str, str] = {}
+    off_rule = []
+    for name, parser in commands().items():
+        for action in parser._actions:
+            env = _env_of(action)
+            if env is None or env in GLOBAL_ENV or env in config_vars:
+                continue
+            flag = max(action.option_strings, key=len)
+            if env != command_env(name, flag):
+                off_rule.append((name, flag, env))
+            command_vars[env] = f"{name} {flag}"
+    assert len(command_vars) > 80
+    assert off_rule == []
+    assert not set(command_vars) & config_vars
+
+
+def test_a_variable_under_a_renamed_scope_still_counts_with_a_warning() -> None:
+    renamed = f"STREAMREC_{RENAMED_SCOPES['EVALUATE']}_SEEDS"
+    with pytest.warns(FutureWarning, match="STREAMREC_EVALUATE_SEEDS"):
+        assert env_value("STREAMREC_EVALUATE_SEEDS", {renamed: "4,5"}) == "4,5"
+    assert env_value("STREAMREC_EVALUATE_SEEDS", {renamed: "4,5", "STREAMREC_EVALUATE_SEEDS": "6"}) == "6"
+    assert env_value("STREAMREC_EVALUATE_SEEDS", {}) is None
