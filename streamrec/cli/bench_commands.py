@@ -14,17 +14,28 @@ from streamrec import progress
 from streamrec.cli.common import (
     add_no_progress,
 )
+from streamrec.cli.settings_flags import SettingsFlags, add_settings_flags, settings_from_args
 from streamrec.lab.benchmark.bench import Bench, BenchSettings
 from streamrec.lab.benchmark.bench_report import markdown
 from streamrec.lab.benchmark.compare import CompareError, compare
 from streamrec.lab.benchmark.compare import markdown as compare_markdown
 from streamrec.lab.benchmark.inference import main as bench_model_main
+from streamrec.lab.benchmark.log_load import LoadBenchSettings, run_load_bench
+from streamrec.lab.benchmark.log_load import markdown as load_markdown
 from streamrec.lab.benchmark.peer import run_peer
 from streamrec.lab.benchmark.scale import ScaleBench, ScaleSettings
 from streamrec.lab.benchmark.scale_report import markdown as scale_markdown
 from streamrec.lab.benchmark.serve_latency import ServeBenchSettings, run_serve_bench
 from streamrec.lab.benchmark.serve_latency import markdown as serve_markdown
 from udfs.flags import CONFIG_FLAGS, add_config_flags, add_flag, config_from_args
+
+# Each bench's flags, from its settings dataclass (streamrec/cli/settings_flags.py).
+BENCH_FLAGS = SettingsFlags(BenchSettings, "bench", names={"out_dir": "--out"}, defaults={"out_dir": "bench-results"})
+SCALE_FLAGS = SettingsFlags(ScaleSettings, "bench", prefix="scale-", skip=frozenset({"out_dir"}))
+SERVE_FLAGS = SettingsFlags(ServeBenchSettings, "bench-serve", names={"out_dir": "--out", "duration_s": "--duration"},
+                            defaults={"out_dir": "bench-results/serve"})
+LOAD_FLAGS = SettingsFlags(LoadBenchSettings, "bench-load", names={"out_dir": "--out"},
+                           defaults={"out_dir": "bench-results/log-load"})
 
 
 def cmd_bench_model(args: argparse.Namespace) -> int:
@@ -46,40 +57,22 @@ def cmd_peer(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    def ints(text: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-
     if args.compare:
         return cmd_bench_compare(args)
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     cfg = config_from_args(args)
     progress.set_enabled(not args.no_progress)
     others = tuple(p for p in phases if p != "scale")
+    out = Path(args.out)
     if others:
-        settings = BenchSettings(
-            out_dir=Path(args.out), events=int(args.events), users=int(args.users), items=int(args.items),
-            seed=int(args.seed), artifact=Path(args.artifact) if args.artifact else None,
-            parallelisms=ints(args.parallelisms), warmup_s=float(args.warmup_s), window_s=float(args.window_s),
-            latency_s=float(args.latency_s), latency_warmup_s=float(args.latency_warmup_s),
-            latency_repeats=int(args.latency_repeats), batching_repeats=int(args.batching_repeats),
-            train_events=int(args.train_events),
-            batching_paced=args.batching_paced == "on",
-            latency_rates=tuple(float(x) for x in args.latency_rates.split(",") if x.strip()),
-            phases=others,
-        )
+        settings = settings_from_args(BENCH_FLAGS, args, phases=others)
         results = Bench(settings, cfg).run()
         print(markdown(results))
-        print(f"results: {settings.out_dir / 'results.json'}, {settings.out_dir / 'results.md'}, "
-              f"{settings.out_dir / 'results.png'}")
+        print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
     if "scale" in phases:
-        scale = ScaleSettings(
-            out_dir=Path(args.out), shoppers=int(args.scale_shoppers), events=int(args.scale_events),
-            items=int(args.scale_items), artifact=Path(args.scale_artifact) if args.scale_artifact else None,
-            backends=tuple(b.strip() for b in args.scale_backends.split(",") if b.strip()),
-            parallelism=int(args.scale_parallelism), checkpoint_interval_ms=int(args.scale_checkpoint_interval_ms),
-        )
+        scale = settings_from_args(SCALE_FLAGS, args, out_dir=out)
         print(scale_markdown(ScaleBench(scale, cfg).run()))
-        print(f"results: {scale.out_dir / 'scale.json'}, {scale.out_dir / 'scale.md'}")
+        print(f"results: {out / 'scale.json'}, {out / 'scale.md'}")
     return 0
 
 
@@ -97,12 +90,16 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    settings = ServeBenchSettings(Path(args.out), rate=float(args.rate), duration_s=float(args.duration),
-                                  shoppers=int(args.shoppers), connections=int(args.connections),
-                                  routes=tuple(r.strip() for r in args.routes.split(",") if r.strip()),
-                                  guest_rate=float(args.guest_rate))
+    settings = settings_from_args(SERVE_FLAGS, args)
     print(serve_markdown(run_serve_bench(settings)))
     print(f"results: {settings.out_dir / 'serve_latency.json'}")
+    return 0
+
+
+def cmd_bench_load(args: argparse.Namespace) -> int:
+    settings = settings_from_args(LOAD_FLAGS, args)
+    print(load_markdown(run_load_bench(settings)))
+    print(f"results: {settings.out_dir / 'log_load.json'}, {settings.out_dir / 'log_load.md'}")
     return 0
 
 
@@ -129,55 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_peer)
 
     p = sub.add_parser("bench", help="job (p1, p2) vs plain-Python peer vs model and Kafka ceilings, latency")
-    add_flag(p, "bench", "--out", "results directory", default="bench-results")
-    add_flag(p, "bench", "--events", "events in the generated stream", default="1000000")
-    add_flag(p, "bench", "--users", "users in the stream", default="100000")
-    add_flag(p, "bench", "--items", "items in the catalog", default="50000")
-    add_flag(p, "bench", "--seed", "stream seed", default="11")
-    add_flag(p, "bench", "--train-events",
-             "events of the stream's catalog the bench model is trained on when there is no --artifact",
-             default="60000")
-    add_flag(p, "bench", "--artifact",
-             "model artifact (default: train one on 60,000 events of the stream's catalog into OUT/artifact)")
-    add_flag(p, "bench", "--parallelisms", "job parallelisms, comma-separated",
-             default="1,2")
-    add_flag(p, "bench", "--warmup-s", "seconds after the first output before timing",
-             default="20")
-    add_flag(p, "bench", "--window-s", "throughput window per phase, seconds", default="90")
-    add_flag(p, "bench", "--latency-s", "seconds of paced replay per latency point",
-             default="45")
-    add_flag(p, "bench", "--latency-warmup-s",
-             "seconds of paced replay before each latency point's timed part (JIT warm-up)", default="60")
-    add_flag(p, "bench", "--latency-repeats",
-             "independent runs per latency point, each on a fresh cluster; medians are reported", default="3")
-    add_flag(p, "bench", "--latency-rates",
-             "absolute events/s for the latency points (default: 50%% and 90%% of the measured maximum); "
-             "the batching phase paces at the first (default: half the unbatched rate)",
-             default="")
-    add_flag(p, "bench", "--phases",
-             "comma-separated: model, kafka, job, peer, latency, batching (job with ranking.batching off and on, "
-             "throughput and the tail at half the unbatched rate), floor (the job beside itself with its lists "
-             "replayed, with and without the model call: what faster candidate, feature and list code could give); "
-             "scale (store scale, its own workload: not a "
-             "default, over an hour per backend at full size on 2 cores)",
-             default="model,kafka,job,peer,latency,batching,floor")
-    add_flag(p, "bench", "--batching-repeats",
-             "batching and floor: throughput runs per side, alternated; medians are reported", default="1")
-    add_flag(p, "bench", "--batching-paced",
-             "batching: also the paced tail of each side at half the unbatched rate (on/off)", default="on")
-    add_flag(p, "bench", "--scale-shoppers", "scale: distinct shoppers (exact)",
-             default="1000000")
-    add_flag(p, "bench", "--scale-events", "scale: events through the broker",
-             default="5000000")
-    add_flag(p, "bench", "--scale-items", "scale: items in the catalog", default="100000")
-    add_flag(p, "bench", "--scale-backends", "scale: state backends, comma-separated",
-             default="hashmap,rocksdb")
-    add_flag(p, "bench", "--scale-parallelism",
-             "scale: job parallelism (one one-slot TaskManager each)", default="2")
-    add_flag(p, "bench", "--scale-checkpoint-interval-ms",
-             "scale: checkpoint interval", default="10000")
-    add_flag(p, "bench", "--scale-artifact",
-             "scale: model artifact (default: train one on the scale catalog into OUT/scale-artifact)")
+    add_settings_flags(p, BENCH_FLAGS)
+    add_settings_flags(p, SCALE_FLAGS)
     add_flag(p, "bench", "--compare",
              "instead of one bench: build REF (a commit, branch or tag) in a worktree with its own venv and run "
              "its bench and this tree's alternately with the same flags, then print each figure's ratio "
@@ -190,14 +140,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench-serve", help="latency of streamrec serve's routes at fixed request rates (open loop), "
                        "and its view's rebuild")
-    add_flag(p, "bench-serve", "--out", "results folder", default="bench-results/serve")
-    add_flag(p, "bench-serve", "--rate", "lookups per second", default="1000")
-    add_flag(p, "bench-serve", "--duration", "timed seconds (after 5 s of warm-up)",
-             default="60")
-    add_flag(p, "bench-serve", "--shoppers", "lists in the topic", default="100000")
-    add_flag(p, "bench-serve", "--connections", "keep-alive client connections",
-             default="64")
-    add_flag(p, "bench-serve", "--routes", "routes to time, in order",
-             default="lookup,batch,similar,guest")
-    add_flag(p, "bench-serve", "--guest-rate", "guest lists per second", default="100")
+    add_settings_flags(p, SERVE_FLAGS)
     p.set_defaults(func=cmd_bench_serve)
+
+    p = sub.add_parser("bench-load", help="load time of a training log by format and reader (CSV, pyarrow's CSV, "
+                       "Parquet, Arrow), on the same events")
+    add_settings_flags(p, LOAD_FLAGS)
+    p.set_defaults(func=cmd_bench_load)

@@ -9,8 +9,10 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
+from streamrec.lab.benchmark import log_load
 from streamrec.lab.evaluation.matrix import DEFAULT_DATA_DIR
 from streamrec.lab.generator import START_TS_MS, generate_events
+from udfs.errors import InputError
 from udfs.logs import CsvLayout, load_events, write_userbehavior_csv
 
 
@@ -77,3 +79,26 @@ def test_a_shared_logs_parquet_twin_loads_the_same_events(tmp_path, name):
         pytest.skip(f"{path} not here")
     pq.write_table(_taobao_table(path), tmp_path / "twin.parquet")
     assert load_events(tmp_path / "twin.parquet", sort=True) == load_events(path, sort=True)
+
+
+def test_the_load_bench_times_every_reader_on_the_same_events(tmp_path, monkeypatch):
+    monkeypatch.setattr(log_load, "largest_shared_log", lambda: None)
+    report = log_load.run_load_bench(log_load.LoadBenchSettings(tmp_path, generated_events=3000, repeats=2))
+    (log,) = report["logs"]
+    assert log["rows"] == 3000 and set(log["medians"]) == set(log_load.READERS)
+    assert all(len(times) == 2 for times in log["seconds"].values())
+    assert "generated_3000.csv | 3,000" in (tmp_path / "log_load.md").read_text()
+
+
+def test_the_load_bench_refuses_a_reader_that_loads_other_events(tmp_path, monkeypatch):
+    real = log_load.load_arrow
+
+    def one_row_short(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.events.pop()
+        return result
+
+    monkeypatch.setattr(log_load, "load_arrow", one_row_short)
+    monkeypatch.setattr(log_load, "largest_shared_log", lambda: None)
+    with pytest.raises(InputError, match="csv_pyarrow reader loads other events"):
+        log_load.run_load_bench(log_load.LoadBenchSettings(tmp_path, generated_events=500, repeats=1))

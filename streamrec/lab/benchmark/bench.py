@@ -66,26 +66,40 @@ TERMINAL = ("FAILED", "CANCELED", "CANCELLING", "FINISHED", "SUSPENDED")
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What one bench run measures; the defaults are the issue's workload."""
+    """What one bench run measures; the defaults are the issue's workload. The `streamrec bench` flags
+    derive from these fields (streamrec/cli/settings_flags.py): each docstring is its flag's help."""
 
     out_dir: Path
+    """Results directory."""
     events: int = 1_000_000
+    """Events in the generated stream."""
     users: int = 100_000
+    """Users in the stream."""
     items: int = 50_000
+    """Items in the catalog."""
     categories: int = 500
+    """Categories in the catalog."""
     seed: int = 11
+    """Stream seed."""
     artifact: Path | None = None
-    """Model artifact; None trains one on ``train_events`` generated events of the stream's catalog."""
+    """Model artifact (default: train one on train_events events of the stream's catalog into OUT/artifact)."""
     train_events: int = 60_000
+    """Events of the stream's catalog the bench model is trained on when there is no --artifact."""
     partitions: int = 2
+    """Partitions of the bench's input topic."""
     parallelisms: tuple[int, ...] = (1, 2)
+    """Job parallelisms, comma-separated."""
     warmup_s: float = 20.0
+    """Seconds after the first output before timing."""
     window_s: float = 90.0
-    """Throughput window per phase, after the warm-up."""
+    """Throughput window per phase, seconds."""
     latency_fractions: tuple[float, ...] = (0.5, 0.9)
+    """Latency points as fractions of the measured maximum rate (unless --latency-rates)."""
     latency_rates: tuple[float, ...] = ()
-    """Absolute events/s for the latency points instead of fractions of the measured maximum."""
+    """Absolute events/s for the latency points instead of fractions of the measured maximum; the batching
+    phase paces at the first (default: half the unbatched rate)."""
     latency_s: float = 45.0
+    """Seconds of paced replay per latency point."""
     latency_repeats: int = 3
     """Independent runs, each on a fresh cluster, per latency point; the point reports their
     medians. Identical runs on a shared 2-core machine have differed several-fold in p99."""
@@ -93,11 +107,16 @@ class BenchSettings:
     """Paced replay before a latency point's timed part: a fresh cluster's JVMs JIT-compile for
     about a minute, and p99 in that minute is several times the steady state's."""
     model_seconds: float = 10.0
+    """Seconds per batch size in the model phase."""
     batching_repeats: int = 1
-    """Throughput runs per side (batching off, on), alternated; the table reports their medians."""
+    """Batching and floor: throughput runs per side, alternated; medians are reported."""
     batching_paced: bool = True
-    """Also the paced tail of each side (latency_repeats runs each) at half the unbatched rate."""
+    """Batching: also the paced tail of each side (latency_repeats runs each) at half the unbatched rate (on/off)."""
     phases: tuple[str, ...] = ("model", "kafka", "job", "peer", "latency", "batching", "floor")
+    """Comma-separated: model, kafka, job, peer, latency, batching (job with ranking.batching off and on,
+    throughput and the tail at half the unbatched rate), floor (the job beside itself with its lists
+    replayed, with and without the model call: what faster candidate, feature and list code could give);
+    scale (store scale, its own workload: not a default, over an hour per backend at full size on 2 cores)."""
 
 
 # ---------------------------------------------------------------- process stats

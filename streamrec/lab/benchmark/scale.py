@@ -61,28 +61,41 @@ BACKENDS = ("hashmap", "rocksdb")
 
 @dataclass(frozen=True)
 class ScaleSettings:
-    """The store-scale workload; the defaults are the issue's (item 2 of "Store scale")."""
+    """The store-scale workload; the defaults are the issue's (item 2 of "Store scale"). The
+    `streamrec bench --scale-*` flags derive from these fields (streamrec/cli/settings_flags.py)."""
 
     out_dir: Path
+    """Results directory."""
     shoppers: int = 1_000_000
+    """Scale: distinct shoppers (exact)."""
     events: int = 5_000_000
+    """Scale: events through the broker."""
     items: int = 100_000
+    """Scale: items in the catalog."""
     categories: int = 500
+    """Scale: categories in the catalog."""
     seed: int = 13
+    """Scale: stream seed."""
     artifact: Path | None = None
+    """Scale: model artifact (default: train one on the scale catalog into OUT/scale-artifact)."""
     train_events: int = 60_000
+    """Scale: events the scale model is trained on when there is no --scale-artifact."""
     backends: tuple[str, ...] = BACKENDS
+    """Scale: state backends, comma-separated."""
     parallelism: int = 2
-    """One-slot TaskManagers, one per subtask: the kill takes one subtask's process."""
+    """Scale: job parallelism: one-slot TaskManagers, one per subtask (the kill takes one subtask's process)."""
     partitions: int = 2
+    """Scale: partitions of the input topic."""
     checkpoint_interval_ms: int = 10_000
+    """Scale: checkpoint interval."""
     kill_at: float = 0.6
-    """Fraction of the expected lists on the output topic at which one TaskManager is killed."""
+    """Scale: fraction of the expected lists on the output topic at which one TaskManager is killed."""
     sample_s: float = 2.0
-    """RSS and output-count sampling period."""
+    """Scale: RSS and output-count sampling period, seconds."""
     tm_memory: str = "3072m"
+    """Scale: each TaskManager's process memory."""
     max_run_s: float = 6 * 3600.0
-    """Give up on a backend after this long (the 1M workload takes over an hour per backend on 2 cores)."""
+    """Scale: give up on a backend after this long (the 1M workload takes over an hour per backend on 2 cores)."""
 
 
 # ---------------------------------------------------------------- workload (pure)

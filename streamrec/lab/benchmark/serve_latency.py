@@ -50,26 +50,34 @@ RESULTS_MD = "serve_latency.md"
 
 @dataclass
 class ServeBenchSettings:
+    """`streamrec bench-serve`'s flags derive from these fields (streamrec/cli/settings_flags.py)."""
+
     out_dir: Path
+    """Results folder."""
     rate: float = 1000.0
-    """Requests per second, open loop."""
+    """Lookups per second, open loop."""
     duration_s: float = 60.0
-    """Timed part."""
+    """Timed seconds (after the warm-up)."""
     warmup_s: float = 5.0
-    """Requests at ``rate`` before the timed part (not counted)."""
+    """Seconds of requests at the rate before the timed part (not counted)."""
     shoppers: int = 100_000
     """Lists in the topic (one per shopper)."""
     unknown_share: float = 0.1
     """Share of requests for shoppers without a list."""
     connections: int = 64
+    """Keep-alive client connections."""
     seed: int = 0
+    """Seed of the shoppers and items asked for."""
     routes: tuple[str, ...] = ("lookup", "batch", "similar", "guest")
+    """Routes to time, in order."""
     guest_rate: float = 100.0
     """Guest lists per second (each one ranks candidates with the model)."""
     batch_users: int = 10
+    """Shoppers per batch request."""
     guest_events: int = 5
+    """Items in each guest session."""
     artifact: Path | None = None
-    """The bench model (trained there if missing); default: ``out_dir``/artifact."""
+    """The bench model (trained there if missing); default: OUT/artifact."""
 
 
 ROUTES = ("lookup", "batch", "similar", "guest")
