@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from streamrec.lab.benchmark.bench_summary import SYSTEMS, without_broker
+from streamrec.lab.markdown import table
 
 
 def backlog_lines(r: Mapping[str, Any]) -> list[str]:
@@ -39,11 +40,9 @@ def _latency_label(key: str) -> str:
 def markdown(results: dict[str, Any]) -> str:
     r = results
     lines = ["# streamrec bench", "", f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}; "
-             f"model {r.get('model_version')}; settings {json.dumps(r.get('settings', {}))}", "",
-             "| system | events/s | ranked pairs/s | CPU s in window | CPU ms per event (broker) "
-             "| events/s the CPU allows (cores it can use) | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"model {r.get('model_version')}; settings {json.dumps(r.get('settings', {}))}", ""]
     labels = {"job_p1": "job, parallelism 1", "job_p2": "job, parallelism 2", "peer": "plain-Python peer"}
+    rows: list[list[str]] = []
     for key in SYSTEMS:
         row = r.get(key)
         if row:
@@ -51,30 +50,30 @@ def markdown(results: dict[str, Any]) -> str:
             per_event = (f"{_fmt(row.get('cpu_ms_per_event'), 2)} ({_fmt(row.get('broker_cpu_ms_per_event'), 2)})"
                          if "cpu_ms_per_event" in row else "-")
             bound = f"{_fmt(row.get('cpu_bound_events_per_s'))} ({row.get('cores', '-')})"
-            lines.append(f"| {labels[key]} | {_fmt(row['events_per_s'])} | {_fmt(row.get('pairs_per_s'))} | "
-                         f"{_fmt(cpu, 1)} | {per_event} | {bound} | {_fmt(rss)} |")
+            rows.append([labels[key], _fmt(row["events_per_s"]), _fmt(row.get("pairs_per_s")), _fmt(cpu, 1),
+                         per_event, bound, _fmt(rss)])
     if r.get("model"):
-        lines.append(f"| model alone (onnxruntime, {r['model']['provider']}) | - | "
-                     f"{_fmt(r['model']['pairs_per_s'])} | - | - | - | - |")
+        rows.append([f"model alone (onnxruntime, {r['model']['provider']})", "-", _fmt(r["model"]["pairs_per_s"]),
+                     "-", "-", "-", "-"])
     if r.get("kafka_consume_events_per_s"):
-        lines.append(f"| Kafka alone (kafka-python produce / consume) | {_fmt(r['kafka_produce_events_per_s'])} / "
-                     f"{_fmt(r['kafka_consume_events_per_s'])} | - | - | - | - | - |")
+        rows.append(["Kafka alone (kafka-python produce / consume)",
+                     f"{_fmt(r['kafka_produce_events_per_s'])} / {_fmt(r['kafka_consume_events_per_s'])}",
+                     "-", "-", "-", "-", "-"])
+    lines += table(["system", "events/s", "ranked pairs/s", "CPU s in window", "CPU ms per event (broker)",
+                    "events/s the CPU allows (cores it can use)", "peak RSS MB"], rows)
     lines += busiest_threads_lines(r)
     lines += backlog_lines(r)
     guarantee = r.get("delivery_guarantee", "at-least-once")
-    lines += ["", f"Latency: medians over independent runs (job, {guarantee}).", "",
-              "| latency | target events/s | p50 ms | p95 ms | p99 ms | p99 ms per run | matched |",
-              "|---|---:|---:|---:|---:|---|---:|"]
-    for k in sorted(k for k in r if k.startswith("latency_")):
-        v = r[k]
-        per_run = ", ".join(_fmt(run["p99_ms"]) for run in v.get("runs", []))
-        lines.append(f"| {_latency_label(k)} | {_fmt(v['target_rate'])} | {_fmt(v['p50_ms'])} | {_fmt(v['p95_ms'])} | "
-                     f"{_fmt(v['p99_ms'])} | {per_run} | {v['matched']} |")
+    lines += ["", f"Latency: medians over independent runs (job, {guarantee}).", ""]
+    latency = [[_latency_label(k), _fmt(v["target_rate"]), _fmt(v["p50_ms"]), _fmt(v["p95_ms"]), _fmt(v["p99_ms"]),
+                ", ".join(_fmt(run["p99_ms"]) for run in v.get("runs", [])), v["matched"]]
+               for k, v in sorted((k, v) for k, v in r.items() if k.startswith("latency_"))]
+    lines += table(["latency", "target events/s", "p50 ms", "p95 ms", "p99 ms", "p99 ms per run", "matched"],
+                   latency, align="lrrrrlr")
     lines += batching_table(r.get("batching"))
     lines += floor_table(r.get("floor"))
-    lines += ["", "| ratio | value |", "|---|---:|"]
-    for k in sorted(k for k in r if k.startswith("ratio_")):
-        lines.append(f"| {k[6:]} | {r[k]:.2f} |")
+    ratios = [[k[6:], f"{r[k]:.2f}"] for k in sorted(k for k in r if k.startswith("ratio_"))]
+    lines += ["", *table(["ratio", "value"], ratios)]
     return "\n".join(lines) + "\n"
 
 
@@ -102,17 +101,15 @@ def batching_table(b: dict[str, Any] | None) -> list[str]:
     off, on = b["runs"]["off"], b["runs"]["on"]
     return ["", f"Batched ranking at parallelism {p}, off and on in one run ({json.dumps(b['settings'])}); "
             f"paced at {_fmt(b['paced_events_per_s'])} events/s, half the unbatched rate.", "",
-            "| batching | events/s (runs) | rows per model call p50 / p99 (mean) | paced p50 ms | paced p99 ms "
-            "| share of the model-alone bound |",
-            "|---|---:|---:|---:|---:|---:|",
-            f"| off | {_fmt(b[f'p{p}_events_per_s_off'])} ({', '.join(_fmt(r['events_per_s']) for r in off)}) | "
-            f"{_fmt(b['rows_per_call_off'])} per call | {_fmt(b['p50_ms_paced_off'])} | "
-            f"{_fmt(b['p99_ms_paced_off'])} | "
-            f"{_fmt(b['share_of_model_bound_off'], 2)} |",
-            f"| on | {_fmt(b[f'p{p}_events_per_s_on'])} ({', '.join(_fmt(r['events_per_s']) for r in on)}) | "
-            f"<= {_fmt(b['rows_per_call_p50'])} / <= {_fmt(b['rows_per_call_p99'])} "
-            f"({_fmt(b['rows_per_call_mean'])}) | "
-            f"{_fmt(b['p50_ms_paced_on'])} | {_fmt(b['p99_ms_paced_on'])} | {_fmt(b['share_of_model_bound_on'], 2)} |"]
+            *table(["batching", "events/s (runs)", "rows per model call p50 / p99 (mean)", "paced p50 ms",
+                    "paced p99 ms", "share of the model-alone bound"], [
+                ["off", f"{_fmt(b[f'p{p}_events_per_s_off'])} ({', '.join(_fmt(r['events_per_s']) for r in off)})",
+                 f"{_fmt(b['rows_per_call_off'])} per call", _fmt(b["p50_ms_paced_off"]), _fmt(b["p99_ms_paced_off"]),
+                 _fmt(b["share_of_model_bound_off"], 2)],
+                ["on", f"{_fmt(b[f'p{p}_events_per_s_on'])} ({', '.join(_fmt(r['events_per_s']) for r in on)})",
+                 f"<= {_fmt(b['rows_per_call_p50'])} / <= {_fmt(b['rows_per_call_p99'])} "
+                 f"({_fmt(b['rows_per_call_mean'])})",
+                 _fmt(b["p50_ms_paced_on"]), _fmt(b["p99_ms_paced_on"]), _fmt(b["share_of_model_bound_on"], 2)]])]
 
 
 def floor_table(f: dict[str, Any] | None) -> list[str]:
@@ -124,17 +121,16 @@ def floor_table(f: dict[str, Any] | None) -> list[str]:
             ("model_only", "model", "candidates, features and list replayed; the model still called"),
             ("platform", "none", "replayed, no model call: Kafka, Flink, state, encode and decode"))
     lines = ["", f"The floor at parallelism {p}: the job beside itself with its lists replayed, in one run "
-             "(medians). The model-only row is the most faster candidate, feature and list code could give.", "",
-             "| run | what it does per event | events/s (runs) | CPU ms per event | operator thread ms per event "
-             "| share of the model-alone bound |",
-             "|---|---|---:|---:|---:|---:|"]
+             "(medians). The model-only row is the most faster candidate, feature and list code could give.", ""]
+    cells = []
     for key, side, what in rows:
         share = f.get(f"share_of_model_bound_{key}") if key != "platform" else None
-        lines.append(f"| {key.replace('_', ' ')} | {what} | {_fmt(f.get(f'p{p}_events_per_s_{key}'))} "
-                     f"({', '.join(_fmt(r['events_per_s']) for r in f['runs'].get(side, []))}) | "
-                     f"{_fmt(f.get(f'cpu_ms_per_event_{key}'), 2)} | {_fmt(f.get(f'operator_ms_per_event_{key}'), 2)} "
-                     f"| {_fmt(share, 2)} |")
-    return lines
+        cells.append([key.replace("_", " "), what, f"{_fmt(f.get(f'p{p}_events_per_s_{key}'))} "
+                      f"({', '.join(_fmt(r['events_per_s']) for r in f['runs'].get(side, []))})",
+                      _fmt(f.get(f"cpu_ms_per_event_{key}"), 2), _fmt(f.get(f"operator_ms_per_event_{key}"), 2),
+                      _fmt(share, 2)])
+    return lines + table(["run", "what it does per event", "events/s (runs)", "CPU ms per event",
+                          "operator thread ms per event", "share of the model-alone bound"], cells, align="llrrrr")
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

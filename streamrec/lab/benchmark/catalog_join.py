@@ -55,6 +55,7 @@ from streamrec.lab.benchmark.topic_counts import TopicCounter
 from streamrec.lab.generator import generate_events
 from streamrec.lab.local.kafka import LocalKafka
 from streamrec.lab.local.procs import LOCAL_BROKER_SECURITY, job_env, stop_group
+from streamrec.lab.markdown import table
 from udfs.artifact import Artifact, Manifest
 from udfs.candidates import build_tables
 from udfs.catalog import Catalog, CatalogItem, catalog_key, decode_catalog_item, encode_catalog_item
@@ -249,26 +250,26 @@ def job_phase(sizes: Sequence[int], out: Path) -> list[dict[str, Any]]:
 
 def job_markdown(runs: list[dict[str, Any]]) -> str:
     base = runs[0]
-    lines = ["| catalog items | job RSS (client + JVM + Python) | over the empty catalog | events/s with the model "
-             "| catalog read by the job |", "|---:|---:|---:|---:|---:|"]
-    for r in runs:
-        lines.append(f"| {r['items']:,} | {r['job_rss_mb']:,} MB | +{r['job_rss_mb'] - base['job_rss_mb']:,} MB "
-                     f"| {r['events_per_s']:,} | {r['catalog_read_s']} s |")
+    lines = table(["catalog items", "job RSS (client + JVM + Python)", "over the empty catalog",
+                   "events/s with the model", "catalog read by the job"],
+                  [[f"{r['items']:,}", f"{r['job_rss_mb']:,} MB", f"+{r['job_rss_mb'] - base['job_rss_mb']:,} MB",
+                    f"{r['events_per_s']:,}", f"{r['catalog_read_s']} s"] for r in runs], align="rrrrr")
     return "\n".join(lines) + "\n"
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["| items | design | memory per instance | events/s (keyed function, no model) |",
-             "|---:|---|---|---:|"]
+    cells: list[list[str]] = []
     for r in results:
         b, k = r["broadcast"], r["keyed_by_item"]
-        lines.append(f"| {r['items']:,} | broadcast | {b['per_instance_mb']} MB at any parallelism "
-                     f"({r['state_payload_mb']} MB state payload + {b['python_mirror_mb']} MB Python mirror) "
-                     f"| {b['events_per_s']:,} |")
         at = k["per_instance_mb_at_p"]
-        lines.append(f"| {r['items']:,} | keyed by item | {at[1]} MB / p ({at[4]} MB at p=4) "
-                     f"| {k['events_per_s']:,} (lower bound) |")
-        lines.append(f"| {r['items']:,} | no catalog | 0 | {r['no_catalog_events_per_s']:,} |")
+        cells += [[f"{r['items']:,}", "broadcast", f"{b['per_instance_mb']} MB at any parallelism "
+                   f"({r['state_payload_mb']} MB state payload + {b['python_mirror_mb']} MB Python mirror)",
+                   f"{b['events_per_s']:,}"],
+                  [f"{r['items']:,}", "keyed by item", f"{at[1]} MB / p ({at[4]} MB at p=4)",
+                   f"{k['events_per_s']:,} (lower bound)"],
+                  [f"{r['items']:,}", "no catalog", "0", f"{r['no_catalog_events_per_s']:,}"]]
+    lines = table(["items", "design", "memory per instance", "events/s (keyed function, no model)"], cells,
+                  align="rllr")
     return "\n".join(lines) + "\n"
 
 

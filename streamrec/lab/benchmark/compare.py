@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from streamrec.lab.markdown import table
 from udfs.config import ENV_PREFIX
 from udfs.errors import UserError
 
@@ -257,17 +258,17 @@ def markdown(c: Comparison) -> str:
     if not c.same_stream:
         lines += ["**The two commits' generators make different streams** (or one could not be run): "
                   "each side benched its own stream of the same size and seed.", ""]
-    lines += ["| figure | ref median | this median | this / ref | ref runs | this runs |",
-              "|---|---:|---:|---:|---|---|"]
+    cells = []
     for row in c.rows:
         ratio = row["ratio"]
         mark = ""
         if ratio is not None and abs(ratio - 1) >= MARKED_CHANGE:
             mark = " (better)" if (ratio > 1) == row["higher_is_better"] else " (worse)"
-        lines.append(f"| {row['figure']} | {_fmt(row['ref_median'])} | {_fmt(row['this_median'])} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}'}{mark} | "
-                     f"{', '.join(_fmt(v) for v in row['ref_runs'])} | "
-                     f"{', '.join(_fmt(v) for v in row['this_runs'])} |")
+        cells.append([row["figure"], _fmt(row["ref_median"]), _fmt(row["this_median"]),
+                      f"{'' if ratio is None else f'{ratio:.2f}'}{mark}", ", ".join(_fmt(v) for v in row["ref_runs"]),
+                      ", ".join(_fmt(v) for v in row["this_runs"])])
+    lines += table(["figure", "ref median", "this median", "this / ref", "ref runs", "this runs"], cells,
+                   align="lrrrll")
     lines += ["", f"A ratio within {MARKED_CHANGE:.0%} of 1 is left unmarked: on a shared machine that is inside "
               "a run's spread."]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from streamrec.lab.markdown import table
+
 # The targets: the model alone on one H100, and the job against the model alone.
 MODEL_TARGET_PAIRS_PER_S = 1_000_000
 JOB_TARGET_SHARE_OF_MODEL = 0.5
@@ -67,10 +69,10 @@ def _fmt(v: Any) -> str:
 def markdown(s: Mapping[str, Any]) -> str:
     where = (f"GPU {s['gpu']} (CUDA provider)" if s["measured_on_gpu"] else
              f"provider {s['provider']}: NOT a GPU measurement (smoke run or CPU fallback)")
-    lines = ["# bench-gpu", "", f"Measured on {where}.", "", "| model alone (best batch) | rows per call | p50 ms "
-             "| pairs/s |", "|---|---:|---:|---:|"]
-    for engine, r in s["model_alone"].items():
-        lines.append(f"| {engine} | {r['batch']} | {r['p50_ms']:.3f} | {_fmt(r['pairs_per_s'])} |")
+    lines = ["# bench-gpu", "", f"Measured on {where}.", "",
+             *table(["model alone (best batch)", "rows per call", "p50 ms", "pairs/s"],
+                    [[engine, r["batch"], f"{r['p50_ms']:.3f}", _fmt(r["pairs_per_s"])]
+                     for engine, r in s["model_alone"].items()])]
     share = s["job_in_job_share_of_model_alone"]
     lines += ["", f"Job at parallelism {s['job_parallelism']}, batching {json.dumps(s['job_batch_settings'])}: "
               f"{_fmt(s['job_events_per_s_on'])} events/s on ({_fmt(s['job_events_per_s_off'])} off), "

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from model_export.variants import FP32_FILE, VARIANT_FILES, build_variants, held_out_batches, synthetic_batch
+from streamrec.lab.markdown import table
 from udfs.artifact import read_manifest
 from udfs.features import INPUT_NAMES
 from udfs.logs import load_events
@@ -126,24 +127,18 @@ def _markdown(res: Mapping[str, Any]) -> str:
         "",
         "Rows = scored (user, candidate) pairs, 100 candidates per user. Latency per call, ms.",
         "",
-        "| engine | batch | users | repeats | p50 ms | p99 ms | pairs/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        *table(["engine", "batch", "users", "repeats", "p50 ms", "p99 ms", "pairs/s"],
+               [[r["engine"], r["batch"], r["users"], r["repeats"], f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
+                 f"{r['pairs_per_s']:,.0f}"] for r in res["results"]]),
     ]
-    for r in res["results"]:
-        lines.append(f"| {r['engine']} | {r['batch']} | {r['users']} | {r['repeats']} | {r['p50_ms']:.3f} | "
-                     f"{r['p99_ms']:.3f} | {r['pairs_per_s']:,.0f} |")
     par = res.get("parity") or {}
     if par:
+        cells = [[name, p["usable"], f"{p['max_abs_diff']:.3g}", f"{p['score_std']:.3g}", p["requests"],
+                  p["requests_order_changed"], f"{p['top10_overlap_mean']:.4f} / {p['top10_overlap_min']:.2f}"]
+                 for name in VARIANT_FILES if (p := par.get(name))]
         lines += ["", f"Parity vs ORT fp32 ({res.get('parity_source')} batches):", "",
-                  "| variant | usable | max abs diff | score std | requests | order changed (beyond ties) "
-                  "| top-10 overlap mean / min |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
-        for name in VARIANT_FILES:
-            p = par.get(name)
-            if p:
-                lines.append(f"| {name} | {p['usable']} | {p['max_abs_diff']:.3g} | {p['score_std']:.3g} | "
-                             f"{p['requests']} | {p['requests_order_changed']} | "
-                             f"{p['top10_overlap_mean']:.4f} / {p['top10_overlap_min']:.2f} |")
+                  *table(["variant", "usable", "max abs diff", "score std", "requests", "order changed (beyond ties)",
+                          "top-10 overlap mean / min"], cells, align="llrrrrr")]
     return "\n".join(lines) + "\n"
 
 

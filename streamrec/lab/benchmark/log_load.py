@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from streamrec.lab.evaluation.matrix import DEFAULT_DATA_DIR
 from streamrec.lab.generator import generate_events
+from streamrec.lab.markdown import table
 from udfs.errors import InputError
 from udfs.logs import USERBEHAVIOR, LoadResult, load_arrow, load_csv, load_table, write_userbehavior_csv
 
@@ -131,13 +132,10 @@ def run_load_bench(settings: LoadBenchSettings) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"Log load time, median of {report['settings']['repeats']} loads each, {report['date']}",
-             "", "| log | rows | CSV MB | " + " | ".join(f"{n} s" for n in READERS) + " | "
-             + " | ".join(f"{n} / csv" for n in READERS[1:]) + " |",
-             "|---|---:|---:|" + "---:|" * (2 * len(READERS) - 1)]
-    for log in report["logs"]:
-        m = log["medians"]
-        lines.append(f"| {Path(log['log']).name} | {log['rows']:,} | {log['csv_bytes'] / 1e6:.1f} | "
-                     + " | ".join(f"{m[n]:.3f}" for n in READERS) + " | "
-                     + " | ".join(f"{m[n] / m['csv']:.2f}" for n in READERS[1:]) + " |")
+    cells = [[Path(log["log"]).name, f"{log['rows']:,}", f"{log['csv_bytes'] / 1e6:.1f}",
+              *(f"{log['medians'][n]:.3f}" for n in READERS),
+              *(f"{log['medians'][n] / log['medians']['csv']:.2f}" for n in READERS[1:])] for log in report["logs"]]
+    header = ["log", "rows", "CSV MB", *(f"{n} s" for n in READERS), *(f"{n} / csv" for n in READERS[1:])]
+    lines = [f"Log load time, median of {report['settings']['repeats']} loads each, {report['date']}", "",
+             *table(header, cells)]
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from streamrec.lab.benchmark.scale_workload import nearest_rank
+from streamrec.lab.markdown import table
 
 RECOVERY_TARGET_S = 60.0
 RSS_FLAT_GROWTH = 0.10
@@ -197,8 +198,7 @@ def markdown(results: dict[str, Any]) -> str:
                   f"p99 {_b(sb.get('p99'))}, max {_b(sb.get('max'))}, total {_mb(sb.get('total'))}.", ""]
     if not runs:
         return "\n".join(lines) + "\n"
-    head = "| | " + " | ".join(x["backend"] for x in runs) + " |"
-    lines += [head, "|---|" + "---:|" * len(runs)]
+    rows: list[list[str]] = []
 
     def row(label: str, fn: Callable[[dict[str, Any]], str]) -> None:
         cells = []
@@ -207,7 +207,7 @@ def markdown(results: dict[str, Any]) -> str:
                 cells.append(fn(x))
             except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError):
                 cells.append("-")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        rows.append([label, *cells])
 
     def ck(x: dict[str, Any]) -> dict[str, Any]:
         return x.get("checkpoints") or {}
@@ -233,10 +233,10 @@ def markdown(results: dict[str, Any]) -> str:
         lambda x: "{:,.0f} / {:,.0f} / {:,.0f} MB".format(*_rss_points(x)))
     row("RSS growth per segment (before kill, after recovery)",
         lambda x: ", ".join(_pct(v) for v in x["rss_growth"].values()))
-    lines += ["", "| backend | target | measured | |", "|---|---|---|---|"]
-    for x in runs:
-        for t in x.get("targets", []):
-            lines.append(f"| {x['backend']} | {t['target']} | {t['measured']} | {'met' if t['met'] else 'not met'} |")
+    lines += table(["", *(x["backend"] for x in runs)], rows)
+    targets = [[x["backend"], t["target"], t["measured"], "met" if t["met"] else "not met"]
+               for x in runs for t in x.get("targets", [])]
+    lines += ["", *table(["backend", "target", "measured", ""], targets, align="llll")]
     return "\n".join(lines) + "\n"
 
 

@@ -40,6 +40,7 @@ from streamrec.kafka_io import produce
 from streamrec.lab.benchmark.bench import ensure_artifact
 from streamrec.lab.local.kafka import LocalKafka
 from streamrec.lab.local.serve_process import ServeProcess, get_json
+from streamrec.lab.markdown import table
 from udfs.artifact import load_artifact
 from udfs.errors import InputError
 from udfs.records import SCHEMA_VERSION, encode_output_record
@@ -274,13 +275,11 @@ def _version(package: str) -> str | None:
 
 def markdown(r: dict[str, Any]) -> str:
     st = r["settings"]
-    rows = ["| route | rate (req/s) | achieved | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
-            "server cores | server ms/request |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for route, f in r["routes"].items():
-        lat = f["latency_ms"]
-        rows.append(f"| {route} | {f['rate']:.0f} | {f['achieved_rate']:.0f} | {f['requests']} | {lat['p50']} | "
-                    f"{lat['p90']} | {lat['p99']} | {lat['p999']} | {lat['max']} | {f['server_cpu']['cores']} | "
-                    f"{f['server_cpu']['ms_per_request']} |")
+    cells = [[route, f"{f['rate']:.0f}", f"{f['achieved_rate']:.0f}", f["requests"], f["latency_ms"]["p50"],
+              f["latency_ms"]["p90"], f["latency_ms"]["p99"], f["latency_ms"]["p999"], f["latency_ms"]["max"],
+              f["server_cpu"]["cores"], f["server_cpu"]["ms_per_request"]] for route, f in r["routes"].items()]
+    rows = table(["route", "rate (req/s)", "achieved", "requests", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+                  "server cores", "server ms/request"], cells)
     return ("\n".join(rows) + "\n\n"
             f"View rebuilt from the topic: {r['rebuild']['lists']} lists in {r['rebuild']['seconds']} s "
             f"({r['rebuild']['lists_per_s']} lists/s, start to healthy). {st['unknown_share']:.0%} of lookups for "

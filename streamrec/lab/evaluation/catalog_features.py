@@ -26,6 +26,7 @@ from typing import Any
 
 from model_export.train import train_model
 from streamrec.catalog_files import read_catalog_file
+from streamrec.lab.markdown import table
 from udfs.artifact import read_manifest
 from udfs.catalog import CatalogItem
 from udfs.events import Event
@@ -65,12 +66,12 @@ def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
 def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [f"Held-out metrics of the model trained without and with the catalog's brand and price "
              f"features; {meta['events']} events, {meta['catalog_items']} catalog items, seeds {meta['seeds']}.",
-             "", "| metric | without | with | with - without (per seed) |", "|---|---|---|---|"]
-    for metric, cell in summary.items():
-        per_seed = ", ".join(f"{d:+.4f}" for d in cell["diff"]["per_seed"])
-        lines.append(f"| {metric} | {cell['without']['mean']:.4f} ± {cell['without']['std']:.4f} "
-                     f"| {cell['with']['mean']:.4f} ± {cell['with']['std']:.4f} "
-                     f"| {cell['diff']['mean']:+.4f} ({per_seed}) |")
+             ""]
+    lines += table(["metric", "without", "with", "with - without (per seed)"],
+                   [[metric, f"{cell['without']['mean']:.4f} ± {cell['without']['std']:.4f}",
+                     f"{cell['with']['mean']:.4f} ± {cell['with']['std']:.4f}",
+                     f"{cell['diff']['mean']:+.4f} ({', '.join(f'{d:+.4f}' for d in cell['diff']['per_seed'])})"]
+                    for metric, cell in summary.items()], align="llll")
     return "\n".join(lines) + "\n"
 
 

@@ -54,6 +54,7 @@ from jobs.layout import PROJECT_ROOT
 from streamrec.lab.evaluation.online_baselines import NAMES as ONLINE_NAMES
 from streamrec.lab.evaluation.prequential import prequential
 from streamrec.lab.evaluation.report import json_safe
+from streamrec.lab.markdown import table
 from udfs.diversity import OFF
 from udfs.errors import InputError
 from udfs.events import Event
@@ -302,8 +303,7 @@ def _verdict(w: Mapping[str, Any]) -> str:
 def format_matrix(report: Mapping[str, Any]) -> str:
     """One Markdown table (log x ranker rows, metric columns, mean ± sample std over seeds), the
     model's row marked per win metric (WIN / loss against the best baseline), and a wins summary."""
-    head = "| log | ranker | " + " | ".join(METRICS) + " |"
-    lines = [head, "|---|---|" + "---:|" * len(METRICS)]
+    rows = []
     for name, entry in report["logs"].items():
         s = entry["summary"]
         for r in RANKERS:
@@ -313,11 +313,9 @@ def format_matrix(report: Mapping[str, Any]) -> str:
                 if r == "model" and m in s["wins"]:
                     c += " " + _VERDICT[_verdict(s["wins"][m])]
                 cells.append(c)
-            lines.append(f"| {name} | {r} | " + " | ".join(cells) + " |")
-    lines += ["", "| log | requests (novel) | candidate recall (novel) | " +
-              " | ".join(f"{m}: model vs best baseline" for m in WIN_METRICS) +
-              " | novel_hr@10, every slot a new item (model, first seed) |",
-              "|---|---:|---:|" + "---|" * len(WIN_METRICS) + "---:|"]
+            rows.append([name, r, *cells])
+    lines = table(["log", "ranker", *METRICS], rows, align="ll" + "r" * len(METRICS))
+    summary_rows = []
     for name, entry in report["logs"].items():
         s = entry["summary"]
         cells = []
@@ -328,9 +326,13 @@ def format_matrix(report: Mapping[str, Any]) -> str:
             cells.append(f"{_VERDICT[_verdict(w)]} {w['model']:.4f} vs {w['baseline']:.4f} "
                          f"({w['best_baseline']}{interval})")
         bound = s.get("novel_hr_new_items_only")
-        lines.append(f"| {name} | {s['requests']} ({s['novel_requests']}) | "
-                     f"{s['candidate_recall']['mean']:.4f} ({s['novel_candidate_recall']['mean']:.4f}) | "
-                     + " | ".join(cells) + f" | {'-' if bound is None else f'{bound:.4f}'} |")
+        summary_rows.append([name, f"{s['requests']} ({s['novel_requests']})",
+                             f"{s['candidate_recall']['mean']:.4f} ({s['novel_candidate_recall']['mean']:.4f})",
+                             *cells, "-" if bound is None else f"{bound:.4f}"])
+    lines += ["", *table(["log", "requests (novel)", "candidate recall (novel)",
+                          *(f"{m}: model vs best baseline" for m in WIN_METRICS),
+                          "novel_hr@10, every slot a new item (model, first seed)"], summary_rows,
+                         align="lrr" + "l" * len(WIN_METRICS) + "r")]
     verdicts = [_verdict(w) for e in report["logs"].values() for w in e["summary"]["wins"].values()]
     lines += ["", f"model wins {verdicts.count('win')} of {len(verdicts)} (log, metric) cells, ties "
               f"{verdicts.count('tie')}, loses {verdicts.count('loss')}, against the best baseline that learns "
