@@ -34,13 +34,14 @@ from udfs.events import Event
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
 SHOPPERS = 60_000
-EVENTS_EACH = 3
+EVENTS_EACH = 1
 MEMORY_CAP = 5 * 1024 * 1024  # JobManager-memory checkpoint storage's limit
 
 
 def store_log() -> list[Event]:
-    """60,000 shoppers with three events each, cut from a generated log's sessions so the
-    items, categories and time order stay those of a real-looking stream."""
+    """60,000 shoppers with one event each (their state is still four times the JobManager's 5 MiB cap,
+    asserted below), cut from a generated log's sessions so the items, categories and time order stay
+    those of a real-looking stream."""
     base = generate_events(SHOPPERS * EVENTS_EACH, n_users=600, n_items=400, n_categories=12, seed=7,
                            start_ts_ms=T_START, duration_s=2 * 86400)
     seen: Counter[Any] = Counter()
@@ -48,7 +49,7 @@ def store_log() -> list[Event]:
     for e in base:
         k = seen[e.user_id]
         seen[e.user_id] += 1
-        out.append(e._replace(user_id=int(e.user_id) * 1000 + k // EVENTS_EACH))
+        out.append(e._replace(user_id=int(e.user_id) * 100_000 + k // EVENTS_EACH))
     return out
 
 
