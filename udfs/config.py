@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from udfs.config_base import Section
 from udfs.errors import UserError
-from udfs.events import BEHAVIORS
+from udfs.input_config import InputConfig
 
 ENV_PREFIX = "STREAMREC_"
 # The job's topics, by config field: one list for the job, the local broker and the tools.
@@ -26,11 +27,7 @@ TOPIC_FIELDS = ("input_topic", "output_topic", "dlq_topic", "late_topic", "catal
                 "control_topic")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class KafkaConfig(_Section):
+class KafkaConfig(Section):
     bootstrap_servers: str = "127.0.0.1:39092"
     """Kafka bootstrap servers; the default is the broker `streamrec kafka start` runs."""
     input_topic: str = "behavior-events"
@@ -130,69 +127,7 @@ class KafkaConfig(_Section):
         return self
 
 
-# The canonical event's fields, each with the [input] key that names the shop's field for it.
-INPUT_FIELD_KEYS = {"user_id": "user_field", "item_id": "item_field", "category_id": "category_field",
-                    "behavior": "behavior_field", "ts": "ts_field"}
-
-
-class InputConfig(_Section):
-    """How the input topic's records read (docs/contracts.md "Input formats"). A JSON record is
-    translated into the canonical msgpack event once, in the job's Kafka source, so the key, the event
-    time, the item steps and the decoder all read the same thing."""
-
-    format: Literal["msgpack", "json"] = "msgpack"
-    """msgpack: the canonical event map; json: one UTF-8 JSON object per record, read with the fields below."""
-    user_field: str = Field("user_id", min_length=1, max_length=128)
-    """The JSON field holding the shopper id (json only)."""
-    item_field: str = Field("item_id", min_length=1, max_length=128)
-    """The JSON field holding the item id (json only)."""
-    category_field: str = Field("category_id", max_length=128)
-    """The JSON field holding the category id; empty: the shop's events have none (category 0, as a log without
-    one; json only)."""
-    behavior_field: str = Field("behavior", max_length=128)
-    """The JSON field holding the behavior; empty: the shop's events have none (every event a view, pv; json only)."""
-    ts_field: str = Field("ts", min_length=1, max_length=128)
-    """The JSON field holding the event time (json only)."""
-    ts_unit: Literal["ms", "s", "iso8601"] = "ms"
-    """The event time's form: ms or s since the epoch (a number, or a string holding one; s may have a fraction),
-    or an ISO 8601 date-time string (UTC when it has no offset; json only)."""
-    behaviors: str = ""
-    """The shop's behavior names mapped to pv, cart, fav and buy: `view=pv,add_to_cart=cart` (ours always map
-    to themselves; any other name is a dead letter; json only)."""
-
-    def behavior_map(self) -> dict[str, str]:
-        """``behaviors`` as a mapping, the shop's name to ours."""
-        out: dict[str, str] = {}
-        for entry in filter(None, (e.strip() for e in self.behaviors.split(","))):
-            name, _, ours = (x.strip() for x in entry.partition("="))
-            out[name] = ours
-        return out
-
-    @model_validator(mode="after")
-    def _mapping_checks(self) -> InputConfig:
-        for entry in filter(None, (e.strip() for e in self.behaviors.split(","))):
-            name, eq, ours = (x.strip() for x in entry.partition("="))
-            if not eq or not name or ours not in BEHAVIORS:
-                raise ValueError(f"input.behaviors: expected NAME=OURS entries, OURS one of "
-                                 f"{', '.join(BEHAVIORS)}; got {entry!r}")
-        if self.format == "json":
-            named = [getattr(self, key) for key in INPUT_FIELD_KEYS.values() if getattr(self, key)]
-            repeated = sorted({n for n in named if named.count(n) > 1})
-            if repeated:
-                raise ValueError(f"input: the JSON field {repeated[0]!r} is named for two event fields")
-            if "erase" in named:
-                raise ValueError("input: 'erase' names an erase request's flag, not an event field")
-            return self
-        fields = type(self).model_fields
-        changed = [key for key in (*INPUT_FIELD_KEYS.values(), "ts_unit", "behaviors")
-                   if getattr(self, key) != fields[key].default]
-        if changed:
-            raise ValueError(f"input.{changed[0]} applies to input.format json only (the format is {self.format}: "
-                             "msgpack events carry the canonical fields)")
-        return self
-
-
-class StateConfig(_Section):
+class StateConfig(Section):
     max_seq_len: int = Field(50, ge=1, le=1000)
     """Most recent events kept per user (the model's sequence length)."""
     seq_window_s: Annotated[int, Field(ge=60)] | Literal["auto"] = "auto"
@@ -210,7 +145,7 @@ class StateConfig(_Section):
     """Processing-time TTL of a user's state: idle users cost nothing."""
 
 
-class CatalogConfig(_Section):
+class CatalogConfig(Section):
     """Every instance of the job holds the whole catalog: these bound it (sized for a million items)."""
 
     max_items: int = Field(2_000_000, ge=1)
@@ -224,7 +159,7 @@ class CatalogConfig(_Section):
     (catalog_index_evicted)."""
 
 
-class ItemsConfig(_Section):
+class ItemsConfig(Section):
     """Item knowledge that learns from the stream (udfs/item_knowledge.py): every event's co-visitation
     pairs update per-item rows in keyed, checkpointed state, seeded from the artifact's table."""
 
@@ -252,7 +187,7 @@ class ItemsConfig(_Section):
         return self
 
 
-class JobConfig(_Section):
+class JobConfig(Section):
     parallelism: int = Field(1, ge=1, le=256)
     """Flink parallelism of the job."""
     execution_mode: Literal["thread", "process"] = "thread"
@@ -312,7 +247,7 @@ class JobConfig(_Section):
     """Folder of the local REST certificate (made on first use, owner-only); empty: <cache>/rest-tls."""
 
 
-class RankingConfig(_Section):
+class RankingConfig(Section):
     artifact_dir: str = "artifacts/model"
     """Directory of the exported model artifact (manifest.json, model.onnx, tables)."""
     registry_dir: str = "artifacts/registry"
@@ -359,7 +294,7 @@ class RankingConfig(_Section):
     an equal share (0 = one per subtask, job.parallelism)."""
 
 
-class PrivacyConfig(_Section):
+class PrivacyConfig(Section):
     pseudonymize: bool = False
     """Replace user ids by HMAC-SHA256(key, id) where they are read: state, outputs, late and dead-letter topics
     and logs then hold no raw user id (`streamrec pseudonym ID` gives the storefront the same key)."""
@@ -396,7 +331,7 @@ class PrivacyConfig(_Section):
         return self
 
 
-class ServeConfig(_Section):
+class ServeConfig(Section):
     bind_address: str = "127.0.0.1"
     """Address `streamrec serve` listens on (0.0.0.0 in a container)."""
     port: int = Field(8080, ge=1, le=65535)
@@ -469,7 +404,7 @@ def is_loopback(address: str) -> bool:
         return False  # a host name: it may resolve beyond loopback
 
 
-class ArmConfig(_Section):
+class ArmConfig(Section):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     """The arm's name, carried by every list it ranks."""
     model_version: str = Field(min_length=1)
@@ -478,7 +413,7 @@ class ArmConfig(_Section):
     """Share of shoppers in this arm; the shares of all arms add up to 1."""
 
 
-class AbConfig(_Section):
+class AbConfig(Section):
     arms: tuple[ArmConfig, ...] = ()
     """Experiment arms (docs/operations.md 'Hot swap and A/B tests'); empty: no experiment, every list ranked by
     the live model."""
@@ -509,13 +444,13 @@ class AbConfig(_Section):
         return self
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     prometheus_port: str = Field("0", pattern=r"^(0|[1-9][0-9]{0,4}(-[1-9][0-9]{0,4})?)$")
     """Port (or range, e.g. 9249-9259: one per JobManager/TaskManager process) of Flink's Prometheus reporter
     in the job; 0: no reporter."""
 
 
-class Config(_Section):
+class Config(Section):
     kafka: KafkaConfig = KafkaConfig()
     input: InputConfig = InputConfig()
     state: StateConfig = StateConfig()
@@ -553,7 +488,7 @@ class ConfigError(UserError, ValueError):
     """Invalid configuration; the message names the offending key."""
 
 
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, type[Section]] = {
     "kafka": KafkaConfig,
     "input": InputConfig,
     "state": StateConfig,
