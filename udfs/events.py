@@ -93,6 +93,19 @@ def encode_erase(user_id: Id) -> bytes:
     return msgpack.packb({"user_id": user_id, "erase": True}, use_bin_type=True)
 
 
+def behavior_pairs(text: str, key: str) -> tuple[tuple[str, str], ...]:
+    """A behavior-name mapping as written in a flag or a config key (``click=pv,order=buy``): the
+    (their name, ours) pairs, in order. ``key`` names the flag or key in the error for an entry
+    without ``=``; the caller checks the names against :data:`BEHAVIORS` with its own rule."""
+    pairs = []
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        if "=" not in entry:
+            raise InputError(f"{key}: expected NAME=OURS (OURS one of {', '.join(BEHAVIORS)}), got {entry!r}")
+        name, ours = (x.strip() for x in entry.split("=", 1))
+        pairs.append((name, ours))
+    return tuple(pairs)
+
+
 class InvalidId(InputError):
     """An id that breaks the id rule; ``reason`` is a dead-letter reason."""
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from udfs.config_base import Section
-from udfs.events import BEHAVIORS
+from udfs.events import BEHAVIORS, behavior_pairs
 
 # The canonical event's fields, each with the [input] key that names the shop's field for it.
 INPUT_FIELD_KEYS = {"user_id": "user_field", "item_id": "item_field", "category_id": "category_field",
@@ -41,19 +41,14 @@ class InputConfig(Section):
 
     def behavior_map(self) -> dict[str, str]:
         """``behaviors`` as a mapping, the shop's name to ours."""
-        out: dict[str, str] = {}
-        for entry in filter(None, (e.strip() for e in self.behaviors.split(","))):
-            name, _, ours = (x.strip() for x in entry.partition("="))
-            out[name] = ours
-        return out
+        return dict(behavior_pairs(self.behaviors, "input.behaviors"))
 
     @model_validator(mode="after")
     def _mapping_checks(self) -> InputConfig:
-        for entry in filter(None, (e.strip() for e in self.behaviors.split(","))):
-            name, eq, ours = (x.strip() for x in entry.partition("="))
-            if not eq or not name or ours not in BEHAVIORS:
+        for name, ours in behavior_pairs(self.behaviors, "input.behaviors"):
+            if not name or ours not in BEHAVIORS:
                 raise ValueError(f"input.behaviors: expected NAME=OURS entries, OURS one of "
-                                 f"{', '.join(BEHAVIORS)}; got {entry!r}")
+                                 f"{', '.join(BEHAVIORS)}; got {f'{name}={ours}'!r}")
         if self.format == "json":
             named = [getattr(self, key) for key in INPUT_FIELD_KEYS.values() if getattr(self, key)]
             repeated = sorted({n for n in named if named.count(n) > 1})

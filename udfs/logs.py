@@ -19,7 +19,17 @@ from typing import IO, Any
 import msgpack
 
 from udfs.errors import InputError
-from udfs.events import BEHAVIORS, FIELDS, INT64_MAX, MAX_STR_ID_LEN, MAX_TS_MS, Event, Id, encode_event
+from udfs.events import (
+    BEHAVIORS,
+    FIELDS,
+    INT64_MAX,
+    MAX_STR_ID_LEN,
+    MAX_TS_MS,
+    Event,
+    Id,
+    behavior_pairs,
+    encode_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +106,7 @@ class CsvLayout:
                 mapped.append((f, int(ref) if ref.isdigit() else ref))
             elif entry not in SKIP_COLUMN:
                 mapped.append((entry, pos))
-        pairs: list[tuple[str, str]] = []
-        for entry in (b.strip() for b in behaviors.split(",")):
-            if not entry:
-                continue
-            if "=" not in entry:
-                raise InputError(f"--behaviors: expected NAME=OURS (OURS one of {', '.join(BEHAVIORS)}), "
-                                 f"got {entry!r}")
-            name, ours = (x.strip() for x in entry.split("=", 1))
-            pairs.append((name, ours))
-        return cls(tuple(mapped), ts_unit=ts_unit, behaviors=tuple(pairs))
+        return cls(tuple(mapped), ts_unit=ts_unit, behaviors=behavior_pairs(behaviors, "--behaviors"))
 
 
 USERBEHAVIOR = CsvLayout(tuple((f, i) for i, f in enumerate(LOG_FIELDS)), ts_unit="s", header=False,
