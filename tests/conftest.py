@@ -20,8 +20,9 @@ pytest_plugins = ["tests.support.job_fixtures", "tests.support.store_fixtures", 
 # =============================================================================================
 # Local Kafka broker (streamrec.lab.local.kafka)
 #
-# One real KRaft broker per test session on free loopback ports. Without the fetched jars the
-# tests that need them are skipped locally, but fail under CI so a broken setup cannot pass.
+# One real KRaft broker per test session (per xdist worker under `make test`) on free loopback
+# ports. Without the fetched jars the tests that need them are skipped locally, but fail under CI
+# so a broken setup cannot pass.
 # =============================================================================================
 
 
@@ -58,6 +59,20 @@ def kafka_jars() -> str:
     return require_kafka_jars()
 
 
+# Every JVM a test starts (brokers, minicluster jobs, standalone clusters, the flink CLI, keytool) lives
+# for seconds to a minute: C2 compiles never pay off there, and took a quarter of the suite's CPU.
+# JIT tiers change speed only, never behaviour; a deployment keeps the JVM's default.
+TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """C1-only JVMs for everything the tests start (in each xdist worker too), added to any
+    ``JAVA_TOOL_OPTIONS`` already set; every JVM reads it, whichever script launches it."""
+    current = os.environ.get("JAVA_TOOL_OPTIONS", "")
+    if TEST_JVM_OPTIONS not in current.split():
+        os.environ["JAVA_TOOL_OPTIONS"] = f"{current} {TEST_JVM_OPTIONS}".strip()
+
+
 @pytest.fixture(autouse=True)
 def _checkpoints_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Jobs started by a test (in this process or a child that inherits the environment)
@@ -86,11 +101,22 @@ def _trains(item: pytest.Item) -> bool:
     return False
 
 
+def _heaviness(item: pytest.Item) -> int:
+    """0 for a standalone-cluster test, 1 for a Flink job, 2 for the broker alone, 3 for the rest."""
+    if "cluster" in item.path.parts:
+        return 0
+    return 1 if item.get_closest_marker("flink") else 2 if item.get_closest_marker("kafka") else 3
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marker ``train`` on every test that trains a torch model (``-m "not train"`` skips them)."""
+    """Marker ``train`` on every test that trains a torch model (``-m "not train"`` skips them); then
+    the heaviest tests first, file order kept within a kind, so that parallel workers
+    (``make test``: ``--dist load``) start the minute-long cluster and job tests at once and the
+    run ends on short ones instead of one worker finishing a cluster test alone."""
     for item in items:
         if _trains(item):
             item.add_marker(pytest.mark.train)
+    items.sort(key=_heaviness)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
