@@ -157,13 +157,20 @@ class StandaloneCluster:
                 pids.append(int(proc.name))
         return sorted(pids)
 
+    def taskmanager_ids(self) -> set[str]:
+        """The ids of the TaskManagers registered with the JobManager now."""
+        return {str(tm["id"]) for tm in self.rest("/taskmanagers").get("taskmanagers", [])}
+
     def start_taskmanager(self, timeout: float = 120) -> None:
-        """One more TaskManager (e.g. to replace a killed one); waits until it registers."""
-        want = self.rest("/overview").get("taskmanagers", 0) + 1
+        """One more TaskManager (e.g. to replace a killed one); waits until it registers.
+
+        Waits for an id that was not registered before, not for a count: a killed TaskManager stays
+        registered until its heartbeat times out, and may leave while the new one registers."""
+        before = self.taskmanager_ids()
         subprocess.run(["bash", str(FLINK_HOME / "bin" / "taskmanager.sh"), "start"], env=self.env(), check=True,
                        capture_output=True, timeout=120)
         deadline = time.monotonic() + timeout
-        while self.rest("/overview").get("taskmanagers", 0) < want:
+        while not self.taskmanager_ids() - before:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"new TaskManager not registered after {timeout}s; logs in {self.log_dir}")
             time.sleep(1)
