@@ -18,9 +18,17 @@ from streamrec.lab.benchmark.scale_report import (
     split_failed,
     targets,
 )
-from streamrec.lab.benchmark.scale_workload import bytes_summary, nearest_rank, replay_state_bytes, shape_shoppers
-from streamrec.lab.generator import USER_ID_BASE, generate_events
+from streamrec.lab.benchmark.scale_workload import (
+    bytes_summary,
+    nearest_rank,
+    reach_distinct_items,
+    replay_item_row_bytes,
+    replay_state_bytes,
+    shape_shoppers,
+)
+from streamrec.lab.generator import ITEM_ID_BASE, USER_ID_BASE, generate_events
 from udfs.events import Event
+from udfs.item_knowledge import ItemKnowledge, ItemKnowledgeParams, ItemRow
 from udfs.state import StateLimits, UserState, update_state
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -52,6 +60,35 @@ def test_shaping_gives_exactly_the_shoppers_asked_for_and_keeps_the_stream(shopp
             runs[b.user_id].append(e.user_id)
     if shoppers == len(base):
         assert max(Counter(e.user_id for e in out).values()) == 1
+
+
+@pytest.mark.parametrize("distinct", [3_000, 4_999, 5_000])
+def test_the_stream_reaches_the_distinct_items_asked_for_and_keeps_everything_else(distinct):
+    base = generate_events(9_000, n_users=300, n_items=5_000, n_categories=20, seed=4)
+    had = {e.item_id for e in base}
+    assert len(had) < distinct  # the Zipf stream alone falls short
+    out = reach_distinct_items(base, 5_000, distinct, seed=4)
+    items = {e.item_id for e in out}
+    assert len(items) == distinct and had <= items
+    assert items <= set(range(ITEM_ID_BASE, ITEM_ID_BASE + 5_000))
+    moved = [(b, e) for b, e in zip(base, out, strict=True) if b.item_id != e.item_id]
+    assert len(moved) == distinct - len(had)
+    # A moved event takes an item the stream never had, each its own; nothing else changes.
+    assert all(e.item_id not in had for _, e in moved)
+    assert len({e.item_id for _, e in moved}) == len(moved)
+    assert [(e.user_id, e.category_id, e.behavior, e.ts) for e in out] == \
+        [(e.user_id, e.category_id, e.behavior, e.ts) for e in base]
+    assert reach_distinct_items(base, 5_000, distinct, seed=4) == out  # seeded
+
+
+def test_reaching_distinct_items_keeps_a_richer_stream_and_refuses_the_impossible():
+    base = generate_events(2_000, n_users=100, n_items=400, n_categories=10, seed=5)
+    assert reach_distinct_items(base, 400, 10, seed=1) == base
+    with pytest.raises(ValueError, match="catalog"):
+        reach_distinct_items(base, 400, 401, seed=1)
+    few = base[:50]
+    with pytest.raises(ValueError, match="cannot hold"):
+        reach_distinct_items(few, 400, 200, seed=1)
 
 
 def test_shaping_refuses_more_shoppers_than_events():
@@ -90,10 +127,25 @@ def test_state_bytes_replay_is_what_the_job_stores():
     assert later == 1  # state is still kept before since_ms, but no list is emitted
 
 
+def test_item_rows_replay_gives_one_row_per_touched_item_in_the_jobs_layout():
+    events = generate_events(3_000, n_users=100, n_items=400, n_categories=10, seed=6)
+    params = ItemKnowledgeParams(window_ms=3_600_000, max_entries=8)
+    sizes = replay_item_row_bytes(events, ItemKnowledge({}, params))
+    assert len(sizes) == len({e.item_id for e in events})
+    # An independent replay: the summed sizes are the rows' own bytes, and no row holds more
+    # than max_entries neighbours however often its item is touched.
+    again = ItemKnowledge({}, params)
+    for e in events:
+        again.observe(e.user_id, e)
+    rows = [ItemRow.from_bytes(r.to_bytes()) for r in again.rows.values()]
+    assert sorted(sizes) == sorted(len(r.to_bytes()) for r in rows)
+    assert max(len(r.scores) for r in rows) == 8
+
+
 def test_percentiles_are_nearest_rank_over_every_shopper():
     sizes = list(range(1, 101))  # 1..100
     s = bytes_summary(sizes[::-1])
-    assert (s["shoppers"], s["p50"], s["p99"], s["max"], s["total"]) == (100, 50.0, 99.0, 100.0, 5050.0)
+    assert (s["count"], s["p50"], s["p99"], s["max"], s["total"]) == (100, 50.0, 99.0, 100.0, 5050.0)
     assert nearest_rank([7], 99) == 7.0
     assert nearest_rank([1, 2, 3], 0) == 1.0
     with pytest.raises(ValueError):
@@ -196,8 +248,9 @@ def test_targets_say_met_or_not_met():
 def test_table_has_one_column_per_backend_and_the_verdicts():
     results = {"machine": {"cpus": 2}, "model_version": "m1", "checkpoint_interval_ms": 10_000, "parallelism": 2,
                "backends": ["hashmap", "rocksdb"],
-               "workload": {"shoppers": 1000, "events": 5000, "items": 100,
-                            "state_bytes": bytes_summary([100, 150, 400])},
+               "workload": {"shoppers": 1000, "events": 5000, "items": 100, "distinct_items": 90,
+                            "state_bytes": bytes_summary([100, 150, 400]),
+                            "item_row_bytes": bytes_summary([40, 900, 1200, 60])},
                "runs": {"hashmap": _run("hashmap"),
                         "rocksdb": _run("rocksdb", recovery_s=75.0)}}
     md = markdown(results)
@@ -205,6 +258,8 @@ def test_table_has_one_column_per_backend_and_the_verdicts():
     assert "| events/s over the run (first list to last, recovery included) | 1,234 | 1,234 |" in md
     assert "| bytes per shopper (checkpointed) | 2,000 B | 2,000 B |" in md
     assert "p50 150 B, p99 400 B, max 400 B" in md
+    assert "100 items in the catalog, 90 of them in the stream" in md
+    assert "item rows, ItemRow bytes, exact replay): 4 rows, p50 60 B, p99 1,200 B, max 1,200 B" in md
     assert "| rocksdb | recovery within 60 s | 75.0 s | not met |" in md
     assert "| hashmap | recovery within 60 s | 31.0 s | met |" in md
     assert "(incremental)" in md

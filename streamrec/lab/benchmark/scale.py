@@ -42,17 +42,23 @@ from streamrec.lab.benchmark.scale_report import (
     targets,
     write_reports,
 )
-from streamrec.lab.benchmark.scale_workload import bytes_summary, replay_state_bytes, shape_shoppers
+from streamrec.lab.benchmark.scale_workload import (
+    bytes_summary,
+    reach_distinct_items,
+    replay_item_row_bytes,
+    replay_state_bytes,
+    shape_shoppers,
+)
 from streamrec.lab.benchmark.topic_counts import TopicCounter
 from streamrec.lab.generator import generate_events
 from streamrec.lab.local.flink_cluster import StandaloneCluster
 from streamrec.lab.local.kafka import LocalKafka
 from streamrec.lab.local.procs import job_env
-from udfs.artifact import read_manifest
+from udfs.artifact import load_artifact, read_manifest
 from udfs.config import TOPIC_FIELDS, Config
 from udfs.events import encode_event
 from udfs.kafka_clients import KafkaClients
-from udfs.runtime import state_limits
+from udfs.runtime import item_knowledge, state_limits
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,9 @@ class ScaleSettings:
     """Scale: items in the catalog."""
     categories: int = 500
     """Scale: categories in the catalog."""
+    distinct_items: int = 0
+    """Scale: distinct items the stream holds at least; events move to untouched catalog items until it does
+    (0: the generated stream's own)."""
     seed: int = 13
     """Scale: stream seed."""
     artifact: Path | None = None
@@ -211,7 +220,7 @@ class ScaleBench:
         # Base users: about 10 events each before the cut, never more than the shoppers asked for.
         base_users = max(1, min(s.shoppers, s.events // 10))
         raw = generate_events(s.events, n_users=base_users, n_items=s.items, n_categories=s.categories, seed=s.seed)
-        events = shape_shoppers(raw, s.shoppers)
+        events = reach_distinct_items(shape_shoppers(raw, s.shoppers), s.items, s.distinct_items, s.seed)
         del raw
         distinct = len({e.user_id for e in events})
         log.info("workload: %d events, %d shoppers in %.1fs", len(events), distinct, time.perf_counter() - t)
@@ -219,12 +228,15 @@ class ScaleBench:
         limits = state_limits(self.cfg, read_manifest(self.artifact))
         sizes, self.expected_lists = replay_state_bytes(events, limits, self.cfg.job.since_ms)
         replay_s = time.perf_counter() - t
+        knowledge = item_knowledge(self.cfg, load_artifact(self.artifact))
+        item_rows = replay_item_row_bytes(events, knowledge) if knowledge else []
         self.results["workload"] = {
             "events": len(events), "shoppers": distinct, "shoppers_requested": s.shoppers, "items": s.items,
             "generated_users": base_users, "expected_lists": self.expected_lists,
             "distinct_items": len({e.item_id for e in events}),
             "span_ms": [events[0].ts, events[-1].ts] if events else None,
             "state_bytes": bytes_summary(sizes), "state_replay_s": round(replay_s, 1),
+            "item_row_bytes": bytes_summary(item_rows) if item_rows else None,
         }
         self.records = [(str(e.user_id).encode(), encode_event(e)) for e in events]
 

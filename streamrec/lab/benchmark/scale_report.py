@@ -190,12 +190,18 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["# streamrec bench: store scale", "",
              f"Machine: {r.get('machine', {}).get('cpus')} CPUs; model {r.get('model_version')}; "
              f"{w.get('shoppers', 0):,} distinct shoppers, {w.get('events', 0):,} events, "
-             f"{w.get('items', 0):,} items; checkpoints every {r.get('checkpoint_interval_ms', 0) / 1000:g} s; "
+             f"{w.get('items', 0):,} items in the catalog, {w.get('distinct_items', 0):,} of them in the stream; "
+             f"checkpoints every {r.get('checkpoint_interval_ms', 0) / 1000:g} s; "
              f"parallelism {r.get('parallelism')}.", ""]
     sb = w.get("state_bytes") or {}
     if sb:
         lines += [f"Per-shopper state (UserState bytes, exact replay): p50 {_b(sb.get('p50'))}, "
                   f"p99 {_b(sb.get('p99'))}, max {_b(sb.get('max'))}, total {_mb(sb.get('total'))}.", ""]
+    ib = w.get("item_row_bytes") or {}
+    if ib:
+        lines += [f"Per-item state (online item rows, ItemRow bytes, exact replay): {ib.get('count', 0):,} rows, "
+                  f"p50 {_b(ib.get('p50'))}, p99 {_b(ib.get('p99'))}, max {_b(ib.get('max'))}, "
+                  f"total {_mb(ib.get('total'))}.", ""]
     if not runs:
         return "\n".join(lines) + "\n"
     rows: list[list[str]] = []

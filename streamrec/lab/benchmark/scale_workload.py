@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from streamrec.lab.generator import USER_ID_BASE
+from streamrec.lab.generator import ITEM_ID_BASE, USER_ID_BASE
 from udfs.errors import InputError
 from udfs.events import Event
+from udfs.item_knowledge import ItemKnowledge
 from udfs.state import StateLimits, UserState, update_state
 
 
@@ -61,6 +62,45 @@ def shape_shoppers(events: Sequence[Event], shoppers: int) -> list[Event]:
     return [e._replace(user_id=int(s)) for e, s in zip(events, shopper.tolist(), strict=True)]
 
 
+def reach_distinct_items(events: Sequence[Event], catalog_items: int, distinct: int, seed: int) -> list[Event]:
+    """The same events, with enough of them moved to catalog items the stream never touches
+    that exactly ``distinct`` items appear (or the stream's own count, if that is larger).
+
+    A generated stream is Zipf-shaped: a few million events touch a fraction of a large
+    catalog, while a store's state has to hold its long tail too. Each moved event takes
+    a different untouched item (a seeded walk over the catalog ids ``ITEM_ID_BASE`` ..
+    ``ITEM_ID_BASE + catalog_items - 1``) and keeps its shopper, time, behavior and
+    category, so shopper histories and the funnel are unchanged. Only an event whose item
+    occurs again elsewhere is moved, so no item the stream had disappears.
+    """
+    have = {e.item_id for e in events}
+    need = distinct - len(have)
+    if need <= 0:
+        return list(events)
+    if distinct > catalog_items:
+        raise InputError(f"distinct items ({distinct:,}) cannot exceed the catalog's items ({catalog_items:,})")
+    rng = np.random.default_rng(seed)
+    untouched = np.setdiff1d(np.arange(ITEM_ID_BASE, ITEM_ID_BASE + catalog_items), np.fromiter(
+        (i for i in have if isinstance(i, int)), dtype=np.int64))
+    tail = rng.permutation(untouched)[:need].tolist()
+    if len(tail) < need:
+        raise InputError(f"the catalog has only {len(tail):,} untouched items for {need:,} more distinct items")
+    left: dict[Any, int] = {}
+    for e in events:
+        left[e.item_id] = left.get(e.item_id, 0) + 1
+    out = list(events)
+    for k in rng.permutation(len(out)).tolist():
+        if not tail:
+            break
+        e = out[k]
+        if left[e.item_id] > 1:
+            left[e.item_id] -= 1
+            out[k] = e._replace(item_id=tail.pop())
+    if tail:
+        raise InputError(f"{len(events):,} events cannot hold {distinct:,} distinct items")
+    return out
+
+
 def replay_state_bytes(events: Iterable[Event], limits: StateLimits, since_ms: int = 0) -> tuple[list[int], int]:
     """Each shopper's stored state size after the stream, and the lists the job emits.
 
@@ -81,6 +121,14 @@ def replay_state_bytes(events: Iterable[Event], limits: StateLimits, since_ms: i
     return [len(b) for b in stored.values()], lists
 
 
+def replay_item_row_bytes(events: Iterable[Event], knowledge: ItemKnowledge) -> list[int]:
+    """Each item row's stored size after the stream: the job's item step keeps one row per
+    touched item in the same layout (``ItemRow.to_bytes``, shared with ItemRow.java)."""
+    for e in events:
+        knowledge.observe(e.user_id, e)
+    return [len(row.to_bytes()) for row in knowledge.rows.values()]
+
+
 def nearest_rank(sorted_values: Sequence[int | float], pct: float) -> float:
     """The ``pct`` percentile by nearest rank: an observed value, no interpolation."""
     if not sorted_values:
@@ -91,5 +139,5 @@ def nearest_rank(sorted_values: Sequence[int | float], pct: float) -> float:
 
 def bytes_summary(sizes: Sequence[int]) -> dict[str, float]:
     s = sorted(sizes)
-    return {"shoppers": len(s), "total": float(sum(s)), "mean": sum(s) / len(s), "p50": nearest_rank(s, 50),
+    return {"count": len(s), "total": float(sum(s)), "mean": sum(s) / len(s), "p50": nearest_rank(s, 50),
             "p99": nearest_rank(s, 99), "max": float(s[-1])}
