@@ -230,8 +230,12 @@ def build_batch(
         if touched:
             rows = [j for j, _ in touched]
             # Exact recency order of touched items (the gap buckets above tie within a bucket):
-            # 1 for the latest distinct item, 1/2 for the one before, ...
-            rank = {item: r for r, item in enumerate(sorted(last_touch, key=lambda i: -last_touch[i]))}
+            # 1 for the latest distinct item, 1/2 for the one before, ... by place in the
+            # sequence, which keeps arrival order where timestamps tie (a log with a daily clock
+            # stamps a whole day's events alike), as the candidates' own recency walk does.
+            rank: dict[Id, int] = {}
+            for r in reversed(seq):
+                rank.setdefault(r[1], len(rank))
             d[rows, 2] = 1.0
             d[rows, 3] = [gap_bucket(now - last_touch[i]) / (N_GAP_BUCKETS - 1) for _, i in touched]
             d[rows, 4] = [log1p(touch_count[i]) for _, i in touched]

@@ -68,3 +68,18 @@ def test_history_inputs_are_left_padded(batch):
     assert hist_item[:-7].tolist() == [0] * 43
     assert hist_item[-7:].tolist() == [2, 3, 2, 4, 2, 4, 4]  # a b a c a c c in vocab indices
     assert np.array_equal(batch["cand_item"], [5, 2, 3, 4, 6])
+
+
+def test_recency_follows_arrival_where_timestamps_tie():
+    """A daily clock stamps a day's events alike: the item that arrived last is the latest,
+    whatever order the items were first touched in."""
+    state = UserState()
+    # One day, one timestamp: latest b, then a, then c (behaviors differ: not duplicates).
+    for item, beh in [("a", "pv"), ("b", "pv"), ("c", "pv"), ("a", "cart"), ("b", "cart")]:
+        update_state(state, Event("u", item, 1, beh, T0), StateLimits())
+    trigger = Event("u", "b", 1, "cart", T0)
+    cands = Candidates(items=["a", "b", "c", "d"], categories=[1] * 4, sources=[0, 0, 0, SRC_COVISIT],
+                       covisit=[0.0, 0.0, 0.0, 0.5], neighbourhood={"d": 1.0})
+    vocab = Vocab({i: n + 2 for n, i in enumerate("abcd")}, {1: 2})
+    out = build_batch([UserRequest(state, cands, trigger)], vocab, CandidateTables(), seq_len=50)
+    assert column(out, "recency_rank") == pytest.approx([1 / 2, 1.0, 1 / 3, 0.0])
