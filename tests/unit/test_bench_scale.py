@@ -247,6 +247,7 @@ def test_targets_say_met_or_not_met():
 
 def test_table_has_one_column_per_backend_and_the_verdicts():
     results = {"machine": {"cpus": 2}, "model_version": "m1", "checkpoint_interval_ms": 10_000, "parallelism": 2,
+               "started_at": "2026-12-07T06:00:00+0000", "commit": "abc123def456",
                "backends": ["hashmap", "rocksdb"],
                "workload": {"shoppers": 1000, "events": 5000, "items": 100, "distinct_items": 90,
                             "state_bytes": bytes_summary([100, 150, 400]),
@@ -259,6 +260,7 @@ def test_table_has_one_column_per_backend_and_the_verdicts():
     assert "| bytes per shopper (checkpointed) | 2,000 B | 2,000 B |" in md
     assert "p50 150 B, p99 400 B, max 400 B" in md
     assert "100 items in the catalog, 90 of them in the stream" in md
+    assert "Run 2026-12-07T06:00:00+0000 at commit abc123def456." in md
     assert "item rows, ItemRow bytes, exact replay): 4 rows, p50 60 B, p99 1,200 B, max 1,200 B" in md
     assert "| rocksdb | recovery within 60 s | 75.0 s | not met |" in md
     assert "| hashmap | recovery within 60 s | 31.0 s | met |" in md

@@ -2,15 +2,17 @@
 
 import ctypes
 import os
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from streamrec.lab.benchmark.bench_report import markdown
 from streamrec.lab.benchmark.bench_summary import cpu_budget, output_backlog
 from streamrec.lab.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
-from streamrec.lab.benchmark.procstats import busiest_threads, thread_cpu_seconds
+from streamrec.lab.benchmark.procstats import busiest_threads, code_commit, thread_cpu_seconds
 
 
 def _out(user, item, ts, out_ts):
@@ -51,6 +53,17 @@ def test_the_markdown_report_shows_each_runs_p99_beside_the_median():
                                                                                              _run(170)])}
     row = next(line for line in markdown(results).splitlines() if line.startswith("| 50% of max"))
     assert "| 180 |" in row and "180, 1,300, 170" in row
+
+
+def test_the_report_names_the_run_time_and_the_commit_measured(tmp_path):
+    results = {"machine": {"cpus": 2, "platform": "linux"}, "started_at": "2026-12-07T06:00:00+0000",
+               "commit": "abc123def456"}
+    assert "Run 2026-12-07T06:00:00+0000 at commit abc123def456." in markdown(results)
+    # This checkout's own commit, dirty or not; a folder outside any checkout has none.
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent, check=True).stdout.strip()
+    assert (code_commit() or "").split("+")[0] == head
+    assert code_commit(tmp_path) is None
 
 
 def test_cpu_budget_turns_a_window_into_cost_per_event_and_the_rate_the_cores_allow():

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from streamrec.lab.benchmark.bench_summary import SYSTEMS, without_broker
+from streamrec.lab.benchmark.procstats import run_line
 from streamrec.lab.markdown import table
 
 
@@ -39,7 +40,8 @@ def _latency_label(key: str) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     r = results
-    lines = ["# streamrec bench", "", f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}; "
+    lines = ["# streamrec bench", "", run_line(r), "",
+             f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}; "
              f"model {r.get('model_version')}; settings {json.dumps(r.get('settings', {}))}", ""]
     labels = {"job_p1": "job, parallelism 1", "job_p2": "job, parallelism 2", "peer": "plain-Python peer"}
     rows: list[list[str]] = []

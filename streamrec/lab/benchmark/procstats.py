@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+CODE_ROOT = Path(__file__).resolve().parents[3]
+"""The checkout this code runs from."""
 # Threads per process in a window's CPU breakdown (results.json ``busiest_threads``).
 BUSIEST_THREADS = 8
 
@@ -125,4 +127,23 @@ def machine_info() -> dict[str, Any]:
         "versions": versions,
         "gpu": _gpu_name(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": code_commit(),
     }
+
+
+def run_line(results: dict[str, Any]) -> str:
+    """A report's first line: when the run started and the commit it measured (machine_info's)."""
+    return f"Run {results.get('started_at', '?')} at commit {results.get('commit') or 'unknown'}."
+
+
+def code_commit(root: Path = CODE_ROOT) -> str | None:
+    """The commit of the code a run measures (``+dirty`` when tracked files differ from it), so a
+    results file names what it was run on; None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from streamrec.lab.benchmark.procstats import run_line
 from streamrec.lab.benchmark.scale_workload import nearest_rank
 from streamrec.lab.markdown import table
 
@@ -187,7 +188,7 @@ def markdown(results: dict[str, Any]) -> str:
     r = results
     w = r.get("workload", {})
     runs = [r["runs"][b] for b in r.get("backends", []) if b in r.get("runs", {})]
-    lines = ["# streamrec bench: store scale", "",
+    lines = ["# streamrec bench: store scale", "", run_line(r), "",
              f"Machine: {r.get('machine', {}).get('cpus')} CPUs; model {r.get('model_version')}; "
              f"{w.get('shoppers', 0):,} distinct shoppers, {w.get('events', 0):,} events, "
              f"{w.get('items', 0):,} items in the catalog, {w.get('distinct_items', 0):,} of them in the stream; "
