@@ -20,9 +20,9 @@ from streamrec.lab.benchmark.scale_report import (
 )
 from streamrec.lab.benchmark.scale_workload import (
     bytes_summary,
+    item_row_bytes,
     nearest_rank,
     reach_distinct_items,
-    replay_item_row_bytes,
     replay_state_bytes,
     shape_shoppers,
 )
@@ -127,17 +127,20 @@ def test_state_bytes_replay_is_what_the_job_stores():
     assert later == 1  # state is still kept before since_ms, but no list is emitted
 
 
-def test_item_rows_replay_gives_one_row_per_touched_item_in_the_jobs_layout():
+def test_with_item_knowledge_shoppers_keep_their_items_rows_and_every_touched_item_has_one():
     events = generate_events(3_000, n_users=100, n_items=400, n_categories=10, seed=6)
-    params = ItemKnowledgeParams(window_ms=3_600_000, max_entries=8)
-    sizes = replay_item_row_bytes(events, ItemKnowledge({}, params))
-    assert len(sizes) == len({e.item_id for e in events})
-    # An independent replay: the summed sizes are the rows' own bytes, and no row holds more
-    # than max_entries neighbours however often its item is touched.
-    again = ItemKnowledge({}, params)
-    for e in events:
-        again.observe(e.user_id, e)
-    rows = [ItemRow.from_bytes(r.to_bytes()) for r in again.rows.values()]
+    limits = StateLimits()
+    knowledge = ItemKnowledge({}, ItemKnowledgeParams(window_ms=3_600_000, max_entries=8, kept_rows=2))
+    with_rows, lists = replay_state_bytes(events, limits, knowledge=knowledge)
+    without, lists_without = replay_state_bytes(events, limits)
+    assert lists == lists_without  # item rows change no list count
+    # Shoppers in the same order: each keeps up to two rows on top of the same state.
+    assert len(with_rows) == len(without) and all(a >= b for a, b in zip(with_rows, without, strict=True))
+    assert sum(with_rows) > sum(without)
+    # One row per touched item, in the job's layout, none past max_entries however often touched.
+    sizes = item_row_bytes(knowledge)
+    assert len(sizes) == len({e.item_id for e in events}) == len(knowledge.rows)
+    rows = [ItemRow.from_bytes(r.to_bytes()) for r in knowledge.rows.values()]
     assert sorted(sizes) == sorted(len(r.to_bytes()) for r in rows)
     assert max(len(r.scores) for r in rows) == 8
 

@@ -44,8 +44,8 @@ from streamrec.lab.benchmark.scale_report import (
 )
 from streamrec.lab.benchmark.scale_workload import (
     bytes_summary,
+    item_row_bytes,
     reach_distinct_items,
-    replay_item_row_bytes,
     replay_state_bytes,
     shape_shoppers,
 )
@@ -226,10 +226,10 @@ class ScaleBench:
         log.info("workload: %d events, %d shoppers in %.1fs", len(events), distinct, time.perf_counter() - t)
         t = time.perf_counter()
         limits = state_limits(self.cfg, read_manifest(self.artifact))
-        sizes, self.expected_lists = replay_state_bytes(events, limits, self.cfg.job.since_ms)
-        replay_s = time.perf_counter() - t
         knowledge = item_knowledge(self.cfg, load_artifact(self.artifact))
-        item_rows = replay_item_row_bytes(events, knowledge) if knowledge else []
+        sizes, self.expected_lists = replay_state_bytes(events, limits, self.cfg.job.since_ms, knowledge)
+        item_rows = item_row_bytes(knowledge) if knowledge else []
+        replay_s = time.perf_counter() - t
         self.results["workload"] = {
             "events": len(events), "shoppers": distinct, "shoppers_requested": s.shoppers, "items": s.items,
             "generated_users": base_users, "expected_lists": self.expected_lists,

@@ -12,7 +12,7 @@ import numpy as np
 from streamrec.lab.generator import ITEM_ID_BASE, USER_ID_BASE
 from udfs.errors import InputError
 from udfs.events import Event
-from udfs.item_knowledge import ItemKnowledge
+from udfs.item_knowledge import ItemKnowledge, keep_row
 from udfs.state import StateLimits, UserState, update_state
 
 
@@ -101,19 +101,26 @@ def reach_distinct_items(events: Sequence[Event], catalog_items: int, distinct: 
     return out
 
 
-def replay_state_bytes(events: Iterable[Event], limits: StateLimits, since_ms: int = 0) -> tuple[list[int], int]:
+def replay_state_bytes(events: Iterable[Event], limits: StateLimits, since_ms: int = 0,
+                       knowledge: ItemKnowledge | None = None) -> tuple[list[int], int]:
     """Each shopper's stored state size after the stream, and the lists the job emits.
 
     The job's own steps (``RecommendFunction.process_element``): read the shopper's bytes,
     apply the event (a duplicate changes nothing and emits nothing), count an emitted
-    list for events at or after ``since_ms``, write ``UserState.to_bytes()`` back.
+    list for events at or after ``since_ms``, write ``UserState.to_bytes()`` back. With
+    ``knowledge`` (online item rows, as the job's item steps keep them), every event first
+    counts its pairs there, and the shopper keeps the touched item's fresh row as the job does
+    (``Recommender.apply``); ``knowledge.rows`` then holds every item's row.
     """
     stored: dict[Any, bytes] = {}
     lists = 0
     for e in events:
+        row = knowledge.observe(e.user_id, e) if knowledge is not None else None
         state = UserState.from_bytes(stored.get(e.user_id))
         if not update_state(state, e, limits):
             continue
+        if knowledge is not None and row is not None:
+            keep_row(state, e.item_id, row, knowledge.params.kept_rows)
         if e.ts >= since_ms:
             state.emitted += 1
             lists += 1
@@ -121,11 +128,9 @@ def replay_state_bytes(events: Iterable[Event], limits: StateLimits, since_ms: i
     return [len(b) for b in stored.values()], lists
 
 
-def replay_item_row_bytes(events: Iterable[Event], knowledge: ItemKnowledge) -> list[int]:
-    """Each item row's stored size after the stream: the job's item step keeps one row per
-    touched item in the same layout (``ItemRow.to_bytes``, shared with ItemRow.java)."""
-    for e in events:
-        knowledge.observe(e.user_id, e)
+def item_row_bytes(knowledge: ItemKnowledge) -> list[int]:
+    """Each item row's stored size: the job's item step keeps one row per touched item in the
+    same layout (``ItemRow.to_bytes``, shared with ItemRow.java)."""
     return [len(row.to_bytes()) for row in knowledge.rows.values()]
 
 
