@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model_export.online_baselines import Moment
 from udfs.candidates import Candidates, CandidateTables, bought_items_recur, build_tables, generate_candidates
 from udfs.catalog import CatalogItem
 from udfs.config import ItemsConfig
@@ -111,6 +112,8 @@ class TrainingData:
     validation: ExampleSet  # the validation slice's requests as served (empty without one)
     validation_train: ExampleSet  # the same requests as training examples (not in ``train``)
     validation_since_ms: int  # where the validation slice starts (``until_ms`` without one)
+    validation_moments: list[Moment]  # the validation requests, as the online baselines are scored on them
+    train_part: list[Event]  # the events before ``until_ms``, sorted by time (what the online baselines count)
     until_ms: int
     table_period_ms: int | None
     covisit_window_ms: int
@@ -444,6 +447,7 @@ def build_training_data(
     collectors: dict[int, _Collector] = {}
     late: dict[int, _Collector] = {}
     served: dict[int, _Collector] = {}
+    moments: list[Moment] = []
     evaluation = _Collector()
     knowledge = (ItemKnowledge({}, ItemKnowledgeParams.configured(online_items, scales["window_ms"]))
                  if online_items is not None else None)
@@ -468,6 +472,7 @@ def build_training_data(
         key = id(p.tables)
         in_validation = p.trigger.ts >= val_until
         if in_validation:
+            moments.append(Moment(p.trigger, target, novel))
             served.setdefault(key, _Collector()).add(
                 UserRequest(p.state, cands, p.trigger), [1.0 if item == target else 0.0 for item in cands.items],
                 novel, pos >= 0)
@@ -511,6 +516,8 @@ def build_training_data(
         validation=build(served),
         validation_train=build(late),
         validation_since_ms=val_until,
+        validation_moments=moments,
+        train_part=train_events,
         until_ms=until,
         table_period_ms=period,
         covisit_window_ms=scales["window_ms"],

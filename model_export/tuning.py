@@ -16,13 +16,19 @@ Weight 0 is the model alone; a large weight is the baselines' order with the
 model breaking its ties and settling where touched and new items interleave.
 :func:`choose_blend` picks the blend whose list is best against the best
 baseline on *both* NDCG@10 and novel-item HR@10 of the validation slice
-(maximising the smaller of the two ratios model / best baseline). The held-out
+(maximising the smaller of the two ratios model / best baseline). The best
+baselines are the ones that learn online from the same stream and make their own
+lists (:func:`model_export.online_baselines.online_metrics`), the ones the model is
+compared with: re-rankers of the model's own candidates with frozen tables are
+weaker, and a blend tuned against them stops short of what the comparison asks.
+They stay in the choice's record (``frozen_baselines``) as a diagnostic. The held-out
 part of the log plays no part in the choice.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from itertools import product
 from typing import Any
 
@@ -82,19 +88,24 @@ def tuned_metrics(es: ExampleSet, scores: np.ndarray, k: int = K) -> dict[str, f
 
 
 def choose_blend(es: ExampleSet, scores: np.ndarray, *, catalog_size: int,
+                 reference: Mapping[str, Mapping[str, float]] | None = None,
                  boosts: tuple[float, ...] = BOOST_GRID, weights: tuple[float, ...] = PRIOR_WEIGHTS,
                  mixes: tuple[float, ...] = PRIOR_MIXES) -> dict[str, Any]:
     """The blend (boost, prior weight, mix) whose list has the largest min over
     :data:`TUNED_METRICS` of model / best baseline on ``es``; ties go to the smaller weight,
-    then the smaller boost, then the smaller mix. Returns the choice, the baselines' best
-    values and the best :data:`KEEP_TRIED` blends tried (for the manifest)."""
+    then the smaller boost, then the smaller mix. ``reference``: per baseline, its metrics on
+    the same requests (the online baselines'); None: the frozen re-rankers of ``es``'s own
+    candidates (:data:`model_export.evaluate.BASELINES`). Returns the choice, the best
+    baselines' values, the frozen re-rankers' and the best :data:`KEEP_TRIED` blends tried
+    (for the manifest)."""
     if not len(es):
         return {"boost": 0.0, "prior_weight": 0.0, "prior_mix": 0.0, "requests": 0,
                 "reason": "no validation requests"}
     dense = es.arrays["dense"]
     untouched = (dense[:, _IN_HISTORY] <= 0).astype(np.float64)
     s = np.asarray(scores, dtype=np.float64)
-    baselines = evaluate(es, catalog_size=catalog_size)["rankers"]
+    frozen = evaluate(es, catalog_size=catalog_size)["rankers"]
+    baselines = reference if reference else frozen
     best = {m: max(baselines, key=lambda name: baselines[name][m]) for m in TUNED_METRICS}
     dense_t = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
     priors = {mix: baseline_prior(dense_t, mix).double().numpy() for mix in mixes}
@@ -110,6 +121,7 @@ def choose_blend(es: ExampleSet, scores: np.ndarray, *, catalog_size: int,
     return {"boost": chosen["boost"], "prior_weight": chosen["prior_weight"], "prior_mix": chosen["prior_mix"],
             "min_ratio": chosen["min_ratio"], "requests": len(es), "novel_requests": int(es.novel.sum()),
             "best_baselines": {k: {"ranker": best[k], "value": baselines[best[k]][k]} for k in TUNED_METRICS},
+            "frozen_baselines": {name: {k: m[k] for k in TUNED_METRICS} for name, m in frozen.items()},
             "model_alone": next(t for t in tried if t["prior_weight"] == 0 and t["boost"] == 0),
             "tried": tried[:KEEP_TRIED], "blends_tried": len(tried)}
 

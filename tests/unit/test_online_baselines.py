@@ -1,4 +1,4 @@
-"""Baselines that learn online (streamrec/lab/evaluation/online_baselines.py) and the paired comparison
+"""Baselines that learn online (model_export/online_baselines.py) and the paired comparison
 (streamrec/lab/evaluation/paired.py)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_export.online_baselines import NAMES, Moment, OnlineBaselines, online_lists, online_metrics
 from streamrec.lab.evaluation.matrix import DEFAULT_DATA_DIR, median_until
-from streamrec.lab.evaluation.online_baselines import NAMES, OnlineBaselines, online_lists
 from streamrec.lab.evaluation.paired import compare, paired_difference
 from streamrec.lab.evaluation.prequential import Pair
 from udfs.events import Event, Id
@@ -36,6 +36,22 @@ def test_a_pair_first_seen_in_the_stream_reaches_the_next_list() -> None:
     assert lists["online:covisit"][0] == "B"
     assert lists["online:recent"] == ["A"]
     assert lists["online:covisit+recent"][:2] == ["A", "B"]  # recent first, at most half of k
+
+
+def test_online_metrics_score_each_baselines_list_at_its_moment() -> None:
+    """Shoppers 1-3 touch A then B; shopper 9 touches A (then B: a new item), and shopper 1
+    touches A again (then B, which they touched). Co-visitation lists B first at both moments;
+    recent lists A alone for shopper 9 and A, B for shopper 1 (B at rank 1)."""
+    log = [ev(u, i, t) for u, t in ((1, 10), (2, 20), (3, 30)) for i in ("A",)]
+    log += [ev(u, "B", t + 1) for u, t in ((1, 10), (2, 20), (3, 30))]
+    log = sorted(log, key=lambda e: e.ts) + [ev(9, "A", 40), ev(1, "A", 41)]
+    moments = [Moment(log[-2], "B", True), Moment(log[-1], "B", False)]
+    got = online_metrics(log, moments, k=5, names=("online:covisit", "online:recent"))
+    assert got["online:covisit"]["hr@5"] == 1.0 and got["online:covisit"]["novel_hr@5"] == 1.0
+    assert got["online:covisit"]["ndcg@5"] == 1.0
+    assert got["online:recent"]["hr@5"] == 0.5 and got["online:recent"]["novel_hr@5"] == 0.0
+    assert got["online:recent"]["ndcg@5"] == pytest.approx(0.5 / math.log2(3))
+    assert not any(key.startswith("coverage") for key in got["online:recent"])
 
 
 def test_pairs_count_within_the_window_only() -> None:

@@ -64,6 +64,28 @@ def test_the_boost_that_wins_both_metrics_is_chosen() -> None:
     assert out["min_ratio"] == pytest.approx((1 + 1 / math.log2(3)) / 2 / 0.5)
 
 
+def test_the_blend_is_measured_against_the_reference_baselines() -> None:
+    """The same two requests, measured against a reference (the online baselines) that hits
+    every next item first: NDCG 1.0 and novel HR 1.0 to beat. Boost 1.0 now misses B's novel
+    item against a reference that finds it (min ratio 0), and boost 2.0's list is worth its NDCG
+    over 1.0, not over the frozen recent order's 0.5. The frozen re-rankers stay on record."""
+    (da, la), (db, lb) = _request(True), _request(False)
+    dense = np.concatenate([da, db])
+    es = ExampleSet({"dense": dense}, np.concatenate([la, lb]), np.array([0, 12, 24]),
+                    [f"a{i}" for i in range(12)] + [f"b{i}" for i in range(12)],
+                    np.array([False, True]), np.array([True, True]), np.array([1, 2]))
+    scores = np.where(dense[:, IN_HISTORY] > 0, 1.0 + dense[:, _REC], 0.0)
+    reference = {"online:x": {"ndcg@10": 1.0, "novel_hr@10": 1.0}, "online:y": {"ndcg@10": 0.2, "novel_hr@10": 0.0}}
+    out = choose_blend(es, scores, catalog_size=24, reference=reference, boosts=(0.0, 1.0, 2.0), weights=(0.0,),
+                       mixes=(0.0,))
+    assert out["best_baselines"] == {"ndcg@10": {"ranker": "online:x", "value": 1.0},
+                                     "novel_hr@10": {"ranker": "online:x", "value": 1.0}}
+    tried = {t["boost"]: t for t in out["tried"]}
+    assert tried[1.0]["min_ratio"] == 0.0
+    assert out["boost"] == 2.0 and out["min_ratio"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+    assert out["frozen_baselines"]["recent"]["ndcg@10"] == pytest.approx(0.5)
+
+
 def test_no_validation_requests_means_no_boost() -> None:
     empty = ExampleSet({"dense": np.zeros((0, len(DENSE_FEATURES)), np.float32)}, np.zeros(0, np.float32),
                        np.array([0]), [], np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, np.int64))
@@ -88,6 +110,22 @@ def test_validation_slice_is_the_latest_training_requests() -> None:
     np.testing.assert_array_equal(data.eval.labels, plain.eval.labels)
     with pytest.raises(ValueError, match="validation_share"):
         build_training_data(events, validation_share=1.0)
+
+
+def test_the_validation_moments_are_the_validation_requests() -> None:
+    """The online baselines are scored on the requests the blend is chosen on: one moment per
+    validation request, its trigger inside the slice, as many new next items as the slice has,
+    and the events they count are the training part's."""
+    events = synthetic_log()
+    data = build_training_data(events, n_candidates=20, seq_len=SEQ_LEN, table_period_ms=None,
+                               validation_share=0.25)
+    moments = data.validation_moments
+    assert len(moments) == len(data.validation) > 0
+    assert all(data.validation_since_ms <= m.trigger.ts < data.until_ms for m in moments)
+    assert sum(m.novel for m in moments) == int(data.validation.novel.sum())
+    assert sorted(m.trigger.ts for m in moments) == sorted(data.validation.trigger_ts.tolist())
+    assert all(e.ts < data.until_ms for e in data.train_part)
+    assert len(data.train_part) == data.train_events
 
 
 def test_the_boost_is_part_of_the_exported_graph(tmp_path) -> None:

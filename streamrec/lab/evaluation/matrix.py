@@ -18,7 +18,7 @@ Each log runs in its own process (one bounded job per PyFlink gateway), ``worker
 of them at once, largest first: a log's run keeps about one core busy, so two at
 once on 2 cores bring the five shared logs from about 40 to 25 minutes.
 
-Two kinds of baselines: the online ones (:mod:`streamrec.lab.evaluation.online_baselines`: counters
+Two kinds of baselines: the online ones (:mod:`model_export.online_baselines`: counters
 and V-SKNN that learn from every event of the stream and make their own lists) are the ones
 the model must beat; the frozen ones (:data:`FROZEN`: the job's candidates re-ranked by rules
 over the artifact's tables) are diagnostics.
@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.layout import PROJECT_ROOT
-from streamrec.lab.evaluation.online_baselines import NAMES as ONLINE_NAMES
+from model_export.online_baselines import NAMES as ONLINE_NAMES
 from streamrec.lab.evaluation.prequential import prequential
 from streamrec.lab.evaluation.report import json_safe
 from streamrec.lab.markdown import table

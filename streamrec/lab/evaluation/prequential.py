@@ -69,8 +69,8 @@ import numpy as np
 from jobs.entry import Endpoint, run_job
 from model_export.dataset import ExampleSet, snapshot
 from model_export.evaluate import BASELINES, rank_lists
+from model_export.online_baselines import online_lists
 from model_export.onnx_io import onnx_session
-from streamrec.lab.evaluation.online_baselines import online_lists
 from streamrec.lab.evaluation.paired import compare
 from udfs.artifact import MODEL_FILE, TABLES_FILE, VOCAB_FILE, verify_manifest
 from udfs.config import load_config
@@ -452,7 +452,7 @@ def prequential(
     second feature build and model pass over every request.
 
     ``online``: also the baselines that learn online from the same stream and make their own
-    lists (:mod:`streamrec.lab.evaluation.online_baselines`), as ``online:*`` rankers, and in
+    lists (:mod:`model_export.online_baselines`), as ``online:*`` rankers, and in
     ``result["paired"]`` per online baseline the model's difference to it on the same tested
     events (the mean over this artifact and ``others``), with a shopper-bootstrap interval
     (:mod:`streamrec.lab.evaluation.paired`).

@@ -25,17 +25,23 @@ Lists are made at the job's moments (after each held-out event the job lists, in
 ``(shopper, seq)`` keys), after the event is counted: test-then-train, so the list that
 event ``i`` leads to is tested on event ``i + 1`` and never saw it. The rules are the ones
 ``../shared/data/README.md`` reports figures for.
+
+Training scores them too (:func:`online_metrics`): the blend of the model with the baselines'
+order is chosen against these on the validation slice inside the training part, so the model is
+tuned against what it will be compared with, not against re-rankers of its own candidates.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import defaultdict, deque
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from udfs.errors import InputError
 from udfs.events import Event, Id
+from udfs.ranking_metrics import K, metrics_from_ranks
 from udfs.timescales import derive_popularity_half_life_ms
 
 ONLINE_PREFIX = "online:"
@@ -217,4 +223,31 @@ def online_lists(events: Iterable[Event], list_at: Mapping[tuple[Id, str, int, I
             continue
         for name, items in baselines.lists(e.user_id, names).items():
             out[name][(e.user_id, seq)] = items
+    return out
+
+
+class Moment(NamedTuple):
+    """A request to score a baseline on: the event a list follows, the item that came next, and
+    whether that item was new to the shopper."""
+
+    trigger: Event
+    target: Id
+    novel: bool
+
+
+def online_metrics(events: Iterable[Event], moments: Sequence[Moment], k: int = K,
+                   names: Collection[str] = NAMES) -> dict[str, dict[str, float]]:
+    """Each baseline's metrics (:func:`udfs.ranking_metrics.metrics_from_ranks`; coverage left
+    out) over ``moments``, its lists made by :func:`online_lists` over ``events`` (sorted by time,
+    holding every trigger)."""
+    at = {(m.trigger.item_id, m.trigger.behavior, m.trigger.ts, m.trigger.user_id): i
+          for i, m in enumerate(moments)}
+    made = online_lists(events, at, k, names)
+    novel = [m.novel for m in moments]
+    out: dict[str, dict[str, float]] = {}
+    for name, lists in made.items():
+        ranked = [lists.get((m.trigger.user_id, i), []) for i, m in enumerate(moments)]
+        ranks = [lst.index(m.target) if m.target in lst else None for lst, m in zip(ranked, moments, strict=True)]
+        scored = metrics_from_ranks(ranks, [len(lst) for lst in ranked], novel, 0, 0, k)
+        out[name] = {key: value for key, value in scored.items() if not key.startswith("coverage")}
     return out
