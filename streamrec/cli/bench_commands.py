@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from jobs.layout import PROJECT_ROOT
 from streamrec import progress
 from streamrec.cli.common import (
     add_no_progress,
@@ -78,9 +79,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:
     """This tree's bench beside REF's (streamrec/lab/benchmark/compare.py)."""
-    repo = Path(__file__).resolve().parents[1]
     try:
-        result = compare(repo, args.compare, vars(args), Path(args.out), int(args.compare_repeats))
+        result = compare(PROJECT_ROOT, args.compare, vars(args), Path(args.out), int(args.compare_repeats))
     except CompareError as exc:
         print(f"streamrec bench --compare: {exc}", file=sys.stderr)
         return 2

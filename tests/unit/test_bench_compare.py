@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.cli import build_parser
+from streamrec.cli import bench_commands, build_parser
 from streamrec.lab.benchmark import compare as cmp
 
 # The stand-in bench: reads --out, writes the rates its tree holds, and logs which tree ran and
@@ -180,6 +180,22 @@ def test_bench_parser_takes_compare_flags() -> None:
                                       "--phases", "job", "--events", "1000"])
     assert args.compare == "HEAD~1" and args.compare_repeats == "3"
     assert cmp.bench_argv(vars(args))[:4] == ["--events", "1000", "--users", "100000"]
+
+
+def test_the_command_compares_the_checkout_it_runs_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`streamrec bench --compare` hands compare() the project's root: the tree with the Makefile
+    whose venv runs this side's bench and where REF's worktree is cached, not the package folder."""
+    seen: list[Path] = []
+
+    def fake_compare(repo: Path, *_: object, **__: object) -> None:
+        seen.append(repo)
+        raise cmp.CompareError("stop here")
+
+    monkeypatch.setattr(bench_commands, "compare", fake_compare)
+    args = build_parser().parse_args(["bench", "--compare", "HEAD", "--out", str(tmp_path)])
+    assert bench_commands.cmd_bench_compare(args) == 2
+    assert (seen[0] / "Makefile").is_file() and (seen[0] / "pyproject.toml").is_file()
+    assert cmp.this_side(seen[0]).root == seen[0]
 
 
 def test_side_env_keeps_config_overrides_and_drops_the_switch() -> None:
