@@ -36,6 +36,18 @@ def _request(target_touched: bool) -> tuple[np.ndarray, np.ndarray]:
     return dense, labels
 
 
+def _two_requests() -> tuple[ExampleSet, np.ndarray]:
+    """Request A re-touches its latest item, request B wants its one untouched item; the model
+    scores touched items 1 + recency rank and untouched ones 0."""
+    (da, la), (db, lb) = _request(True), _request(False)
+    dense = np.concatenate([da, db])
+    es = ExampleSet({"dense": dense}, np.concatenate([la, lb]), np.array([0, 12, 24]),
+                    [f"a{i}" for i in range(12)] + [f"b{i}" for i in range(12)],
+                    np.array([False, True]), np.array([True, True]), np.array([1, 2]))
+    scores = np.where(dense[:, IN_HISTORY] > 0, 1.0 + dense[:, _REC], 0.0)
+    return es, scores
+
+
 def test_the_boost_that_wins_both_metrics_is_chosen() -> None:
     """Request A re-touches its latest item, request B wants the untouched one. Every baseline
     ranks B's item last (12th: a miss), so the best baseline NDCG@10 is 0.5 (recent) and novel
@@ -46,12 +58,7 @@ def test_the_boost_that_wins_both_metrics_is_chosen() -> None:
     * boost 2.0: it ties the 1st and follows it (rank 1), A's stays first: NDCG (1 + 1/log2 3) / 2;
     * boost 3.0: B's item first, A's second: the same NDCG, so the smaller boost, 2.0, wins.
     """
-    (da, la), (db, lb) = _request(True), _request(False)
-    dense = np.concatenate([da, db])
-    es = ExampleSet({"dense": dense}, np.concatenate([la, lb]), np.array([0, 12, 24]),
-                    [f"a{i}" for i in range(12)] + [f"b{i}" for i in range(12)],
-                    np.array([False, True]), np.array([True, True]), np.array([1, 2]))
-    scores = np.where(dense[:, IN_HISTORY] > 0, 1.0 + dense[:, _REC], 0.0)
+    es, scores = _two_requests()
     out = choose_novelty_boost(es, scores, catalog_size=24, grid=(0.0, 1.0, 1.5, 2.0, 3.0))
     assert out["best_baselines"]["ndcg@10"]["value"] == pytest.approx(0.5)
     assert out["best_baselines"]["novel_hr@10"]["value"] == 0.0
@@ -69,12 +76,7 @@ def test_the_blend_is_measured_against_the_reference_baselines() -> None:
     every next item first: NDCG 1.0 and novel HR 1.0 to beat. Boost 1.0 now misses B's novel
     item against a reference that finds it (min ratio 0), and boost 2.0's list is worth its NDCG
     over 1.0, not over the frozen recent order's 0.5. The frozen re-rankers stay on record."""
-    (da, la), (db, lb) = _request(True), _request(False)
-    dense = np.concatenate([da, db])
-    es = ExampleSet({"dense": dense}, np.concatenate([la, lb]), np.array([0, 12, 24]),
-                    [f"a{i}" for i in range(12)] + [f"b{i}" for i in range(12)],
-                    np.array([False, True]), np.array([True, True]), np.array([1, 2]))
-    scores = np.where(dense[:, IN_HISTORY] > 0, 1.0 + dense[:, _REC], 0.0)
+    es, scores = _two_requests()
     reference = {"online:x": {"ndcg@10": 1.0, "novel_hr@10": 1.0}, "online:y": {"ndcg@10": 0.2, "novel_hr@10": 0.0}}
     out = choose_blend(es, scores, catalog_size=24, reference=reference, boosts=(0.0, 1.0, 2.0), weights=(0.0,),
                        mixes=(0.0,))
