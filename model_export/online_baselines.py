@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 from udfs.errors import InputError
 from udfs.events import Event, Id
-from udfs.ranking_metrics import K, metrics_from_ranks
+from udfs.ranking_metrics import K, list_metrics
 from udfs.timescales import derive_popularity_half_life_ms
 
 ONLINE_PREFIX = "online:"
@@ -237,17 +237,17 @@ class Moment(NamedTuple):
 
 def online_metrics(events: Iterable[Event], moments: Sequence[Moment], k: int = K,
                    names: Collection[str] = NAMES) -> dict[str, dict[str, float]]:
-    """Each baseline's metrics (:func:`udfs.ranking_metrics.metrics_from_ranks`; coverage left
+    """Each baseline's metrics (:func:`udfs.ranking_metrics.list_metrics`; coverage left
     out) over ``moments``, its lists made by :func:`online_lists` over ``events`` (sorted by time,
     holding every trigger)."""
     at = {(m.trigger.item_id, m.trigger.behavior, m.trigger.ts, m.trigger.user_id): i
           for i, m in enumerate(moments)}
     made = online_lists(events, at, k, names)
+    targets = [m.target for m in moments]
     novel = [m.novel for m in moments]
     out: dict[str, dict[str, float]] = {}
     for name, lists in made.items():
         ranked = [lists.get((m.trigger.user_id, i), []) for i, m in enumerate(moments)]
-        ranks = [lst.index(m.target) if m.target in lst else None for lst, m in zip(ranked, moments, strict=True)]
-        scored = metrics_from_ranks(ranks, [len(lst) for lst in ranked], novel, 0, 0, k)
+        scored = list_metrics(ranked, targets, novel, 0, k)
         out[name] = {key: value for key, value in scored.items() if not key.startswith("coverage")}
     return out

@@ -53,6 +53,17 @@ def metrics_from_ranks(ranks: Sequence[int | None], list_lens: Sequence[int], no
     }
 
 
+def list_metrics(ranked: Sequence[Sequence[Id]], targets: Sequence[Id], novel: Sequence[bool],
+                 catalog_size: int, k: int = K) -> dict[str, float]:
+    """These metrics for lists of item ids and their true next items."""
+    ranks: list[int | None] = []
+    top: set[Id] = set()
+    for lst, target in zip(ranked, targets, strict=True):
+        top.update(lst[:k])
+        items = list(lst)
+        ranks.append(items.index(target) if target in items else None)
+    return metrics_from_ranks(ranks, [len(lst) for lst in ranked], novel, len(top), catalog_size, k)
+
 # Beyond the rank of one true item: what a whole served list is worth. ``lists`` are
 # item ids, best first; only each list's first ``k`` count.
 

@@ -13,7 +13,6 @@ from streamrec.lab.evaluation.prequential import (
     EmittedList,
     ListKey,
     held_out_pairs,
-    list_metrics,
     novelty,
     prequential,
     read_lists,
@@ -22,6 +21,7 @@ from streamrec.lab.evaluation.report import evaluate, format_table, offline
 from streamrec.lab.generator import START_TS_MS, generate_events
 from udfs.events import Event
 from udfs.logs import write_userbehavior_csv
+from udfs.ranking_metrics import list_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -8,9 +8,10 @@ import random
 
 import pytest
 
-from streamrec.lab.evaluation.prequential import EmittedList, held_out_pairs, list_metrics
+from streamrec.lab.evaluation.prequential import EmittedList, held_out_pairs
 from udfs.events import Event
 from udfs.feedback import FeedbackCounters, feedback_for, ndcg_at, online_figures, remember
+from udfs.ranking_metrics import list_metrics
 from udfs.records import OutputRecordError, decode_feedback_record, encode_feedback_record
 from udfs.state import StateLimits, UserState, update_state
 

@@ -79,7 +79,7 @@ from udfs.events import Event, Id
 from udfs.features import DENSE_FEATURES, UserRequest, build_batch
 from udfs.feedback import OnlineFigures
 from udfs.logs import write_events_msgpack
-from udfs.ranking_metrics import K, list_quality, metrics_from_ranks
+from udfs.ranking_metrics import K, list_metrics, list_quality
 from udfs.records import FeedbackRecord, decode_feedback_record
 from udfs.runtime import build_recommender, item_knowledge, state_settings
 from udfs.state import UserState
@@ -224,18 +224,6 @@ def held_out_pairs(lists: Mapping[ListKey, EmittedList], novel: Mapping[tuple[Id
             out.append(Pair((user, prev.seq), item, novel.get((user, item, beh, ts), False)))
     out.sort(key=lambda t: (str(t.list_key[0]), t.list_key[1]))
     return out
-
-
-def list_metrics(ranked: Sequence[Sequence[Id]], targets: Sequence[Id], novel: Sequence[bool],
-                 catalog_size: int, k: int = K) -> dict[str, float]:
-    """The metrics of :mod:`udfs.ranking_metrics` for lists of item ids and their true next items."""
-    ranks: list[int | None] = []
-    top: set[Id] = set()
-    for lst, target in zip(ranked, targets, strict=True):
-        top.update(lst[:k])
-        items = list(lst)
-        ranks.append(items.index(target) if target in items else None)
-    return metrics_from_ranks(ranks, [len(lst) for lst in ranked], novel, len(top), catalog_size, k)
 
 
 @dataclass
