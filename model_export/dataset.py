@@ -120,11 +120,15 @@ class TrainingData:
     exclude_bought: bool
     limits: StateLimits  # the shoppers' state limits the examples were built with (the job's)
     popularity_half_life_ms: int
-    train_events: int
     train_users: int
     train_start_ms: int
     train_end_ms: int
     catalog_size: int
+
+    @property
+    def train_events(self) -> int:
+        """How many events the training part holds."""
+        return len(self.train_part)
 
 
 def snapshot(state: UserState) -> UserState:
@@ -524,7 +528,6 @@ def build_training_data(
         exclude_bought=exclude_bought,
         limits=limits,
         popularity_half_life_ms=scales["popularity_half_life_ms"],
-        train_events=len(train_events),
         train_users=len({e.user_id for e in train_events}),
         train_start_ms=train_events[0].ts,
         train_end_ms=train_events[-1].ts,

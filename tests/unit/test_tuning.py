@@ -126,8 +126,7 @@ def test_the_validation_moments_are_the_validation_requests() -> None:
     assert all(data.validation_since_ms <= m.trigger.ts < data.until_ms for m in moments)
     assert sum(m.novel for m in moments) == int(data.validation.novel.sum())
     assert sorted(m.trigger.ts for m in moments) == sorted(data.validation.trigger_ts.tolist())
-    assert all(e.ts < data.until_ms for e in data.train_part)
-    assert len(data.train_part) == data.train_events
+    assert data.train_part == sorted((e for e in events if e.ts < data.until_ms), key=lambda e: e.ts)
 
 
 def test_the_boost_is_part_of_the_exported_graph(tmp_path) -> None:
