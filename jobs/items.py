@@ -34,7 +34,7 @@ from jobs.functions import FRESH_ENVELOPE_TYPE
 from udfs.artifact import TABLES_FILE, read_manifest
 from udfs.config import Config
 from udfs.events import BEHAVIORS
-from udfs.item_knowledge import BACKWARD_SHARE, ItemKnowledgeParams, behavior_weight
+from udfs.item_knowledge import BACKWARD_SHARE, ItemKnowledgeParams, pair_weight
 from udfs.runtime import item_params
 
 _BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
@@ -59,14 +59,14 @@ def item_steps(config: Config) -> tuple[Any, Any]:
 
 def java_item_steps(params: ItemKnowledgeParams, tables_path: str, tables_sha256: str, *,
                     window_ttl_ms: int, row_ttl_ms: int) -> tuple[Any, Any]:
-    """``ItemPairs`` and ``ItemRows`` with ``params`` and the Python reference's behavior weights and
+    """``ItemPairs`` and ``ItemRows`` with ``params`` and the Python reference's pair weights and
     backward share, so the job and the parity test build them alike."""
     gateway = get_gateway()
     behaviors = gateway.new_array(gateway.jvm.String, len(BEHAVIORS))
     weights = gateway.new_array(gateway.jvm.double, len(BEHAVIORS))
     for i, behavior in enumerate(BEHAVIORS):
         behaviors[i] = behavior
-        weights[i] = behavior_weight(behavior)
+        weights[i] = pair_weight(behavior)
     flink = gateway.jvm.io.streamrec.flink
     pairs = flink.ItemPairs(params.window_ms, params.window, BACKWARD_SHARE, behaviors, weights, window_ttl_ms)
     rows = flink.ItemRows(tables_path, tables_sha256, params.max_entries, params.emit, params.half_life_ms,

@@ -2,8 +2,8 @@
 
 The artifact's co-visitation table is counted once, on the training half of the log; a shop's
 tastes move on after that. Here every accepted event adds its pairs, as ``build_tables`` counts
-them (item b counts for an earlier item a of the same shopper, within ``window`` events and
-``window_ms``: ``row[a][b] += w(b)``, ``row[b][a] += w(b) / 2``), to rows that started from the
+them (item b counts for each distinct earlier item a of the same shopper, within ``window`` events
+and ``window_ms``: ``row[a][b] += 1``, ``row[b][a] += 1 / 2``), to rows that started from the
 artifact's (seeded on an item's first touch). Three steps, which the job runs as keyed operators
 chained by key (``jobs/items.py``), because a row must see every shopper's events:
 
@@ -29,11 +29,18 @@ from typing import Any
 import msgpack
 
 from udfs.config import ItemsConfig
-from udfs.events import BEHAVIOR_INDEX, Event, Id
-from udfs.state import BEHAVIOR_WEIGHT, UserState
+from udfs.events import BEHAVIORS, Event, Id
+from udfs.state import UserState
 
-# A pair adds its later item's behavior weight to the earlier item's row, half of it the other way.
+# A pair adds its weight to the earlier item's row, half of it the other way.
 BACKWARD_SHARE = 0.5
+PAIR_WEIGHTS: dict[str, float] = dict.fromkeys(BEHAVIORS, 1.0)
+"""What a pair adds, by the later event's behavior: the same for all. Weighting pairs by intent
+(a buy 4, a view 1, as category affinity does) was measured worse: with it, the co-visitation list
+of a shopper's last items (touched items left out) found the next new item less often on every
+development log with several behaviors (HR@10 of new items, second half of each log: tmall
+0.051 -> 0.045, jdata 0.177 -> 0.170, Taobao users_head 0.0115 -> 0.0111). A buy says more about the
+shopper than about which items go together; the model sees behaviors in its own inputs."""
 # Decayed scores are stored inflated by 2**(age / half-life) and rebased past this exponent, so a
 # row is decayed by one multiplication on read instead of one per entry on every update.
 _REBASE_EXPONENT = 60.0
@@ -66,8 +73,8 @@ class ItemKnowledgeParams:
                    half_life_ms=items.half_life_s * 1000, kept_rows=items.kept_rows)
 
 
-def behavior_weight(behavior: str) -> float:
-    return BEHAVIOR_WEIGHT[BEHAVIOR_INDEX[behavior]]
+def pair_weight(behavior: str) -> float:
+    return PAIR_WEIGHTS[behavior]
 
 
 def earlier_items(recent: Sequence[Sequence[Any]], item: Id, ts: int, window_ms: int) -> list[Id]:
@@ -75,13 +82,14 @@ def earlier_items(recent: Sequence[Sequence[Any]], item: Id, ts: int, window_ms:
 
     ``recent``: ``[item, ts]`` in arrival order (:func:`remember`). As in ``build_tables``, an
     earlier touch of the same item takes a place in the window but makes no pair, and an item
-    touched twice in the window pairs twice."""
-    out = []
+    touched twice in the window pairs once: a shopper flicking between two items says once that
+    they go together (counting each flick lowered the lists' new-item hits on tmall and jdata)."""
+    out: list[Id] = []
     for other, other_ts in reversed(recent):
         gap = ts - other_ts
         if gap > window_ms:
             break
-        if gap >= 0 and other != item:
+        if gap >= 0 and other != item and other not in out:
             out.append(other)
     return out
 
@@ -202,7 +210,7 @@ class ItemKnowledge:
         params = self.params
         recent = self.recent.setdefault(user, [])
         item, ts = event.item_id, event.ts
-        weight = behavior_weight(event.behavior)
+        weight = pair_weight(event.behavior)
         earlier = earlier_items(recent, item, ts, params.window_ms)
         for other in earlier:
             self.row(other, ts).add(item, weight, ts, params)

@@ -4,8 +4,10 @@ from udfs.candidates import (
     SRC_COVISIT,
     SRC_RECENT,
     SRC_TRENDING,
+    CandidateTables,
     bought_items_recur,
     build_tables,
+    covisit_scores,
     generate_candidates,
 )
 from udfs.events import Event
@@ -23,6 +25,30 @@ def test_covisitation_counts_items_seen_after_each_other():
     t = build_tables(log)
     neighbours = dict(t.covisit[10])
     assert neighbours[11] > neighbours[12] > 0
+
+
+def test_a_pair_counts_once_per_event_whatever_the_behaviors():
+    """A buy pairs as a view does, and an item touched twice in the window pairs once with the
+    next event (both measured to find fewer of the next new items when counted otherwise)."""
+    log = [Event(1, 10, 1, "pv", T0), Event(1, 11, 1, "buy", T0 + 1000),
+           Event(2, 20, 1, "pv", T0), Event(2, 21, 1, "pv", T0 + 1000), Event(2, 20, 1, "pv", T0 + 2000),
+           Event(2, 22, 1, "pv", T0 + 3000)]
+    t = build_tables(log, window_ms=3_600_000)
+    assert dict(t.covisit[10]) == {11: 1.0}
+    assert dict(t.covisit[11]) == {10: 0.5}
+    # 22 follows 20 (twice in its window) and 21: one count each. 21's row also has 20 after it (1)
+    # and before it (1/2).
+    assert dict(t.covisit[20])[22] == 1.0 and dict(t.covisit[21]) == {20: 1.5, 22: 1.0}
+
+
+def test_covisit_sources_weigh_by_recency_not_behavior():
+    """Two sources with the same row: the more recent one counts more, bought or only viewed."""
+    tables = CandidateTables(covisit={1: [(100, 1.0)], 2: [(200, 1.0)]}, item_category={1: 1, 2: 1, 100: 1, 200: 1})
+    state = UserState()
+    for e in [Event(7, 1, 1, "buy", T0), Event(7, 2, 1, "pv", T0 + 1000)]:
+        update_state(state, e, StateLimits())
+    scores, sources = covisit_scores(state, tables)
+    assert sources == [2, 1] and scores[200] > scores[100]
 
 
 def test_covisit_respects_time_window():

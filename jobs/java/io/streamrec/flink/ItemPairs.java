@@ -50,7 +50,7 @@ public class ItemPairs extends KeyedProcessFunction<Row, Row, Row> {
     private transient ValueState<byte[]> recent;
 
     /**
-     * @param behaviors the behaviors, and {@code weights} their weights (udfs/state.py BEHAVIOR_WEIGHT)
+     * @param behaviors the behaviors, and {@code weights} their pair weights (udfs/item_knowledge.py PAIR_WEIGHTS)
      * @param ttlMs how long a shopper's window outlives their last event (state.ttl_s)
      */
     public ItemPairs(long windowMs, int window, double backwardShare, String[] behaviors, double[] weights,
@@ -126,7 +126,8 @@ public class ItemPairs extends KeyedProcessFunction<Row, Row, Row> {
     }
 
     /** The shopper's earlier items a new event on {@code item} at {@code ts} pairs with, most recent
-     * first; an earlier touch of the same item takes a place in the window but makes no pair. */
+     * first; an earlier touch of the same item takes a place in the window but makes no pair, and an
+     * item touched twice in the window pairs once. */
     static List<Object> earlierItems(List<Object[]> window, Object item, long ts, long windowMs) {
         List<Object> out = new ArrayList<>();
         for (int i = window.size() - 1; i >= 0; i--) {
@@ -135,7 +136,7 @@ public class ItemPairs extends KeyedProcessFunction<Row, Row, Row> {
                 break;
             }
             Object other = window.get(i)[0];
-            if (gap >= 0 && !other.equals(item)) {
+            if (gap >= 0 && !other.equals(item) && !out.contains(other)) {
                 out.add(other);
             }
         }
