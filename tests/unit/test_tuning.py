@@ -178,12 +178,21 @@ _F = {name: i for i, name in enumerate(DENSE_FEATURES)}
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fast_metrics_equal_the_evaluation(seed) -> None:
-    """The blend grid ranks with a vectorised sort; it must give evaluate()'s figures, ties included."""
+    """The blend grid ranks by counting; it must give evaluate()'s figures, ties included."""
     es, scores = _random_requests(seed)
     fast = tuned_metrics(es, scores)
     full = evaluate(es, {"m": scores}, catalog_size=10)["rankers"]["m"]
     for k in TUNED_METRICS:
         assert fast[k] == pytest.approx(full[k], abs=1e-12)
+
+
+def test_fast_ranks_take_the_best_placed_of_several_true_items() -> None:
+    es, scores = _random_requests(2)
+    for a, b in zip(es.offsets[:-1:3], es.offsets[1::3], strict=True):  # every third request: two true items
+        es.labels[a] = es.labels[b - 1] = 1.0
+    fast = tuned_metrics(es, scores)
+    full = evaluate(es, {"m": scores}, catalog_size=10)["rankers"]["m"]
+    assert fast["ndcg@10"] == pytest.approx(full["ndcg@10"], abs=1e-12)
 
 
 @pytest.mark.parametrize("mix,baseline", [(0.0, "covisit+recent"), (1.0, "covisit")])
