@@ -113,7 +113,8 @@ def test_covisited_item_leads_and_bought_items_never_return(cfg, fixture_artifac
 def test_a_pair_first_seen_in_the_stream_reaches_the_next_list(cfg, fixture_artifact):
     """Two items never co-visited in training; shoppers touch both in the stream; the next shopper who
     touches one gets the other, with reason covisit naming the first, on that very event. Without
-    online item knowledge (the artifact's table alone) it does not."""
+    online item knowledge (the artifact's table alone) it does not. Trending stays the artifact's:
+    the stream's own trending list would offer the partner too (five shoppers just carted it)."""
     from udfs.artifact import load_artifact
 
     tables = load_artifact(fixture_artifact).tables
@@ -131,7 +132,8 @@ def test_a_pair_first_seen_in_the_stream_reaches_the_next_list(cfg, fixture_arti
     events.append(Event("newcomer", anchor, cat_a, "pv", t + 60_000))
 
     def newcomer_list(online: bool) -> dict:
-        c = cfg.model_copy(update={"items": cfg.items.model_copy(update={"online": online})})
+        c = cfg.model_copy(update={"items": cfg.items.model_copy(update={"online": online}),
+                                   "ranking": cfg.ranking.model_copy(update={"trending_half_life_s": 0})})
         out = run_bounded(c, event_rows(events, "t"))["recommendations"]
         return next(r for r in out if r["user_id"] == "newcomer")
 
