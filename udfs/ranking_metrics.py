@@ -64,6 +64,7 @@ def list_metrics(ranked: Sequence[Sequence[Id]], targets: Sequence[Id], novel: S
         ranks.append(items.index(target) if target in items else None)
     return metrics_from_ranks(ranks, [len(lst) for lst in ranked], novel, len(top), catalog_size, k)
 
+
 # Beyond the rank of one true item: what a whole served list is worth. ``lists`` are
 # item ids, best first; only each list's first ``k`` count.
 
