@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -166,3 +167,34 @@ def test_background_broker_lifecycle(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert kafka_local.status() is None
     assert _process_gone(state["pid"])
     assert kafka_local.stop_background() is False
+
+
+@pytest.mark.kafka
+def test_an_append_time_topic_stamps_records_on_arrival(kafka_broker: LocalKafka,
+                                                         unique_topic: Callable[..., str]) -> None:
+    """The bench's latency topics: the producer's own timestamp (here one from 1970) is replaced by
+    the broker's append time; a plain topic keeps it."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    plain = unique_topic("plain")
+    stamped = f"{plain}-append-time"
+    assert kafka_broker.create_topics([stamped], append_time=[stamped]) == [stamped]
+    before_ms = int(time.time() * 1000)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    try:
+        for topic in (stamped, plain):
+            producer.send(topic, value=b"x", timestamp_ms=1_000)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    seen = {}
+    for topic in (stamped, plain):
+        consumer = KafkaConsumer(topic, bootstrap_servers=kafka_broker.bootstrap, group_id=f"{topic}-g",
+                                 auto_offset_reset="earliest", consumer_timeout_ms=20_000)
+        try:
+            seen[topic] = next(iter(consumer))
+        finally:
+            consumer.close()
+    assert seen[plain].timestamp == 1_000
+    assert seen[stamped].timestamp >= before_ms
+    assert seen[stamped].timestamp_type == 1  # LogAppendTime

@@ -35,7 +35,8 @@ def test_p99_per_interval_separates_a_slow_start_from_the_steady_state():
 
 def _run(p99, matched=100):
     return {"matched": matched, "received": matched, "p50_ms": p99 / 4, "p95_ms": p99 / 2, "p99_ms": float(p99),
-            "max_ms": 2 * p99, "target_rate": 219.0, "achieved_send_rate": 218.9, "p99_ms_per_10s": [p99]}
+            "max_ms": 2 * p99, "target_rate": 219.0, "achieved_send_rate": 218.9, "p99_ms_per_10s": [p99],
+            "busiest_threads": {"taskmanager0": {"C2 CompilerThre": p99 / 10_000}}}
 
 
 def test_a_latency_point_is_the_median_of_its_runs_and_keeps_every_run():
@@ -44,6 +45,8 @@ def test_a_latency_point_is_the_median_of_its_runs_and_keeps_every_run():
     # one slow run out of three does not move the point; a pooled p99 would
     assert point["p99_ms"] == 180 and point["p50_ms"] == 45 and point["max_ms"] == 360
     assert point["matched"] == 290 and point["target_rate"] == 219.0 and point["runs"] == runs
+    # one run's time series and threads are not the point's: they stay with their run
+    assert "p99_ms_per_10s" not in point and "busiest_threads" not in point
     with pytest.raises(ValueError):
         median_of_runs([])
 

@@ -46,7 +46,7 @@ from streamrec.lab.benchmark.bench_summary import (
 )
 from streamrec.lab.benchmark.floor import FLOOR_MODES
 from streamrec.lab.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize_pairs, trigger_key
-from streamrec.lab.benchmark.procstats import cpu_seconds, machine_info
+from streamrec.lab.benchmark.procstats import busiest_threads, cpu_seconds, machine_info, thread_cpu_seconds
 from streamrec.lab.benchmark.topic_counts import TopicCounter, consume_all
 from streamrec.lab.benchmark.windows import measure_window, model_ceiling
 from streamrec.lab.generator import generate_events
@@ -103,9 +103,10 @@ class BenchSettings:
     latency_repeats: int = 3
     """Independent runs, each on a fresh cluster, per latency point; the point reports their
     medians. Identical runs on a shared 2-core machine have differed several-fold in p99."""
-    latency_warmup_s: float = 60.0
-    """Paced replay before a latency point's timed part: a fresh cluster's JVMs JIT-compile for
-    about a minute, and p99 in that minute is several times the steady state's."""
+    latency_warmup_s: float = 120.0
+    """Paced replay before a latency point's timed part: a fresh cluster's JVMs keep JIT-compiling
+    for two minutes at 250 events/s (each TaskManager's compiler threads still took 0.05-0.07 of a
+    core in the 45 s after a 60 s warm-up, 0.02 after 120 s), on the cores the job needs."""
     model_seconds: float = 10.0
     """Seconds per batch size in the model phase."""
     batching_repeats: int = 1
@@ -201,8 +202,8 @@ class Bench:
         self._n += 1
         return {f: f"bench-{self._n}-{tag}-{f.split('_')[0]}" for f in TOPIC_FIELDS}
 
-    def _create(self, broker: Any, topics: dict[str, str]) -> None:
-        broker.create_topics(list(topics.values()), partitions=self.s.partitions)
+    def _create(self, broker: Any, topics: dict[str, str], append_time: tuple[str, ...] = ()) -> None:
+        broker.create_topics(list(topics.values()), partitions=self.s.partitions, append_time=append_time)
 
     def prepare(self) -> None:
         t = time.perf_counter()
@@ -433,7 +434,9 @@ class Bench:
     def _latency(self, cluster: Any, broker: Any, parallelism: int, rate: float,
                  batching: bool = False) -> dict[str, Any]:
         topics = self._topics(f"latency-{int(rate)}{'-batched' if batching else ''}")
-        self._create(broker, topics)
+        # Latency from the event in Kafka to its list in Kafka, both stamped by the broker: the job's
+        # sink linger counts, the load generator's own producer linger does not.
+        self._create(broker, topics, append_time=(topics["input_topic"], topics["output_topic"]))
         env = _job_env(self.cfg, self.bootstrap, topics, self.artifact, group=topics["output_topic"],
                        parallelism=parallelism, batching=batching)
         n = int(rate * self.s.latency_s)
@@ -457,9 +460,12 @@ class Bench:
             procs = {**{f"taskmanager{i}": pid for i, pid in enumerate(cluster.taskmanager_pids())},
                      "kafka": self.broker_pid, "load_generator": os.getpid()}
             cpu_start = {name: cpu_seconds(pid) for name, pid in procs.items()}
+            threads_start = {name: thread_cpu_seconds(pid) for name, pid in procs.items()}
             sent_s = produce(self.bootstrap, topics["input_topic"], records[1 + n_warm :], rate=rate,
                              progress=f"latency {rate:.0f}/s timed").seconds
             cpu_timed = {name: round(cpu_seconds(pid) - cpu_start[name], 2) for name, pid in procs.items()}
+            threads = {name: busiest_threads(threads_start[name], thread_cpu_seconds(pid), sent_s)
+                       for name, pid in procs.items()}
             deadline = time.monotonic() + 120
             while counter() < len(records) and time.monotonic() < deadline:
                 time.sleep(1)
@@ -479,9 +485,13 @@ class Bench:
                                                              max_records=len(records), timeout_s=15)]
         sent = len(records) - 1 - n_warm
         pairs = latencies(inputs, outputs)
+        # Every timed event's (input ms, latency ms): a tail's shape and timing, set against the
+        # cluster's logs (checkpoints, GC), says more than its percentiles.
+        (self.out / f"{topics['input_topic']}.latencies.json").write_text(json.dumps(sorted(pairs)))
         summary: dict[str, Any] = summarize_pairs(pairs).as_dict()
         summary.update(target_rate=rate, achieved_send_rate=sent / sent_s, timed_events=sent,
                        warmup_events=n_warm, received=len(outputs), cpu_s_timed=cpu_timed, timed_s=sent_s,
+                       busiest_threads=threads,
                        p99_ms_per_10s=[round(x) for x in p99_by_interval(pairs)])
         log.info("latency at %.0f/s: %s", rate, json.dumps(summary))
         return summary

@@ -68,6 +68,8 @@ def summarize_pairs(pairs: list[tuple[int, int]]) -> LatencySummary:
 
 
 MEDIAN_KEYS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "achieved_send_rate")
+PER_RUN_KEYS = ("p99_ms_per_10s", "busiest_threads")
+"""Figures that only mean something for one run: kept in ``runs``, not lifted into the point."""
 
 
 def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if not runs:
         raise ValueError("no latency runs")
-    point: dict[str, Any] = {k: v for k, v in runs[0].items() if k not in MEDIAN_KEYS and k != "p99_ms_per_10s"}
+    point: dict[str, Any] = {k: v for k, v in runs[0].items() if k not in (*MEDIAN_KEYS, *PER_RUN_KEYS)}
     for key in MEDIAN_KEYS:
         values = [r[key] for r in runs if key in r]
         if values:

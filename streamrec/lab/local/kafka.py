@@ -108,11 +108,14 @@ def _admin(bootstrap: str, timeout_s: float = 10.0) -> Any:
 
 
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1,
-                  timeout_s: float = 30.0, compacted: Iterable[str] = ()) -> list[str]:
+                  timeout_s: float = 30.0, compacted: Iterable[str] = (),
+                  append_time: Iterable[str] = ()) -> list[str]:
     """Create topics that do not exist yet and wait until all have leaders; returns the new ones.
 
     Idempotent, so callers may pass their full topic list on every start. ``compacted``: those
-    of ``names`` that keep only each key's latest record (the item catalog).
+    of ``names`` that keep only each key's latest record (the item catalog). ``append_time``: those
+    whose records the broker stamps when it appends them (``LogAppendTime``), not the producer when
+    its client was handed them: a latency read from such a topic includes the producer's linger.
     """
     from kafka.errors import for_code
 
@@ -125,7 +128,9 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1,
         spec: dict[str, dict[str, Any]] = {n: {"num_partitions": partitions, "replication_factor": 1}
                                            for n in wanted}
         for name in compact & set(wanted):
-            spec[name]["configs"] = {"cleanup.policy": "compact"}
+            spec[name].setdefault("configs", {})["cleanup.policy"] = "compact"
+        for name in set(append_time) & set(wanted):
+            spec[name].setdefault("configs", {})["message.timestamp.type"] = "LogAppendTime"
         result = admin.create_topics(spec, timeout_ms=int(timeout_s * 1000), raise_errors=False)
         created = []
         for topic in result["topics"]:
@@ -402,9 +407,10 @@ class LocalKafka:
                               f"(last error: {last_error!r}); log {self.log_file}:\n"
                               + _log_tail(self.log_file))
 
-    def create_topics(self, names: Iterable[str], partitions: int = 1, compacted: Iterable[str] = ()) -> list[str]:
+    def create_topics(self, names: Iterable[str], partitions: int = 1, compacted: Iterable[str] = (),
+                      append_time: Iterable[str] = ()) -> list[str]:
         """Idempotently create topics on this broker; returns the names that were new."""
-        return create_topics(self.bootstrap, names, partitions, compacted=compacted)
+        return create_topics(self.bootstrap, names, partitions, compacted=compacted, append_time=append_time)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, wait up to ``timeout`` s for a clean shutdown, then SIGKILL."""
