@@ -172,7 +172,7 @@ def test_background_broker_lifecycle(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 @pytest.mark.kafka
 def test_an_append_time_topic_stamps_records_on_arrival(kafka_broker: LocalKafka,
                                                          unique_topic: Callable[..., str]) -> None:
-    """The bench's latency topics: the producer's own timestamp (here one from 1970) is replaced by
+    """The bench's latency topics: the producer's own timestamp (here one an hour old) is replaced by
     the broker's append time; a plain topic keeps it."""
     from kafka import KafkaConsumer, KafkaProducer
 
@@ -180,10 +180,11 @@ def test_an_append_time_topic_stamps_records_on_arrival(kafka_broker: LocalKafka
     stamped = f"{plain}-append-time"
     assert kafka_broker.create_topics([stamped], append_time=[stamped]) == [stamped]
     before_ms = int(time.time() * 1000)
+    hour_ago_ms = before_ms - 3_600_000
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
     try:
         for topic in (stamped, plain):
-            producer.send(topic, value=b"x", timestamp_ms=1_000)
+            producer.send(topic, value=b"x", timestamp_ms=hour_ago_ms)
         producer.flush(timeout=30)
     finally:
         producer.close()
@@ -195,6 +196,6 @@ def test_an_append_time_topic_stamps_records_on_arrival(kafka_broker: LocalKafka
             seen[topic] = next(iter(consumer))
         finally:
             consumer.close()
-    assert seen[plain].timestamp == 1_000
+    assert seen[plain].timestamp == hour_ago_ms
     assert seen[stamped].timestamp >= before_ms
     assert seen[stamped].timestamp_type == 1  # LogAppendTime
