@@ -11,7 +11,14 @@ import pytest
 
 from streamrec.lab.benchmark.bench_report import markdown
 from streamrec.lab.benchmark.bench_summary import cpu_budget, output_backlog
-from streamrec.lab.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
+from streamrec.lab.benchmark.latency import (
+    jit_share,
+    latencies,
+    median_of_runs,
+    p99_by_interval,
+    summarize,
+    trigger_key,
+)
 from streamrec.lab.benchmark.procstats import busiest_threads, code_commit, thread_cpu_seconds
 
 
@@ -56,6 +63,17 @@ def test_the_markdown_report_shows_each_runs_p99_beside_the_median():
                                                                                              _run(170)])}
     row = next(line for line in markdown(results).splitlines() if line.startswith("| 50% of max"))
     assert "| 180 |" in row and "180, 1,300, 170" in row
+    # each run's compiler threads (a TaskManager's C2 at p99 / 10,000 cores in _run): a warm-up shows
+    assert "0.02, 0.13, 0.02" in row
+
+
+def test_jit_share_is_per_taskmanager_and_leaves_other_processes_out():
+    run = {"busiest_threads": {"taskmanager0": {"C2 CompilerThre": 0.10, "C1 CompilerThre": 0.02, "recommend": 0.9},
+                               "taskmanager1": {"C2 CompilerThre": 0.04},
+                               "kafka": {"C2 CompilerThre": 0.5}}}
+    assert jit_share(run) == pytest.approx((0.12 + 0.04) / 2)
+    assert jit_share({"busiest_threads": {"kafka": {"C2 CompilerThre": 0.5}}}) is None
+    assert jit_share({}) is None
 
 
 def test_the_report_names_the_run_time_and_the_commit_measured(tmp_path):
