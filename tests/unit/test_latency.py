@@ -10,15 +10,8 @@ from pathlib import Path
 import pytest
 
 from streamrec.lab.benchmark.bench_report import markdown
-from streamrec.lab.benchmark.bench_summary import cpu_budget, output_backlog
-from streamrec.lab.benchmark.latency import (
-    jit_share,
-    latencies,
-    median_of_runs,
-    p99_by_interval,
-    summarize,
-    trigger_key,
-)
+from streamrec.lab.benchmark.bench_summary import cpu_budget, jit_share, output_backlog
+from streamrec.lab.benchmark.latency import latencies, median_of_runs, p99_by_interval, summarize, trigger_key
 from streamrec.lab.benchmark.procstats import busiest_threads, code_commit, thread_cpu_seconds
 
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from streamrec.lab.benchmark.bench_summary import SYSTEMS, without_broker
-from streamrec.lab.benchmark.latency import jit_share
+from streamrec.lab.benchmark.bench_summary import SYSTEMS, jit_share, without_broker
 from streamrec.lab.benchmark.procstats import run_line
 from streamrec.lab.markdown import table
 

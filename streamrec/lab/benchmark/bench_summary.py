@@ -148,6 +148,20 @@ def operator_cores(row: dict[str, Any]) -> float:
                for name, share in threads.items() if name.startswith(OPERATOR_THREAD))
 
 
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
+"""The JVM's compiler threads, as the kernel names them (:func:`procstats.thread_cpu_seconds`)."""
+
+
+def jit_share(run: dict[str, Any]) -> float | None:
+    """Cores the TaskManagers' JIT compilers took over a window (a latency run's timed part), per
+    TaskManager: well above a few hundredths, the run measured a JVM still warming up, not the job."""
+    managers = [threads for name, threads in (run.get("busiest_threads") or {}).items()
+                if name.startswith("taskmanager")]
+    if not managers:
+        return None
+    return sum(t.get(n, 0.0) for t in managers for n in JIT_THREADS) / len(managers)
+
+
 def without_broker(per_process: dict[str, float]) -> float:
     """Sum of a per-process figure (CPU s, RSS MB) over the system's own processes."""
     return sum(v for k, v in per_process.items() if k != "kafka")

@@ -67,20 +67,6 @@ def summarize_pairs(pairs: list[tuple[int, int]]) -> LatencySummary:
     return LatencySummary(len(lat), p50, p95, p99, float(a.max()))
 
 
-JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
-"""The JVM's compiler threads, as the kernel names them (:func:`procstats.thread_cpu_seconds`)."""
-
-
-def jit_share(run: dict[str, Any]) -> float | None:
-    """Cores the TaskManagers' JIT compilers took during a run's timed part, per TaskManager: well
-    above a few hundredths, the run measured a JVM still warming up, not the job."""
-    managers = [threads for name, threads in (run.get("busiest_threads") or {}).items()
-                if name.startswith("taskmanager")]
-    if not managers:
-        return None
-    return sum(t.get(n, 0.0) for t in managers for n in JIT_THREADS) / len(managers)
-
-
 MEDIAN_KEYS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "achieved_send_rate")
 PER_RUN_KEYS = ("p99_ms_per_10s", "busiest_threads")
 """Figures that only mean something for one run: kept in ``runs``, not lifted into the point."""
