@@ -57,8 +57,8 @@ CATALOG_WATERMARK_LAG_DAYS = 36_500
 
 
 # The catalog and control topics are quiet: most fetches of their readers find nothing. With the
-# events' fetch settings (answer after 20 ms or 16 KiB) every idle reader asked the broker 50 times
-# a second, and the broker's CPU on a 2-core machine is the job's. A quiet topic's fetch is answered
+# events' fetch wait (``kafka.source_fetch_max_wait_ms``, 20 ms) every idle reader asked the broker 50
+# times a second, and the broker's CPU on a 2-core machine is the job's. A quiet topic's fetch is answered
 # as soon as one record is there (min bytes 1), else after half a second: a catalog change or a
 # model announcement still reaches the job at once, and an idle reader costs two requests a second.
 QUIET_FETCH_MAX_WAIT_MS = 500

@@ -59,14 +59,16 @@ class KafkaConfig(Section):
     """Kafka transaction timeout of the exactly-once sinks; checked at start against the broker's
     transaction.max.timeout.ms."""
     sink_linger_ms: int = Field(20, ge=0, le=1000)
-    """Producer linger of the job's sinks: a longer wait sends fewer, larger requests. With this and
-    source_fetch_max_wait_ms at 5, lists came 28 ms after their events at 250 events/s instead of 47,
-    and the peak at parallelism 2 fell 15% (docs/benchmarks.md)."""
+    """Producer linger of the job's sinks: a longer wait sends fewer, larger requests. At 5 (with a
+    5 ms source fetch wait) lists came 28 ms after their events at 250 events/s instead of 47, and the
+    peak at parallelism 2 fell 15% (docs/benchmarks.md)."""
     source_fetch_max_wait_ms: int = Field(20, ge=0, le=10000)
-    """Longest the broker holds a fetch of the job's source waiting for source_fetch_min_bytes (a paced
-    stream below that size waits this long on every fetch: see sink_linger_ms)."""
-    source_fetch_min_bytes: int = Field(16384, ge=1)
-    """Bytes the broker waits for before answering a fetch of the job's source."""
+    """Longest the broker holds a fetch of the job's source while fewer than source_fetch_min_bytes are
+    there: with min bytes 1, how often an idle source asks (50 times a second at 20)."""
+    source_fetch_min_bytes: int = Field(1, ge=1)
+    """Bytes the broker waits for before answering a fetch of the job's source. 1 answers as soon as an
+    event is there, and a backlog's fetches are full anyway; at 16 KiB each event of a stream paced below
+    that size waited up to source_fetch_max_wait_ms (docs/benchmarks.md)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How every client (the job, the CLI, the peer, the bench) talks to the brokers."""
     sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = ""
@@ -213,9 +215,10 @@ class JobConfig(Section):
     """PyFlink `python.fn-execution.bundle.size`."""
     python_bundle_time_ms: int = Field(5, ge=1)
     """PyFlink `python.fn-execution.bundle.time`, bounds latency added by bundling."""
-    buffer_timeout_ms: int = Field(10, ge=0)
-    """Flink `execution.buffer-timeout`: longest a record waits in a network buffer at the shuffle (Flink's
-    own default, 100, added ~80 ms to the median list at 250 events/s)."""
+    buffer_timeout_ms: int = Field(5, ge=0)
+    """Flink `execution.buffer-timeout`: longest a record waits in a network buffer at each shuffle (three
+    with online item knowledge). Flink's own 100 added ~80 ms to the median list at 250 events/s, 10 about
+    8 ms more than 5, and 2 doubled p99 at that rate (docs/benchmarks.md)."""
     name: str = Field("streamrec", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     """Job name: names the Flink job, its checkpoint folder and its sinks' transactional ids."""
     checkpoint_dir: str = "checkpoints"
