@@ -60,8 +60,8 @@ class KafkaConfig(Section):
     transaction.max.timeout.ms."""
     sink_linger_ms: int = Field(20, ge=0, le=1000)
     """Producer linger of the job's sinks: a longer wait sends fewer, larger requests. At 5 (with a
-    5 ms source fetch wait) lists came 28 ms after their events at 250 events/s instead of 47, and the
-    peak at parallelism 2 fell 15% (docs/benchmarks.md)."""
+    5 ms source fetch wait, when the source still waited for 16 KiB) lists came 28 ms after their events
+    at 250 events/s instead of 47, and the peak at parallelism 2 fell 15% (docs/benchmarks.md)."""
     source_fetch_max_wait_ms: int = Field(20, ge=0, le=10000)
     """Longest the broker holds a fetch of the job's source while fewer than source_fetch_min_bytes are
     there: with min bytes 1, how often an idle source asks (50 times a second at 20)."""
