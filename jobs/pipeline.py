@@ -39,6 +39,7 @@ from jobs.items import learn_items
 from jobs.layout import PROJECT_ROOT, PROMETHEUS_FACTORY, cache_dir, prometheus_jar, required_jars
 from jobs.rank_batches import RankBatchFunction
 from jobs.rest_tls import ensure_rest_tls, flink_rest_settings, submitted_by_flink_client
+from jobs.scratch import local_run_dir
 from udfs.config import Config
 
 
@@ -192,7 +193,10 @@ def create_environment(config: Config) -> StreamExecutionEnvironment:
     # it, and process mode then launches its workers as on a cluster. PyFlink's own test
     # harness sets the same (underscored, internal) variable.
     os.environ["_python_worker_execution_mode"] = "process"  # noqa: SIM112 (PyFlink reads this name)
-    env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(config))
+    conf = flink_configuration(config)
+    if not submitted_by_flink_client():  # a local MiniCluster: its scratch files are this run's to remove
+        conf.set_string("io.tmp.dirs", str(local_run_dir()))
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(config.job.parallelism)
     env.set_buffer_timeout(config.job.buffer_timeout_ms)
     if config.job.checkpoint_interval_ms:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import time
 
 import msgpack
@@ -10,7 +12,8 @@ import pytest
 from kafka import KafkaProducer
 
 from streamrec.kafka_io import consume, replay
-from tests.support.job_fixtures import generated_log
+from streamrec.lab.local.procs import stop_group
+from tests.support.job_fixtures import generated_log, read_lists
 from udfs.reasons import REASON_CODES
 from udfs.records import ADDED_OUTPUT_FIELDS, OUTPUT_FIELDS, SCHEMA_VERSION
 
@@ -111,3 +114,20 @@ def test_exactly_once_output_is_complete_and_duplicate_free(kafka_broker, topics
     assert job.poll() is None
     keys = [(r.value["user_id"], r.value["seq"]) for r in out]
     assert len(keys) == len(set(keys)) == accepted
+
+
+def test_a_stopped_job_leaves_no_flink_scratch_behind(kafka_broker, topics, start_job, tmp_path):
+    """Stopped by SIGTERM, as a supervisor stops it, the MiniCluster never closes: its RPC jar and
+    working directory (about 35 MB) stayed in the temp directory after every run until the job kept
+    them in a directory of its own and removed that on exit (jobs/scratch.py)."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    job = start_job(TMPDIR=str(temp))
+    replay(generated_log(200, seed=4), kafka_broker.bootstrap, topics["input_topic"])
+    assert read_lists(kafka_broker.bootstrap, topics["output_topic"], 1, job), "no list came out"
+    run_dirs = [d for d in (temp / f"streamrec-flink-{os.getuid()}").iterdir() if d.name.startswith(f"{job.pid}-")]
+    assert len(run_dirs) == 1, "the job keeps its scratch under its own directory"
+    assert list(run_dirs[0].glob("flink-rpc-akka*.jar")), "Flink put its RPC jar somewhere else"
+    stop_group(job)
+    assert job.returncode == 128 + signal.SIGTERM, "the job exits through its SIGTERM handler"
+    assert not run_dirs[0].exists()

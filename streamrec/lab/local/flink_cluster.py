@@ -67,6 +67,10 @@ class StandaloneCluster:
         # Own PID files: with the default (/tmp, shared by every cluster of this user),
         # stop-cluster.sh of one cluster also stops the TaskManagers of any other.
         conf.setdefault("env", {}).setdefault("pid", {})["dir"] = str(self.work_dir / "pid")
+        # Own scratch (the RPC jar, blobs, shuffle files, Python archives): by default /tmp, where a
+        # SIGKILLed TaskManager leaves them for good; under the work directory they go with it.
+        (self.work_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        conf.setdefault("io", {})["tmp"] = {"dirs": str(self.work_dir / "tmp")}
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf))
         (self.conf_dir / "masters").write_text(f"127.0.0.1:{self.rest_port}\n")
         # start-cluster.sh starts one local TaskManager per line naming this host.

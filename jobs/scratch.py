@@ -1,0 +1,80 @@
+"""Where a local run's Flink keeps its scratch files, and who removes them.
+
+A local run's MiniCluster unpacks its RPC system (a 24 MB jar) and lays out a working directory
+(blobs, local state) under Flink's ``io.tmp.dirs``, by default the system temp directory, and deletes
+them only when the cluster closes. A streaming job never closes: it is stopped by a signal, and each
+stop used to leave about 35 MB in /tmp, enough over many restarts (a supervisor's, or a test suite's)
+to fill a disk. So each local run gets a directory of its own, named by its process id, under one
+root per user; the run removes it when it exits (SIGTERM included), and every run first removes the
+directories of runs whose process is gone (those that were SIGKILLed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+
+
+def scratch_root() -> Path:
+    """One root per user in the system temp directory (``TMPDIR`` moves it)."""
+    return Path(tempfile.gettempdir()) / f"streamrec-flink-{os.getuid()}"
+
+
+@functools.cache
+def local_run_dir() -> Path:
+    """This process's scratch directory, made once: a process's gateway JVM is one MiniCluster host."""
+    root = scratch_root()
+    root.mkdir(mode=0o700, exist_ok=True)
+    sweep_stale(root)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
+    atexit.register(shutil.rmtree, run_dir, True)
+    exit_on_sigterm()
+    return run_dir
+
+
+def sweep_stale(root: Path) -> list[Path]:
+    """Remove the run directories whose process no longer exists; returns them."""
+    removed = []
+    for run_dir in root.iterdir():
+        pid = owner_pid(run_dir)
+        if pid is not None and pid != os.getpid() and not process_alive(pid):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed.append(run_dir)
+    return removed
+
+
+def owner_pid(run_dir: Path) -> int | None:
+    """The process id a run directory's name starts with; None for anything else in the root."""
+    head = run_dir.name.split("-", 1)[0]
+    return int(head) if run_dir.is_dir() and head.isdigit() else None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into a normal exit, so that the atexit clean-up runs: by default the signal ends
+    Python at once. Leaves a handler someone already installed alone, and does nothing off the main
+    thread, where handlers cannot be installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
