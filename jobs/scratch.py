@@ -35,7 +35,7 @@ def local_run_dir() -> Path:
     sweep_stale(root)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
     atexit.register(shutil.rmtree, run_dir, True)
-    exit_on_sigterm()
+    remove_on_sigterm(run_dir)
     return run_dir
 
 
@@ -66,15 +66,19 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def exit_on_sigterm() -> None:
-    """Turn SIGTERM into a normal exit, so that the atexit clean-up runs: by default the signal ends
-    Python at once. Leaves a handler someone already installed alone, and does nothing off the main
-    thread, where handlers cannot be installed."""
+def remove_on_sigterm(run_dir: Path) -> None:
+    """On SIGTERM, remove ``run_dir`` and then die of the signal as before. The handler does not
+    raise SystemExit: Python's teardown would then talk to a gateway JVM that the same signal has
+    already stopped, and fill the log with py4j's connection tracebacks. Leaves a handler someone
+    already installed alone, and does nothing off the main thread, where handlers cannot be set."""
     if threading.current_thread() is not threading.main_thread():
         return
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_exit)
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
 
+    def remove_and_die(signum: int, _frame: FrameType | None) -> None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, remove_and_die)
