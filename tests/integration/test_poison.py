@@ -28,7 +28,7 @@ from tests.support.poison import (
     REASON_PREFIXES,
     poison_records,
 )
-from tests.support.scenario import group_rss_kb, report
+from tests.support.scenario import group_rss_kb, live_heap_mb, report
 from udfs.events import MAX_EVENT_BYTES, DecodeError, Event, decode_event, encode_event
 from udfs.kafka_clients import KafkaClients
 
@@ -97,6 +97,13 @@ def test_truncations_are_of_valid_events():
 
 N_POISON = 10_000
 RSS_SAMPLE_S = 0.5
+# The job's JVM heap, fixed and touched at start (PyFlink's gateway JVM takes JVM_ARGS): a heap
+# that G1 grows on its own showed up as a late RSS step of ~190 MB with nothing leaking (the heap
+# used at most ~250 MB in this test), so RSS growth now is growth outside the heap.
+JOB_JVM_ARGS = "-Xms768m -Xmx768m -XX:+AlwaysPreTouch"
+# Heap kept after a full GC moved 50-56 MB between phases with nothing leaking; keeping the bytes
+# of each half's 4,000 poison records (mean ~7.6 KB) would add ~30 MB.
+HEAP_GROWTH_MB = 16.0
 
 
 class RssSampler(threading.Thread):
@@ -186,7 +193,7 @@ def test_ten_thousand_poison_records_dead_lettered_without_restarts_or_growth(
     with log_path.open("wb") as log:
         job = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "run", "--source", "kafka", "--sink", "kafka"],
                                env=job_env(kafka_broker.bootstrap, topics, fixture_artifact,
-                                           FLINK_LOG_DIR=str(flink_logs)),
+                                           FLINK_LOG_DIR=str(flink_logs), JVM_ARGS=JOB_JVM_ARGS),
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     sampler = RssSampler(job.pid)
     reader = OutputReader(kafka_broker.bootstrap, [topics["output_topic"], topics["dlq_topic"], topics["late_topic"]])
@@ -195,6 +202,7 @@ def test_ten_thousand_poison_records_dead_lettered_without_restarts_or_growth(
     prod = KafkaClients(kafka_broker.bootstrap).producer()
     produced: dict[int, tuple[bytes, str, int]] = {}  # offset -> (raw, kind, record timestamp)
     timings: dict[str, float] = {}
+    heap_mb: dict[str, float] = {}  # phase -> the JVM's heap after a full GC at its end
     try:
         want_out = want_dlq = 0
         t_start = time.monotonic()
@@ -223,6 +231,7 @@ def test_ten_thousand_poison_records_dead_lettered_without_restarts_or_growth(
                     f"{reader.count(topics['dlq_topic'])}/{want_dlq} dead letters")
                 time.sleep(0.2)
             timings[name] = time.monotonic() - t_phase
+            heap_mb[name] = live_heap_mb(str(flink_logs))  # every record of the phase is out
         sampler.phase = "drain"
         time.sleep(2)  # anything extra (duplicates after a restart) would show up now
         assert job.poll() is None, "job died"
@@ -296,13 +305,19 @@ def test_ten_thousand_poison_records_dead_lettered_without_restarts_or_growth(
     # excluded (its growth is start-up, not leakage) and both halves carry the same mix, so
     # anything kept per record or per dead letter grows the second half's peak past the
     # first's. Peaks, not means: a JVM's RSS hardly shrinks after GC, so the peak tracks what
-    # was ever held. The margin absorbs a late JVM heap expansion step (G1 grows in region-
-    # sized steps; one first-half step of ~165 MB of ~900 was seen while the heap adapted), so
-    # it catches leaks of about 120 MB per half (4,000 records: ~30 KB per record, 4x the mean
-    # poison record) or more, not small ones.
+    # was ever held. The heap is fixed and pre-touched (JOB_JVM_ARGS), so its own growth cannot
+    # pass for a leak; the margin (~160 MB of ~1,100) catches leaks of about 120 MB per half
+    # (4,000 records: ~30 KB per record, 4x the mean poison record) or more, not small ones, and
+    # a heap leak of that size as the GC pressure and restarts it would bring.
     assert n_first >= 2 and n_second >= 2
     assert second <= first * 1.15, f"RSS grew from {first:.0f} MB to {second:.0f} MB"
+    # The heap the JVM keeps after a full GC at the end of each half: both halves pass the same
+    # number and mix of records through it, so what it keeps per record shows as the difference.
+    print("heap after full GC MB:", {k: round(v, 1) for k, v in heap_mb.items()})
+    grown = heap_mb["second_half"] - heap_mb["first_half"]
+    assert grown <= HEAP_GROWTH_MB, f"the heap kept {grown:.1f} MB more after the second half"
     report("poison: 10,000 malformed records among good ones", records_in=len(produced) + len(good),
            poison_in=len(produced), good_in=len(good), lists_out=len(outputs), dead_letters=len(dlq),
            duplicates=len(outputs) - len(triggers), missing=0, restarts=0,
-           peak_rss_mb={"warmup": round(warm_peak), "first_half": round(first), "second_half": round(second)})
+           peak_rss_mb={"warmup": round(warm_peak), "first_half": round(first), "second_half": round(second)},
+           heap_after_gc_mb={k: round(v) for k, v in heap_mb.items()})

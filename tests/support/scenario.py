@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -60,15 +61,34 @@ def marked_rss_kb(marker: str) -> tuple[int, int]:
     (a standalone cluster's JVMs carry its work directory in their -D options)."""
     total = procs = 0
     for path, _ in _processes():
-        try:
-            if marker.encode() not in Path(path, "cmdline").read_bytes():
-                continue
-        except OSError:
+        if not _cmdline_has(path, marker):
             continue
         rss = _rss_kb(path)
         if rss is not None:
             total, procs = total + rss, procs + 1
     return total, procs
+
+
+def live_heap_mb(marker: str) -> float:
+    """The heap the JVM whose command line holds ``marker`` keeps after a full collection
+    (``jcmd GC.run``, then jstat's used columns): what it holds on to, which RSS cannot tell
+    from a heap it has not yet collected or returned."""
+    pids = [Path(path).name for path, _ in _processes() if _cmdline_has(path, marker, "java")]
+    if len(pids) != 1:
+        raise RuntimeError(f"want one JVM with {marker!r} in its command line, found {len(pids)}")
+    subprocess.run(["jcmd", pids[0], "GC.run"], check=True, capture_output=True, timeout=120)
+    header, values = subprocess.run(["jstat", "-gc", pids[0]], check=True, capture_output=True, text=True,
+                                    timeout=60).stdout.split("\n")[:2]
+    row = dict(zip(header.split(), map(float, values.split()), strict=True))
+    return (row["S0U"] + row["S1U"] + row["EU"] + row["OU"]) / 1024
+
+
+def _cmdline_has(proc_path: str, *needles: str) -> bool:
+    try:
+        cmdline = Path(proc_path, "cmdline").read_bytes()
+    except OSError:
+        return False
+    return all(n.encode() in cmdline for n in needles)
 
 
 class PeakRss(threading.Thread):
