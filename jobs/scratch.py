@@ -16,10 +16,17 @@ import functools
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
 from types import FrameType
+
+from udfs.errors import UserError
+
+
+class UnsafeScratchRoot(UserError):
+    """The scratch root is not a private directory of this user's."""
 
 
 def scratch_root() -> Path:
@@ -30,13 +37,25 @@ def scratch_root() -> Path:
 @functools.cache
 def local_run_dir() -> Path:
     """This process's scratch directory, made once: a process's gateway JVM is one MiniCluster host."""
-    root = scratch_root()
-    root.mkdir(mode=0o700, exist_ok=True)
+    root = private_root(scratch_root())
     sweep_stale(root)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
     atexit.register(shutil.rmtree, run_dir, True)
     remove_on_sigterm(run_dir)
     return run_dir
+
+
+def private_root(root: Path) -> Path:
+    """Make ``root`` or take it as it is, if it is this user's alone. Its name is predictable and
+    the temp directory is everyone's: anyone who made it first, or as a link to a directory of
+    theirs, could swap the RPC jar the job loads for code of their own."""
+    root.mkdir(mode=0o700, exist_ok=True)
+    st = root.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise UnsafeScratchRoot(
+            f"{root} (where a local run keeps Flink's scratch files) must be a directory of this user's "
+            f"that others cannot open (mode 700); it is not: remove it, or set TMPDIR to another directory")
+    return root
 
 
 def sweep_stale(root: Path) -> list[Path]:

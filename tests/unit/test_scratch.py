@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs.scratch import owner_pid, scratch_root, sweep_stale
+import pytest
+
+from jobs.scratch import UnsafeScratchRoot, owner_pid, private_root, scratch_root, sweep_stale
 
 PROJECT = Path(__file__).resolve().parents[2]
 HOLD_A_RUN_DIR = ("import time; from jobs.scratch import local_run_dir; "
@@ -66,3 +68,20 @@ def test_a_sigkilled_runs_directory_goes_at_the_next_run(tmp_path):
     nxt.terminate()
     nxt.wait(30)
     assert not killed_dir.exists()
+
+
+def test_a_root_others_can_reach_is_refused(tmp_path):
+    """A predictable name in a temp directory everyone writes: a link or an open directory there
+    could be someone else's, and the job loads code (the RPC jar) from it."""
+    elsewhere = tmp_path / "theirs"
+    elsewhere.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(elsewhere)
+    with pytest.raises(UnsafeScratchRoot, match="TMPDIR"):
+        private_root(link)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(UnsafeScratchRoot):
+        private_root(shared)
+    assert private_root(tmp_path / "mine").stat().st_mode & 0o777 == 0o700
