@@ -74,7 +74,7 @@ bench: deps
 	$(VENV)/bin/streamrec bench --out bench-results
 
 # This tree's bench beside REF's, alternated ABBA on the same flags: REF is built once in .cache/compare/
-# with its own venv and jars (make deps there). Two runs per side: ~45 min. A change to the hot path
+# with its own venv and jars (make deps there; ~7 GB, only the latest REF kept). Two runs per side: ~45 min. A change to the hot path
 # reports this against the commit before it: make bench-compare REF=HEAD~1
 REF ?= HEAD~1
 COMPARE_FLAGS ?= --phases model,job,peer,latency --events 300000 --window-s 60 --warmup-s 20 \

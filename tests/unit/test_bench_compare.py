@@ -205,3 +205,13 @@ def test_side_env_keeps_config_overrides_and_drops_the_switch() -> None:
     assert env["STREAMREC_JOB_BUFFER_TIMEOUT_MS"] == "100"
     assert env["STREAMREC_CACHE"] == "/tmp/x/.cache"
     assert "STREAMREC_BENCH_COMPARE" not in env
+
+
+def test_a_compare_against_another_commit_removes_the_older_build(repo: Path, tmp_path: Path) -> None:
+    """Each build holds a venv of about 7 GB: only the one in use stays."""
+    first = cmp.compare(repo, "HEAD~1", {"phases": "job"}, tmp_path / "a", repeats=1)
+    old_tree = cmp.worktree_dir(repo, first.ref)
+    second = cmp.compare(repo, "HEAD", {"phases": "job"}, tmp_path / "b", repeats=1)
+    assert not old_tree.exists() and not old_tree.with_name(f"{old_tree.name}-deps.log").exists()
+    assert cmp.worktree_dir(repo, second.ref).is_dir()
+    assert str(old_tree) not in _git(repo, "worktree", "list")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -106,6 +107,7 @@ def prepare_ref(repo: Path, commit: str, runner: Callable[..., Any] = subprocess
     the Java helpers are compiled per tree and must match that tree's Python.
     """
     tree = worktree_dir(repo, commit)
+    prune_other_builds(repo, keep=tree)
     if not (tree / ".git").exists():
         tree.parent.mkdir(parents=True, exist_ok=True)
         git(repo, "worktree", "add", "--detach", "--force", str(tree), commit)
@@ -118,6 +120,27 @@ def prepare_ref(repo: Path, commit: str, runner: Callable[..., Any] = subprocess
     if done.returncode != 0:
         raise CompareError(f"make deps failed for {commit[:12]} in {tree}; see {build_log}")
     return Side("ref", tree, commit, {"STREAMREC_CACHE": str(cache)})
+
+
+def prune_other_builds(repo: Path, keep: Path) -> list[Path]:
+    """Remove every other commit's build under ``.cache/compare`` (worktree and deps log): each holds
+    a venv with torch and its CUDA wheels, about 7 GB, and a few comparisons against different
+    commits would otherwise fill the disk. Returns the trees removed."""
+    root = keep.parent
+    removed = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if entry == keep or entry.name.startswith(keep.name):
+            continue
+        if entry.is_dir():
+            try:
+                git(repo, "worktree", "remove", "--force", str(entry))
+            except CompareError:  # not (or no longer) a worktree of this repository
+                shutil.rmtree(entry)
+            removed.append(entry)
+        else:
+            entry.unlink()
+    git(repo, "worktree", "prune")
+    return removed
 
 
 def this_side(repo: Path) -> Side:
