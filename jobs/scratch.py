@@ -76,13 +76,18 @@ def owner_pid(run_dir: Path) -> int | None:
 
 
 def process_alive(pid: int) -> bool:
+    """Whether the process runs (zombies count as dead: they have exited, just not been reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: alive
         return True
-    return True
+    try:
+        proc_stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return proc_stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def remove_on_sigterm(run_dir: Path) -> None:

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from jobs.layout import FETCH_HINT, cache_dir
+from jobs.scratch import process_alive
 from udfs.errors import InputError, StreamrecError
 from udfs.kafka_clients import KafkaClients
 
@@ -148,21 +149,11 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1,
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether the process runs (zombies count as dead: they have exited, just not been reaped)."""
+    """Whether the process runs: a child of ours by its Popen (which reaps it), any other by its pid."""
     child = _CHILDREN.get(pid)
     if child is not None:
         return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return process_alive(pid)
 
 
 _alive = pid_alive
