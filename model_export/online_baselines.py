@@ -235,19 +235,37 @@ class Moment(NamedTuple):
     novel: bool
 
 
-def online_metrics(events: Iterable[Event], moments: Sequence[Moment], k: int = K,
-                   names: Collection[str] = NAMES) -> dict[str, dict[str, float]]:
+@dataclass(frozen=True)
+class OnlineScores:
+    """The baselines' scores over a sequence of moments: their metrics, and per moment the place
+    of the true next item in each baseline's list (-1 where the list lacks it), so a choice can
+    compare another list with them request by request."""
+
+    metrics: dict[str, dict[str, float]]
+    places: dict[str, list[int]]
+
+
+def online_scores(events: Iterable[Event], moments: Sequence[Moment], k: int = K,
+                  names: Collection[str] = NAMES) -> OnlineScores:
     """Each baseline's metrics (:func:`udfs.ranking_metrics.list_metrics`; coverage left
-    out) over ``moments``, its lists made by :func:`online_lists` over ``events`` (sorted by time,
-    holding every trigger)."""
+    out) and places over ``moments``, its lists made by :func:`online_lists` over ``events``
+    (sorted by time, holding every trigger)."""
     at = {(m.trigger.item_id, m.trigger.behavior, m.trigger.ts, m.trigger.user_id): i
           for i, m in enumerate(moments)}
     made = online_lists(events, at, k, names)
     targets = [m.target for m in moments]
     novel = [m.novel for m in moments]
-    out: dict[str, dict[str, float]] = {}
+    metrics: dict[str, dict[str, float]] = {}
+    places: dict[str, list[int]] = {}
     for name, lists in made.items():
         ranked = [lists.get((m.trigger.user_id, i), []) for i, m in enumerate(moments)]
         scored = list_metrics(ranked, targets, novel, 0, k)
-        out[name] = {key: value for key, value in scored.items() if not key.startswith("coverage")}
-    return out
+        metrics[name] = {key: value for key, value in scored.items() if not key.startswith("coverage")}
+        places[name] = [lst.index(t) if t in lst else -1 for lst, t in zip(ranked, targets, strict=True)]
+    return OnlineScores(metrics, places)
+
+
+def online_metrics(events: Iterable[Event], moments: Sequence[Moment], k: int = K,
+                   names: Collection[str] = NAMES) -> dict[str, dict[str, float]]:
+    """:func:`online_scores`' metrics alone."""
+    return online_scores(events, moments, k, names).metrics

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from model_export.dataset import ExampleSet, build_training_data, concat_sets
 from model_export.evaluate import evaluate, format_table
 from model_export.model import CHECKPOINT_FILE, DIN, ModelConfig, export_onnx
-from model_export.online_baselines import online_metrics
+from model_export.online_baselines import online_scores
 from model_export.onnx_io import onnx_session, onnx_signature, predict_onnx
 from model_export.tuning import choose_blend
 from model_export.variants import REL_TOL, order_changed
@@ -329,13 +329,16 @@ def train_model(
     tuning: dict[str, Any] = {**no_blend, "reason": "validation_share is 0"}
     if len(data.validation) and len(early):
         first, _ = fit(early, cfg, **fit_args)
-        reference = online_metrics(data.train_part, data.validation_moments)
+        reference = online_scores(data.train_part, data.validation_moments)
         tuning = choose_blend(data.validation, predict_torch(first, data.validation),
-                              catalog_size=data.catalog_size, reference=reference)
+                              catalog_size=data.catalog_size, reference=reference.metrics,
+                              reference_places=reference.places,
+                              shoppers=[m.trigger.user_id for m in data.validation_moments])
         best = tuning["best_baselines"]
         log.info("blend chosen on %d validation requests: novelty boost %.2f, baselines' weight %.2f (mix %.1f); "
-                 "min ratio to the best online baselines (%s) %.3f (the model alone: %.3f)", tuning["requests"],
-                 tuning["boost"], tuning["prior_weight"], tuning["prior_mix"],
+                 "metrics won beyond noise %d, min ratio to the best online baselines (%s) %.3f "
+                 "(the model alone: %.3f)", tuning["requests"],
+                 tuning["boost"], tuning["prior_weight"], tuning["prior_mix"], tuning["metrics_won"],
                  ", ".join(f"{k} {v['ranker']} {v['value']:.4f}" for k, v in best.items()), tuning["min_ratio"],
                  tuning["model_alone"]["min_ratio"])
     elif validation_share > 0:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_export.online_baselines import NAMES, Moment, OnlineBaselines, online_lists, online_metrics
+from model_export.online_baselines import NAMES, Moment, OnlineBaselines, online_lists, online_metrics, online_scores
 from streamrec.lab.evaluation.matrix import DEFAULT_DATA_DIR, median_until
 from streamrec.lab.evaluation.paired import compare, paired_difference
 from streamrec.lab.evaluation.prequential import Pair
@@ -52,6 +52,10 @@ def test_online_metrics_score_each_baselines_list_at_its_moment() -> None:
     assert got["online:recent"]["hr@5"] == 0.5 and got["online:recent"]["novel_hr@5"] == 0.0
     assert got["online:recent"]["ndcg@5"] == pytest.approx(0.5 / math.log2(3))
     assert not any(key.startswith("coverage") for key in got["online:recent"])
+    # Request by request, the same lists: the true item's place (-1: not in the list).
+    scores = online_scores(log, moments, k=5, names=("online:covisit", "online:recent"))
+    assert scores.metrics == got
+    assert scores.places == {"online:covisit": [0, 0], "online:recent": [-1, 1]}
 
 
 def test_pairs_count_within_the_window_only() -> None:

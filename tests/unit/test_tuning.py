@@ -16,9 +16,11 @@ from model_export.onnx_io import onnx_session  # noqa: E402
 from model_export.tuning import (  # noqa: E402
     KEEP_TRIED,
     TUNED_METRICS,
+    beats_beyond_noise,
     choose_blend,
     choose_novelty_boost,
     tuned_metrics,
+    wins_kept,
 )
 from tests.unit.test_model import SEQ_LEN, feeds, synthetic_log  # noqa: E402
 from udfs.features import DENSE_FEATURES, INPUT_NAMES  # noqa: E402
@@ -86,6 +88,73 @@ def test_the_blend_is_measured_against_the_reference_baselines() -> None:
     assert tried[1.0]["min_ratio"] == 0.0
     assert out["boost"] == 2.0 and out["min_ratio"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
     assert out["frozen_baselines"]["recent"]["ndcg@10"] == pytest.approx(0.5)
+
+
+def _shoppers(n: int) -> tuple[ExampleSet, np.ndarray, list[str]]:
+    """Per shopper, three requests that re-touch their latest item, one that wants its untouched
+    item and one whose next item is no candidate (novel, a miss for every list); scores as in
+    :func:`_two_requests`. Boost 0 keeps the repeats first (NDCG@10 3/5, no new item found);
+    boost 3 puts the untouched item first everywhere (NDCG@10 (3/log2 3 + 1)/5, novel HR 1/2)."""
+    one = [_request(True)] * 3 + [_request(False), (_request(False)[0], np.zeros(12, np.float32))]
+    parts = one * n
+    dense = np.concatenate([d for d, _ in parts])
+    labels = np.concatenate([lab for _, lab in parts])
+    m = len(parts)
+    es = ExampleSet({"dense": dense}, labels, np.arange(0, 12 * m + 1, 12), [f"i{i}" for i in range(12 * m)],
+                    np.array([False, False, False, True, True] * n), np.array(([True] * 4 + [False]) * n), np.arange(m))
+    scores = np.where(dense[:, IN_HISTORY] > 0, 1.0 + dense[:, _REC], 0.0)
+    return es, scores, [f"s{j // 5}" for j in range(m)]
+
+
+def test_a_blend_that_beats_the_best_baseline_beyond_noise_goes_before_one_that_only_matches_it() -> None:
+    """The baseline's list is boost 3's (the true items at places 1, 0 and none): boost 3 matches
+    it on both metrics (ratios 1), boost 0 beats it on NDCG@10 in every shopper's requests and
+    finds no new item (smaller ratio 0). With the baseline's places the clear win counts first;
+    without them the smaller ratio alone decides, as before."""
+    es, scores, shoppers = _shoppers(20)
+    places = [1, 1, 1, 0, -1] * 20
+    reference = {"online:x": {"ndcg@10": (3 / math.log2(3) + 1) / 5, "novel_hr@10": 0.5}}
+    grid = {"boosts": (0.0, 3.0), "weights": (0.0,), "mixes": (0.0,)}
+    out = choose_blend(es, scores, catalog_size=12, reference=reference, reference_places={"online:x": places},
+                       shoppers=shoppers, **grid)
+    tried = {t["boost"]: t for t in out["tried"]}
+    assert tried[0.0]["ndcg@10"] == pytest.approx(3 / 5) and tried[0.0]["novel_hr@10"] == 0.0
+    assert tried[3.0]["ndcg@10"] == pytest.approx(reference["online:x"]["ndcg@10"])
+    assert tried[3.0]["novel_hr@10"] == pytest.approx(0.5)
+    assert (tried[0.0]["metrics_won"], tried[3.0]["metrics_won"]) == (1, 0)
+    assert tried[3.0]["min_ratio"] == pytest.approx(1.0) and tried[0.0]["min_ratio"] == 0.0
+    assert out["boost"] == 0.0 and out["metrics_won"] == 1
+    alone = choose_blend(es, scores, catalog_size=12, reference=reference, **grid)
+    assert alone["boost"] == 3.0 and alone["metrics_won"] == 0
+
+
+def test_a_win_must_clear_the_noise_of_the_shoppers_it_rests_on() -> None:
+    """A mean difference of 0.1 over 100 requests: carried by one shopper's ten requests it is
+    inside the noise (that shopper alone could be chance); spread over a hundred shoppers, or
+    the same in every request, it is a win. No difference is never one."""
+    diff = np.array([1.0] * 10 + [0.0] * 90)
+    assert not beats_beyond_noise(diff, np.arange(100) // 10)
+    assert beats_beyond_noise(diff, np.arange(100))
+    assert beats_beyond_noise(np.full(100, 0.1), np.arange(100) // 10)
+    assert not beats_beyond_noise(np.zeros(100), np.arange(100))
+    assert not beats_beyond_noise(np.zeros(0), np.zeros(0, dtype=np.int64))
+
+
+def test_a_win_counts_only_if_the_other_metric_stays_where_the_model_alone_has_it() -> None:
+    """The model alone at 0.99 of the baseline's NDCG@10 and 0.92 of its novel-item HR@10 (a log
+    of repeats): a blend that wins novel items by falling to 0.6 on NDCG@10 counts no win, one
+    that keeps 0.99 does. Where the model alone is far below (0.2 of novel-item HR@10, a log of
+    brands), a blend that wins NDCG@10 at 0.6 of it counts its win; above the baseline, the
+    floor is parity."""
+    repeats = {"ndcg@10": 0.99, "novel_hr@10": 0.92}
+    assert wins_kept({"novel_hr@10"}, {"ndcg@10": 0.6, "novel_hr@10": 1.15}, repeats) == 0
+    assert wins_kept({"novel_hr@10"}, {"ndcg@10": 0.99, "novel_hr@10": 1.1}, repeats) == 1
+    brands = {"ndcg@10": 1.1, "novel_hr@10": 0.2}
+    assert wins_kept({"ndcg@10"}, {"ndcg@10": 1.08, "novel_hr@10": 0.6}, brands) == 1
+    assert wins_kept({"ndcg@10"}, {"ndcg@10": 1.08, "novel_hr@10": 0.1}, brands) == 0
+    assert wins_kept({"novel_hr@10"}, {"ndcg@10": 0.95, "novel_hr@10": 1.2}, brands) == 0
+    assert wins_kept({"ndcg@10", "novel_hr@10"}, {"ndcg@10": 1.1, "novel_hr@10": 1.1}, repeats) == 2
+    assert wins_kept(set(), {"ndcg@10": 0.5, "novel_hr@10": 0.5}, repeats) == 0
 
 
 def test_no_validation_requests_means_no_boost() -> None:
