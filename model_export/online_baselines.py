@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 from udfs.errors import InputError
 from udfs.events import Event, Id
-from udfs.ranking_metrics import K, list_metrics
+from udfs.ranking_metrics import K, metrics_from_ranks
 from udfs.timescales import derive_popularity_half_life_ms
 
 ONLINE_PREFIX = "online:"
@@ -247,7 +247,7 @@ class OnlineScores:
 
 def online_scores(events: Iterable[Event], moments: Sequence[Moment], k: int = K,
                   names: Collection[str] = NAMES) -> OnlineScores:
-    """Each baseline's metrics (:func:`udfs.ranking_metrics.list_metrics`; coverage left
+    """Each baseline's metrics (:func:`udfs.ranking_metrics.metrics_from_ranks`; coverage left
     out) and places over ``moments``, its lists made by :func:`online_lists` over ``events``
     (sorted by time, holding every trigger)."""
     at = {(m.trigger.item_id, m.trigger.behavior, m.trigger.ts, m.trigger.user_id): i
@@ -259,9 +259,10 @@ def online_scores(events: Iterable[Event], moments: Sequence[Moment], k: int = K
     places: dict[str, list[int]] = {}
     for name, lists in made.items():
         ranked = [lists.get((m.trigger.user_id, i), []) for i, m in enumerate(moments)]
-        scored = list_metrics(ranked, targets, novel, 0, k)
+        ranks = [lst.index(t) if t in lst else None for lst, t in zip(ranked, targets, strict=True)]
+        scored = metrics_from_ranks(ranks, [len(lst) for lst in ranked], novel, 0, 0, k)
         metrics[name] = {key: value for key, value in scored.items() if not key.startswith("coverage")}
-        places[name] = [lst.index(t) if t in lst else -1 for lst, t in zip(ranked, targets, strict=True)]
+        places[name] = [-1 if r is None else r for r in ranks]
     return OnlineScores(metrics, places)
 
 

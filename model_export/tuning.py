@@ -25,7 +25,7 @@ baseline. A validation slice is small (a few hundred novel requests), and a
 blend that only matches a baseline there loses to it as often as not on the
 held-out part; a clear win on one metric does not. The best
 baselines are the ones that learn online from the same stream and make their own
-lists (:func:`model_export.online_baselines.online_metrics`), the ones the model is
+lists (:func:`model_export.online_baselines.online_scores`), the ones the model is
 compared with: re-rankers of the model's own candidates with frozen tables are
 weaker, and a blend tuned against them stops short of what the comparison asks.
 They stay in the choice's record (``frozen_baselines``) as a diagnostic. The held-out
@@ -142,8 +142,8 @@ def choose_blend(es: ExampleSet, scores: np.ndarray, *, catalog_size: int,
                  mixes: tuple[float, ...] = PRIOR_MIXES) -> dict[str, Any]:
     """The blend (boost, prior weight, mix) that beats the best baseline beyond noise
     (:func:`beats_beyond_noise`, :func:`wins_kept`) on the most of :data:`TUNED_METRICS`, then
-    has the largest min over them of model / best baseline on ``es``; ties go to the smaller weight, then the
-    smaller boost, then the smaller mix. ``reference``: per baseline, its metrics on the same
+    has the largest min over them of model / best baseline on ``es``; ties go to the smaller
+    weight, then the smaller boost, then the smaller mix. ``reference``: per baseline, its metrics on the same
     requests (the online baselines'); None: the frozen re-rankers of ``es``'s own candidates
     (:data:`model_export.evaluate.BASELINES`). ``reference_places`` (per baseline, per request,
     the place of the true item in its list, -1 if absent) and ``shoppers`` (each request's)
